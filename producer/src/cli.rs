@@ -1,0 +1,406 @@
+//! The `syncfleet` CLI. Table output by default, `--json` for scripts. The JSON shapes of
+//! `runs show --json` ([`views::RunView`]) and `queues --json` ([`QueueDepth`]) are a contract.
+
+use std::{collections::HashMap, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_HORIZONTAL_ONLY};
+use syncfleet_shared::{
+    chain::Mode,
+    config::Config,
+    ids::RunId,
+    packs::demo,
+    queue::QueueDepth,
+    registries,
+    store::{self, StoreError, runs::TriggerKind, views},
+    telemetry,
+};
+use syncfleet_worker::{Engine, worker_name};
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::{Ops, Trigger};
+
+#[derive(Parser)]
+#[command(name = "syncfleet", version, about = "Operate a syncfleet deployment")]
+struct Cli {
+    /// TOML config file (defaults, then this file, then SYNCFLEET__… env vars).
+    #[arg(long, global = true, env = "SYNCFLEET_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Log more (info level) to stderr.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demo chain end to end: migrate, start a producer and workers, trigger, show the run.
+    Demo {
+        #[arg(long)]
+        json: bool,
+        /// Worker engines to start in this process.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Demo chain to run.
+        #[arg(long, default_value = "demo_diamond")]
+        chain: String,
+    },
+    /// Apply database migrations (creating the database if missing).
+    Migrate,
+    /// Check PostgreSQL and Redis answer; exit 0 if both do.
+    Healthcheck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a run of CHAIN for an integration.
+    Trigger {
+        chain: String,
+        #[arg(long)]
+        integration: String,
+        #[arg(long, value_parser = ["full", "incremental"], default_value = "incremental")]
+        mode: String,
+        /// Sweep even when the deletion guard would block it.
+        #[arg(long)]
+        force_sweep: bool,
+        /// Wait for the run to end; exit 0 completed, 3 partial, 1 failed or cancelled.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs, newest first; `runs show RUN_ID` for one.
+    Runs {
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+        #[arg(long)]
+        chain: Option<String>,
+        #[arg(long)]
+        integration: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-run the failed and skipped steps of a failed or partial run.
+    Resume {
+        run_id: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop scheduling further steps of an active run.
+    Cancel { run_id: String },
+    /// Depth of every queue by state, read from Redis.
+    Queues {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One run with its steps and phase metrics.
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code 1: an error; 3: a waited-for run ended `partial`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.verbose {
+        telemetry::init(false);
+    } else {
+        // Quiet by default: the CLI's own output is the interface.
+        // SAFETY-free: set before any thread starts.
+        if std::env::var_os("SYNCFLEET_LOG").is_none() {
+            telemetry::init_filter("warn");
+        } else {
+            telemetry::init(false);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Migrate => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { json } => healthcheck(&config, json).await,
+        Command::Demo { json, workers, chain } => demo(config, json, workers, &chain).await,
+        Command::Trigger { chain, integration, mode, force_sweep, wait, json } => {
+            let ops = crate::connect(&config).await?;
+            let mode = Mode::parse(&mode).unwrap_or_default();
+            let run_id = ops
+                .trigger(Trigger {
+                    chain,
+                    integration,
+                    mode,
+                    kind: TriggerKind::Manual,
+                    triggered_by: format!("cli:{}", whoami()),
+                    tick_key: None,
+                    force_sweep,
+                })
+                .await?;
+            finish_or_print(&ops, run_id, wait, json).await
+        }
+        Command::Runs { show: Some(RunsCommand::Show { run_id, json }), .. } => {
+            let ops = crate::connect(&config).await?;
+            let run = views::run(&ops.pool, run_id.parse()?).await?;
+            print_run(&run, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { show: None, chain, integration, status, limit, json } => {
+            let ops = crate::connect(&config).await?;
+            let f = views::RunFilter { chain, integration, status, limit: Some(limit), offset: None };
+            let runs = views::runs(&ops.pool, &f).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                let mut t = table(&["id", "chain", "integration", "status", "trigger", "created_at", "finished_at"]);
+                for r in runs {
+                    t.add_row(vec![
+                        r.id,
+                        r.chain,
+                        r.integration,
+                        r.status,
+                        r.trigger,
+                        r.created_at.format("%F %T").to_string(),
+                        r.finished_at.map(|t| t.format("%F %T").to_string()).unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { run_id, wait, json } => {
+            let ops = crate::connect(&config).await?;
+            let id: RunId = run_id.parse()?;
+            ops.resume(id).await?;
+            finish_or_print(&ops, id, wait, json).await
+        }
+        Command::Cancel { run_id } => {
+            let ops = crate::connect(&config).await?;
+            ops.cancel(run_id.parse()?).await?;
+            println!("run {run_id} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queues { json } => {
+            let ops = crate::connect(&config).await?;
+            let depths = ops.queue_depths().await?;
+            print_queues(&depths, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let pg = async {
+        let pool = store::connect(&config.database).await?;
+        sqlx::query("SELECT 1").execute(&pool).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let redis = async {
+        let q = syncfleet_shared::queue::QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
+        q.ping().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let status = |r: &anyhow::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error: {e:#}"),
+    };
+    if json {
+        println!("{}", serde_json::json!({ "postgres": status(&pg), "redis": status(&redis) }));
+    } else {
+        println!("postgres: {}\nredis:    {}", status(&pg), status(&redis));
+    }
+    Ok(if pg.is_ok() && redis.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn exit_for(status: &str) -> ExitCode {
+    match status {
+        "completed" => ExitCode::SUCCESS,
+        "partial" => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+async fn finish_or_print(ops: &Ops, run_id: RunId, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
+    if !wait {
+        if json {
+            println!("{}", serde_json::json!({ "run_id": run_id.to_string() }));
+        } else {
+            println!("{run_id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let run = wait_for(ops, run_id, !json, Duration::from_secs(24 * 3600)).await?;
+    print_run(&run, json);
+    Ok(exit_for(&run.status))
+}
+
+/// Polls the run until it ends, printing each step's state changes when `progress`.
+pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration) -> anyhow::Result<views::RunView> {
+    let start = std::time::Instant::now();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    loop {
+        let run = views::run(&ops.pool, run_id).await?;
+        if progress {
+            for s in &run.steps {
+                let line = if s.shards > 1 { format!("{} {}/{}", s.status, s.shards_done, s.shards) } else { s.status.clone() };
+                if seen.get(&s.step) != Some(&line) {
+                    eprintln!("  {:>8.1}s  {:<14} {}", start.elapsed().as_secs_f64(), s.step, line);
+                    seen.insert(s.step.clone(), line);
+                }
+            }
+        }
+        if matches!(run.status.as_str(), "completed" | "partial" | "failed" | "cancelled") {
+            return Ok(run);
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("run {run_id} still {} after {}s", run.status, limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_HORIZONTAL_ONLY);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn print_run(run: &views::RunView, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(run).expect("serializable"));
+        return;
+    }
+    println!(
+        "run {}  chain {}  integration {}  status {}  trigger {}",
+        run.id, run.chain, run.integration, run.status, run.trigger
+    );
+    if let Some(e) = &run.error {
+        println!("error: {e}");
+    }
+    let mut t = table(&[
+        "step", "status", "attempts", "duration_ms", "fetched", "inserted", "updated", "unchanged", "deactivated",
+        "errors", "api_calls", "throttled", "guard",
+    ]);
+    for s in &run.steps {
+        let step = if s.shards > 1 { format!("{} ×{}", s.step, s.shards) } else { s.step.clone() };
+        t.add_row(vec![
+            step,
+            s.status.clone(),
+            s.attempts.to_string(),
+            s.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+            s.fetched.to_string(),
+            s.inserted.to_string(),
+            s.updated.to_string(),
+            s.unchanged.to_string(),
+            s.deactivated.to_string(),
+            s.errors.to_string(),
+            s.api_calls.to_string(),
+            s.throttled.to_string(),
+            s.guard.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_queues(depths: &[QueueDepth], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(depths).expect("serializable"));
+        return;
+    }
+    let mut t = table(&["queue", "ready", "scheduled", "inflight", "dead", "done", "workers"]);
+    for d in depths {
+        t.add_row(vec![
+            d.queue.clone(),
+            d.ready.to_string(),
+            d.scheduled.to_string(),
+            d.inflight.to_string(),
+            d.dead.to_string(),
+            d.done.to_string(),
+            d.workers.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// `syncfleet demo`: everything in one process against the configured PostgreSQL and Redis.
+async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow::Result<ExitCode> {
+    let ops = crate::connect(&config).await?;
+    if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
+        anyhow::bail!("`{chain}` is not a demo chain (demo_diamond, demo_fanout, demo_contention)");
+    }
+    store::upsert_integration(&ops.pool, "demo", demo::PACK, &serde_json::json!({ "step_ms": 300 })).await?;
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let producer = tokio::spawn(crate::run_with(listener, ops.clone(), shutdown.clone()));
+    let (chains, handlers) = registries(&config)?;
+    let mut engines = Vec::new();
+    for i in 1..=workers.max(1) {
+        let name = worker_name(Some(&format!("demo-worker-{i}")));
+        let engine = Arc::new(Engine::new(config.clone(), ops.pool.clone(), ops.queues.clone(), chains.clone(), handlers.clone(), name));
+        engines.push(tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), shutdown.clone())));
+    }
+    if !json {
+        eprintln!("producer on http://{addr}, {} workers; triggering {chain} for integration `demo`", workers.max(1));
+    }
+    let trigger = Trigger {
+        chain: chain.into(),
+        integration: "demo".into(),
+        mode: Mode::Full,
+        kind: TriggerKind::Manual,
+        triggered_by: "demo".into(),
+        tick_key: None,
+        force_sweep: false,
+    };
+    let run_id = match ops.trigger(trigger.clone()).await {
+        Err(StoreError::ActiveRun { run_id, .. }) => {
+            // A demo interrupted earlier left its run active: cancel it and start fresh.
+            if !json {
+                eprintln!("cancelling the earlier demo run {run_id} that is still active");
+            }
+            ops.cancel(run_id.parse()?).await?;
+            ops.trigger(trigger).await?
+        }
+        other => other?,
+    };
+    let result = wait_for(&ops, run_id, !json, Duration::from_secs(300)).await;
+    shutdown.cancel();
+    producer.await.ok();
+    for e in engines {
+        e.await.ok();
+    }
+    let run = result?;
+    print_run(&run, json);
+    Ok(exit_for(&run.status))
+}

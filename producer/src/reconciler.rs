@@ -1,0 +1,125 @@
+//! The reconciler: makes Redis agree with PostgreSQL. Each pass:
+//! 1. fails (or retries) running steps whose worker stopped sending heartbeats;
+//! 2. re-pushes dispatched ready steps that Redis no longer holds (lost message, flushed Redis),
+//!    under the same task id, or a new one if Redis already spent the old id;
+//! 3. dispatches due ready steps into every queue, up to the dispatch cap;
+//! 4. vacuums finished tasks out of Redis.
+//!
+//! Every action is idempotent (fenced updates, fixed task ids, `SKIP LOCKED`), so several
+//! producers may reconcile at once.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use syncfleet_shared::{
+    dispatch,
+    queue::JobState,
+    store::runs::{self, Fence, Outcome},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Ops;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub reaped: usize,
+    pub redelivered: usize,
+    pub dispatched: usize,
+    pub vacuumed: usize,
+}
+
+pub struct Reconciler {
+    ops: Ops,
+}
+
+impl Reconciler {
+    pub fn new(ops: Ops) -> Self {
+        Reconciler { ops }
+    }
+
+    pub async fn pass(&self) -> anyhow::Result<PassReport> {
+        let mut report = PassReport { reaped: self.reap_lost_workers().await?, ..Default::default() };
+        report.redelivered = self.redeliver_lost_messages().await?;
+        for queue in self.ops.chains.queues() {
+            report.dispatched += dispatch::dispatch(
+                &self.ops.pool,
+                &self.ops.queues,
+                &queue,
+                self.ops.config.producer.dispatch_cap,
+                None,
+            )
+            .await?;
+            report.vacuumed += self.ops.queues.vacuum(&queue, 2_000).await?;
+        }
+        Ok(report)
+    }
+
+    async fn reap_lost_workers(&self) -> anyhow::Result<usize> {
+        let stale_after = Duration::from_secs(self.ops.config.producer.stale_after_secs);
+        let stale = runs::stale_running(&self.ops.pool, stale_after, 500).await?;
+        let mut reaped = 0;
+        for s in stale {
+            let retry = s.attempts < s.max_attempts;
+            let message = format!(
+                "worker {} lost: no heartbeat for {}s",
+                s.worker.as_deref().unwrap_or("?"),
+                stale_after.as_secs()
+            );
+            let outcome =
+                Outcome::Failed { message: message.clone(), retry_in: retry.then_some(Duration::ZERO), result: Default::default() };
+            let mut tx = self.ops.pool.begin().await?;
+            let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
+            if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {
+                tx.commit().await?;
+                reaped += 1;
+                tracing::warn!(step = %s.step, chain = %s.chain, %message, retry, "Lost step recovered.");
+                dispatch::dispatch_ready(&self.ops.pool, &self.ops.queues, self.ops.config.producer.dispatch_cap, &ready)
+                    .await?;
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn redeliver_lost_messages(&self) -> anyhow::Result<usize> {
+        let age = Duration::from_secs(self.ops.config.producer.redeliver_after_secs);
+        let dispatched = runs::dispatched_before(&self.ops.pool, age, 2_000).await?;
+        let mut by_queue: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for d in dispatched {
+            by_queue.entry(d.queue).or_default().push((d.id, d.job_id));
+        }
+        let mut n = 0;
+        for (queue, steps) in by_queue {
+            let ids: Vec<String> = steps.iter().map(|(_, j)| j.clone()).collect();
+            let states = self.ops.queues.job_states(&queue, &ids).await?;
+            let (mut missing, mut spent) = (vec![], vec![]);
+            for ((id, _), state) in steps.iter().zip(states) {
+                match state {
+                    JobState::Missing => missing.push(*id),
+                    JobState::Spent => spent.push(*id),
+                    JobState::Pending => {}
+                }
+            }
+            if !missing.is_empty() || !spent.is_empty() {
+                tracing::warn!(%queue, missing = missing.len(), spent = spent.len(), "Redis lost step jobs; pushing them again.");
+            }
+            n += runs::redeliver(&self.ops.pool, &missing, false).await? as usize;
+            n += runs::redeliver(&self.ops.pool, &spent, true).await? as usize;
+        }
+        Ok(n)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_millis(self.ops.config.producer.reconcile_interval_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match self.pass().await {
+                Ok(r) if r.reaped + r.redelivered > 0 => tracing::info!(?r, "Reconciled."),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "Reconcile pass failed."),
+            }
+        }
+    }
+}

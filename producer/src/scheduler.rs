@@ -1,0 +1,160 @@
+//! The scheduler: fires each (chain, integration) schedule once per tick. A tick's identity is
+//! `{chain}:{integration}:{tick}` (the run's unique `tick_key`), so any number of producer
+//! replicas firing the same tick create one run.
+//!
+//! Resolution order: value stored through the API (`schedules` table) > environment > config
+//! file (both already merged into `Config::schedules`). The minimum interval is enforced at every
+//! layer: config validation, the store, and here again for stored values.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use syncfleet_shared::{
+    chain::Mode,
+    config::{Schedule, ScheduleSpec},
+    ids::{ChainName, IntegrationName},
+    job::tick_id,
+    store::{StoreError, runs::TriggerKind},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::{Ops, Trigger};
+
+/// A schedule after resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedSchedule {
+    pub chain: String,
+    pub integration: String,
+    pub schedule: Schedule,
+    /// `stored`, or `config` (file or environment).
+    pub source: &'static str,
+}
+
+/// What firing one tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fired {
+    Created(String),
+    /// Another producer fired this tick already.
+    AlreadyFired,
+    /// The previous run is still active; this tick is skipped.
+    PreviousActive,
+}
+
+pub struct Scheduler {
+    ops: Ops,
+    last: HashMap<(String, String), i64>,
+}
+
+impl Scheduler {
+    pub fn new(ops: Ops) -> Self {
+        Scheduler { ops, last: HashMap::new() }
+    }
+
+    /// Stored schedules override configured ones per (chain, integration).
+    pub async fn resolve(&self) -> Result<Vec<ResolvedSchedule>, sqlx::Error> {
+        let min = self.ops.config.min_interval();
+        let mut out: HashMap<(String, String), ResolvedSchedule> = HashMap::new();
+        for (chain, by_integration) in &self.ops.config.schedules {
+            for (integration, spec) in by_integration {
+                if let Ok(schedule) = Schedule::from_spec(spec, min) {
+                    out.insert(
+                        (chain.clone(), integration.clone()),
+                        ResolvedSchedule { chain: chain.clone(), integration: integration.clone(), schedule, source: "config" },
+                    );
+                }
+            }
+        }
+        let stored: Vec<(String, String, Option<i32>, Option<String>, bool)> = sqlx::query_as(
+            "SELECT s.chain, i.name, s.interval_secs, s.cron, s.enabled
+               FROM schedules s JOIN integrations i ON i.id = s.integration_id",
+        )
+        .fetch_all(&self.ops.pool)
+        .await?;
+        for (chain, integration, interval, cron, enabled) in stored {
+            let key = (chain.clone(), integration.clone());
+            if !enabled {
+                out.remove(&key);
+                continue;
+            }
+            let spec = ScheduleSpec { interval_secs: interval.map(|i| i as u64), cron };
+            match Schedule::from_spec(&spec, min) {
+                Ok(schedule) => {
+                    out.insert(key, ResolvedSchedule { chain, integration, schedule, source: "stored" });
+                }
+                Err(message) => tracing::warn!(%chain, %integration, %message, "Stored schedule ignored."),
+            }
+        }
+        let mut v: Vec<_> = out.into_values().filter(|s| self.ops.chains.get(&s.chain).is_some()).collect();
+        v.sort_by(|a, b| (&a.chain, &a.integration).cmp(&(&b.chain, &b.integration)));
+        Ok(v)
+    }
+
+    /// Fires one tick of one schedule.
+    pub async fn fire(&self, chain: &str, integration: &str, tick: i64, kind: TriggerKind) -> Result<Fired, StoreError> {
+        let (c, i) = (
+            ChainName::parse(chain).map_err(|_| StoreError::UnknownChain(chain.into()))?,
+            IntegrationName::parse(integration).map_err(|_| StoreError::UnknownIntegration(integration.into()))?,
+        );
+        let trigger = Trigger {
+            chain: chain.into(),
+            integration: integration.into(),
+            mode: Mode::Incremental,
+            kind,
+            triggered_by: format!("{}:{tick}", kind.as_str()),
+            tick_key: Some(tick_id(&c, &i, tick)),
+            force_sweep: false,
+        };
+        match self.ops.trigger(trigger).await {
+            Ok(run) => Ok(Fired::Created(run.to_string())),
+            Err(StoreError::DuplicateTick(_)) => Ok(Fired::AlreadyFired),
+            Err(StoreError::ActiveRun { .. }) => Ok(Fired::PreviousActive),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One pass at `now`: fires every schedule whose tick advanced since the last pass.
+    /// The first pass only remembers the current ticks, unless `startup` fires them.
+    pub async fn tick_once(&mut self, now: DateTime<Utc>, startup: bool) -> Result<Vec<Fired>, StoreError> {
+        let mut fired = Vec::new();
+        for s in self.resolve().await? {
+            let Some(tick) = s.schedule.tick_at_or_before(now) else { continue };
+            let key = (s.chain.clone(), s.integration.clone());
+            let kind = match self.last.get(&key) {
+                None if startup => TriggerKind::Startup,
+                None => {
+                    self.last.insert(key, tick);
+                    continue;
+                }
+                Some(last) if *last >= tick => continue,
+                Some(_) => TriggerKind::Schedule,
+            };
+            self.last.insert(key, tick);
+            match self.fire(&s.chain, &s.integration, tick, kind).await {
+                Ok(f) => {
+                    if f == Fired::PreviousActive {
+                        tracing::info!(chain = %s.chain, integration = %s.integration, tick, "Tick skipped: previous run still active.");
+                    }
+                    fired.push(f);
+                }
+                Err(error) => tracing::warn!(chain = %s.chain, integration = %s.integration, %error, "Scheduled trigger failed."),
+            }
+        }
+        Ok(fired)
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut first = true;
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let startup = first && self.ops.config.producer.startup_trigger;
+            if let Err(error) = self.tick_once(Utc::now(), startup).await {
+                tracing::warn!(%error, "Scheduler pass failed.");
+            }
+            first = false;
+        }
+    }
+}

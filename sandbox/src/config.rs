@@ -1,0 +1,215 @@
+//! Start-up configuration of the sandbox: seed, scale, tokens and the initial fault settings per API.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+
+/// How much data the sandbox generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    /// A few hundred records per resource, every quirk present: for tests.
+    #[default]
+    Small,
+    /// The size of a real tenant (22K LMS people, 40K contacts, ...).
+    Seed,
+    /// Ten times `Seed`.
+    Large,
+}
+
+impl Scale {
+    /// Multiplier applied to the `seed` sizes (small is its own table).
+    pub(crate) fn factor(self) -> usize {
+        match self {
+            Scale::Small | Scale::Seed => 1,
+            Scale::Large => 10,
+        }
+    }
+}
+
+impl fmt::Display for Scale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scale::Small => "small",
+            Scale::Seed => "seed",
+            Scale::Large => "large",
+        })
+    }
+}
+
+impl FromStr for Scale {
+    type Err = SandboxError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "small" => Ok(Scale::Small),
+            "seed" => Ok(Scale::Seed),
+            "large" => Ok(Scale::Large),
+            other => Err(SandboxError::UnknownScale(other.to_string())),
+        }
+    }
+}
+
+/// One of the imitated upstream APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Northpass,
+    Impartner,
+    Moodle,
+    Erp,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [Api::Northpass, Api::Impartner, Api::Moodle, Api::Erp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Northpass => "northpass",
+            Api::Impartner => "impartner",
+            Api::Moodle => "moodle",
+            Api::Erp => "erp",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Api {
+    type Err = SandboxError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "northpass" => Ok(Api::Northpass),
+            "impartner" => Ok(Api::Impartner),
+            "moodle" => Ok(Api::Moodle),
+            "erp" => Ok(Api::Erp),
+            other => Err(SandboxError::UnknownApi(other.to_string())),
+        }
+    }
+}
+
+/// Fault injection for one API. All off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultSettings {
+    /// Added to every request of the API.
+    pub latency_ms: u64,
+    /// Requests per second per credential; `None` = unlimited. Beyond it: 429 with `Retry-After: 1`.
+    pub rate_per_sec: Option<u32>,
+    /// Share (0..=1) of requests answered 500/502/503 in the API's own error envelope.
+    pub error_5xx_share: f64,
+    /// Share (0..=1) of requests that hang (30 s or until shutdown) so the client's timeout fires.
+    pub timeout_share: f64,
+    /// List pages end early while the reported total / `links.next` stay as if complete.
+    pub truncate_page: bool,
+    /// Share (0..=1) of list items that lose their id or carry a wrong-typed field.
+    pub malformed_share: f64,
+}
+
+impl Default for FaultSettings {
+    fn default() -> Self {
+        FaultSettings {
+            latency_ms: 0,
+            rate_per_sec: None,
+            error_5xx_share: 0.0,
+            timeout_share: 0.0,
+            truncate_page: false,
+            malformed_share: 0.0,
+        }
+    }
+}
+
+/// Everything the sandbox needs to start.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub seed: u64,
+    pub scale: Scale,
+    /// `Authorization: Bearer <control_token>` on `/_sandbox/...`.
+    pub control_token: String,
+    /// `X-Api-Key` for Northpass.
+    pub northpass_key: String,
+    /// `Authorization: prm-key <impartner_key>`.
+    pub impartner_key: String,
+    /// Accepted value of `X-PRM-TenantId` (the header itself is optional).
+    pub impartner_tenant: String,
+    /// Moodle `wstoken`.
+    pub moodle_token: String,
+    /// ERP `Authorization: Bearer <erp_token>`.
+    pub erp_token: String,
+    /// Northpass rate limit per API key (default `Some(10)`, as documented upstream).
+    pub northpass_rate_per_sec: Option<u32>,
+    /// Impartner rate limit (default unlimited).
+    pub impartner_rate_per_sec: Option<u32>,
+    /// Moodle rate limit (default unlimited; a WAF would answer 429).
+    pub moodle_rate_per_sec: Option<u32>,
+    /// ERP rate limit (default unlimited).
+    pub erp_rate_per_sec: Option<u32>,
+    /// Share of courses whose single `GET /v2/properties/courses/{id}` answers 403 (default 0.05).
+    pub properties_forbidden_share: f64,
+    /// How long a "timeout" fault hangs before answering 504 (default 30 s; shutdown ends it sooner).
+    pub timeout_fault_secs: u64,
+    /// Initial fault settings per API; their `rate_per_sec` is ignored in favour of the fields above.
+    pub northpass_faults: FaultSettings,
+    pub impartner_faults: FaultSettings,
+    pub moodle_faults: FaultSettings,
+    pub erp_faults: FaultSettings,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            seed: 42,
+            scale: Scale::Small,
+            control_token: "sandbox-control".into(),
+            northpass_key: "np-key".into(),
+            impartner_key: "prm-key".into(),
+            impartner_tenant: "1".into(),
+            moodle_token: "moodle-token".into(),
+            erp_token: "erp-token".into(),
+            northpass_rate_per_sec: Some(10),
+            impartner_rate_per_sec: None,
+            moodle_rate_per_sec: None,
+            erp_rate_per_sec: None,
+            properties_forbidden_share: 0.05,
+            timeout_fault_secs: 30,
+            northpass_faults: FaultSettings::default(),
+            impartner_faults: FaultSettings::default(),
+            moodle_faults: FaultSettings::default(),
+            erp_faults: FaultSettings::default(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The fault settings in force at start (and after a reset) for `api`.
+    pub fn initial_faults(&self, api: Api) -> FaultSettings {
+        let (base, rate) = match api {
+            Api::Northpass => (&self.northpass_faults, self.northpass_rate_per_sec),
+            Api::Impartner => (&self.impartner_faults, self.impartner_rate_per_sec),
+            Api::Moodle => (&self.moodle_faults, self.moodle_rate_per_sec),
+            Api::Erp => (&self.erp_faults, self.erp_rate_per_sec),
+        };
+        FaultSettings {
+            rate_per_sec: rate,
+            ..base.clone()
+        }
+    }
+
+    /// A config with every rate limit off (benchmarks).
+    pub fn unlimited(mut self) -> Self {
+        self.northpass_rate_per_sec = None;
+        self.impartner_rate_per_sec = None;
+        self.moodle_rate_per_sec = None;
+        self.erp_rate_per_sec = None;
+        self
+    }
+}

@@ -1,0 +1,130 @@
+//! syncfleet-sandbox: faithful local fakes of the upstream APIs syncfleet syncs with — Northpass LMS
+//! v2 (JSON:API), Impartner PRM objects v1, Moodle web services and a plain ERP inventory API — served
+//! by one HTTP server, each API under its own prefix:
+//!
+//! | API | base | credential |
+//! |---|---|---|
+//! | Northpass | `{base}/northpass/v2` | `X-Api-Key: np-key` |
+//! | Impartner | `{base}/impartner/api/objects/v1` | `Authorization: prm-key prm-key` (+ optional `X-PRM-TenantId: 1`) |
+//! | Moodle | `{base}/moodle/webservice/rest/server.php` | `wstoken=moodle-token` |
+//! | ERP | `{base}/erp/api` | `Authorization: Bearer erp-token` |
+//! | control | `{base}/_sandbox` | `Authorization: Bearer sandbox-control` |
+//!
+//! The data is generated deterministically from `(seed, scale)` and held in memory; the control API
+//! mutates it, injects faults, and reports request counters and what clients wrote.
+//! Tests start it in-process with [`spawn`]; the binary calls [`run`].
+#![recursion_limit = "256"]
+
+mod api;
+mod config;
+mod data;
+mod error;
+mod mutate;
+mod state;
+mod util;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use config::{Api, FaultSettings, SandboxConfig, Scale};
+pub use data::Sizes;
+pub use error::SandboxError;
+
+use crate::data::Dataset;
+use crate::state::AppState;
+
+/// Generates the data (off the async threads) and builds the shared state.
+async fn build_state(config: SandboxConfig, base_url: String, shutdown: CancellationToken) -> anyhow::Result<Arc<AppState>> {
+    let (seed, scale, share) = (config.seed, config.scale, config.properties_forbidden_share);
+    let data = tokio::task::spawn_blocking(move || Dataset::generate(seed, scale, share)).await?;
+    Ok(Arc::new(AppState::new(config, data, base_url, shutdown)))
+}
+
+async fn serve(listener: TcpListener, state: Arc<AppState>, token: CancellationToken) -> anyhow::Result<()> {
+    let app = api::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+        .map_err(SandboxError::Serve)?;
+    Ok(())
+}
+
+/// Serves the sandbox on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, config: SandboxConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = listener.local_addr().map_err(SandboxError::Bind)?;
+    let token = CancellationToken::new();
+    let state = build_state(config, format!("http://{addr}"), token.clone()).await?;
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    tracing::info!(%addr, "Sandbox listening.");
+    serve(listener, state, token).await
+}
+
+/// A sandbox running in-process (tests, benchmarks). Dropping it stops the server.
+pub struct SandboxHandle {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    pub config: SandboxConfig,
+    state: Arc<AppState>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _stop: DropGuard,
+    token: CancellationToken,
+}
+
+impl SandboxHandle {
+    /// `{base}/northpass/v2`
+    pub fn northpass_url(&self) -> String {
+        format!("{}/northpass/v2", self.base_url)
+    }
+    /// `{base}/impartner/api/objects/v1`
+    pub fn impartner_url(&self) -> String {
+        format!("{}/impartner/api/objects/v1", self.base_url)
+    }
+    /// `{base}/moodle/webservice/rest/server.php`
+    pub fn moodle_url(&self) -> String {
+        format!("{}/moodle/webservice/rest/server.php", self.base_url)
+    }
+    /// `{base}/erp/api`
+    pub fn erp_url(&self) -> String {
+        format!("{}/erp/api", self.base_url)
+    }
+    /// `{base}/_sandbox`
+    pub fn control_url(&self) -> String {
+        format!("{}/_sandbox", self.base_url)
+    }
+    /// The same document as `GET /_sandbox/info` (URLs, tokens, counts), read directly.
+    pub fn info(&self) -> Value {
+        api::control::info_value(&self.state)
+    }
+    /// The same document as `GET /_sandbox/counters`.
+    pub fn counters(&self) -> Value {
+        api::control::counters_value(&self.state)
+    }
+    /// Stops the server and waits for it to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts a sandbox on `127.0.0.1:0` in the current runtime.
+pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SandboxError::Bind)?;
+    let addr = listener.local_addr().map_err(SandboxError::Bind)?;
+    let base_url = format!("http://{addr}");
+    let token = CancellationToken::new();
+    let state = build_state(config.clone(), base_url.clone(), token.clone()).await?;
+    let task = tokio::spawn(serve(listener, state.clone(), token.clone()));
+    Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
+}

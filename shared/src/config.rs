@@ -1,0 +1,385 @@
+//! One typed, layered configuration: compiled-in defaults → optional TOML file → `SYNCFLEET__…`
+//! environment variables (`__` separates levels, e.g. `SYNCFLEET__WORKER__CONCURRENCY=8`).
+//! Validated at load; a bad value fails start-up naming its key. Passed explicitly, never read
+//! from globals.
+
+use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::ChainOverride;
+
+/// Default PostgreSQL URL: the local server with trust auth.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/syncfleet";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// apalis-redis 1.0 wedges at about 8,000 due tasks per queue; stay well below.
+pub const MAX_DISPATCH_CAP: usize = 7_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+}
+
+/// A value that never prints (connection strings may carry passwords).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    /// Smallest schedule interval allowed when the config does not set one.
+    pub fn default_min_interval_secs(self) -> u64 {
+        match self {
+            Environment::Production => 60,
+            Environment::Development => 5,
+            Environment::Test => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub environment: Environment,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub worker: WorkerConfig,
+    pub producer: ProducerConfig,
+    /// Smallest schedule interval accepted from any layer; default per environment.
+    pub min_interval_secs: Option<u64>,
+    /// `[schedules.<chain>.<integration>]` with `interval_secs` or `cron`.
+    pub schedules: BTreeMap<String, BTreeMap<String, ScheduleSpec>>,
+    /// `[chains.<chain>.steps.<step>]` overrides of the chains declared in code.
+    pub chains: BTreeMap<String, ChainOverride>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Secret,
+    /// Prefix of every Redis key we own, queues included (`{namespace}:{queue}:…`).
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Steps one worker process runs at once.
+    pub concurrency: usize,
+    /// How often an idle worker polls Redis for due jobs.
+    pub poll_interval_ms: u64,
+    /// Step heartbeat (PostgreSQL) and entity lease renewal period.
+    pub heartbeat_secs: u64,
+    /// Entity lease time-to-live; a dead holder's lease frees itself after this.
+    pub lease_ttl_secs: u64,
+    /// Delay before a job that found its entity lease busy is delivered again.
+    pub lease_retry_ms: u64,
+    /// SIGTERM: how long running steps may take to finish before the process exits anyway.
+    pub drain_timeout_secs: u64,
+    /// Worker name prefix; a random suffix makes each process (and restart) unique.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// Admin API listen address.
+    pub listen: String,
+    /// Period of the dispatch + reconcile loop.
+    pub reconcile_interval_ms: u64,
+    /// At most this many due jobs sit in one Redis queue; PostgreSQL keeps the rest.
+    pub dispatch_cap: usize,
+    /// A running step whose heartbeat is older than this is treated as lost.
+    pub stale_after_secs: u64,
+    /// A dispatched ready step missing from Redis for this long is pushed again.
+    pub redeliver_after_secs: u64,
+    /// Fire every configured schedule once at start-up.
+    pub startup_trigger: bool,
+    /// Run the scheduler loop.
+    pub scheduler_enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub interval_secs: Option<u64>,
+    pub cron: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            environment: Environment::Development,
+            database: DatabaseConfig { url: Secret::new(DEFAULT_DATABASE_URL), max_connections: 16 },
+            redis: RedisConfig { url: Secret::new(DEFAULT_REDIS_URL), namespace: "syncfleet".into() },
+            worker: WorkerConfig {
+                concurrency: 4,
+                poll_interval_ms: 50,
+                heartbeat_secs: 2,
+                lease_ttl_secs: 10,
+                lease_retry_ms: 250,
+                drain_timeout_secs: 60,
+                name: None,
+            },
+            producer: ProducerConfig {
+                listen: "127.0.0.1:8080".into(),
+                reconcile_interval_ms: 250,
+                dispatch_cap: 2_000,
+                stale_after_secs: 10,
+                redeliver_after_secs: 3,
+                startup_trigger: false,
+                scheduler_enabled: true,
+            },
+            min_interval_secs: None,
+            schedules: BTreeMap::new(),
+            chains: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given), then `SYNCFLEET__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("config file", format!("{} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("SYNCFLEET__").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document over the defaults (tests and embedded use).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn min_interval(&self) -> Duration {
+        Duration::from_secs(
+            self.min_interval_secs.unwrap_or_else(|| self.environment.default_min_interval_secs()),
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        if w.concurrency == 0 || w.concurrency > 256 {
+            return Err(invalid("worker.concurrency", "must be between 1 and 256"));
+        }
+        if w.poll_interval_ms == 0 || w.poll_interval_ms > 60_000 {
+            return Err(invalid("worker.poll_interval_ms", "must be between 1 and 60000"));
+        }
+        if w.heartbeat_secs == 0 {
+            return Err(invalid("worker.heartbeat_secs", "must be at least 1"));
+        }
+        if w.lease_ttl_secs < w.heartbeat_secs * 2 {
+            return Err(invalid("worker.lease_ttl_secs", "must be at least twice worker.heartbeat_secs"));
+        }
+        let p = &self.producer;
+        if p.dispatch_cap == 0 || p.dispatch_cap > MAX_DISPATCH_CAP {
+            return Err(invalid(
+                "producer.dispatch_cap",
+                format!("must be between 1 and {MAX_DISPATCH_CAP} (apalis-redis stalls near 8,000 due tasks)"),
+            ));
+        }
+        if p.stale_after_secs < w.heartbeat_secs * 2 {
+            return Err(invalid("producer.stale_after_secs", "must be at least twice worker.heartbeat_secs"));
+        }
+        if p.reconcile_interval_ms == 0 {
+            return Err(invalid("producer.reconcile_interval_ms", "must be at least 1"));
+        }
+        if self.redis.namespace.is_empty() || self.redis.namespace.contains(char::is_whitespace) {
+            return Err(invalid("redis.namespace", "must be non-empty without whitespace"));
+        }
+        for (chain, by_integration) in &self.schedules {
+            for (integration, spec) in by_integration {
+                let key = format!("schedules.{chain}.{integration}");
+                Schedule::from_spec(spec, self.min_interval()).map_err(|m| invalid(&key, m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A resolved schedule: every N seconds (aligned to the epoch, so every producer agrees on the
+/// tick) or a cron expression (seconds field first, as the `cron` crate reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Interval(Duration),
+    Cron(String),
+}
+
+impl Schedule {
+    /// Validates a spec against the minimum interval.
+    pub fn from_spec(spec: &ScheduleSpec, min: Duration) -> Result<Schedule, String> {
+        match (spec.interval_secs, &spec.cron) {
+            (Some(_), Some(_)) => Err("set either interval_secs or cron, not both".into()),
+            (None, None) => Err("set interval_secs or cron".into()),
+            (Some(secs), None) => {
+                if Duration::from_secs(secs) < min {
+                    Err(format!("interval {secs}s is below the minimum of {}s", min.as_secs()))
+                } else {
+                    Ok(Schedule::Interval(Duration::from_secs(secs)))
+                }
+            }
+            (None, Some(expr)) => {
+                let parsed = cron::Schedule::from_str(expr).map_err(|e| format!("bad cron `{expr}`: {e}"))?;
+                let mut upcoming = parsed.upcoming(chrono::Utc).take(2);
+                if let (Some(a), Some(b)) = (upcoming.next(), upcoming.next()) {
+                    let gap = (b - a).to_std().unwrap_or_default();
+                    if gap < min {
+                        return Err(format!(
+                            "cron `{expr}` fires every {}s, below the minimum of {}s",
+                            gap.as_secs(),
+                            min.as_secs()
+                        ));
+                    }
+                }
+                Ok(Schedule::Cron(expr.clone()))
+            }
+        }
+    }
+
+    /// The latest tick at or before `now` (epoch seconds), the identity of a scheduled run.
+    pub fn tick_at_or_before(&self, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+        match self {
+            Schedule::Interval(d) => {
+                let secs = d.as_secs().max(1) as i64;
+                Some(now.timestamp().div_euclid(secs) * secs)
+            }
+            Schedule::Cron(expr) => {
+                let parsed = cron::Schedule::from_str(expr).ok()?;
+                // Look back over growing windows; the first window holding a fire time wins.
+                for days in [0i64, 1, 8, 32, 366] {
+                    let from = now - chrono::Duration::hours(1) - chrono::Duration::days(days);
+                    let last = parsed.after(&from).take_while(|t| *t <= now).last();
+                    if let Some(t) = last {
+                        return Some(t.timestamp());
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The next tick strictly after `now`.
+    pub fn next_after(&self, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Schedule::Interval(d) => {
+                let secs = d.as_secs().max(1) as i64;
+                let next = (now.timestamp().div_euclid(secs) + 1) * secs;
+                chrono::DateTime::from_timestamp(next, 0)
+            }
+            Schedule::Cron(expr) => cron::Schedule::from_str(expr).ok()?.after(&now).next(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = Config::from_toml("[worker]\nconcurrency = 0\n").unwrap_err().to_string();
+        assert!(err.contains("worker.concurrency"), "{err}");
+        let err = Config::from_toml("[producer]\ndispatch_cap = 9000\n").unwrap_err().to_string();
+        assert!(err.contains("producer.dispatch_cap"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_toml("[worker]\nconcurency = 3\n").unwrap_err().to_string();
+        assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn schedule_below_minimum_is_refused() {
+        let text = "environment = \"production\"\n[schedules.daily.acme]\ninterval_secs = 10\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("schedules.daily.acme") && err.contains("minimum of 60s"), "{err}");
+        let ok = "environment = \"production\"\n[schedules.daily.acme]\ninterval_secs = 3600\n";
+        Config::from_toml(ok).unwrap();
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::default();
+        assert!(!format!("{c:?}").contains("postgres://"));
+    }
+
+    #[test]
+    fn interval_ticks_align_across_producers() {
+        let s = Schedule::Interval(Duration::from_secs(60));
+        let t = chrono::DateTime::from_timestamp(1_000_030, 0).unwrap();
+        assert_eq!(s.tick_at_or_before(t), Some(999_960));
+        assert_eq!(s.next_after(t).unwrap().timestamp(), 1_000_020);
+    }
+
+    #[test]
+    fn cron_ticks() {
+        let s = Schedule::from_spec(
+            &ScheduleSpec { interval_secs: None, cron: Some("0 */5 * * * *".into()) },
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let t = chrono::DateTime::from_timestamp(1_000_030, 0).unwrap(); // 13:47:10 UTC
+        let tick = s.tick_at_or_before(t).unwrap();
+        assert_eq!(tick % 300, 0);
+        assert!(tick <= 1_000_030 && 1_000_030 - tick < 300);
+    }
+}

@@ -1,0 +1,175 @@
+//! What a pack implements: a handler per step. The engine (worker crate) claims the step, runs the
+//! handler inside a timeout, and records the phase result and the downstream transitions.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    chain::{ChainDef, Mode, StepDef},
+    ids::{IntegrationName, RunId},
+};
+
+/// The business counts of one step run (DESIGN §2), stored on `step_runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseResult {
+    pub fetched: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub deactivated: i64,
+    pub errors: i64,
+    pub api_calls: i64,
+    pub throttled: i64,
+    pub cursor_before: Option<String>,
+    pub cursor_after: Option<String>,
+    /// The deletion guard's decision, e.g. `swept` or `blocked: fetch returned nothing`.
+    pub guard: Option<String>,
+}
+
+/// What should happen after a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Transient: try again (after the hint, or the step's backoff) while attempts remain.
+    #[error("{message}")]
+    Retry { message: String, after: Option<Duration> },
+    /// Permanent: no retry; the step fails now.
+    #[error("{message}")]
+    Abort { message: String },
+}
+
+impl StepError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        StepError::Retry { message: message.into(), after: None }
+    }
+    pub fn abort(message: impl Into<String>) -> Self {
+        StepError::Abort { message: message.into() }
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        StepError::retry(format!("database: {e}"))
+    }
+}
+
+/// The integration a run syncs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Integration {
+    pub id: i64,
+    pub name: String,
+    pub pack: String,
+    pub enabled: bool,
+    pub settings: serde_json::Value,
+}
+
+impl Integration {
+    pub fn name(&self) -> IntegrationName {
+        IntegrationName::parse(&self.name).expect("integration names are checked by the database")
+    }
+}
+
+/// Everything a step handler may use. Writes that must be applied exactly once with the step's
+/// completion go through [`StepContext::tx`]: the engine commits that transaction together with
+/// the step's result, fenced on the step still being this worker's.
+pub struct StepContext {
+    pub pool: PgPool,
+    pub run_id: RunId,
+    pub chain: Arc<ChainDef>,
+    pub step: StepDef,
+    pub integration: Integration,
+    pub mode: Mode,
+    pub shard: i32,
+    pub attempt: i32,
+    pub worker: String,
+    pub force_sweep: bool,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub result: PhaseResult,
+    /// Cancelled when the worker shuts down hard or the step is taken away.
+    pub cancel: CancellationToken,
+    tx: Option<Transaction<'static, Postgres>>,
+}
+
+impl StepContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: PgPool,
+        run_id: RunId,
+        chain: Arc<ChainDef>,
+        step: StepDef,
+        integration: Integration,
+        mode: Mode,
+        shard: i32,
+        attempt: i32,
+        worker: String,
+        force_sweep: bool,
+    ) -> Self {
+        StepContext {
+            pool,
+            run_id,
+            chain,
+            step,
+            integration,
+            mode,
+            shard,
+            attempt,
+            worker,
+            force_sweep,
+            started_at: chrono::Utc::now(),
+            result: PhaseResult::default(),
+            cancel: CancellationToken::new(),
+            tx: None,
+        }
+    }
+
+    /// The completion transaction, opened on first use.
+    pub async fn tx(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if self.tx.is_none() {
+            self.tx = Some(self.pool.begin().await?);
+        }
+        Ok(self.tx.as_mut().expect("just opened"))
+    }
+
+    /// Hands the completion transaction to the engine.
+    pub fn take_tx(&mut self) -> Option<Transaction<'static, Postgres>> {
+        self.tx.take()
+    }
+}
+
+/// One step's behaviour. Connectors hold API knowledge; the engine does the rest.
+pub trait StepHandler: Send + Sync {
+    fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>>;
+}
+
+/// A pack: its chains and the handler of each step kind it declares.
+#[derive(Clone)]
+pub struct Pack {
+    pub name: String,
+    pub chains: Vec<ChainDef>,
+    pub handlers: HashMap<String, Arc<dyn StepHandler>>,
+}
+
+/// Step handlers of every pack, looked up by `(pack, step)`.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<(String, String), Arc<dyn StepHandler>>,
+}
+
+impl HandlerRegistry {
+    pub fn from_packs(packs: &[Pack]) -> Self {
+        let mut handlers = HashMap::new();
+        for p in packs {
+            for (step, h) in &p.handlers {
+                handlers.insert((p.name.clone(), step.clone()), h.clone());
+            }
+        }
+        HandlerRegistry { handlers }
+    }
+
+    pub fn get(&self, pack: &str, step: &str) -> Option<Arc<dyn StepHandler>> {
+        self.handlers.get(&(pack.to_owned(), step.to_owned())).cloned()
+    }
+}

@@ -1,0 +1,107 @@
+//! PostgreSQL access: the source of truth for runs, steps, schedules, cursors and item errors.
+//! Tables are defined (and documented) in `migrations/`.
+
+pub mod runs;
+pub mod views;
+
+use std::str::FromStr;
+
+use sqlx::{
+    ConnectOptions, Connection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::{config::DatabaseConfig, step::Integration};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unknown integration `{0}`")]
+    UnknownIntegration(String),
+    #[error("integration `{0}` is disabled")]
+    IntegrationDisabled(String),
+    #[error("unknown chain `{0}`")]
+    UnknownChain(String),
+    #[error("chain `{chain}` belongs to pack `{chain_pack}` but integration `{integration}` is a `{integration_pack}` integration")]
+    PackMismatch { chain: String, chain_pack: String, integration: String, integration_pack: String },
+    #[error("a run of `{chain}` for `{integration}` is already active: {run_id}")]
+    ActiveRun { chain: String, integration: String, run_id: String },
+    #[error("tick `{0}` already has a run")]
+    DuplicateTick(String),
+    #[error("run {0} not found")]
+    RunNotFound(String),
+    #[error("run {run_id} is {status}; {action} needs {needs}")]
+    WrongState { run_id: String, status: String, action: &'static str, needs: &'static str },
+}
+
+/// Connects, creating the database first if it does not exist.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(config.url.expose())?.log_statements(tracing::log::LevelFilter::Trace);
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = %name, "Created database."),
+            // Another process created it at the same moment.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Applies pending migrations (safe to run from several processes at once: sqlx takes a lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+pub async fn integration_by_name(pool: &PgPool, name: &str) -> Result<Integration, StoreError> {
+    sqlx::query_as::<_, Integration>("SELECT id, name, pack, enabled, settings FROM integrations WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))
+}
+
+/// Creates the integration or updates its pack and settings.
+pub async fn upsert_integration(
+    pool: &PgPool,
+    name: &str,
+    pack: &str,
+    settings: &serde_json::Value,
+) -> Result<Integration, StoreError> {
+    Ok(sqlx::query_as::<_, Integration>(
+        "INSERT INTO integrations (name, pack, settings) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings, updated_at = now()
+         RETURNING id, name, pack, enabled, settings",
+    )
+    .bind(name)
+    .bind(pack)
+    .bind(settings)
+    .fetch_one(pool)
+    .await?)
+}

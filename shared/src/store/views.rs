@@ -1,0 +1,154 @@
+//! Read models for the CLI, the admin API and tests. `RunView` is the `syncfleet runs show --json`
+//! contract: keep its field names stable.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::StoreError;
+use crate::ids::RunId;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunView {
+    pub id: String,
+    pub chain: String,
+    pub integration: String,
+    pub mode: String,
+    pub status: String,
+    pub trigger: String,
+    pub triggered_by: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepView>,
+}
+
+/// One step of a run; a fanned-out step's shards are summed into one line (`shards` > 1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow)]
+pub struct StepView {
+    pub step: String,
+    pub status: String,
+    pub shards: i64,
+    pub shards_done: i64,
+    pub attempts: i64,
+    pub duration_ms: Option<i64>,
+    pub fetched: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub deactivated: i64,
+    pub errors: i64,
+    pub api_calls: i64,
+    pub throttled: i64,
+    pub guard: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: uuid::Uuid,
+    chain: String,
+    integration: String,
+    mode: String,
+    status: String,
+    trigger_kind: String,
+    triggered_by: String,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! run_select {
+    () => {
+        "SELECT r.id, r.chain, i.name AS integration, r.mode, r.status, r.trigger_kind, r.triggered_by,
+        r.error, r.created_at, r.started_at, r.finished_at
+   FROM chain_runs r JOIN integrations i ON i.id = r.integration_id"
+    };
+}
+
+pub async fn run(pool: &PgPool, id: RunId) -> Result<RunView, StoreError> {
+    let row = sqlx::query_as::<_, RunRow>(concat!(run_select!(), " WHERE r.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| StoreError::RunNotFound(id.to_string()))?;
+    let steps = steps(pool, id).await?;
+    Ok(view(row, steps))
+}
+
+fn view(r: RunRow, steps: Vec<StepView>) -> RunView {
+    RunView {
+        id: r.id.to_string(),
+        chain: r.chain,
+        integration: r.integration,
+        mode: r.mode,
+        status: r.status,
+        trigger: r.trigger_kind,
+        triggered_by: r.triggered_by,
+        error: r.error,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        steps,
+    }
+}
+
+/// Steps in declaration order (first id), shards summed.
+pub async fn steps(pool: &PgPool, id: RunId) -> Result<Vec<StepView>, StoreError> {
+    Ok(sqlx::query_as::<_, StepView>(
+        "SELECT step,
+                CASE WHEN bool_or(status = 'running') THEN 'running'
+                     WHEN bool_or(status = 'failed') THEN 'failed'
+                     WHEN bool_and(status = 'succeeded') THEN 'succeeded'
+                     WHEN bool_and(status = 'skipped') THEN 'skipped'
+                     WHEN bool_and(status = 'cancelled') THEN 'cancelled'
+                     WHEN bool_or(status = 'ready') THEN 'ready'
+                     WHEN bool_or(status = 'succeeded') THEN 'running'
+                     ELSE min(status) END AS status,
+                count(*) AS shards,
+                count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'skipped', 'cancelled')) AS shards_done,
+                sum(attempts)::bigint AS attempts,
+                CASE WHEN count(*) = 1 THEN max(duration_ms)
+                     ELSE (extract(epoch FROM (max(finished_at) - min(started_at))) * 1000)::bigint END AS duration_ms,
+                sum(fetched)::bigint AS fetched, sum(inserted)::bigint AS inserted, sum(updated)::bigint AS updated,
+                sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
+                sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
+                max(guard) AS guard, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
+           FROM step_runs WHERE run_id = $1
+          GROUP BY step ORDER BY min(id)",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunFilter {
+    pub chain: Option<String>,
+    pub integration: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Newest first, without step details.
+pub async fn runs(pool: &PgPool, f: &RunFilter) -> Result<Vec<RunView>, StoreError> {
+    let rows = sqlx::query_as::<_, RunRow>(concat!(
+        run_select!(),
+        " WHERE ($1::text IS NULL OR r.chain = $1) AND ($2::text IS NULL OR i.name = $2)
+           AND ($3::text IS NULL OR r.status = $3)
+         ORDER BY r.created_at DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(&f.chain)
+    .bind(&f.integration)
+    .bind(&f.status)
+    .bind(f.limit.unwrap_or(50).clamp(1, 1000))
+    .bind(f.offset.unwrap_or(0).max(0))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| view(r, vec![])).collect())
+}

@@ -1,0 +1,277 @@
+//! The step engine: one entry point, [`Engine::execute`], used by the apalis handler and by tests.
+//! Phases: check the job is current → take the entity lease → claim in PostgreSQL → run the
+//! handler under a timeout with heartbeats → record the outcome and downstream transitions in one
+//! transaction → push the steps that became ready.
+
+use std::{sync::Arc, time::Duration};
+
+use rand::Rng;
+use sqlx::PgPool;
+use syncfleet_shared::{
+    chain::{ChainRegistry, StepDef},
+    config::Config,
+    dispatch::{self, DispatchError},
+    job::JobPayload,
+    queue::{QueueClient, QueueError},
+    step::{HandlerRegistry, Integration, StepContext, StepError},
+    store::runs::{self, Claim, ClaimedStep, Fence, Outcome},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What one delivery of a step job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executed {
+    /// The job is not the step's current job (duplicate or old delivery): nothing done.
+    Stale,
+    /// The run is no longer active; the step was cancelled.
+    RunInactive,
+    /// Another job holds the entity; the step will be delivered again shortly.
+    LeaseBusy,
+    Succeeded,
+    /// Failed; a new attempt is scheduled.
+    Retrying,
+    /// Failed for good.
+    Failed,
+    /// The step was taken away while running (lost heartbeat); its result was discarded.
+    Fenced,
+}
+
+pub struct Engine {
+    pub config: Config,
+    pub pool: PgPool,
+    pub queues: QueueClient,
+    pub chains: Arc<ChainRegistry>,
+    pub handlers: Arc<HandlerRegistry>,
+    pub name: String,
+    /// Running steps; shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the drain timeout passes: handlers should stop at once.
+    pub hard_stop: CancellationToken,
+}
+
+impl Engine {
+    pub fn new(
+        config: Config,
+        pool: PgPool,
+        queues: QueueClient,
+        chains: Arc<ChainRegistry>,
+        handlers: Arc<HandlerRegistry>,
+        name: String,
+    ) -> Engine {
+        Engine {
+            config,
+            pool,
+            queues,
+            chains,
+            handlers,
+            name,
+            tracker: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    pub async fn execute(&self, job: JobPayload) -> Result<Executed, EngineError> {
+        match job {
+            JobPayload::StepV1 { run_id, step_run_id, step, shard, job_id } => {
+                let span = tracing::info_span!("step", %run_id, %step, shard, job_id = %job_id, worker = %self.name);
+                self.execute_step(step_run_id, &job_id).instrument(span).await
+            }
+        }
+    }
+
+    async fn execute_step(&self, id: i64, job_id: &str) -> Result<Executed, EngineError> {
+        let Some(entity) = runs::ready_entity(&self.pool, id, job_id).await? else {
+            tracing::debug!("Stale delivery ignored.");
+            return Ok(Executed::Stale);
+        };
+        let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
+        if !self.queues.lease_acquire(&entity, job_id, ttl).await? {
+            let base = self.config.worker.lease_retry_ms.max(1);
+            let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
+            runs::requeue_lease_busy(&self.pool, id, job_id, delay).await?;
+            tracing::debug!(%entity, "Entity lease busy; delivering again later.");
+            return Ok(Executed::LeaseBusy);
+        }
+        let result = self.run_leased(id, job_id, &entity).await;
+        if let Err(error) = self.queues.lease_release(&entity, job_id).await {
+            tracing::warn!(%error, %entity, "Lease release failed; it expires on its own.");
+        }
+        result
+    }
+
+    async fn run_leased(&self, id: i64, job_id: &str, entity: &str) -> Result<Executed, EngineError> {
+        let claimed = match runs::claim(&self.pool, id, job_id, &self.name).await? {
+            Claim::Claimed(c) => c,
+            Claim::Stale => return Ok(Executed::Stale),
+            Claim::RunInactive => return Ok(Executed::RunInactive),
+        };
+        let fence = Fence { step_run_id: id, job_id, worker: Some(&self.name) };
+        let prepared = self.prepare(&claimed).await?;
+        let (mut ctx, def, handler) = match prepared {
+            Ok(p) => p,
+            Err(message) => {
+                let outcome = Outcome::Failed { message, retry_in: None, result: Default::default() };
+                return self.record(&fence, outcome, None).await;
+            }
+        };
+        tracing::info!(attempt = claimed.attempt, "Step started.");
+
+        let heartbeat = self.spawn_heartbeat(id, job_id, entity, ctx.cancel.clone());
+        let hard_stop = self.hard_stop.clone();
+        let cancel = ctx.cancel.clone();
+        let stop_link = tokio::spawn(async move {
+            hard_stop.cancelled().await;
+            cancel.cancel();
+        });
+        let result = match self.precondition_holds(&def, ctx.integration.id).await {
+            Ok(true) => match tokio::time::timeout(def.timeout, handler.run(&mut ctx)).await {
+                Ok(r) => r,
+                Err(_) => Err(StepError::retry(format!("timed out after {}s", def.timeout.as_secs()))),
+            },
+            Ok(false) => Err(StepError::abort(format!(
+                "precondition not met: {}",
+                def.precondition.as_ref().map(|p| p.description.as_str()).unwrap_or_default()
+            ))),
+            Err(e) => Err(StepError::retry(format!("precondition check failed: {e}"))),
+        };
+        heartbeat.abort();
+        stop_link.abort();
+
+        let outcome = match result {
+            Ok(()) => Outcome::Succeeded(ctx.result.clone()),
+            Err(error) => {
+                let (message, retry_hint, retryable) = match error {
+                    StepError::Retry { message, after } => (message, after, true),
+                    StepError::Abort { message } => (message, None, false),
+                };
+                let retry_in = (retryable && claimed.attempt < claimed.max_attempts)
+                    .then(|| retry_hint.unwrap_or_else(|| def.retry.delay_after(claimed.attempt as u32)));
+                tracing::warn!(error = %message, attempt = claimed.attempt, retry_in_ms = ?retry_in.map(|d| d.as_millis()), "Step attempt failed.");
+                Outcome::Failed { message, retry_in, result: ctx.result.clone() }
+            }
+        };
+        let tx = match &outcome {
+            Outcome::Succeeded(_) => ctx.take_tx(),
+            Outcome::Failed { .. } => None, // the attempt's writes roll back
+        };
+        self.record(&fence, outcome, tx).await
+    }
+
+    /// Looks up the chain, step, integration and handler of a claimed step. `Err` is a permanent
+    /// misconfiguration, recorded as the step's failure.
+    #[allow(clippy::type_complexity)]
+    async fn prepare(
+        &self,
+        c: &ClaimedStep,
+    ) -> Result<Result<(StepContext, StepDef, Arc<dyn syncfleet_shared::step::StepHandler>), String>, EngineError> {
+        let Some(chain) = self.chains.get(&c.chain).cloned() else {
+            return Ok(Err(format!("chain `{}` is not known to worker {}", c.chain, self.name)));
+        };
+        let Some(def) = chain.step(&c.step).cloned() else {
+            return Ok(Err(format!("step `{}` is not in chain `{}`", c.step, c.chain)));
+        };
+        let Some(handler) = self.handlers.get(&chain.pack, &c.step) else {
+            return Ok(Err(format!("pack `{}` has no handler for step `{}`", chain.pack, c.step)));
+        };
+        let integration = sqlx::query_as::<_, Integration>(
+            "SELECT id, name, pack, enabled, settings FROM integrations WHERE id = $1",
+        )
+        .bind(c.integration_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let mode = def.mode.unwrap_or(c.mode);
+        let ctx = StepContext::new(
+            self.pool.clone(),
+            c.run_id,
+            chain,
+            def.clone(),
+            integration,
+            mode,
+            c.shard,
+            c.attempt,
+            self.name.clone(),
+            c.force_sweep,
+        );
+        Ok(Ok((ctx, def, handler)))
+    }
+
+    async fn precondition_holds(&self, def: &StepDef, integration_id: i64) -> Result<bool, sqlx::Error> {
+        let Some(p) = &def.precondition else {
+            return Ok(true);
+        };
+        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql.clone())).bind(integration_id).fetch_one(&self.pool).await
+    }
+
+    /// Keeps the step's heartbeat (PostgreSQL) and entity lease (Redis) alive; cancels the step
+    /// when either is lost.
+    fn spawn_heartbeat(&self, id: i64, job_id: &str, entity: &str, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (pool, queues) = (self.pool.clone(), self.queues.clone());
+        let (job_id, entity) = (job_id.to_owned(), entity.to_owned());
+        let every = Duration::from_secs(self.config.worker.heartbeat_secs);
+        let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match runs::heartbeat(&pool, id, &job_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("Step was taken away from this worker; stopping it.");
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "Heartbeat failed."),
+                }
+                match queues.lease_renew(&entity, &job_id, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%entity, "Entity lease lost; stopping the step.");
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "Lease renewal failed."),
+                }
+            }
+        })
+    }
+
+    /// Records the outcome (with the handler's writes on success) and pushes what became ready.
+    async fn record(
+        &self,
+        fence: &Fence<'_>,
+        outcome: Outcome,
+        tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    ) -> Result<Executed, EngineError> {
+        let mut tx = match tx {
+            Some(tx) => tx,
+            None => self.pool.begin().await?,
+        };
+        let Some(ready) = runs::finish_step(&mut tx, fence, &outcome).await? else {
+            tx.rollback().await.ok();
+            tracing::warn!("Step result discarded: the step is no longer this worker's.");
+            return Ok(Executed::Fenced);
+        };
+        tx.commit().await?;
+        let executed = match &outcome {
+            Outcome::Succeeded(_) => Executed::Succeeded,
+            Outcome::Failed { retry_in: Some(_), .. } => Executed::Retrying,
+            Outcome::Failed { retry_in: None, .. } => Executed::Failed,
+        };
+        tracing::info!(outcome = ?executed, next = ready.len(), "Step finished.");
+        if let Err(error) = dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, &ready).await {
+            let error: DispatchError = error;
+            tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
+        }
+        Ok(executed)
+    }
+}

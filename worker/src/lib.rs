@@ -1,0 +1,142 @@
+//! The worker: apalis-redis workers (one per queue) feeding the step engine.
+//!
+//! Each process has a unique worker name (host + random suffix, new on every restart of the
+//! apalis worker), polls Redis every `worker.poll_interval_ms`, runs up to `worker.concurrency`
+//! steps at once, and on shutdown stops fetching and lets running steps finish within
+//! `worker.drain_timeout_secs`. Attempts and retries are decided in PostgreSQL by the engine;
+//! apalis only delivers.
+
+pub mod engine;
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use rand::Rng;
+use syncfleet_shared::{config::Config, job::JobPayload, queue::QueueClient, registries, store};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use engine::Engine;
+
+/// One cancellation token for SIGTERM and ctrl-c.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        ctrl_c.await.ok();
+        tracing::info!("Shutdown requested.");
+        t.cancel();
+    });
+    token
+}
+
+/// A unique worker name: prefix (config, else host name) plus a random suffix.
+pub fn worker_name(prefix: Option<&str>) -> String {
+    let base = prefix
+        .map(str::to_owned)
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "worker".into());
+    let suffix: u32 = rand::rng().random();
+    format!("{base}-{}-{suffix:08x}", std::process::id())
+}
+
+/// Connects, then runs until `shutdown` is cancelled and running steps have drained.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database).await?;
+    store::migrate(&pool).await?;
+    let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
+    let (chains, handlers) = registries(&config)?;
+    let name = worker_name(config.worker.name.as_deref());
+    let engine = Arc::new(Engine::new(config.clone(), pool, queues, chains.clone(), handlers, name.clone()));
+    run_engine(engine, chains.queues(), shutdown).await
+}
+
+/// Runs apalis workers for `queues` until `shutdown`, then drains running steps.
+pub async fn run_engine(engine: Arc<Engine>, queues: Vec<String>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(worker = %engine.name, queues = ?queues, "Worker started.");
+    let mut supervisors = Vec::new();
+    for queue in queues {
+        supervisors.push(tokio::spawn(supervise(engine.clone(), queue, shutdown.clone())));
+    }
+    for s in supervisors {
+        s.await.ok();
+    }
+    let tracker: &TaskTracker = &engine.tracker;
+    tracker.close();
+    let drain = Duration::from_secs(engine.config.worker.drain_timeout_secs);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(running = tracker.len(), "Drain timeout: steps still running are left to the reconciler.");
+        engine.hard_stop.cancel();
+    }
+    tracing::info!(worker = %engine.name, "Worker stopped.");
+    Ok(())
+}
+
+/// Keeps one apalis worker running on `queue`; a worker that stops without a shutdown request
+/// (Redis stall, flushed worker registry) is restarted under a new name with a backoff.
+async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationToken) {
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let name = format!("{}:{}", engine.name, failures);
+        let wc = &engine.config.worker;
+        let config = engine
+            .queues
+            .apalis_config(&queue)
+            .batch_size(1)
+            .heartbeat_interval(Duration::from_secs(wc.heartbeat_secs.max(1)))
+            .missed_heartbeats(5);
+        let storage = RedisStorage::<JobPayload>::new(engine.queues.connection())
+            .with_config(config)
+            .poll_with_interval(Duration::from_millis(wc.poll_interval_ms));
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(storage)
+            .concurrency(wc.concurrency)
+            .data(engine.clone())
+            .build(handle_job);
+        let stop = shutdown.clone();
+        let result = worker.run_until(async move { stop.cancelled().await; Ok::<(), std::io::Error>(()) }).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        failures += 1;
+        let backoff = Duration::from_millis((200u64 << failures.min(6)).min(10_000));
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, %queue, "Queue worker stopped on its own; restarting."),
+            Err(error) => tracing::warn!(worker = %name, %queue, %error, "Queue worker failed; restarting."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The apalis handler. The step runs on a tracked task of its own, so it finishes even when the
+/// apalis worker is stopping; the handler returns `Ok` once the outcome is in PostgreSQL.
+async fn handle_job(job: JobPayload, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
+    let engine: Arc<Engine> = (*engine).clone();
+    let e = engine.clone();
+    let handle = engine.tracker.spawn(async move { e.execute(job).await });
+    match handle.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "Step job could not be processed; Redis will deliver it again.");
+            Err(error.into())
+        }
+        Err(join) => Err(format!("step task panicked: {join}").into()),
+    }
+}
