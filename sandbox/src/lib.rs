@@ -39,13 +39,21 @@ use crate::data::Dataset;
 use crate::state::AppState;
 
 /// Generates the data (off the async threads) and builds the shared state.
-async fn build_state(config: SandboxConfig, base_url: String, shutdown: CancellationToken) -> anyhow::Result<Arc<AppState>> {
+async fn build_state(
+    config: SandboxConfig,
+    base_url: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<AppState>> {
     let (seed, scale, share) = (config.seed, config.scale, config.properties_forbidden_share);
     let data = tokio::task::spawn_blocking(move || Dataset::generate(seed, scale, share)).await?;
     Ok(Arc::new(AppState::new(config, data, base_url, shutdown)))
 }
 
-async fn serve(listener: TcpListener, state: Arc<AppState>, token: CancellationToken) -> anyhow::Result<()> {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(token.cancelled_owned())
@@ -55,7 +63,11 @@ async fn serve(listener: TcpListener, state: Arc<AppState>, token: CancellationT
 }
 
 /// Serves the sandbox on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, config: SandboxConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: SandboxConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().map_err(SandboxError::Bind)?;
     let token = CancellationToken::new();
     let state = build_state(config, format!("http://{addr}"), token.clone()).await?;
@@ -120,11 +132,20 @@ impl SandboxHandle {
 
 /// Starts a sandbox on `127.0.0.1:0` in the current runtime.
 pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SandboxError::Bind)?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(SandboxError::Bind)?;
     let addr = listener.local_addr().map_err(SandboxError::Bind)?;
     let base_url = format!("http://{addr}");
     let token = CancellationToken::new();
     let state = build_state(config.clone(), base_url.clone(), token.clone()).await?;
     let task = tokio::spawn(serve(listener, state.clone(), token.clone()));
-    Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
+    Ok(SandboxHandle {
+        base_url,
+        config,
+        state,
+        task: Some(task),
+        _stop: token.clone().drop_guard(),
+        token,
+    })
 }

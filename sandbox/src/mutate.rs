@@ -57,10 +57,19 @@ fn bump(prev: i64, now: i64) -> i64 {
     now.max(prev + 1)
 }
 
-pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) -> Result<MutateResult, String> {
+pub fn mutate(
+    data: &mut Dataset,
+    seed: u64,
+    round: u64,
+    req: &MutateRequest,
+) -> Result<MutateResult, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0x6d75_7461) ^ mix(round));
     let now = now_secs();
-    let mut out = MutateResult { api: Some(req.api), resource: req.resource.clone(), ..MutateResult::default() };
+    let mut out = MutateResult {
+        api: Some(req.api),
+        resource: req.resource.clone(),
+        ..MutateResult::default()
+    };
     let resource = req.resource.to_ascii_lowercase();
     match (req.api, resource.as_str()) {
         (Api::Northpass, "people") => {
@@ -73,7 +82,10 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 out.changed.push(Value::from(p.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.people[i].key).collect();
-            out.deleted = del.iter().map(|&i| Value::from(np.people[i].id.clone())).collect();
+            out.deleted = del
+                .iter()
+                .map(|&i| Value::from(np.people[i].id.clone()))
+                .collect();
             np.delete_people(&keys);
             for _ in 0..req.add {
                 let key = np.take_key();
@@ -103,12 +115,22 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 out.changed.push(Value::from(g.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.groups[i].key).collect();
-            out.deleted = del.iter().map(|&i| Value::from(np.groups[i].id.clone())).collect();
+            out.deleted = del
+                .iter()
+                .map(|&i| Value::from(np.groups[i].id.clone()))
+                .collect();
             np.groups.retain(|g| !keys.contains(&g.key));
             for _ in 0..req.add {
                 let key = np.take_key();
                 let id = uuid_v4(&mut rng);
-                np.groups.push(Group { key, id: id.clone(), name: format!("New Group {key}"), created_at: now, updated_at: now, members: Default::default() });
+                np.groups.push(Group {
+                    key,
+                    id: id.clone(),
+                    name: format!("New Group {key}"),
+                    created_at: now,
+                    updated_at: now,
+                    members: Default::default(),
+                });
                 out.added.push(Value::from(id));
             }
             np.reindex();
@@ -122,7 +144,10 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 out.changed.push(Value::from(c.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.courses[i].key).collect();
-            out.deleted = del.iter().map(|&i| Value::from(np.courses[i].id.clone())).collect();
+            out.deleted = del
+                .iter()
+                .map(|&i| Value::from(np.courses[i].id.clone()))
+                .collect();
             np.delete_courses(&keys);
             for _ in 0..req.add {
                 let key = np.take_key();
@@ -145,7 +170,12 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
         }
         (Api::Northpass, "enrollments") => {
             let np = &mut data.northpass;
-            let (ch, del) = pick(&mut rng, np.enrollments.len(), req.change_percent, req.delete);
+            let (ch, del) = pick(
+                &mut rng,
+                np.enrollments.len(),
+                req.change_percent,
+                req.delete,
+            );
             for &i in &ch {
                 let e = &mut np.enrollments[i];
                 e.progress = 100;
@@ -155,21 +185,42 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 out.changed.push(Value::from(e.id.clone()));
             }
             let gone: HashSet<u32> = del.iter().map(|&i| np.enrollments[i].key).collect();
-            out.deleted = del.iter().map(|&i| Value::from(np.enrollments[i].id.clone())).collect();
+            out.deleted = del
+                .iter()
+                .map(|&i| Value::from(np.enrollments[i].id.clone()))
+                .collect();
             np.enrollments.retain(|e| !gone.contains(&e.key));
             let (npeople, ncourses) = (np.people.len(), np.courses.len());
-            let pairs: HashSet<(u32, u32)> = np.enrollments.iter().map(|e| (e.person, e.course)).collect();
+            let pairs: HashSet<(u32, u32)> = np
+                .enrollments
+                .iter()
+                .map(|e| (e.person, e.course))
+                .collect();
             let mut added = 0;
             let mut tries = 0;
             while added < req.add && npeople > 0 && ncourses > 0 && tries < req.add * 50 {
                 tries += 1;
-                let (p, c) = (np.people[rng.random_range(0..npeople)].key, np.courses[rng.random_range(0..ncourses)].key);
+                let (p, c) = (
+                    np.people[rng.random_range(0..npeople)].key,
+                    np.courses[rng.random_range(0..ncourses)].key,
+                );
                 if pairs.contains(&(p, c)) {
                     continue;
                 }
                 let key = np.take_key();
                 let id = uuid_v4(&mut rng);
-                np.enrollments.push(Enrollment { key, id: id.clone(), person: p, course: c, enrolled_at: now, started_at: None, completed_at: None, last_active_at: None, progress: 0, attempt_number: 1 });
+                np.enrollments.push(Enrollment {
+                    key,
+                    id: id.clone(),
+                    person: p,
+                    course: c,
+                    enrolled_at: now,
+                    started_at: None,
+                    completed_at: None,
+                    last_active_at: None,
+                    progress: 0,
+                    attempt_number: 1,
+                });
                 out.added.push(Value::from(id));
                 added += 1;
             }
@@ -181,7 +232,11 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 "account" | "accounts" | "partners" => &mut ip.accounts,
                 "user" | "users" | "contacts" => &mut ip.users,
                 "lead" | "leads" => &mut ip.leads,
-                other => return Err(format!("unknown impartner resource {other:?}: use accounts, users or leads")),
+                other => {
+                    return Err(format!(
+                        "unknown impartner resource {other:?}: use accounts, users or leads"
+                    ));
+                }
             };
             mutate_table(table, &mut rng, req, now, &mut out);
         }
@@ -202,12 +257,32 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 let id = m.next_user_id;
                 m.next_user_id += 1;
                 let template = m.users.first().cloned().ok_or("no user to copy")?;
-                let campus = template.username.split('-').next().unwrap_or("northgate").to_string();
+                let campus = template
+                    .username
+                    .split('-')
+                    .next()
+                    .unwrap_or("northgate")
+                    .to_string();
                 let username = format!("{campus}-{}", 900_000 + id);
-                m.users.push(MUser { id, username: username.clone(), email: format!("{}@students.example.edu", username.replace('-', ".")), idnumber: (900_000 + id).to_string(), firstaccess: now, lastaccess: now, ..template });
+                m.users.push(MUser {
+                    id,
+                    username: username.clone(),
+                    email: format!("{}@students.example.edu", username.replace('-', ".")),
+                    idnumber: (900_000 + id).to_string(),
+                    firstaccess: now,
+                    lastaccess: now,
+                    ..template
+                });
                 if !m.courses.is_empty() {
                     let c = m.courses[rng.random_range(0..m.courses.len())].id;
-                    m.enrolments.push(Enrolment { userid: id, courseid: c, roleid: 5, groups: Vec::new(), lastcourseaccess: now, active: true });
+                    m.enrolments.push(Enrolment {
+                        userid: id,
+                        courseid: c,
+                        roleid: 5,
+                        groups: Vec::new(),
+                        lastcourseaccess: now,
+                        active: true,
+                    });
                 }
                 out.added.push(Value::from(id));
             }
@@ -256,16 +331,34 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 i += 1;
                 !gone.contains(&(i - 1))
             });
-            let pairs: HashSet<(i64, i64)> = m.enrolments.iter().map(|e| (e.courseid, e.userid)).collect();
+            let pairs: HashSet<(i64, i64)> = m
+                .enrolments
+                .iter()
+                .map(|e| (e.courseid, e.userid))
+                .collect();
             let mut added = 0;
             let mut tries = 0;
-            while added < req.add && !m.users.is_empty() && !m.courses.is_empty() && tries < req.add * 50 {
+            while added < req.add
+                && !m.users.is_empty()
+                && !m.courses.is_empty()
+                && tries < req.add * 50
+            {
                 tries += 1;
-                let (u, c) = (m.users[rng.random_range(0..m.users.len())].id, m.courses[rng.random_range(0..m.courses.len())].id);
+                let (u, c) = (
+                    m.users[rng.random_range(0..m.users.len())].id,
+                    m.courses[rng.random_range(0..m.courses.len())].id,
+                );
                 if pairs.contains(&(c, u)) {
                     continue;
                 }
-                let e = Enrolment { userid: u, courseid: c, roleid: 5, groups: Vec::new(), lastcourseaccess: 0, active: true };
+                let e = Enrolment {
+                    userid: u,
+                    courseid: c,
+                    roleid: 5,
+                    groups: Vec::new(),
+                    lastcourseaccess: 0,
+                    active: true,
+                };
                 out.added.push(label(&e));
                 m.enrolments.push(e);
                 added += 1;
@@ -287,7 +380,14 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
             for _ in 0..req.add {
                 let id = erp.next_id;
                 erp.next_id += 1;
-                erp.items.push(Item { id, sku: format!("SKU-N{id:06}"), name: format!("New Item {id}"), quantity: rng.random_range(1..100), warehouse: "SYD-1", updated_at: now });
+                erp.items.push(Item {
+                    id,
+                    sku: format!("SKU-N{id:06}"),
+                    name: format!("New Item {id}"),
+                    quantity: rng.random_range(1..100),
+                    warehouse: "SYD-1",
+                    updated_at: now,
+                });
                 out.added.push(Value::from(id));
             }
         }
@@ -296,7 +396,13 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
     Ok(out)
 }
 
-fn mutate_table(table: &mut Table, rng: &mut ChaCha8Rng, req: &MutateRequest, now: i64, out: &mut MutateResult) {
+fn mutate_table(
+    table: &mut Table,
+    rng: &mut ChaCha8Rng,
+    req: &MutateRequest,
+    now: i64,
+    out: &mut MutateResult,
+) {
     let (ch, del) = pick(rng, table.records.len(), req.change_percent, req.delete);
     let schema = table.schema;
     let updated = table.updated_idx;
@@ -314,14 +420,24 @@ fn mutate_table(table: &mut Table, rng: &mut ChaCha8Rng, req: &MutateRequest, no
             _ => 0,
         };
         rec.vals[updated] = Val::Time(bump(prev, now));
-        let cur = rec.vals[touch_idx].as_str().unwrap_or("").trim_end_matches(" (updated)").to_string();
+        let cur = rec.vals[touch_idx]
+            .as_str()
+            .unwrap_or("")
+            .trim_end_matches(" (updated)")
+            .to_string();
         rec.vals[touch_idx] = Val::Text(format!("{cur} (updated)"));
         out.changed.push(Value::from(rec.id()));
     }
     let ids: Vec<i64> = del.iter().map(|&i| table.records[i].id()).collect();
-    out.deleted = table.delete(&ids, now).into_iter().map(Value::from).collect();
+    out.deleted = table
+        .delete(&ids, now)
+        .into_iter()
+        .map(Value::from)
+        .collect();
     for _ in 0..req.add {
-        let Some(template) = table.records.first().cloned() else { break };
+        let Some(template) = table.records.first().cloned() else {
+            break;
+        };
         let mut rec = table.blank();
         let id = rec.id();
         rec.vals.clone_from(&template.vals);

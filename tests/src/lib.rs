@@ -1,1 +1,249 @@
+//! Test harness: every test gets its own PostgreSQL database and Redis key namespace on the
+//! machine's real servers, starts the real producer and workers (in-process on port 0, or as
+//! child processes of the built binaries), and cleans up after itself.
 
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use sqlx::PgPool;
+use syncfleet_producer::{Ops, cli::wait_for, ops::Trigger};
+use syncfleet_shared::{
+    chain::Mode,
+    config::Config,
+    ids::RunId,
+    registries,
+    store::{self, runs::TriggerKind, views::RunView},
+    telemetry,
+};
+use syncfleet_worker::{Engine, worker_name};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub struct TestEnv {
+    pub id: String,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub ops: Ops,
+    pub pool: PgPool,
+    database: String,
+}
+
+/// A producer or worker engine running in this process.
+pub struct Running {
+    pub token: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    pub addr: Option<std::net::SocketAddr>,
+    pub name: String,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+    }
+}
+
+impl TestEnv {
+    /// A fresh database and namespace; `extra_toml` is appended to the generated config.
+    pub async fn new(extra_toml: &str) -> TestEnv {
+        Self::build(REDIS_URL, "", extra_toml).await
+    }
+
+    /// `producer_lines` go into the `[producer]` table.
+    pub async fn with_producer(producer_lines: &str, extra_toml: &str) -> TestEnv {
+        Self::build(REDIS_URL, producer_lines, extra_toml).await
+    }
+
+    pub async fn with_redis(redis_url: &str, extra_toml: &str) -> TestEnv {
+        Self::build(redis_url, "", extra_toml).await
+    }
+
+    async fn build(redis_url: &str, producer_lines: &str, extra_toml: &str) -> TestEnv {
+        telemetry::init_test();
+        let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
+        let database = format!("sf_test_{id}");
+        let toml = format!(
+            "environment = \"test\"\n\
+             [database]\nurl = \"postgres://postgres@127.0.0.1:5432/{database}\"\nmax_connections = 20\n\
+             [redis]\nurl = \"{redis_url}\"\nnamespace = \"sft-{id}\"\n\
+             [worker]\nconcurrency = 4\npoll_interval_ms = 20\nheartbeat_secs = 1\nlease_ttl_secs = 4\nlease_retry_ms = 50\ndrain_timeout_secs = 30\n\
+             [producer]\nlisten = \"127.0.0.1:0\"\nreconcile_interval_ms = 100\nstale_after_secs = 4\nredeliver_after_secs = 2\n{producer_lines}\n\
+             {extra_toml}\n"
+        );
+        let config = Config::from_toml(&toml).expect("test config is valid");
+        let config_path = std::env::temp_dir().join(format!("syncfleet-test-{id}.toml"));
+        std::fs::write(&config_path, &toml).expect("write test config");
+        let ops = syncfleet_producer::connect(&config).await.expect("connect to PostgreSQL and Redis");
+        let pool = ops.pool.clone();
+        TestEnv { id, config, config_path, ops, pool, database }
+    }
+
+    /// Creates (or updates) an integration of the demo pack.
+    pub async fn demo_integration(&self, name: &str, settings: serde_json::Value) {
+        store::upsert_integration(&self.pool, name, "demo", &settings).await.expect("integration");
+    }
+
+    pub async fn spawn_producer(&self) -> Running {
+        let token = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(syncfleet_producer::run_with(listener, self.ops.clone(), token.clone()));
+        Running { token, handle, addr: Some(addr), name: "producer".into() }
+    }
+
+    /// A worker engine in this process (its own worker name, shared pool).
+    pub async fn spawn_worker(&self, prefix: &str) -> Running {
+        let token = CancellationToken::new();
+        let (chains, handlers) = registries(&self.config).unwrap();
+        let name = worker_name(Some(prefix));
+        let engine =
+            Arc::new(Engine::new(self.config.clone(), self.pool.clone(), self.ops.queues.clone(), chains.clone(), handlers, name.clone()));
+        let handle = tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), token.clone()));
+        Running { token, handle, addr: None, name }
+    }
+
+    /// A real `syncfleet-worker` process with this test's config.
+    pub fn spawn_worker_process(&self, name: &str) -> tokio::process::Child {
+        tokio::process::Command::new(binary("syncfleet-worker"))
+            .env("SYNCFLEET_CONFIG", &self.config_path)
+            .env("SYNCFLEET__WORKER__NAME", name)
+            .env("SYNCFLEET_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn syncfleet-worker (build it first: cargo build --bins)")
+    }
+
+    /// The `syncfleet` CLI with this test's config.
+    pub fn cli(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(binary("syncfleet"));
+        c.env("SYNCFLEET_CONFIG", &self.config_path).env("SYNCFLEET_LOG", "error");
+        c
+    }
+
+    pub async fn trigger(&self, chain: &str, integration: &str) -> RunId {
+        self.ops
+            .trigger(Trigger {
+                chain: chain.into(),
+                integration: integration.into(),
+                mode: Mode::Full,
+                kind: TriggerKind::Manual,
+                triggered_by: "test".into(),
+                tick_key: None,
+                force_sweep: false,
+            })
+            .await
+            .expect("trigger")
+    }
+
+    pub async fn wait(&self, run: RunId, limit: Duration) -> RunView {
+        wait_for(&self.ops, run, false, limit).await.expect("run ends in time")
+    }
+
+    /// Polls `f` until it returns `Some`, or panics after `limit`.
+    pub async fn eventually<T, F, Fut>(&self, limit: Duration, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Effects the demo steps applied, per (step, shard).
+    pub async fn effects(&self, run: RunId) -> Vec<(String, i32, i64)> {
+        sqlx::query_as("SELECT step, shard, count(*) FROM demo_effects WHERE run_id = $1 GROUP BY step, shard ORDER BY step, shard")
+            .bind(run.0)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Drops the database and this namespace's Redis keys.
+    pub async fn finish(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(PG_ADMIN_URL).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)))
+            .execute(&admin)
+            .await
+            .ok();
+        if let Ok(client) = redis::Client::open(self.config.redis.url.expose())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.config.redis.namespace))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+            }
+        }
+        std::fs::remove_file(&self.config_path).ok();
+    }
+}
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first", path.display());
+    path
+}
+
+/// A private `redis-server` on a free port, for tests that flush or kill Redis.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}

@@ -21,7 +21,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/items", get(list)).route("/items/{id}", get(get_one))
+    Router::new()
+        .route("/items", get(list))
+        .route("/items/{id}", get(get_one))
 }
 
 #[derive(Serialize)]
@@ -43,7 +45,14 @@ struct ItemsPage<T: Serialize> {
 }
 
 fn view(it: &Item) -> ItemView<'_> {
-    ItemView { id: it.id, sku: &it.sku, name: &it.name, quantity: it.quantity, warehouse: it.warehouse, updated_at: fmt_utc(it.updated_at) }
+    ItemView {
+        id: it.id,
+        sku: &it.sku,
+        name: &it.name,
+        quantity: it.quantity,
+        warehouse: it.warehouse,
+        updated_at: fmt_utc(it.updated_at),
+    }
 }
 
 fn bad(msg: &str) -> Response {
@@ -69,7 +78,12 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
     };
     let faults = st.faults(Api::Erp);
     let data = st.read();
-    let sel: Vec<&Item> = data.erp.items.iter().filter(|it| since.is_none_or(|s| it.updated_at >= s)).collect();
+    let sel: Vec<&Item> = data
+        .erp
+        .items
+        .iter()
+        .filter(|it| since.is_none_or(|s| it.updated_at >= s))
+        .collect();
     let total = sel.len();
     let start = offset.min(total);
     let mut end = (start + limit).min(total);
@@ -78,7 +92,10 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
     }
     let page = &sel[start..end];
     let seed = st.config.seed;
-    let broken = |it: &Item| faults.malformed_share > 0.0 && unit(seed ^ 0x6572_70, it.id as u64) < faults.malformed_share;
+    let broken = |it: &Item| {
+        faults.malformed_share > 0.0
+            && unit(seed ^ 0x0065_7270, it.id as u64) < faults.malformed_share
+    };
     if page.iter().any(|it| broken(it)) {
         let items: Vec<Value> = page
             .iter()
@@ -96,16 +113,35 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
                 v
             })
             .collect();
-        return ok(&ItemsPage { items, total, offset, limit });
+        return ok(&ItemsPage {
+            items,
+            total,
+            offset,
+            limit,
+        });
     }
     let items: Vec<ItemView<'_>> = page.iter().map(|it| view(it)).collect();
-    ok(&ItemsPage { items, total, offset, limit })
+    ok(&ItemsPage {
+        items,
+        total,
+        offset,
+        limit,
+    })
 }
 
 async fn get_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let data = st.read();
-    match id.parse::<i64>().ok().and_then(|id| data.erp.items.binary_search_by_key(&id, |it| it.id).ok()) {
+    match id
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| data.erp.items.binary_search_by_key(&id, |it| it.id).ok())
+    {
         Some(i) => ok(&view(&data.erp.items[i])),
-        None => api_error(Api::Erp, StatusCode::NOT_FOUND, "not_found", &format!("item {id} not found")),
+        None => api_error(
+            Api::Erp,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("item {id} not found"),
+        ),
     }
 }

@@ -58,17 +58,28 @@ impl Schema {
                 read_only,
             })
             .collect();
-        let by_lower = fields.iter().enumerate().map(|(i, f)| (f.lower.clone(), i)).collect();
-        Schema { entity, fields, by_lower }
+        let by_lower = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.lower.clone(), i))
+            .collect();
+        Schema {
+            entity,
+            fields,
+            by_lower,
+        }
     }
 
     /// Field index by name, case-insensitive.
     pub fn field(&self, name: &str) -> Option<usize> {
-        self.by_lower.get(&name.trim().to_ascii_lowercase()).copied()
+        self.by_lower
+            .get(&name.trim().to_ascii_lowercase())
+            .copied()
     }
 
     fn idx(&self, name: &str) -> usize {
-        self.field(name).unwrap_or_else(|| panic!("schema {} lacks {name}", self.entity))
+        self.field(name)
+            .unwrap_or_else(|| panic!("schema {} lacks {name}", self.entity))
     }
 }
 
@@ -198,7 +209,12 @@ impl Table {
     }
 
     pub fn reindex(&mut self) {
-        self.by_id = self.records.iter().enumerate().map(|(i, r)| (r.id(), i)).collect();
+        self.by_id = self
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id(), i))
+            .collect();
     }
 
     pub fn set(&self, rec: &mut Record, field: &str, v: Val) {
@@ -346,7 +362,10 @@ impl Impartner {
 }
 
 fn slug(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase()
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 fn crm_id(rng: &mut ChaCha8Rng, prefix: &str) -> String {
@@ -373,7 +392,10 @@ fn pick_tier(rng: &mut ChaCha8Rng) -> Val {
 }
 
 /// Generates partners, contacts and leads; also returns the seeds the LMS generator links to.
-pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerSeed>, Vec<ContactSeed>) {
+pub fn generate(
+    rng: &mut ChaCha8Rng,
+    sizes: &Sizes,
+) -> (Impartner, Vec<PartnerSeed>, Vec<ContactSeed>) {
     let mut accounts = Table::new(account_schema(), 1_295_000);
     let mut users = Table::new(user_schema(), 3_990_000);
     let mut leads = Table::new(lead_schema(), 7_100_000);
@@ -382,13 +404,23 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
     let mut used_domains = std::collections::HashSet::new();
 
     for i in 0..sizes.partners {
-        let mut base = format!("{} {}", COMPANY_HEADS.choose(rng).unwrap_or(&"Acme"), COMPANY_TAILS.choose(rng).unwrap_or(&"Group"));
+        let mut base = format!(
+            "{} {}",
+            COMPANY_HEADS.choose(rng).unwrap_or(&"Acme"),
+            COMPANY_TAILS.choose(rng).unwrap_or(&"Group")
+        );
         if !used_names.insert(base.clone()) {
             base = format!("{base} {}", i);
             used_names.insert(base.clone());
         }
         let suffix = COMPANY_SUFFIXES.choose(rng).copied().unwrap_or("");
-        let name = if suffix.is_empty() { base.clone() } else if rng.random_bool(0.3) { format!("{base}, {suffix}") } else { format!("{base} {suffix}") };
+        let name = if suffix.is_empty() {
+            base.clone()
+        } else if rng.random_bool(0.3) {
+            format!("{base}, {suffix}")
+        } else {
+            format!("{base} {suffix}")
+        };
         let mut domain = format!("{}.{}", slug(&base), TLDS.choose(rng).unwrap_or(&"com"));
         if !used_domains.insert(domain.clone()) {
             domain = format!("{}{i}.com", slug(&base));
@@ -397,9 +429,14 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let mut rec = accounts.blank();
         let id = rec.id();
         let created = EPOCH_END - rng.random_range(200..2500) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..400) * DAY + rng.random_range(0..DAY)).min(EPOCH_END - 1);
+        let updated = (created + rng.random_range(0..400) * DAY + rng.random_range(0..DAY))
+            .min(EPOCH_END - 1);
         let is_test = rng.random_bool(0.015);
-        let name = if is_test { format!("Test Partner {i}") } else { name };
+        let name = if is_test {
+            format!("Test Partner {i}")
+        } else {
+            name
+        };
         let inactive = rng.random_bool(0.12);
         let (city, country, code) = *CITIES.choose(rng).unwrap_or(&CITIES[0]);
         let owner_first = FIRST_NAMES.choose(rng).unwrap_or(&"Jane");
@@ -408,20 +445,74 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         a.set(&mut rec, "Name", Val::text(name.clone()));
         a.set(&mut rec, "CrmId", Val::Text(crm_id(rng, "0015g")));
         a.set(&mut rec, "Partner_Tier__cf", pick_tier(rng));
-        a.set(&mut rec, "Account_Status__cf", Val::text(if inactive { "Inactive" } else { "Active" }));
-        a.set(&mut rec, "Account_Owner__cf", Val::Text(format!("{owner_first} {owner_last}")));
-        a.set(&mut rec, "Account_Owner_Email__cf", Val::Text(format!("{}.{}@{INTERNAL_DOMAIN}", owner_first.to_lowercase(), slug(owner_last))));
-        a.set(&mut rec, "Partner_Type__cf", Val::text(*["Reseller", "Referral", "Services", "Technology", "Distributor"].choose(rng).unwrap_or(&"Reseller")));
-        a.set(&mut rec, "Website", if rng.random_bool(0.9) { Val::Text(format!("https://www.{domain}")) } else { Val::Null });
+        a.set(
+            &mut rec,
+            "Account_Status__cf",
+            Val::text(if inactive { "Inactive" } else { "Active" }),
+        );
+        a.set(
+            &mut rec,
+            "Account_Owner__cf",
+            Val::Text(format!("{owner_first} {owner_last}")),
+        );
+        a.set(
+            &mut rec,
+            "Account_Owner_Email__cf",
+            Val::Text(format!(
+                "{}.{}@{INTERNAL_DOMAIN}",
+                owner_first.to_lowercase(),
+                slug(owner_last)
+            )),
+        );
+        a.set(
+            &mut rec,
+            "Partner_Type__cf",
+            Val::text(
+                *[
+                    "Reseller",
+                    "Referral",
+                    "Services",
+                    "Technology",
+                    "Distributor",
+                ]
+                .choose(rng)
+                .unwrap_or(&"Reseller"),
+            ),
+        );
+        a.set(
+            &mut rec,
+            "Website",
+            if rng.random_bool(0.9) {
+                Val::Text(format!("https://www.{domain}"))
+            } else {
+                Val::Null
+            },
+        );
         a.set(&mut rec, "MailingCity", Val::text(city));
         a.set(&mut rec, "MailingCountry", Val::text(country));
         a.set(&mut rec, "MailingCountryCode", Val::text(code));
-        a.set(&mut rec, "RegionId", Val::Int(1785 + rng.random_range(0..6)));
+        a.set(
+            &mut rec,
+            "RegionId",
+            Val::Int(1785 + rng.random_range(0..6)),
+        );
         a.set(&mut rec, "IsActive", Val::Bool(!inactive));
         a.set(&mut rec, "IsTest", Val::Bool(is_test));
-        a.set(&mut rec, "RecordLink", Val::Text(format!("https://prod.impartner.live/load/ACT/{id}")));
-        a.set(&mut rec, "Practitioner_Certifications__cf", Val::Float(f64::from(rng.random_range(0..4u8))));
-        a.set(&mut rec, "Master_Certifications__cf", Val::Float(f64::from(rng.random_range(0..2u8))));
+        a.set(
+            &mut rec,
+            "RecordLink",
+            Val::Text(format!("https://prod.impartner.live/load/ACT/{id}")),
+        );
+        a.set(
+            &mut rec,
+            "Practitioner_Certifications__cf",
+            Val::Float(f64::from(rng.random_range(0..4u8))),
+        );
+        a.set(
+            &mut rec,
+            "Master_Certifications__cf",
+            Val::Float(f64::from(rng.random_range(0..2u8))),
+        );
         a.set(&mut rec, "Created", Val::Time(created));
         a.set(&mut rec, "Updated", Val::Time(updated));
         accounts.push(rec);
@@ -439,19 +530,32 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let first = *FIRST_NAMES.choose(rng).unwrap_or(&"Pat");
         let last = *LAST_NAMES.choose(rng).unwrap_or(&"Lee");
         let kind: f64 = rng.random();
-        let domain = if kind < 0.02 { INTERNAL_DOMAIN.to_string() } else { partners[p].domain.clone() };
+        let domain = if kind < 0.02 {
+            INTERNAL_DOMAIN.to_string()
+        } else {
+            partners[p].domain.clone()
+        };
         let is_test = (0.02..0.035).contains(&kind);
-        let local = if is_test { format!("test.user{i}") } else { format!("{}.{}", first.to_lowercase(), slug(last)) };
+        let local = if is_test {
+            format!("test.user{i}")
+        } else {
+            format!("{}.{}", first.to_lowercase(), slug(last))
+        };
         let mut email = format!("{local}@{domain}");
         if !used_emails.insert(email.clone()) {
             email = format!("{local}{i}@{domain}");
             used_emails.insert(email.clone());
         }
-        let (first, last) = if is_test { ("Test", "User") } else { (first, last) };
+        let (first, last) = if is_test {
+            ("Test", "User")
+        } else {
+            (first, last)
+        };
         let mut rec = users.blank();
         let uid = rec.id();
         let created = EPOCH_END - rng.random_range(30..2000) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..300) * DAY + rng.random_range(0..DAY)).min(EPOCH_END - 1);
+        let updated = (created + rng.random_range(0..300) * DAY + rng.random_range(0..DAY))
+            .min(EPOCH_END - 1);
         let active = !rng.random_bool(0.08);
         let t = &users;
         t.set(&mut rec, "Email", Val::text(email.clone()));
@@ -459,19 +563,43 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         t.set(&mut rec, "FirstName", Val::text(first));
         t.set(&mut rec, "LastName", Val::text(last));
         t.set(&mut rec, "FullName", Val::Text(format!("{first} {last}")));
-        t.set(&mut rec, "Title", match TITLES.choose(rng).copied().unwrap_or("") { "" => Val::Null, s => Val::text(s) });
-        t.set(&mut rec, "Phone", if rng.random_bool(0.6) { Val::Text(format!("+1 555 {:04}", rng.random_range(0..10_000))) } else { Val::Null });
+        t.set(
+            &mut rec,
+            "Title",
+            match TITLES.choose(rng).copied().unwrap_or("") {
+                "" => Val::Null,
+                s => Val::text(s),
+            },
+        );
+        t.set(
+            &mut rec,
+            "Phone",
+            if rng.random_bool(0.6) {
+                Val::Text(format!("+1 555 {:04}", rng.random_range(0..10_000)))
+            } else {
+                Val::Null
+            },
+        );
         t.set(&mut rec, "AccountId", Val::Int(partners[p].id));
         t.set(&mut rec, "AccountName", Val::text(partners[p].name.clone()));
         t.set(&mut rec, "IsActive", Val::Bool(active));
-        t.set(&mut rec, "Contact_Status__cf", Val::text(if active { "Active" } else { "Inactive" }));
+        t.set(
+            &mut rec,
+            "Contact_Status__cf",
+            Val::text(if active { "Active" } else { "Inactive" }),
+        );
         t.set(&mut rec, "CrmId", Val::Text(crm_id(rng, "0035g")));
         t.set(&mut rec, "Created", Val::Time(created));
         t.set(&mut rec, "Updated", Val::Time(updated));
         users.push(rec);
         member_counts[p] += 1;
         primary[p].get_or_insert(uid);
-        contacts.push(ContactSeed { email, first: first.to_string(), last: last.to_string(), partner: p });
+        contacts.push(ContactSeed {
+            email,
+            first: first.to_string(),
+            last: last.to_string(),
+            partner: p,
+        });
     }
     let member_idx = accounts.schema.idx("MemberCount");
     let primary_idx = accounts.schema.idx("PrimaryUserId");
@@ -483,7 +611,11 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
     for _ in 0..sizes.leads {
         let first = *FIRST_NAMES.choose(rng).unwrap_or(&"Pat");
         let last = *LAST_NAMES.choose(rng).unwrap_or(&"Lee");
-        let company = format!("{} {}", COMPANY_HEADS.choose(rng).unwrap_or(&"Acme"), COMPANY_TAILS.choose(rng).unwrap_or(&"Group"));
+        let company = format!(
+            "{} {}",
+            COMPANY_HEADS.choose(rng).unwrap_or(&"Acme"),
+            COMPANY_TAILS.choose(rng).unwrap_or(&"Group")
+        );
         let p = rng.random_range(0..partners.len().max(1));
         let mut rec = leads.blank();
         let created = EPOCH_END - rng.random_range(1..700) * DAY + rng.random_range(0..DAY);
@@ -491,17 +623,62 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let t = &leads;
         t.set(&mut rec, "FirstName", Val::text(first));
         t.set(&mut rec, "LastName", Val::text(last));
-        t.set(&mut rec, "Email", Val::Text(format!("{}.{}@{}.example", first.to_lowercase(), slug(last), slug(&company))));
+        t.set(
+            &mut rec,
+            "Email",
+            Val::Text(format!(
+                "{}.{}@{}.example",
+                first.to_lowercase(),
+                slug(last),
+                slug(&company)
+            )),
+        );
         t.set(&mut rec, "Company", Val::text(company));
-        t.set(&mut rec, "Status", Val::text(*["New", "Working", "Qualified", "Converted", "Disqualified"].choose(rng).unwrap_or(&"New")));
-        t.set(&mut rec, "LeadSource", Val::text(*["Web", "Event", "Partner Referral", "Campaign"].choose(rng).unwrap_or(&"Web")));
-        t.set(&mut rec, "PartnerAccountId", if rng.random_bool(0.85) && !partners.is_empty() { Val::Int(partners[p].id) } else { Val::Null });
-        t.set(&mut rec, "EstimatedValue", Val::Float(f64::from(rng.random_range(1..500u32)) * 100.0));
+        t.set(
+            &mut rec,
+            "Status",
+            Val::text(
+                *["New", "Working", "Qualified", "Converted", "Disqualified"]
+                    .choose(rng)
+                    .unwrap_or(&"New"),
+            ),
+        );
+        t.set(
+            &mut rec,
+            "LeadSource",
+            Val::text(
+                *["Web", "Event", "Partner Referral", "Campaign"]
+                    .choose(rng)
+                    .unwrap_or(&"Web"),
+            ),
+        );
+        t.set(
+            &mut rec,
+            "PartnerAccountId",
+            if rng.random_bool(0.85) && !partners.is_empty() {
+                Val::Int(partners[p].id)
+            } else {
+                Val::Null
+            },
+        );
+        t.set(
+            &mut rec,
+            "EstimatedValue",
+            Val::Float(f64::from(rng.random_range(1..500u32)) * 100.0),
+        );
         t.set(&mut rec, "Created", Val::Time(created));
         t.set(&mut rec, "Updated", Val::Time(updated));
         leads.push(rec);
     }
-    (Impartner { accounts, users, leads }, partners, contacts)
+    (
+        Impartner {
+            accounts,
+            users,
+            leads,
+        },
+        partners,
+        contacts,
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ pub struct Sb {
 
 pub async fn start(config: SandboxConfig) -> Sb {
     let h = spawn(config).await.expect("sandbox starts");
-    Sb { h, http: Client::new() }
+    Sb {
+        h,
+        http: Client::new(),
+    }
 }
 
 /// Small scale, rate limits off (tests that are not about the limit).
@@ -22,31 +25,58 @@ pub async fn start_small() -> Sb {
 
 impl Sb {
     pub async fn control_get(&self, path: &str) -> Value {
-        let r = self.http.get(format!("{}{path}", self.h.control_url())).bearer_auth(&self.h.config.control_token).send().await.expect("control");
+        let r = self
+            .http
+            .get(format!("{}{path}", self.h.control_url()))
+            .bearer_auth(&self.h.config.control_token)
+            .send()
+            .await
+            .expect("control");
         assert_eq!(r.status(), StatusCode::OK, "control GET {path}");
         r.json().await.expect("json")
     }
 
     pub async fn control_post(&self, path: &str, body: Value) -> Value {
-        let r = self.http.post(format!("{}{path}", self.h.control_url())).bearer_auth(&self.h.config.control_token).json(&body).send().await.expect("control");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.h.control_url()))
+            .bearer_auth(&self.h.config.control_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("control");
         assert_eq!(r.status(), StatusCode::OK, "control POST {path}");
         r.json().await.expect("json")
     }
 
     pub async fn set_faults(&self, api: &str, body: Value) -> Value {
-        let r = self.http.put(format!("{}/faults/{api}", self.h.control_url())).bearer_auth(&self.h.config.control_token).json(&body).send().await.expect("faults");
+        let r = self
+            .http
+            .put(format!("{}/faults/{api}", self.h.control_url()))
+            .bearer_auth(&self.h.config.control_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("faults");
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
     }
 
     pub async fn count(&self, api: &str, what: &str) -> u64 {
         let info = self.control_get("/info").await;
-        info["counts"][api][what].as_u64().unwrap_or_else(|| panic!("count {api}.{what} in {info}"))
+        info["counts"][api][what]
+            .as_u64()
+            .unwrap_or_else(|| panic!("count {api}.{what} in {info}"))
     }
 
     /// GET on Northpass with the key.
     pub async fn np(&self, path_and_query: &str) -> Response {
-        self.http.get(format!("{}{path_and_query}", self.h.northpass_url())).header("X-Api-Key", &self.h.config.northpass_key).send().await.expect("northpass")
+        self.http
+            .get(format!("{}{path_and_query}", self.h.northpass_url()))
+            .header("X-Api-Key", &self.h.config.northpass_key)
+            .send()
+            .await
+            .expect("northpass")
     }
 
     pub async fn np_json(&self, path_and_query: &str) -> Value {
@@ -60,14 +90,23 @@ impl Sb {
         let mut items = Vec::new();
         let mut url = format!("{}{first}", self.h.northpass_url());
         loop {
-            let r = self.http.get(&url).header("X-Api-Key", &self.h.config.northpass_key).send().await.expect("page");
+            let r = self
+                .http
+                .get(&url)
+                .header("X-Api-Key", &self.h.config.northpass_key)
+                .send()
+                .await
+                .expect("page");
             assert_eq!(r.status(), StatusCode::OK, "GET {url}");
             let body: Value = r.json().await.expect("json");
             items.extend(body["data"].as_array().expect("data array").iter().cloned());
             match body["links"]["next"].as_str() {
                 Some(next) => url = next.to_string(),
                 None => {
-                    assert!(body["links"].get("next").is_none(), "next is omitted on the last page");
+                    assert!(
+                        body["links"].get("next").is_none(),
+                        "next is omitted on the last page"
+                    );
                     break;
                 }
             }
@@ -78,28 +117,58 @@ impl Sb {
     pub fn ip(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.h.impartner_url()))
-            .header("Authorization", format!("prm-key {}", self.h.config.impartner_key))
+            .header(
+                "Authorization",
+                format!("prm-key {}", self.h.config.impartner_key),
+            )
             .header("X-PRM-TenantId", &self.h.config.impartner_tenant)
     }
 
     pub async fn ip_get(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
-        let r = self.ip(reqwest::Method::GET, path).query(query).send().await.expect("impartner");
+        let r = self
+            .ip(reqwest::Method::GET, path)
+            .query(query)
+            .send()
+            .await
+            .expect("impartner");
         let s = r.status();
         (s, r.json().await.expect("json"))
     }
 
     /// Moodle call with form-encoded POST params (wstoken and format added).
     pub async fn moodle(&self, function: &str, params: &[(&str, &str)]) -> Value {
-        let mut form: Vec<(&str, &str)> = vec![("wstoken", &self.h.config.moodle_token), ("wsfunction", function), ("moodlewsrestformat", "json")];
+        let mut form: Vec<(&str, &str)> = vec![
+            ("wstoken", &self.h.config.moodle_token),
+            ("wsfunction", function),
+            ("moodlewsrestformat", "json"),
+        ];
         form.extend_from_slice(params);
-        let body: String = form.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
-        let r = self.http.post(self.h.moodle_url()).header("Content-Type", "application/x-www-form-urlencoded").body(body).send().await.expect("moodle");
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let r = self
+            .http
+            .post(self.h.moodle_url())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("moodle");
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
     }
 
     pub async fn erp(&self, query: &[(&str, &str)]) -> (StatusCode, Value) {
-        let r = self.http.get(format!("{}/items", self.h.erp_url())).bearer_auth(&self.h.config.erp_token).query(query).send().await.expect("erp");
+        let r = self
+            .http
+            .get(format!("{}/items", self.h.erp_url()))
+            .bearer_auth(&self.h.config.erp_token)
+            .query(query)
+            .send()
+            .await
+            .expect("erp");
         let s = r.status();
         (s, r.json().await.expect("json"))
     }

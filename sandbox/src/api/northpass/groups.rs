@@ -18,7 +18,11 @@ use crate::data::northpass::Group;
 use crate::state::{AppState, lock};
 use crate::util::{fmt_utc, now_secs, uuid_v4};
 
-pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
@@ -28,7 +32,11 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(
     page(np, &sel, &q, &base, "/groups", &faults, st.config.seed)
 }
 
-pub async fn get_one(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+pub async fn get_one(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let base = api_base(&headers, &st.base_url);
     let data = st.read();
     let np = &data.northpass;
@@ -39,23 +47,42 @@ pub async fn get_one(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(i
 }
 
 pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else { return bad_json() };
-    let Some(name) = v["data"]["attributes"]["name"].as_str().map(str::trim).filter(|n| !n.is_empty()) else {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return bad_json();
+    };
+    let Some(name) = v["data"]["attributes"]["name"]
+        .as_str()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    else {
         return unprocessable("Name can't be blank", "/data/attributes/name");
     };
     let base = api_base(&headers, &st.base_url);
     let mut data = st.write();
     let np = &mut data.northpass;
     if let Some(g) = np.groups.iter().find(|g| g.name == name) {
-        lock(&st.writes).northpass.group_creations.push(json!({"group_id": g.id, "name": name, "existing": true}));
+        lock(&st.writes)
+            .northpass
+            .group_creations
+            .push(json!({"group_id": g.id, "name": name, "existing": true}));
         return ok(&json!({"data": g.view(np, &base)}));
     }
     let now = now_secs();
     let key = np.take_key();
     let id = uuid_v4(&mut new_rng(st.config.seed, key));
-    np.groups.push(Group { key, id: id.clone(), name: name.to_string(), created_at: now, updated_at: now, members: Default::default() });
+    np.groups.push(Group {
+        key,
+        id: id.clone(),
+        name: name.to_string(),
+        created_at: now,
+        updated_at: now,
+        members: Default::default(),
+    });
     np.reindex();
-    lock(&st.writes).northpass.group_creations.push(json!({"group_id": id, "name": name, "existing": false, "at": fmt_utc(now)}));
+    lock(&st.writes)
+        .northpass
+        .group_creations
+        .push(json!({"group_id": id, "name": name, "existing": false, "at": fmt_utc(now)}));
     let g = &np.groups[np.groups.len() - 1];
     json_response(StatusCode::CREATED, &json!({"data": g.view(np, &base)}))
 }
@@ -63,47 +90,95 @@ pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
 pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let mut data = st.write();
     let np = &mut data.northpass;
-    let Some(&i) = np.group_idx.get(&id) else { return np_not_found("Group") };
+    let Some(&i) = np.group_idx.get(&id) else {
+        return np_not_found("Group");
+    };
     let g = np.groups.remove(i);
     np.reindex();
-    lock(&st.writes).northpass.group_deletions.push(json!({"group_id": id, "name": g.name, "at": fmt_utc(now_secs())}));
+    lock(&st.writes)
+        .northpass
+        .group_deletions
+        .push(json!({"group_id": id, "name": g.name, "at": fmt_utc(now_secs())}));
     StatusCode::NO_CONTENT.into_response()
 }
 
-pub async fn memberships(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+pub async fn memberships(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
     let data = st.read();
     let np = &data.northpass;
-    let Some(&gi) = np.group_idx.get(&id) else { return np_not_found("Group") };
+    let Some(&gi) = np.group_idx.get(&id) else {
+        return np_not_found("Group");
+    };
     let group = &np.groups[gi];
     let items: Vec<Membership<'_>> = group
         .members
         .iter()
-        .filter_map(|(k, &at)| np.person_by_key.get(k).map(|&pi| Membership { group, person: &np.people[pi], created_at: at }))
+        .filter_map(|(k, &at)| {
+            np.person_by_key.get(k).map(|&pi| Membership {
+                group,
+                person: &np.people[pi],
+                created_at: at,
+            })
+        })
         .collect();
     let sel = select(np, items.iter(), &q);
-    page(np, &sel, &q, &base, &format!("/groups/{id}/memberships"), &faults, st.config.seed)
+    page(
+        np,
+        &sel,
+        &q,
+        &base,
+        &format!("/groups/{id}/memberships"),
+        &faults,
+        st.config.seed,
+    )
 }
 
-pub async fn people(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+pub async fn people(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
     let data = st.read();
     let np = &data.northpass;
-    let Some(&gi) = np.group_idx.get(&id) else { return np_not_found("Group") };
-    let people = np.groups[gi].members.keys().filter_map(|k| np.person_by_key.get(k).map(|&pi| &np.people[pi]));
+    let Some(&gi) = np.group_idx.get(&id) else {
+        return np_not_found("Group");
+    };
+    let people = np.groups[gi]
+        .members
+        .keys()
+        .filter_map(|k| np.person_by_key.get(k).map(|&pi| &np.people[pi]));
     let sel = select(np, people, &q);
-    page(np, &sel, &q, &base, &format!("/groups/{id}/people"), &faults, st.config.seed)
+    page(
+        np,
+        &sel,
+        &q,
+        &base,
+        &format!("/groups/{id}/people"),
+        &faults,
+        st.config.seed,
+    )
 }
 
 async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -> Response {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else { return bad_json() };
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return bad_json();
+    };
     let mut data = st.write();
     let np = &mut data.northpass;
-    let Some(&gi) = np.group_idx.get(&id) else { return np_not_found("Group") };
+    let Some(&gi) = np.group_idx.get(&id) else {
+        return np_not_found("Group");
+    };
     let keys = match people_keys(np, &v) {
         Ok(k) => k,
         Err(msg) => return unprocessable(&msg, "/data"),
@@ -113,11 +188,12 @@ async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -
     let group = &mut np.groups[gi];
     for k in keys {
         let did = if add {
-            if group.members.contains_key(&k) {
-                false
-            } else {
-                group.members.insert(k, now);
-                true
+            match group.members.entry(k) {
+                std::collections::btree_map::Entry::Occupied(_) => false,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(now);
+                    true
+                }
             }
         } else {
             group.members.remove(&k).is_some()
@@ -131,17 +207,33 @@ async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -
     }
     let mut w = lock(&st.writes);
     for k in changed {
-        let pid = np.person_by_key.get(&k).map(|&i| np.people[i].id.clone()).unwrap_or_default();
+        let pid = np
+            .person_by_key
+            .get(&k)
+            .map(|&i| np.people[i].id.clone())
+            .unwrap_or_default();
         let entry = json!({"group_id": id, "person_id": pid, "at": fmt_utc(now)});
-        if add { w.northpass.membership_adds.push(entry) } else { w.northpass.membership_removes.push(entry) }
+        if add {
+            w.northpass.membership_adds.push(entry)
+        } else {
+            w.northpass.membership_removes.push(entry)
+        }
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
-pub async fn add_people(State(st): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
+pub async fn add_people(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     change_members(st, id, body, true).await
 }
 
-pub async fn remove_people(State(st): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
+pub async fn remove_people(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     change_members(st, id, body, false).await
 }

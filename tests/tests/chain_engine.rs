@@ -1,0 +1,268 @@
+//! The chain engine against real PostgreSQL and Redis: ordering, exactly-once effects, failure
+//! handling, resume, entity leases, and bounded dispatch.
+
+use std::time::Duration;
+
+use serde_json::json;
+use syncfleet_shared::{ids::RunId, job::step_job_id};
+use syncfleet_tests::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diamond_runs_every_step_once_after_its_prerequisites() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 50 })).await;
+    let producer = env.spawn_producer().await;
+    let w1 = env.spawn_worker("w1").await;
+    let w2 = env.spawn_worker("w2").await;
+
+    let run = env.trigger("demo_diamond", "acme").await;
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+
+    // Exactly one applied effect per step, although `right` ran twice (it fails once).
+    let effects = env.effects(run).await;
+    let names: Vec<(&str, i64)> = effects.iter().map(|(s, _, n)| (s.as_str(), *n)).collect();
+    assert_eq!(names, vec![("join", 1), ("left", 1), ("report", 1), ("right", 1), ("start", 1)]);
+    let right = view.steps.iter().find(|s| s.step == "right").unwrap();
+    assert_eq!(right.attempts, 2);
+
+    // Each step started after its prerequisites' effects were applied.
+    let times: Vec<(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT step, started_at, applied_at FROM demo_effects WHERE run_id = $1")
+            .bind(run.0)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let t = |step: &str| times.iter().find(|(s, _, _)| s == step).map(|(_, a, b)| (*a, *b)).unwrap();
+    for (step, prereqs) in [("left", vec!["start"]), ("right", vec!["start"]), ("join", vec!["left", "right"]), ("report", vec!["join"])] {
+        for p in prereqs {
+            assert!(t(step).0 >= t(p).1, "{step} started before {p} finished");
+        }
+    }
+    // The task id PostgreSQL computes is the one the Rust side documents.
+    let sql_id: String = sqlx::query_scalar("SELECT step_job_id($1, 'fan', 7, true, 3, 2)")
+        .bind(run.0)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(sql_id, step_job_id(run, "fan", 7, true, 3, 2));
+
+    w1.stop().await;
+    w2.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn required_failure_fails_the_run_and_resume_completes_it_without_repeating_steps() {
+    let env = TestEnv::new("[chains.demo_diamond.steps.left]\nmax_attempts = 2\nbackoff_base_ms = 50\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 20, "fail": { "left": "always", "right": "never" } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+
+    let run = env.trigger("demo_diamond", "acme").await;
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "failed");
+    let status = |v: &syncfleet_shared::store::views::RunView, s: &str| {
+        v.steps.iter().find(|x| x.step == s).map(|x| (x.status.clone(), x.attempts)).unwrap()
+    };
+    assert_eq!(status(&view, "start"), ("succeeded".into(), 1));
+    assert_eq!(status(&view, "left"), ("failed".into(), 2));
+    assert_eq!(status(&view, "right"), ("succeeded".into(), 1));
+    assert_eq!(status(&view, "join").0, "skipped");
+    assert_eq!(status(&view, "report").0, "skipped");
+    assert!(view.error.as_deref().unwrap_or_default().contains("left"), "{:?}", view.error);
+
+    // Fix the cause, resume: left, join and report run; start and right are not repeated.
+    env.demo_integration("acme", json!({ "step_ms": 20, "fail": { "right": "never" } })).await;
+    env.ops.resume(run).await.unwrap();
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    assert_eq!(status(&view, "left"), ("succeeded".into(), 3));
+    let effects = env.effects(run).await;
+    assert!(effects.iter().all(|(_, _, n)| *n == 1), "{effects:?}");
+    assert_eq!(effects.len(), 5);
+
+    // Resuming a completed run is refused.
+    let err = env.ops.resume(run).await.unwrap_err().to_string();
+    assert!(err.contains("is completed"), "{err}");
+
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn optional_failure_ends_partial_and_downstream_still_runs() {
+    let env = TestEnv::new("[chains.demo_diamond.steps.left]\nrequired = false\nmax_attempts = 2\nbackoff_base_ms = 50\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 20, "fail": { "left": "always", "right": "never" } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+
+    let run = env.trigger("demo_diamond", "acme").await;
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "partial");
+    let by = |s: &str| view.steps.iter().find(|x| x.step == s).unwrap().status.clone();
+    assert_eq!(by("left"), "failed");
+    assert_eq!(by("join"), "succeeded");
+    assert_eq!(by("report"), "succeeded");
+
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_jobs_on_one_entity_never_overlap_across_two_worker_processes() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 40 })).await;
+    let producer = env.spawn_producer().await;
+    let mut a = env.spawn_worker_process(&format!("lease-a-{}", env.id));
+    let mut b = env.spawn_worker_process(&format!("lease-b-{}", env.id));
+
+    let run = env.trigger("demo_contention", "acme").await;
+    let view = env.wait(run, Duration::from_secs(120)).await;
+    assert_eq!(view.status, "completed");
+
+    let mut spans: Vec<(i32, String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT shard, worker, started_at, applied_at FROM demo_effects WHERE run_id = $1 ORDER BY started_at")
+            .bind(run.0)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(spans.len(), 20, "every shard applied exactly once");
+    let mut shards: Vec<i32> = spans.iter().map(|s| s.0).collect();
+    shards.sort();
+    assert_eq!(shards, (0..20).collect::<Vec<_>>());
+    for w in spans.windows(2) {
+        assert!(w[1].2 >= w[0].3, "shard {} started before shard {} finished", w[1].0, w[0].0);
+    }
+    spans.dedup_by(|x, y| x.1 == y.1);
+    let workers: std::collections::BTreeSet<String> = spans.iter().map(|s| s.1.clone()).collect();
+    assert_eq!(workers.len(), 2, "both worker processes took part: {workers:?}");
+    // Lease waits did not count as attempts.
+    let attempts: i64 = sqlx::query_scalar("SELECT sum(attempts) FROM step_runs WHERE run_id = $1")
+        .bind(run.0)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 20);
+
+    a.kill().await.ok();
+    b.kill().await.ok();
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fan_out_of_5000_steps_drains_through_a_bounded_queue() {
+    let env = TestEnv::with_producer("dispatch_cap = 1000", "[chains.demo_fanout.steps.fan]\nshards = 5000\n")
+        .await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    let producer = env.spawn_producer().await;
+    let w1 = env.spawn_worker("w1").await;
+    let w2 = env.spawn_worker("w2").await;
+
+    let run = env.trigger("demo_fanout", "acme").await;
+    let queues = env.ops.queues.clone();
+    let sampler = tokio::spawn(async move {
+        let mut max = 0usize;
+        for _ in 0..6000 {
+            max = max.max(queues.waiting("demo").await.unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        max
+    });
+    let view = env.wait(run, Duration::from_secs(240)).await;
+    sampler.abort();
+    assert_eq!(view.status, "completed");
+    let fan = view.steps.iter().find(|s| s.step == "fan").unwrap();
+    assert_eq!((fan.shards, fan.shards_done), (5000, 5000));
+    let applied: i64 = sqlx::query_scalar("SELECT count(DISTINCT shard) FROM demo_effects WHERE run_id = $1 AND step = 'fan'")
+        .bind(run.0)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 5000);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM demo_effects WHERE run_id = $1")
+        .bind(run.0)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 5002, "plan + 5000 shards + collect, none doubled");
+
+    w1.stop().await;
+    w2.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_never_holds_more_than_the_dispatch_cap() {
+    // No worker runs: everything ready stays in PostgreSQL except `cap` jobs.
+    let env = TestEnv::with_producer("dispatch_cap = 300", "[chains.demo_fanout.steps.fan]\nshards = 1000\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    let run = env.trigger("demo_fanout", "acme").await;
+    // Complete `plan` by hand through the engine, so the 1000 shards become ready.
+    let worker = env.spawn_worker("w").await;
+    env.eventually(Duration::from_secs(30), "plan to succeed", || async {
+        let s: String = sqlx::query_scalar("SELECT status FROM step_runs WHERE run_id = $1 AND step = 'plan'")
+            .bind(run.0)
+            .fetch_one(&env.pool)
+            .await
+            .ok()?;
+        (s == "succeeded").then_some(())
+    })
+    .await;
+    worker.stop().await;
+    let producer = env.spawn_producer().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let waiting = env.ops.queues.waiting("demo").await.unwrap();
+    let inflight_or_done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status <> 'ready'")
+            .bind(run.0)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let dispatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status = 'ready' AND dispatched_at IS NOT NULL",
+    )
+    .bind(run.0)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(waiting <= 300, "redis holds {waiting} jobs, cap is 300");
+    assert!(dispatched <= 300 + inflight_or_done, "dispatched {dispatched}");
+    assert!(waiting >= 250, "the queue is kept full: {waiting}");
+    producer.stop().await;
+    env.ops.cancel(run).await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_scheduling_further_steps() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 20, "slow": { "start": 800 } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let run = env.trigger("demo_diamond", "acme").await;
+    env.eventually(Duration::from_secs(20), "start to run", || async {
+        let v = syncfleet_shared::store::views::run(&env.pool, run).await.ok()?;
+        (v.steps[0].status == "running").then_some(())
+    })
+    .await;
+    env.ops.cancel(run).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let view = env.wait(run, Duration::from_secs(5)).await;
+    assert_eq!(view.status, "cancelled");
+    let by = |s: &str| view.steps.iter().find(|x| x.step == s).unwrap().status.clone();
+    assert_eq!(by("start"), "succeeded", "the running step finished");
+    assert_eq!(by("left"), "cancelled");
+    assert_eq!(by("join"), "cancelled");
+    let effects = env.effects(run).await;
+    assert_eq!(effects.len(), 1, "nothing after the cancel ran: {effects:?}");
+    let _ = RunId::new();
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
