@@ -1,6 +1,7 @@
 //! Benchmark harness: prints figures measured side by side in one run.
 //! Results and the commands that produced them are recorded in `bench/RESULTS.md`.
 
+mod queue;
 mod sandbox;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Queue layer (no-op jobs) and whole-engine throughput and start latency.
+    Queue {
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pages and records per second served by the sandbox upstreams.
     Sandbox {
         /// Print the figures as one JSON object.
@@ -25,16 +32,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Sandbox { json } => {
-            let figures = sandbox::run().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&figures)?);
-            } else {
-                for (key, value) in figures.as_object().into_iter().flatten() {
-                    println!("{key:<32} {value}");
-                }
-            }
+    let (figures, json) = match cli.command {
+        Command::Queue { json } => (queue::run().await?, json),
+        Command::Sandbox { json } => (sandbox::run().await?, json),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        for (key, value) in figures.as_object().into_iter().flatten() {
+            println!("{key:<36} {value}");
         }
     }
     Ok(())

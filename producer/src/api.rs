@@ -102,7 +102,8 @@ async fn trigger(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let mode = match body.mode.as_deref() {
         None => Mode::Incremental,
-        Some(m) => Mode::parse(m).ok_or_else(|| ApiError::BadRequest(format!("mode must be full or incremental, not `{m}`")))?,
+        Some(m) => Mode::parse(m)
+            .ok_or_else(|| ApiError::BadRequest(format!("mode must be full or incremental, not `{m}`")))?,
     };
     let run_id = ops
         .trigger(Trigger {
@@ -122,7 +123,10 @@ fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
     id.parse().map_err(|e: syncfleet_shared::ids::IdError| ApiError::BadRequest(e.to_string()))
 }
 
-async fn list_runs(State(ops): State<Ops>, Query(filter): Query<views::RunFilter>) -> Result<Json<Vec<views::RunView>>, ApiError> {
+async fn list_runs(
+    State(ops): State<Ops>,
+    Query(filter): Query<views::RunFilter>,
+) -> Result<Json<Vec<views::RunView>>, ApiError> {
     Ok(Json(views::runs(&ops.pool, &filter).await?))
 }
 

@@ -224,7 +224,8 @@ async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     .await;
     let redis = async {
-        let q = syncfleet_shared::queue::QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
+        let q =
+            syncfleet_shared::queue::QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
         q.ping().await?;
         anyhow::Ok(())
     }
@@ -271,7 +272,11 @@ pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration)
         let run = views::run(&ops.pool, run_id).await?;
         if progress {
             for s in &run.steps {
-                let line = if s.shards > 1 { format!("{} {}/{}", s.status, s.shards_done, s.shards) } else { s.status.clone() };
+                let line = if s.shards > 1 {
+                    format!("{} {}/{}", s.status, s.shards_done, s.shards)
+                } else {
+                    s.status.clone()
+                };
                 if seen.get(&s.step) != Some(&line) {
                     eprintln!("  {:>8.1}s  {:<14} {}", start.elapsed().as_secs_f64(), s.step, line);
                     seen.insert(s.step.clone(), line);
@@ -308,8 +313,19 @@ fn print_run(run: &views::RunView, json: bool) {
         println!("error: {e}");
     }
     let mut t = table(&[
-        "step", "status", "attempts", "duration_ms", "fetched", "inserted", "updated", "unchanged", "deactivated",
-        "errors", "api_calls", "throttled", "guard",
+        "step",
+        "status",
+        "attempts",
+        "duration_ms",
+        "fetched",
+        "inserted",
+        "updated",
+        "unchanged",
+        "deactivated",
+        "errors",
+        "api_calls",
+        "throttled",
+        "guard",
     ]);
     for s in &run.steps {
         let step = if s.shards > 1 { format!("{} ×{}", s.step, s.shards) } else { s.step.clone() };
@@ -368,7 +384,14 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow
     let mut engines = Vec::new();
     for i in 1..=workers.max(1) {
         let name = worker_name(Some(&format!("demo-worker-{i}")));
-        let engine = Arc::new(Engine::new(config.clone(), ops.pool.clone(), ops.queues.clone(), chains.clone(), handlers.clone(), name));
+        let engine = Arc::new(Engine::new(
+            config.clone(),
+            ops.pool.clone(),
+            ops.queues.clone(),
+            chains.clone(),
+            handlers.clone(),
+            name,
+        ));
         engines.push(tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), shutdown.clone())));
     }
     if !json {

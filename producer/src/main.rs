@@ -4,7 +4,11 @@ use clap::Parser;
 use syncfleet_shared::{config::Config, telemetry};
 
 #[derive(Parser)]
-#[command(name = "syncfleet-producer", version, about = "syncfleet producer: schedules, dispatches and serves the admin API")]
+#[command(
+    name = "syncfleet-producer",
+    version,
+    about = "syncfleet producer: schedules, dispatches and serves the admin API"
+)]
 struct Args {
     /// TOML config file (defaults, then this file, then SYNCFLEET__… env vars).
     #[arg(long, env = "SYNCFLEET_CONFIG")]

@@ -73,7 +73,8 @@ impl Ops {
 
     /// Pushes steps a transition made ready; on failure the reconciler dispatches them.
     async fn push_ready(&self, ready: &[runs::ReadyStep]) {
-        if let Err(error) = dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, ready).await
+        if let Err(error) =
+            dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, ready).await
         {
             tracing::warn!(%error, "Push of ready steps failed; the reconciler will dispatch them.");
         }

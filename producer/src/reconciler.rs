@@ -64,16 +64,24 @@ impl Reconciler {
                 s.worker.as_deref().unwrap_or("?"),
                 stale_after.as_secs()
             );
-            let outcome =
-                Outcome::Failed { message: message.clone(), retry_in: retry.then_some(Duration::ZERO), result: Default::default() };
+            let outcome = Outcome::Failed {
+                message: message.clone(),
+                retry_in: retry.then_some(Duration::ZERO),
+                result: Default::default(),
+            };
             let mut tx = self.ops.pool.begin().await?;
             let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
             if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {
                 tx.commit().await?;
                 reaped += 1;
                 tracing::warn!(step = %s.step, chain = %s.chain, %message, retry, "Lost step recovered.");
-                dispatch::dispatch_ready(&self.ops.pool, &self.ops.queues, self.ops.config.producer.dispatch_cap, &ready)
-                    .await?;
+                dispatch::dispatch_ready(
+                    &self.ops.pool,
+                    &self.ops.queues,
+                    self.ops.config.producer.dispatch_cap,
+                    &ready,
+                )
+                .await?;
             }
         }
         Ok(reaped)

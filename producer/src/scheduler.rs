@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ops::{Ops, Trigger};
 
+/// A `schedules` row: chain, integration, interval, cron, enabled.
+type StoredRow = (String, String, Option<i32>, Option<String>, bool);
+
 /// A schedule after resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedSchedule {
@@ -59,12 +62,17 @@ impl Scheduler {
                 if let Ok(schedule) = Schedule::from_spec(spec, min) {
                     out.insert(
                         (chain.clone(), integration.clone()),
-                        ResolvedSchedule { chain: chain.clone(), integration: integration.clone(), schedule, source: "config" },
+                        ResolvedSchedule {
+                            chain: chain.clone(),
+                            integration: integration.clone(),
+                            schedule,
+                            source: "config",
+                        },
                     );
                 }
             }
         }
-        let stored: Vec<(String, String, Option<i32>, Option<String>, bool)> = sqlx::query_as(
+        let stored: Vec<StoredRow> = sqlx::query_as(
             "SELECT s.chain, i.name, s.interval_secs, s.cron, s.enabled
                FROM schedules s JOIN integrations i ON i.id = s.integration_id",
         )
@@ -90,7 +98,13 @@ impl Scheduler {
     }
 
     /// Fires one tick of one schedule.
-    pub async fn fire(&self, chain: &str, integration: &str, tick: i64, kind: TriggerKind) -> Result<Fired, StoreError> {
+    pub async fn fire(
+        &self,
+        chain: &str,
+        integration: &str,
+        tick: i64,
+        kind: TriggerKind,
+    ) -> Result<Fired, StoreError> {
         let (c, i) = (
             ChainName::parse(chain).map_err(|_| StoreError::UnknownChain(chain.into()))?,
             IntegrationName::parse(integration).map_err(|_| StoreError::UnknownIntegration(integration.into()))?,
@@ -136,7 +150,9 @@ impl Scheduler {
                     }
                     fired.push(f);
                 }
-                Err(error) => tracing::warn!(chain = %s.chain, integration = %s.integration, %error, "Scheduled trigger failed."),
+                Err(error) => {
+                    tracing::warn!(chain = %s.chain, integration = %s.integration, %error, "Scheduled trigger failed.")
+                }
             }
         }
         Ok(fired)

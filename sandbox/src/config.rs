@@ -198,10 +198,7 @@ impl SandboxConfig {
             Api::Moodle => (&self.moodle_faults, self.moodle_rate_per_sec),
             Api::Erp => (&self.erp_faults, self.erp_rate_per_sec),
         };
-        FaultSettings {
-            rate_per_sec: rate,
-            ..base.clone()
-        }
+        FaultSettings { rate_per_sec: rate, ..base.clone() }
     }
 
     /// A config with every rate limit off (benchmarks).

@@ -49,16 +49,9 @@ async fn build_state(
     Ok(Arc::new(AppState::new(config, data, base_url, shutdown)))
 }
 
-async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
+async fn serve(listener: TcpListener, state: Arc<AppState>, token: CancellationToken) -> anyhow::Result<()> {
     let app = api::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
-        .map_err(SandboxError::Serve)?;
+    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await.map_err(SandboxError::Serve)?;
     Ok(())
 }
 
@@ -77,7 +70,9 @@ pub async fn run(
         trigger.cancel();
     });
     tracing::info!(%addr, "Sandbox listening.");
-    serve(listener, state, token).await
+    serve(listener, state, token).await?;
+    tracing::info!(%addr, "Sandbox stopped.");
+    Ok(())
 }
 
 /// A sandbox running in-process (tests, benchmarks). Dropping it stops the server.
@@ -132,20 +127,11 @@ impl SandboxHandle {
 
 /// Starts a sandbox on `127.0.0.1:0` in the current runtime.
 pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(SandboxError::Bind)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SandboxError::Bind)?;
     let addr = listener.local_addr().map_err(SandboxError::Bind)?;
     let base_url = format!("http://{addr}");
     let token = CancellationToken::new();
     let state = build_state(config.clone(), base_url.clone(), token.clone()).await?;
     let task = tokio::spawn(serve(listener, state.clone(), token.clone()));
-    Ok(SandboxHandle {
-        base_url,
-        config,
-        state,
-        task: Some(task),
-        _stop: token.clone().drop_guard(),
-        token,
-    })
+    Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
 }

@@ -4,10 +4,7 @@ use clap::Parser;
 use syncfleet_sandbox::{SandboxConfig, Scale};
 
 #[derive(Parser)]
-#[command(
-    name = "syncfleet-sandbox",
-    about = "Local fakes of Northpass, Impartner, Moodle and an ERP API"
-)]
+#[command(name = "syncfleet-sandbox", about = "Local fakes of Northpass, Impartner, Moodle and an ERP API")]
 struct Args {
     #[arg(long, default_value_t = 8090)]
     port: u16,
@@ -44,41 +41,20 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let config = SandboxConfig {
-        seed: args.seed,
-        scale: args.scale,
-        ..SandboxConfig::default()
-    };
+    let config = SandboxConfig { seed: args.seed, scale: args.scale, ..SandboxConfig::default() };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    println!(
-        "syncfleet-sandbox: scale {} seed {}",
-        config.scale, config.seed
-    );
-    println!(
-        "  northpass  {base}/northpass/v2                       X-Api-Key: {}",
-        config.northpass_key
-    );
+    println!("syncfleet-sandbox: scale {} seed {}", config.scale, config.seed);
+    println!("  northpass  {base}/northpass/v2                       X-Api-Key: {}", config.northpass_key);
     println!(
         "  impartner  {base}/impartner/api/objects/v1           Authorization: prm-key {} (X-PRM-TenantId: {})",
         config.impartner_key, config.impartner_tenant
     );
-    println!(
-        "  moodle     {base}/moodle/webservice/rest/server.php  wstoken={}",
-        config.moodle_token
-    );
-    println!(
-        "  erp        {base}/erp/api                            Authorization: Bearer {}",
-        config.erp_token
-    );
-    println!(
-        "  control    {base}/_sandbox                           Authorization: Bearer {}",
-        config.control_token
-    );
+    println!("  moodle     {base}/moodle/webservice/rest/server.php  wstoken={}", config.moodle_token);
+    println!("  erp        {base}/erp/api                            Authorization: Bearer {}", config.erp_token);
+    println!("  control    {base}/_sandbox                           Authorization: Bearer {}", config.control_token);
     syncfleet_sandbox::run(listener, config, shutdown_signal()).await
 }

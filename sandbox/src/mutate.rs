@@ -57,19 +57,10 @@ fn bump(prev: i64, now: i64) -> i64 {
     now.max(prev + 1)
 }
 
-pub fn mutate(
-    data: &mut Dataset,
-    seed: u64,
-    round: u64,
-    req: &MutateRequest,
-) -> Result<MutateResult, String> {
+pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) -> Result<MutateResult, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0x6d75_7461) ^ mix(round));
     let now = now_secs();
-    let mut out = MutateResult {
-        api: Some(req.api),
-        resource: req.resource.clone(),
-        ..MutateResult::default()
-    };
+    let mut out = MutateResult { api: Some(req.api), resource: req.resource.clone(), ..MutateResult::default() };
     let resource = req.resource.to_ascii_lowercase();
     match (req.api, resource.as_str()) {
         (Api::Northpass, "people") => {
@@ -82,10 +73,7 @@ pub fn mutate(
                 out.changed.push(Value::from(p.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.people[i].key).collect();
-            out.deleted = del
-                .iter()
-                .map(|&i| Value::from(np.people[i].id.clone()))
-                .collect();
+            out.deleted = del.iter().map(|&i| Value::from(np.people[i].id.clone())).collect();
             np.delete_people(&keys);
             for _ in 0..req.add {
                 let key = np.take_key();
@@ -115,10 +103,7 @@ pub fn mutate(
                 out.changed.push(Value::from(g.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.groups[i].key).collect();
-            out.deleted = del
-                .iter()
-                .map(|&i| Value::from(np.groups[i].id.clone()))
-                .collect();
+            out.deleted = del.iter().map(|&i| Value::from(np.groups[i].id.clone())).collect();
             np.groups.retain(|g| !keys.contains(&g.key));
             for _ in 0..req.add {
                 let key = np.take_key();
@@ -144,10 +129,7 @@ pub fn mutate(
                 out.changed.push(Value::from(c.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.courses[i].key).collect();
-            out.deleted = del
-                .iter()
-                .map(|&i| Value::from(np.courses[i].id.clone()))
-                .collect();
+            out.deleted = del.iter().map(|&i| Value::from(np.courses[i].id.clone())).collect();
             np.delete_courses(&keys);
             for _ in 0..req.add {
                 let key = np.take_key();
@@ -170,12 +152,7 @@ pub fn mutate(
         }
         (Api::Northpass, "enrollments") => {
             let np = &mut data.northpass;
-            let (ch, del) = pick(
-                &mut rng,
-                np.enrollments.len(),
-                req.change_percent,
-                req.delete,
-            );
+            let (ch, del) = pick(&mut rng, np.enrollments.len(), req.change_percent, req.delete);
             for &i in &ch {
                 let e = &mut np.enrollments[i];
                 e.progress = 100;
@@ -185,25 +162,16 @@ pub fn mutate(
                 out.changed.push(Value::from(e.id.clone()));
             }
             let gone: HashSet<u32> = del.iter().map(|&i| np.enrollments[i].key).collect();
-            out.deleted = del
-                .iter()
-                .map(|&i| Value::from(np.enrollments[i].id.clone()))
-                .collect();
+            out.deleted = del.iter().map(|&i| Value::from(np.enrollments[i].id.clone())).collect();
             np.enrollments.retain(|e| !gone.contains(&e.key));
             let (npeople, ncourses) = (np.people.len(), np.courses.len());
-            let pairs: HashSet<(u32, u32)> = np
-                .enrollments
-                .iter()
-                .map(|e| (e.person, e.course))
-                .collect();
+            let pairs: HashSet<(u32, u32)> = np.enrollments.iter().map(|e| (e.person, e.course)).collect();
             let mut added = 0;
             let mut tries = 0;
             while added < req.add && npeople > 0 && ncourses > 0 && tries < req.add * 50 {
                 tries += 1;
-                let (p, c) = (
-                    np.people[rng.random_range(0..npeople)].key,
-                    np.courses[rng.random_range(0..ncourses)].key,
-                );
+                let (p, c) =
+                    (np.people[rng.random_range(0..npeople)].key, np.courses[rng.random_range(0..ncourses)].key);
                 if pairs.contains(&(p, c)) {
                     continue;
                 }
@@ -233,9 +201,7 @@ pub fn mutate(
                 "user" | "users" | "contacts" => &mut ip.users,
                 "lead" | "leads" => &mut ip.leads,
                 other => {
-                    return Err(format!(
-                        "unknown impartner resource {other:?}: use accounts, users or leads"
-                    ));
+                    return Err(format!("unknown impartner resource {other:?}: use accounts, users or leads"));
                 }
             };
             mutate_table(table, &mut rng, req, now, &mut out);
@@ -257,12 +223,7 @@ pub fn mutate(
                 let id = m.next_user_id;
                 m.next_user_id += 1;
                 let template = m.users.first().cloned().ok_or("no user to copy")?;
-                let campus = template
-                    .username
-                    .split('-')
-                    .next()
-                    .unwrap_or("northgate")
-                    .to_string();
+                let campus = template.username.split('-').next().unwrap_or("northgate").to_string();
                 let username = format!("{campus}-{}", 900_000 + id);
                 m.users.push(MUser {
                     id,
@@ -331,18 +292,10 @@ pub fn mutate(
                 i += 1;
                 !gone.contains(&(i - 1))
             });
-            let pairs: HashSet<(i64, i64)> = m
-                .enrolments
-                .iter()
-                .map(|e| (e.courseid, e.userid))
-                .collect();
+            let pairs: HashSet<(i64, i64)> = m.enrolments.iter().map(|e| (e.courseid, e.userid)).collect();
             let mut added = 0;
             let mut tries = 0;
-            while added < req.add
-                && !m.users.is_empty()
-                && !m.courses.is_empty()
-                && tries < req.add * 50
-            {
+            while added < req.add && !m.users.is_empty() && !m.courses.is_empty() && tries < req.add * 50 {
                 tries += 1;
                 let (u, c) = (
                     m.users[rng.random_range(0..m.users.len())].id,
@@ -396,13 +349,7 @@ pub fn mutate(
     Ok(out)
 }
 
-fn mutate_table(
-    table: &mut Table,
-    rng: &mut ChaCha8Rng,
-    req: &MutateRequest,
-    now: i64,
-    out: &mut MutateResult,
-) {
+fn mutate_table(table: &mut Table, rng: &mut ChaCha8Rng, req: &MutateRequest, now: i64, out: &mut MutateResult) {
     let (ch, del) = pick(rng, table.records.len(), req.change_percent, req.delete);
     let schema = table.schema;
     let updated = table.updated_idx;
@@ -420,20 +367,12 @@ fn mutate_table(
             _ => 0,
         };
         rec.vals[updated] = Val::Time(bump(prev, now));
-        let cur = rec.vals[touch_idx]
-            .as_str()
-            .unwrap_or("")
-            .trim_end_matches(" (updated)")
-            .to_string();
+        let cur = rec.vals[touch_idx].as_str().unwrap_or("").trim_end_matches(" (updated)").to_string();
         rec.vals[touch_idx] = Val::Text(format!("{cur} (updated)"));
         out.changed.push(Value::from(rec.id()));
     }
     let ids: Vec<i64> = del.iter().map(|&i| table.records[i].id()).collect();
-    out.deleted = table
-        .delete(&ids, now)
-        .into_iter()
-        .map(Value::from)
-        .collect();
+    out.deleted = table.delete(&ids, now).into_iter().map(Value::from).collect();
     for _ in 0..req.add {
         let Some(template) = table.records.first().cloned() else {
             break;

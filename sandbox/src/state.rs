@@ -97,12 +97,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AppState {
-    pub fn new(
-        config: SandboxConfig,
-        data: Dataset,
-        base_url: String,
-        shutdown: CancellationToken,
-    ) -> AppState {
+    pub fn new(config: SandboxConfig, data: Dataset, base_url: String, shutdown: CancellationToken) -> AppState {
         let apis = Api::ALL.map(|api| ApiControl::new(config.initial_faults(api)));
         AppState {
             config,

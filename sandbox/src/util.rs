@@ -73,12 +73,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp());
     }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc().timestamp());
         }
@@ -163,16 +158,8 @@ pub fn url_encode(s: &str) -> String {
             out.push(b as char);
         } else {
             out.push('%');
-            out.push(
-                char::from_digit(u32::from(b >> 4), 16)
-                    .unwrap_or('0')
-                    .to_ascii_uppercase(),
-            );
-            out.push(
-                char::from_digit(u32::from(b & 0xf), 16)
-                    .unwrap_or('0')
-                    .to_ascii_uppercase(),
-            );
+            out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0').to_ascii_uppercase());
+            out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0').to_ascii_uppercase());
         }
     }
     out
@@ -191,11 +178,7 @@ pub fn parse_pairs(raw: &str) -> Vec<(String, String)> {
 
 /// The last value of `key` in `pairs`.
 pub fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -205,10 +188,7 @@ mod tests {
     #[test]
     fn formats_and_parses_times() {
         assert_eq!(fmt_utc(1_585_674_917), "2020-03-31T17:15:17Z");
-        assert_eq!(
-            fmt_offset(1_710_859_872, -6 * 3600),
-            "2024-03-19T08:51:12-06:00"
-        );
+        assert_eq!(fmt_offset(1_710_859_872, -6 * 3600), "2024-03-19T08:51:12-06:00");
         assert_eq!(parse_time("2020-03-31T17:15:17Z"), Some(1_585_674_917));
         assert_eq!(parse_time("2020-03-31T17:15:17.000"), Some(1_585_674_917));
         assert_eq!(parse_time("2024-03-19T08:51:12-06:00"), Some(1_710_859_872));

@@ -12,20 +12,9 @@ use syncfleet_sandbox::{SandboxConfig, Scale};
 #[tokio::test]
 async fn control_requires_the_token() {
     let sb = start_small().await;
-    let r = sb
-        .http
-        .get(format!("{}/info", sb.h.control_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.http.get(format!("{}/info", sb.h.control_url())).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = sb
-        .http
-        .get(format!("{}/info", sb.h.control_url()))
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
+    let r = sb.http.get(format!("{}/info", sb.h.control_url())).bearer_auth("nope").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let info = sb.control_get("/info").await;
     assert_eq!(info["scale"], "small");
@@ -44,19 +33,9 @@ async fn control_requires_the_token() {
 async fn fetch_bytes(sb: &common::Sb) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let key = &sb.h.config.northpass_key;
-    for path in [
-        "/people?limit=100&page=2",
-        "/groups?limit=100",
-        "/courses?limit=100",
-        "/properties/courses?limit=100",
-    ] {
-        let r = sb
-            .http
-            .get(format!("{}{path}", sb.h.northpass_url()))
-            .header("X-Api-Key", key)
-            .send()
-            .await
-            .unwrap();
+    for path in ["/people?limit=100&page=2", "/groups?limit=100", "/courses?limit=100", "/properties/courses?limit=100"]
+    {
+        let r = sb.http.get(format!("{}{path}", sb.h.northpass_url())).header("X-Api-Key", key).send().await.unwrap();
         let text = r.text().await.unwrap();
         // Links carry the port; compare the data only.
         out.push(text.replace(&sb.h.base_url, "BASE").into_bytes());
@@ -92,16 +71,8 @@ async fn fetch_bytes(sb: &common::Sb) -> Vec<Vec<u8>> {
 async fn same_seed_serves_identical_bytes_and_another_seed_differs() {
     let a = start_small().await;
     let b = start_small().await;
-    let c = start(SandboxConfig {
-        seed: 7,
-        ..SandboxConfig::default().unlimited()
-    })
-    .await;
-    let (ba, bb, bc) = (
-        fetch_bytes(&a).await,
-        fetch_bytes(&b).await,
-        fetch_bytes(&c).await,
-    );
+    let c = start(SandboxConfig { seed: 7, ..SandboxConfig::default().unlimited() }).await;
+    let (ba, bb, bc) = (fetch_bytes(&a).await, fetch_bytes(&b).await, fetch_bytes(&c).await);
     for (i, (x, y)) in ba.iter().zip(&bb).enumerate() {
         assert!(x == y, "response {i} identical for the same seed");
     }
@@ -115,12 +86,13 @@ async fn mutate_changes_deletes_and_adds_then_reset_restores() {
     let sb = start_small().await;
     let people = sb.count("northpass", "people").await;
     let before = sb.np_all("/people?limit=100").await;
-    let max_updated = before
-        .iter()
-        .map(|p| p["attributes"]["updated_at"].as_str().unwrap().to_string())
-        .max()
-        .unwrap();
-    let res = sb.control_post("/mutate", json!({"api": "northpass", "resource": "people", "change_percent": 5, "delete": 3, "add": 2})).await;
+    let max_updated = before.iter().map(|p| p["attributes"]["updated_at"].as_str().unwrap().to_string()).max().unwrap();
+    let res = sb
+        .control_post(
+            "/mutate",
+            json!({"api": "northpass", "resource": "people", "change_percent": 5, "delete": 3, "add": 2}),
+        )
+        .await;
     assert_eq!(res["changed"].as_array().unwrap().len(), 15);
     assert_eq!(res["deleted"].as_array().unwrap().len(), 3);
     assert_eq!(res["added"].as_array().unwrap().len(), 2);
@@ -128,30 +100,22 @@ async fn mutate_changes_deletes_and_adds_then_reset_restores() {
     let after = sb.np_all("/people?limit=100").await;
     assert_eq!(after.len() as u64, people - 1);
     // Changed and added people show up past the old maximum updated_at.
-    let newer = sb
-        .np_all(&format!(
-            "/people?limit=100&filter[updated_at][gt]={}",
-            common::enc(&max_updated)
-        ))
-        .await;
+    let newer = sb.np_all(&format!("/people?limit=100&filter[updated_at][gt]={}", common::enc(&max_updated))).await;
     let ids: Vec<&Value> = newer.iter().map(|p| &p["id"]).collect();
     assert_eq!(newer.len(), 17);
-    for id in res["changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(res["added"].as_array().unwrap())
-    {
+    for id in res["changed"].as_array().unwrap().iter().chain(res["added"].as_array().unwrap()) {
         assert!(ids.contains(&id));
     }
     let gone = res["deleted"][0].as_str().unwrap();
-    assert_eq!(
-        sb.np(&format!("/people/{gone}")).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(sb.np(&format!("/people/{gone}")).await.status(), StatusCode::NOT_FOUND);
 
     // Impartner: deletions appear in _deleted.
-    let res = sb.control_post("/mutate", json!({"api": "impartner", "resource": "accounts", "change_percent": 10, "delete": 2, "add": 1})).await;
+    let res = sb
+        .control_post(
+            "/mutate",
+            json!({"api": "impartner", "resource": "accounts", "change_percent": 10, "delete": 2, "add": 1}),
+        )
+        .await;
     assert_eq!(res["deleted"].as_array().unwrap().len(), 2);
     let (_, del) = sb.ip_get("/Account/_deleted", &[]).await;
     assert_eq!(del["data"], res["deleted"]);
@@ -168,12 +132,13 @@ async fn mutate_changes_deletes_and_adds_then_reset_restores() {
         ("moodle", "enrolments"),
         ("erp", "items"),
     ] {
-        let r = sb.control_post("/mutate", json!({"api": api, "resource": resource, "change_percent": 2, "delete": 1, "add": 1})).await;
-        assert_eq!(
-            r["deleted"].as_array().unwrap().len(),
-            1,
-            "{api}/{resource}"
-        );
+        let r = sb
+            .control_post(
+                "/mutate",
+                json!({"api": api, "resource": resource, "change_percent": 2, "delete": 1, "add": 1}),
+            )
+            .await;
+        assert_eq!(r["deleted"].as_array().unwrap().len(), 1, "{api}/{resource}");
         assert_eq!(r["added"].as_array().unwrap().len(), 1, "{api}/{resource}");
     }
     let r = sb
@@ -196,28 +161,16 @@ async fn counters_per_endpoint_and_reset() {
     let sb = start_small().await;
     sb.np_json("/people").await;
     sb.np_json("/people").await;
-    let id = sb.np_json("/people").await["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.np_json("/people").await["data"][0]["id"].as_str().unwrap().to_string();
     sb.np_json(&format!("/people/{id}")).await;
     sb.ip_get("/Account", &[]).await;
     sb.moodle("core_course_get_categories", &[]).await;
     sb.erp(&[]).await;
     let c = sb.control_get("/counters").await;
-    assert_eq!(
-        c["northpass"]["endpoints"]["GET /northpass/v2/people"]["requests"],
-        3
-    );
-    assert_eq!(
-        c["northpass"]["endpoints"]["GET /northpass/v2/people/{id}"]["requests"],
-        1
-    );
+    assert_eq!(c["northpass"]["endpoints"]["GET /northpass/v2/people"]["requests"], 3);
+    assert_eq!(c["northpass"]["endpoints"]["GET /northpass/v2/people/{id}"]["requests"], 1);
     assert_eq!(c["northpass"]["requests"], 4);
-    assert_eq!(
-        c["impartner"]["endpoints"]["GET /impartner/api/objects/v1/{object}"]["requests"],
-        1
-    );
+    assert_eq!(c["impartner"]["endpoints"]["GET /impartner/api/objects/v1/{object}"]["requests"], 1);
     assert_eq!(c["moodle"]["functions"]["core_course_get_categories"], 1);
     assert_eq!(c["erp"]["requests"], 1);
     sb.control_post("/counters/reset", json!({})).await;
@@ -236,20 +189,10 @@ async fn server_error_fault_uses_each_envelope_and_turns_off() {
     assert!(r.status().is_server_error());
     let b: Value = r.json().await.unwrap();
     assert!(b["errors"][0]["status"].as_str().unwrap().starts_with('5'));
-    let r = sb
-        .ip(reqwest::Method::GET, "/Account")
-        .send()
-        .await
-        .unwrap();
+    let r = sb.ip(reqwest::Method::GET, "/Account").send().await.unwrap();
     assert!(r.status().is_server_error());
     assert_eq!(r.json::<Value>().await.unwrap()["success"], false);
-    let r = sb
-        .http
-        .get(format!("{}/items", sb.h.erp_url()))
-        .bearer_auth("erp-token")
-        .send()
-        .await
-        .unwrap();
+    let r = sb.http.get(format!("{}/items", sb.h.erp_url())).bearer_auth("erp-token").send().await.unwrap();
     assert!(r.status().is_server_error());
     let r = sb
         .http
@@ -271,8 +214,7 @@ async fn server_error_fault_uses_each_envelope_and_turns_off() {
     }
     assert_eq!(sb.np("/people").await.status(), StatusCode::OK);
     // A half share fails some and passes some.
-    sb.set_faults("northpass", json!({"error_5xx_share": 0.5}))
-        .await;
+    sb.set_faults("northpass", json!({"error_5xx_share": 0.5})).await;
     let mut failed = 0;
     for _ in 0..40 {
         if sb.np("/people").await.status().is_server_error() {
@@ -286,37 +228,20 @@ async fn server_error_fault_uses_each_envelope_and_turns_off() {
 async fn timeout_and_latency_faults() {
     let sb = start_small().await;
     sb.set_faults("erp", json!({"timeout_share": 1.0})).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let t = Instant::now();
-    let r = client
-        .get(format!("{}/items", sb.h.erp_url()))
-        .bearer_auth("erp-token")
-        .send()
-        .await;
+    let r = client.get(format!("{}/items", sb.h.erp_url())).bearer_auth("erp-token").send().await;
     assert!(r.is_err_and(|e| e.is_timeout()));
     assert!(t.elapsed() < Duration::from_secs(2));
-    sb.set_faults("erp", json!({"timeout_share": 0.0, "latency_ms": 150}))
-        .await;
+    sb.set_faults("erp", json!({"timeout_share": 0.0, "latency_ms": 150})).await;
     let t = Instant::now();
-    let r = client
-        .get(format!("{}/items", sb.h.erp_url()))
-        .bearer_auth("erp-token")
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("{}/items", sb.h.erp_url())).bearer_auth("erp-token").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(t.elapsed() >= Duration::from_millis(150));
     let f = sb.set_faults("erp", json!({"latency_ms": 0})).await;
     assert_eq!(f["latency_ms"], 0);
     let all: Value = sb.control_get("/faults").await;
-    assert_eq!(
-        all["northpass"]["rate_per_sec"],
-        Value::Null,
-        "tests run unlimited"
-    );
+    assert_eq!(all["northpass"]["rate_per_sec"], Value::Null, "tests run unlimited");
     let c = sb.control_get("/counters").await;
     assert_eq!(c["erp"]["endpoints"]["GET /erp/api/items"]["timeouts"], 1);
 }
@@ -325,8 +250,7 @@ async fn timeout_and_latency_faults() {
 async fn truncated_pages_and_malformed_items() {
     let sb = start_small().await;
     // Truncated: the total stays, the pages end early.
-    sb.set_faults("impartner", json!({"truncate_page": true}))
-        .await;
+    sb.set_faults("impartner", json!({"truncate_page": true})).await;
     let (_, b) = sb.ip_get("/User", &[("take", "100")]).await;
     assert_eq!(b["data"]["count"], 400);
     assert_eq!(b["data"]["results"].as_array().unwrap().len(), 50);
@@ -334,58 +258,36 @@ async fn truncated_pages_and_malformed_items() {
     let (_, b) = sb.erp(&[("limit", "100")]).await;
     assert_eq!(b["total"], 250);
     assert_eq!(b["items"].as_array().unwrap().len(), 50);
-    sb.set_faults("northpass", json!({"truncate_page": true}))
-        .await;
+    sb.set_faults("northpass", json!({"truncate_page": true})).await;
     let b = sb.np_json("/people?limit=100").await;
     assert_eq!(b["data"].as_array().unwrap().len(), 50);
     assert!(b["links"]["next"].is_string());
     for api in ["impartner", "erp", "northpass"] {
         sb.set_faults(api, json!({"truncate_page": false})).await;
     }
-    assert_eq!(
-        sb.ip_get("/User", &[("take", "100")]).await.1["data"]["results"]
-            .as_array()
-            .unwrap()
-            .len(),
-        100
-    );
+    assert_eq!(sb.ip_get("/User", &[("take", "100")]).await.1["data"]["results"].as_array().unwrap().len(), 100);
 
     // Malformed: every item loses its id or carries a wrong-typed field.
-    sb.set_faults("northpass", json!({"malformed_share": 1.0}))
-        .await;
+    sb.set_faults("northpass", json!({"malformed_share": 1.0})).await;
     let b = sb.np_json("/people?limit=20").await;
     for p in b["data"].as_array().unwrap() {
-        assert!(
-            p.get("id").is_none() || p["attributes"]["updated_at"].is_number(),
-            "{p}"
-        );
+        assert!(p.get("id").is_none() || p["attributes"]["updated_at"].is_number(), "{p}");
     }
-    sb.set_faults("impartner", json!({"malformed_share": 1.0}))
-        .await;
+    sb.set_faults("impartner", json!({"malformed_share": 1.0})).await;
     let (_, b) = sb.ip_get("/Account", &[("take", "20")]).await;
     for a in b["data"]["results"].as_array().unwrap() {
         assert!(a.get("id").is_none() || a["updated"].is_number(), "{a}");
     }
     sb.set_faults("erp", json!({"malformed_share": 0.3})).await;
     let (_, b) = sb.erp(&[("limit", "250")]).await;
-    let bad = b["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i.get("id").is_none() || i["quantity"].is_string())
-        .count();
+    let bad =
+        b["items"].as_array().unwrap().iter().filter(|i| i.get("id").is_none() || i["quantity"].is_string()).count();
     assert!((30..=120).contains(&bad), "about 30 % malformed: {bad}");
     for api in ["northpass", "impartner", "erp"] {
         sb.set_faults(api, json!({"malformed_share": 0.0})).await;
     }
     let b = sb.np_json("/people?limit=20").await;
-    assert!(
-        b["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["id"].is_string())
-    );
+    assert!(b["data"].as_array().unwrap().iter().all(|p| p["id"].is_string()));
     // Reset puts the start-up faults back.
     sb.set_faults("northpass", json!({"latency_ms": 5})).await;
     sb.control_post("/reset", json!({})).await;
@@ -395,11 +297,7 @@ async fn truncated_pages_and_malformed_items() {
 #[tokio::test]
 async fn seed_scale_generates_the_documented_sizes_quickly() {
     let t = Instant::now();
-    let sb = start(SandboxConfig {
-        scale: Scale::Seed,
-        ..SandboxConfig::default().unlimited()
-    })
-    .await;
+    let sb = start(SandboxConfig { scale: Scale::Seed, ..SandboxConfig::default().unlimited() }).await;
     let took = t.elapsed();
     let c = sb.control_get("/info").await["counts"].clone();
     assert_eq!(c["northpass"]["people"], 22_000);
@@ -408,10 +306,7 @@ async fn seed_scale_generates_the_documented_sizes_quickly() {
     assert_eq!(c["northpass"]["enrollments"], 28_000);
     assert_eq!(c["impartner"]["Account"], 1_500);
     assert_eq!(c["impartner"]["User"], 40_000);
-    assert!(
-        took < Duration::from_secs(20),
-        "debug-build generation took {took:?}"
-    );
+    assert!(took < Duration::from_secs(20), "debug-build generation took {took:?}");
     let (_, b) = sb.ip_get("/User", &[("take", "1")]).await;
     assert_eq!(b["data"]["count"], 40_000);
 }

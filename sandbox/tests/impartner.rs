@@ -7,12 +7,7 @@ use common::start_small;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn fetch_all(
-    sb: &common::Sb,
-    object: &str,
-    filter: Option<&str>,
-    take: usize,
-) -> (u64, Vec<Value>) {
+async fn fetch_all(sb: &common::Sb, object: &str, filter: Option<&str>, take: usize) -> (u64, Vec<Value>) {
     let mut out = Vec::new();
     let mut count;
     loop {
@@ -46,10 +41,7 @@ async fn rejects_bad_credentials_with_error_envelope() {
         sb.http.get(&url).header("Authorization", "prm-key wrong"),
         sb.http
             .get(&url)
-            .header(
-                "Authorization",
-                format!("prm-key {}", sb.h.config.impartner_key),
-            )
+            .header("Authorization", format!("prm-key {}", sb.h.config.impartner_key))
             .header("X-PRM-TenantId", "999"),
     ] {
         let r = req.send().await.unwrap();
@@ -62,10 +54,7 @@ async fn rejects_bad_credentials_with_error_envelope() {
     let r = sb
         .http
         .get(&url)
-        .header(
-            "Authorization",
-            format!("prm-key {}", sb.h.config.impartner_key),
-        )
+        .header("Authorization", format!("prm-key {}", sb.h.config.impartner_key))
         .send()
         .await
         .unwrap();
@@ -105,11 +94,7 @@ async fn pages_every_object_with_total_count_and_camel_case_keys() {
     let tiers: Vec<&Value> = accounts.iter().map(|a| &a["partner_Tier__cf"]).collect();
     assert!(tiers.iter().any(|t| *t == "Pending"));
     assert!(tiers.iter().any(|t| t.is_null()));
-    assert!(
-        accounts
-            .iter()
-            .any(|a| a["account_Status__cf"] == "Inactive")
-    );
+    assert!(accounts.iter().any(|a| a["account_Status__cf"] == "Inactive"));
     let (_, users) = fetch_all(&sb, "User", None, 100).await;
     let u = &users[0];
     for key in [
@@ -126,18 +111,8 @@ async fn pages_every_object_with_total_count_and_camel_case_keys() {
     ] {
         assert!(u.get(key).is_some(), "user has {key}");
     }
-    assert!(
-        users
-            .iter()
-            .any(|u| u["email"].as_str().unwrap().ends_with("@nintex.com")),
-        "internal-domain contacts"
-    );
-    assert!(
-        users
-            .iter()
-            .any(|u| u["email"].as_str().unwrap().starts_with("test.")),
-        "test accounts"
-    );
+    assert!(users.iter().any(|u| u["email"].as_str().unwrap().ends_with("@nintex.com")), "internal-domain contacts");
+    assert!(users.iter().any(|u| u["email"].as_str().unwrap().starts_with("test.")), "test accounts");
     assert!(users.iter().any(|u| u["isActive"] == false));
 }
 
@@ -150,10 +125,7 @@ async fn filter_fields_and_orderby() {
     let (s, body) = sb
         .ip_get(
             "/User",
-            &[
-                ("filter", &format!("email = '{}'", email.to_uppercase())),
-                ("fields", "Id,Email,AccountId"),
-            ],
+            &[("filter", &format!("email = '{}'", email.to_uppercase())), ("fields", "Id,Email,AccountId")],
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -164,37 +136,20 @@ async fn filter_fields_and_orderby() {
     // != , in (), and/or, boolean, null.
     let account = users[10]["accountId"].as_i64().unwrap();
     let same_account = users.iter().filter(|u| u["accountId"] == account).count() as u64;
-    let (_, b) = sb
-        .ip_get(
-            "/User",
-            &[("filter", &format!("AccountId = {account}")), ("take", "1")],
-        )
-        .await;
+    let (_, b) = sb.ip_get("/User", &[("filter", &format!("AccountId = {account}")), ("take", "1")]).await;
     assert_eq!(b["data"]["count"], same_account);
-    let (_, b) = sb
-        .ip_get("/User", &[("filter", &format!("AccountId != {account}"))])
-        .await;
-    assert_eq!(
-        b["data"]["count"].as_u64().unwrap(),
-        users.len() as u64 - same_account
-    );
+    let (_, b) = sb.ip_get("/User", &[("filter", &format!("AccountId != {account}"))]).await;
+    assert_eq!(b["data"]["count"].as_u64().unwrap(), users.len() as u64 - same_account);
     let ids = format!("Id in ({}, {})", users[0]["id"], users[1]["id"]);
     let (_, b) = sb.ip_get("/User", &[("filter", &ids)]).await;
     assert_eq!(b["data"]["count"], 2);
     let active = users.iter().filter(|u| u["isActive"] == true).count() as u64;
     let (_, b) = sb.ip_get("/User", &[("filter", "IsActive = true")]).await;
     assert_eq!(b["data"]["count"], active);
-    let (_, b) = sb
-        .ip_get(
-            "/User",
-            &[("filter", &format!("(IsActive = false) or ({ids})"))],
-        )
-        .await;
+    let (_, b) = sb.ip_get("/User", &[("filter", &format!("(IsActive = false) or ({ids})"))]).await;
     let expected = users
         .iter()
-        .filter(|u| {
-            u["isActive"] == false || u["id"] == users[0]["id"] || u["id"] == users[1]["id"]
-        })
+        .filter(|u| u["isActive"] == false || u["id"] == users[0]["id"] || u["id"] == users[1]["id"])
         .count() as u64;
     assert_eq!(b["data"]["count"], expected);
     let titled = users.iter().filter(|u| !u["title"].is_null()).count() as u64;
@@ -202,12 +157,7 @@ async fn filter_fields_and_orderby() {
     assert_eq!(b["data"]["count"], titled);
     // Updated > '...' (ISO without zone).
     let (_, accounts) = fetch_all(&sb, "Account", None, 1000).await;
-    let (_, b) = sb
-        .ip_get(
-            "/Account",
-            &[("filter", "Updated > '2025-06-01T00:00:00.000'")],
-        )
-        .await;
+    let (_, b) = sb.ip_get("/Account", &[("filter", "Updated > '2025-06-01T00:00:00.000'")]).await;
     let newer = accounts
         .iter()
         .filter(|a| {
@@ -217,22 +167,9 @@ async fn filter_fields_and_orderby() {
         .count() as u64;
     assert_eq!(b["data"]["count"], newer);
     // orderby Name desc.
-    let (_, b) = sb
-        .ip_get(
-            "/Account",
-            &[
-                ("orderby", "Name desc"),
-                ("take", "1000"),
-                ("fields", "Name"),
-            ],
-        )
-        .await;
-    let names: Vec<String> = b["data"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap().to_lowercase())
-        .collect();
+    let (_, b) = sb.ip_get("/Account", &[("orderby", "Name desc"), ("take", "1000"), ("fields", "Name")]).await;
+    let names: Vec<String> =
+        b["data"]["results"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_lowercase()).collect();
     let mut sorted = names.clone();
     sorted.sort();
     sorted.reverse();
@@ -252,12 +189,7 @@ async fn filter_fields_and_orderby() {
 async fn single_and_bulk_patch_record_writes() {
     let sb = start_small().await;
     let (_, b) = sb.ip_get("/Account", &[("take", "3")]).await;
-    let ids: Vec<i64> = b["data"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_i64().unwrap())
-        .collect();
+    let ids: Vec<i64> = b["data"]["results"].as_array().unwrap().iter().map(|a| a["id"].as_i64().unwrap()).collect();
     // Single PATCH returns the updated record, camelCase.
     let r = sb.ip(Method::PATCH, &format!("/Account/{}", ids[0]))
         .json(&json!({"Nintex_CE_Certifications__cf": 5, "Total_NPCU__cf": 12, "LMS_Group_Name__cf": "ptr_Acme Corporation"}))
@@ -267,15 +199,8 @@ async fn single_and_bulk_patch_record_writes() {
     assert_eq!(body["success"], true);
     assert_eq!(body["data"]["total_NPCU__cf"], 12.0);
     assert_eq!(body["data"]["lmS_Group_Name__cf"], "ptr_Acme Corporation");
-    let before = b["data"]["results"][0]["updated"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(
-        body["data"]["updated"].as_str().unwrap(),
-        before,
-        "Updated is bumped"
-    );
+    let before = b["data"]["results"][0]["updated"].as_str().unwrap().to_string();
+    assert_ne!(body["data"]["updated"].as_str().unwrap(), before, "Updated is bumped");
     // Read-only field on single PATCH is 400.
     let r = sb
         .ip(Method::PATCH, &format!("/Account/{}", ids[0]))
@@ -285,21 +210,19 @@ async fn single_and_bulk_patch_record_writes() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Unknown id is 404.
-    let r = sb
-        .ip(Method::PATCH, "/Account/1")
-        .json(&json!({"Total_NPCU__cf": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.ip(Method::PATCH, "/Account/1").json(&json!({"Total_NPCU__cf": 1})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // Bulk PATCH: per-item success at top-level results.
-    let r = sb.ip(Method::PATCH, "/Account")
+    let r = sb
+        .ip(Method::PATCH, "/Account")
         .json(&json!([
             {"Id": ids[1], "Name": "Renamed Partner", "Total_NPCU__cf": 3, "LMS_Account_ID__cf": "42"},
             {"Id": ids[2], "LMS_User_Count__cf": 9},
             {"Id": 1, "Total_NPCU__cf": 1},
         ]))
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["success"], false, "false when any item fails");
@@ -310,12 +233,7 @@ async fn single_and_bulk_patch_record_writes() {
     assert_eq!(results[1]["success"], false);
     assert_eq!(results[1]["errors"][0]["code"], "INVALID_FIELD");
     assert_eq!(results[2]["errors"][0]["code"], "NOT_FOUND");
-    let (_, one) = sb
-        .ip_get(
-            &format!("/Account/{}", ids[1]),
-            &[("fields", "Name,LMS_Account_ID__cf")],
-        )
-        .await;
+    let (_, one) = sb.ip_get(&format!("/Account/{}", ids[1]), &[("fields", "Name,LMS_Account_ID__cf")]).await;
     assert_eq!(one["data"]["name"], "Renamed Partner");
     assert_eq!(one["data"]["lmS_Account_ID__cf"], "42");
     // Writes: merged fields per id.
@@ -323,15 +241,10 @@ async fn single_and_bulk_patch_record_writes() {
     let pf = &w["impartner"]["patched_fields"]["Account"];
     assert_eq!(pf[ids[0].to_string()]["Total_NPCU__cf"], 12);
     assert_eq!(pf[ids[1].to_string()]["LMS_Account_ID__cf"], "42");
-    assert!(
-        pf.get(ids[2].to_string()).is_none(),
-        "failed items are not writes"
-    );
+    assert!(pf.get(ids[2].to_string()).is_none(), "failed items are not writes");
     assert_eq!(w["impartner"]["patches"].as_array().unwrap().len(), 2);
     // Bulk user deactivation, Northpass_PP style.
-    let (_, u) = sb
-        .ip_get("/User", &[("take", "1"), ("filter", "IsActive = true")])
-        .await;
+    let (_, u) = sb.ip_get("/User", &[("take", "1"), ("filter", "IsActive = true")]).await;
     let uid = u["data"]["results"][0]["id"].as_i64().unwrap();
     let r = sb
         .ip(Method::PATCH, "/User")
@@ -351,62 +264,29 @@ async fn create_delete_and_deleted_endpoint() {
     let (_, a) = sb.ip_get("/Account", &[("take", "1")]).await;
     let account = a["data"]["results"][0]["id"].as_i64().unwrap();
     let new_user = json!({"Email": "new.person@example.com", "UserName": "new.person@example.com", "FirstName": "New", "LastName": "Person", "AccountId": account, "IsActive": true, "Title": ""});
-    let r = sb
-        .ip(Method::PUT, "/User")
-        .json(&new_user)
-        .send()
-        .await
-        .unwrap();
+    let r = sb.ip(Method::PUT, "/User").json(&new_user).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     let id = body["data"]["id"].as_i64().unwrap();
-    let r = sb
-        .ip(Method::PUT, "/User")
-        .json(&new_user)
-        .send()
-        .await
-        .unwrap();
+    let r = sb.ip(Method::PUT, "/User").json(&new_user).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "NOT_UNIQUE");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("not a unique value")
-    );
+    assert!(body["message"].as_str().unwrap().contains("not a unique value"));
     let (_, u) = sb.ip_get(&format!("/User/{id}"), &[]).await;
     assert_eq!(u["data"]["fullName"], "New Person");
 
-    let r = sb
-        .ip(Method::DELETE, &format!("/User/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.ip(Method::DELETE, &format!("/User/{id}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let (s, body) = sb.ip_get(&format!("/User/{id}"), &[]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(body["success"], false);
-    let (s, body) = sb
-        .ip_get(
-            "/User/_deleted",
-            &[
-                ("fromUtc", "2020-01-01T00:00:00"),
-                ("toUtc", "2100-01-01T00:00:00"),
-            ],
-        )
-        .await;
+    let (s, body) =
+        sb.ip_get("/User/_deleted", &[("fromUtc", "2020-01-01T00:00:00"), ("toUtc", "2100-01-01T00:00:00")]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["data"], json!([id]));
-    let (_, body) = sb
-        .ip_get(
-            "/User/_deleted",
-            &[
-                ("fromUtc", "2000-01-01T00:00:00"),
-                ("toUtc", "2001-01-01T00:00:00"),
-            ],
-        )
-        .await;
+    let (_, body) =
+        sb.ip_get("/User/_deleted", &[("fromUtc", "2000-01-01T00:00:00"), ("toUtc", "2001-01-01T00:00:00")]).await;
     assert_eq!(body["data"], json!([]));
     let (s, body) = sb.ip_get("/Nope", &[]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);

@@ -15,11 +15,7 @@ async fn bad_token_is_an_exception_with_http_200() {
     let r = sb
         .http
         .get(sb.h.moodle_url())
-        .query(&[
-            ("wstoken", "bad"),
-            ("wsfunction", "core_course_get_categories"),
-            ("moodlewsrestformat", "json"),
-        ])
+        .query(&[("wstoken", "bad"), ("wsfunction", "core_course_get_categories"), ("moodlewsrestformat", "json")])
         .send()
         .await
         .unwrap();
@@ -42,52 +38,25 @@ async fn categories_form_campus_semester_department_program_tree() {
     assert_eq!(all.len() as u64, sb.count("moodle", "categories").await);
     let campuses: Vec<&Value> = all.iter().filter(|c| c["parent"] == 0).collect();
     assert_eq!(campuses.len() as u64, sb.count("moodle", "campuses").await);
-    assert_eq!(
-        all.iter().map(|c| c["depth"].as_i64().unwrap()).max(),
-        Some(4)
-    );
+    assert_eq!(all.iter().map(|c| c["depth"].as_i64().unwrap()).max(), Some(4));
     let programs = all.iter().filter(|c| c["depth"] == 4).count() as u64;
     assert_eq!(programs, sb.count("moodle", "programs").await);
-    let sortorders: Vec<i64> = all
-        .iter()
-        .map(|c| c["sortorder"].as_i64().unwrap())
-        .collect();
-    assert!(
-        sortorders.windows(2).all(|w| w[0] <= w[1]),
-        "sorted by sortorder"
-    );
+    let sortorders: Vec<i64> = all.iter().map(|c| c["sortorder"].as_i64().unwrap()).collect();
+    assert!(sortorders.windows(2).all(|w| w[0] <= w[1]), "sorted by sortorder");
     // parent criterion with addsubcategories=0 returns direct children only; default adds descendants.
     let cid = campuses[0]["id"].to_string();
     let direct = sb
         .moodle(
             "core_course_get_categories",
-            &[
-                ("criteria[0][key]", "parent"),
-                ("criteria[0][value]", &cid),
-                ("addsubcategories", "0"),
-            ],
+            &[("criteria[0][key]", "parent"), ("criteria[0][value]", &cid), ("addsubcategories", "0")],
         )
         .await;
-    assert!(
-        direct
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["parent"] == campuses[0]["id"])
-    );
-    let deep = sb
-        .moodle(
-            "core_course_get_categories",
-            &[("criteria[0][key]", "id"), ("criteria[0][value]", &cid)],
-        )
-        .await;
+    assert!(direct.as_array().unwrap().iter().all(|c| c["parent"] == campuses[0]["id"]));
+    let deep =
+        sb.moodle("core_course_get_categories", &[("criteria[0][key]", "id"), ("criteria[0][value]", &cid)]).await;
     assert!(deep.as_array().unwrap().len() > direct.as_array().unwrap().len());
-    let bad = sb
-        .moodle(
-            "core_course_get_categories",
-            &[("criteria[0][key]", "foo"), ("criteria[0][value]", "1")],
-        )
-        .await;
+    let bad =
+        sb.moodle("core_course_get_categories", &[("criteria[0][key]", "foo"), ("criteria[0][value]", "1")]).await;
     assert_eq!(bad["errorcode"], "criteriaerror");
 }
 
@@ -99,57 +68,24 @@ async fn courses_by_field() {
     assert_eq!(courses.len() as u64, sb.count("moodle", "courses").await);
     assert_eq!(all["warnings"].as_array().unwrap().len(), 0);
     let c = &courses[0];
-    for key in [
-        "id",
-        "fullname",
-        "shortname",
-        "categoryid",
-        "categoryname",
-        "timemodified",
-        "visible",
-    ] {
+    for key in ["id", "fullname", "shortname", "categoryid", "categoryname", "timemodified", "visible"] {
         assert!(c.get(key).is_some(), "{key}");
     }
     let by_cat = sb
-        .moodle(
-            "core_course_get_courses_by_field",
-            &[
-                ("field", "category"),
-                ("value", &c["categoryid"].to_string()),
-            ],
-        )
+        .moodle("core_course_get_courses_by_field", &[("field", "category"), ("value", &c["categoryid"].to_string())])
         .await;
-    assert!(
-        by_cat["courses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["categoryid"] == c["categoryid"])
-    );
+    assert!(by_cat["courses"].as_array().unwrap().iter().all(|x| x["categoryid"] == c["categoryid"]));
     let ids = format!("{},{}", courses[0]["id"], courses[1]["id"]);
-    let by_ids = sb
-        .moodle(
-            "core_course_get_courses_by_field",
-            &[("field", "ids"), ("value", &ids)],
-        )
-        .await;
+    let by_ids = sb.moodle("core_course_get_courses_by_field", &[("field", "ids"), ("value", &ids)]).await;
     assert_eq!(by_ids["courses"].as_array().unwrap().len(), 2);
     let by_short = sb
         .moodle(
             "core_course_get_courses_by_field",
-            &[
-                ("field", "shortname"),
-                ("value", c["shortname"].as_str().unwrap()),
-            ],
+            &[("field", "shortname"), ("value", c["shortname"].as_str().unwrap())],
         )
         .await;
     assert_eq!(by_short["courses"][0]["id"], c["id"]);
-    let bad = sb
-        .moodle(
-            "core_course_get_courses_by_field",
-            &[("field", "nope"), ("value", "1")],
-        )
-        .await;
+    let bad = sb.moodle("core_course_get_courses_by_field", &[("field", "nope"), ("value", "1")]).await;
     assert_eq!(bad["exception"], "invalid_parameter_exception");
 }
 
@@ -163,12 +99,8 @@ async fn enrolled_users_with_roles_groups_and_paging() {
     let mut usernames = HashSet::new();
     for c in courses["courses"].as_array().unwrap() {
         let id = c["id"].to_string();
-        let users = sb
-            .moodle("core_enrol_get_enrolled_users", &[("courseid", &id)])
-            .await;
-        let users = users
-            .as_array()
-            .unwrap_or_else(|| panic!("array for course {id}"));
+        let users = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
+        let users = users.as_array().unwrap_or_else(|| panic!("array for course {id}"));
         total += users.len() as u64;
         for u in users {
             assert!(u["roles"].is_array());
@@ -208,18 +140,10 @@ async fn enrolled_users_with_roles_groups_and_paging() {
     assert!(saw_group && saw_omitted_city);
     let prefixed = usernames
         .iter()
-        .filter(|u| {
-            u.split_once('-')
-                .is_some_and(|(_, id)| id.chars().all(|c| c.is_ascii_digit()))
-        })
+        .filter(|u| u.split_once('-').is_some_and(|(_, id)| id.chars().all(|c| c.is_ascii_digit())))
         .count();
-    assert!(
-        prefixed > usernames.len() * 8 / 10,
-        "most usernames are <campus>-<id>"
-    );
-    let bad = sb
-        .moodle("core_enrol_get_enrolled_users", &[("courseid", "999999")])
-        .await;
+    assert!(prefixed > usernames.len() * 8 / 10, "most usernames are <campus>-<id>");
+    let bad = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", "999999")]).await;
     assert_eq!(bad["errorcode"], "invalidrecord");
     let bad = sb.moodle("core_enrol_get_enrolled_users", &[]).await;
     assert_eq!(bad["errorcode"], "invalidparameter");
@@ -227,11 +151,7 @@ async fn enrolled_users_with_roles_groups_and_paging() {
     let bad = sb
         .moodle(
             "core_enrol_get_enrolled_users",
-            &[
-                ("courseid", &c0),
-                ("options[0][name]", "sortby"),
-                ("options[0][value]", "email"),
-            ],
+            &[("courseid", &c0), ("options[0][name]", "sortby"), ("options[0][value]", "email")],
         )
         .await;
     assert_eq!(bad["exception"], "invalid_parameter_exception");
@@ -242,50 +162,24 @@ async fn users_by_field() {
     let sb = start_small().await;
     let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
     let id = courses["courses"][0]["id"].to_string();
-    let users = sb
-        .moodle("core_enrol_get_enrolled_users", &[("courseid", &id)])
-        .await;
+    let users = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
     let u = &users[0];
     let got = sb
         .moodle(
             "core_user_get_users_by_field",
-            &[
-                ("field", "username"),
-                ("values[0]", u["username"].as_str().unwrap()),
-                ("values[1]", "no-such-user"),
-            ],
+            &[("field", "username"), ("values[0]", u["username"].as_str().unwrap()), ("values[1]", "no-such-user")],
         )
         .await;
-    assert_eq!(
-        got.as_array().unwrap().len(),
-        1,
-        "unknown values are simply absent"
-    );
+    assert_eq!(got.as_array().unwrap().len(), 1, "unknown values are simply absent");
     assert_eq!(got[0]["id"], u["id"]);
     assert!(got[0].get("timemodified").is_none());
     let got = sb
-        .moodle(
-            "core_user_get_users_by_field",
-            &[
-                ("field", "email"),
-                ("values[0]", u["email"].as_str().unwrap()),
-            ],
-        )
+        .moodle("core_user_get_users_by_field", &[("field", "email"), ("values[0]", u["email"].as_str().unwrap())])
         .await;
     assert_eq!(got[0]["id"], u["id"]);
-    let bad = sb
-        .moodle(
-            "core_user_get_users_by_field",
-            &[("field", "city"), ("values[0]", "x")],
-        )
-        .await;
+    let bad = sb.moodle("core_user_get_users_by_field", &[("field", "city"), ("values[0]", "x")]).await;
     assert_eq!(bad["exception"], "coding_exception");
-    let bad = sb
-        .moodle(
-            "core_user_get_users_by_field",
-            &[("field", "id"), ("values", "3")],
-        )
-        .await;
+    let bad = sb.moodle("core_user_get_users_by_field", &[("field", "id"), ("values", "3")]).await;
     assert_eq!(bad["errorcode"], "invalidparameter");
     // GET works as well as POST.
     let r = sb

@@ -243,7 +243,8 @@ impl ChainDef {
                 step.prerequisites = p
                     .iter()
                     .map(|n| {
-                        StepName::parse(n).map_err(|e| ChainError::Invalid { chain: chain.clone(), message: e.to_string() })
+                        StepName::parse(n)
+                            .map_err(|e| ChainError::Invalid { chain: chain.clone(), message: e.to_string() })
                     })
                     .collect::<Result<_, _>>()?;
             }

@@ -205,9 +205,7 @@ impl Config {
     }
 
     pub fn min_interval(&self) -> Duration {
-        Duration::from_secs(
-            self.min_interval_secs.unwrap_or_else(|| self.environment.default_min_interval_secs()),
-        )
+        Duration::from_secs(self.min_interval_secs.unwrap_or_else(|| self.environment.default_min_interval_secs()))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

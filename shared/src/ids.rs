@@ -40,9 +40,7 @@ impl fmt::Display for RunId {
 impl FromStr for RunId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s)
-            .map(RunId)
-            .map_err(|_| IdError { kind: "run id", value: s.to_owned(), reason: "not a UUID" })
+        Uuid::parse_str(s).map(RunId).map_err(|_| IdError { kind: "run id", value: s.to_owned(), reason: "not a UUID" })
     }
 }
 

@@ -4,7 +4,8 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// `json`: one JSON object per line (production); otherwise compact text on stderr.
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
+    let filter =
+        EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry.with(fmt::layer().json().with_current_span(false).with_writer(std::io::stderr)).try_init()
@@ -23,5 +24,9 @@ pub fn init_test() {
 /// Compact text with a fixed default filter (overridden by `SYNCFLEET_LOG`).
 pub fn init_filter(default: &str) {
     let filter = EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::registry().with(filter).with(fmt::layer().compact().with_writer(std::io::stderr)).try_init().ok();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().compact().with_writer(std::io::stderr))
+        .try_init()
+        .ok();
 }

@@ -104,8 +104,14 @@ impl TestEnv {
         let token = CancellationToken::new();
         let (chains, handlers) = registries(&self.config).unwrap();
         let name = worker_name(Some(prefix));
-        let engine =
-            Arc::new(Engine::new(self.config.clone(), self.pool.clone(), self.ops.queues.clone(), chains.clone(), handlers, name.clone()));
+        let engine = Arc::new(Engine::new(
+            self.config.clone(),
+            self.pool.clone(),
+            self.ops.queues.clone(),
+            chains.clone(),
+            handlers,
+            name.clone(),
+        ));
         let handle = tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), token.clone()));
         Running { token, handle, addr: None, name }
     }

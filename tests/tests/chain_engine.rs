@@ -34,7 +34,9 @@ async fn diamond_runs_every_step_once_after_its_prerequisites() {
             .await
             .unwrap();
     let t = |step: &str| times.iter().find(|(s, _, _)| s == step).map(|(_, a, b)| (*a, *b)).unwrap();
-    for (step, prereqs) in [("left", vec!["start"]), ("right", vec!["start"]), ("join", vec!["left", "right"]), ("report", vec!["join"])] {
+    for (step, prereqs) in
+        [("left", vec!["start"]), ("right", vec!["start"]), ("join", vec!["left", "right"]), ("report", vec!["join"])]
+    {
         for p in prereqs {
             assert!(t(step).0 >= t(p).1, "{step} started before {p} finished");
         }
@@ -94,7 +96,9 @@ async fn required_failure_fails_the_run_and_resume_completes_it_without_repeatin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn optional_failure_ends_partial_and_downstream_still_runs() {
-    let env = TestEnv::new("[chains.demo_diamond.steps.left]\nrequired = false\nmax_attempts = 2\nbackoff_base_ms = 50\n").await;
+    let env =
+        TestEnv::new("[chains.demo_diamond.steps.left]\nrequired = false\nmax_attempts = 2\nbackoff_base_ms = 50\n")
+            .await;
     env.demo_integration("acme", json!({ "step_ms": 20, "fail": { "left": "always", "right": "never" } })).await;
     let producer = env.spawn_producer().await;
     let worker = env.spawn_worker("w").await;
@@ -124,12 +128,13 @@ async fn twenty_jobs_on_one_entity_never_overlap_across_two_worker_processes() {
     let view = env.wait(run, Duration::from_secs(120)).await;
     assert_eq!(view.status, "completed");
 
-    let mut spans: Vec<(i32, String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT shard, worker, started_at, applied_at FROM demo_effects WHERE run_id = $1 ORDER BY started_at")
-            .bind(run.0)
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+    let mut spans: Vec<(i32, String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT shard, worker, started_at, applied_at FROM demo_effects WHERE run_id = $1 ORDER BY started_at",
+    )
+    .bind(run.0)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(spans.len(), 20, "every shard applied exactly once");
     let mut shards: Vec<i32> = spans.iter().map(|s| s.0).collect();
     shards.sort();
@@ -156,8 +161,7 @@ async fn twenty_jobs_on_one_entity_never_overlap_across_two_worker_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fan_out_of_5000_steps_drains_through_a_bounded_queue() {
-    let env = TestEnv::with_producer("dispatch_cap = 1000", "[chains.demo_fanout.steps.fan]\nshards = 5000\n")
-        .await;
+    let env = TestEnv::with_producer("dispatch_cap = 1000", "[chains.demo_fanout.steps.fan]\nshards = 5000\n").await;
     env.demo_integration("acme", json!({ "step_ms": 0 })).await;
     let producer = env.spawn_producer().await;
     let w1 = env.spawn_worker("w1").await;
@@ -178,11 +182,12 @@ async fn a_fan_out_of_5000_steps_drains_through_a_bounded_queue() {
     assert_eq!(view.status, "completed");
     let fan = view.steps.iter().find(|s| s.step == "fan").unwrap();
     assert_eq!((fan.shards, fan.shards_done), (5000, 5000));
-    let applied: i64 = sqlx::query_scalar("SELECT count(DISTINCT shard) FROM demo_effects WHERE run_id = $1 AND step = 'fan'")
-        .bind(run.0)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT shard) FROM demo_effects WHERE run_id = $1 AND step = 'fan'")
+            .bind(run.0)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(applied, 5000);
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM demo_effects WHERE run_id = $1")
         .bind(run.0)

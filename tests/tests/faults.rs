@@ -6,7 +6,11 @@ use serde_json::json;
 use syncfleet_shared::store::views;
 use syncfleet_tests::{PrivateRedis, TestEnv, signal};
 
-async fn step_state(env: &TestEnv, run: syncfleet_shared::ids::RunId, step: &str) -> Option<(String, Option<String>, i32)> {
+async fn step_state(
+    env: &TestEnv,
+    run: syncfleet_shared::ids::RunId,
+    step: &str,
+) -> Option<(String, Option<String>, i32)> {
     sqlx::query_as("SELECT status, worker, attempts FROM step_runs WHERE run_id = $1 AND step = $2")
         .bind(run.0)
         .bind(step)

@@ -17,7 +17,7 @@ async fn two_producers_firing_the_same_tick_create_one_run() {
         a.fire("demo_diamond", "acme", tick, TriggerKind::Schedule),
         b.fire("demo_diamond", "acme", tick, TriggerKind::Schedule)
     );
-    let mut fired = vec![fa.unwrap(), fb.unwrap()];
+    let mut fired = [fa.unwrap(), fb.unwrap()];
     fired.sort_by_key(|f| matches!(f, Fired::Created(_)));
     assert_eq!(fired[0], Fired::AlreadyFired);
     assert!(matches!(fired[1], Fired::Created(_)));
@@ -40,10 +40,8 @@ async fn two_live_producers_on_a_one_second_schedule_make_one_run_per_tick() {
     p1.stop().await;
     p2.stop().await;
     w.stop().await;
-    let rows: Vec<(Option<String>, String)> = sqlx::query_as("SELECT tick_key, trigger_kind FROM chain_runs")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let rows: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT tick_key, trigger_kind FROM chain_runs").fetch_all(&env.pool).await.unwrap();
     assert!(rows.len() >= 2, "the schedule fired: {rows:?}");
     let mut keys: Vec<String> = rows.iter().map(|r| r.0.clone().unwrap()).collect();
     let n = keys.len();
@@ -62,11 +60,21 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
     let base = format!("http://{}", producer.addr.unwrap());
     let http = reqwest::Client::new();
 
-    let first = http.post(format!("{base}/api/chains/demo_diamond/runs")).json(&json!({ "integration": "acme" })).send().await.unwrap();
+    let first = http
+        .post(format!("{base}/api/chains/demo_diamond/runs"))
+        .json(&json!({ "integration": "acme" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let run_id = first.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
 
-    let second = http.post(format!("{base}/api/chains/demo_diamond/runs")).json(&json!({ "integration": "acme" })).send().await.unwrap();
+    let second = http
+        .post(format!("{base}/api/chains/demo_diamond/runs"))
+        .json(&json!({ "integration": "acme" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), 409);
     let body: serde_json::Value = second.json().await.unwrap();
     assert_eq!(body["error"], "active_run");
@@ -78,10 +86,16 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
     assert!(stderr.contains("already active") && stderr.contains(&run_id), "{stderr}");
 
     // Bad requests get a 4xx with a message.
-    let bad = http.post(format!("{base}/api/chains/demo_diamond/runs")).json(&json!({ "integration": "acme", "mode": "sideways" })).send().await.unwrap();
+    let bad = http
+        .post(format!("{base}/api/chains/demo_diamond/runs"))
+        .json(&json!({ "integration": "acme", "mode": "sideways" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("sideways"));
-    let unknown = http.post(format!("{base}/api/chains/nope/runs")).json(&json!({ "integration": "acme" })).send().await.unwrap();
+    let unknown =
+        http.post(format!("{base}/api/chains/nope/runs")).json(&json!({ "integration": "acme" })).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
 
     producer.stop().await;
@@ -95,7 +109,12 @@ async fn cli_contract_runs_show_and_queues_json() {
     let producer = env.spawn_producer().await;
     let worker = env.spawn_worker("w").await;
 
-    let out = env.cli().args(["trigger", "demo_diamond", "--integration", "acme", "--wait", "--json"]).output().await.unwrap();
+    let out = env
+        .cli()
+        .args(["trigger", "demo_diamond", "--integration", "acme", "--wait", "--json"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["status"], "completed");
@@ -106,7 +125,21 @@ async fn cli_contract_runs_show_and_queues_json() {
         assert!(shown.get(key).is_some(), "runs show lacks {key}");
     }
     let step = &shown["steps"][0];
-    for key in ["step", "status", "attempts", "duration_ms", "fetched", "inserted", "updated", "unchanged", "deactivated", "errors", "api_calls", "throttled", "guard"] {
+    for key in [
+        "step",
+        "status",
+        "attempts",
+        "duration_ms",
+        "fetched",
+        "inserted",
+        "updated",
+        "unchanged",
+        "deactivated",
+        "errors",
+        "api_calls",
+        "throttled",
+        "guard",
+    ] {
         assert!(step.get(key).is_some(), "step lacks {key}");
     }
     assert_eq!(shown["steps"].as_array().unwrap().len(), 5);

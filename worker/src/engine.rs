@@ -208,12 +208,21 @@ impl Engine {
         let Some(p) = &def.precondition else {
             return Ok(true);
         };
-        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql.clone())).bind(integration_id).fetch_one(&self.pool).await
+        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql.clone()))
+            .bind(integration_id)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Keeps the step's heartbeat (PostgreSQL) and entity lease (Redis) alive; cancels the step
     /// when either is lost.
-    fn spawn_heartbeat(&self, id: i64, job_id: &str, entity: &str, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    fn spawn_heartbeat(
+        &self,
+        id: i64,
+        job_id: &str,
+        entity: &str,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let (pool, queues) = (self.pool.clone(), self.queues.clone());
         let (job_id, entity) = (job_id.to_owned(), entity.to_owned());
         let every = Duration::from_secs(self.config.worker.heartbeat_secs);
@@ -268,7 +277,9 @@ impl Engine {
             Outcome::Failed { retry_in: None, .. } => Executed::Failed,
         };
         tracing::info!(outcome = ?executed, next = ready.len(), "Step finished.");
-        if let Err(error) = dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, &ready).await {
+        if let Err(error) =
+            dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, &ready).await
+        {
             let error: DispatchError = error;
             tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
         }

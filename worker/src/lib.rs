@@ -108,7 +108,12 @@ async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationTok
             .data(engine.clone())
             .build(handle_job);
         let stop = shutdown.clone();
-        let result = worker.run_until(async move { stop.cancelled().await; Ok::<(), std::io::Error>(()) }).await;
+        let result = worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
         if shutdown.is_cancelled() {
             return;
         }

@@ -40,16 +40,10 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let token =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if token.map(str::trim) != Some(st.config.control_token.as_str()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "control token required (Authorization: Bearer <token>)",
-        );
+        return error(StatusCode::UNAUTHORIZED, "control token required (Authorization: Bearer <token>)");
     }
     next.run(req).await
 }
@@ -79,11 +73,7 @@ async fn info(State(st): State<Arc<AppState>>) -> Response {
 
 /// Regenerates the data and clears faults, counters and writes.
 pub async fn reset_all(st: &Arc<AppState>) {
-    let (seed, scale, share) = (
-        st.config.seed,
-        st.config.scale,
-        st.config.properties_forbidden_share,
-    );
+    let (seed, scale, share) = (st.config.seed, st.config.scale, st.config.properties_forbidden_share);
     let fresh = tokio::task::spawn_blocking(move || Dataset::generate(seed, scale, share)).await;
     if let Ok(d) = fresh {
         *st.write() = d;
@@ -149,10 +139,7 @@ async fn reset_writes(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn all_faults(State(st): State<Arc<AppState>>) -> Response {
-    let m: Map<String, Value> = Api::ALL
-        .iter()
-        .map(|&a| (a.to_string(), json!(st.faults(a))))
-        .collect();
+    let m: Map<String, Value> = Api::ALL.iter().map(|&a| (a.to_string(), json!(st.faults(a)))).collect();
     ok(&m)
 }
 
@@ -179,11 +166,7 @@ fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D
     Option::<u32>::deserialize(d).map(Some)
 }
 
-async fn put_faults(
-    State(st): State<Arc<AppState>>,
-    Path(api): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, body: Bytes) -> Response {
     let api = match Api::from_str(&api) {
         Ok(a) => a,
         Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),

@@ -12,10 +12,8 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut resp = (status, bytes).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
             resp
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -48,10 +46,7 @@ pub fn api_error(api: Api, status: StatusCode, code: &str, message: &str) -> Res
             } else {
                 StatusCode::OK
             };
-            json_response(
-                status,
-                &json!({"exception": "moodle_exception", "errorcode": code, "message": message}),
-            )
+            json_response(status, &json!({"exception": "moodle_exception", "errorcode": code, "message": message}))
         }
         Api::Erp => json_response(status, &json!({"error": code, "message": message})),
     }
@@ -59,10 +54,5 @@ pub fn api_error(api: Api, status: StatusCode, code: &str, message: &str) -> Res
 
 /// Northpass 404 for an unknown id.
 pub fn np_not_found(what: &str) -> Response {
-    api_error(
-        Api::Northpass,
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &format!("{what} not found"),
-    )
+    api_error(Api::Northpass, StatusCode::NOT_FOUND, "not_found", &format!("{what} not found"))
 }

@@ -21,9 +21,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/items", get(list))
-        .route("/items/{id}", get(get_one))
+    Router::new().route("/items", get(list)).route("/items/{id}", get(get_one))
 }
 
 #[derive(Serialize)]
@@ -78,12 +76,7 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
     };
     let faults = st.faults(Api::Erp);
     let data = st.read();
-    let sel: Vec<&Item> = data
-        .erp
-        .items
-        .iter()
-        .filter(|it| since.is_none_or(|s| it.updated_at >= s))
-        .collect();
+    let sel: Vec<&Item> = data.erp.items.iter().filter(|it| since.is_none_or(|s| it.updated_at >= s)).collect();
     let total = sel.len();
     let start = offset.min(total);
     let mut end = (start + limit).min(total);
@@ -92,10 +85,8 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
     }
     let page = &sel[start..end];
     let seed = st.config.seed;
-    let broken = |it: &Item| {
-        faults.malformed_share > 0.0
-            && unit(seed ^ 0x0065_7270, it.id as u64) < faults.malformed_share
-    };
+    let broken =
+        |it: &Item| faults.malformed_share > 0.0 && unit(seed ^ 0x0065_7270, it.id as u64) < faults.malformed_share;
     if page.iter().any(|it| broken(it)) {
         let items: Vec<Value> = page
             .iter()
@@ -113,35 +104,16 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
                 v
             })
             .collect();
-        return ok(&ItemsPage {
-            items,
-            total,
-            offset,
-            limit,
-        });
+        return ok(&ItemsPage { items, total, offset, limit });
     }
     let items: Vec<ItemView<'_>> = page.iter().map(|it| view(it)).collect();
-    ok(&ItemsPage {
-        items,
-        total,
-        offset,
-        limit,
-    })
+    ok(&ItemsPage { items, total, offset, limit })
 }
 
 async fn get_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let data = st.read();
-    match id
-        .parse::<i64>()
-        .ok()
-        .and_then(|id| data.erp.items.binary_search_by_key(&id, |it| it.id).ok())
-    {
+    match id.parse::<i64>().ok().and_then(|id| data.erp.items.binary_search_by_key(&id, |it| it.id).ok()) {
         Some(i) => ok(&view(&data.erp.items[i])),
-        None => api_error(
-            Api::Erp,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("item {id} not found"),
-        ),
+        None => api_error(Api::Erp, StatusCode::NOT_FOUND, "not_found", &format!("item {id} not found")),
     }
 }

@@ -22,12 +22,7 @@ pub struct GuardState {
 /// The credential the request presents, when it is the right one. Moodle checks `wstoken` itself,
 /// since the token may come in the form body.
 fn credential(app: &AppState, api: Api, headers: &HeaderMap) -> Result<String, &'static str> {
-    let get = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     match api {
         Api::Northpass => match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
             Some(k) if k == app.config.northpass_key => Ok(k.to_string()),
@@ -81,8 +76,7 @@ pub async fn guard(State(g): State<GuardState>, req: Request, next: Next) -> Res
                 "rate_limited",
                 &format!("Rate limit of {rate} requests per second exceeded."),
             );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return resp;
         }
     }
@@ -95,22 +89,14 @@ pub async fn guard(State(g): State<GuardState>, req: Request, next: Next) -> Res
             () = tokio::time::sleep(Duration::from_secs(app.config.timeout_fault_secs)) => {}
             () = app.shutdown.cancelled() => {}
         }
-        return api_error(
-            api,
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "The upstream timed out.",
-        );
+        return api_error(api, StatusCode::GATEWAY_TIMEOUT, "timeout", "The upstream timed out.");
     }
     if faults.error_5xx_share > 0.0 {
         let r = app.roll(api);
         if r < faults.error_5xx_share {
             app.count(api, &endpoint, |c| c.errors_5xx += 1);
-            let status = [
-                StatusCode::INTERNAL_SERVER_ERROR,
-                StatusCode::BAD_GATEWAY,
-                StatusCode::SERVICE_UNAVAILABLE,
-            ][(r * 1e6) as usize % 3];
+            let status = [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE]
+                [(r * 1e6) as usize % 3];
             return api_error(api, status, "server_error", "Injected upstream failure.");
         }
     }

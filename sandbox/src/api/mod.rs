@@ -20,34 +20,16 @@ use self::guard::{GuardState, guard};
 use crate::config::Api;
 use crate::state::AppState;
 
-fn guarded(
-    router: Router<Arc<AppState>>,
-    state: &Arc<AppState>,
-    api: Api,
-) -> Router<Arc<AppState>> {
+fn guarded(router: Router<Arc<AppState>>, state: &Arc<AppState>, api: Api) -> Router<Arc<AppState>> {
     router
-        .route_layer(middleware::from_fn_with_state(
-            GuardState {
-                app: state.clone(),
-                api,
-            },
-            guard,
-        ))
-        .fallback(move || async move {
-            api_error(api, StatusCode::NOT_FOUND, "not_found", "No such route.")
-        })
+        .route_layer(middleware::from_fn_with_state(GuardState { app: state.clone(), api }, guard))
+        .fallback(move || async move { api_error(api, StatusCode::NOT_FOUND, "not_found", "No such route.") })
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .nest(
-            "/northpass/v2",
-            guarded(northpass::router(), &state, Api::Northpass),
-        )
-        .nest(
-            "/impartner",
-            guarded(impartner::router(), &state, Api::Impartner),
-        )
+        .nest("/northpass/v2", guarded(northpass::router(), &state, Api::Northpass))
+        .nest("/impartner", guarded(impartner::router(), &state, Api::Impartner))
         .nest("/moodle", guarded(moodle::router(), &state, Api::Moodle))
         .nest("/erp/api", guarded(erp::router(), &state, Api::Erp))
         .nest("/_sandbox", control::router(state.clone()))

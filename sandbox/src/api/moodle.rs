@@ -19,10 +19,7 @@ use crate::state::{AppState, lock};
 use crate::util::{param, parse_pairs, unit};
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/webservice/rest/server.php",
-        get(serve_get).post(serve_post),
-    )
+    Router::new().route("/webservice/rest/server.php", get(serve_get).post(serve_post))
 }
 
 type Pairs = Vec<(String, String)>;
@@ -34,17 +31,8 @@ struct MoodleError {
     debuginfo: Option<String>,
 }
 
-fn err(
-    exception: &'static str,
-    errorcode: &'static str,
-    message: impl Into<String>,
-) -> MoodleError {
-    MoodleError {
-        exception,
-        errorcode,
-        message: message.into(),
-        debuginfo: None,
-    }
+fn err(exception: &'static str, errorcode: &'static str, message: impl Into<String>) -> MoodleError {
+    MoodleError { exception, errorcode, message: message.into(), debuginfo: None }
 }
 
 fn invalid_param(debug: impl Into<String>) -> MoodleError {
@@ -58,10 +46,7 @@ fn invalid_param(debug: impl Into<String>) -> MoodleError {
 
 fn respond(body: &Value) -> Response {
     let mut resp = json_response(StatusCode::OK, body);
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     resp
 }
 
@@ -80,11 +65,7 @@ async fn serve_get(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> 
     handle(&st, parse_pairs(raw.as_deref().unwrap_or("")))
 }
 
-async fn serve_post(
-    State(st): State<Arc<AppState>>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
+async fn serve_post(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     let mut pairs = parse_pairs(raw.as_deref().unwrap_or(""));
     pairs.extend(parse_pairs(&String::from_utf8_lossy(&body)));
     handle(&st, pairs)
@@ -93,26 +74,14 @@ async fn serve_post(
 fn handle(st: &AppState, pairs: Pairs) -> Response {
     let function = param(&pairs, "wsfunction").unwrap_or("").to_string();
     *lock(&st.moodle_functions)
-        .entry(if function.is_empty() {
-            "(none)".into()
-        } else {
-            function.clone()
-        })
+        .entry(if function.is_empty() { "(none)".into() } else { function.clone() })
         .or_default() += 1;
     if param(&pairs, "moodlewsrestformat") != Some("json") {
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<EXCEPTION class=\"moodle_exception\">\n<ERRORCODE>xmlonly</ERRORCODE>\n<MESSAGE>This sandbox answers XML only with this error: send moodlewsrestformat=json.</MESSAGE>\n</EXCEPTION>\n";
-        return (
-            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-            xml,
-        )
-            .into_response();
+        return ([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml).into_response();
     }
     if param(&pairs, "wstoken") != Some(st.config.moodle_token.as_str()) {
-        return respond(&error_body(&err(
-            "moodle_exception",
-            "invalidtoken",
-            "Invalid token - token not found",
-        )));
+        return respond(&error_body(&err("moodle_exception", "invalidtoken", "Invalid token - token not found")));
     }
     let faults = st.faults(crate::config::Api::Moodle);
     let data = st.read();
@@ -139,21 +108,16 @@ fn structs(pairs: &Pairs, name: &str) -> Result<Vec<BTreeMap<String, String>>, M
     let mut out: BTreeMap<usize, BTreeMap<String, String>> = BTreeMap::new();
     for (k, v) in pairs {
         if k == name {
-            return Err(invalid_param(format!(
-                "Only arrays accepted. The bad value is: '{v}'"
-            )));
+            return Err(invalid_param(format!("Only arrays accepted. The bad value is: '{v}'")));
         }
         let Some(rest) = k.strip_prefix(name).and_then(|r| r.strip_prefix('[')) else {
             continue;
         };
         let mut parts = rest.split(['[', ']']).filter(|s| !s.is_empty());
-        let (Some(i), Some(field)) = (parts.next().and_then(|i| i.parse().ok()), parts.next())
-        else {
+        let (Some(i), Some(field)) = (parts.next().and_then(|i| i.parse().ok()), parts.next()) else {
             return Err(invalid_param(format!("Invalid structure in {k}")));
         };
-        out.entry(i)
-            .or_default()
-            .insert(field.to_string(), v.clone());
+        out.entry(i).or_default().insert(field.to_string(), v.clone());
     }
     Ok(out.into_values().collect())
 }
@@ -163,18 +127,10 @@ fn list(pairs: &Pairs, name: &str) -> Result<Vec<String>, MoodleError> {
     let mut out: BTreeMap<usize, String> = BTreeMap::new();
     for (k, v) in pairs {
         if k == name {
-            return Err(invalid_param(format!(
-                "Only arrays accepted. The bad value is: '{v}'"
-            )));
+            return Err(invalid_param(format!("Only arrays accepted. The bad value is: '{v}'")));
         }
-        if let Some(i) = k
-            .strip_prefix(name)
-            .and_then(|r| r.strip_prefix('['))
-            .and_then(|r| r.strip_suffix(']'))
-        {
-            let i = i
-                .parse()
-                .map_err(|_| invalid_param(format!("Invalid index in {k}")))?;
+        if let Some(i) = k.strip_prefix(name).and_then(|r| r.strip_prefix('[')).and_then(|r| r.strip_suffix(']')) {
+            let i = i.parse().map_err(|_| invalid_param(format!("Invalid index in {k}")))?;
             out.insert(i, v.clone());
         }
     }
@@ -199,11 +155,8 @@ fn categories(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
                 "visible" => value.parse::<i64>().map(|v| v != 0) == Ok(c.visible),
                 "theme" => value.is_empty(),
                 other => {
-                    let mut e = err(
-                        "moodle_exception",
-                        "criteriaerror",
-                        "Missing permissions to search on a criterion.",
-                    );
+                    let mut e =
+                        err("moodle_exception", "criteriaerror", "Missing permissions to search on a criterion.");
                     e.debuginfo = Some(format!("You can not search on this criteria: {other}"));
                     return Err(e);
                 }
@@ -214,10 +167,7 @@ fn categories(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
         }
     }
     if addsub && !criteria.is_empty() {
-        let prefixes: Vec<String> = matched
-            .iter()
-            .map(|&i| format!("{}/", m.categories[i].path))
-            .collect();
+        let prefixes: Vec<String> = matched.iter().map(|&i| format!("{}/", m.categories[i].path)).collect();
         for (i, c) in m.categories.iter().enumerate() {
             if !matched.contains(&i) && prefixes.iter().any(|p| c.path.starts_with(p.as_str())) {
                 matched.push(i);
@@ -249,11 +199,7 @@ fn categories(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
 }
 
 fn course_json(m: &Moodle, c: &MCourse) -> Value {
-    let catname = m
-        .categories
-        .iter()
-        .find(|k| k.id == c.categoryid)
-        .map_or("", |k| k.name.as_str());
+    let catname = m.categories.iter().find(|k| k.id == c.categoryid).map_or("", |k| k.name.as_str());
     json!({
         "id": c.id, "fullname": c.fullname, "displayname": c.fullname, "shortname": c.shortname,
         "categoryid": c.categoryid, "categoryname": catname, "sortorder": c.sortorder,
@@ -274,34 +220,22 @@ fn courses_by_field(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
     let pick: Box<dyn Fn(&MCourse) -> bool> = match field {
         "" => Box::new(|_| true),
         "id" => {
-            let id: i64 = value
-                .parse()
-                .map_err(|_| invalid_param("value must be an integer for field id"))?;
+            let id: i64 = value.parse().map_err(|_| invalid_param("value must be an integer for field id"))?;
             Box::new(move |c| c.id == id)
         }
         "ids" => {
-            let ids: Vec<i64> = value
-                .split(',')
-                .filter_map(|v| v.trim().parse().ok())
-                .collect();
+            let ids: Vec<i64> = value.split(',').filter_map(|v| v.trim().parse().ok()).collect();
             Box::new(move |c| ids.contains(&c.id))
         }
         "shortname" => Box::new(move |c| c.shortname == value),
         "idnumber" => Box::new(move |c| c.idnumber == value),
         "category" => {
-            let id: i64 = value
-                .parse()
-                .map_err(|_| invalid_param("value must be an integer for field category"))?;
+            let id: i64 = value.parse().map_err(|_| invalid_param("value must be an integer for field category"))?;
             Box::new(move |c| c.categoryid == id)
         }
         other => return Err(invalid_param(format!("Invalid field name {other}"))),
     };
-    let courses: Vec<Value> = m
-        .courses
-        .iter()
-        .filter(|c| pick(c))
-        .map(|c| course_json(m, c))
-        .collect();
+    let courses: Vec<Value> = m.courses.iter().filter(|c| pick(c)).map(|c| course_json(m, c)).collect();
     Ok(json!({"courses": courses, "warnings": []}))
 }
 
@@ -310,10 +244,7 @@ fn user_common(u: &MUser, out: &mut Map<String, Value>) {
     out.insert("username".into(), Value::from(u.username.as_str()));
     out.insert("firstname".into(), Value::from(u.firstname.as_str()));
     out.insert("lastname".into(), Value::from(u.lastname.as_str()));
-    out.insert(
-        "fullname".into(),
-        Value::from(format!("{} {}", u.firstname, u.lastname)),
-    );
+    out.insert("fullname".into(), Value::from(format!("{} {}", u.firstname, u.lastname)));
     out.insert("email".into(), Value::from(u.email.as_str()));
     if !u.phone1.is_empty() {
         out.insert("phone1".into(), Value::from(u.phone1.as_str()));
@@ -336,17 +267,11 @@ fn user_common(u: &MUser, out: &mut Map<String, Value>) {
     }
     out.insert(
         "profileimageurlsmall".into(),
-        Value::from(format!(
-            "https://moodle.sandbox/theme/image.php/boost/core/1/u/f2?u={}",
-            u.id
-        )),
+        Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f2?u={}", u.id)),
     );
     out.insert(
         "profileimageurl".into(),
-        Value::from(format!(
-            "https://moodle.sandbox/theme/image.php/boost/core/1/u/f1?u={}",
-            u.id
-        )),
+        Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f1?u={}", u.id)),
     );
 }
 
@@ -356,11 +281,9 @@ fn enrolled_users(
     faults: &crate::config::FaultSettings,
     seed: u64,
 ) -> Result<Value, MoodleError> {
-    let courseid = param(pairs, "courseid")
-        .ok_or_else(|| invalid_param("Missing required key in single structure: courseid"))?;
-    let courseid: i64 = courseid
-        .parse()
-        .map_err(|_| invalid_param("courseid: Invalid parameter value detected"))?;
+    let courseid =
+        param(pairs, "courseid").ok_or_else(|| invalid_param("Missing required key in single structure: courseid"))?;
+    let courseid: i64 = courseid.parse().map_err(|_| invalid_param("courseid: Invalid parameter value detected"))?;
     let Some(&ci) = m.course_idx.get(&courseid) else {
         return Err(err(
             "dml_missing_record_exception",
@@ -375,21 +298,10 @@ fn enrolled_users(
             opts.insert(n.clone(), v.clone());
         }
     }
-    let groupid: Option<i64> = opts
-        .get("groupid")
-        .and_then(|v| v.parse().ok())
-        .filter(|g| *g > 0);
-    let onlyactive = opts
-        .get("onlyactive")
-        .is_some_and(|v| v == "1" || v == "true");
-    let limitfrom: usize = opts
-        .get("limitfrom")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limitnumber: usize = opts
-        .get("limitnumber")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let groupid: Option<i64> = opts.get("groupid").and_then(|v| v.parse().ok()).filter(|g| *g > 0);
+    let onlyactive = opts.get("onlyactive").is_some_and(|v| v == "1" || v == "true");
+    let limitfrom: usize = opts.get("limitfrom").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limitnumber: usize = opts.get("limitnumber").and_then(|v| v.parse().ok()).unwrap_or(0);
     let sortby = opts.get("sortby").map(String::as_str).unwrap_or("id");
     if !matches!(sortby, "id" | "firstname" | "lastname" | "siteorder") {
         return Err(invalid_param(format!("Invalid sort by field: {sortby}")));
@@ -400,9 +312,8 @@ fn enrolled_users(
         Some(d) if d == "DESC" => true,
         Some(d) => return Err(invalid_param(format!("Invalid sort direction: {d}"))),
     };
-    let userfields: Option<Vec<String>> = opts
-        .get("userfields")
-        .map(|f| f.split(',').map(|s| s.trim().to_string()).collect());
+    let userfields: Option<Vec<String>> =
+        opts.get("userfields").map(|f| f.split(',').map(|s| s.trim().to_string()).collect());
 
     let mut rows: Vec<(&MUser, &crate::data::moodle::Enrolment)> = m
         .by_course
@@ -423,11 +334,7 @@ fn enrolled_users(
         rows.reverse();
     }
     let start = limitfrom.min(rows.len());
-    let mut end = if limitnumber == 0 {
-        rows.len()
-    } else {
-        (start + limitnumber).min(rows.len())
-    };
+    let mut end = if limitnumber == 0 { rows.len() } else { (start + limitnumber).min(rows.len()) };
     if faults.truncate_page && end > start {
         end = start + (end - start).div_ceil(2);
     }
@@ -445,7 +352,10 @@ fn enrolled_users(
                 .map(|(gid, name)| json!({"id": gid, "name": name, "description": "", "descriptionformat": 1}))
                 .collect();
             o.insert("groups".into(), Value::Array(groups));
-            o.insert("roles".into(), json!([{"roleid": e.roleid, "name": "", "shortname": role_shortname(e.roleid), "sortorder": 0}]));
+            o.insert(
+                "roles".into(),
+                json!([{"roleid": e.roleid, "name": "", "shortname": role_shortname(e.roleid), "sortorder": 0}]),
+            );
             let enrolled: Vec<Value> = m
                 .by_user
                 .get(&u.id)

@@ -37,15 +37,8 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Erp {
                 ITEM_NOUNS.choose(rng).unwrap_or(&"Bolt"),
                 rng.random_range(2..200)
             ),
-            quantity: if rng.random_bool(0.05) {
-                0
-            } else {
-                rng.random_range(1..5000)
-            },
-            warehouse: ["SYD-1", "MEL-2", "AKL-1", "LAX-3"]
-                .choose(rng)
-                .copied()
-                .unwrap_or("SYD-1"),
+            quantity: if rng.random_bool(0.05) { 0 } else { rng.random_range(1..5000) },
+            warehouse: ["SYD-1", "MEL-2", "AKL-1", "LAX-3"].choose(rng).copied().unwrap_or("SYD-1"),
             updated_at: EPOCH_END - rng.random_range(0..700 * DAY),
         });
     }

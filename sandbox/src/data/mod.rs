@@ -60,11 +60,7 @@ impl Sizes {
                     partners: 1_500 * f,
                     contacts: 40_000 * f,
                     leads: 3_000 * f,
-                    moodle_tree: if f == 1 {
-                        (4, 2, 4, 3, 4)
-                    } else {
-                        (8, 3, 5, 4, 5)
-                    },
+                    moodle_tree: if f == 1 { (4, 2, 4, 3, 4) } else { (8, 3, 5, 4, 5) },
                     moodle_users: 8_000 * f,
                     erp_items: 20_000 * f,
                     properties_forbidden_share,
@@ -90,18 +86,11 @@ fn stream(seed: u64, name: &str) -> ChaCha8Rng {
 impl Dataset {
     pub fn generate(seed: u64, scale: Scale, properties_forbidden_share: f64) -> Dataset {
         let sizes = Sizes::for_scale(scale, properties_forbidden_share);
-        let (impartner, partners, contacts) =
-            impartner::generate(&mut stream(seed, "impartner"), &sizes);
-        let northpass =
-            northpass::generate(&mut stream(seed, "northpass"), &sizes, &partners, &contacts);
+        let (impartner, partners, contacts) = impartner::generate(&mut stream(seed, "impartner"), &sizes);
+        let northpass = northpass::generate(&mut stream(seed, "northpass"), &sizes, &partners, &contacts);
         let moodle = moodle::generate(&mut stream(seed, "moodle"), &sizes);
         let erp = erp::generate(&mut stream(seed, "erp"), &sizes);
-        Dataset {
-            northpass,
-            impartner,
-            moodle,
-            erp,
-        }
+        Dataset { northpass, impartner, moodle, erp }
     }
 
     /// Current counts of every resource (the numbers tests expect paging to reach).

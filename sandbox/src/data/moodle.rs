@@ -96,18 +96,8 @@ pub struct Moodle {
 
 impl Moodle {
     pub fn reindex(&mut self) {
-        self.course_idx = self
-            .courses
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id, i))
-            .collect();
-        self.user_idx = self
-            .users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.id, i))
-            .collect();
+        self.course_idx = self.courses.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        self.user_idx = self.users.iter().enumerate().map(|(i, u)| (u.id, i)).collect();
         self.enrolments.sort_by_key(|e| (e.courseid, e.userid));
         self.by_course.clear();
         self.by_user.clear();
@@ -125,74 +115,45 @@ pub fn tree_shape(sizes: &Sizes) -> (usize, usize, usize, usize, usize) {
 
 pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Moodle {
     let (nc, ns, nd, np, nk) = tree_shape(sizes);
-    let mut m = Moodle {
-        next_user_id: 2,
-        next_course_id: 2,
-        ..Moodle::default()
-    };
+    let mut m = Moodle { next_user_id: 2, next_course_id: 2, ..Moodle::default() };
     let mut next_cat = 1i64;
-    let mut add_cat = |m: &mut Moodle,
-                       rng: &mut ChaCha8Rng,
-                       name: String,
-                       idnumber: String,
-                       parent: Option<&Category>| {
-        let id = next_cat;
-        next_cat += 1;
-        let (depth, path) = match parent {
-            Some(p) => (p.depth + 1, format!("{}/{id}", p.path)),
-            None => (1, format!("/{id}")),
+    let mut add_cat =
+        |m: &mut Moodle, rng: &mut ChaCha8Rng, name: String, idnumber: String, parent: Option<&Category>| {
+            let id = next_cat;
+            next_cat += 1;
+            let (depth, path) = match parent {
+                Some(p) => (p.depth + 1, format!("{}/{id}", p.path)),
+                None => (1, format!("/{id}")),
+            };
+            let cat = Category {
+                id,
+                name,
+                idnumber,
+                parent: parent.map_or(0, |p| p.id),
+                sortorder: id * 10_000,
+                depth,
+                path,
+                timemodified: EPOCH_END - rng.random_range(10..900) * DAY,
+                visible: rng.random_bool(0.97),
+            };
+            m.categories.push(cat.clone());
+            cat
         };
-        let cat = Category {
-            id,
-            name,
-            idnumber,
-            parent: parent.map_or(0, |p| p.id),
-            sortorder: id * 10_000,
-            depth,
-            path,
-            timemodified: EPOCH_END - rng.random_range(10..900) * DAY,
-            visible: rng.random_bool(0.97),
-        };
-        m.categories.push(cat.clone());
-        cat
-    };
     let mut course_campus: Vec<usize> = Vec::new();
     let mut program_courses: Vec<Vec<usize>> = Vec::new();
     for (ci, campus) in CAMPUSES.iter().cycle().take(nc).enumerate() {
-        let campus_cat = add_cat(
-            &mut m,
-            rng,
-            format!("{campus} Campus"),
-            campus.to_lowercase(),
-            None,
-        );
+        let campus_cat = add_cat(&mut m, rng, format!("{campus} Campus"), campus.to_lowercase(), None);
         for s in 0..ns {
             let sem_name = format!("{} Semester {}", 2025 - (s / 2) as i64, s % 2 + 1);
-            let sem = add_cat(
-                &mut m,
-                rng,
-                sem_name,
-                format!("{}-s{s}", campus.to_lowercase()),
-                Some(&campus_cat),
-            );
+            let sem = add_cat(&mut m, rng, sem_name, format!("{}-s{s}", campus.to_lowercase()), Some(&campus_cat));
             for d in 0..nd {
                 let dname = DEPARTMENTS[d % DEPARTMENTS.len()];
-                let dept = add_cat(
-                    &mut m,
-                    rng,
-                    dname.to_string(),
-                    format!("{}-s{s}-d{d}", campus.to_lowercase()),
-                    Some(&sem),
-                );
+                let dept =
+                    add_cat(&mut m, rng, dname.to_string(), format!("{}-s{s}-d{d}", campus.to_lowercase()), Some(&sem));
                 for p in 0..np {
                     let pname = format!("{} {}", PROGRAMS[p % PROGRAMS.len()], dname);
-                    let prog = add_cat(
-                        &mut m,
-                        rng,
-                        pname,
-                        format!("{}-s{s}-d{d}-p{p}", campus.to_lowercase()),
-                        Some(&dept),
-                    );
+                    let prog =
+                        add_cat(&mut m, rng, pname, format!("{}-s{s}-d{d}-p{p}", campus.to_lowercase()), Some(&dept));
                     let mut these = Vec::new();
                     for k in 0..nk {
                         let id = m.next_course_id;
@@ -206,24 +167,17 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Moodle {
                         );
                         let created = EPOCH_END - rng.random_range(100..1200) * DAY;
                         let ngroups = rng.random_range(0..4);
-                        let groups = (0..ngroups)
-                            .map(|g| (id * 10 + g, format!("Tutorial {}", g + 1)))
-                            .collect();
+                        let groups = (0..ngroups).map(|g| (id * 10 + g, format!("Tutorial {}", g + 1))).collect();
                         m.courses.push(MCourse {
                             id,
                             fullname: format!("{subject} {dname} {}", k + 1),
                             shortname: format!("{code}-{id}"),
-                            idnumber: if rng.random_bool(0.8) {
-                                format!("{code}.{id}")
-                            } else {
-                                String::new()
-                            },
+                            idnumber: if rng.random_bool(0.8) { format!("{code}.{id}") } else { String::new() },
                             categoryid: prog.id,
                             sortorder: prog.sortorder + k as i64 + 1,
                             startdate: EPOCH_END - rng.random_range(30..400) * DAY,
                             timecreated: created,
-                            timemodified: (created + rng.random_range(0..300) * DAY)
-                                .min(EPOCH_END - 1),
+                            timemodified: (created + rng.random_range(0..300) * DAY).min(EPOCH_END - 1),
                             visible: rng.random_bool(0.95),
                             groups,
                         });
@@ -249,51 +203,27 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Moodle {
         let last = LAST_NAMES.choose(rng).copied().unwrap_or("Lee");
         let student_no = 100_000 + i as i64;
         let username = if staff {
-            format!(
-                "{}{}{}",
-                &first[..1].to_lowercase(),
-                last.to_lowercase().replace([' ', '\''], ""),
-                i
-            )
+            format!("{}{}{}", &first[..1].to_lowercase(), last.to_lowercase().replace([' ', '\''], ""), i)
         } else {
             format!("{campus_slug}-{student_no}")
         };
-        let firstaccess = if rng.random_bool(0.9) {
-            EPOCH_END - rng.random_range(30..700) * DAY
-        } else {
-            0
-        };
-        let lastaccess = if firstaccess > 0 {
-            (firstaccess + rng.random_range(0..600) * DAY).min(EPOCH_END - 1)
-        } else {
-            0
-        };
-        let email_domain = if rng.random_bool(0.9) {
-            "students.example.edu"
-        } else {
-            "gmail.com"
-        };
+        let firstaccess = if rng.random_bool(0.9) { EPOCH_END - rng.random_range(30..700) * DAY } else { 0 };
+        let lastaccess =
+            if firstaccess > 0 { (firstaccess + rng.random_range(0..600) * DAY).min(EPOCH_END - 1) } else { 0 };
+        let email_domain = if rng.random_bool(0.9) { "students.example.edu" } else { "gmail.com" };
         m.users.push(MUser {
             id,
             username: username.clone(),
             firstname: first.to_string(),
             lastname: last.to_string(),
             email: format!("{}@{email_domain}", username.replace('-', ".")),
-            idnumber: if staff {
-                String::new()
-            } else {
-                student_no.to_string()
-            },
+            idnumber: if staff { String::new() } else { student_no.to_string() },
             department: if rng.random_bool(0.5) {
                 DEPARTMENTS.choose(rng).unwrap_or(&"").to_string()
             } else {
                 String::new()
             },
-            city: if rng.random_bool(0.6) {
-                CITIES.choose(rng).map_or("", |c| c.0).to_string()
-            } else {
-                String::new()
-            },
+            city: if rng.random_bool(0.6) { CITIES.choose(rng).map_or("", |c| c.0).to_string() } else { String::new() },
             country: if rng.random_bool(0.7) {
                 CITIES.choose(rng).map_or("", |c| c.2).to_string()
             } else {
@@ -338,11 +268,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Moodle {
                 courseid: course.id,
                 roleid,
                 groups,
-                lastcourseaccess: if lastaccess > 0 {
-                    lastaccess - rng.random_range(0..30) * DAY
-                } else {
-                    0
-                },
+                lastcourseaccess: if lastaccess > 0 { lastaccess - rng.random_range(0..30) * DAY } else { 0 },
                 active: rng.random_bool(0.97),
             });
         }

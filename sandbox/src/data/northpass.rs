@@ -107,36 +107,11 @@ impl Northpass {
 
     /// Rebuilds every index after records were added or removed.
     pub fn reindex(&mut self) {
-        self.person_idx = self
-            .people
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.clone(), i))
-            .collect();
-        self.person_by_key = self
-            .people
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key, i))
-            .collect();
-        self.group_idx = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.id.clone(), i))
-            .collect();
-        self.course_idx = self
-            .courses
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id.clone(), i))
-            .collect();
-        self.course_by_key = self
-            .courses
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.key, i))
-            .collect();
+        self.person_idx = self.people.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+        self.person_by_key = self.people.iter().enumerate().map(|(i, p)| (p.key, i)).collect();
+        self.group_idx = self.groups.iter().enumerate().map(|(i, g)| (g.id.clone(), i)).collect();
+        self.course_idx = self.courses.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
+        self.course_by_key = self.courses.iter().enumerate().map(|(i, c)| (c.key, i)).collect();
         self.by_person.clear();
         self.by_course.clear();
         for (i, e) in self.enrollments.iter().enumerate() {
@@ -173,11 +148,8 @@ impl Northpass {
 /// The LMS group name a partner shows up under, with the variations real data has.
 fn group_name_variant(rng: &mut ChaCha8Rng, name: &str) -> String {
     let r: f64 = rng.random();
-    let stripped = name
-        .trim_end_matches(" Inc.")
-        .trim_end_matches(", Inc.")
-        .trim_end_matches(" Ltd")
-        .trim_end_matches(" LLC");
+    let stripped =
+        name.trim_end_matches(" Inc.").trim_end_matches(", Inc.").trim_end_matches(" Ltd").trim_end_matches(" LLC");
     match r {
         r if r < 0.45 => name.to_string(),
         r if r < 0.70 => format!("ptr_{name}"),
@@ -201,19 +173,12 @@ fn case_variant(rng: &mut ChaCha8Rng, email: &str) -> String {
         email.to_uppercase()
     } else {
         let mut c = email.chars();
-        c.next()
-            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-            .unwrap_or_default()
+        c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
     }
 }
 
 /// Generates the LMS, linked to the partners and contacts by email and group name.
-pub fn generate(
-    rng: &mut ChaCha8Rng,
-    sizes: &Sizes,
-    partners: &[PartnerSeed],
-    contacts: &[ContactSeed],
-) -> Northpass {
+pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes, partners: &[PartnerSeed], contacts: &[ContactSeed]) -> Northpass {
     let mut np = Northpass::default();
 
     // People: most are partner contacts (same email, case sometimes differs), the rest customers,
@@ -226,56 +191,33 @@ pub fn generate(
     for i in 0..sizes.people {
         let (email, first, last, partner) = if i < from_contacts {
             let c = &contacts[order[i]];
-            let email = if rng.random_bool(0.1) {
-                case_variant(rng, &c.email)
-            } else {
-                c.email.clone()
-            };
+            let email = if rng.random_bool(0.1) { case_variant(rng, &c.email) } else { c.email.clone() };
             (email, c.first.clone(), c.last.clone(), Some(c.partner))
         } else {
             let first = FIRST_NAMES.choose(rng).copied().unwrap_or("Pat");
             let last = LAST_NAMES.choose(rng).copied().unwrap_or("Lee");
-            let local = format!(
-                "{}.{}",
-                first.to_lowercase(),
-                last.to_lowercase().replace([' ', '\''], "")
-            );
+            let local = format!("{}.{}", first.to_lowercase(), last.to_lowercase().replace([' ', '\''], ""));
             let domain = match rng.random_range(0..10) {
                 0 => INTERNAL_DOMAIN.to_string(),
-                1..=3 => ["gmail.com", "outlook.com", "yahoo.com"]
-                    .choose(rng)
-                    .copied()
-                    .unwrap_or("gmail.com")
-                    .to_string(),
+                1..=3 => {
+                    ["gmail.com", "outlook.com", "yahoo.com"].choose(rng).copied().unwrap_or("gmail.com").to_string()
+                }
                 _ => format!("customer{}.example", rng.random_range(0..400)),
             };
-            (
-                format!("{local}{i}@{domain}"),
-                first.to_string(),
-                last.to_string(),
-                None,
-            )
+            (format!("{local}{i}@{domain}"), first.to_string(), last.to_string(), None)
         };
         if !used.insert(email.to_lowercase()) {
             continue;
         }
         let key = np.take_key();
         let created = EPOCH_END - rng.random_range(10..1500) * DAY + rng.random_range(0..DAY);
-        let activated = rng
-            .random_bool(0.92)
-            .then(|| created + rng.random_range(0..3 * DAY));
-        let last_active = activated.and_then(|a| {
-            rng.random_bool(0.85)
-                .then(|| (a + rng.random_range(0..600) * DAY).min(EPOCH_END - 60))
-        });
-        let deactivated = rng
-            .random_bool(0.05)
-            .then(|| (created + rng.random_range(30..900) * DAY).min(EPOCH_END - 120));
-        let updated = [Some(created), activated, last_active, deactivated]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(created);
+        let activated = rng.random_bool(0.92).then(|| created + rng.random_range(0..3 * DAY));
+        let last_active = activated
+            .and_then(|a| rng.random_bool(0.85).then(|| (a + rng.random_range(0..600) * DAY).min(EPOCH_END - 60)));
+        let deactivated =
+            rng.random_bool(0.05).then(|| (created + rng.random_range(30..900) * DAY).min(EPOCH_END - 120));
+        let updated =
+            [Some(created), activated, last_active, deactivated].into_iter().flatten().max().unwrap_or(created);
         np.people.push(Person {
             key,
             id: uuid_v4(rng),
@@ -292,9 +234,7 @@ pub fn generate(
     }
 
     // Groups: "All Partners", one per partner for most partners (name variations), some unmatched.
-    let unmatched = (sizes.groups * 15 / 100)
-        .max(5)
-        .min(sizes.groups.saturating_sub(1));
+    let unmatched = (sizes.groups * 15 / 100).max(5).min(sizes.groups.saturating_sub(1));
     let partner_groups = (sizes.groups - unmatched - 1).min(partners.len());
     let mut group_of_partner: HashMap<usize, usize> = HashMap::new();
     let mut porder: Vec<usize> = (0..partners.len()).collect();
@@ -352,22 +292,16 @@ pub fn generate(
                 if let Some(&g) = group_of_partner.get(&p)
                     && rng.random_bool(0.9)
                 {
-                    np.groups[g]
-                        .members
-                        .insert(person.key, joined.min(EPOCH_END - 1));
+                    np.groups[g].members.insert(person.key, joined.min(EPOCH_END - 1));
                 }
                 if rng.random_bool(0.8) {
-                    np.groups[0]
-                        .members
-                        .insert(person.key, joined.min(EPOCH_END - 1));
+                    np.groups[0].members.insert(person.key, joined.min(EPOCH_END - 1));
                 }
             }
             None => {
                 if ngroups > 1 && rng.random_bool(0.3) {
                     let g = rng.random_range(1..ngroups);
-                    np.groups[g]
-                        .members
-                        .insert(person.key, joined.min(EPOCH_END - 1));
+                    np.groups[g].members.insert(person.key, joined.min(EPOCH_END - 1));
                 }
             }
         }
@@ -376,11 +310,8 @@ pub fn generate(
     // Courses.
     let mut course_names = HashSet::new();
     for i in 0..sizes.courses {
-        let mut name = format!(
-            "{} {}",
-            PRODUCTS.choose(rng).unwrap_or(&"Nintex"),
-            COURSE_TOPICS.choose(rng).unwrap_or(&"Basics")
-        );
+        let mut name =
+            format!("{} {}", PRODUCTS.choose(rng).unwrap_or(&"Nintex"), COURSE_TOPICS.choose(rng).unwrap_or(&"Basics"));
         if !course_names.insert(name.clone()) {
             name = format!("{name} {}", i / 10 + 2);
             course_names.insert(name.clone());
@@ -423,12 +354,8 @@ pub fn generate(
     }
 
     // Enrollments: about half the people have none (their transcript answers 404).
-    let learners: Vec<usize> = (0..np.people.len())
-        .filter(|_| rng.random_bool(0.55))
-        .collect();
-    let open: Vec<usize> = (0..np.courses.len())
-        .filter(|&c| np.courses[c].status != "draft")
-        .collect();
+    let learners: Vec<usize> = (0..np.people.len()).filter(|_| rng.random_bool(0.55)).collect();
+    let open: Vec<usize> = (0..np.courses.len()).filter(|&c| np.courses[c].status != "draft").collect();
     let mut pairs = HashSet::new();
     let mut attempts = 0;
     while np.enrollments.len() < sizes.enrollments
@@ -443,23 +370,14 @@ pub fn generate(
         if !pairs.insert((pk, ck)) {
             continue;
         }
-        let enrolled = (np.people[p].created_at.max(np.courses[c].created_at)
-            + rng.random_range(0..400) * DAY)
+        let enrolled = (np.people[p].created_at.max(np.courses[c].created_at) + rng.random_range(0..400) * DAY)
             .min(EPOCH_END - 3600);
         let r: f64 = rng.random();
         let (progress, started, completed) = if r < 0.45 {
             let s = enrolled + rng.random_range(60..DAY);
-            (
-                100,
-                Some(s),
-                Some((s + rng.random_range(1..60) * DAY).min(EPOCH_END - 60)),
-            )
+            (100, Some(s), Some((s + rng.random_range(1..60) * DAY).min(EPOCH_END - 60)))
         } else if r < 0.75 {
-            (
-                rng.random_range(5..96u8),
-                Some(enrolled + rng.random_range(60..DAY)),
-                None,
-            )
+            (rng.random_range(5..96u8), Some(enrolled + rng.random_range(60..DAY)), None)
         } else {
             (0, None, None)
         };

@@ -240,22 +240,14 @@ pub const COMPANY_TAILS: &[&str] = &[
     "Process",
 ];
 
-pub const COMPANY_SUFFIXES: &[&str] = &[
-    "",
-    "",
-    "",
-    "Inc.",
-    "Ltd",
-    "LLC",
-    "GmbH",
-    "Pty Ltd",
-    "Corporation",
-    "S.A.",
+pub const COMPANY_SUFFIXES: &[&str] = &["", "", "", "Inc.", "Ltd", "LLC", "GmbH", "Pty Ltd", "Corporation", "S.A."];
+
+pub const REGIONS: &[&str] = &[
+    "Pacific", "Nordic", "APAC", "EMEA", "Americas", "Global", "North", "West", "Atlantic", "Alpine", "Coastal",
+    "Metro", "Central", "Southern", "Eastern", "Iberia", "Benelux", "Gulf", "Andes", "Baltic",
 ];
 
-pub const TLDS: &[&str] = &[
-    "com", "com", "com", "net", "io", "co.uk", "de", "com.au", "fr", "ca",
-];
+pub const TLDS: &[&str] = &["com", "com", "com", "net", "io", "co.uk", "de", "com.au", "fr", "ca"];
 
 pub const CITIES: &[(&str, &str, &str)] = &[
     ("Austin", "United States", "US"),
@@ -336,59 +328,22 @@ pub const UNMATCHED_GROUPS: &[&str] = &[
     "Former Partner",
 ];
 
-pub const CAMPUSES: &[&str] = &[
-    "Northgate",
-    "Riverside",
-    "Lakeshore",
-    "Hillcrest",
-    "Bayview",
-    "Summit",
-    "Westfield",
-    "Eastport",
-];
+pub const CAMPUSES: &[&str] =
+    &["Northgate", "Riverside", "Lakeshore", "Hillcrest", "Bayview", "Summit", "Westfield", "Eastport"];
 
-pub const DEPARTMENTS: &[&str] = &[
-    "Engineering",
-    "Business",
-    "Health Sciences",
-    "Arts",
-    "Law",
-    "Education",
-    "Computing",
-    "Design",
-];
+pub const DEPARTMENTS: &[&str] =
+    &["Engineering", "Business", "Health Sciences", "Arts", "Law", "Education", "Computing", "Design"];
 
-pub const PROGRAMS: &[&str] = &[
-    "Bachelor of",
-    "Diploma of",
-    "Master of",
-    "Certificate IV in",
-    "Graduate Certificate in",
-];
+pub const PROGRAMS: &[&str] =
+    &["Bachelor of", "Diploma of", "Master of", "Certificate IV in", "Graduate Certificate in"];
 
-pub const SUBJECTS: &[&str] = &[
-    "Introduction to",
-    "Principles of",
-    "Applied",
-    "Foundations of",
-    "Topics in",
-    "Research Methods in",
-];
+pub const SUBJECTS: &[&str] =
+    &["Introduction to", "Principles of", "Applied", "Foundations of", "Topics in", "Research Methods in"];
 
 pub const ITEM_NOUNS: &[&str] = &[
-    "Bolt", "Washer", "Bracket", "Cable", "Sensor", "Valve", "Pump", "Bearing", "Gasket", "Filter",
-    "Switch", "Relay", "Panel", "Hinge", "Clamp", "Fan", "Motor", "Spring", "Nozzle", "Adapter",
+    "Bolt", "Washer", "Bracket", "Cable", "Sensor", "Valve", "Pump", "Bearing", "Gasket", "Filter", "Switch", "Relay",
+    "Panel", "Hinge", "Clamp", "Fan", "Motor", "Spring", "Nozzle", "Adapter",
 ];
 
-pub const ITEM_ADJS: &[&str] = &[
-    "Steel",
-    "Brass",
-    "Heavy-Duty",
-    "Compact",
-    "Industrial",
-    "Micro",
-    "Stainless",
-    "Copper",
-    "Sealed",
-    "Insulated",
-];
+pub const ITEM_ADJS: &[&str] =
+    &["Steel", "Brass", "Heavy-Duty", "Compact", "Industrial", "Micro", "Stainless", "Copper", "Sealed", "Insulated"];

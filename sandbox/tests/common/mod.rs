@@ -12,10 +12,7 @@ pub struct Sb {
 
 pub async fn start(config: SandboxConfig) -> Sb {
     let h = spawn(config).await.expect("sandbox starts");
-    Sb {
-        h,
-        http: Client::new(),
-    }
+    Sb { h, http: Client::new() }
 }
 
 /// Small scale, rate limits off (tests that are not about the limit).
@@ -64,9 +61,7 @@ impl Sb {
 
     pub async fn count(&self, api: &str, what: &str) -> u64 {
         let info = self.control_get("/info").await;
-        info["counts"][api][what]
-            .as_u64()
-            .unwrap_or_else(|| panic!("count {api}.{what} in {info}"))
+        info["counts"][api][what].as_u64().unwrap_or_else(|| panic!("count {api}.{what} in {info}"))
     }
 
     /// GET on Northpass with the key.
@@ -90,23 +85,14 @@ impl Sb {
         let mut items = Vec::new();
         let mut url = format!("{}{first}", self.h.northpass_url());
         loop {
-            let r = self
-                .http
-                .get(&url)
-                .header("X-Api-Key", &self.h.config.northpass_key)
-                .send()
-                .await
-                .expect("page");
+            let r = self.http.get(&url).header("X-Api-Key", &self.h.config.northpass_key).send().await.expect("page");
             assert_eq!(r.status(), StatusCode::OK, "GET {url}");
             let body: Value = r.json().await.expect("json");
             items.extend(body["data"].as_array().expect("data array").iter().cloned());
             match body["links"]["next"].as_str() {
                 Some(next) => url = next.to_string(),
                 None => {
-                    assert!(
-                        body["links"].get("next").is_none(),
-                        "next is omitted on the last page"
-                    );
+                    assert!(body["links"].get("next").is_none(), "next is omitted on the last page");
                     break;
                 }
             }
@@ -117,37 +103,22 @@ impl Sb {
     pub fn ip(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.h.impartner_url()))
-            .header(
-                "Authorization",
-                format!("prm-key {}", self.h.config.impartner_key),
-            )
+            .header("Authorization", format!("prm-key {}", self.h.config.impartner_key))
             .header("X-PRM-TenantId", &self.h.config.impartner_tenant)
     }
 
     pub async fn ip_get(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
-        let r = self
-            .ip(reqwest::Method::GET, path)
-            .query(query)
-            .send()
-            .await
-            .expect("impartner");
+        let r = self.ip(reqwest::Method::GET, path).query(query).send().await.expect("impartner");
         let s = r.status();
         (s, r.json().await.expect("json"))
     }
 
     /// Moodle call with form-encoded POST params (wstoken and format added).
     pub async fn moodle(&self, function: &str, params: &[(&str, &str)]) -> Value {
-        let mut form: Vec<(&str, &str)> = vec![
-            ("wstoken", &self.h.config.moodle_token),
-            ("wsfunction", function),
-            ("moodlewsrestformat", "json"),
-        ];
+        let mut form: Vec<(&str, &str)> =
+            vec![("wstoken", &self.h.config.moodle_token), ("wsfunction", function), ("moodlewsrestformat", "json")];
         form.extend_from_slice(params);
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let body: String = form.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
         let r = self
             .http
             .post(self.h.moodle_url())

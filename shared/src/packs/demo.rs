@@ -5,6 +5,7 @@
 //! - `demo_diamond`: `start` → `left`, `right` → `join` → `report` (optional). `right` fails on its
 //!   first attempt and succeeds on the retry.
 //! - `demo_fanout`: `plan` → `fan` (8 shards; configurable) → `collect`.
+//! - `demo_ping`: one step.
 //! - `demo_contention`: `fan` with 20 shards that all write one entity (one lease for all).
 //!
 //! Behaviour per integration, from its `settings` JSON:
@@ -51,6 +52,12 @@ pub fn chains() -> Vec<ChainDef> {
             ],
         },
         ChainDef {
+            name: ChainName::parse("demo_ping").expect("valid"),
+            pack: PACK.into(),
+            description: "One step: for smoke checks and start-latency measurements.".into(),
+            steps: vec![s("ping", StepKind::Report)],
+        },
+        ChainDef {
             name: ChainName::parse("demo_contention").expect("valid"),
             pack: PACK.into(),
             description: "Twenty shards that all write one entity.".into(),
@@ -78,7 +85,8 @@ impl StepHandler for DemoStep {
         async move {
             let settings = &ctx.integration.settings;
             let step = ctx.step.name.as_str();
-            let default_fail = if step == "right" && ctx.chain.name.as_str() == "demo_diamond" { "once" } else { "never" };
+            let default_fail =
+                if step == "right" && ctx.chain.name.as_str() == "demo_diamond" { "once" } else { "never" };
             let fail = settings.pointer(&format!("/fail/{step}")).and_then(|v| v.as_str()).unwrap_or(default_fail);
             let ms = settings
                 .pointer(&format!("/slow/{step}"))

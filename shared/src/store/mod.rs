@@ -27,7 +27,9 @@ pub enum StoreError {
     IntegrationDisabled(String),
     #[error("unknown chain `{0}`")]
     UnknownChain(String),
-    #[error("chain `{chain}` belongs to pack `{chain_pack}` but integration `{integration}` is a `{integration_pack}` integration")]
+    #[error(
+        "chain `{chain}` belongs to pack `{chain_pack}` but integration `{integration}` is a `{integration_pack}` integration"
+    )]
     PackMismatch { chain: String, chain_pack: String, integration: String, integration_pack: String },
     #[error("a run of `{chain}` for `{integration}` is already active: {run_id}")]
     ActiveRun { chain: String, integration: String, run_id: String },

@@ -296,17 +296,23 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
 
 /// Records that the running step is alive. `false`: the step is no longer this job's.
 pub async fn heartbeat(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("UPDATE step_runs SET heartbeat_at = now() WHERE id = $1 AND job_id = $2 AND status = 'running'")
-        .bind(step_run_id)
-        .bind(job_id)
-        .execute(pool)
-        .await?;
+    let n =
+        sqlx::query("UPDATE step_runs SET heartbeat_at = now() WHERE id = $1 AND job_id = $2 AND status = 'running'")
+            .bind(step_run_id)
+            .bind(job_id)
+            .execute(pool)
+            .await?;
     Ok(n.rows_affected() == 1)
 }
 
 /// The entity lease was busy: deliver the step again later under a new task id, without counting
 /// an attempt.
-pub async fn requeue_lease_busy(pool: &PgPool, step_run_id: i64, job_id: &str, delay: Duration) -> Result<bool, sqlx::Error> {
+pub async fn requeue_lease_busy(
+    pool: &PgPool,
+    step_run_id: i64,
+    job_id: &str,
+    delay: Duration,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "UPDATE step_runs
             SET lease_waits = lease_waits + 1, dispatched_at = NULL,
@@ -327,7 +333,11 @@ pub async fn requeue_lease_busy(pool: &PgPool, step_run_id: i64, job_id: &str, d
 pub enum Outcome {
     Succeeded(PhaseResult),
     /// `retry_in: Some` → ready again after the delay (a new attempt); `None` → failed for good.
-    Failed { message: String, retry_in: Option<Duration>, result: PhaseResult },
+    Failed {
+        message: String,
+        retry_in: Option<Duration>,
+        result: PhaseResult,
+    },
 }
 
 /// Identifies the attempt being finished; the update applies only while it still holds.
@@ -413,11 +423,7 @@ pub async fn finish_step(
             .execute(&mut *conn)
             .await?;
     }
-    let ready = if run_status == "running" && status != "ready" {
-        promote_ready(conn, run_id).await?
-    } else {
-        vec![]
-    };
+    let ready = if run_status == "running" && status != "ready" { promote_ready(conn, run_id).await? } else { vec![] };
     finalize_run(conn, run_id).await?;
     Ok(Some(ready))
 }
@@ -479,7 +485,12 @@ pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
         .await?;
     let status = status.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
     if !matches!(status.as_str(), "queued" | "running") {
-        return Err(StoreError::WrongState { run_id: run_id.to_string(), status, action: "cancel", needs: "queued or running" });
+        return Err(StoreError::WrongState {
+            run_id: run_id.to_string(),
+            status,
+            action: "cancel",
+            needs: "queued or running",
+        });
     }
     sqlx::query("UPDATE chain_runs SET status = 'cancelled', finished_at = now(), current_step = NULL WHERE id = $1")
         .bind(run_id)

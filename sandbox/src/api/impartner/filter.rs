@@ -86,24 +86,18 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Str(lit));
             }
-            c if c.is_ascii_digit()
-                || (c == '-' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) =>
-            {
+            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
                 let start = i;
                 i += 1;
                 while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect();
-                out.push(Tok::Num(
-                    text.parse().map_err(|_| format!("bad number {text}"))?,
-                ));
+                out.push(Tok::Num(text.parse().map_err(|_| format!("bad number {text}"))?));
             }
             c if c.is_alphabetic() || c == '_' => {
                 let start = i;
-                while i < chars.len()
-                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
-                {
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
                     i += 1;
                 }
                 out.push(Tok::Word(chars[start..i].iter().collect()));
@@ -128,16 +122,8 @@ pub enum Lit {
 pub enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
-    Cmp {
-        field: usize,
-        op: &'static str,
-        lit: Lit,
-    },
-    In {
-        field: usize,
-        lits: Vec<Lit>,
-        negate: bool,
-    },
+    Cmp { field: usize, op: &'static str, lit: Lit },
+    In { field: usize, lits: Vec<Lit>, negate: bool },
 }
 
 struct Parser<'a> {
@@ -186,23 +172,17 @@ impl Parser<'_> {
             other => return Err(format!("expected a value, found {other:?}")),
         };
         Ok(match (ty, lit) {
-            (FieldType::Int | FieldType::Float, Lit::Text(s)) => Lit::Num(
-                s.trim()
-                    .parse()
-                    .map_err(|_| format!("'{s}' is not a number"))?,
-            ),
-            (FieldType::Int | FieldType::Float, Lit::Bool(b)) => {
-                Lit::Num(if b { 1.0 } else { 0.0 })
+            (FieldType::Int | FieldType::Float, Lit::Text(s)) => {
+                Lit::Num(s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?)
             }
+            (FieldType::Int | FieldType::Float, Lit::Bool(b)) => Lit::Num(if b { 1.0 } else { 0.0 }),
             (FieldType::Bool, Lit::Text(s)) => match s.to_ascii_lowercase().as_str() {
                 "true" | "1" => Lit::Bool(true),
                 "false" | "0" => Lit::Bool(false),
                 _ => return Err(format!("'{s}' is not a boolean")),
             },
             (FieldType::Bool, Lit::Num(n)) => Lit::Bool(n != 0.0),
-            (FieldType::Time, Lit::Text(s)) => {
-                Lit::Time(parse_time(&s).ok_or_else(|| format!("'{s}' is not a date"))?)
-            }
+            (FieldType::Time, Lit::Text(s)) => Lit::Time(parse_time(&s).ok_or_else(|| format!("'{s}' is not a date"))?),
             (FieldType::Text, Lit::Num(n)) => Lit::Text(n.to_string()),
             (FieldType::Text, Lit::Text(s)) => Lit::Text(s.to_lowercase()),
             (_, l) => l,
@@ -240,11 +220,7 @@ impl Parser<'_> {
                             _ => return Err("expected , or ) in list".into()),
                         }
                     }
-                    return Ok(Expr::In {
-                        field,
-                        lits,
-                        negate,
-                    });
+                    return Ok(Expr::In { field, lits, negate });
                 }
                 if negate {
                     return Err("expected in after not".into());
@@ -261,9 +237,7 @@ impl Parser<'_> {
                         }
                     }
                     other => {
-                        return Err(format!(
-                            "expected an operator after {name}, found {other:?}"
-                        ));
+                        return Err(format!("expected an operator after {name}, found {other:?}"));
                     }
                 };
                 let lit = self.literal(ty)?;
@@ -277,11 +251,7 @@ impl Parser<'_> {
 /// Parses a filter for `schema`; the message explains a syntax error or an unknown field.
 pub fn parse(filter: &str, schema: &Schema) -> Result<Expr, String> {
     let toks = tokenize(filter)?;
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        schema,
-    };
+    let mut p = Parser { toks, pos: 0, schema };
     let e = p.or()?;
     if p.pos < p.toks.len() {
         return Err(format!("unexpected {:?}", p.toks[p.pos]));
@@ -326,11 +296,7 @@ fn compare(v: &Val, lit: &Lit) -> Option<Ordering> {
 fn eval_cmp(v: &Val, op: &str, lit: &Lit) -> bool {
     if let Lit::Null = lit {
         let is_null = matches!(v, Val::Null);
-        return if op == "!=" {
-            !is_null
-        } else {
-            op == "=" && is_null
-        };
+        return if op == "!=" { !is_null } else { op == "=" && is_null };
     }
     if matches!(v, Val::Null) {
         return false;
@@ -361,11 +327,7 @@ impl Expr {
             Expr::And(a, b) => a.eval(r) && b.eval(r),
             Expr::Or(a, b) => a.eval(r) || b.eval(r),
             Expr::Cmp { field, op, lit } => eval_cmp(&r.vals[*field], op, lit),
-            Expr::In {
-                field,
-                lits,
-                negate,
-            } => {
+            Expr::In { field, lits, negate } => {
                 let v = &r.vals[*field];
                 if matches!(v, Val::Null) {
                     return false;
@@ -384,9 +346,7 @@ pub fn parse_orderby(s: &str, schema: &Schema) -> Result<Vec<(usize, bool)>, Str
         .map(|part| {
             let mut words = part.split_whitespace();
             let name = words.next().unwrap_or("");
-            let field = schema
-                .field(name)
-                .ok_or_else(|| format!("Unknown field '{name}' in orderby"))?;
+            let field = schema.field(name).ok_or_else(|| format!("Unknown field '{name}' in orderby"))?;
             let desc = words.next().is_some_and(|d| d.eq_ignore_ascii_case("desc"));
             Ok((field, desc))
         })
@@ -400,9 +360,7 @@ pub fn parse_fields(s: Option<&str>, schema: &Schema) -> Result<Vec<usize>, Stri
     };
     let mut out = vec![0];
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let f = schema
-            .field(name)
-            .ok_or_else(|| format!("Unknown field '{name}' on {}", schema.entity))?;
+        let f = schema.field(name).ok_or_else(|| format!("Unknown field '{name}' on {}", schema.entity))?;
         if !out.contains(&f) {
             out.push(f);
         }

@@ -4,6 +4,7 @@
 
 pub mod filter;
 mod view;
+mod writes;
 
 use std::sync::Arc;
 
@@ -13,37 +14,26 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use self::view::{RecordView, is_malformed};
-use crate::api::envelope::{api_error, json_response, ok};
+use self::writes::{create, delete_many, delete_one, patch_many, patch_one};
+use crate::api::envelope::{api_error, ok};
 use crate::config::Api;
-use crate::data::impartner::{FieldType, Record, Table, Val};
-use crate::state::{AppState, lock};
-use crate::util::{now_secs, param, parse_pairs, parse_time};
+use crate::data::impartner::{FieldType, Record};
+use crate::state::AppState;
+use crate::util::{param, parse_pairs, parse_time};
 
 pub const DEFAULT_TAKE: usize = 20;
 pub const MAX_TAKE: usize = 1000;
 
 pub fn router() -> Router<Arc<AppState>> {
     let objects = Router::new()
-        .route(
-            "/{object}",
-            get(search)
-                .post(search_body)
-                .patch(patch_many)
-                .put(create)
-                .delete(delete_many),
-        )
+        .route("/{object}", get(search).post(search_body).patch(patch_many).put(create).delete(delete_many))
         .route("/{object}/_deleted", get(deleted))
         .route("/{object}/_describe", get(describe))
-        .route(
-            "/{object}/{id}",
-            get(get_one).patch(patch_one).delete(delete_one),
-        );
-    Router::new()
-        .nest("/api/objects/v1", objects.clone())
-        .nest("/prm/api/objects/v1", objects)
+        .route("/{object}/{id}", get(get_one).patch(patch_one).delete(delete_one));
+    Router::new().nest("/api/objects/v1", objects.clone()).nest("/prm/api/objects/v1", objects)
 }
 
 fn bad_request(code: &str, msg: &str) -> Response {
@@ -51,21 +41,11 @@ fn bad_request(code: &str, msg: &str) -> Response {
 }
 
 fn unknown_object(object: &str) -> Response {
-    api_error(
-        Api::Impartner,
-        StatusCode::NOT_FOUND,
-        "UNKNOWN_OBJECT",
-        &format!("Object '{object}' does not exist."),
-    )
+    api_error(Api::Impartner, StatusCode::NOT_FOUND, "UNKNOWN_OBJECT", &format!("Object '{object}' does not exist."))
 }
 
 fn not_found(entity: &str, id: &str) -> Response {
-    api_error(
-        Api::Impartner,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        &format!("{entity} {id} was not found."),
-    )
+    api_error(Api::Impartner, StatusCode::NOT_FOUND, "NOT_FOUND", &format!("{entity} {id} was not found."))
 }
 
 #[derive(serde::Serialize)]
@@ -115,20 +95,14 @@ fn run_search(st: &AppState, object: &str, s: Search) -> Response {
         },
         None => Vec::new(),
     };
-    let q =
-        s.q.as_deref()
-            .map(str::to_lowercase)
-            .filter(|q| !q.is_empty());
+    let q = s.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty());
     let mut sel: Vec<&Record> = table
         .records
         .iter()
         .filter(|r| expr.as_ref().is_none_or(|e| e.eval(r)))
         .filter(|r| {
             q.as_ref().is_none_or(|q| {
-                r.vals.iter().any(|v| {
-                    v.as_str()
-                        .is_some_and(|t| t.to_lowercase().contains(q.as_str()))
-                })
+                r.vals.iter().any(|v| v.as_str().is_some_and(|t| t.to_lowercase().contains(q.as_str())))
             })
         })
         .collect();
@@ -153,71 +127,35 @@ fn run_search(st: &AppState, object: &str, s: Search) -> Response {
     let seed = st.config.seed;
     let results: Vec<RecordView<'_>> = sel[start..end]
         .iter()
-        .map(|r| RecordView {
-            schema,
-            rec: r,
-            fields: &fields,
-            malformed: is_malformed(&faults, seed, r.id()),
-        })
+        .map(|r| RecordView { schema, rec: r, fields: &fields, malformed: is_malformed(&faults, seed, r.id()) })
         .collect();
-    ok(&SearchResult {
-        success: true,
-        data: SearchData {
-            count,
-            entity: schema.entity,
-            results,
-        },
-    })
+    ok(&SearchResult { success: true, data: SearchData { count, entity: schema.entity, results } })
 }
 
 fn search_from_pairs(pairs: &[(String, String)]) -> Search {
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| pairs.iter().rev().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
     Search {
         fields: get("fields"),
         filter: get("filter"),
         orderby: get("orderby"),
         q: get("q"),
         skip: get("skip").and_then(|v| v.parse().ok()).unwrap_or(0),
-        take: get("take")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_TAKE)
-            .clamp(1, MAX_TAKE),
+        take: get("take").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TAKE).clamp(1, MAX_TAKE),
     }
 }
 
-async fn search(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
+async fn search(State(st): State<Arc<AppState>>, Path(object): Path<String>, RawQuery(raw): RawQuery) -> Response {
     let pairs = parse_pairs(raw.as_deref().unwrap_or(""));
     run_search(&st, &object, search_from_pairs(&pairs))
 }
 
 /// `POST /{Object}` with a `SearchCriteria` body (search, not create).
-async fn search_body(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn search_body(State(st): State<Arc<AppState>>, Path(object): Path<String>, body: Bytes) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("INVALID_BODY", "Expected a SearchCriteria object.");
     };
-    let pairs: Vec<(String, String)> = body
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-            )
-        })
-        .collect();
+    let pairs: Vec<(String, String)> =
+        body.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect();
     run_search(&st, &object, search_from_pairs(&pairs))
 }
 
@@ -243,418 +181,10 @@ async fn get_one(
     }
 }
 
-/// Converts a JSON value for a field of type `ty`.
-fn coerce(ty: FieldType, v: &Value) -> Result<Val, String> {
-    Ok(match (ty, v) {
-        (_, Value::Null) => Val::Null,
-        (FieldType::Int, Value::Number(n)) => Val::Int(n.as_i64().ok_or("expected an integer")?),
-        (FieldType::Int, Value::String(s)) => Val::Int(
-            s.trim()
-                .parse()
-                .map_err(|_| format!("'{s}' is not an integer"))?,
-        ),
-        (FieldType::Float, Value::Number(n)) => Val::Float(n.as_f64().ok_or("expected a number")?),
-        (FieldType::Float, Value::String(s)) => Val::Float(
-            s.trim()
-                .parse()
-                .map_err(|_| format!("'{s}' is not a number"))?,
-        ),
-        (FieldType::Text, Value::String(s)) => Val::Text(s.clone()),
-        (FieldType::Text, Value::Number(n)) => Val::Text(n.to_string()),
-        (FieldType::Text, Value::Bool(b)) => Val::Text(b.to_string()),
-        (FieldType::Bool, Value::Bool(b)) => Val::Bool(*b),
-        (FieldType::Bool, Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" => Val::Bool(true),
-            "false" => Val::Bool(false),
-            _ => return Err(format!("'{s}' is not a boolean")),
-        },
-        (FieldType::Time, Value::String(s)) => {
-            Val::Time(parse_time(s).ok_or_else(|| format!("'{s}' is not a date"))?)
-        }
-        (_, other) => return Err(format!("unexpected value {other}")),
-    })
-}
-
-/// Applies one PATCH dictionary to record `id`; returns the error `(code, message)` on failure
-/// (nothing is changed then).
-fn apply_patch(
-    table: &mut Table,
-    id: i64,
-    body: &Map<String, Value>,
-    now: i64,
-) -> Result<(), (String, String)> {
-    let schema = table.schema;
-    let mut changes = Vec::new();
-    for (k, v) in body {
-        let Some(f) = schema.field(k) else {
-            return Err((
-                "INVALID_FIELD".into(),
-                format!("Field '{k}' does not exist on {}.", schema.entity),
-            ));
-        };
-        if f == 0 {
-            continue;
-        }
-        if schema.fields[f].read_only {
-            return Err((
-                "READ_ONLY".into(),
-                format!("Field '{}' is read-only.", schema.fields[f].pascal),
-            ));
-        }
-        let val = coerce(schema.fields[f].ty, v).map_err(|e| {
-            (
-                "INVALID_VALUE".to_string(),
-                format!("{}: {e}", schema.fields[f].pascal),
-            )
-        })?;
-        changes.push((f, val));
-    }
-    let updated_idx = table.updated_idx;
-    let Some(rec) = table.get_mut(id) else {
-        return Err((
-            "NOT_FOUND".into(),
-            format!("{} {id} was not found.", schema.entity),
-        ));
-    };
-    for (f, val) in changes {
-        rec.vals[f] = val;
-    }
-    let prev = match rec.vals[updated_idx] {
-        Val::Time(t) => t,
-        _ => 0,
-    };
-    rec.vals[updated_idx] = Val::Time(now.max(prev + 1));
-    Ok(())
-}
-
-fn record_patch(st: &AppState, entity: &str, id: i64, body: &Map<String, Value>) {
-    let mut w = lock(&st.writes);
-    w.impartner
-        .patches
-        .push(json!({"entity": entity, "id": id, "fields": body}));
-    let merged = w
-        .impartner
-        .patched_fields
-        .entry(entity.to_string())
-        .or_default()
-        .entry(id.to_string())
-        .or_default();
-    for (k, v) in body {
-        if !k.eq_ignore_ascii_case("id") {
-            merged.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-async fn patch_one(
-    State(st): State<Arc<AppState>>,
-    Path((object, id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("INVALID_BODY", "Expected an object of field values.");
-    };
-    let pairs = parse_pairs(raw.as_deref().unwrap_or(""));
-    let mut data = st.write();
-    let Some(table) = data.impartner.table_mut(&object) else {
-        return unknown_object(&object);
-    };
-    let Ok(id) = id.parse::<i64>() else {
-        return not_found(table.schema.entity, &id);
-    };
-    let entity = table.schema.entity;
-    match apply_patch(table, id, &body, now_secs()) {
-        Ok(()) => {}
-        Err((code, msg)) if code == "NOT_FOUND" => {
-            return api_error(Api::Impartner, StatusCode::NOT_FOUND, &code, &msg);
-        }
-        Err((code, msg)) => return bad_request(&code, &msg),
-    }
-    record_patch(&st, entity, id, &body);
-    let fields = match filter::parse_fields(param(&pairs, "returnFields"), table.schema) {
-        Ok(f) => f,
-        Err(e) => return bad_request("INVALID_FIELD", &e),
-    };
-    let Some(rec) = table.get(id) else {
-        return not_found(entity, &id.to_string());
-    };
-    ok(
-        &json!({"success": true, "data": RecordView { schema: table.schema, rec, fields: &fields, malformed: false }}),
-    )
-}
-
-async fn patch_many(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    body: Bytes,
-) -> Response {
-    let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("INVALID_BODY", "Expected an array of objects with Id.");
-    };
-    let now = now_secs();
-    let mut data = st.write();
-    let Some(table) = data.impartner.table_mut(&object) else {
-        return unknown_object(&object);
-    };
-    let entity = table.schema.entity;
-    let mut results = Vec::with_capacity(items.len());
-    let mut all_ok = true;
-    for item in &items {
-        let Some(obj) = item.as_object() else {
-            all_ok = false;
-            results.push(json!({"success": false, "data": null, "errors": [{"code": "INVALID_BODY", "message": "Expected an object."}]}));
-            continue;
-        };
-        let id = obj
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("id"))
-            .and_then(|(_, v)| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
-        let Some(id) = id else {
-            all_ok = false;
-            results.push(json!({"success": false, "data": null, "errors": [{"code": "MISSING_ID", "message": "Id is required."}]}));
-            continue;
-        };
-        match apply_patch(table, id, obj, now) {
-            Ok(()) => {
-                record_patch(&st, entity, id, obj);
-                results.push(json!({"success": true, "data": {"id": id}, "errors": null}));
-            }
-            Err((code, message)) => {
-                all_ok = false;
-                results.push(json!({"success": false, "data": {"id": id}, "errors": [{"code": code, "message": message}]}));
-            }
-        }
-    }
-    let message = if all_ok {
-        Value::Null
-    } else {
-        Value::from("One or more records failed to update.")
-    };
-    ok(&json!({"success": all_ok, "message": message, "errors": null, "results": results}))
-}
-
-/// `PUT /{Object}`: create one (object body) or many (array body).
-async fn create(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    body: Bytes,
-) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("INVALID_BODY", "Expected an object or an array.");
-    };
-    let many = body.is_array();
-    let items: Vec<Value> = match body {
-        Value::Array(a) => a,
-        other => vec![other],
-    };
-    let now = now_secs();
-    let mut data = st.write();
-    let accounts_names: std::collections::HashMap<i64, String> = data
-        .impartner
-        .accounts
-        .records
-        .iter()
-        .map(|r| {
-            (
-                r.id(),
-                data.impartner
-                    .accounts
-                    .val(r, "Name")
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-        .collect();
-    let Some(table) = data.impartner.table_mut(&object) else {
-        return unknown_object(&object);
-    };
-    let entity = table.schema.entity;
-    let mut results = Vec::new();
-    let mut all_ok = true;
-    for item in &items {
-        let outcome = create_one(table, item, now, &accounts_names);
-        match outcome {
-            Ok(id) => {
-                lock(&st.writes)
-                    .impartner
-                    .creates
-                    .push(json!({"entity": entity, "id": id, "fields": item}));
-                results.push(json!({"success": true, "data": {"id": id}, "errors": null}));
-            }
-            Err((code, message)) => {
-                all_ok = false;
-                results.push(json!({"success": false, "data": null, "errors": [{"code": code, "message": message}]}));
-            }
-        }
-    }
-    if many {
-        return ok(
-            &json!({"success": all_ok, "message": null, "errors": null, "results": results}),
-        );
-    }
-    match results.pop() {
-        Some(r) if r["success"] == true => ok(&json!({"success": true, "data": r["data"]})),
-        Some(r) => {
-            let e = &r["errors"][0];
-            let msg = e["message"].as_str().unwrap_or("Create failed.");
-            json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"success": false, "message": msg, "errors": [e]}),
-            )
-        }
-        None => bad_request("INVALID_BODY", "Nothing to create."),
-    }
-}
-
-fn create_one(
-    table: &mut Table,
-    item: &Value,
-    now: i64,
-    account_names: &std::collections::HashMap<i64, String>,
-) -> Result<i64, (String, String)> {
-    let Some(obj) = item.as_object() else {
-        return Err(("INVALID_BODY".into(), "Expected an object.".into()));
-    };
-    let schema = table.schema;
-    let get = |name: &str| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
-    match schema.entity {
-        "User" => {
-            let email = get("Email").and_then(Value::as_str).unwrap_or("");
-            if get("UserName")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                return Err(("REQUIRED".into(), "UserName is required.".into()));
-            }
-            let email_idx = schema.field("Email").unwrap_or(0);
-            if !email.is_empty()
-                && table.records.iter().any(|r| {
-                    r.vals[email_idx]
-                        .as_str()
-                        .is_some_and(|e| e.eq_ignore_ascii_case(email))
-                })
-            {
-                return Err((
-                    "NOT_UNIQUE".into(),
-                    format!("Email '{email}' is not a unique value."),
-                ));
-            }
-        }
-        _ => {
-            if schema.field("Name").is_some()
-                && get("Name")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-            {
-                return Err(("REQUIRED".into(), "Name is required.".into()));
-            }
-        }
-    }
-    let mut rec = table.blank();
-    let id = rec.id();
-    for (k, v) in obj {
-        let Some(f) = schema.field(k) else {
-            return Err((
-                "INVALID_FIELD".into(),
-                format!("Field '{k}' does not exist on {}.", schema.entity),
-            ));
-        };
-        if f == 0 || schema.fields[f].read_only {
-            continue;
-        }
-        rec.vals[f] =
-            coerce(schema.fields[f].ty, v).map_err(|e| ("INVALID_VALUE".to_string(), e))?;
-    }
-    if schema.entity == "User" {
-        let first = get("FirstName").and_then(Value::as_str).unwrap_or("");
-        let last = get("LastName").and_then(Value::as_str).unwrap_or("");
-        rec.vals[schema.field("FullName").unwrap_or(0)] =
-            Val::Text(format!("{first} {last}").trim().to_string());
-        if let Some(aid) = get("AccountId").and_then(Value::as_i64)
-            && let Some(n) = account_names.get(&aid)
-        {
-            rec.vals[schema.field("AccountName").unwrap_or(0)] = Val::Text(n.clone());
-        }
-    }
-    rec.vals[0] = Val::Int(id);
-    rec.vals[table.created_idx] = Val::Time(now);
-    rec.vals[table.updated_idx] = Val::Time(now);
-    table.push(rec);
-    Ok(id)
-}
-
-async fn delete_one(
-    State(st): State<Arc<AppState>>,
-    Path((object, id)): Path<(String, String)>,
-) -> Response {
-    let mut data = st.write();
-    let Some(table) = data.impartner.table_mut(&object) else {
-        return unknown_object(&object);
-    };
-    let entity = table.schema.entity;
-    let Some(n) = id.parse::<i64>().ok().filter(|n| table.get(*n).is_some()) else {
-        return not_found(entity, &id);
-    };
-    table.delete(&[n], now_secs());
-    lock(&st.writes)
-        .impartner
-        .deletes
-        .push(json!({"entity": entity, "id": n}));
-    ok(&json!({"success": true, "data": true}))
-}
-
-async fn delete_many(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    body: Bytes,
-) -> Response {
-    let Ok(Value::Array(ids)) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("INVALID_BODY", "Expected an array of ids.");
-    };
-    let mut data = st.write();
-    let Some(table) = data.impartner.table_mut(&object) else {
-        return unknown_object(&object);
-    };
-    let entity = table.schema.entity;
-    let now = now_secs();
-    let mut results = Vec::new();
-    let mut all_ok = true;
-    for v in &ids {
-        let id = v.as_i64().unwrap_or(-1);
-        if table.delete(&[id], now).is_empty() {
-            all_ok = false;
-            results.push(json!({"success": false, "data": {"id": v}, "errors": [{"code": "NOT_FOUND", "message": format!("{entity} {v} was not found.")}]}));
-        } else {
-            lock(&st.writes)
-                .impartner
-                .deletes
-                .push(json!({"entity": entity, "id": id}));
-            results.push(json!({"success": true, "data": {"id": id}, "errors": null}));
-        }
-    }
-    ok(&json!({"success": all_ok, "message": null, "errors": null, "results": results}))
-}
-
 /// `GET /{Object}/_deleted?fromUtc=&toUtc=`: ids deleted in the window.
-async fn deleted(
-    State(st): State<Arc<AppState>>,
-    Path(object): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
+async fn deleted(State(st): State<Arc<AppState>>, Path(object): Path<String>, RawQuery(raw): RawQuery) -> Response {
     let pairs = parse_pairs(raw.as_deref().unwrap_or(""));
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| pairs.iter().rev().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
     let from = match get("fromUtc").map(parse_time) {
         Some(None) => return bad_request("INVALID_DATE", "fromUtc is not a date."),
         Some(Some(t)) => t,
@@ -669,12 +199,7 @@ async fn deleted(
     let Some(table) = data.impartner.table(&object) else {
         return unknown_object(&object);
     };
-    let ids: Vec<i64> = table
-        .deleted
-        .iter()
-        .filter(|(_, at)| *at >= from && *at <= to)
-        .map(|(id, _)| *id)
-        .collect();
+    let ids: Vec<i64> = table.deleted.iter().filter(|(_, at)| *at >= from && *at <= to).map(|(id, _)| *id).collect();
     ok(&json!({"success": true, "data": ids}))
 }
 

@@ -14,11 +14,7 @@ use crate::api::envelope::{api_error, np_not_found, ok};
 use crate::config::Api;
 use crate::state::AppState;
 
-pub async fn list(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
+pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
@@ -28,11 +24,7 @@ pub async fn list(
     page(np, &sel, &q, &base, "/courses", &faults, st.config.seed)
 }
 
-pub async fn get_one(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+pub async fn get_one(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let base = api_base(&headers, &st.base_url);
     let data = st.read();
     let np = &data.northpass;
@@ -60,25 +52,11 @@ pub async fn enrollments(
         .by_course
         .get(&np.courses[ci].key)
         .map(|v| {
-            v.iter()
-                .enumerate()
-                .map(|(rank, &e)| CourseEnrollment {
-                    e: &np.enrollments[e],
-                    rank: rank + 1,
-                })
-                .collect()
+            v.iter().enumerate().map(|(rank, &e)| CourseEnrollment { e: &np.enrollments[e], rank: rank + 1 }).collect()
         })
         .unwrap_or_default();
     let sel: Vec<&CourseEnrollment<'_>> = items.iter().collect();
-    page(
-        np,
-        &sel,
-        &q,
-        &base,
-        &format!("/courses/{id}/enrollments"),
-        &faults,
-        st.config.seed,
-    )
+    page(np, &sel, &q, &base, &format!("/courses/{id}/enrollments"), &faults, st.config.seed)
 }
 
 pub async fn transcripts(
@@ -100,28 +78,13 @@ pub async fn transcripts(
     let Some(list) = np.by_person.get(&person.key).filter(|l| !l.is_empty()) else {
         return np_not_found("Transcript");
     };
-    let items: Vec<TranscriptItem<'_>> = list
-        .iter()
-        .map(|&e| TranscriptItem(&np.enrollments[e]))
-        .collect();
+    let items: Vec<TranscriptItem<'_>> = list.iter().map(|&e| TranscriptItem(&np.enrollments[e])).collect();
     let sel: Vec<&TranscriptItem<'_>> = items.iter().collect();
-    page(
-        np,
-        &sel,
-        &q,
-        &base,
-        &format!("/transcripts/{person_id}"),
-        &faults,
-        st.config.seed,
-    )
+    page(np, &sel, &q, &base, &format!("/transcripts/{person_id}"), &faults, st.config.seed)
 }
 
 /// `GET /v2/properties/courses`: every course with its properties, paged like the other lists.
-pub async fn properties(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
+pub async fn properties(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
@@ -138,11 +101,7 @@ pub async fn properties(
         .iter()
         .map(|c| {
             let v = properties_view(c);
-            if is_malformed(&faults, st.config.seed, c.key) {
-                break_item(v, c.key)
-            } else {
-                v
-            }
+            if is_malformed(&faults, st.config.seed, c.key) { break_item(v, c.key) } else { v }
         })
         .collect();
     let url = format!("{base}/properties/courses");
@@ -174,8 +133,6 @@ pub async fn one_property(State(st): State<Arc<AppState>>, Path(id): Path<String
 }
 
 pub async fn school() -> Response {
-    ok(
-        &json!({"data": {"id": super::views::SCHOOL_ID, "type": "school_properties",
-        "attributes": {"properties": {"name": "Sandbox Partner Academy"}}}}),
-    )
+    ok(&json!({"data": {"id": super::views::SCHOOL_ID, "type": "school_properties",
+        "attributes": {"properties": {"name": "Sandbox Partner Academy"}}}}))
 }

@@ -18,11 +18,7 @@ use crate::data::northpass::Group;
 use crate::state::{AppState, lock};
 use crate::util::{fmt_utc, now_secs, uuid_v4};
 
-pub async fn list(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
+pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
@@ -32,11 +28,7 @@ pub async fn list(
     page(np, &sel, &q, &base, "/groups", &faults, st.config.seed)
 }
 
-pub async fn get_one(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+pub async fn get_one(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let base = api_base(&headers, &st.base_url);
     let data = st.read();
     let np = &data.northpass;
@@ -50,21 +42,14 @@ pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return bad_json();
     };
-    let Some(name) = v["data"]["attributes"]["name"]
-        .as_str()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-    else {
+    let Some(name) = v["data"]["attributes"]["name"].as_str().map(str::trim).filter(|n| !n.is_empty()) else {
         return unprocessable("Name can't be blank", "/data/attributes/name");
     };
     let base = api_base(&headers, &st.base_url);
     let mut data = st.write();
     let np = &mut data.northpass;
     if let Some(g) = np.groups.iter().find(|g| g.name == name) {
-        lock(&st.writes)
-            .northpass
-            .group_creations
-            .push(json!({"group_id": g.id, "name": name, "existing": true}));
+        lock(&st.writes).northpass.group_creations.push(json!({"group_id": g.id, "name": name, "existing": true}));
         return ok(&json!({"data": g.view(np, &base)}));
     }
     let now = now_secs();
@@ -95,10 +80,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> 
     };
     let g = np.groups.remove(i);
     np.reindex();
-    lock(&st.writes)
-        .northpass
-        .group_deletions
-        .push(json!({"group_id": id, "name": g.name, "at": fmt_utc(now_secs())}));
+    lock(&st.writes).northpass.group_deletions.push(json!({"group_id": id, "name": g.name, "at": fmt_utc(now_secs())}));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -121,23 +103,11 @@ pub async fn memberships(
         .members
         .iter()
         .filter_map(|(k, &at)| {
-            np.person_by_key.get(k).map(|&pi| Membership {
-                group,
-                person: &np.people[pi],
-                created_at: at,
-            })
+            np.person_by_key.get(k).map(|&pi| Membership { group, person: &np.people[pi], created_at: at })
         })
         .collect();
     let sel = select(np, items.iter(), &q);
-    page(
-        np,
-        &sel,
-        &q,
-        &base,
-        &format!("/groups/{id}/memberships"),
-        &faults,
-        st.config.seed,
-    )
+    page(np, &sel, &q, &base, &format!("/groups/{id}/memberships"), &faults, st.config.seed)
 }
 
 pub async fn people(
@@ -154,20 +124,9 @@ pub async fn people(
     let Some(&gi) = np.group_idx.get(&id) else {
         return np_not_found("Group");
     };
-    let people = np.groups[gi]
-        .members
-        .keys()
-        .filter_map(|k| np.person_by_key.get(k).map(|&pi| &np.people[pi]));
+    let people = np.groups[gi].members.keys().filter_map(|k| np.person_by_key.get(k).map(|&pi| &np.people[pi]));
     let sel = select(np, people, &q);
-    page(
-        np,
-        &sel,
-        &q,
-        &base,
-        &format!("/groups/{id}/people"),
-        &faults,
-        st.config.seed,
-    )
+    page(np, &sel, &q, &base, &format!("/groups/{id}/people"), &faults, st.config.seed)
 }
 
 async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -> Response {
@@ -207,33 +166,17 @@ async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -
     }
     let mut w = lock(&st.writes);
     for k in changed {
-        let pid = np
-            .person_by_key
-            .get(&k)
-            .map(|&i| np.people[i].id.clone())
-            .unwrap_or_default();
+        let pid = np.person_by_key.get(&k).map(|&i| np.people[i].id.clone()).unwrap_or_default();
         let entry = json!({"group_id": id, "person_id": pid, "at": fmt_utc(now)});
-        if add {
-            w.northpass.membership_adds.push(entry)
-        } else {
-            w.northpass.membership_removes.push(entry)
-        }
+        if add { w.northpass.membership_adds.push(entry) } else { w.northpass.membership_removes.push(entry) }
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
-pub async fn add_people(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub async fn add_people(State(st): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
     change_members(st, id, body, true).await
 }
 
-pub async fn remove_people(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub async fn remove_people(State(st): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
     change_members(st, id, body, false).await
 }

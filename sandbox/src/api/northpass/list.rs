@@ -57,13 +57,8 @@ pub struct ListQuery {
 impl ListQuery {
     pub fn parse(raw: Option<&str>) -> ListQuery {
         let pairs = parse_pairs(raw.unwrap_or(""));
-        let mut q = ListQuery {
-            pairs: Vec::new(),
-            page: 1,
-            limit: DEFAULT_LIMIT,
-            filters: Vec::new(),
-            sort: Vec::new(),
-        };
+        let mut q =
+            ListQuery { pairs: Vec::new(), page: 1, limit: DEFAULT_LIMIT, filters: Vec::new(), sort: Vec::new() };
         for (k, v) in &pairs {
             match k.as_str() {
                 "page" => q.page = v.parse().unwrap_or(1).max(1),
@@ -84,11 +79,7 @@ impl ListQuery {
                         let mut parts = rest.split(['[', ']']).filter(|s| !s.is_empty());
                         if let Some(attr) = parts.next() {
                             let pred = parts.next().unwrap_or("cont");
-                            q.filters.push(Filter {
-                                attr: attr.to_string(),
-                                pred: pred.to_string(),
-                                value: v.clone(),
-                            });
+                            q.filters.push(Filter { attr: attr.to_string(), pred: pred.to_string(), value: v.clone() });
                         }
                     }
                 }
@@ -175,11 +166,7 @@ fn matches(v: &AttrVal<'_>, pred: &str, value: &str) -> Option<bool> {
         }
         AttrVal::Int(i) => match pred {
             "cont" => Some(i.to_string().contains(value)),
-            "in" => Some(
-                value
-                    .split(',')
-                    .any(|x| x.trim().parse::<i64>().ok() == Some(*i)),
-            ),
+            "in" => Some(value.split(',').any(|x| x.trim().parse::<i64>().ok() == Some(*i))),
             _ => cmp_pred(i.cmp(&value.trim().parse().ok()?), pred),
         },
     }
@@ -196,11 +183,7 @@ fn cmp_attr(a: &Option<AttrVal<'_>>, b: &Option<AttrVal<'_>>) -> Ordering {
 }
 
 /// Applies filters and sort (key order when no sort is given).
-pub fn select<'a, T: NpItem + 'a>(
-    np: &Northpass,
-    items: impl Iterator<Item = &'a T>,
-    q: &ListQuery,
-) -> Vec<&'a T> {
+pub fn select<'a, T: NpItem + 'a>(np: &Northpass, items: impl Iterator<Item = &'a T>, q: &ListQuery) -> Vec<&'a T> {
     let mut out: Vec<&T> = if q.filters.is_empty() {
         items.collect()
     } else {
@@ -254,8 +237,7 @@ struct Page<V: Serialize> {
 
 /// Whether the item with `key` is served malformed.
 pub fn is_malformed(faults: &FaultSettings, seed: u64, key: u32) -> bool {
-    faults.malformed_share > 0.0
-        && unit(seed ^ 0x6d61_6c66, u64::from(key)) < faults.malformed_share
+    faults.malformed_share > 0.0 && unit(seed ^ 0x6d61_6c66, u64::from(key)) < faults.malformed_share
 }
 
 /// Breaks one serialized item: even keys lose their `id`, odd keys get a wrong-typed attribute.
@@ -265,9 +247,7 @@ pub fn break_item(mut v: Value, key: u32) -> Value {
             obj.remove("id");
         } else if let Some(Value::Object(attrs)) = obj.get_mut("attributes") {
             attrs.insert("updated_at".into(), Value::from(12345));
-            let name_key = ["email", "name", "resource_id", "progress"]
-                .into_iter()
-                .find(|k| attrs.contains_key(*k));
+            let name_key = ["email", "name", "resource_id", "progress"].into_iter().find(|k| attrs.contains_key(*k));
             if let Some(k) = name_key {
                 attrs.insert(k.into(), Value::Object(Map::new()));
             }
@@ -304,11 +284,7 @@ pub fn page<T: NpItem>(
             .iter()
             .map(|it| {
                 let v = serde_json::to_value(it.view(np, base)).unwrap_or(Value::Null);
-                if is_malformed(faults, seed, it.key()) {
-                    break_item(v, it.key())
-                } else {
-                    v
-                }
+                if is_malformed(faults, seed, it.key()) { break_item(v, it.key()) } else { v }
             })
             .collect();
         ok(&Page { data, links })

@@ -53,19 +53,10 @@ pub(crate) fn unprocessable(detail: &str, pointer: &str) -> Response {
 }
 
 pub(crate) fn bad_json() -> Response {
-    api_error(
-        Api::Northpass,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "The request body is not valid JSON:API.",
-    )
+    api_error(Api::Northpass, StatusCode::BAD_REQUEST, "bad_request", "The request body is not valid JSON:API.")
 }
 
-async fn list_people(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
+async fn list_people(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let q = ListQuery::parse(raw.as_deref());
     let base = api_base(&headers, &st.base_url);
     let faults = st.faults(Api::Northpass);
@@ -75,11 +66,7 @@ async fn list_people(
     page(np, &sel, &q, &base, "/people", &faults, st.config.seed)
 }
 
-async fn get_person(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn get_person(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let base = api_base(&headers, &st.base_url);
     let data = st.read();
     let np = &data.northpass;
@@ -89,11 +76,7 @@ async fn get_person(
     }
 }
 
-async fn create_person(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn create_person(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return bad_json();
     };
@@ -104,11 +87,7 @@ async fn create_person(
     let base = api_base(&headers, &st.base_url);
     let mut data = st.write();
     let np = &mut data.northpass;
-    if np
-        .people
-        .iter()
-        .any(|p| p.email.eq_ignore_ascii_case(email))
-    {
+    if np.people.iter().any(|p| p.email.eq_ignore_ascii_case(email)) {
         return unprocessable("Email has already been taken", "/data/attributes/email");
     }
     let now = now_secs();
@@ -129,10 +108,7 @@ async fn create_person(
     let id = person.id.clone();
     np.people.push(person);
     np.reindex();
-    lock(&st.writes)
-        .northpass
-        .people_created
-        .push(json!({"person_id": id, "email": email, "at": fmt_utc(now)}));
+    lock(&st.writes).northpass.people_created.push(json!({"person_id": id, "email": email, "at": fmt_utc(now)}));
     let p = np.person(&id).map(|p| json!({"data": p.view(np, &base)}));
     json_response(StatusCode::CREATED, &p)
 }
@@ -156,10 +132,7 @@ async fn patch_person(
         return np_not_found("Person");
     };
     if let Some(email) = attrs.get("email").and_then(Value::as_str)
-        && np
-            .people
-            .iter()
-            .any(|p| p.id != id && p.email.eq_ignore_ascii_case(email))
+        && np.people.iter().any(|p| p.id != id && p.email.eq_ignore_ascii_case(email))
     {
         return unprocessable("Email has already been taken", "/data/attributes/email");
     }
@@ -176,19 +149,13 @@ async fn patch_person(
         }
     }
     p.updated_at = now.max(p.updated_at + 1);
-    lock(&st.writes)
-        .northpass
-        .person_patches
-        .push(json!({"person_id": id, "attributes": attrs, "at": fmt_utc(now)}));
+    lock(&st.writes).northpass.person_patches.push(json!({"person_id": id, "attributes": attrs, "at": fmt_utc(now)}));
     let p = &np.people[i];
     ok(&json!({"data": p.view(np, &base)}))
 }
 
 /// People keys from a JSON:API `{"data":[{"type":"people","id":..}]}` body; `Err` names the bad ids.
-pub(crate) fn people_keys(
-    np: &crate::data::northpass::Northpass,
-    body: &Value,
-) -> Result<Vec<u32>, String> {
+pub(crate) fn people_keys(np: &crate::data::northpass::Northpass, body: &Value) -> Result<Vec<u32>, String> {
     let Some(items) = body["data"].as_array() else {
         return Err("data must be an array".into());
     };
@@ -206,11 +173,7 @@ pub(crate) fn people_keys(
             None => bad.push(id.to_string()),
         }
     }
-    if bad.is_empty() {
-        Ok(keys)
-    } else {
-        Err(format!("Invalid person ids: {}", bad.join(", ")))
-    }
+    if bad.is_empty() { Ok(keys) } else { Err(format!("Invalid person ids: {}", bad.join(", "))) }
 }
 
 /// Seeding a ChaCha stream from (seed, key) for records created at run time.
@@ -221,9 +184,7 @@ trait SeedKey {
 impl SeedKey for rand_chacha::ChaCha8Rng {
     fn seed_from_u64_key(seed: u64, key: u32) -> Self {
         use rand::SeedableRng;
-        rand_chacha::ChaCha8Rng::seed_from_u64(
-            crate::util::mix(seed ^ 0x7275_6e74) ^ u64::from(key),
-        )
+        rand_chacha::ChaCha8Rng::seed_from_u64(crate::util::mix(seed ^ 0x7275_6e74) ^ u64::from(key))
     }
 }
 

@@ -76,10 +76,7 @@ impl NpItem for Person {
             "email" | "sso_uid" => AttrVal::Str(Cow::Borrowed(&self.email)),
             "first_name" => AttrVal::Str(Cow::Borrowed(&self.first_name)),
             "last_name" => AttrVal::Str(Cow::Borrowed(&self.last_name)),
-            "name" | "full_name" => AttrVal::Str(Cow::Owned(format!(
-                "{} {}",
-                self.first_name, self.last_name
-            ))),
+            "name" | "full_name" => AttrVal::Str(Cow::Owned(format!("{} {}", self.first_name, self.last_name))),
             "id" => AttrVal::Str(Cow::Borrowed(&self.id)),
             "created_at" => AttrVal::Time(Some(self.created_at)),
             "updated_at" => AttrVal::Time(Some(self.updated_at)),
@@ -109,14 +106,7 @@ impl NpItem for Person {
                 deactivated_at: ts(self.deactivated_at),
                 unsubscribed: false,
             },
-            relationships: PersonRels {
-                school: Rel {
-                    data: RelData {
-                        id: SCHOOL_ID,
-                        kind: "schools",
-                    },
-                },
-            },
+            relationships: PersonRels { school: Rel { data: RelData { id: SCHOOL_ID, kind: "schools" } } },
             links: PersonLinks {
                 this: format!("{base}/people/{}", self.id),
                 teaching: format!("https://app.northpass.com/people/{}", self.id),
@@ -163,9 +153,7 @@ impl NpItem for Group {
             "id" => AttrVal::Str(Cow::Borrowed(&self.id)),
             "created_at" => AttrVal::Time(Some(self.created_at)),
             "updated_at" => AttrVal::Time(Some(self.updated_at)),
-            "memberships_count" | "membership_count" | "user_count" => {
-                AttrVal::Int(self.members.len() as i64)
-            }
+            "memberships_count" | "membership_count" | "user_count" => AttrVal::Int(self.members.len() as i64),
             _ => return None,
         })
     }
@@ -184,9 +172,7 @@ impl NpItem for Group {
                 created_at: fmt_utc(self.created_at),
                 updated_at: fmt_utc(self.updated_at),
             },
-            links: SelfLink {
-                this: format!("{base}/groups/{}", self.id),
-            },
+            links: SelfLink { this: format!("{base}/groups/{}", self.id) },
         }
     }
 }
@@ -233,9 +219,7 @@ impl NpItem for Course {
             "published" => AttrVal::Bool(self.status == "published"),
             "created_at" => AttrVal::Time(Some(self.created_at)),
             "updated_at" => AttrVal::Time(Some(self.updated_at)),
-            "enrollments_count" => {
-                AttrVal::Int(np.by_course.get(&self.key).map_or(0, Vec::len) as i64)
-            }
+            "enrollments_count" => AttrVal::Int(np.by_course.get(&self.key).map_or(0, Vec::len) as i64),
             _ => return None,
         })
     }
@@ -252,10 +236,7 @@ impl NpItem for Course {
                 full_description: format!("<p>{}</p>", self.name),
                 enrollments_count: np.by_course.get(&self.key).map_or(0, Vec::len),
                 credential_achievement_count: self.credential_achievement_count,
-                list_image_url: format!(
-                    "https://cdn.northpass.example/courses/{}.png",
-                    self.permalink
-                ),
+                list_image_url: format!("https://cdn.northpass.example/courses/{}.png", self.permalink),
                 ribbon: None,
                 unpublished_changes: false,
                 dependent_course_names: [],
@@ -263,9 +244,7 @@ impl NpItem for Course {
                 updated_at: fmt_utc(self.updated_at),
             },
             relationships: json!({"categories": {"data": []}}),
-            links: SelfLink {
-                this: format!("{base}/courses/{}", self.id),
-            },
+            links: SelfLink { this: format!("{base}/courses/{}", self.id) },
         }
     }
 }
@@ -277,10 +256,7 @@ pub fn properties_view(c: &Course) -> Value {
     if let Some(n) = c.npcu {
         props.insert("npcu".into(), Value::from(n.to_string()));
     }
-    props.insert(
-        "certification".into(),
-        Value::from(c.name.contains("Certification")),
-    );
+    props.insert("certification".into(), Value::from(c.name.contains("Certification")));
     json!({"id": c.id, "type": "course_properties", "attributes": {"properties": props}})
 }
 
@@ -346,9 +322,7 @@ impl NpItem for TranscriptItem<'_> {
                 version_number: 1 + e.key % 4,
             },
             links: CertLink {
-                certificate: e
-                    .completed_at
-                    .map(|_| format!("https://app.northpass.com/certificates/{}", e.id)),
+                certificate: e.completed_at.map(|_| format!("https://app.northpass.com/certificates/{}", e.id)),
             },
         }
     }
@@ -398,10 +372,7 @@ impl NpItem for CourseEnrollment<'_> {
     }
     fn view<'b>(&'b self, np: &'b Northpass, _base: &str) -> CourseEnrollmentView<'b> {
         let e = self.e;
-        let person_id = np
-            .person_by_key
-            .get(&e.person)
-            .map_or("", |&i| np.people[i].id.as_str());
+        let person_id = np.person_by_key.get(&e.person).map_or("", |&i| np.people[i].id.as_str());
         CourseEnrollmentView {
             id: self.rank.to_string(),
             kind: "course_enrollments",
@@ -414,14 +385,7 @@ impl NpItem for CourseEnrollment<'_> {
                 last_active_on: ts(e.last_active_at),
                 completed_at: ts(e.completed_at),
             },
-            relationships: CourseEnrollmentRels {
-                person: Rel {
-                    data: RelData {
-                        id: person_id,
-                        kind: "people",
-                    },
-                },
-            },
+            relationships: CourseEnrollmentRels { person: Rel { data: RelData { id: person_id, kind: "people" } } },
         }
     }
 }
@@ -463,12 +427,5 @@ pub fn membership_id(group: u32, person: u32) -> String {
     let a = mix(u64::from(group) << 32 | u64::from(person));
     let b = mix(a);
     let s = format!("{a:016x}{b:016x}");
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[13..16],
-        &s[17..20],
-        &s[20..32]
-    )
+    format!("{}-{}-4{}-8{}-{}", &s[0..8], &s[8..12], &s[13..16], &s[17..20], &s[20..32])
 }
