@@ -364,8 +364,8 @@ mod tests {
     fn interval_ticks_align_across_producers() {
         let s = Schedule::Interval(Duration::from_secs(60));
         let t = chrono::DateTime::from_timestamp(1_000_030, 0).unwrap();
-        assert_eq!(s.tick_at_or_before(t), Some(999_960));
-        assert_eq!(s.next_after(t).unwrap().timestamp(), 1_000_020);
+        assert_eq!(s.tick_at_or_before(t), Some(1_000_020));
+        assert_eq!(s.next_after(t).unwrap().timestamp(), 1_000_080);
     }
 
     #[test]
