@@ -22,7 +22,6 @@ CREATE TABLE chain_runs (
     -- `{chain}:{integration}:{tick}` for scheduled runs: N producers firing one tick make one run.
     tick_key       TEXT UNIQUE,
     status         TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'partial', 'failed', 'cancelled')),
-    current_step   TEXT,
     error          TEXT,
     force_sweep    BOOLEAN NOT NULL DEFAULT FALSE,
     resumes        INT NOT NULL DEFAULT 0,
@@ -80,6 +79,11 @@ CREATE INDEX step_runs_due ON step_runs (queue, not_before, id)
 CREATE INDEX step_runs_dispatched ON step_runs (dispatched_at)
     WHERE status = 'ready' AND dispatched_at IS NOT NULL;
 CREATE INDEX step_runs_running ON step_runs (heartbeat_at) WHERE status = 'running';
+-- Transitions look only at rows that are not done: a run's pending rows (promotion candidates) and
+-- its rows that have not succeeded (unmet prerequisites, open steps). Each finish of a fan-out
+-- shard then costs a few index probes instead of a scan of the whole run.
+CREATE INDEX step_runs_pending ON step_runs (run_id) WHERE status = 'pending';
+CREATE INDEX step_runs_unsucceeded ON step_runs (run_id, step) WHERE status <> 'succeeded';
 
 -- Task id of a step job: `{run}:{step}`, `:{shard}` for a fan-out slice, `:a{n}` from the second
 -- attempt on (retry or resume), `:w{n}` when re-delivered after waiting for a busy entity lease.

@@ -1,6 +1,7 @@
 //! Bounded dispatch: PostgreSQL keeps every ready step; at most `cap` tasks per queue wait in
 //! Redis (apalis-redis 1.0 stops fetching at about 8,000 due tasks). Called by workers for the
-//! steps they just made ready and by the producer's loop for everything else.
+//! steps they just made ready and by the producer's loop for everything else; an advisory lock
+//! per queue makes the cap exact across all of them.
 
 use sqlx::PgPool;
 
@@ -28,12 +29,18 @@ pub async fn dispatch(
     cap: usize,
     only: Option<&[i64]>,
 ) -> Result<usize, DispatchError> {
+    let mut tx = pool.begin().await?;
+    // One dispatcher per queue at a time (producers and workers alike): reading the depth and
+    // pushing into the room it leaves must not interleave, or two dispatchers fill it twice.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("syncfleet.dispatch:{}", queues.queue_name(queue)))
+        .execute(&mut *tx)
+        .await?;
     let waiting = queues.waiting(queue).await?;
     let room = cap.saturating_sub(waiting);
     if room == 0 {
         return Ok(0);
     }
-    let mut tx = pool.begin().await?;
     let due = runs::take_due(&mut tx, queue, only, room as i64).await?;
     if due.is_empty() {
         return Ok(0);

@@ -266,28 +266,6 @@ impl QueueClient {
         Ok(n == 1)
     }
 
-    /// Entity leases currently held (for `queues` and the dashboard).
-    pub async fn leases_held(&self) -> Result<i64, QueueError> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut count = 0i64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:lease:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            count += keys.len() as i64;
-            cursor = next;
-            if cursor == 0 {
-                return Ok(count);
-            }
-        }
-    }
-
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

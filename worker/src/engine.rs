@@ -13,7 +13,7 @@ use syncfleet_shared::{
     dispatch::{self, DispatchError},
     job::JobPayload,
     queue::{QueueClient, QueueError},
-    step::{HandlerRegistry, Integration, StepContext, StepError},
+    step::{HandlerRegistry, StepContext, StepError},
     store::runs::{self, Claim, ClaimedStep, Fence, Outcome},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -182,19 +182,13 @@ impl Engine {
         let Some(handler) = self.handlers.get(&chain.pack, &c.step) else {
             return Ok(Err(format!("pack `{}` has no handler for step `{}`", chain.pack, c.step)));
         };
-        let integration = sqlx::query_as::<_, Integration>(
-            "SELECT id, name, pack, enabled, settings FROM integrations WHERE id = $1",
-        )
-        .bind(c.integration_id)
-        .fetch_one(&self.pool)
-        .await?;
         let mode = def.mode.unwrap_or(c.mode);
         let ctx = StepContext::new(
             self.pool.clone(),
             c.run_id,
             chain,
             def.clone(),
-            integration,
+            c.integration.clone(),
             mode,
             c.shard,
             c.attempt,

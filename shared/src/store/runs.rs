@@ -1,13 +1,13 @@
-//! Run and step state transitions. Every transition that touches more than one step row locks the
-//! run row first (`SELECT … FOR UPDATE`): concurrent completions of one run are serialized, so a
-//! join step is promoted exactly once and no two transactions wait on each other in a cycle.
+//! Run and step state transitions. Every transition locks the run row before any step row:
+//! finishes, resume and cancel `FOR UPDATE` (concurrent completions of one run are serialized, so
+//! a join step is promoted exactly once), claims `FOR SHARE` (claims of one run run side by side).
+//! With one lock order, no two transactions can wait on each other in a cycle.
 //!
 //! Run states: `queued → running → completed | partial | failed | cancelled`.
 //! Step states: `pending → ready → running → succeeded | failed | skipped | cancelled`.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::StoreError;
@@ -170,21 +170,21 @@ pub async fn promote_ready(conn: &mut PgConnection, run_id: RunId) -> Result<Vec
 }
 
 /// Ends the run once no step is open: `failed` if a required step failed, `partial` if an
-/// optional one did, else `completed`. A cancelled run stays cancelled.
+/// optional one did, else `completed`. A cancelled run stays cancelled. The open check is one
+/// probe of `step_runs_unsucceeded`; the failure checks run only when the run ends.
 async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH c AS (
-            SELECT count(*) FILTER (WHERE status IN ('pending', 'ready', 'running')) AS open,
-                   count(*) FILTER (WHERE status = 'failed' AND required) AS required_failed,
-                   count(*) FILTER (WHERE status = 'failed' AND NOT required) AS optional_failed
-              FROM step_runs WHERE run_id = $1)
-         UPDATE chain_runs r
-            SET status = CASE WHEN c.required_failed > 0 THEN 'failed'
-                              WHEN c.optional_failed > 0 THEN 'partial'
-                              ELSE 'completed' END,
-                finished_at = now(), current_step = NULL
-           FROM c
-          WHERE r.id = $1 AND c.open = 0 AND r.status IN ('queued', 'running')",
+        "UPDATE chain_runs r
+            SET status = CASE
+                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1 AND s.status = 'failed' AND s.required)
+                        THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1 AND s.status = 'failed')
+                        THEN 'partial'
+                    ELSE 'completed' END,
+                finished_at = now()
+          WHERE r.id = $1 AND r.status IN ('queued', 'running')
+            AND NOT EXISTS (SELECT 1 FROM step_runs s
+                             WHERE s.run_id = $1 AND s.status IN ('pending', 'ready', 'running'))",
     )
     .bind(run_id)
     .execute(conn)
@@ -209,7 +209,7 @@ async fn lock_run_of_step(conn: &mut PgConnection, step_run_id: i64) -> Result<O
 pub struct ClaimedStep {
     pub run_id: RunId,
     pub chain: String,
-    pub integration_id: i64,
+    pub integration: Integration,
     pub mode: Mode,
     pub force_sweep: bool,
     pub step: String,
@@ -238,12 +238,34 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 }
 
 /// Takes the step for this worker: `ready` → `running`, one more attempt counted.
+///
+/// Claims of one run do not wait on each other: the run row is locked `FOR SHARE` (finishes,
+/// which lock it `FOR UPDATE`, still exclude them), and only the first claim of a run writes
+/// the run row (`queued` → `running`).
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let Some((run_id, status)) = lock_run_of_step(&mut tx, step_run_id).await? else {
+    sqlx::query(
+        "UPDATE chain_runs SET status = 'running', started_at = now()
+          WHERE id = (SELECT run_id FROM step_runs WHERE id = $1) AND status = 'queued'",
+    )
+    .bind(step_run_id)
+    .execute(&mut *tx)
+    .await?;
+    let run = sqlx::query(
+        "SELECT r.id, r.status, r.chain, r.mode, r.force_sweep,
+                i.id AS integration_id, i.name, i.pack, i.enabled, i.settings
+           FROM chain_runs r JOIN integrations i ON i.id = r.integration_id
+          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1)
+            FOR SHARE OF r",
+    )
+    .bind(step_run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(run) = run else {
         return Ok(Claim::Stale);
     };
-    if status != "queued" && status != "running" {
+    let status: String = run.get("status");
+    if status != "running" {
         let n = sqlx::query(
             "UPDATE step_runs SET status = 'cancelled', finished_at = now()
               WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'ready')",
@@ -270,23 +292,20 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
     let Some(row) = row else {
         return Ok(Claim::Stale);
     };
-    let step: String = row.get("step");
-    let run = sqlx::query(
-        "UPDATE chain_runs SET status = 'running', started_at = coalesce(started_at, now()), current_step = $2
-          WHERE id = $1 RETURNING chain, integration_id, mode, force_sweep",
-    )
-    .bind(run_id)
-    .bind(&step)
-    .fetch_one(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(Claim::Claimed(ClaimedStep {
-        run_id,
+        run_id: RunId(run.get("id")),
         chain: run.get("chain"),
-        integration_id: run.get("integration_id"),
+        integration: Integration {
+            id: run.get("integration_id"),
+            name: run.get("name"),
+            pack: run.get("pack"),
+            enabled: run.get("enabled"),
+            settings: run.get("settings"),
+        },
         mode: Mode::parse(run.get::<&str, _>("mode")).unwrap_or_default(),
         force_sweep: run.get("force_sweep"),
-        step,
+        step: row.get("step"),
         shard: row.get("shard"),
         attempt: row.get("attempts"),
         max_attempts: row.get("max_attempts"),
@@ -492,7 +511,7 @@ pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
             needs: "queued or running",
         });
     }
-    sqlx::query("UPDATE chain_runs SET status = 'cancelled', finished_at = now(), current_step = NULL WHERE id = $1")
+    sqlx::query("UPDATE chain_runs SET status = 'cancelled', finished_at = now() WHERE id = $1")
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
@@ -516,12 +535,11 @@ pub struct StaleStep {
     pub worker: Option<String>,
     pub attempts: i32,
     pub max_attempts: i32,
-    pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
 pub async fn stale_running(pool: &PgPool, stale_after: Duration, limit: i64) -> Result<Vec<StaleStep>, sqlx::Error> {
     sqlx::query_as::<_, StaleStep>(
-        "SELECT s.id, s.job_id, r.chain, s.step, s.worker, s.attempts, s.max_attempts, s.heartbeat_at
+        "SELECT s.id, s.job_id, r.chain, s.step, s.worker, s.attempts, s.max_attempts
            FROM step_runs s JOIN chain_runs r ON r.id = s.run_id
           WHERE s.status = 'running' AND s.heartbeat_at < now() - make_interval(secs => $1)
           ORDER BY s.heartbeat_at LIMIT $2",
@@ -603,14 +621,4 @@ pub async fn redeliver(pool: &PgPool, ids: &[i64], new_id: bool) -> Result<u64, 
     .execute(pool)
     .await?;
     Ok(n.rows_affected())
-}
-
-/// Queues that hold due work in PostgreSQL, with how many steps wait there.
-pub async fn due_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT queue, count(*) FROM step_runs
-          WHERE status = 'ready' AND dispatched_at IS NULL AND not_before <= now() GROUP BY queue",
-    )
-    .fetch_all(pool)
-    .await
 }
