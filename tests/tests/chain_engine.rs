@@ -278,3 +278,35 @@ async fn cancel_stops_scheduling_further_steps() {
     producer.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_while_another_run_is_active_names_that_run() {
+    let env = TestEnv::new("[chains.demo_ping.steps.ping]\nmax_attempts = 1\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 0, "fail": { "ping": "always" } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let failed = env.trigger("demo_ping", "acme").await;
+    assert_eq!(env.wait(failed, Duration::from_secs(30)).await.status, "failed");
+
+    // A second run is active (its only step is slow); resuming the first must say which run blocks it.
+    env.demo_integration("acme", json!({ "slow": { "ping": 3000 } })).await;
+    let active = env.trigger("demo_ping", "acme").await;
+    let err = env.ops.resume(failed).await.unwrap_err();
+    match &err {
+        syncfleet_shared::store::StoreError::ActiveRun { chain, integration, run_id } => {
+            assert_eq!((chain.as_str(), integration.as_str()), ("demo_ping", "acme"));
+            assert_eq!(run_id, &active.to_string());
+        }
+        other => panic!("expected ActiveRun, got {other:?}"),
+    }
+    let base = format!("http://{}", producer.addr.unwrap());
+    let resp = reqwest::Client::new().post(format!("{base}/api/runs/{failed}/resume")).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["run_id"], active.to_string());
+
+    assert_eq!(env.wait(active, Duration::from_secs(30)).await.status, "completed");
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}

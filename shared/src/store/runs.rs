@@ -87,18 +87,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
         match e.constraint() {
             Some("chain_runs_one_active") => {
                 drop(tx);
-                let active: Option<uuid::Uuid> = sqlx::query_scalar(
-                    "SELECT id FROM chain_runs WHERE chain = $1 AND integration_id = $2 AND status IN ('queued', 'running')",
-                )
-                .bind(req.chain.name.as_str())
-                .bind(req.integration.id)
-                .fetch_optional(pool)
-                .await?;
-                return Err(StoreError::ActiveRun {
-                    chain: req.chain.name.to_string(),
-                    integration: req.integration.name.clone(),
-                    run_id: active.map(|u| u.to_string()).unwrap_or_default(),
-                });
+                return Err(active_run_error(pool, req.chain.name.as_str(), req.integration.id).await);
             }
             Some("chain_runs_tick_key_key") => {
                 return Err(StoreError::DuplicateTick(req.tick_key.clone().unwrap_or_default()));
@@ -148,6 +137,25 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     let ready = promote_ready(&mut tx, run_id).await?;
     tx.commit().await?;
     Ok((run_id, ready))
+}
+
+/// The `ActiveRun` error naming the run that is active for this chain and integration.
+async fn active_run_error(pool: &PgPool, chain: &str, integration_id: i64) -> StoreError {
+    let found: Result<Option<(String, uuid::Uuid)>, _> = sqlx::query_as(
+        "SELECT i.name, a.id FROM chain_runs a JOIN integrations i ON i.id = a.integration_id
+          WHERE a.chain = $1 AND a.integration_id = $2 AND a.status IN ('queued', 'running')",
+    )
+    .bind(chain)
+    .bind(integration_id)
+    .fetch_optional(pool)
+    .await;
+    match found {
+        Ok(found) => {
+            let (integration, run_id) = found.map(|(i, r)| (i, r.to_string())).unwrap_or_default();
+            StoreError::ActiveRun { chain: chain.to_owned(), integration, run_id }
+        }
+        Err(e) => StoreError::Db(e),
+    }
 }
 
 /// Makes every pending step of the run whose prerequisites are all met `ready`. A prerequisite is
@@ -451,11 +459,12 @@ pub async fn finish_step(
 /// (each as a new attempt); succeeded steps are not repeated.
 pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, StoreError> {
     let mut tx = pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM chain_runs WHERE id = $1 FOR UPDATE")
-        .bind(run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let status = status.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+    let run: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT status, chain, integration_id FROM chain_runs WHERE id = $1 FOR UPDATE")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (status, chain, integration_id) = run.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
     if !matches!(status.as_str(), "failed" | "partial" | "cancelled") {
         return Err(StoreError::WrongState {
             run_id: run_id.to_string(),
@@ -466,19 +475,16 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
     }
     let updated = sqlx::query(
         "UPDATE chain_runs SET status = 'running', finished_at = NULL, error = NULL, resumes = resumes + 1
-          WHERE id = $1 RETURNING chain, integration_id",
+          WHERE id = $1",
     )
     .bind(run_id)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &updated
         && e.constraint() == Some("chain_runs_one_active")
     {
-        return Err(StoreError::ActiveRun {
-            chain: String::new(),
-            integration: String::new(),
-            run_id: "another run of this chain and integration".into(),
-        });
+        drop(tx);
+        return Err(active_run_error(pool, &chain, integration_id).await);
     }
     updated?;
     sqlx::query(
