@@ -84,17 +84,8 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
     let consume_rate = done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-    cleanup(&queues).await;
+    queues.purge_namespace().await.ok();
     Ok((push_rate, consume_rate))
-}
-
-async fn cleanup(queues: &QueueClient) {
-    let mut conn = queues.connection();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{}:*", queues.namespace())).query_async(&mut conn).await.unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-    }
 }
 
 struct Fleet {
@@ -102,7 +93,6 @@ struct Fleet {
     token: CancellationToken,
     producer: tokio::task::JoinHandle<anyhow::Result<()>>,
     workers: Vec<tokio::process::Child>,
-    database: String,
     config_path: std::path::PathBuf,
 }
 
@@ -141,7 +131,7 @@ async fn fleet(workers: usize, shards: u32) -> anyhow::Result<Fleet> {
     }
     // Let the workers register.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    Ok(Fleet { ops, token, producer, workers: children, database, config_path })
+    Ok(Fleet { ops, token, producer, workers: children, config_path })
 }
 
 impl Fleet {
@@ -166,14 +156,9 @@ impl Fleet {
         }
         self.token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.producer).await;
-        cleanup(&self.ops.queues).await;
+        self.ops.queues.purge_namespace().await.ok();
         self.ops.pool.close().await;
-        if let Ok(admin) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)))
-                .execute(&admin)
-                .await
-                .ok();
-        }
+        store::drop_database(&self.ops.config.database).await.ok();
         std::fs::remove_file(&self.config_path).ok();
     }
 }

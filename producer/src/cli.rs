@@ -26,7 +26,7 @@ struct Cli {
     /// TOML config file (defaults, then this file, then SYNCFLEET__… env vars).
     #[arg(long, global = true, env = "SYNCFLEET_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Log more (info level) to stderr.
+    /// Show the producer's and workers' logs (info level) on stderr.
     #[arg(long, short, global = true)]
     verbose: bool,
     #[command(subcommand)]
@@ -114,17 +114,8 @@ enum RunsCommand {
 /// Exit code 1: an error; 3: a waited-for run ended `partial`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.verbose {
-        telemetry::init(false);
-    } else {
-        // Quiet by default: the CLI's own output is the interface.
-        // SAFETY-free: set before any thread starts.
-        if std::env::var_os("SYNCFLEET_LOG").is_none() {
-            telemetry::init_filter("warn");
-        } else {
-            telemetry::init(false);
-        }
-    }
+    // Quiet by default: the CLI's own output is the interface; `-v` shows the services' logs.
+    telemetry::init(false, if cli.verbose { telemetry::SERVICE_FILTER } else { "error" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

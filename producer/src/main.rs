@@ -21,7 +21,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_json);
+    telemetry::init(args.log_json, telemetry::SERVICE_FILTER);
     let config = Config::load(args.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(&config.producer.listen).await?;
     let shutdown = syncfleet_worker::shutdown_signal();

@@ -266,6 +266,29 @@ impl QueueClient {
         Ok(n == 1)
     }
 
+    /// Deletes every key of this namespace (queues and leases); for tests and benchmarks.
+    pub async fn purge_namespace(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let (mut cursor, mut deleted) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut conn).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

@@ -1,12 +1,18 @@
 //! Tracing set up once: JSON lines in production, compact text for people, a test writer in tests.
+//! `SYNCFLEET_LOG` (an `EnvFilter` directive) overrides the default level everywhere.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-/// `json`: one JSON object per line (production); otherwise compact text on stderr.
-pub fn init(json: bool) {
-    let filter =
-        EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
+/// Default filter of the services.
+pub const SERVICE_FILTER: &str = "info,sqlx=warn,apalis=warn";
+
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Logs to stderr: one JSON object per line when `json` (production), else compact text.
+pub fn init(json: bool, default_filter: &str) {
+    let registry = tracing_subscriber::registry().with(filter(default_filter));
     let result = if json {
         registry.with(fmt::layer().json().with_current_span(false).with_writer(std::io::stderr)).try_init()
     } else {
@@ -17,16 +23,5 @@ pub fn init(json: bool) {
 
 /// For tests: output captured by the test harness.
 pub fn init_test() {
-    let filter = EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::registry().with(filter).with(fmt::layer().with_test_writer()).try_init().ok();
-}
-
-/// Compact text with a fixed default filter (overridden by `SYNCFLEET_LOG`).
-pub fn init_filter(default: &str) {
-    let filter = EnvFilter::try_from_env("SYNCFLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt::layer().compact().with_writer(std::io::stderr))
-        .try_init()
-        .ok();
+    tracing_subscriber::registry().with(filter("warn")).with(fmt::layer().with_test_writer()).try_init().ok();
 }

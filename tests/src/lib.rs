@@ -24,7 +24,6 @@ use syncfleet_worker::{Engine, worker_name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 pub struct TestEnv {
@@ -33,7 +32,6 @@ pub struct TestEnv {
     pub config_path: PathBuf,
     pub ops: Ops,
     pub pool: PgPool,
-    database: String,
 }
 
 /// A producer or worker engine running in this process.
@@ -83,7 +81,7 @@ impl TestEnv {
         std::fs::write(&config_path, &toml).expect("write test config");
         let ops = syncfleet_producer::connect(&config).await.expect("connect to PostgreSQL and Redis");
         let pool = ops.pool.clone();
-        TestEnv { id, config, config_path, ops, pool, database }
+        TestEnv { id, config, config_path, ops, pool }
     }
 
     /// Creates (or updates) an integration of the demo pack.
@@ -183,23 +181,8 @@ impl TestEnv {
     /// Drops the database and this namespace's Redis keys.
     pub async fn finish(self) {
         self.pool.close().await;
-        let admin = PgPool::connect(PG_ADMIN_URL).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)))
-            .execute(&admin)
-            .await
-            .ok();
-        if let Ok(client) = redis::Client::open(self.config.redis.url.expose())
-            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.config.redis.namespace))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-            }
-        }
+        store::drop_database(&self.config.database).await.ok();
+        self.ops.queues.purge_namespace().await.ok();
         std::fs::remove_file(&self.config_path).ok();
     }
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use syncfleet_shared::{
     chain::{ChainRegistry, StepDef},
     config::Config,
-    dispatch::{self, DispatchError},
+    dispatch,
     job::JobPayload,
     queue::{QueueClient, QueueError},
     step::{HandlerRegistry, StepContext, StepError},
@@ -274,7 +274,6 @@ impl Engine {
         if let Err(error) =
             dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, &ready).await
         {
-            let error: DispatchError = error;
             tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
         }
         Ok(executed)

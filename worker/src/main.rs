@@ -17,7 +17,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_json);
+    telemetry::init(args.log_json, telemetry::SERVICE_FILTER);
     let config = Config::load(args.config.as_deref())?;
     let shutdown = syncfleet_worker::shutdown_signal();
     syncfleet_worker::run(config, shutdown).await

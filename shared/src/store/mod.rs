@@ -75,6 +75,21 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
     Ok(())
 }
 
+/// Drops the configured database (closing other sessions on it); for tests and benchmarks.
+pub async fn drop_database(config: &DatabaseConfig) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(config.url.expose())?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = sqlx::PgConnection::connect_with(&options.database("postgres")).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await.ok();
+    Ok(())
+}
+
 /// Applies pending migrations (safe to run from several processes at once: sqlx takes a lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
