@@ -120,7 +120,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(1)
         }
     }
@@ -203,6 +203,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the previous one already
+/// contains (wrapped errors often repeat their source in their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|prev| prev.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 fn whoami() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
@@ -263,11 +276,14 @@ pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration)
         let run = views::run(&ops.pool, run_id).await?;
         if progress {
             for s in &run.steps {
-                let line = if s.shards > 1 {
+                let mut line = if s.shards > 1 {
                     format!("{} {}/{}", s.status, s.shards_done, s.shards)
                 } else {
                     s.status.clone()
                 };
+                if let (Some(error), true) = (&s.error, s.status == "ready" || s.status == "failed") {
+                    line.push_str(&format!("  (attempt {} failed: {error})", s.attempts));
+                }
                 if seen.get(&s.step) != Some(&line) {
                     eprintln!("  {:>8.1}s  {:<14} {}", start.elapsed().as_secs_f64(), s.step, line);
                     seen.insert(s.step.clone(), line);
@@ -416,5 +432,28 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow
     }
     let run = result?;
     print_run(&run, json);
+    if !json {
+        eprintln!(
+            "\nEach step wrote one row to `demo_effects`. Look again with `syncfleet runs show {}` or \
+             `syncfleet queues`; run the pieces with `syncfleet-producer` and `syncfleet-worker`.",
+            run.id
+        );
+    }
     Ok(exit_for(&run.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("invalid configuration: {0}")]
+    struct Wrapper(#[source] std::io::Error);
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Wrapper(io)).context("loading");
+        assert_eq!(describe(&e), "loading: invalid configuration: Connection refused");
+    }
 }
