@@ -1,6 +1,8 @@
 //! Tracing set up once: JSON lines in production, compact text for people, a test writer in tests.
 //! `SYNCFLEET_LOG` (an `EnvFilter` directive) overrides the default level everywhere.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Default filter of the services.
@@ -16,7 +18,9 @@ pub fn init(json: bool, default_filter: &str) {
     let result = if json {
         registry.with(fmt::layer().json().with_current_span(false).with_writer(std::io::stderr)).try_init()
     } else {
-        registry.with(fmt::layer().compact().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(fmt::layer().compact().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
+            .try_init()
     };
     result.ok();
 }
