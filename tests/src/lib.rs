@@ -169,6 +169,14 @@ impl TestEnv {
         }
     }
 
+    /// One value about this run: `sql` selects one column of one row, with the run id as `$1`.
+    pub async fn scalar<T>(&self, sql: &'static str, run: RunId) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        sqlx::query_scalar(sql).bind(run.0).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Effects the demo steps applied, per (step, shard).
     pub async fn effects(&self, run: RunId) -> Vec<(String, i32, i64)> {
         sqlx::query_as("SELECT step, shard, count(*) FROM demo_effects WHERE run_id = $1 GROUP BY step, shard ORDER BY step, shard")

@@ -42,11 +42,7 @@ async fn diamond_runs_every_step_once_after_its_prerequisites() {
         }
     }
     // The task id PostgreSQL computes is the one the Rust side documents.
-    let sql_id: String = sqlx::query_scalar("SELECT step_job_id($1, 'fan', 7, true, 3, 2)")
-        .bind(run.0)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let sql_id: String = env.scalar("SELECT step_job_id($1, 'fan', 7, true, 3, 2)", run).await;
     assert_eq!(sql_id, step_job_id(run, "fan", 7, true, 3, 2));
 
     w1.stop().await;
@@ -146,11 +142,7 @@ async fn twenty_jobs_on_one_entity_never_overlap_across_two_worker_processes() {
     let workers: std::collections::BTreeSet<String> = spans.iter().map(|s| s.1.clone()).collect();
     assert_eq!(workers.len(), 2, "both worker processes took part: {workers:?}");
     // Lease waits did not count as attempts.
-    let attempts: i64 = sqlx::query_scalar("SELECT sum(attempts) FROM step_runs WHERE run_id = $1")
-        .bind(run.0)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let attempts: i64 = env.scalar("SELECT sum(attempts) FROM step_runs WHERE run_id = $1", run).await;
     assert_eq!(attempts, 20);
 
     a.kill().await.ok();
@@ -188,17 +180,9 @@ async fn a_fan_out_of_5000_steps_drains_through_a_bounded_queue() {
     let fan = view.steps.iter().find(|s| s.step == "fan").unwrap();
     assert_eq!((fan.shards, fan.shards_done), (5000, 5000));
     let applied: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT shard) FROM demo_effects WHERE run_id = $1 AND step = 'fan'")
-            .bind(run.0)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+        env.scalar("SELECT count(DISTINCT shard) FROM demo_effects WHERE run_id = $1 AND step = 'fan'", run).await;
     assert_eq!(applied, 5000);
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM demo_effects WHERE run_id = $1")
-        .bind(run.0)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let total: i64 = env.scalar("SELECT count(*) FROM demo_effects WHERE run_id = $1", run).await;
     assert_eq!(total, 5002, "plan + 5000 shards + collect, none doubled");
 
     w1.stop().await;
@@ -228,19 +212,10 @@ async fn redis_never_holds_more_than_the_dispatch_cap() {
     let producer = env.spawn_producer().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let waiting = env.ops.queues.waiting("demo").await.unwrap();
-    let inflight_or_done: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status <> 'ready'")
-            .bind(run.0)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    let dispatched: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status = 'ready' AND dispatched_at IS NOT NULL",
-    )
-    .bind(run.0)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let inflight_or_done: i64 = env
+        .scalar("SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status <> 'ready'", run)
+        .await;
+    let dispatched: i64 = env.scalar("SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status = 'ready' AND dispatched_at IS NOT NULL", run).await;
     assert!(waiting <= 300, "redis holds {waiting} jobs, cap is 300");
     // Dispatched steps are waiting in Redis, or were fetched by the worker before it stopped.
     let depth = env.ops.queues.depth("demo").await.unwrap();

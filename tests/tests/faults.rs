@@ -20,6 +20,15 @@ async fn step_state(
         .flatten()
 }
 
+/// Waits until `step` runs on the worker whose name starts with `worker`.
+async fn wait_running_on(env: &TestEnv, run: syncfleet_shared::ids::RunId, step: &str, worker: &str) {
+    env.eventually(Duration::from_secs(30), &format!("`{step}` to run on {worker}"), || async {
+        let (status, on, _) = step_state(env, run, step).await?;
+        (status == "running" && on?.starts_with(worker)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_step_loses_nothing_and_doubles_nothing() {
     let env = TestEnv::new("").await;
@@ -29,11 +38,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_doubles_nothing() {
     let mut victim = env.spawn_worker_process(&victim_name);
     let run = env.trigger("demo_diamond", "acme").await;
 
-    env.eventually(Duration::from_secs(30), "the victim to run `start`", || async {
-        let (status, worker, _) = step_state(&env, run, "start").await?;
-        (status == "running" && worker?.starts_with(&victim_name)).then_some(())
-    })
-    .await;
+    wait_running_on(&env, run, "start", &victim_name).await;
     let mut survivor = env.spawn_worker_process(&format!("survivor-{}", env.id));
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&victim, "KILL");
@@ -101,11 +106,7 @@ async fn sigterm_during_a_step_lets_it_finish_and_the_worker_exits_zero() {
     let name = format!("graceful-{}", env.id);
     let mut worker = env.spawn_worker_process(&name);
     let run = env.trigger("demo_diamond", "acme").await;
-    env.eventually(Duration::from_secs(30), "`start` to run", || async {
-        let (status, w, _) = step_state(&env, run, "start").await?;
-        (status == "running" && w?.starts_with(&name)).then_some(())
-    })
-    .await;
+    wait_running_on(&env, run, "start", &name).await;
     signal(&worker, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("worker exits").unwrap();
     assert_eq!(status.code(), Some(0));
