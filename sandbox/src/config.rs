@@ -115,6 +115,19 @@ pub struct FaultSettings {
     pub malformed_share: f64,
 }
 
+impl FaultSettings {
+    /// Whether item `id` of `api` is served malformed: the same items for the same seed and share.
+    pub fn serves_malformed(&self, api: Api, seed: u64, id: u64) -> bool {
+        let salt: u64 = match api {
+            Api::Northpass => 0x6d61_6c66,
+            Api::Impartner => 0x696d_7072,
+            Api::Moodle => 0x6d6f_6f64,
+            Api::Erp => 0x0065_7270,
+        };
+        self.malformed_share > 0.0 && crate::util::unit(seed ^ salt, id) < self.malformed_share
+    }
+}
+
 impl Default for FaultSettings {
     fn default() -> Self {
         FaultSettings {

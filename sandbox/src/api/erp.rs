@@ -15,7 +15,7 @@ use crate::api::envelope::{api_error, ok};
 use crate::config::Api;
 use crate::data::erp::Item;
 use crate::state::AppState;
-use crate::util::{fmt_utc, param, parse_pairs, parse_time, unit};
+use crate::util::{fmt_utc, param, parse_pairs, parse_time};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -85,8 +85,7 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
     }
     let page = &sel[start..end];
     let seed = st.config.seed;
-    let broken =
-        |it: &Item| faults.malformed_share > 0.0 && unit(seed ^ 0x0065_7270, it.id as u64) < faults.malformed_share;
+    let broken = |it: &Item| faults.serves_malformed(Api::Erp, seed, it.id as u64);
     if page.iter().any(|it| broken(it)) {
         let items: Vec<Value> = page
             .iter()

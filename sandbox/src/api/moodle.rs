@@ -14,9 +14,10 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use crate::api::envelope::json_response;
+use crate::config::Api;
 use crate::data::moodle::{MCourse, MUser, Moodle, role_shortname};
 use crate::state::{AppState, lock};
-use crate::util::{param, parse_pairs, unit};
+use crate::util::{param, parse_pairs};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new().route("/webservice/rest/server.php", get(serve_get).post(serve_post))
@@ -83,7 +84,7 @@ fn handle(st: &AppState, pairs: Pairs) -> Response {
     if param(&pairs, "wstoken") != Some(st.config.moodle_token.as_str()) {
         return respond(&error_body(&err("moodle_exception", "invalidtoken", "Invalid token - token not found")));
     }
-    let faults = st.faults(crate::config::Api::Moodle);
+    let faults = st.faults(Api::Moodle);
     let data = st.read();
     let m = &data.moodle;
     let result = match function.as_str() {
@@ -370,7 +371,7 @@ fn enrolled_users(
             if let Some(fields) = &userfields {
                 o.retain(|k, _| k == "id" || fields.iter().any(|f| f == k));
             }
-            if faults.malformed_share > 0.0 && unit(seed ^ 0x6d6f_6f64, u.id as u64) < faults.malformed_share {
+            if faults.serves_malformed(Api::Moodle, seed, u.id as u64) {
                 if u.id % 2 == 0 {
                     o.remove("id");
                 } else {

@@ -3,9 +3,10 @@
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::config::Api;
 use crate::config::FaultSettings;
 use crate::data::impartner::{Record, Schema, TENANT_OFFSET, Val};
-use crate::util::{fmt_offset, unit};
+use crate::util::fmt_offset;
 
 pub struct RecordView<'a> {
     pub schema: &'a Schema,
@@ -15,7 +16,7 @@ pub struct RecordView<'a> {
 }
 
 pub fn is_malformed(faults: &FaultSettings, seed: u64, id: i64) -> bool {
-    faults.malformed_share > 0.0 && unit(seed ^ 0x696d_7072, id as u64) < faults.malformed_share
+    faults.serves_malformed(Api::Impartner, seed, id as u64)
 }
 
 struct V<'a>(&'a Val);

@@ -4,28 +4,24 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::list::{ListQuery, NpItem, api_base, page, select};
+use super::list::{ListRequest, NpItem, api_base, select};
 use super::views::Membership;
 use super::{bad_json, new_rng, people_keys, unprocessable};
 use crate::api::envelope::{json_response, np_not_found, ok};
-use crate::config::Api;
 use crate::data::northpass::Group;
 use crate::state::{AppState, lock};
 use crate::util::{fmt_utc, now_secs, uuid_v4};
 
-pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    let q = ListQuery::parse(raw.as_deref());
-    let base = api_base(&headers, &st.base_url);
-    let faults = st.faults(Api::Northpass);
+pub async fn list(State(st): State<Arc<AppState>>, list: ListRequest) -> Response {
     let data = st.read();
     let np = &data.northpass;
-    let sel = select(np, np.groups.iter(), &q);
-    page(np, &sel, &q, &base, "/groups", &faults, st.config.seed)
+    let sel = select(np, np.groups.iter(), &list.q);
+    list.page(np, &sel, "/groups")
 }
 
 pub async fn get_one(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -84,15 +80,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> 
     StatusCode::NO_CONTENT.into_response()
 }
 
-pub async fn memberships(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let q = ListQuery::parse(raw.as_deref());
-    let base = api_base(&headers, &st.base_url);
-    let faults = st.faults(Api::Northpass);
+pub async fn memberships(State(st): State<Arc<AppState>>, Path(id): Path<String>, list: ListRequest) -> Response {
     let data = st.read();
     let np = &data.northpass;
     let Some(&gi) = np.group_idx.get(&id) else {
@@ -106,27 +94,19 @@ pub async fn memberships(
             np.person_by_key.get(k).map(|&pi| Membership { group, person: &np.people[pi], created_at: at })
         })
         .collect();
-    let sel = select(np, items.iter(), &q);
-    page(np, &sel, &q, &base, &format!("/groups/{id}/memberships"), &faults, st.config.seed)
+    let sel = select(np, items.iter(), &list.q);
+    list.page(np, &sel, &format!("/groups/{id}/memberships"))
 }
 
-pub async fn people(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let q = ListQuery::parse(raw.as_deref());
-    let base = api_base(&headers, &st.base_url);
-    let faults = st.faults(Api::Northpass);
+pub async fn people(State(st): State<Arc<AppState>>, Path(id): Path<String>, list: ListRequest) -> Response {
     let data = st.read();
     let np = &data.northpass;
     let Some(&gi) = np.group_idx.get(&id) else {
         return np_not_found("Group");
     };
     let people = np.groups[gi].members.keys().filter_map(|k| np.person_by_key.get(k).map(|&pi| &np.people[pi]));
-    let sel = select(np, people, &q);
-    page(np, &sel, &q, &base, &format!("/groups/{id}/people"), &faults, st.config.seed)
+    let sel = select(np, people, &list.q);
+    list.page(np, &sel, &format!("/groups/{id}/people"))
 }
 
 async fn change_members(st: Arc<AppState>, id: String, body: Bytes, add: bool) -> Response {

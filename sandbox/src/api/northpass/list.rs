@@ -4,16 +4,21 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::convert::Infallible;
+use std::sync::Arc;
 
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::api::envelope::ok;
-use crate::config::FaultSettings;
+use crate::config::{Api, FaultSettings};
 use crate::data::northpass::Northpass;
-use crate::util::{fmt_utc, parse_pairs, parse_time, unit, url_encode};
+use crate::state::AppState;
+use crate::util::{fmt_utc, parse_pairs, parse_time, url_encode};
 
 pub const DEFAULT_LIMIT: usize = 10;
 pub const MAX_LIMIT: usize = 100;
@@ -211,6 +216,35 @@ pub fn select<'a, T: NpItem + 'a>(np: &Northpass, items: impl Iterator<Item = &'
     out
 }
 
+/// What every list handler starts from: the parsed query, the absolute API base for links, and
+/// the fault settings and seed that shape the page.
+pub struct ListRequest {
+    pub q: ListQuery,
+    pub base: String,
+    pub faults: FaultSettings,
+    pub seed: u64,
+}
+
+impl FromRequestParts<Arc<AppState>> for ListRequest {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Infallible> {
+        Ok(ListRequest {
+            q: ListQuery::parse(parts.uri.query()),
+            base: api_base(&parts.headers, &st.base_url),
+            faults: st.faults(Api::Northpass),
+            seed: st.config.seed,
+        })
+    }
+}
+
+impl ListRequest {
+    /// One page of `selected` at `path` (relative to the API base), with links and faults applied.
+    pub fn page<T: NpItem>(&self, np: &Northpass, selected: &[&T], path: &str) -> Response {
+        page(np, selected, &self.q, &self.base, path, &self.faults, self.seed)
+    }
+}
+
 /// `http://host/northpass/v2` from the request's Host header.
 pub fn api_base(headers: &HeaderMap, fallback: &str) -> String {
     match headers.get("host").and_then(|h| h.to_str().ok()) {
@@ -237,7 +271,7 @@ struct Page<V: Serialize> {
 
 /// Whether the item with `key` is served malformed.
 pub fn is_malformed(faults: &FaultSettings, seed: u64, key: u32) -> bool {
-    faults.malformed_share > 0.0 && unit(seed ^ 0x6d61_6c66, u64::from(key)) < faults.malformed_share
+    faults.serves_malformed(Api::Northpass, seed, u64::from(key))
 }
 
 /// Breaks one serialized item: even keys lose their `id`, odd keys get a wrong-typed attribute.

@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use self::list::{ListQuery, NpItem, api_base, page, select};
+use self::list::{ListRequest, NpItem, api_base, select};
 use crate::api::envelope::{api_error, json_response, np_not_found, ok};
 use crate::config::Api;
 use crate::data::northpass::Person;
@@ -56,14 +56,11 @@ pub(crate) fn bad_json() -> Response {
     api_error(Api::Northpass, StatusCode::BAD_REQUEST, "bad_request", "The request body is not valid JSON:API.")
 }
 
-async fn list_people(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    let q = ListQuery::parse(raw.as_deref());
-    let base = api_base(&headers, &st.base_url);
-    let faults = st.faults(Api::Northpass);
+async fn list_people(State(st): State<Arc<AppState>>, list: ListRequest) -> Response {
     let data = st.read();
     let np = &data.northpass;
-    let sel = select(np, np.people.iter(), &q);
-    page(np, &sel, &q, &base, "/people", &faults, st.config.seed)
+    let sel = select(np, np.people.iter(), &list.q);
+    list.page(np, &sel, "/people")
 }
 
 async fn get_person(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {

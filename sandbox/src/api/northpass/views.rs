@@ -250,6 +250,26 @@ impl NpItem for Course {
 }
 
 /// Course properties as `GET /v2/properties/courses` shows them (`npcu` is a string upstream).
+/// A course as `/properties/courses` lists it: filtered and sorted like a course, shown as its
+/// properties.
+pub struct CourseProperties<'a>(pub &'a Course);
+
+impl NpItem for CourseProperties<'_> {
+    type View<'b>
+        = Value
+    where
+        Self: 'b;
+    fn key(&self) -> u32 {
+        self.0.key
+    }
+    fn attr(&self, np: &Northpass, name: &str) -> Option<AttrVal<'_>> {
+        self.0.attr(np, name)
+    }
+    fn view<'b>(&'b self, _np: &'b Northpass, _base: &str) -> Value {
+        properties_view(self.0)
+    }
+}
+
 pub fn properties_view(c: &Course) -> Value {
     let mut props = serde_json::Map::new();
     props.insert("name".into(), Value::from(c.name.as_str()));
