@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use syncfleet_shared::{ids::RunId, job::step_job_id};
+use syncfleet_shared::job::step_job_id;
 use syncfleet_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,7 +248,6 @@ async fn cancel_stops_scheduling_further_steps() {
     assert_eq!(by("join"), "cancelled");
     let effects = env.effects(run).await;
     assert_eq!(effects.len(), 1, "nothing after the cancel ran: {effects:?}");
-    let _ = RunId::new();
     worker.stop().await;
     producer.stop().await;
     env.finish().await;
@@ -281,6 +280,25 @@ async fn resume_while_another_run_is_active_names_that_run() {
     assert_eq!(body["run_id"], active.to_string());
 
     assert_eq!(env.wait(active, Duration::from_secs(30)).await.status, "completed");
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_slower_than_its_timeout_fails_with_a_message_that_says_so() {
+    let env =
+        TestEnv::new("[chains.demo_ping.steps.ping]\nmax_attempts = 2\nbackoff_base_ms = 50\ntimeout_secs = 1\n").await;
+    env.demo_integration("acme", json!({ "slow": { "ping": 5000 } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let run = env.trigger("demo_ping", "acme").await;
+    let view = env.wait(run, Duration::from_secs(30)).await;
+    assert_eq!(view.status, "failed");
+    let ping = &view.steps[0];
+    assert_eq!((ping.status.as_str(), ping.attempts), ("failed", 2));
+    assert_eq!(ping.error.as_deref(), Some("timed out after 1s"));
+    assert!(env.effects(run).await.is_empty(), "a timed-out attempt leaves nothing behind");
     worker.stop().await;
     producer.stop().await;
     env.finish().await;

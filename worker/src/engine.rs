@@ -8,12 +8,12 @@ use std::{sync::Arc, time::Duration};
 use rand::Rng;
 use sqlx::PgPool;
 use syncfleet_shared::{
-    chain::{ChainRegistry, StepDef},
+    chain::ChainRegistry,
     config::Config,
     dispatch,
     job::JobPayload,
     queue::{QueueClient, QueueError},
-    step::{HandlerRegistry, StepContext, StepError},
+    step::{HandlerRegistry, StepContext, StepError, StepHandler},
     store::runs::{self, Claim, ClaimedStep, Fence, Outcome},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -115,8 +115,7 @@ impl Engine {
             Claim::RunInactive => return Ok(Executed::RunInactive),
         };
         let fence = Fence { step_run_id: id, job_id, worker: Some(&self.name) };
-        let prepared = self.prepare(&claimed).await?;
-        let (mut ctx, def, handler) = match prepared {
+        let (mut ctx, handler) = match self.prepare(&claimed) {
             Ok(p) => p,
             Err(message) => {
                 let outcome = Outcome::Failed { message, retry_in: None, result: Default::default() };
@@ -132,17 +131,7 @@ impl Engine {
             hard_stop.cancelled().await;
             cancel.cancel();
         });
-        let result = match self.precondition_holds(&def, ctx.integration.id).await {
-            Ok(true) => match tokio::time::timeout(def.timeout, handler.run(&mut ctx)).await {
-                Ok(r) => r,
-                Err(_) => Err(StepError::retry(format!("timed out after {}s", def.timeout.as_secs()))),
-            },
-            Ok(false) => Err(StepError::abort(format!(
-                "precondition not met: {}",
-                def.precondition.as_ref().map(|p| p.description.as_str()).unwrap_or_default()
-            ))),
-            Err(e) => Err(StepError::retry(format!("precondition check failed: {e}"))),
-        };
+        let result = self.run_handler(&mut ctx, handler.as_ref()).await;
         heartbeat.abort();
         stop_link.abort();
 
@@ -154,7 +143,7 @@ impl Engine {
                     StepError::Abort { message } => (message, None, false),
                 };
                 let retry_in = (retryable && claimed.attempt < claimed.max_attempts)
-                    .then(|| retry_hint.unwrap_or_else(|| def.retry.delay_after(claimed.attempt as u32)));
+                    .then(|| retry_hint.unwrap_or_else(|| ctx.step.retry.delay_after(claimed.attempt as u32)));
                 tracing::warn!(error = %message, attempt = claimed.attempt, retry_in_ms = ?retry_in.map(|d| d.as_millis()), "Step attempt failed.");
                 Outcome::Failed { message, retry_in, result: ctx.result.clone() }
             }
@@ -166,28 +155,27 @@ impl Engine {
         self.record(&fence, outcome, tx).await
     }
 
-    /// Looks up the chain, step, integration and handler of a claimed step. `Err` is a permanent
-    /// misconfiguration, recorded as the step's failure.
-    #[allow(clippy::type_complexity)]
-    async fn prepare(
-        &self,
-        c: &ClaimedStep,
-    ) -> Result<Result<(StepContext, StepDef, Arc<dyn syncfleet_shared::step::StepHandler>), String>, EngineError> {
-        let Some(chain) = self.chains.get(&c.chain).cloned() else {
-            return Ok(Err(format!("chain `{}` is not known to worker {}", c.chain, self.name)));
-        };
-        let Some(def) = chain.step(&c.step).cloned() else {
-            return Ok(Err(format!("step `{}` is not in chain `{}`", c.step, c.chain)));
-        };
-        let Some(handler) = self.handlers.get(&chain.pack, &c.step) else {
-            return Ok(Err(format!("pack `{}` has no handler for step `{}`", chain.pack, c.step)));
-        };
+    /// Builds the context of a claimed step and finds its handler. `Err` is a permanent
+    /// misconfiguration (this worker does not know the chain, step or handler), recorded as the
+    /// step's failure.
+    fn prepare(&self, c: &ClaimedStep) -> Result<(StepContext, Arc<dyn StepHandler>), String> {
+        let chain = self
+            .chains
+            .get(&c.chain)
+            .cloned()
+            .ok_or_else(|| format!("chain `{}` is not known to worker {}", c.chain, self.name))?;
+        let def =
+            chain.step(&c.step).cloned().ok_or_else(|| format!("step `{}` is not in chain `{}`", c.step, c.chain))?;
+        let handler = self
+            .handlers
+            .get(&chain.pack, &c.step)
+            .ok_or_else(|| format!("pack `{}` has no handler for step `{}`", chain.pack, c.step))?;
         let mode = def.mode.unwrap_or(c.mode);
         let ctx = StepContext::new(
             self.pool.clone(),
             c.run_id,
             chain,
-            def.clone(),
+            def,
             c.integration.clone(),
             mode,
             c.shard,
@@ -195,17 +183,25 @@ impl Engine {
             self.name.clone(),
             c.force_sweep,
         );
-        Ok(Ok((ctx, def, handler)))
+        Ok((ctx, handler))
     }
 
-    async fn precondition_holds(&self, def: &StepDef, integration_id: i64) -> Result<bool, sqlx::Error> {
-        let Some(p) = &def.precondition else {
-            return Ok(true);
-        };
-        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql.clone()))
-            .bind(integration_id)
-            .fetch_one(&self.pool)
+    /// Checks the step's data precondition, then runs the handler under the step's timeout.
+    async fn run_handler(&self, ctx: &mut StepContext, handler: &dyn StepHandler) -> Result<(), StepError> {
+        if let Some(p) = ctx.step.precondition.clone() {
+            let holds = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql))
+                .bind(ctx.integration.id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| StepError::retry(format!("precondition check failed: {e}")))?;
+            if !holds {
+                return Err(StepError::abort(format!("precondition not met: {}", p.description)));
+            }
+        }
+        let timeout = ctx.step.timeout;
+        tokio::time::timeout(timeout, handler.run(ctx))
             .await
+            .unwrap_or_else(|_| Err(StepError::retry(format!("timed out after {}s", timeout.as_secs()))))
     }
 
     /// Keeps the step's heartbeat (PostgreSQL) and entity lease (Redis) alive; cancels the step
