@@ -28,6 +28,7 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/runs/{id}/resume", post(resume))
         .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/queues", get(queues))
+        .route("/api/integrations/{name}/items/{entity}", post(sync_item))
         .with_state(ops)
 }
 
@@ -35,6 +36,11 @@ pub fn router(ops: Ops) -> Router {
 pub enum ApiError {
     Store(StoreError),
     BadRequest(String),
+    /// The request was understood but the item cannot be synced (bad record, unknown entity).
+    Unprocessable(String),
+    NotFound(String),
+    /// The upstream failed while fetching the item.
+    BadGateway(String),
     Internal(anyhow::Error),
 }
 
@@ -48,6 +54,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, extra) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), json!({})),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_item", m.clone(), json!({})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone(), json!({})),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "upstream_failed", m.clone(), json!({})),
             ApiError::Store(e) => match e {
                 StoreError::ActiveRun { run_id, .. } => {
                     (StatusCode::CONFLICT, "active_run", e.to_string(), json!({ "run_id": run_id }))
@@ -60,7 +69,7 @@ impl IntoResponse for ApiError {
                 StoreError::PackMismatch { .. } | StoreError::IntegrationDisabled(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", e.to_string(), json!({}))
                 }
-                StoreError::Db(_) | StoreError::Migrate(_) => {
+                StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Integration(_) => {
                     tracing::error!(error = ?e, "Request failed.");
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))
                 }
@@ -148,4 +157,51 @@ async fn cancel(State(ops): State<Ops>, Path(id): Path<String>) -> Result<Json<s
 
 async fn queues(State(ops): State<Ops>) -> Result<Json<Vec<syncfleet_shared::queue::QueueDepth>>, ApiError> {
     Ok(Json(ops.queue_depths().await.map_err(|e| ApiError::Internal(e.into()))?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemQuery {
+    /// Fetch the record with this id from the upstream instead of reading it from the body.
+    fetch: Option<String>,
+}
+
+/// Single-item sync (webhooks): the body is the record as the upstream sends it, or `?fetch=<id>`
+/// fetches it. The record goes through the entity's mapping and the pull path's upsert.
+async fn sync_item(
+    State(ops): State<Ops>,
+    Path((name, entity)): Path<(String, String)>,
+    Query(q): Query<ItemQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use syncfleet_shared::packs::http_json::{self, ItemInput, ItemSyncError};
+    let integration = syncfleet_shared::store::integration_by_name(&ops.pool, &name).await?;
+    if !integration.enabled {
+        return Err(StoreError::IntegrationDisabled(name).into());
+    }
+    if integration.pack != http_json::PACK {
+        return Err(ApiError::Unprocessable(format!(
+            "integration `{name}` is a `{}` integration, which has no single-item sync",
+            integration.pack
+        )));
+    }
+    let input = match q.fetch {
+        Some(id) => ItemInput::FetchId(id),
+        None => ItemInput::Record(
+            serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?,
+        ),
+    };
+    let (external_id, outcome) =
+        http_json::sync_item(&ops.pool, &ops.http, &integration, &entity, input).await.map_err(|e| match e {
+            ItemSyncError::UnknownEntity(..) => ApiError::NotFound(e.to_string()),
+            ItemSyncError::NoItemPath(_) | ItemSyncError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
+            ItemSyncError::Upstream(m) => ApiError::BadGateway(m),
+            ItemSyncError::Db(e) => ApiError::Internal(e.into()),
+        })?;
+    let outcome = match outcome {
+        syncfleet_shared::sync::table::RowOutcome::Inserted => "inserted",
+        syncfleet_shared::sync::table::RowOutcome::Updated => "updated",
+        syncfleet_shared::sync::table::RowOutcome::Unchanged => "unchanged",
+    };
+    Ok(Json(json!({ "integration": name, "entity": entity, "external_id": external_id, "outcome": outcome })))
 }

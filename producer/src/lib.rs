@@ -7,7 +7,12 @@ pub mod ops;
 pub mod reconciler;
 pub mod scheduler;
 
-use syncfleet_shared::{config::Config, queue::QueueClient, registries, store};
+use syncfleet_shared::{
+    config::Config,
+    http::{HttpClients, RateBudget},
+    queue::QueueClient,
+    registries, store,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,9 +22,11 @@ pub use ops::Ops;
 pub async fn connect(config: &Config) -> anyhow::Result<Ops> {
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
+    store::register_integrations(&pool, &config.integrations).await?;
     let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
     let (chains, _) = registries(config)?;
-    Ok(Ops { config: config.clone(), pool, queues, chains })
+    let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
+    Ok(Ops { config: config.clone(), pool, queues, chains, http })
 }
 
 /// Runs the producer on `listener` until `shutdown`: the API, the scheduler and the reconciler.

@@ -8,6 +8,7 @@ use syncfleet_shared::{
     chain::{ChainRegistry, Mode},
     config::Config,
     dispatch,
+    http::HttpClients,
     ids::RunId,
     queue::{QueueClient, QueueDepth},
     store::{
@@ -23,6 +24,8 @@ pub struct Ops {
     pub pool: PgPool,
     pub queues: QueueClient,
     pub chains: Arc<ChainRegistry>,
+    /// For single-item syncs that fetch the record by id.
+    pub http: HttpClients,
 }
 
 #[derive(Debug, Clone)]

@@ -113,11 +113,18 @@ pub struct FaultSettings {
     pub truncate_page: bool,
     /// Share (0..=1) of list items that lose their id or carry a wrong-typed field.
     pub malformed_share: f64,
+    /// Ids always served malformed, on top of `malformed_share` (Northpass: the internal record key).
+    #[serde(default)]
+    pub malformed_ids: Vec<u64>,
 }
 
 impl FaultSettings {
-    /// Whether item `id` of `api` is served malformed: the same items for the same seed and share.
+    /// Whether item `id` of `api` is served malformed: every id in `malformed_ids`, plus the same share
+    /// of items for the same seed and `malformed_share`.
     pub fn serves_malformed(&self, api: Api, seed: u64, id: u64) -> bool {
+        if self.malformed_ids.contains(&id) {
+            return true;
+        }
         let salt: u64 = match api {
             Api::Northpass => 0x6d61_6c66,
             Api::Impartner => 0x696d_7072,
@@ -137,6 +144,7 @@ impl Default for FaultSettings {
             timeout_share: 0.0,
             truncate_page: false,
             malformed_share: 0.0,
+            malformed_ids: Vec::new(),
         }
     }
 }
@@ -146,6 +154,8 @@ impl Default for FaultSettings {
 pub struct SandboxConfig {
     pub seed: u64,
     pub scale: Scale,
+    /// Number of ERP items to generate instead of the scale's (`None` = the scale's number).
+    pub erp_items: Option<usize>,
     /// `Authorization: Bearer <control_token>` on `/_sandbox/...`.
     pub control_token: String,
     /// `X-Api-Key` for Northpass.
@@ -182,6 +192,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             seed: 42,
             scale: Scale::Small,
+            erp_items: None,
             control_token: "sandbox-control".into(),
             northpass_key: "np-key".into(),
             impartner_key: "prm-key".into(),

@@ -44,8 +44,8 @@ async fn build_state(
     base_url: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<AppState>> {
-    let (seed, scale, share) = (config.seed, config.scale, config.properties_forbidden_share);
-    let data = tokio::task::spawn_blocking(move || Dataset::generate(seed, scale, share)).await?;
+    let (seed, sizes) = (config.seed, Sizes::for_config(&config));
+    let data = tokio::task::spawn_blocking(move || Dataset::generate(seed, &sizes)).await?;
     Ok(Arc::new(AppState::new(config, data, base_url, shutdown)))
 }
 

@@ -15,6 +15,9 @@ struct Args {
     scale: Scale,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Number of ERP items to generate instead of the scale's (e.g. 1000000)
+    #[arg(long, value_name = "N")]
+    erp_items: Option<usize>,
 }
 
 async fn shutdown_signal() {
@@ -44,10 +47,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let config = SandboxConfig { seed: args.seed, scale: args.scale, ..SandboxConfig::default() };
+    let config =
+        SandboxConfig { seed: args.seed, scale: args.scale, erp_items: args.erp_items, ..SandboxConfig::default() };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    println!("syncfleet-sandbox: scale {} seed {}", config.scale, config.seed);
+    match config.erp_items {
+        Some(n) => println!("syncfleet-sandbox: scale {} seed {} erp items {n}", config.scale, config.seed),
+        None => println!("syncfleet-sandbox: scale {} seed {}", config.scale, config.seed),
+    }
     println!("  northpass  {base}/northpass/v2                       X-Api-Key: {}", config.northpass_key);
     println!(
         "  impartner  {base}/impartner/api/objects/v1           Authorization: prm-key {} (X-PRM-TenantId: {})",

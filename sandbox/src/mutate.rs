@@ -338,7 +338,7 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                     sku: format!("SKU-N{id:06}"),
                     name: format!("New Item {id}"),
                     quantity: rng.random_range(1..100),
-                    warehouse: "SYD-1",
+                    warehouse: "SYD-1".into(),
                     updated_at: now,
                 });
                 out.added.push(Value::from(id));

@@ -29,6 +29,7 @@ pub struct EndpointCounter {
 pub struct Writes {
     pub northpass: NorthpassWrites,
     pub impartner: ImpartnerWrites,
+    pub erp: ErpWrites,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,6 +53,14 @@ pub struct ImpartnerWrites {
     pub deletes: Vec<Value>,
     /// Per-entity, per-id merged view of every field patched: `{"Account": {"1295686": {...}}}`.
     pub patched_fields: BTreeMap<String, BTreeMap<String, serde_json::Map<String, Value>>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ErpWrites {
+    /// Item patches applied (bulk entries and single PATCHes; failed entries are not counted).
+    pub patches: u64,
+    /// Per-id merged view of every field patched: `{"17": {"quantity": 5, "warehouse": "MEL-2"}}`.
+    pub patched_fields: BTreeMap<String, serde_json::Map<String, Value>>,
 }
 
 /// Per-API runtime controls.

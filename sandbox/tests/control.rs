@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::{start, start_small};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use syncfleet_sandbox::{SandboxConfig, Scale};
+use syncfleet_sandbox::{FaultSettings, SandboxConfig, Scale};
 
 #[tokio::test]
 async fn control_requires_the_token() {
@@ -292,6 +292,78 @@ async fn truncated_pages_and_malformed_items() {
     sb.set_faults("northpass", json!({"latency_ms": 5})).await;
     sb.control_post("/reset", json!({})).await;
     assert_eq!(sb.control_get("/faults/northpass").await["latency_ms"], 0);
+}
+
+#[tokio::test]
+async fn exact_malformed_ids_on_every_api() {
+    let erp_faults = FaultSettings { malformed_ids: vec![2], ..FaultSettings::default() };
+    let sb = start(SandboxConfig { erp_faults, ..SandboxConfig::default().unlimited() }).await;
+    assert_eq!(sb.control_get("/faults/erp").await["malformed_ids"], json!([2]), "start-up list");
+    // ERP: exactly the listed ids, in the list and from the single-item GET alike.
+    let f = sb.set_faults("erp", json!({"malformed_ids": [4, 7]})).await;
+    assert_eq!((f["malformed_ids"].clone(), f["malformed_share"].as_f64()), (json!([4, 7]), Some(0.0)));
+    let f = sb.set_faults("erp", json!({"latency_ms": 0})).await;
+    assert_eq!(f["malformed_ids"], json!([4, 7]), "a partial update keeps the list");
+    let (_, b) = sb.erp(&[("limit", "10")]).await;
+    let items = b["items"].as_array().unwrap();
+    assert!(items[3].get("id").is_none() && items[3]["sku"] == "SKU-010003", "even id loses its id: {}", items[3]);
+    assert_eq!((items[6]["id"].as_i64(), items[6]["quantity"].as_str()), (Some(7), Some("many")));
+    for (i, it) in items.iter().enumerate().filter(|(i, _)| ![3, 6].contains(i)) {
+        assert!(it["id"].as_i64() == Some(i as i64 + 1) && it["quantity"].is_i64(), "{it}");
+    }
+    assert_eq!(sb.erp_item(4).await, (StatusCode::OK, items[3].clone()));
+    assert_eq!(sb.erp_item(7).await, (StatusCode::OK, items[6].clone()));
+    assert_eq!(sb.erp_item(5).await.1, items[4]);
+    // The list adds to the share.
+    sb.set_faults("erp", json!({"malformed_share": 0.3})).await;
+    let (_, b) = sb.erp(&[("limit", "10")]).await;
+    assert_eq!(b["items"][6]["quantity"], "many");
+
+    // Impartner: record ids.
+    let query = [("take", "4"), ("orderby", "Id")];
+    let (_, before) = sb.ip_get("/Account", &query).await;
+    let id = before["data"]["results"][1]["id"].as_u64().unwrap();
+    sb.set_faults("impartner", json!({"malformed_ids": [id]})).await;
+    let (_, after) = sb.ip_get("/Account", &query).await;
+    for (i, (a, b)) in before["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["data"]["results"].as_array().unwrap())
+        .enumerate()
+    {
+        if i == 1 {
+            assert!(b.get("id").is_none() || b["updated"].is_number(), "{b}");
+        } else {
+            assert_eq!(a, b);
+        }
+    }
+
+    // Moodle: user ids.
+    let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
+    let course = courses["courses"][0]["id"].to_string();
+    let before = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &course)]).await;
+    let uid = before[0]["id"].as_u64().unwrap();
+    sb.set_faults("moodle", json!({"malformed_ids": [uid]})).await;
+    let after = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &course)]).await;
+    assert!(after[0].get("id").is_none() || after[0]["lastaccess"] == "yesterday", "{}", after[0]);
+    assert_eq!(before.as_array().unwrap()[1..], after.as_array().unwrap()[1..]);
+
+    // Northpass: the internal record keys, numbered in creation order (the first two people are 1 and 2).
+    let before = sb.np_json("/people?limit=3").await;
+    sb.set_faults("northpass", json!({"malformed_ids": [1, 2]})).await;
+    let after = sb.np_json("/people?limit=3").await;
+    assert_eq!(after["data"][0]["attributes"]["updated_at"], 12345, "odd key: wrong-typed attribute");
+    assert!(after["data"][1].get("id").is_none(), "even key: no id");
+    assert_eq!(after["data"][2], before["data"][2]);
+
+    // `[]` clears the list; reset restores the start-up one.
+    sb.set_faults("erp", json!({"malformed_ids": [], "malformed_share": 0.0})).await;
+    assert!(sb.erp_item(7).await.1["quantity"].is_i64());
+    sb.control_post("/reset", json!({})).await;
+    assert_eq!(sb.control_get("/faults/erp").await["malformed_ids"], json!([2]));
+    assert!(sb.erp_item(2).await.1.get("id").is_none());
+    assert_eq!(sb.control_get("/faults/northpass").await["malformed_ids"], json!([]));
 }
 
 #[tokio::test]

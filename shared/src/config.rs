@@ -85,6 +85,23 @@ pub struct Config {
     pub schedules: BTreeMap<String, BTreeMap<String, ScheduleSpec>>,
     /// `[chains.<chain>.steps.<step>]` overrides of the chains declared in code.
     pub chains: BTreeMap<String, ChainOverride>,
+    /// `[integrations.<name>]`: the systems this deployment syncs, registered in the database at
+    /// start-up (the database keeps integrations created by other means too).
+    pub integrations: BTreeMap<String, IntegrationSpec>,
+}
+
+/// One integration: its pack and the pack's settings (every other key of the table).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IntegrationSpec {
+    pub pack: String,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +191,7 @@ impl Default for Config {
             min_interval_secs: None,
             schedules: BTreeMap::new(),
             chains: BTreeMap::new(),
+            integrations: BTreeMap::new(),
         }
     }
 }
@@ -237,6 +255,14 @@ impl Config {
         }
         if self.redis.namespace.is_empty() || self.redis.namespace.contains(char::is_whitespace) {
             return Err(invalid("redis.namespace", "must be non-empty without whitespace"));
+        }
+        for (name, spec) in &self.integrations {
+            let key = format!("integrations.{name}");
+            if crate::ids::IntegrationName::parse(name).is_err() {
+                return Err(invalid(&key, "names are 1-63 of a-z, 0-9, `_` and `-`, starting with a letter or digit"));
+            }
+            crate::packs::check_settings(&spec.pack, &serde_json::Value::Object(spec.settings.clone()))
+                .map_err(|(k, m)| invalid(&if k.is_empty() { key.clone() } else { format!("{key}.{k}") }, m))?;
         }
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {

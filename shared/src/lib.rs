@@ -4,12 +4,14 @@
 pub mod chain;
 pub mod config;
 pub mod dispatch;
+pub mod http;
 pub mod ids;
 pub mod job;
 pub mod packs;
 pub mod queue;
 pub mod step;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     chain::{ChainDef, Mode, StepDef},
+    http::HttpClients,
     ids::{IntegrationName, RunId},
 };
 
@@ -86,6 +87,8 @@ pub struct StepContext {
     pub attempt: i32,
     pub worker: String,
     pub force_sweep: bool,
+    /// HTTP clients of this worker process (shared rate budgets and concurrency caps).
+    pub http: HttpClients,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub result: PhaseResult,
     /// Cancelled when the worker shuts down hard or the step is taken away.
@@ -106,6 +109,7 @@ impl StepContext {
         attempt: i32,
         worker: String,
         force_sweep: bool,
+        http: HttpClients,
     ) -> Self {
         StepContext {
             pool,
@@ -118,6 +122,7 @@ impl StepContext {
             attempt,
             worker,
             force_sweep,
+            http,
             started_at: chrono::Utc::now(),
             result: PhaseResult::default(),
             cancel: CancellationToken::new(),

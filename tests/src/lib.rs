@@ -135,18 +135,28 @@ impl TestEnv {
     }
 
     pub async fn trigger(&self, chain: &str, integration: &str) -> RunId {
+        self.trigger_with(chain, integration, Mode::Full, false).await
+    }
+
+    pub async fn trigger_with(&self, chain: &str, integration: &str, mode: Mode, force_sweep: bool) -> RunId {
         self.ops
             .trigger(Trigger {
                 chain: chain.into(),
                 integration: integration.into(),
-                mode: Mode::Full,
+                mode,
                 kind: TriggerKind::Manual,
                 triggered_by: "test".into(),
                 tick_key: None,
-                force_sweep: false,
+                force_sweep,
             })
             .await
             .expect("trigger")
+    }
+
+    /// Triggers `chain` for `integration` and waits for the run to end.
+    pub async fn run_to_end(&self, chain: &str, integration: &str, mode: Mode, force_sweep: bool) -> RunView {
+        let run = self.trigger_with(chain, integration, mode, force_sweep).await;
+        self.wait(run, Duration::from_secs(60)).await
     }
 
     pub async fn wait(&self, run: RunId, limit: Duration) -> RunView {
@@ -175,6 +185,17 @@ impl TestEnv {
         T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
     {
         sqlx::query_scalar(sql).bind(run.0).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// One value from a query without parameters.
+    pub async fn value<T>(&self, sql: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Effects the demo steps applied, per (step, shard).
@@ -243,4 +264,107 @@ pub fn signal(child: &tokio::process::Child, sig: &str) {
     let pid = child.id().expect("child is running");
     let status = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// The sandbox upstreams in this process, with its control API.
+pub struct Sandbox {
+    pub handle: syncfleet_sandbox::SandboxHandle,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    /// A sandbox at `small` scale with every rate limit off.
+    pub async fn start() -> Sandbox {
+        Self::start_with(syncfleet_sandbox::SandboxConfig::default().unlimited()).await
+    }
+
+    pub async fn start_with(config: syncfleet_sandbox::SandboxConfig) -> Sandbox {
+        let handle = syncfleet_sandbox::spawn(config).await.expect("sandbox starts");
+        Sandbox { handle, http: reqwest::Client::new() }
+    }
+
+    /// Calls the control API (`/_sandbox{path}`) and returns its JSON answer.
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let url = format!("{}{path}", self.handle.control_url());
+        let mut req = self.http.request(method, &url).bearer_auth("sandbox-control");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{url}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Sets fault fields of one API (`erp`, `northpass`, …); fields not given keep their value.
+    pub async fn faults(&self, api: &str, faults: serde_json::Value) {
+        self.control(reqwest::Method::PUT, &format!("/faults/{api}"), Some(faults)).await;
+    }
+
+    /// `POST /_sandbox/mutate` for `api`/`resource`: returns (changed, deleted, added) ids.
+    pub async fn mutate(&self, api: &str, resource: &str, change: serde_json::Value) -> serde_json::Value {
+        let mut body = serde_json::json!({ "api": api, "resource": resource });
+        if let (Some(b), Some(c)) = (body.as_object_mut(), change.as_object()) {
+            b.extend(c.clone());
+        }
+        self.control(reqwest::Method::POST, "/mutate", Some(body)).await
+    }
+
+    /// The request counter `field` (`requests`, `throttled`, …) of one endpoint: `method` and the
+    /// end of its route, e.g. `("GET", "/items")`.
+    pub async fn counter(&self, api: &str, method: &str, route_end: &str, field: &str) -> i64 {
+        let counters = self.control(reqwest::Method::GET, "/counters", None).await;
+        counters
+            .pointer(&format!("/{api}/endpoints"))
+            .and_then(|e| e.as_object())
+            .and_then(|e| {
+                e.iter()
+                    .find(|(k, _)| k.starts_with(&format!("{method} ")) && k.ends_with(route_end))
+                    .map(|(_, v)| v.clone())
+            })
+            .and_then(|v| v.get(field).and_then(|f| f.as_i64()))
+            .unwrap_or(0)
+    }
+
+    pub async fn reset_counters(&self) {
+        self.control(reqwest::Method::POST, "/counters/reset", None).await;
+    }
+}
+
+/// Config of an `http-json` integration `name` reading the sandbox ERP items into `table`.
+/// `extra` lines go into the integration's table (e.g. `upstream = "x"`).
+pub fn erp_integration_toml(name: &str, erp_url: &str, table: &str, page_size: u32, extra: &str) -> String {
+    format!(
+        r#"
+[integrations.{name}]
+pack = "http-json"
+base_url = "{erp_url}"
+auth = {{ style = "bearer", secret = "erp-token" }}
+{extra}
+
+[integrations.{name}.entities.items]
+path = "/items"
+item_path = "/items/{{id}}"
+paging = {{ style = "offset", limit = {page_size}, total = "/total" }}
+records = "/items"
+id = "/id"
+updated_at = "/updated_at"
+since_param = "updated_since"
+table = "{table}"
+create_table = true
+
+[integrations.{name}.entities.items.columns]
+sku = {{ path = "/sku", type = "text" }}
+name = {{ path = "/name", type = "text" }}
+quantity = {{ path = "/quantity", type = "bigint" }}
+warehouse = {{ path = "/warehouse", type = "text" }}
+source_updated_at = {{ path = "/updated_at", type = "timestamptz" }}
+"#
+    )
 }

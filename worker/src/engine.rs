@@ -11,6 +11,7 @@ use syncfleet_shared::{
     chain::ChainRegistry,
     config::Config,
     dispatch,
+    http::{HttpClients, RateBudget},
     job::JobPayload,
     queue::{QueueClient, QueueError},
     step::{HandlerRegistry, StepContext, StepError, StepHandler},
@@ -51,6 +52,8 @@ pub struct Engine {
     pub queues: QueueClient,
     pub chains: Arc<ChainRegistry>,
     pub handlers: Arc<HandlerRegistry>,
+    /// This process's HTTP clients: rate budgets shared with the fleet through Redis.
+    pub http: HttpClients,
     pub name: String,
     /// Running steps; shutdown waits for them.
     pub tracker: TaskTracker,
@@ -67,12 +70,14 @@ impl Engine {
         handlers: Arc<HandlerRegistry>,
         name: String,
     ) -> Engine {
+        let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
         Engine {
             config,
             pool,
             queues,
             chains,
             handlers,
+            http,
             name,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
@@ -182,6 +187,7 @@ impl Engine {
             c.attempt,
             self.name.clone(),
             c.force_sweep,
+            self.http.clone(),
         );
         Ok((ctx, handler))
     }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::api::envelope::{json_response, ok};
 use crate::config::{Api, FaultSettings};
-use crate::data::Dataset;
+use crate::data::{Dataset, Sizes};
 use crate::mutate::{MutateRequest, mutate};
 use crate::state::{AppState, Writes, lock};
 
@@ -73,8 +73,8 @@ async fn info(State(st): State<Arc<AppState>>) -> Response {
 
 /// Regenerates the data and clears faults, counters and writes.
 pub async fn reset_all(st: &Arc<AppState>) {
-    let (seed, scale, share) = (st.config.seed, st.config.scale, st.config.properties_forbidden_share);
-    let fresh = tokio::task::spawn_blocking(move || Dataset::generate(seed, scale, share)).await;
+    let (seed, sizes) = (st.config.seed, Sizes::for_config(&st.config));
+    let fresh = tokio::task::spawn_blocking(move || Dataset::generate(seed, &sizes)).await;
     if let Ok(d) = fresh {
         *st.write() = d;
     }
@@ -160,6 +160,8 @@ struct FaultPatch {
     timeout_share: Option<f64>,
     truncate_page: Option<bool>,
     malformed_share: Option<f64>,
+    /// Replaces the list; `[]` clears it.
+    malformed_ids: Option<Vec<u64>>,
 }
 
 fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -195,6 +197,9 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = share(patch.malformed_share) {
             f.malformed_share = v;
+        }
+        if let Some(v) = patch.malformed_ids {
+            f.malformed_ids = v;
         }
         f.clone()
     };

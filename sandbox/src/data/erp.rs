@@ -1,4 +1,7 @@
-//! ERP inventory items (the generic http-json source).
+//! ERP inventory items (the generic http-json source). Items are drawn one after another from the ERP
+//! stream, so a larger `erp_items` keeps the smaller count's items as its prefix.
+
+use std::borrow::Cow;
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -14,12 +17,17 @@ pub struct Item {
     pub sku: String,
     pub name: String,
     pub quantity: i64,
-    pub warehouse: &'static str,
+    /// One of the generated warehouse codes, or what a client patched in.
+    pub warehouse: Cow<'static, str>,
     pub updated_at: i64,
 }
 
+/// The warehouses generated items are stocked in.
+pub const WAREHOUSES: [&str; 4] = ["SYD-1", "MEL-2", "AKL-1", "LAX-3"];
+
 #[derive(Debug, Clone, Default)]
 pub struct Erp {
+    /// Sorted by id (generation, mutations and client writes keep it so).
     pub items: Vec<Item>,
     pub next_id: i64,
 }
@@ -38,11 +46,17 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> Erp {
                 rng.random_range(2..200)
             ),
             quantity: if rng.random_bool(0.05) { 0 } else { rng.random_range(1..5000) },
-            warehouse: ["SYD-1", "MEL-2", "AKL-1", "LAX-3"].choose(rng).copied().unwrap_or("SYD-1"),
+            warehouse: Cow::Borrowed(WAREHOUSES.choose(rng).copied().unwrap_or("SYD-1")),
             updated_at: EPOCH_END - rng.random_range(0..700 * DAY),
         });
     }
-    items.sort_by_key(|it| it.id);
     let next_id = items.len() as i64 + 1;
     Erp { items, next_id }
+}
+
+impl Erp {
+    /// Position of item `id` in `items`.
+    pub fn position(&self, id: i64) -> Option<usize> {
+        self.items.binary_search_by_key(&id, |it| it.id).ok()
+    }
 }

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::config::Scale;
+use crate::config::{SandboxConfig, Scale};
 use crate::util::mix;
 
 /// How many records of each kind to generate.
@@ -35,6 +35,15 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The sizes `config` asks for: its scale's, with the ERP item count overridden when set.
+    pub fn for_config(config: &SandboxConfig) -> Sizes {
+        let mut sizes = Sizes::for_scale(config.scale, config.properties_forbidden_share);
+        if let Some(n) = config.erp_items {
+            sizes.erp_items = n;
+        }
+        sizes
+    }
+
     pub fn for_scale(scale: Scale, properties_forbidden_share: f64) -> Sizes {
         match scale {
             Scale::Small => Sizes {
@@ -84,12 +93,11 @@ fn stream(seed: u64, name: &str) -> ChaCha8Rng {
 }
 
 impl Dataset {
-    pub fn generate(seed: u64, scale: Scale, properties_forbidden_share: f64) -> Dataset {
-        let sizes = Sizes::for_scale(scale, properties_forbidden_share);
-        let (impartner, partners, contacts) = impartner::generate(&mut stream(seed, "impartner"), &sizes);
-        let northpass = northpass::generate(&mut stream(seed, "northpass"), &sizes, &partners, &contacts);
-        let moodle = moodle::generate(&mut stream(seed, "moodle"), &sizes);
-        let erp = erp::generate(&mut stream(seed, "erp"), &sizes);
+    pub fn generate(seed: u64, sizes: &Sizes) -> Dataset {
+        let (impartner, partners, contacts) = impartner::generate(&mut stream(seed, "impartner"), sizes);
+        let northpass = northpass::generate(&mut stream(seed, "northpass"), sizes, &partners, &contacts);
+        let moodle = moodle::generate(&mut stream(seed, "moodle"), sizes);
+        let erp = erp::generate(&mut stream(seed, "erp"), sizes);
         Dataset { northpass, impartner, moodle, erp }
     }
 

@@ -131,6 +131,23 @@ impl Sb {
         r.json().await.expect("json")
     }
 
+    /// A request to the ERP API with the bearer token; `path` follows `/erp/api`.
+    pub fn erp_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.h.erp_url())).bearer_auth(&self.h.config.erp_token)
+    }
+
+    /// Sends `req` and returns the status with the JSON body.
+    pub async fn send_json(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = req.send().await.expect("request");
+        let s = r.status();
+        (s, r.json().await.expect("json"))
+    }
+
+    /// `GET /erp/api/items/{id}`.
+    pub async fn erp_item(&self, id: i64) -> (StatusCode, Value) {
+        Self::send_json(self.erp_req(reqwest::Method::GET, &format!("/items/{id}"))).await
+    }
+
     pub async fn erp(&self, query: &[(&str, &str)]) -> (StatusCode, Value) {
         let r = self
             .http

@@ -23,6 +23,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unknown integration `{0}`")]
     UnknownIntegration(String),
+    #[error("integration setup: {0}")]
+    Integration(String),
     #[error("integration `{0}` is disabled")]
     IntegrationDisabled(String),
     #[error("unknown chain `{0}`")]
@@ -121,4 +123,30 @@ pub async fn upsert_integration(
     .bind(settings)
     .fetch_one(pool)
     .await?)
+}
+
+/// Registers the integrations of the config file: creates or updates each (pack, settings,
+/// enabled) and prepares its tables. Integrations not in the file are left alone.
+pub async fn register_integrations(
+    pool: &PgPool,
+    integrations: &std::collections::BTreeMap<String, crate::config::IntegrationSpec>,
+) -> Result<(), StoreError> {
+    for (name, spec) in integrations {
+        let settings = serde_json::Value::Object(spec.settings.clone());
+        sqlx::query(
+            "INSERT INTO integrations (name, pack, settings, enabled) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings,
+                 enabled = EXCLUDED.enabled, updated_at = now()
+             WHERE (integrations.pack, integrations.settings, integrations.enabled)
+                 IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled)",
+        )
+        .bind(name)
+        .bind(&spec.pack)
+        .bind(&settings)
+        .bind(spec.enabled)
+        .execute(pool)
+        .await?;
+        crate::packs::prepare(pool, name, &spec.pack, &settings).await.map_err(StoreError::Integration)?;
+    }
+    Ok(())
 }

@@ -41,6 +41,9 @@ pub struct StepView {
     pub errors: i64,
     pub api_calls: i64,
     pub throttled: i64,
+    /// The incremental cursor before and after the step (pull steps).
+    pub cursor_before: Option<String>,
+    pub cursor_after: Option<String>,
     pub guard: Option<String>,
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
@@ -117,7 +120,7 @@ pub async fn steps(pool: &PgPool, id: RunId) -> Result<Vec<StepView>, StoreError
                 sum(fetched)::bigint AS fetched, sum(inserted)::bigint AS inserted, sum(updated)::bigint AS updated,
                 sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
                 sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
-                max(guard) AS guard, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
+                min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, max(guard) AS guard, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
            FROM step_runs WHERE run_id = $1
           GROUP BY step ORDER BY min(id)",
     )

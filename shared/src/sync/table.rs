@@ -1,0 +1,429 @@
+//! A synced table: its mapped columns and the statements the engine runs on it. One upsert statement
+//! per batch (`INSERT … SELECT FROM UNNEST … ON CONFLICT … DO UPDATE … WHERE … IS DISTINCT FROM …`)
+//! counts inserted / updated / unchanged from what it returns; the sweep and the guard's counts are
+//! one statement each.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::ids::RunId;
+
+/// The PostgreSQL type of a mapped column. Values are checked and normalised in Rust, so a bad value
+/// becomes an item error instead of failing the batch's statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Text,
+    Bigint,
+    Integer,
+    Numeric,
+    Double,
+    Boolean,
+    Timestamptz,
+    Date,
+    Jsonb,
+}
+
+impl ColumnType {
+    pub fn sql(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::Bigint => "bigint",
+            ColumnType::Integer => "integer",
+            ColumnType::Numeric => "numeric",
+            ColumnType::Double => "double precision",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamptz => "timestamptz",
+            ColumnType::Date => "date",
+            ColumnType::Jsonb => "jsonb",
+        }
+    }
+
+    /// Whether an existing column of `udt_name` (information_schema) can hold this type.
+    fn accepts_udt(self, udt: &str) -> bool {
+        matches!(
+            (self, udt),
+            (ColumnType::Text, "text" | "varchar" | "bpchar" | "citext")
+                | (ColumnType::Bigint, "int8")
+                | (ColumnType::Integer, "int4" | "int8")
+                | (ColumnType::Numeric, "numeric")
+                | (ColumnType::Double, "float8" | "numeric")
+                | (ColumnType::Boolean, "bool")
+                | (ColumnType::Timestamptz, "timestamptz")
+                | (ColumnType::Date, "date")
+                | (ColumnType::Jsonb, "jsonb" | "json")
+        )
+    }
+
+    /// The value as PostgreSQL text input for this type, `None` for SQL NULL.
+    pub fn convert(self, v: &Value) -> Result<Option<String>, String> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        let wrong = || format!("expected {}, got {}", self.sql(), short(v));
+        let text = match (self, v) {
+            (ColumnType::Jsonb, v) => v.to_string(),
+            (ColumnType::Text, Value::String(s)) => s.clone(),
+            (ColumnType::Text, Value::Number(n)) => n.to_string(),
+            (ColumnType::Text, Value::Bool(b)) => b.to_string(),
+            (ColumnType::Bigint | ColumnType::Integer, v) => {
+                let n = match v {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                }
+                .ok_or_else(wrong)?;
+                if self == ColumnType::Integer && i32::try_from(n).is_err() {
+                    return Err(format!("{n} is out of range for integer"));
+                }
+                n.to_string()
+            }
+            (ColumnType::Numeric | ColumnType::Double, v) => match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) if s.trim().parse::<f64>().is_ok_and(f64::is_finite) => s.trim().to_owned(),
+                _ => return Err(wrong()),
+            },
+            (ColumnType::Boolean, Value::Bool(b)) => b.to_string(),
+            (ColumnType::Boolean, Value::String(s)) if matches!(s.as_str(), "true" | "false") => s.clone(),
+            (ColumnType::Timestamptz, Value::String(s)) => {
+                parse_timestamp(s).ok_or_else(wrong)?.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            }
+            (ColumnType::Date, Value::String(s)) => {
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| wrong())?.to_string()
+            }
+            _ => return Err(wrong()),
+        };
+        if text.contains('\0') {
+            return Err("text contains a NUL character".into());
+        }
+        Ok(Some(text))
+    }
+}
+
+/// RFC 3339, or a naive `YYYY-MM-DD[T ]HH:MM:SS[.f]` read as UTC.
+pub fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.to_utc());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|t| t.and_utc())
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 { format!("{}…", &s[..s.floor_char_boundary(60)]) } else { s }
+}
+
+/// Whether `name` is a plain (optionally schema-qualified) lower-case SQL identifier, so it can be
+/// spliced into statements unquoted.
+pub fn is_identifier(name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part(p))
+}
+
+/// Columns every synced table has besides the mapped ones.
+pub const BOOKKEEPING: [&str; 8] =
+    ["integration_id", "external_id", "is_active", "deleted_at", "last_seen_run", "created_at", "updated_at", "id"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+/// What one upsert statement did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpsertCounts {
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+}
+
+/// Whether the row the statement returned was new, changed, or only marked seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOutcome {
+    Inserted,
+    Updated,
+    Unchanged,
+}
+
+/// A synced table and the statements built for it once.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+    upsert_sql: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("`{0}` is not a plain lower-case SQL identifier")]
+    BadIdentifier(String),
+    #[error("column `{0}` is one of the bookkeeping columns every synced table has")]
+    Reserved(String),
+    #[error("table `{table}` has no column `{column}`")]
+    MissingColumn { table: String, column: String },
+    #[error("column `{table}.{column}` is {found}, which cannot hold {wanted}")]
+    WrongType { table: String, column: String, found: String, wanted: &'static str },
+    #[error("table `{0}` does not exist (set create_table = true to create it)")]
+    Missing(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl Table {
+    pub fn new(name: &str, columns: Vec<Column>) -> Result<Table, TableError> {
+        if !is_identifier(name) {
+            return Err(TableError::BadIdentifier(name.to_owned()));
+        }
+        for c in &columns {
+            if !is_identifier(&c.name) || c.name.contains('.') {
+                return Err(TableError::BadIdentifier(c.name.clone()));
+            }
+            if BOOKKEEPING.contains(&c.name.as_str()) {
+                return Err(TableError::Reserved(c.name.clone()));
+            }
+        }
+        let upsert_sql = upsert_sql(name, &columns);
+        Ok(Table { name: name.to_owned(), columns, upsert_sql })
+    }
+
+    /// Checks the table exists with every mapped column of a compatible type, creating it when it is
+    /// missing and `create` is set.
+    pub async fn ensure(&self, pool: &PgPool, create: bool) -> Result<(), TableError> {
+        let (schema, table) = match self.name.split_once('.') {
+            Some((s, t)) => (s.to_owned(), t.to_owned()),
+            None => ("public".to_owned(), self.name.clone()),
+        };
+        let found: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, udt_name::text FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_all(pool)
+        .await?;
+        if found.is_empty() {
+            if !create {
+                return Err(TableError::Missing(self.name.clone()));
+            }
+            sqlx::query(sqlx::AssertSqlSafe(self.create_sql())).execute(pool).await?;
+            tracing::info!(table = %self.name, "Created synced table.");
+            return Ok(());
+        }
+        let wanted = self
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), Some(c.ty)))
+            .chain(BOOKKEEPING.iter().filter(|c| **c != "id").map(|c| (*c, None)));
+        for (column, ty) in wanted {
+            let Some((_, udt)) = found.iter().find(|(n, _)| n == column) else {
+                return Err(TableError::MissingColumn { table: self.name.clone(), column: column.to_owned() });
+            };
+            if let Some(ty) = ty
+                && !ty.accepts_udt(udt)
+            {
+                return Err(TableError::WrongType {
+                    table: self.name.clone(),
+                    column: column.to_owned(),
+                    found: udt.clone(),
+                    wanted: ty.sql(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn create_sql(&self) -> String {
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n    id BIGSERIAL PRIMARY KEY,\n    \
+             integration_id BIGINT NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,\n    \
+             external_id TEXT NOT NULL,\n",
+            self.name
+        );
+        for c in &self.columns {
+            let _ = writeln!(sql, "    {} {},", c.name, c.ty.sql());
+        }
+        sql.push_str(
+            "    is_active BOOLEAN NOT NULL DEFAULT TRUE,\n    deleted_at TIMESTAMPTZ,\n    last_seen_run UUID,\n    \
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(),\n    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),\n    \
+             UNIQUE (integration_id, external_id)\n)",
+        );
+        sql
+    }
+
+    /// Upserts one batch (external ids unique within it; values already converted by
+    /// [`ColumnType::convert`], one vector per column in column order) and returns each row's outcome
+    /// keyed by external id. `run` is `None` for single-item syncs, which keep the row's
+    /// `last_seen_run`.
+    pub async fn upsert(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: Option<RunId>,
+        external_ids: &[String],
+        values: &[Vec<Option<String>>],
+    ) -> Result<UpsertCounts, sqlx::Error> {
+        let rows = self.upsert_rows(conn, integration_id, run, external_ids, values).await?;
+        let mut counts = UpsertCounts::default();
+        for (_, outcome) in &rows {
+            match outcome {
+                RowOutcome::Inserted => counts.inserted += 1,
+                RowOutcome::Updated => counts.updated += 1,
+                RowOutcome::Unchanged => {}
+            }
+        }
+        counts.unchanged = external_ids.len() as i64 - counts.inserted - counts.updated;
+        Ok(counts)
+    }
+
+    /// Like [`Table::upsert`], returning the rows the statement wrote (rows already seen by this run
+    /// with the same data are not written and not returned).
+    pub async fn upsert_rows(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: Option<RunId>,
+        external_ids: &[String],
+        values: &[Vec<Option<String>>],
+    ) -> Result<Vec<(String, RowOutcome)>, sqlx::Error> {
+        debug_assert_eq!(values.len(), self.columns.len());
+        let mut q = sqlx::query_as::<_, (String, bool, bool)>(sqlx::AssertSqlSafe(self.upsert_sql.as_str()))
+            .bind(integration_id)
+            .bind(run.map(|r| r.0))
+            .bind(external_ids);
+        for column in values {
+            q = q.bind(column);
+        }
+        let rows = q.fetch_all(conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, inserted, changed)| {
+                let outcome = match (inserted, changed) {
+                    (true, _) => RowOutcome::Inserted,
+                    (false, true) => RowOutcome::Updated,
+                    (false, false) => RowOutcome::Unchanged,
+                };
+                (id, outcome)
+            })
+            .collect())
+    }
+
+    /// Active rows, and those a sweep by `run` would deactivate: active, not seen by the run, and
+    /// not written since `fetch_started` (a webhook may have written them during the fetch).
+    pub async fn sweep_counts(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: RunId,
+        fetch_started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, i64), sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE is_active),
+                    count(*) FILTER (WHERE is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3)
+             FROM {} WHERE integration_id = $1",
+            self.name
+        )))
+        .bind(integration_id)
+        .bind(run.0)
+        .bind(fetch_started)
+        .fetch_one(conn)
+        .await
+    }
+
+    /// Soft-deletes the rows [`Table::sweep_counts`] counted; returns how many.
+    pub async fn sweep(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: RunId,
+        fetch_started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
+             WHERE integration_id = $1 AND is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3",
+            self.name
+        )))
+        .bind(integration_id)
+        .bind(run.0)
+        .bind(fetch_started)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected() as i64)
+    }
+}
+
+/// `$1` integration id, `$2` run id (NULL for single items), `$3` external ids, `$4…` one text array
+/// per mapped column. Unchanged rows are written only to mark them seen (their `updated_at` stays);
+/// rows this run already saw with the same data are not written at all. `xmax = 0` tells a fresh
+/// insert from an update; `updated_at = now()` tells a data change from a seen-mark.
+fn upsert_sql(table: &str, columns: &[Column]) -> String {
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let unnest_args: Vec<String> = (0..=columns.len()).map(|i| format!("${}::text[]", i + 3)).collect();
+    let casts: Vec<String> = columns.iter().map(|c| format!("i.{}::{}", c.name, c.ty.sql())).collect();
+    let sets: Vec<String> = names.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+    let old: Vec<String> = names.iter().map(|n| format!("t.{n}")).chain(["t.is_active".into()]).collect();
+    let new: Vec<String> = names.iter().map(|n| format!("EXCLUDED.{n}")).chain(["TRUE".into()]).collect();
+    let seen = "COALESCE(EXCLUDED.last_seen_run, t.last_seen_run)";
+    let comma = |v: &[String]| v.join(", ");
+    let lead = |v: &[&str]| v.iter().map(|n| format!(", {n}")).collect::<String>();
+    format!(
+        "INSERT INTO {table} AS t (integration_id, external_id{cols}, is_active, deleted_at, last_seen_run)
+         SELECT $1, i.external_id{casts}, TRUE, NULL, $2
+         FROM UNNEST({unnest}) AS i(external_id{cols})
+         ON CONFLICT (integration_id, external_id) DO UPDATE SET
+             {sets}is_active = TRUE, deleted_at = NULL, last_seen_run = {seen},
+             updated_at = CASE WHEN ({old}) IS DISTINCT FROM ({new}) THEN now() ELSE t.updated_at END
+         WHERE ({old}, t.last_seen_run) IS DISTINCT FROM ({new}, {seen})
+         RETURNING t.external_id, (xmax = 0), (t.updated_at = now())",
+        cols = lead(&names),
+        casts = casts.iter().map(|c| format!(", {c}")).collect::<String>(),
+        unnest = comma(&unnest_args),
+        sets = sets.iter().map(|s| format!("{s}, ")).collect::<String>(),
+        old = comma(&old),
+        new = comma(&new),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_accept_what_the_type_can_hold() {
+        assert_eq!(ColumnType::Bigint.convert(&json!(12)).unwrap().as_deref(), Some("12"));
+        assert_eq!(ColumnType::Bigint.convert(&json!("12")).unwrap().as_deref(), Some("12"));
+        assert!(ColumnType::Bigint.convert(&json!("many")).unwrap_err().contains("expected bigint, got \"many\""));
+        assert!(ColumnType::Integer.convert(&json!(1i64 << 40)).is_err());
+        assert_eq!(ColumnType::Text.convert(&json!(null)).unwrap(), None);
+        assert!(ColumnType::Text.convert(&json!({"a": 1})).is_err());
+        assert_eq!(
+            ColumnType::Timestamptz.convert(&json!("2025-03-01T10:00:00-07:00")).unwrap().as_deref(),
+            Some("2025-03-01T17:00:00.000000Z")
+        );
+        assert!(ColumnType::Timestamptz.convert(&json!("yesterday")).is_err());
+        assert_eq!(ColumnType::Jsonb.convert(&json!({"a": 1})).unwrap().as_deref(), Some("{\"a\":1}"));
+        assert!(ColumnType::Numeric.convert(&json!("NaN")).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        assert!(is_identifier("erp_items"));
+        assert!(is_identifier("sync.erp_items"));
+        assert!(!is_identifier("erp_items; drop table x"));
+        assert!(!is_identifier("Items"));
+        assert!(Table::new("erp_items", vec![Column { name: "is_active".into(), ty: ColumnType::Boolean }]).is_err());
+    }
+}
