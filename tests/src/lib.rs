@@ -116,15 +116,19 @@ impl TestEnv {
 
     /// A real `syncfleet-worker` process with this test's config.
     pub fn spawn_worker_process(&self, name: &str) -> tokio::process::Child {
-        tokio::process::Command::new(binary("syncfleet-worker"))
-            .env("SYNCFLEET_CONFIG", &self.config_path)
+        self.worker_process(name).spawn().expect("spawn syncfleet-worker (build it first: cargo build --bins)")
+    }
+
+    /// The command [`TestEnv::spawn_worker_process`] runs, to add settings (`SYNCFLEET__…`) first.
+    pub fn worker_process(&self, name: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(binary("syncfleet-worker"));
+        c.env("SYNCFLEET_CONFIG", &self.config_path)
             .env("SYNCFLEET__WORKER__NAME", name)
             .env("SYNCFLEET_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn syncfleet-worker (build it first: cargo build --bins)")
+            .kill_on_drop(true);
+        c
     }
 
     /// The `syncfleet` CLI with this test's config.

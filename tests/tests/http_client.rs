@@ -1,72 +1,18 @@
 //! The upstream HTTP client against the sandbox and the real Redis: a rate budget shared by several
 //! worker processes, `Retry-After` shared as a cool-down, retries on 5xx, no retry on 401.
 //!
-//! The sandbox runs as its own process (`syncfleet-sandbox` on a free port): build it first with
-//! `cargo build --bins`. Every test uses its own Redis namespace `sft-http-<random>`.
+//! Every test starts its own sandbox in-process and uses its own Redis namespace `sft-http-<random>`.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{Value, json};
 use syncfleet_shared::http::{HttpClient, HttpClients, HttpError, Limits, RateBudget, Reservation};
-use syncfleet_tests::{REDIS_URL, binary};
+use syncfleet_tests::{REDIS_URL, Sandbox};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-const CONTROL_TOKEN: &str = "sandbox-control";
 const ERP_TOKEN: &str = "erp-token";
-
-/// A `syncfleet-sandbox` process on a free port, stopped on drop.
-struct Sandbox {
-    base: String,
-    http: reqwest::Client,
-    _child: tokio::process::Child,
-}
-
-impl Sandbox {
-    async fn start() -> Sandbox {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(binary("syncfleet-sandbox"))
-            .args(["--port", &port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn syncfleet-sandbox");
-        let sandbox = Sandbox { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _child: child };
-        let start = Instant::now();
-        while sandbox
-            .control(reqwest::Method::GET, "info")
-            .send()
-            .await
-            .map(|r| !r.status().is_success())
-            .unwrap_or(true)
-        {
-            assert!(start.elapsed() < Duration::from_secs(10), "sandbox did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        sandbox
-    }
-
-    fn erp_items(&self) -> String {
-        format!("{}/erp/api/items", self.base)
-    }
-
-    fn control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}/_sandbox/{path}", self.base)).bearer_auth(CONTROL_TOKEN)
-    }
-
-    async fn set_faults(&self, api: &str, faults: Value) {
-        let r = self.control(reqwest::Method::PUT, &format!("faults/{api}")).json(&faults).send().await.unwrap();
-        assert!(r.status().is_success(), "set faults: {}", r.status());
-    }
-
-    /// `GET /_sandbox/counters` of one API: `{requests, throttled, errors_5xx, endpoints}`.
-    async fn counters(&self, api: &str) -> Value {
-        let all: Value = self.control(reqwest::Method::GET, "counters").send().await.unwrap().json().await.unwrap();
-        all[api].clone()
-    }
-}
 
 fn namespace() -> String {
     format!("sft-http-{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
@@ -89,6 +35,10 @@ async fn purge(budget: &RateBudget, upstream: &str) {
         .unwrap();
 }
 
+fn erp_items(sandbox: &Sandbox) -> String {
+    format!("{}/items", sandbox.handle.erp_url())
+}
+
 fn erp_auth(token: &str) -> Vec<(String, String)> {
     vec![("Authorization".into(), format!("Bearer {token}"))]
 }
@@ -107,13 +57,13 @@ fn load(c: &std::sync::atomic::AtomicI64) -> i64 {
 }
 
 async fn get_item(client: &HttpClient, sandbox: &Sandbox) -> Result<Value, HttpError> {
-    client.get_json(&sandbox.erp_items(), &erp_auth(ERP_TOKEN), &one_item(), &CancellationToken::new()).await
+    client.get_json(&erp_items(sandbox), &erp_auth(ERP_TOKEN), &one_item(), &CancellationToken::new()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_share_one_rate_budget() {
     let sandbox = Sandbox::start().await;
-    sandbox.set_faults("erp", json!({ "rate_per_sec": 10 })).await;
+    sandbox.faults("erp", json!({ "rate_per_sec": 10 })).await;
     let ns = namespace();
     let limits = Limits { rate_per_sec: Some(8.0), burst: 1, concurrency: 4, ..fast_limits() };
     let mut clients = Vec::new();
@@ -125,7 +75,7 @@ async fn three_workers_share_one_rate_budget() {
     let mut tasks = JoinSet::new();
     for client in &clients {
         for _ in 0..16 {
-            let (client, url) = (client.clone(), sandbox.erp_items());
+            let (client, url) = (client.clone(), erp_items(&sandbox));
             tasks.spawn(async move {
                 client.get_json(&url, &erp_auth(ERP_TOKEN), &one_item(), &CancellationToken::new()).await
             });
@@ -137,7 +87,7 @@ async fn three_workers_share_one_rate_budget() {
     }
     let elapsed = start.elapsed();
 
-    let counters = sandbox.counters("erp").await;
+    let counters = sandbox.handle.counters()["erp"].clone();
     let calls: i64 = clients.iter().map(|c| load(&c.stats().api_calls)).sum();
     let waited: i64 = clients.iter().map(|c| load(&c.stats().waited_ms)).sum();
     assert!(counters["throttled"].as_u64().unwrap() <= 1, "the budget kept the fleet under the limit: {counters}");
@@ -154,7 +104,7 @@ async fn three_workers_share_one_rate_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_of_a_429_holds_back_every_worker() {
     let sandbox = Sandbox::start().await;
-    sandbox.set_faults("erp", json!({ "rate_per_sec": 2 })).await;
+    sandbox.faults("erp", json!({ "rate_per_sec": 2 })).await;
     let ns = namespace();
     let upstream = "erp-cooling";
     let observer = budget(&ns).await;
@@ -165,7 +115,7 @@ async fn retry_after_of_a_429_holds_back_every_worker() {
 
     // A sends one request after another until one is throttled (it then waits and retries).
     let worker_a = {
-        let (a, url) = (a.clone(), sandbox.erp_items());
+        let (a, url) = (a.clone(), erp_items(&sandbox));
         tokio::spawn(async move {
             for _ in 0..8 {
                 a.get_json(&url, &erp_auth(ERP_TOKEN), &one_item(), &CancellationToken::new()).await.unwrap();
@@ -199,7 +149,7 @@ async fn retry_after_of_a_429_holds_back_every_worker() {
     assert!(b_took >= Duration::from_millis(500), "{b_took:?}");
     assert_eq!(load(&a.stats().throttled), 1);
     assert_eq!(load(&a.stats().retries), 1);
-    let counters = sandbox.counters("erp").await;
+    let counters = sandbox.handle.counters()["erp"].clone();
     assert_eq!(counters["throttled"].as_u64(), Some(1), "only A's first 429: {counters}");
     assert_eq!(observer.cooling(upstream).await.unwrap(), None, "the cool-down ended");
     println!("cool-down seen {cooling:?}, B waited {} ms and took {b_took:?}", load(&b_stats.waited_ms));
@@ -209,7 +159,7 @@ async fn retry_after_of_a_429_holds_back_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_success() {
     let sandbox = Sandbox::start().await;
-    sandbox.set_faults("erp", json!({ "error_5xx_share": 0.5 })).await;
+    sandbox.faults("erp", json!({ "error_5xx_share": 0.5 })).await;
     let client = HttpClients::new(None).client("erp", &Limits { max_retries: 10, ..fast_limits() });
     let requests = 8;
     for _ in 0..requests {
@@ -221,7 +171,7 @@ async fn server_errors_are_retried_until_success() {
     assert!(retries > 0, "half the answers were 5xx: {stats:?}");
     assert_eq!(load(&stats.api_calls), retries + requests);
     assert_eq!(load(&stats.throttled), 0);
-    let counters = sandbox.counters("erp").await;
+    let counters = sandbox.handle.counters()["erp"].clone();
     assert_eq!(counters["errors_5xx"].as_i64(), Some(retries), "{counters}");
     assert_eq!(counters["requests"].as_i64(), Some(retries + requests));
 }
@@ -231,13 +181,13 @@ async fn a_refused_credential_fails_at_once() {
     let sandbox = Sandbox::start().await;
     let client = HttpClients::new(None).client("erp", &fast_limits());
     let cancel = CancellationToken::new();
-    let err = client.get_json(&sandbox.erp_items(), &erp_auth("wrong-token"), &one_item(), &cancel).await.unwrap_err();
+    let err = client.get_json(&erp_items(&sandbox), &erp_auth("wrong-token"), &one_item(), &cancel).await.unwrap_err();
     assert_eq!(err.status(), Some(401), "{err}");
     assert!(matches!(&err, HttpError::Status { method, .. } if method == "GET"), "{err:?}");
     assert!(!err.to_string().contains("wrong-token"), "no credential in the error: {err}");
     assert_eq!(load(&client.stats().api_calls), 1);
     assert_eq!(load(&client.stats().retries), 0);
-    assert_eq!(sandbox.counters("erp").await["requests"].as_u64(), Some(1));
+    assert_eq!(sandbox.handle.counters()["erp"]["requests"].as_u64(), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +197,7 @@ async fn a_body_that_is_not_json_is_a_decode_error_without_the_token() {
     // Without `moodlewsrestformat=json` Moodle answers XML.
     let query =
         vec![("wstoken".into(), "moodle-token".into()), ("wsfunction".into(), "core_course_get_categories".into())];
-    let url = format!("{}/moodle/webservice/rest/server.php", sandbox.base);
+    let url = sandbox.handle.moodle_url();
     let err = client.get_json(&url, &[], &query, &CancellationToken::new()).await.unwrap_err();
     let HttpError::Decode { url, message } = &err else { panic!("expected a decode error, got {err:?}") };
     assert!(url.contains("wstoken=***") && !url.contains("moodle-token"), "{url}");

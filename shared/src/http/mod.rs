@@ -397,7 +397,7 @@ impl HttpClient {
             None
         };
         let body = response.text().await.unwrap_or_default();
-        if true {
+        if throttled || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
             let reason = format!("{status}: {}", truncate(&body, RETRY_BODY_CHARS));
             return Ok(Outcome::Retry(Retry { reason, retry_after, throttled }));
         }
