@@ -35,16 +35,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the demo chain end to end: migrate, start a producer and workers, trigger, show the run.
+    /// Run the main job end to end on the sandbox: start the sandbox upstreams, a producer and
+    /// workers in this process, sync the sandbox ERP into PostgreSQL (full, then incremental after
+    /// a 1 % change upstream), and show the runs. `--chain demo_diamond` (or another demo chain)
+    /// runs the engine's demo chain instead.
     Demo {
         #[arg(long)]
         json: bool,
         /// Worker engines to start in this process.
         #[arg(long, default_value_t = 2)]
         workers: usize,
-        /// Demo chain to run.
-        #[arg(long, default_value = "demo_diamond")]
+        /// `erp` (the sandbox sync) or a demo chain: demo_diamond, demo_fanout, demo_contention.
+        #[arg(long, default_value = "erp")]
         chain: String,
+        /// Sandbox data scale for `erp`: small (250 items), seed (20,000) or large (200,000).
+        #[arg(long, default_value = "seed")]
+        scale: String,
     },
     /// Apply database migrations (creating the database if missing).
     Migrate,
@@ -136,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { json } => healthcheck(&config, json).await,
-        Command::Demo { json, workers, chain } => demo(config, json, workers, &chain).await,
+        Command::Demo { json, workers, chain, scale } => demo(config, json, workers, &chain, &scale).await,
         Command::Trigger { chain, integration, mode, force_sweep, wait, json } => {
             let ops = crate::connect(&config).await?;
             let mode = Mode::parse(&mode).unwrap_or_default();
@@ -376,14 +382,27 @@ fn print_queues(depths: &[QueueDepth], json: bool) {
 }
 
 /// `syncfleet demo`: everything in one process against the configured PostgreSQL and Redis.
-async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow::Result<ExitCode> {
+async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &str) -> anyhow::Result<ExitCode> {
+    let erp = chain == "erp";
+    let mut config = config;
+    let sandbox = if erp {
+        let scale: syncfleet_sandbox::Scale = scale.parse()?;
+        let sb = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig { scale, ..Default::default() }).await?;
+        let toml = demo_erp_toml(&sb.erp_url());
+        let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
+        config.integrations.extend(parsed.integrations);
+        Some(sb)
+    } else {
+        None
+    };
     let ops = crate::connect(&config).await?;
-    if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
-        anyhow::bail!("`{chain}` is not a demo chain (demo_diamond, demo_fanout, demo_contention)");
+    if !erp {
+        if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
+            anyhow::bail!("`{chain}` is neither `erp` nor a demo chain (demo_diamond, demo_fanout, demo_contention)");
+        }
+        store::upsert_integration(&ops.pool, "demo", demo::PACK, &serde_json::json!({ "step_ms": 300 })).await?;
     }
-    store::upsert_integration(&ops.pool, "demo", demo::PACK, &serde_json::json!({ "step_ms": 300 })).await?;
     let shutdown = CancellationToken::new();
-
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let producer = tokio::spawn(crate::run_with(listener, ops.clone(), shutdown.clone()));
@@ -401,13 +420,72 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow
         ));
         engines.push(tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), shutdown.clone())));
     }
-    if !json {
-        eprintln!("producer on http://{addr}, {} workers; triggering {chain} for integration `demo`", workers.max(1));
+    let say = |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    };
+    say(format!("producer on http://{addr}, {} workers", workers.max(1)));
+    let result = async {
+        let Some(sb) = &sandbox else {
+            say(format!("triggering {chain} for integration `demo`"));
+            return Ok(vec![demo_run(&ops, chain, "demo", Mode::Full, !json).await?]);
+        };
+        let items = sb.info().pointer("/counts/erp/items").and_then(|v| v.as_i64()).unwrap_or_default();
+        say(format!(
+            "sandbox ERP at {} with {items} items; full sync of `demo-erp` into table erp_items",
+            sb.erp_url()
+        ));
+        let full = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Full, !json).await?;
+        let changed = sb.mutate_json(serde_json::json!({ "api": "erp", "resource": "items", "change_percent": 1 }))?;
+        let n = changed["changed"].as_array().map_or(0, Vec::len);
+        say(format!("\nthe sandbox changed {n} items (1 %); incremental sync"));
+        let incremental = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Incremental, !json).await?;
+        Ok::<_, anyhow::Error>(vec![full, incremental])
     }
+    .await;
+    shutdown.cancel();
+    producer.await.ok();
+    for e in engines {
+        e.await.ok();
+    }
+    let runs = result?;
+    for run in &runs {
+        if !json {
+            println!();
+        }
+        print_run(run, json);
+    }
+    let last = runs.last().expect("at least one run");
+    say(if erp {
+        format!(
+            "\nThe items are in table `erp_items` of the configured database. Look again with \
+             `syncfleet runs` or `syncfleet runs show {}`.",
+            last.id
+        )
+    } else {
+        format!(
+            "\nEach step wrote one row to `demo_effects`. Look again with `syncfleet runs show {}` or \
+             `syncfleet queues`; run the pieces with `syncfleet-producer` and `syncfleet-worker`.",
+            last.id
+        )
+    });
+    let worst = runs.iter().map(|r| exit_for(&r.status)).find(|c| *c != ExitCode::SUCCESS);
+    Ok(worst.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// Triggers one run (cancelling one an interrupted demo left active) and waits for it.
+async fn demo_run(
+    ops: &Ops,
+    chain: &str,
+    integration: &str,
+    mode: Mode,
+    progress: bool,
+) -> anyhow::Result<views::RunView> {
     let trigger = Trigger {
         chain: chain.into(),
-        integration: "demo".into(),
-        mode: Mode::Full,
+        integration: integration.into(),
+        mode,
         kind: TriggerKind::Manual,
         triggered_by: "demo".into(),
         tick_key: None,
@@ -415,8 +493,7 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow
     };
     let run_id = match ops.trigger(trigger.clone()).await {
         Err(StoreError::ActiveRun { run_id, .. }) => {
-            // A demo interrupted earlier left its run active: cancel it and start fresh.
-            if !json {
+            if progress {
                 eprintln!("cancelling the earlier demo run {run_id} that is still active");
             }
             ops.cancel(run_id.parse()?).await?;
@@ -424,22 +501,36 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str) -> anyhow
         }
         other => other?,
     };
-    let result = wait_for(&ops, run_id, !json, Duration::from_secs(300)).await;
-    shutdown.cancel();
-    producer.await.ok();
-    for e in engines {
-        e.await.ok();
-    }
-    let run = result?;
-    print_run(&run, json);
-    if !json {
-        eprintln!(
-            "\nEach step wrote one row to `demo_effects`. Look again with `syncfleet runs show {}` or \
-             `syncfleet queues`; run the pieces with `syncfleet-producer` and `syncfleet-worker`.",
-            run.id
-        );
-    }
-    Ok(exit_for(&run.status))
+    wait_for(ops, run_id, progress, Duration::from_secs(300)).await
+}
+
+/// The `http-json` integration the demo syncs: the sandbox ERP's items into `erp_items`.
+fn demo_erp_toml(erp_url: &str) -> String {
+    format!(
+        r#"
+[integrations.demo-erp]
+pack = "http-json"
+base_url = "{erp_url}"
+auth = {{ style = "bearer", secret = "erp-token" }}
+
+[integrations.demo-erp.entities.items]
+path = "/items"
+item_path = "/items/{{id}}"
+paging = {{ style = "offset", limit = 1000, total = "/total" }}
+records = "/items"
+id = "/id"
+updated_at = "/updated_at"
+since_param = "updated_since"
+table = "erp_items"
+
+[integrations.demo-erp.entities.items.columns]
+sku = {{ path = "/sku", type = "text" }}
+name = {{ path = "/name", type = "text" }}
+quantity = {{ path = "/quantity", type = "bigint" }}
+warehouse = {{ path = "/warehouse", type = "text" }}
+source_updated_at = {{ path = "/updated_at", type = "timestamptz" }}
+"#
+    )
 }
 
 #[cfg(test)]

@@ -115,6 +115,10 @@ impl SandboxHandle {
     pub fn counters(&self) -> Value {
         api::control::counters_value(&self.state)
     }
+    /// The same as `POST /_sandbox/mutate` with `request` as the body, applied directly.
+    pub fn mutate_json(&self, request: Value) -> anyhow::Result<Value> {
+        api::control::mutate_value(&self.state, request.to_string().as_bytes()).map_err(anyhow::Error::msg)
+    }
     /// Stops the server and waits for it to finish.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.token.cancel();

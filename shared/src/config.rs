@@ -406,4 +406,45 @@ mod tests {
         assert_eq!(tick % 300, 0);
         assert!(tick <= 1_000_030 && 1_000_030 - tick < 300);
     }
+
+    const ERP: &str = r#"
+[integrations.erp]
+pack = "http-json"
+base_url = "http://127.0.0.1:1/erp/api"
+auth = { style = "bearer", secret = "t" }
+[integrations.erp.entities.items]
+path = "/items"
+paging = { style = "offset", total = "/total" }
+records = "/items"
+id = "/id"
+table = "erp_items"
+[integrations.erp.entities.items.columns]
+quantity = { path = "/quantity", type = "bigint" }
+"#;
+
+    #[test]
+    fn an_http_json_integration_validates() {
+        let c = Config::from_toml(ERP).unwrap();
+        assert_eq!(c.integrations["erp"].pack, "http-json");
+    }
+
+    #[test]
+    fn bad_integration_settings_name_their_key() {
+        let cases = [
+            ("style = \"offset\"", "style = \"pages\"", "integrations.erp.entities.items.paging"),
+            ("type = \"bigint\"", "type = \"bignum\"", "integrations.erp.entities.items.columns.quantity.type"),
+            ("path = \"/quantity\"", "path = \"quantity\"", "integrations.erp.entities.items.columns.quantity.path"),
+            ("base_url = \"http://127.0.0.1:1/erp/api\"", "base_url = \"ftp://x\"", "integrations.erp.base_url"),
+            ("secret = \"t\"", "secret_env = \"SYNCFLEET_TEST_UNSET_VARIABLE\"", "integrations.erp.auth"),
+            ("table = \"erp_items\"", "table = \"erp items\"", "integrations.erp.entities.items.table"),
+            ("pack = \"http-json\"", "pack = \"nope\"", "integrations.erp.pack"),
+            ("records = \"/items\"", "records = \"/items\"\nrate = 3", "integrations.erp.entities.items"),
+        ];
+        for (from, to, key) in cases {
+            let text = ERP.replace(from, to);
+            assert_ne!(text, ERP, "{from}");
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}")), "{to}: {err}");
+        }
+    }
 }

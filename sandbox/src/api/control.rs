@@ -90,16 +90,18 @@ async fn reset(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn mutate_handler(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: MutateRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad mutate body: {e}")),
-    };
-    let round = st.mutations.fetch_add(1, Ordering::Relaxed);
-    let result = mutate(&mut st.write(), st.config.seed, round, &req);
-    match result {
+    match mutate_value(&st, &body) {
         Ok(r) => ok(&r),
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
+}
+
+/// Applies a `POST /mutate` body and returns its answer (also used in-process by the handle).
+pub fn mutate_value(st: &AppState, body: &[u8]) -> Result<Value, String> {
+    let req: MutateRequest = serde_json::from_slice(body).map_err(|e| format!("bad mutate body: {e}"))?;
+    let round = st.mutations.fetch_add(1, Ordering::Relaxed);
+    let result = mutate(&mut st.write(), st.config.seed, round, &req)?;
+    serde_json::to_value(result).map_err(|e| e.to_string())
 }
 
 /// Counters per API: totals and per endpoint (`METHOD /route/{template}`).

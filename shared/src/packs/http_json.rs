@@ -22,12 +22,15 @@ use crate::{
     sync::{
         Item, Page, Record, Source, SourceError,
         pull::{self, PullSpec},
-        push::{Change, Pusher, Sink},
+        push::{Change, Outcomes, Pusher, Sink},
         table::{Column, ColumnType, RowOutcome, Table, parse_timestamp},
     },
 };
 
 pub const PACK: &str = "http-json";
+
+/// Header or query name/value pairs.
+type Pairs = Vec<(String, String)>;
 pub const QUEUE: &str = "sync";
 
 /// An integration's settings (`[integrations.<name>]` minus `pack` and `enabled`).
@@ -339,7 +342,7 @@ impl Settings {
     }
 
     /// Headers and query parameters every request carries (credentials included).
-    fn request_parts(&self) -> Result<(Vec<(String, String)>, Vec<(String, String)>), String> {
+    fn request_parts(&self) -> Result<(Pairs, Pairs), String> {
         let mut headers: Vec<(String, String)> = self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut query = vec![];
         match &self.auth {
@@ -766,7 +769,7 @@ impl JsonSink<'_> {
         }
     }
 
-    async fn send_all(&self, changes: &[Change]) -> Result<Vec<(String, Result<(), String>)>, SourceError> {
+    async fn send_all(&self, changes: &[Change]) -> Result<Outcomes, SourceError> {
         let method = reqwest::Method::from_bytes(self.spec.method.as_bytes()).unwrap_or(reqwest::Method::PATCH);
         let request = |url: String, body: Value| {
             let (method, headers, query) = (method.clone(), self.headers, self.query);
@@ -829,10 +832,7 @@ impl Sink for JsonSink<'_> {
     fn max_batch(&self) -> usize {
         if self.spec.path.contains("{id}") { 1 } else { self.spec.max_batch }
     }
-    fn send<'a>(
-        &'a self,
-        changes: &'a [Change],
-    ) -> BoxFuture<'a, Result<Vec<(String, Result<(), String>)>, SourceError>> {
+    fn send<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, Result<Outcomes, SourceError>> {
         self.send_all(changes).boxed()
     }
 }

@@ -22,16 +22,16 @@ pub struct Change {
     pub fields: Map<String, Value>,
 }
 
+/// Each item's outcome: `Err(message)` when the upstream refused it.
+pub type Outcomes = Vec<(String, Result<(), String>)>;
+
 /// A connector's writing side.
 pub trait Sink: Send + Sync {
     /// Most changes one call may carry (1 when the upstream has no bulk form).
     fn max_batch(&self) -> usize;
     /// Sends changes; returns each item's outcome (`Err(message)` for an item the upstream refused).
     /// `Err` for the whole call means nothing is known to be applied.
-    fn send<'a>(
-        &'a self,
-        changes: &'a [Change],
-    ) -> BoxFuture<'a, Result<Vec<(String, Result<(), String>)>, SourceError>>;
+    fn send<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, Result<Outcomes, SourceError>>;
 }
 
 /// Pushes one entity of one integration, chunk by chunk.
@@ -85,12 +85,7 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    async fn record(
-        &self,
-        batch: &[Change],
-        outcomes: Vec<(String, Result<(), String>)>,
-        result: &mut PhaseResult,
-    ) -> Result<(), sqlx::Error> {
+    async fn record(&self, batch: &[Change], outcomes: Outcomes, result: &mut PhaseResult) -> Result<(), sqlx::Error> {
         let mut by_id: HashMap<String, Result<(), String>> = outcomes.into_iter().collect();
         let (mut ok_ids, mut ok_fields, mut bad_ids, mut bad_messages) = (vec![], vec![], vec![], vec![]);
         for change in batch {
