@@ -3,6 +3,7 @@
 
 mod queue;
 mod sandbox;
+mod upsert;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// ERP items synced by the pull engine (one worker process) against a row-by-row loop and COPY.
+    Upsert {
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// ERP items the engine and COPY write (the row-by-row loop writes at most 10,000).
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Reach PostgreSQL through its Unix socket in this directory (e.g. /var/run/postgresql)
+        /// instead of TCP 127.0.0.1:5432.
+        #[arg(long, value_name = "DIR")]
+        pg_socket: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -35,12 +49,19 @@ async fn main() -> anyhow::Result<()> {
     let (figures, json) = match cli.command {
         Command::Queue { json } => (queue::run().await?, json),
         Command::Sandbox { json } => (sandbox::run().await?, json),
+        Command::Upsert { json, rows, pg_socket } => {
+            let pg = pg_socket.map_or(upsert::PgServer::Tcp, upsert::PgServer::Socket);
+            (upsert::run(rows, pg).await?, json)
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
         for (key, value) in figures.as_object().into_iter().flatten() {
-            println!("{key:<36} {value}");
+            match value.as_str() {
+                Some(text) => println!("{key:<36} {text}"),
+                None => println!("{key:<36} {value}"),
+            }
         }
     }
     Ok(())

@@ -30,7 +30,8 @@ use syncfleet_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-fn id() -> String {
+/// A random tag for scratch database, namespace and file names.
+pub(crate) fn id() -> String {
     format!("{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff)
 }
 
