@@ -1,7 +1,7 @@
 //! The sync contract against the sandbox ERP, through the generic `http-json` pack declared in the
 //! config: incremental reads, cursors, the deletion guard, item errors, single-item sync.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -318,5 +318,39 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     assert_eq!(r.status().as_u16(), 400);
     producer.stop().await;
     worker.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_pull_leaves_the_other_to_finish_with_nothing_lost_or_doubled() {
+    let sandbox = Sandbox::start().await;
+    // Pages of 25 at 200 ms each: the pull takes about 2 s.
+    let toml = erp_integration_toml("erp", &sandbox.handle.erp_url(), "erp_items", 25, "");
+    let env = TestEnv::new(&toml).await;
+    let producer = env.spawn_producer().await;
+    sandbox.faults("erp", json!({ "latency_ms": 200 })).await;
+    let mut victim = env.spawn_worker_process(&format!("victim-{}", env.id));
+    let run = env.trigger_with(SYNC, "erp", Mode::Full, false).await;
+    env.eventually(Duration::from_secs(30), "some pages written by the victim", || async {
+        let n: i64 = env.value("SELECT count(*) FROM erp_items").await;
+        (n > 0).then_some(())
+    })
+    .await;
+    syncfleet_tests::signal(&victim, "KILL");
+    victim.wait().await.ok();
+    let mut survivor = env.spawn_worker_process(&format!("survivor-{}", env.id));
+
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let s = step(&view);
+    assert_eq!(s.attempts, 2, "the killed attempt counts; the survivor's succeeded");
+    assert_eq!(s.fetched, 250);
+    assert_eq!(s.inserted + s.updated + s.unchanged, 250, "{s:#?}");
+    assert_eq!(s.guard.as_deref(), Some("swept: 0 of 250 active rows deactivated"));
+    let rows_total: i64 = env.value("SELECT count(*) FROM erp_items").await;
+    assert_eq!(rows_total, 250, "no row doubled");
+    assert_in_step(&env, &sandbox).await;
+    survivor.kill().await.ok();
+    producer.stop().await;
     env.finish().await;
 }
