@@ -100,16 +100,8 @@ impl Scratch {
             "[database]\nurl = \"{database_url}\"\nmax_connections = 10\n\
              [redis]\nnamespace = \"bench-{tag}\"\n\
              [worker]\npoll_interval_ms = 5\n\
-             [producer]\nreconcile_interval_ms = 50\nscheduler_enabled = false\n\
-             [integrations.{INTEGRATION}]\npack = \"http-json\"\nbase_url = \"{erp_url}\"\n\
-             auth = {{ style = \"bearer\", secret = \"erp-token\" }}\n\
-             [integrations.{INTEGRATION}.entities.{ENTITY}]\npath = \"/items\"\nitem_path = \"/items/{{id}}\"\n\
-             paging = {{ style = \"offset\", limit = {PAGE}, total = \"/total\" }}\nrecords = \"/items\"\nid = \"/id\"\n\
-             updated_at = \"/updated_at\"\nsince_param = \"updated_since\"\ntable = \"{TABLE}\"\ncreate_table = true\n\
-             [integrations.{INTEGRATION}.entities.{ENTITY}.columns]\n\
-             sku = {{ path = \"/sku\", type = \"text\" }}\nname = {{ path = \"/name\", type = \"text\" }}\n\
-             quantity = {{ path = \"/quantity\", type = \"bigint\" }}\nwarehouse = {{ path = \"/warehouse\", type = \"text\" }}\n\
-             source_updated_at = {{ path = \"/updated_at\", type = \"timestamptz\" }}\n"
+             [producer]\nreconcile_interval_ms = 50\nscheduler_enabled = false\n{}",
+            syncfleet_sandbox::erp_integration_toml(INTEGRATION, &erp_url, TABLE, PAGE as u32, "")
         );
         let config = Config::from_toml(&toml)?;
         let config_path = std::env::temp_dir().join(format!("syncfleet-bench-{tag}.toml"));

@@ -388,7 +388,7 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
     let sandbox = if erp {
         let scale: syncfleet_sandbox::Scale = scale.parse()?;
         let sb = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig { scale, ..Default::default() }).await?;
-        let toml = demo_erp_toml(&sb.erp_url());
+        let toml = syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "");
         let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
         config.integrations.extend(parsed.integrations);
         Some(sb)
@@ -502,35 +502,6 @@ async fn demo_run(
         other => other?,
     };
     wait_for(ops, run_id, progress, Duration::from_secs(300)).await
-}
-
-/// The `http-json` integration the demo syncs: the sandbox ERP's items into `erp_items`.
-fn demo_erp_toml(erp_url: &str) -> String {
-    format!(
-        r#"
-[integrations.demo-erp]
-pack = "http-json"
-base_url = "{erp_url}"
-auth = {{ style = "bearer", secret = "erp-token" }}
-
-[integrations.demo-erp.entities.items]
-path = "/items"
-item_path = "/items/{{id}}"
-paging = {{ style = "offset", limit = 1000, total = "/total" }}
-records = "/items"
-id = "/id"
-updated_at = "/updated_at"
-since_param = "updated_since"
-table = "erp_items"
-
-[integrations.demo-erp.entities.items.columns]
-sku = {{ path = "/sku", type = "text" }}
-name = {{ path = "/name", type = "text" }}
-quantity = {{ path = "/quantity", type = "bigint" }}
-warehouse = {{ path = "/warehouse", type = "text" }}
-source_updated_at = {{ path = "/updated_at", type = "timestamptz" }}
-"#
-    )
 }
 
 #[cfg(test)]

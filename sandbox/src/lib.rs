@@ -139,3 +139,36 @@ pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
     let task = tokio::spawn(serve(listener, state.clone(), token.clone()));
     Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
 }
+
+/// syncfleet config of an `http-json` integration `name` reading the sandbox ERP items into `table`.
+/// `extra` lines go into the integration's table (e.g. `upstream = "x"`). Used by `syncfleet demo`
+/// and the tests, so both sync the same declaration.
+pub fn erp_integration_toml(name: &str, erp_url: &str, table: &str, page_size: u32, extra: &str) -> String {
+    format!(
+        r#"
+[integrations.{name}]
+pack = "http-json"
+base_url = "{erp_url}"
+auth = {{ style = "bearer", secret = "erp-token" }}
+{extra}
+
+[integrations.{name}.entities.items]
+path = "/items"
+item_path = "/items/{{id}}"
+paging = {{ style = "offset", limit = {page_size}, total = "/total" }}
+records = "/items"
+id = "/id"
+updated_at = "/updated_at"
+since_param = "updated_since"
+table = "{table}"
+create_table = true
+
+[integrations.{name}.entities.items.columns]
+sku = {{ path = "/sku", type = "text" }}
+name = {{ path = "/name", type = "text" }}
+quantity = {{ path = "/quantity", type = "bigint" }}
+warehouse = {{ path = "/warehouse", type = "text" }}
+source_updated_at = {{ path = "/updated_at", type = "timestamptz" }}
+"#
+    )
+}
