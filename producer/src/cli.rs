@@ -450,11 +450,14 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
         e.await.ok();
     }
     let runs = result?;
-    for run in &runs {
-        if !json {
+    if json {
+        // One JSON document: the runs in the order they ran.
+        println!("{}", serde_json::to_string_pretty(&runs).expect("serializable"));
+    } else {
+        for run in &runs {
             println!();
+            print_run(run, false);
         }
-        print_run(run, json);
     }
     let last = runs.last().expect("at least one run");
     say(if erp {
