@@ -106,23 +106,39 @@ pub async fn integration_by_name(pool: &PgPool, name: &str) -> Result<Integratio
         .ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))
 }
 
-/// Creates the integration or updates its pack and settings.
+/// Creates the integration or updates its pack and settings (enabled).
 pub async fn upsert_integration(
     pool: &PgPool,
     name: &str,
     pack: &str,
     settings: &serde_json::Value,
 ) -> Result<Integration, StoreError> {
-    Ok(sqlx::query_as::<_, Integration>(
-        "INSERT INTO integrations (name, pack, settings) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings, updated_at = now()
-         RETURNING id, name, pack, enabled, settings",
+    put_integration(pool, name, pack, settings, true).await?;
+    integration_by_name(pool, name).await
+}
+
+/// Creates or updates one integration; a row that already holds these values is not rewritten.
+async fn put_integration(
+    pool: &PgPool,
+    name: &str,
+    pack: &str,
+    settings: &serde_json::Value,
+    enabled: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO integrations (name, pack, settings, enabled) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings,
+             enabled = EXCLUDED.enabled, updated_at = now()
+         WHERE (integrations.pack, integrations.settings, integrations.enabled)
+             IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled)",
     )
     .bind(name)
     .bind(pack)
     .bind(settings)
-    .fetch_one(pool)
-    .await?)
+    .bind(enabled)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Registers the integrations of the config file: creates or updates each (pack, settings,
@@ -133,19 +149,7 @@ pub async fn register_integrations(
 ) -> Result<(), StoreError> {
     for (name, spec) in integrations {
         let settings = serde_json::Value::Object(spec.settings.clone());
-        sqlx::query(
-            "INSERT INTO integrations (name, pack, settings, enabled) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings,
-                 enabled = EXCLUDED.enabled, updated_at = now()
-             WHERE (integrations.pack, integrations.settings, integrations.enabled)
-                 IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled)",
-        )
-        .bind(name)
-        .bind(&spec.pack)
-        .bind(&settings)
-        .bind(spec.enabled)
-        .execute(pool)
-        .await?;
+        put_integration(pool, name, &spec.pack, &settings, spec.enabled).await?;
         crate::packs::prepare(pool, name, &spec.pack, &settings).await.map_err(StoreError::Integration)?;
     }
     Ok(())

@@ -330,8 +330,7 @@ impl Table {
         fetch_started: chrono::DateTime<chrono::Utc>,
     ) -> Result<(i64, i64), sqlx::Error> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FILTER (WHERE is_active),
-                    count(*) FILTER (WHERE is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3)
+            "SELECT count(*) FILTER (WHERE is_active), count(*) FILTER (WHERE {SWEEPABLE})
              FROM {} WHERE integration_id = $1",
             self.name
         )))
@@ -352,7 +351,7 @@ impl Table {
     ) -> Result<i64, sqlx::Error> {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
-             WHERE integration_id = $1 AND is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3",
+             WHERE integration_id = $1 AND {SWEEPABLE}",
             self.name
         )))
         .bind(integration_id)
@@ -363,6 +362,10 @@ impl Table {
         Ok(done.rows_affected() as i64)
     }
 }
+
+/// Rows a sweep by run `$2` deactivates: active, not seen by the run, not written since the fetch
+/// began at `$3`.
+const SWEEPABLE: &str = "is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3";
 
 /// `$1` integration id, `$2` run id (NULL for single items), `$3` external ids, `$4…` one text array
 /// per mapped column. Unchanged rows are written only to mark them seen (their `updated_at` stays);
