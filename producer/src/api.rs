@@ -29,6 +29,8 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/queues", get(queues))
         .route("/api/integrations/{name}/items/{entity}", post(sync_item))
+        .merge(crate::dashboard::router())
+        .merge(crate::metrics::router())
         .with_state(ops)
 }
 

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod dashboard;
+pub mod metrics;
 pub mod ops;
 pub mod reconciler;
 pub mod scheduler;

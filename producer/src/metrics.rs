@@ -1,0 +1,9 @@
+//! Prometheus `/metrics` of the producer.
+
+use axum::Router;
+
+use crate::ops::Ops;
+
+pub fn router() -> Router<Ops> {
+    Router::new()
+}
