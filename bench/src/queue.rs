@@ -50,6 +50,8 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
                     step: StepName::parse("noop").unwrap(),
                     shard: i as i32,
                     job_id,
+                    trace_context: None,
+                    due_at_ms: None,
                 },
             )
         })
@@ -147,6 +149,7 @@ impl Fleet {
                 triggered_by: "bench".into(),
                 tick_key: None,
                 force_sweep: false,
+                step: None,
             })
             .await?)
     }

@@ -218,6 +218,7 @@ async fn engine_run(s: &Scratch, worker: &mut tokio::process::Child, rows: usize
             triggered_by: "bench".into(),
             tick_key: None,
             force_sweep: false,
+            step: None,
         })
         .await?;
     let limit = Duration::from_secs(120 + rows as u64 / 200);

@@ -69,6 +69,9 @@ enum Command {
         /// Sweep even when the deletion guard would block it.
         #[arg(long)]
         force_sweep: bool,
+        /// Run only this step of the chain (its prerequisites are not run).
+        #[arg(long)]
+        step: Option<String>,
         /// Wait for the run to end; exit 0 completed, 3 partial, 1 failed or cancelled.
         #[arg(long)]
         wait: bool,
@@ -100,8 +103,88 @@ enum Command {
     },
     /// Stop scheduling further steps of an active run.
     Cancel { run_id: String },
-    /// Depth of every queue by state, read from Redis.
+    /// Depth of every queue by state, read from Redis (and paused / blocked from PostgreSQL).
     Queues {
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pause or resume a queue (a paused queue gets nothing new dispatched to it).
+    Queue {
+        #[command(subcommand)]
+        action: QueueCommand,
+    },
+    /// Read or set the schedule of a chain for an integration.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleCommand,
+    },
+    /// List the integrations (secrets only as references).
+    Integrations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Worker processes alive, with the steps they run now.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, list or revoke API tokens.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Dispatch nothing new to QUEUE until it is resumed.
+    Pause { queue: String },
+    /// Resume dispatching to QUEUE.
+    Resume { queue: String },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Every schedule with its next run, or one chain's.
+    Get {
+        chain: Option<String>,
+        #[arg(long)]
+        integration: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a schedule (overrides the config): `--interval-secs N`, `--cron EXPR` or `--disable`.
+    Set {
+        chain: String,
+        #[arg(long)]
+        integration: String,
+        #[arg(long, conflicts_with_all = ["cron", "disable"])]
+        interval_secs: Option<u64>,
+        #[arg(long, conflicts_with = "disable")]
+        cron: Option<String>,
+        #[arg(long)]
+        disable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the token named NAME.
+    Revoke { name: String },
+    /// List tokens (never their secrets).
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +197,9 @@ enum RunsCommand {
         run_id: String,
         #[arg(long)]
         json: bool,
+        /// Follow the run live until it ends.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -143,25 +229,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck { json } => healthcheck(&config, json).await,
         Command::Demo { json, workers, chain, scale } => demo(config, json, workers, &chain, &scale).await,
-        Command::Trigger { chain, integration, mode, force_sweep, wait, json } => {
+        Command::Trigger { chain, integration, mode, force_sweep, step, wait, json } => {
             let ops = crate::connect(&config).await?;
             let mode = Mode::parse(&mode).unwrap_or_default();
+            let detail = serde_json::json!({
+                "chain": chain, "integration": integration, "mode": mode.as_str(), "step": step, "force_sweep": force_sweep,
+            });
             let run_id = ops
                 .trigger(Trigger {
                     chain,
                     integration,
                     mode,
                     kind: TriggerKind::Manual,
-                    triggered_by: format!("cli:{}", whoami()),
+                    triggered_by: actor(),
                     tick_key: None,
                     force_sweep,
+                    step,
                 })
                 .await?;
+            ops.audit(&actor(), "run.trigger", &run_id.to_string(), detail).await;
             finish_or_print(&ops, run_id, wait, json).await
         }
-        Command::Runs { show: Some(RunsCommand::Show { run_id, json }), .. } => {
+        Command::Runs { show: Some(RunsCommand::Show { run_id, json, watch }), .. } => {
             let ops = crate::connect(&config).await?;
-            let run = views::run(&ops.pool, run_id.parse()?).await?;
+            let id: RunId = run_id.parse()?;
+            if watch {
+                let run = wait_for(&ops, id, true, Duration::from_secs(24 * 3600)).await?;
+                print_run(&run, json);
+                return Ok(exit_for(&run.status));
+            }
+            let run = views::run(&ops.pool, id).await?;
             print_run(&run, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -192,21 +289,212 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ops = crate::connect(&config).await?;
             let id: RunId = run_id.parse()?;
             ops.resume(id).await?;
+            ops.audit(&actor(), "run.resume", &run_id, serde_json::json!({})).await;
             finish_or_print(&ops, id, wait, json).await
         }
         Command::Cancel { run_id } => {
             let ops = crate::connect(&config).await?;
             ops.cancel(run_id.parse()?).await?;
+            ops.audit(&actor(), "run.cancel", &run_id, serde_json::json!({})).await;
             println!("run {run_id} cancelled");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queues { json } => {
+        Command::Queues { json, watch } => {
             let ops = crate::connect(&config).await?;
-            let depths = ops.queue_depths().await?;
-            print_queues(&depths, json);
+            loop {
+                let depths = ops.queue_depths().await?;
+                if watch && !json {
+                    // Clear the screen and redraw in place.
+                    print!("\x1b[2J\x1b[H{}  (every 1 s; ctrl-c to stop)\n", chrono::Utc::now().format("%F %T UTC"));
+                }
+                print_queues(&depths, json);
+                if !watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+        Command::Queue { action } => {
+            let ops = crate::connect(&config).await?;
+            let (queue, changed, state) = match action {
+                QueueCommand::Pause { queue } => {
+                    let c = ops.pause_queue(&queue, &actor()).await?;
+                    (queue, c, "paused")
+                }
+                QueueCommand::Resume { queue } => {
+                    let c = ops.resume_queue(&queue, &actor()).await?;
+                    (queue, c, "resumed")
+                }
+            };
+            println!("queue {queue} {state}{}", if changed { "" } else { " (it was already)" });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schedule { action } => schedule(&config, action).await,
+        Command::Integrations { json } => {
+            let ops = crate::connect(&config).await?;
+            let list = store::integrations::list(&ops.pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let mut t = table(&["name", "pack", "enabled", "webhook secret", "updated_at"]);
+                for i in list {
+                    t.add_row(vec![
+                        i.name,
+                        i.pack,
+                        i.enabled.to_string(),
+                        i.webhook_secret_ref.unwrap_or_default(),
+                        i.updated_at.format("%F %T").to_string(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workers { json } => {
+            let ops = crate::connect(&config).await?;
+            let workers = ops.workers().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workers)?);
+            } else {
+                let mut t = table(&["worker", "queues", "last_seen", "running"]);
+                for w in workers {
+                    let running: Vec<String> = w
+                        .current
+                        .iter()
+                        .map(|c| format!("{}/{}:{} ({})", c.chain, c.step, c.shard, c.run_id))
+                        .collect();
+                    t.add_row(vec![
+                        w.name,
+                        w.queues.join(","),
+                        w.last_seen.format("%F %T").to_string(),
+                        if running.is_empty() { "idle".into() } else { running.join("\n") },
+                    ]);
+                }
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens { action } => tokens(&config, action).await,
     }
+}
+
+async fn schedule(config: &Config, action: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    let ops = crate::connect(config).await?;
+    match action {
+        ScheduleCommand::Get { chain, integration, json } => {
+            let all: Vec<_> = ops
+                .schedules()
+                .await?
+                .into_iter()
+                .filter(|s| chain.as_ref().is_none_or(|c| *c == s.chain))
+                .filter(|s| integration.as_ref().is_none_or(|i| *i == s.integration))
+                .collect();
+            if let (Some(c), true) = (&chain, all.is_empty()) {
+                if ops.chains.get(c).is_none() {
+                    return Err(StoreError::UnknownChain(c.clone()).into());
+                }
+                anyhow::bail!(
+                    "chain `{c}` has no schedule{}",
+                    integration.map(|i| format!(" for `{i}`")).unwrap_or_default()
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                let mut t = table(&["chain", "integration", "every", "source", "enabled", "next run", "set by"]);
+                for s in all {
+                    let every = match (s.interval_secs, &s.cron) {
+                        (Some(i), _) => format!("{i}s"),
+                        (None, Some(c)) => format!("cron {c}"),
+                        _ => "–".into(),
+                    };
+                    t.add_row(vec![
+                        s.chain,
+                        s.integration,
+                        every,
+                        s.source,
+                        s.enabled.to_string(),
+                        s.next_at.map(|t| t.format("%F %T UTC").to_string()).unwrap_or_default(),
+                        s.updated_by.unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        ScheduleCommand::Set { chain, integration, interval_secs, cron, disable } => {
+            if interval_secs.is_none() && cron.is_none() && !disable {
+                anyhow::bail!("give --interval-secs, --cron or --disable");
+            }
+            let spec = syncfleet_shared::config::ScheduleSpec { interval_secs, cron };
+            ops.set_schedule(&chain, &integration, &spec, !disable, &actor()).await?;
+            let s = ops.schedules().await?.into_iter().find(|s| s.chain == chain && s.integration == integration);
+            match s.and_then(|s| s.next_at) {
+                Some(next) => {
+                    println!("schedule of {chain} for {integration} stored; next run {}", next.format("%F %T UTC"))
+                }
+                None => println!("schedule of {chain} for {integration} disabled"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tokens(config: &Config, action: TokensCommand) -> anyhow::Result<ExitCode> {
+    use syncfleet_shared::store::tokens;
+    let pool = store::connect(&config.database).await?;
+    store::migrate(&pool).await?;
+    let audit = |action: &'static str, target: String, detail: serde_json::Value| {
+        let pool = pool.clone();
+        async move { store::audit::record(&pool, &actor(), action, &target, detail).await }
+    };
+    match action {
+        TokensCommand::Create { name, role, json } => {
+            let role: tokens::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let (info, token) = tokens::create(&pool, &name, role, &actor()).await?;
+            audit("token.create", name, serde_json::json!({ "role": role })).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "name": info.name, "role": info.role, "key": info.key, "token": token })
+                );
+            } else {
+                println!("{token}");
+                eprintln!("token `{}` ({}) created; it is shown only now.", info.name, info.role);
+            }
+        }
+        TokensCommand::Revoke { name } => {
+            tokens::revoke(&pool, &name).await?;
+            audit("token.revoke", name.clone(), serde_json::json!({})).await?;
+            println!("token {name} revoked");
+        }
+        TokensCommand::List { json } => {
+            let list = tokens::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let mut t = table(&["name", "role", "key", "created_by", "created_at", "last_used_at", "revoked_at"]);
+                let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%F %T").to_string()).unwrap_or_default()
+                };
+                for k in list {
+                    t.add_row(vec![
+                        k.name,
+                        k.role.to_string(),
+                        k.key,
+                        k.created_by,
+                        k.created_at.format("%F %T").to_string(),
+                        ts(k.last_used_at),
+                        ts(k.revoked_at),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the previous one already
@@ -222,8 +510,9 @@ fn describe(error: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+/// The audit actor of CLI commands: `cli:<user>`.
+fn actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
 async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -274,28 +563,19 @@ async fn finish_or_print(ops: &Ops, run_id: RunId, wait: bool, json: bool) -> an
     Ok(exit_for(&run.status))
 }
 
-/// Polls the run until it ends, printing each step's state changes when `progress`.
+/// Polls the run until it ends. With `progress`, shows each step's progress: one bar per step
+/// on a terminal, else a line per state change (logs and CI).
 pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration) -> anyhow::Result<views::RunView> {
+    use std::io::IsTerminal;
     let start = std::time::Instant::now();
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut display = match (progress, std::io::stderr().is_terminal()) {
+        (false, _) => Progress::Quiet,
+        (true, true) => Progress::Bars(indicatif::MultiProgress::new(), HashMap::new()),
+        (true, false) => Progress::Lines(HashMap::new()),
+    };
     loop {
         let run = views::run(&ops.pool, run_id).await?;
-        if progress {
-            for s in &run.steps {
-                let mut line = if s.shards > 1 {
-                    format!("{} {}/{}", s.status, s.shards_done, s.shards)
-                } else {
-                    s.status.clone()
-                };
-                if let (Some(error), true) = (&s.error, s.status == "ready" || s.status == "failed") {
-                    line.push_str(&format!("  (attempt {} failed: {error})", s.attempts));
-                }
-                if seen.get(&s.step) != Some(&line) {
-                    eprintln!("  {:>8.1}s  {:<14} {}", start.elapsed().as_secs_f64(), s.step, line);
-                    seen.insert(s.step.clone(), line);
-                }
-            }
-        }
+        display.show(&run, start.elapsed());
         if matches!(run.status.as_str(), "completed" | "partial" | "failed" | "cancelled") {
             return Ok(run);
         }
@@ -303,6 +583,61 @@ pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration)
             anyhow::bail!("run {run_id} still {} after {}s", run.status, limit.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Progress {
+    Quiet,
+    Lines(HashMap<String, String>),
+    Bars(indicatif::MultiProgress, HashMap<String, indicatif::ProgressBar>),
+}
+
+/// A step's state as shown: `running 3/20` for shards, and why a retry is coming.
+fn step_state(s: &views::StepView, with_counts: bool) -> String {
+    let mut line = if s.shards > 1 { format!("{} {}/{}", s.status, s.shards_done, s.shards) } else { s.status.clone() };
+    if let (Some(error), true) = (&s.error, s.status == "ready" || s.status == "failed") {
+        line.push_str(&format!("  (attempt {} failed: {error})", s.attempts));
+    }
+    if with_counts && s.fetched > 0 {
+        line.push_str(&format!("  fetched {}", s.fetched));
+    }
+    line
+}
+
+impl Progress {
+    fn show(&mut self, run: &views::RunView, elapsed: Duration) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Lines(seen) => {
+                for s in &run.steps {
+                    let line = step_state(s, false);
+                    if seen.get(&s.step) != Some(&line) {
+                        eprintln!("  {:>8.1}s  {:<14} {}", elapsed.as_secs_f64(), s.step, line);
+                        seen.insert(s.step.clone(), line);
+                    }
+                }
+            }
+            Progress::Bars(multi, bars) => {
+                let style = indicatif::ProgressStyle::with_template("  {prefix:<16} [{bar:24}] {pos}/{len}  {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> ");
+                for s in &run.steps {
+                    let bar = bars.entry(s.step.clone()).or_insert_with(|| {
+                        let b = multi.add(indicatif::ProgressBar::new(s.shards.max(1) as u64));
+                        b.set_style(style.clone());
+                        b.set_prefix(s.step.clone());
+                        b
+                    });
+                    bar.set_length(s.shards.max(1) as u64);
+                    bar.set_position(s.shards_done as u64);
+                    bar.set_message(step_state(s, true));
+                    let done = matches!(s.status.as_str(), "succeeded" | "failed" | "skipped" | "cancelled");
+                    if done && !bar.is_finished() {
+                        bar.finish_with_message(step_state(s, true));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -366,16 +701,18 @@ fn print_queues(depths: &[QueueDepth], json: bool) {
         println!("{}", serde_json::to_string_pretty(depths).expect("serializable"));
         return;
     }
-    let mut t = table(&["queue", "ready", "scheduled", "inflight", "dead", "done", "workers"]);
+    let mut t = table(&["queue", "ready", "scheduled", "inflight", "blocked", "dead", "done", "workers", "paused"]);
     for d in depths {
         t.add_row(vec![
             d.queue.clone(),
             d.ready.to_string(),
             d.scheduled.to_string(),
             d.inflight.to_string(),
+            d.blocked.to_string(),
             d.dead.to_string(),
             d.done.to_string(),
             d.workers.to_string(),
+            if d.paused { "paused".into() } else { String::new() },
         ]);
     }
     println!("{t}");
@@ -493,6 +830,7 @@ async fn demo_run(
         triggered_by: "demo".into(),
         tick_key: None,
         force_sweep: false,
+        step: None,
     };
     let run_id = match ops.trigger(trigger.clone()).await {
         Err(StoreError::ActiveRun { run_id, .. }) => {

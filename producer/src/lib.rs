@@ -2,6 +2,7 @@
 //! `syncfleet` CLI, which drives the same operations.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod dashboard;
 pub mod metrics;

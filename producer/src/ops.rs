@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use syncfleet_shared::{
-    chain::{ChainRegistry, Mode},
-    config::Config,
+    chain::{ChainDef, ChainRegistry, Mode},
+    config::{Config, Schedule, ScheduleSpec},
     dispatch,
     http::HttpClients,
     ids::RunId,
     queue::{QueueClient, QueueDepth},
     store::{
-        self, StoreError,
+        self, StoreError, queues,
         runs::{self, TriggerKind, TriggerRequest},
     },
 };
@@ -37,16 +37,58 @@ pub struct Trigger {
     pub triggered_by: String,
     pub tick_key: Option<String>,
     pub force_sweep: bool,
+    /// Run only this step of the chain (its prerequisites are not run).
+    pub step: Option<String>,
+}
+
+/// A worker process seen in Redis, with what it runs now.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct WorkerView {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    pub current: Vec<queues::RunningStep>,
+}
+
+/// A schedule after resolution, with its next execution.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ScheduleView {
+    pub chain: String,
+    pub integration: String,
+    pub interval_secs: Option<u64>,
+    pub cron: Option<String>,
+    /// `stored` (set through the API or the CLI) or `config` (file or environment).
+    pub source: String,
+    pub enabled: bool,
+    pub next_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_by: Option<String>,
 }
 
 impl Ops {
+    /// The root span of the run's trace: the run stores its context, and every step job carries it.
+    #[tracing::instrument(name = "trigger", parent = None, skip_all, fields(chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str()))]
     pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
-        let chain = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
+        let full = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
+        let chain: ChainDef = match &t.step {
+            None => (**full).clone(),
+            Some(step) => {
+                let mut def = full.step(step).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = full.steps.iter().map(|s| s.name.as_str()).collect();
+                    StoreError::Invalid(format!(
+                        "step: chain `{}` has no step `{step}` (steps: {})",
+                        t.chain,
+                        known.join(", ")
+                    ))
+                })?;
+                def.prerequisites.clear();
+                ChainDef { steps: vec![def], ..(**full).clone() }
+            }
+        };
         let integration = store::integration_by_name(&self.pool, &t.integration).await?;
         let (run_id, ready) = runs::create_run(
             &self.pool,
             TriggerRequest {
-                chain,
+                chain: &chain,
                 integration: &integration,
                 mode: t.mode,
                 kind: t.kind,
@@ -83,12 +125,191 @@ impl Ops {
         }
     }
 
-    /// Depth of every queue the chains use.
-    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, syncfleet_shared::queue::QueueError> {
+    /// Depth of every queue the chains use: Redis's states, plus what PostgreSQL knows (paused,
+    /// blocked behind an entity lease).
+    pub async fn queue_depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
+        let paused = queues::paused(&self.pool).await?;
+        let blocked = queues::blocked_by_lease(&self.pool).await?;
         let mut out = Vec::new();
         for q in self.chains.queues() {
-            out.push(self.queues.depth(&q).await?);
+            let mut d = self.queues.depth(&q).await?;
+            d.paused = paused.contains(&q);
+            d.blocked = blocked.get(&q).copied().unwrap_or(0);
+            out.push(d);
         }
         Ok(out)
+    }
+
+    /// `NotFound` unless a chain uses `queue`.
+    pub fn known_queue(&self, queue: &str) -> Result<(), StoreError> {
+        if self.chains.queues().iter().any(|q| q == queue) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("unknown queue `{queue}` (queues: {})", self.chains.queues().join(", "))))
+        }
+    }
+
+    /// Pauses a queue: nothing new is dispatched to it; steps already in Redis still run.
+    pub async fn pause_queue(&self, queue: &str, actor: &str) -> Result<bool, StoreError> {
+        self.known_queue(queue)?;
+        let changed = queues::pause(&self.pool, queue, &self.queues.queue_name(queue), actor).await?;
+        self.audit(actor, "queue.pause", queue, serde_json::json!({ "changed": changed })).await;
+        Ok(changed)
+    }
+
+    pub async fn resume_queue(&self, queue: &str, actor: &str) -> Result<bool, StoreError> {
+        self.known_queue(queue)?;
+        let changed = queues::resume(&self.pool, queue).await?;
+        self.audit(actor, "queue.resume", queue, serde_json::json!({ "changed": changed })).await;
+        let cap = self.config.producer.dispatch_cap;
+        if changed && let Err(error) = dispatch::dispatch(&self.pool, &self.queues, queue, cap, None).await {
+            tracing::warn!(%error, %queue, "Dispatch after resume failed; the reconciler will do it.");
+        }
+        Ok(changed)
+    }
+
+    /// Records a mutation in the audit trail; a failure to record is logged, not returned (the
+    /// mutation has happened).
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
+        if let Err(error) = store::audit::record(&self.pool, actor, action, target, detail).await {
+            tracing::error!(%error, %actor, %action, %target, "Audit record failed.");
+        }
+    }
+
+    /// Worker processes registered in Redis and seen within five heartbeats, with their running
+    /// steps from PostgreSQL.
+    pub async fn workers(&self) -> anyhow::Result<Vec<WorkerView>> {
+        let now = chrono::Utc::now();
+        let alive_secs = (self.config.worker.heartbeat_secs.max(1) * 5) as f64;
+        let mut by_name: std::collections::BTreeMap<String, WorkerView> = Default::default();
+        for q in self.chains.queues() {
+            for (registered, seen) in self.queues.workers(&q).await? {
+                if (now.timestamp() as f64) - seen > alive_secs {
+                    continue;
+                }
+                // apalis registers `<process name>:<restart count>` per queue.
+                let name = registered.rsplit_once(':').map(|(n, _)| n.to_owned()).unwrap_or(registered);
+                let last_seen = chrono::DateTime::from_timestamp(seen as i64, 0).unwrap_or(now);
+                let w = by_name.entry(name.clone()).or_insert_with(|| WorkerView {
+                    name,
+                    queues: vec![],
+                    last_seen,
+                    current: vec![],
+                });
+                if !w.queues.contains(&q) {
+                    w.queues.push(q.clone());
+                }
+                w.last_seen = w.last_seen.max(last_seen);
+            }
+        }
+        for step in queues::running_steps(&self.pool).await? {
+            if let Some(w) = by_name.get_mut(&step.worker) {
+                w.current.push(step);
+            }
+        }
+        Ok(by_name.into_values().collect())
+    }
+
+    /// Every schedule (configured and stored) with its next execution.
+    pub async fn schedules(&self) -> anyhow::Result<Vec<ScheduleView>> {
+        let resolved = crate::scheduler::Scheduler::new(self.clone()).resolve().await?;
+        let stored: Vec<(String, String, bool, String)> = sqlx::query_as(
+            "SELECT s.chain, i.name, s.enabled, s.updated_by FROM schedules s JOIN integrations i ON i.id = s.integration_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let now = chrono::Utc::now();
+        let mut out: Vec<ScheduleView> = resolved
+            .into_iter()
+            .map(|r| {
+                let (interval_secs, cron) = match &r.schedule {
+                    Schedule::Interval(d) => (Some(d.as_secs()), None),
+                    Schedule::Cron(c) => (None, Some(c.clone())),
+                };
+                let updated_by = stored
+                    .iter()
+                    .find(|(c, i, _, _)| *c == r.chain && *i == r.integration)
+                    .map(|(_, _, _, by)| by.clone());
+                ScheduleView {
+                    next_at: r.schedule.next_after(now),
+                    chain: r.chain,
+                    integration: r.integration,
+                    interval_secs,
+                    cron,
+                    source: r.source.to_owned(),
+                    enabled: true,
+                    updated_by,
+                }
+            })
+            .collect();
+        // Stored schedules switched off still show, as disabled.
+        for (chain, integration, enabled, by) in stored {
+            if !enabled && !out.iter().any(|s| s.chain == chain && s.integration == integration) {
+                out.push(ScheduleView {
+                    chain,
+                    integration,
+                    interval_secs: None,
+                    cron: None,
+                    source: "stored".into(),
+                    enabled: false,
+                    next_at: None,
+                    updated_by: Some(by),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.chain, &a.integration).cmp(&(&b.chain, &b.integration)));
+        Ok(out)
+    }
+
+    /// Stores a schedule for (chain, integration); the minimum interval is enforced.
+    pub async fn set_schedule(
+        &self,
+        chain: &str,
+        integration: &str,
+        spec: &ScheduleSpec,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let def = self.chains.get(chain).ok_or_else(|| StoreError::UnknownChain(chain.into()))?;
+        let i = store::integration_by_name(&self.pool, integration).await?;
+        if def.pack != i.pack {
+            return Err(StoreError::Invalid(format!(
+                "integration: `{integration}` is a `{}` integration; chain `{chain}` needs `{}`",
+                i.pack, def.pack
+            )));
+        }
+        if enabled || spec.interval_secs.is_some() || spec.cron.is_some() {
+            Schedule::from_spec(spec, self.config.min_interval()).map_err(|m| {
+                let field = if spec.cron.is_some() && spec.interval_secs.is_none() { "cron" } else { "interval_secs" };
+                StoreError::Invalid(format!("{field}: {m}"))
+            })?;
+        }
+        // A disabled schedule keeps its last spec (or a placeholder interval satisfying the table's check).
+        let (interval, cron) = match (spec.interval_secs, &spec.cron) {
+            (None, None) => (Some(self.config.min_interval().as_secs().max(1) as i32), None),
+            (i, c) => (i.map(|v| v.min(i32::MAX as u64) as i32), c.clone()),
+        };
+        sqlx::query(
+            "INSERT INTO schedules (chain, integration_id, interval_secs, cron, enabled, updated_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (chain, integration_id) DO UPDATE SET interval_secs = EXCLUDED.interval_secs,
+                 cron = EXCLUDED.cron, enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by, updated_at = now()",
+        )
+        .bind(chain)
+        .bind(i.id)
+        .bind(interval)
+        .bind(&cron)
+        .bind(enabled)
+        .bind(actor)
+        .execute(&self.pool)
+        .await?;
+        self.audit(
+            actor,
+            "schedule.set",
+            &format!("{chain}/{integration}"),
+            serde_json::json!({ "interval_secs": spec.interval_secs, "cron": spec.cron, "enabled": enabled }),
+        )
+        .await;
+        Ok(())
     }
 }

@@ -117,6 +117,7 @@ impl Scheduler {
             triggered_by: format!("{}:{tick}", kind.as_str()),
             tick_key: Some(tick_id(&c, &i, tick)),
             force_sweep: false,
+            step: None,
         };
         match self.ops.trigger(trigger).await {
             Ok(run) => Ok(Fired::Created(run.to_string())),

@@ -96,6 +96,9 @@ pub struct IntegrationSpec {
     pub pack: String,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// Where the webhook HMAC secret lives: `env:NAME` or `file:/path`.
+    #[serde(default)]
+    pub webhook_secret_ref: Option<String>,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
@@ -136,6 +139,8 @@ pub struct WorkerConfig {
     pub drain_timeout_secs: u64,
     /// Worker name prefix; a random suffix makes each process (and restart) unique.
     pub name: Option<String>,
+    /// Address of the worker's HTTP listener (`/metrics`, `/livez`, `/readyz`); empty = none.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +183,7 @@ impl Default for Config {
                 lease_retry_ms: 250,
                 drain_timeout_secs: 60,
                 name: None,
+                listen: "0.0.0.0:9464".into(),
             },
             producer: ProducerConfig {
                 listen: "127.0.0.1:8080".into(),
@@ -240,6 +246,9 @@ impl Config {
         if w.lease_ttl_secs < w.heartbeat_secs * 2 {
             return Err(invalid("worker.lease_ttl_secs", "must be at least twice worker.heartbeat_secs"));
         }
+        if !w.listen.is_empty() && w.listen.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            return Err(invalid("worker.listen", "must be host:port, or empty for no listener"));
+        }
         let p = &self.producer;
         if p.dispatch_cap == 0 || p.dispatch_cap > MAX_DISPATCH_CAP {
             return Err(invalid(
@@ -263,6 +272,10 @@ impl Config {
             }
             crate::packs::check_settings(&spec.pack, &serde_json::Value::Object(spec.settings.clone()))
                 .map_err(|(k, m)| invalid(&if k.is_empty() { key.clone() } else { format!("{key}.{k}") }, m))?;
+            if let Some(r) = &spec.webhook_secret_ref {
+                crate::store::integrations::check_secret_ref(r)
+                    .map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
+            }
         }
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {

@@ -4,12 +4,13 @@
 //! per queue makes the cap exact across all of them.
 
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{
     ids::{RunId, StepName},
     job::JobPayload,
     queue::{QueueClient, QueueError},
-    store::runs,
+    store::{self, runs},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +34,13 @@ pub async fn dispatch(
     // One dispatcher per queue at a time (producers and workers alike): reading the depth and
     // pushing into the room it leaves must not interleave, or two dispatchers fill it twice.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("syncfleet.dispatch:{}", queues.queue_name(queue)))
+        .bind(store::queues::dispatch_lock_key(&queues.queue_name(queue)))
         .execute(&mut *tx)
         .await?;
+    // A paused queue gets nothing new; its ready steps stay in PostgreSQL until it resumes.
+    if store::queues::is_paused(&mut tx, queue).await? {
+        return Ok(0);
+    }
     let waiting = queues.waiting(queue).await?;
     let room = cap.saturating_sub(waiting);
     if room == 0 {
@@ -57,13 +62,15 @@ pub async fn dispatch(
                     step,
                     shard: d.shard,
                     job_id: d.job_id.clone(),
+                    trace_context: d.trace_context.clone(),
+                    due_at_ms: d.not_before.map(|t| t.timestamp_millis()),
                 },
             ))
         })
         .collect();
     // Push before the commit: a crash in between leaves the steps undispatched, and the next push
     // under the same task ids is a no-op in Redis.
-    queues.push(queue, &jobs).await?;
+    queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
     let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
     runs::mark_dispatched(&mut tx, &ids).await?;
     tx.commit().await?;

@@ -37,7 +37,7 @@ pub enum QueueError {
 
 /// Depth of one queue by state, read from the keys directly (apalis-redis's stats calls are
 /// broken on 1.0). This is the `syncfleet queues --json` contract.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueDepth {
     pub queue: String,
     /// Due now: scheduled with run-at ≤ now, plus the active list.
@@ -49,6 +49,12 @@ pub struct QueueDepth {
     pub dead: i64,
     pub done: i64,
     pub workers: i64,
+    /// Ready steps waiting for an entity lease held by a running step (from PostgreSQL).
+    #[serde(default)]
+    pub blocked: i64,
+    /// Nothing new is dispatched to a paused queue (from PostgreSQL).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// Where a task id stands in Redis.
@@ -191,7 +197,15 @@ impl QueueClient {
             dead: v[3],
             done: v[4],
             workers: v[5],
+            ..QueueDepth::default()
         })
+    }
+
+    /// Workers registered on `queue` with their last heartbeat (epoch seconds).
+    pub async fn workers(&self, queue: &str) -> Result<Vec<(String, f64)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:workers", self.queue_name(queue));
+        Ok(redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut conn).await?)
     }
 
     /// Tasks waiting in Redis (due or later): what the dispatch cap bounds.

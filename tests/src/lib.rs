@@ -52,27 +52,32 @@ impl Running {
 impl TestEnv {
     /// A fresh database and namespace; `extra_toml` is appended to the generated config.
     pub async fn new(extra_toml: &str) -> TestEnv {
-        Self::build(REDIS_URL, "", extra_toml).await
+        Self::build(REDIS_URL, "", "", extra_toml).await
+    }
+
+    /// `top_lines` are top-level keys of the config (`min_interval_secs = 60`).
+    pub async fn with_top_level(top_lines: &str, extra_toml: &str) -> TestEnv {
+        Self::build(REDIS_URL, top_lines, "", extra_toml).await
     }
 
     /// `producer_lines` go into the `[producer]` table.
     pub async fn with_producer(producer_lines: &str, extra_toml: &str) -> TestEnv {
-        Self::build(REDIS_URL, producer_lines, extra_toml).await
+        Self::build(REDIS_URL, "", producer_lines, extra_toml).await
     }
 
     pub async fn with_redis(redis_url: &str, extra_toml: &str) -> TestEnv {
-        Self::build(redis_url, "", extra_toml).await
+        Self::build(redis_url, "", "", extra_toml).await
     }
 
-    async fn build(redis_url: &str, producer_lines: &str, extra_toml: &str) -> TestEnv {
+    async fn build(redis_url: &str, top_lines: &str, producer_lines: &str, extra_toml: &str) -> TestEnv {
         telemetry::init_test();
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let database = format!("sf_test_{id}");
         let toml = format!(
-            "environment = \"test\"\n\
+            "environment = \"test\"\n{top_lines}\n\
              [database]\nurl = \"postgres://postgres@127.0.0.1:5432/{database}\"\nmax_connections = 20\n\
              [redis]\nurl = \"{redis_url}\"\nnamespace = \"sft-{id}\"\n\
-             [worker]\nconcurrency = 4\npoll_interval_ms = 20\nheartbeat_secs = 1\nlease_ttl_secs = 4\nlease_retry_ms = 50\ndrain_timeout_secs = 30\n\
+             [worker]\nconcurrency = 4\npoll_interval_ms = 20\nheartbeat_secs = 1\nlease_ttl_secs = 4\nlease_retry_ms = 50\ndrain_timeout_secs = 30\nlisten = \"127.0.0.1:0\"\n\
              [producer]\nlisten = \"127.0.0.1:0\"\nreconcile_interval_ms = 100\nstale_after_secs = 4\nredeliver_after_secs = 2\n{producer_lines}\n\
              {extra_toml}\n"
         );
@@ -152,6 +157,7 @@ impl TestEnv {
                 triggered_by: "test".into(),
                 tick_key: None,
                 force_sweep,
+                step: None,
             })
             .await
             .expect("trigger")
@@ -212,6 +218,18 @@ impl TestEnv {
     }
 
     /// Drops the database and this namespace's Redis keys.
+    /// A new API token with `role` (viewer, operator or admin).
+    pub async fn token(&self, role: &str) -> String {
+        let name = format!("{role}-{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
+        let role = role.parse().expect("viewer, operator or admin");
+        store::tokens::create(&self.pool, &name, role, "test").await.expect("create token").1
+    }
+
+    /// An API client for `producer` authenticated with a new token of `role`.
+    pub async fn api(&self, producer: &Running, role: &str) -> Api {
+        Api::new(producer, Some(self.token(role).await))
+    }
+
     pub async fn finish(self) {
         self.pool.close().await;
         store::drop_database(&self.config.database).await.ok();
@@ -342,3 +360,62 @@ impl Sandbox {
 }
 
 pub use syncfleet_sandbox::erp_integration_toml;
+
+/// A small client of the admin API: every call returns the status and the JSON body (`Null`
+/// when the body is not JSON).
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(producer: &Running, token: Option<String>) -> Api {
+        Api {
+            base: format!("http://{}", producer.addr.expect("a producer has an address")),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same producer with another token (or none).
+    pub fn with_token(&self, token: Option<String>) -> Api {
+        Api { token, ..self.clone() }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+}

@@ -273,10 +273,9 @@ async fn resume_while_another_run_is_active_names_that_run() {
         }
         other => panic!("expected ActiveRun, got {other:?}"),
     }
-    let base = format!("http://{}", producer.addr.unwrap());
-    let resp = reqwest::Client::new().post(format!("{base}/api/runs/{failed}/resume")).send().await.unwrap();
-    assert_eq!(resp.status(), 409);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let api = env.api(&producer, "operator").await;
+    let (status, body) = api.post(&format!("/api/runs/{failed}/resume"), serde_json::Value::Null).await;
+    assert_eq!(status, 409);
     assert_eq!(body["run_id"], active.to_string());
 
     assert_eq!(env.wait(active, Duration::from_secs(30)).await.status, "completed");

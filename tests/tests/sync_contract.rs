@@ -270,13 +270,43 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     let producer = env.spawn_producer().await;
     let base = format!("http://{}/api/integrations", producer.addr.unwrap());
     let http = reqwest::Client::new();
+    // Webhooks authenticate with the integration's HMAC secret, kept in a file it references.
+    let secret_file = std::env::temp_dir().join(format!("syncfleet-webhook-{}", env.id));
+    std::fs::write(&secret_file, "s3cret-webhook\n").unwrap();
+    let change = syncfleet_shared::store::integrations::IntegrationChange {
+        webhook_secret_ref: Some(format!("file:{}", secret_file.display())),
+        ..Default::default()
+    };
+    syncfleet_shared::store::integrations::update(&env.pool, "erp", &change).await.unwrap();
     let post = |path: String, body: Value| {
         let http = http.clone();
         async move {
-            let r = http.post(path).json(&body).send().await.unwrap();
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let r = http
+                .post(path)
+                .header("content-type", "application/json")
+                .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"s3cret-webhook", &bytes))
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
+    // Unsigned or wrongly signed: 401, and nothing is written.
+    let probe = json!({ "id": 900002, "sku": "SKU-Y", "name": "Unsigned", "quantity": 1, "warehouse": "W1",
+                        "updated_at": "2026-11-01T10:00:00Z" });
+    let r = http.post(format!("{base}/erp/items/items")).json(&probe).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(format!("{base}/erp/items/items"))
+        .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"wrong", probe.to_string().as_bytes()))
+        .json(&probe)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(!rows(&env).await.contains_key("900002"));
     let item = json!({ "id": 900001, "sku": "SKU-X", "name": "Webhook item", "quantity": 5, "warehouse": "W1",
                        "updated_at": "2026-11-01T10:00:00Z" });
     let (status, body) = post(format!("{base}/erp/items/items"), item.clone()).await;
@@ -314,8 +344,15 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = post(format!("{base}/missing/items/items"), item.clone()).await;
     assert_eq!(status, 404, "{body}");
-    let r = http.post(format!("{base}/erp/items/items")).body("not json").send().await.unwrap();
+    let r = http
+        .post(format!("{base}/erp/items/items"))
+        .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"s3cret-webhook", b"not json"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+    std::fs::remove_file(&secret_file).ok();
     producer.stop().await;
     worker.stop().await;
     env.finish().await;

@@ -57,26 +57,14 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
     let env = TestEnv::new("").await;
     env.demo_integration("acme", json!({ "step_ms": 0 })).await;
     let producer = env.spawn_producer().await;
-    let base = format!("http://{}", producer.addr.unwrap());
-    let http = reqwest::Client::new();
+    let api = env.api(&producer, "operator").await;
 
-    let first = http
-        .post(format!("{base}/api/chains/demo_diamond/runs"))
-        .json(&json!({ "integration": "acme" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 201);
-    let run_id = first.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
+    let (status, first) = api.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme" })).await;
+    assert_eq!(status, 201, "{first}");
+    let run_id = first["run_id"].as_str().unwrap().to_owned();
 
-    let second = http
-        .post(format!("{base}/api/chains/demo_diamond/runs"))
-        .json(&json!({ "integration": "acme" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(second.status(), 409);
-    let body: serde_json::Value = second.json().await.unwrap();
+    let (status, body) = api.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme" })).await;
+    assert_eq!(status, 409);
     assert_eq!(body["error"], "active_run");
     assert_eq!(body["run_id"], run_id.as_str());
 
@@ -86,17 +74,12 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
     assert!(stderr.contains("already active") && stderr.contains(&run_id), "{stderr}");
 
     // Bad requests get a 4xx with a message.
-    let bad = http
-        .post(format!("{base}/api/chains/demo_diamond/runs"))
-        .json(&json!({ "integration": "acme", "mode": "sideways" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    assert!(bad.text().await.unwrap().contains("sideways"));
-    let unknown =
-        http.post(format!("{base}/api/chains/nope/runs")).json(&json!({ "integration": "acme" })).send().await.unwrap();
-    assert_eq!(unknown.status(), 404);
+    let (status, bad) =
+        api.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme", "mode": "sideways" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["message"], "mode: must be full or incremental, not `sideways`");
+    let (status, _) = api.post("/api/chains/nope/runs", json!({ "integration": "acme" })).await;
+    assert_eq!(status, 404);
 
     producer.stop().await;
     env.finish().await;

@@ -1,7 +1,11 @@
 //! PostgreSQL access: the source of truth for runs, steps, schedules, cursors and item errors.
 //! Tables are defined (and documented) in `migrations/`.
 
+pub mod audit;
+pub mod integrations;
+pub mod queues;
 pub mod runs;
+pub mod tokens;
 pub mod views;
 
 use std::str::FromStr;
@@ -37,6 +41,13 @@ pub enum StoreError {
     ActiveRun { chain: String, integration: String, run_id: String },
     #[error("tick `{0}` already has a run")]
     DuplicateTick(String),
+    /// Bad input; the message starts with the field at fault (`name: …`).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("run {0} not found")]
     RunNotFound(String),
     #[error("run {run_id} is {status}; {action} needs {needs}")]
@@ -113,29 +124,35 @@ pub async fn upsert_integration(
     pack: &str,
     settings: &serde_json::Value,
 ) -> Result<Integration, StoreError> {
-    put_integration(pool, name, pack, settings, true).await?;
+    put_integration(pool, name, pack, settings, true, None).await?;
     integration_by_name(pool, name).await
 }
 
 /// Creates or updates one integration; a row that already holds these values is not rewritten.
+/// `webhook_secret_ref` replaces the stored reference when given.
 async fn put_integration(
     pool: &PgPool,
     name: &str,
     pack: &str,
     settings: &serde_json::Value,
     enabled: bool,
+    webhook_secret_ref: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO integrations (name, pack, settings, enabled) VALUES ($1, $2, $3, $4)
+        "INSERT INTO integrations (name, pack, settings, enabled, webhook_secret_ref) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings,
-             enabled = EXCLUDED.enabled, updated_at = now()
-         WHERE (integrations.pack, integrations.settings, integrations.enabled)
-             IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled)",
+             enabled = EXCLUDED.enabled,
+             webhook_secret_ref = coalesce(EXCLUDED.webhook_secret_ref, integrations.webhook_secret_ref),
+             updated_at = now()
+         WHERE (integrations.pack, integrations.settings, integrations.enabled, integrations.webhook_secret_ref)
+             IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled,
+                               coalesce(EXCLUDED.webhook_secret_ref, integrations.webhook_secret_ref))",
     )
     .bind(name)
     .bind(pack)
     .bind(settings)
     .bind(enabled)
+    .bind(webhook_secret_ref)
     .execute(pool)
     .await?;
     Ok(())
@@ -149,7 +166,7 @@ pub async fn register_integrations(
 ) -> Result<(), StoreError> {
     for (name, spec) in integrations {
         let settings = serde_json::Value::Object(spec.settings.clone());
-        put_integration(pool, name, &spec.pack, &settings, spec.enabled).await?;
+        put_integration(pool, name, &spec.pack, &settings, spec.enabled, spec.webhook_secret_ref.as_deref()).await?;
         crate::packs::prepare(pool, name, &spec.pack, &settings).await.map_err(StoreError::Integration)?;
     }
     Ok(())

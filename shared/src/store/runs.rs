@@ -70,8 +70,8 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     let run_id = RunId::new();
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)",
+        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9)",
     )
     .bind(run_id)
     .bind(req.chain.name.as_str())
@@ -81,6 +81,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&req.triggered_by)
     .bind(&req.tick_key)
     .bind(req.force_sweep)
+    .bind(crate::telemetry::current_traceparent())
     .execute(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -565,7 +566,9 @@ pub async fn take_due(
     limit: i64,
 ) -> Result<Vec<DueStep>, sqlx::Error> {
     sqlx::query_as::<_, DueStep>(
-        "SELECT id, run_id, step, shard, job_id FROM step_runs
+        "SELECT id, run_id, step, shard, job_id, not_before,
+                (SELECT r.trace_context FROM chain_runs r WHERE r.id = step_runs.run_id) AS trace_context
+           FROM step_runs
           WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
             AND ($2::bigint[] IS NULL OR id = ANY($2))
           ORDER BY not_before, id LIMIT $3
@@ -585,6 +588,10 @@ pub struct DueStep {
     pub step: String,
     pub shard: i32,
     pub job_id: String,
+    /// When the step became due (its wait for a worker starts here).
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's W3C `traceparent`, carried in the job.
+    pub trace_context: Option<String>,
 }
 
 pub async fn mark_dispatched(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use super::StoreError;
 use crate::ids::RunId;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RunView {
     pub id: String,
     pub chain: String,
@@ -25,7 +25,7 @@ pub struct RunView {
 }
 
 /// One step of a run; a fanned-out step's shards are summed into one line (`shards` > 1).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StepView {
     pub step: String,
     pub status: String,
@@ -102,8 +102,20 @@ fn view(r: RunRow, steps: Vec<StepView>) -> RunView {
 
 /// Steps in declaration order (first id), shards summed.
 pub async fn steps(pool: &PgPool, id: RunId) -> Result<Vec<StepView>, StoreError> {
-    Ok(sqlx::query_as::<_, StepView>(
-        "SELECT step,
+    Ok(steps_of(pool, &[id.0]).await?.into_iter().map(|(_, s)| s).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct StepOfRun {
+    run_id: uuid::Uuid,
+    #[sqlx(flatten)]
+    step: StepView,
+}
+
+/// Steps of several runs, each run's in declaration order.
+async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, StepView)>, StoreError> {
+    let rows = sqlx::query_as::<_, StepOfRun>(
+        "SELECT run_id, step,
                 CASE WHEN bool_or(status = 'running') THEN 'running'
                      WHEN bool_or(status = 'failed') THEN 'failed'
                      WHEN bool_and(status = 'succeeded') THEN 'succeeded'
@@ -121,36 +133,111 @@ pub async fn steps(pool: &PgPool, id: RunId) -> Result<Vec<StepView>, StoreError
                 sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
                 sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
                 min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, max(guard) AS guard, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
-           FROM step_runs WHERE run_id = $1
-          GROUP BY step ORDER BY min(id)",
+           FROM step_runs WHERE run_id = ANY($1)
+          GROUP BY run_id, step ORDER BY run_id, min(id)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.run_id, r.step)).collect())
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunFilter {
+    pub chain: Option<String>,
+    pub integration: Option<String>,
+    /// queued, running, completed, partial, failed or cancelled.
+    pub status: Option<String>,
+    /// 1–1000, default 50.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// The run statuses a filter may name.
+pub const RUN_STATUSES: [&str; 6] = ["queued", "running", "completed", "partial", "failed", "cancelled"];
+
+/// One page of runs, newest first, each with its steps.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    /// Runs matching the filter.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const RUN_FILTER: &str = " WHERE ($1::text IS NULL OR r.chain = $1) AND ($2::text IS NULL OR i.name = $2)
+           AND ($3::text IS NULL OR r.status = $3)";
+
+/// A page of runs with their steps (per-phase metrics) and the total count.
+pub async fn run_page(pool: &PgPool, f: &RunFilter) -> Result<RunPage, StoreError> {
+    let mut runs = runs(pool, f).await?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM chain_runs r JOIN integrations i ON i.id = r.integration_id{RUN_FILTER}"
+    )))
+    .bind(&f.chain)
+    .bind(&f.integration)
+    .bind(&f.status)
+    .fetch_one(pool)
+    .await?;
+    let ids: Vec<uuid::Uuid> = runs.iter().filter_map(|r| r.id.parse().ok()).collect();
+    let mut by_run: std::collections::HashMap<String, Vec<StepView>> = Default::default();
+    for (run_id, step) in steps_of(pool, &ids).await? {
+        by_run.entry(run_id.to_string()).or_default().push(step);
+    }
+    for r in &mut runs {
+        r.steps = by_run.remove(&r.id).unwrap_or_default();
+    }
+    Ok(RunPage { runs, total, limit: page_limit(f), offset: page_offset(f) })
+}
+
+fn page_limit(f: &RunFilter) -> i64 {
+    f.limit.unwrap_or(50).clamp(1, 1000)
+}
+
+fn page_offset(f: &RunFilter) -> i64 {
+    f.offset.unwrap_or(0).max(0)
+}
+
+/// An item error recorded during a run.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ItemErrorView {
+    pub step: String,
+    pub entity: String,
+    pub external_id: String,
+    pub message: String,
+    /// Runs that saw this item fail while the error stayed open.
+    pub occurrences: i32,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The item errors a run recorded (first seen or seen again in it).
+pub async fn item_errors(pool: &PgPool, id: RunId) -> Result<Vec<ItemErrorView>, StoreError> {
+    run(pool, id).await?;
+    Ok(sqlx::query_as::<_, ItemErrorView>(
+        "SELECT step, entity, external_id, message, occurrences, created_at, last_seen_at, resolved_at
+           FROM item_errors WHERE run_id = $1 ORDER BY entity, external_id LIMIT 10000",
     )
     .bind(id)
     .fetch_all(pool)
     .await?)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RunFilter {
-    pub chain: Option<String>,
-    pub integration: Option<String>,
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
 /// Newest first, without step details.
 pub async fn runs(pool: &PgPool, f: &RunFilter) -> Result<Vec<RunView>, StoreError> {
-    let rows = sqlx::query_as::<_, RunRow>(concat!(
-        run_select!(),
-        " WHERE ($1::text IS NULL OR r.chain = $1) AND ($2::text IS NULL OR i.name = $2)
-           AND ($3::text IS NULL OR r.status = $3)
-         ORDER BY r.created_at DESC LIMIT $4 OFFSET $5"
-    ))
+    let rows = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "{}{RUN_FILTER} ORDER BY r.created_at DESC LIMIT $4 OFFSET $5",
+        run_select!()
+    )))
     .bind(&f.chain)
     .bind(&f.integration)
     .bind(&f.status)
-    .bind(f.limit.unwrap_or(50).clamp(1, 1000))
-    .bind(f.offset.unwrap_or(0).max(0))
+    .bind(page_limit(f))
+    .bind(page_offset(f))
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| view(r, vec![])).collect())
