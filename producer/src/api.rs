@@ -521,8 +521,14 @@ async fn list_integrations(_: Viewer, State(ops): State<Ops>) -> ApiResult<Vec<I
 #[serde(deny_unknown_fields)]
 pub struct CreateIntegration {
     name: String,
-    #[serde(flatten)]
-    change: IntegrationChange,
+    /// The pack: `demo` or `http-json`.
+    pack: String,
+    /// The pack's settings (secrets only as `secret_env` references).
+    #[schema(value_type = Option<Object>)]
+    settings: Option<serde_json::Value>,
+    enabled: Option<bool>,
+    /// `env:NAME` or `file:/path` of the webhook HMAC secret.
+    webhook_secret_ref: Option<String>,
 }
 
 /// Creates an integration; its settings are checked against its pack.
@@ -536,7 +542,13 @@ async fn create_integration(
     body: Result<Json<CreateIntegration>, JsonRejection>,
 ) -> Result<(StatusCode, Json<IntegrationView>), ApiError> {
     let Json(b) = body?;
-    let view = integrations::create(&ops.pool, &b.name, &b.change).await?;
+    let change = IntegrationChange {
+        pack: Some(b.pack),
+        settings: b.settings,
+        enabled: b.enabled,
+        webhook_secret_ref: b.webhook_secret_ref,
+    };
+    let view = integrations::create(&ops.pool, &b.name, &change).await?;
     ops.audit(&who.actor(), "integration.create", &b.name, json!({ "pack": view.pack, "enabled": view.enabled })).await;
     Ok((StatusCode::CREATED, Json(view)))
 }

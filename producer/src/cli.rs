@@ -305,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let depths = ops.queue_depths().await?;
                 if watch && !json {
                     // Clear the screen and redraw in place.
-                    print!("\x1b[2J\x1b[H{}  (every 1 s; ctrl-c to stop)\n", chrono::Utc::now().format("%F %T UTC"));
+                    println!("\x1b[2J\x1b[H{}  (every 1 s; ctrl-c to stop)", chrono::Utc::now().format("%F %T UTC"));
                 }
                 print_queues(&depths, json);
                 if !watch {

@@ -403,7 +403,7 @@ async fn integrations_are_managed_with_secrets_only_by_reference() {
         ),
         (json!({ "name": "gamma", "pack": "mystery" }), "pack: unknown pack `mystery`"),
         (json!({ "name": "Not Valid", "pack": "demo" }), "name: `Not Valid` is not a valid integration name"),
-        (json!({ "name": "gamma" }), "pack: required"),
+        (json!({ "name": "gamma" }), "missing field `pack`"),
         (json!({ "name": "gamma", "pack": "demo", "settings": [] }), "settings: expected an object"),
         (json!({ "name": "gamma", "pack": "demo", "webhook_secret_ref": "hunter2" }), "webhook_secret_ref: expected"),
         (json!({ "name": "gamma", "pack": "demo", "shiny": true }), "shiny"),
