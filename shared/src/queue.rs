@@ -11,11 +11,12 @@
 //! | `q:done`, `q:dead` | SET | finished / dead ids (vacuumed by the producer) |
 //! | `q:workers` | ZSET | worker name → last heartbeat (epoch s) |
 //!
+//! (A paused queue is a row of `queue_pauses` in PostgreSQL, checked under the dispatch lock.)
+//!
 //! Keys we own:
 //! | key | type | holds | written by |
 //! |---|---|---|---|
 //! | `{namespace}:lease:{entity_key}` | STRING, PX ttl | task id of the job holding the entity | worker |
-//! | `{namespace}:paused:{queue}` | STRING | set while the queue is paused | producer |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
