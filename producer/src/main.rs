@@ -13,7 +13,7 @@ struct Args {
     /// TOML config file (defaults, then this file, then SYNCFLEET__… env vars).
     #[arg(long, env = "SYNCFLEET_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Log as JSON lines.
+    /// Log as JSON lines (the default in production when stderr is not a terminal).
     #[arg(long, env = "SYNCFLEET_LOG_JSON")]
     log_json: bool,
 }
@@ -21,8 +21,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_json, telemetry::SERVICE_FILTER);
     let config = Config::load(args.config.as_deref())?;
+    let json = args.log_json || telemetry::json_by_default(config.environment);
+    let _telemetry = telemetry::init_service("syncfleet-producer", json);
+    syncfleet_shared::metrics::install();
     let listener = tokio::net::TcpListener::bind(&config.producer.listen).await?;
     let shutdown = syncfleet_worker::shutdown_signal();
     syncfleet_producer::run(listener, config, shutdown).await

@@ -66,7 +66,12 @@ pub struct ScheduleView {
 
 impl Ops {
     /// The root span of the run's trace: the run stores its context, and every step job carries it.
-    #[tracing::instrument(name = "trigger", parent = None, skip_all, fields(chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str()))]
+    #[tracing::instrument(
+        name = "trigger",
+        parent = None,
+        skip_all,
+        fields(chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str())
+    )]
     pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
         let full = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
         let chain: ChainDef = match &t.step {

@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use syncfleet_shared::{
-    dispatch,
+    dispatch, metrics,
     queue::JobState,
     store::runs::{self, Fence, Outcome},
 };
@@ -72,7 +72,11 @@ impl Reconciler {
             let mut tx = self.ops.pool.begin().await?;
             let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
             if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {
+                let ended = metrics::run_ended_in_tx(&mut tx, s.id).await?;
                 tx.commit().await?;
+                if let Some((chain, status)) = ended {
+                    metrics::run_ended(&chain, &status);
+                }
                 reaped += 1;
                 tracing::warn!(step = %s.step, chain = %s.chain, %message, retry, "Lost step recovered.");
                 dispatch::dispatch_ready(
@@ -112,6 +116,7 @@ impl Reconciler {
             n += runs::redeliver(&self.ops.pool, &missing, false).await? as usize;
             n += runs::redeliver(&self.ops.pool, &spent, true).await? as usize;
         }
+        metrics::reconciler_redeliveries(n);
         Ok(n)
     }
 

@@ -24,7 +24,24 @@ pub enum JobPayload {
         /// The task id this payload was pushed under; a worker runs it only while PostgreSQL
         /// still names this id as the step's current job.
         job_id: String,
+        /// W3C `traceparent` of the run's trigger: the worker's step span continues that trace.
+        /// Absent in payloads of older producers and when tracing is off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_context: Option<String>,
+        /// When the step became due (epoch milliseconds, PostgreSQL's clock): the start of its wait
+        /// for a worker. Absent in payloads of older producers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_at_ms: Option<i64>,
     },
+}
+
+impl JobPayload {
+    /// The W3C `traceparent` of the run the job belongs to, if it carries one.
+    pub fn trace_context(&self) -> Option<&str> {
+        match self {
+            JobPayload::StepV1 { trace_context, .. } => trace_context.as_deref(),
+        }
+    }
 }
 
 /// Task id of a step job; `step_job_id()` in the migrations computes the same string.
@@ -60,6 +77,8 @@ mod tests {
             step: StepName::parse("left").unwrap(),
             shard: 0,
             job_id: step_job_id(run, "left", 0, false, 1, 0),
+            trace_context: None,
+            due_at_ms: None,
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(
@@ -67,6 +86,33 @@ mod tests {
             r#"{"type":"step.v1","run_id":"0190a3c4-1111-7222-8333-444455556666","step_run_id":7,"step":"left","shard":0,"job_id":"0190a3c4-1111-7222-8333-444455556666:left"}"#
         );
         assert_eq!(serde_json::from_str::<JobPayload>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn trace_context_and_due_time_are_optional_both_ways() {
+        let run: RunId = "0190a3c4-1111-7222-8333-444455556666".parse().unwrap();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let p = JobPayload::StepV1 {
+            run_id: run,
+            step_run_id: 7,
+            step: StepName::parse("left").unwrap(),
+            shard: 0,
+            job_id: step_job_id(run, "left", 0, false, 1, 0),
+            trace_context: Some(traceparent.into()),
+            due_at_ms: Some(1_700_000_000_123),
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.ends_with(&format!(r#""trace_context":"{traceparent}","due_at_ms":1700000000123}}"#)), "{json}");
+        assert_eq!(serde_json::from_str::<JobPayload>(&json).unwrap(), p);
+        // A worker of the previous version ignores the new fields: its payload type had none.
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "type")]
+        enum Previous {
+            #[serde(rename = "step.v1")]
+            StepV1 { job_id: String },
+        }
+        let Previous::StepV1 { job_id } = serde_json::from_str(&json).unwrap();
+        assert_eq!(job_id, format!("{run}:left"));
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //! Phases: check the job is current → take the entity lease → claim in PostgreSQL → run the
 //! handler under a timeout with heartbeats → record the outcome and downstream transitions in one
 //! transaction → push the steps that became ready.
+//!
+//! Each delivery is a `process` span (messaging attributes) continuing the trace of the run the job
+//! carries, with the `step` span inside; the engine records the job wait, the step duration, lease
+//! waits and run ends as metrics.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rand::Rng;
 use sqlx::PgPool;
@@ -13,12 +20,32 @@ use syncfleet_shared::{
     dispatch,
     http::{HttpClients, RateBudget},
     job::JobPayload,
+    metrics,
     queue::{QueueClient, QueueError},
     step::{HandlerRegistry, StepContext, StepError, StepHandler},
     store::runs::{self, Claim, ClaimedStep, Fence, Outcome},
+    telemetry,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+
+/// One delivery of a step job.
+struct Delivery<'a> {
+    queue: &'a str,
+    id: i64,
+    job_id: &'a str,
+    due_at_ms: Option<i64>,
+}
+
+/// The `outcome` label of the step duration.
+fn outcome_label(executed: &Result<Executed, EngineError>) -> &'static str {
+    match executed {
+        Ok(Executed::Succeeded) => "succeeded",
+        Ok(Executed::Retrying) => "retrying",
+        Ok(Executed::Fenced) => "fenced",
+        Ok(_) | Err(_) => "failed",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -71,6 +98,7 @@ impl Engine {
         name: String,
     ) -> Engine {
         let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
+        metrics::install();
         Engine {
             config,
             pool,
@@ -84,16 +112,22 @@ impl Engine {
         }
     }
 
-    pub async fn execute(&self, job: JobPayload) -> Result<Executed, EngineError> {
+    /// Runs one delivery of `job`, taken from `queue`.
+    pub async fn execute(&self, queue: &str, job: JobPayload) -> Result<Executed, EngineError> {
         match job {
-            JobPayload::StepV1 { run_id, step_run_id, step, shard, job_id } => {
-                let span = tracing::info_span!("step", %run_id, %step, shard, job_id = %job_id, worker = %self.name);
-                self.execute_step(step_run_id, &job_id).instrument(span).await
+            JobPayload::StepV1 { run_id, step_run_id, step, shard, job_id, trace_context, due_at_ms } => {
+                let process = telemetry::process_span(queue, &job_id, trace_context.as_deref());
+                let span = process.in_scope(
+                    || tracing::info_span!("step", %run_id, %step, shard, job_id = %job_id, worker = %self.name),
+                );
+                let delivery = Delivery { queue, id: step_run_id, job_id: &job_id, due_at_ms };
+                self.execute_step(&delivery).instrument(span).instrument(process).await
             }
         }
     }
 
-    async fn execute_step(&self, id: i64, job_id: &str) -> Result<Executed, EngineError> {
+    async fn execute_step(&self, d: &Delivery<'_>) -> Result<Executed, EngineError> {
+        let (id, job_id) = (d.id, d.job_id);
         let Some(entity) = runs::ready_entity(&self.pool, id, job_id).await? else {
             tracing::debug!("Stale delivery ignored.");
             return Ok(Executed::Stale);
@@ -103,28 +137,36 @@ impl Engine {
             let base = self.config.worker.lease_retry_ms.max(1);
             let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
             runs::requeue_lease_busy(&self.pool, id, job_id, delay).await?;
+            metrics::lease_wait(d.queue);
             tracing::debug!(%entity, "Entity lease busy; delivering again later.");
             return Ok(Executed::LeaseBusy);
         }
-        let result = self.run_leased(id, job_id, &entity).await;
+        let result = self.run_leased(d, &entity).await;
         if let Err(error) = self.queues.lease_release(&entity, job_id).await {
             tracing::warn!(%error, %entity, "Lease release failed; it expires on its own.");
         }
         result
     }
 
-    async fn run_leased(&self, id: i64, job_id: &str, entity: &str) -> Result<Executed, EngineError> {
+    async fn run_leased(&self, d: &Delivery<'_>, entity: &str) -> Result<Executed, EngineError> {
+        let (id, job_id) = (d.id, d.job_id);
         let claimed = match runs::claim(&self.pool, id, job_id, &self.name).await? {
             Claim::Claimed(c) => c,
             Claim::Stale => return Ok(Executed::Stale),
             Claim::RunInactive => return Ok(Executed::RunInactive),
         };
+        let started = Instant::now();
+        if let Some(due) = d.due_at_ms {
+            metrics::job_started(d.queue, &claimed.step, due);
+        }
         let fence = Fence { step_run_id: id, job_id, worker: Some(&self.name) };
         let (mut ctx, handler) = match self.prepare(&claimed) {
             Ok(p) => p,
             Err(message) => {
                 let outcome = Outcome::Failed { message, retry_in: None, result: Default::default() };
-                return self.record(&fence, outcome, None).await;
+                let executed = self.record(&fence, outcome, None).await;
+                metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&executed), started);
+                return executed;
             }
         };
         tracing::info!(attempt = claimed.attempt, "Step started.");
@@ -155,9 +197,14 @@ impl Engine {
         };
         let tx = match &outcome {
             Outcome::Succeeded(_) => ctx.take_tx(),
-            Outcome::Failed { .. } => None, // the attempt's writes roll back
+            Outcome::Failed { message, .. } => {
+                telemetry::mark_error(&tracing::Span::current(), message);
+                None // the attempt's writes roll back
+            }
         };
-        self.record(&fence, outcome, tx).await
+        let executed = self.record(&fence, outcome, tx).await;
+        metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&executed), started);
+        executed
     }
 
     /// Builds the context of a claimed step and finds its handler. `Err` is a permanent
@@ -266,7 +313,12 @@ impl Engine {
             tracing::warn!("Step result discarded: the step is no longer this worker's.");
             return Ok(Executed::Fenced);
         };
+        // A run can end only when this finish made nothing ready.
+        let ended = if ready.is_empty() { metrics::run_ended_in_tx(&mut tx, fence.step_run_id).await? } else { None };
         tx.commit().await?;
+        if let Some((chain, status)) = ended {
+            metrics::run_ended(&chain, &status);
+        }
         let executed = match &outcome {
             Outcome::Succeeded(_) => Executed::Succeeded,
             Outcome::Failed { retry_in: Some(_), .. } => Executed::Retrying,

@@ -4,9 +4,10 @@
 //! apalis worker), polls Redis every `worker.poll_interval_ms`, runs up to `worker.concurrency`
 //! steps at once, and on shutdown stops fetching and lets running steps finish within
 //! `worker.drain_timeout_secs`. Attempts and retries are decided in PostgreSQL by the engine;
-//! apalis only delivers.
+//! apalis only delivers. [`run`] also serves `/metrics`, `/livez` and `/readyz` on `worker.listen`.
 
 pub mod engine;
+pub mod http;
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,7 +52,8 @@ pub fn worker_name(prefix: Option<&str>) -> String {
     format!("{base}-{}-{suffix:08x}", std::process::id())
 }
 
-/// Connects, then runs until `shutdown` is cancelled and running steps have drained.
+/// Connects, then runs until `shutdown` is cancelled and running steps have drained. The HTTP
+/// listener on `worker.listen` (unless empty) answers until the drain is over.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
@@ -59,7 +61,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (chains, handlers) = registries(&config)?;
     let name = worker_name(config.worker.name.as_deref());
     let engine = Arc::new(Engine::new(config.clone(), pool, queues, chains.clone(), handlers, name.clone()));
-    run_engine(engine, chains.queues(), shutdown).await
+    let http_stop = CancellationToken::new();
+    let server = match config.worker.listen.as_str() {
+        "" => None,
+        listen => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("worker.listen {listen}: {e}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(worker = %name, %addr, "Worker HTTP listening.");
+            Some(tokio::spawn(http::serve(listener, engine.clone(), http_stop.clone())))
+        }
+    };
+    let result = run_engine(engine, chains.queues(), shutdown).await;
+    http_stop.cancel();
+    if let Some(server) = server {
+        server.await.ok();
+    }
+    result
 }
 
 /// Runs apalis workers for `queues` until `shutdown`, then drains running steps.
@@ -105,7 +124,7 @@ async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationTok
         let worker = WorkerBuilder::new(name.as_str())
             .backend(storage)
             .concurrency(wc.concurrency)
-            .data(engine.clone())
+            .data(QueueWorker { engine: engine.clone(), queue: queue.as_str().into() })
             .build(handle_job);
         let stop = shutdown.clone();
         let result = worker
@@ -130,12 +149,19 @@ async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationTok
     }
 }
 
+/// What the handler of one queue's apalis worker needs.
+#[derive(Clone)]
+struct QueueWorker {
+    engine: Arc<Engine>,
+    queue: Arc<str>,
+}
+
 /// The apalis handler. The step runs on a tracked task of its own, so it finishes even when the
 /// apalis worker is stopping; the handler returns `Ok` once the outcome is in PostgreSQL.
-async fn handle_job(job: JobPayload, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
-    let engine: Arc<Engine> = (*engine).clone();
+async fn handle_job(job: JobPayload, worker: Data<QueueWorker>) -> Result<(), BoxDynError> {
+    let QueueWorker { engine, queue } = (*worker).clone();
     let e = engine.clone();
-    let handle = engine.tracker.spawn(async move { e.execute(job).await });
+    let handle = engine.tracker.spawn(async move { e.execute(&queue, job).await });
     match handle.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => {

@@ -26,6 +26,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use budget::{RateBudget, Reservation};
 
@@ -345,7 +346,7 @@ impl HttpClient {
         }
     }
 
-    /// One try: gate, budget, request, and the answer sorted into done / retry / permanent failure.
+    /// One try: gate, budget, then the request (a client span) and its answer.
     async fn try_once<T, F, Fut>(
         &self,
         request: reqwest::Request,
@@ -360,10 +361,55 @@ impl HttpClient {
         let _permit = self.gate.acquire().await.expect("the gate is never closed");
         self.wait_for_budget().await?;
         CallStats::add(&self.stats.api_calls, 1);
+        crate::metrics::upstream_call(&self.upstream);
+        let span = tracing::info_span!(
+            target: crate::telemetry::OTEL_TARGET,
+            "http",
+            otel.name = %target.method,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %target.method,
+            url.full = %target.url,
+            http.request.resend_count = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            syncfleet.upstream = %self.upstream,
+        );
+        if attempts > 1 {
+            span.record("http.request.resend_count", attempts - 1);
+        }
+        let outcome = self.exchange(request, target, attempts, finish, &span).instrument(span.clone()).await;
+        if !matches!(outcome, Ok(Outcome::Done(_))) {
+            span.record("otel.status_code", "error");
+        }
+        outcome
+    }
+
+    /// The request and its answer, sorted into done / retry / permanent failure.
+    async fn exchange<T, F, Fut>(
+        &self,
+        request: reqwest::Request,
+        target: &Target,
+        attempts: u32,
+        finish: &F,
+        span: &tracing::Span,
+    ) -> Result<Outcome<T>, HttpError>
+    where
+        F: Fn(Response) -> Fut,
+        Fut: Future<Output = Result<T, reqwest::Error>>,
+    {
         let response = match self.http.execute(request).await {
             Ok(response) => response,
             Err(e) => {
                 let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "request"
+                };
+                span.record("error.type", kind);
                 let reason = error_chain(&e.without_url());
                 return if transient {
                     Ok(Outcome::Retry(Retry { reason, retry_after: None, throttled: false }))
@@ -373,6 +419,7 @@ impl HttpClient {
             }
         };
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
             return Ok(match finish(response).await {
                 Ok(value) => Outcome::Done(value),
@@ -383,9 +430,11 @@ impl HttpClient {
                 }),
             });
         }
+        span.record("error.type", status.as_str());
         let throttled = status == StatusCode::TOO_MANY_REQUESTS;
         if throttled {
             CallStats::add(&self.stats.throttled, 1);
+            crate::metrics::upstream_throttled(&self.upstream);
         }
         let retry_after = if throttled || status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -10,12 +10,13 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{
     Item, Page, Record, Source, SourceError,
-    table::{RowOutcome, Table},
+    table::{RowOutcome, Table, UpsertCounts},
 };
 use crate::{
     chain::Mode,
     http::HttpError,
     ids::RunId,
+    metrics,
     step::{PhaseResult, StepContext, StepError},
 };
 
@@ -84,8 +85,10 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
         Mode::Full => None,
     };
     let fetch_started = Utc::now();
+    let integration = ctx.integration.name.clone();
     let writer = Writer {
         pool: &ctx.pool,
+        integration: &integration,
         integration_id,
         run: ctx.run_id,
         step: ctx.step.name.as_str(),
@@ -122,6 +125,8 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
         Mode::Full => {
             let (guard, deactivated) = sweep(conn, spec, integration_id, run, fetch_started, &fetch, force).await?;
             result.deactivated = deactivated;
+            // Counted when swept; the sweep commits with the step.
+            metrics::records(&integration, &spec.entity, "deactivated", deactivated);
             guard
         }
     });
@@ -199,6 +204,8 @@ async fn sweep(
 
 struct Writer<'a> {
     pool: &'a PgPool,
+    /// Integration name, for the record counters.
+    integration: &'a str,
     integration_id: i64,
     run: RunId,
     step: &'a str,
@@ -235,10 +242,12 @@ impl Writer<'_> {
         if let Some(short) = page.short {
             fetch.short_pages.push(short);
         }
+        let errors_before = fetch.result.errors;
         let prepared = prepare(self.table, fetch, page.items);
         let mut tx = self.pool.begin().await?;
+        let mut counts = UpsertCounts::default();
         if !prepared.ids.is_empty() {
-            let counts = self
+            counts = self
                 .table
                 .upsert(&mut tx, self.integration_id, Some(self.run), &prepared.ids, &prepared.columns)
                 .await?;
@@ -255,6 +264,12 @@ impl Writer<'_> {
             fetch.open_errors = true;
         }
         tx.commit().await?;
+        // Counted as the page commits, so the counters follow the table even if the step fails later.
+        let (integration, entity) = (self.integration, self.entity);
+        metrics::records(integration, entity, "inserted", counts.inserted);
+        metrics::records(integration, entity, "updated", counts.updated);
+        metrics::records(integration, entity, "unchanged", counts.unchanged);
+        metrics::records(integration, entity, "error", fetch.result.errors - errors_before);
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 use crate::ids::RunId;
 
@@ -306,7 +307,19 @@ impl Table {
         for column in values {
             q = q.bind(column);
         }
-        let rows = q.fetch_all(conn).await?;
+        let span = tracing::info_span!(
+            target: crate::telemetry::OTEL_TARGET,
+            "upsert",
+            otel.name = %format_args!("INSERT {}", self.name),
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = %self.name,
+            db.operation.batch.size = external_ids.len(),
+            db.response.returned_rows = tracing::field::Empty,
+        );
+        let rows = q.fetch_all(conn).instrument(span.clone()).await?;
+        span.record("db.response.returned_rows", rows.len());
         Ok(rows
             .into_iter()
             .map(|(id, inserted, changed)| {

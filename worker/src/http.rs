@@ -1,0 +1,43 @@
+//! The worker's HTTP listener: `/metrics` (Prometheus), `/livez` (the process answers) and
+//! `/readyz` (PostgreSQL and Redis answer and the database holds every migration this build knows).
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use syncfleet_shared::metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Engine;
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()) }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(engine)
+}
+
+async fn readyz(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
+    match metrics::readiness(&engine.pool, &engine.queues).await {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(message) => {
+            tracing::warn!(%message, "Not ready.");
+            (StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+}
+
+/// Serves [`router`] on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: CancellationToken) {
+    let app = router(engine);
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+        tracing::error!(%error, "Worker HTTP listener failed.");
+    }
+}
