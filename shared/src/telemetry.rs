@@ -206,7 +206,9 @@ pub fn process_span(queue: &str, job_id: &str, traceparent: Option<&str>) -> tra
         messaging.operation.name = "process",
         messaging.message.id = job_id,
     );
-    continue_trace(&span, traceparent);
+    if !span.is_disabled() {
+        continue_trace(&span, traceparent);
+    }
     span
 }
 
@@ -222,15 +224,16 @@ pub fn send_span(queue: &str, jobs: &[(String, JobPayload)]) -> tracing::Span {
         messaging.destination.name = queue,
         messaging.operation.type = "send",
         messaging.operation.name = "send",
-        messaging.batch.message_count = jobs.len(),
+        messaging.batch.message_count = tracing::field::Empty,
         messaging.message.id = tracing::field::Empty,
     );
     if span.is_disabled() {
         return span;
     }
-    if let [(id, _)] = jobs {
-        span.record("messaging.message.id", id.as_str());
-    }
+    match jobs {
+        [(id, _)] => span.record("messaging.message.id", id.as_str()),
+        _ => span.record("messaging.batch.message_count", jobs.len()),
+    };
     if current_traceparent().is_none() {
         let mut contexts = jobs.iter().map(|(_, job)| job.trace_context());
         if let Some(first) = contexts.next()
