@@ -193,13 +193,12 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// 200 when PostgreSQL and Redis answer and every migration is applied; 503 naming what is not.
 async fn readyz(State(ops): State<Ops>) -> Result<&'static str, (StatusCode, String)> {
-    sqlx::query("SELECT 1")
-        .execute(&ops.pool)
+    syncfleet_shared::metrics::readiness(&ops.pool, &ops.queues)
         .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("postgresql: {e}")))?;
-    ops.queues.ping().await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")))?;
-    Ok("ready")
+        .map(|()| "ready")
+        .map_err(|m| (StatusCode::SERVICE_UNAVAILABLE, m))
 }
 
 fn parse_run_id(id: &str) -> Result<RunId, ApiError> {

@@ -117,6 +117,9 @@ impl Ops {
 
     pub async fn cancel(&self, run_id: RunId) -> Result<(), StoreError> {
         runs::cancel(&self.pool, run_id).await?;
+        if let Ok(run) = store::views::run(&self.pool, run_id).await {
+            syncfleet_shared::metrics::run_ended(&run.chain, "cancelled");
+        }
         tracing::info!(%run_id, "Run cancelled.");
         Ok(())
     }
