@@ -116,6 +116,10 @@ pub struct FaultSettings {
     /// Ids always served malformed, on top of `malformed_share` (Northpass: the internal record key).
     #[serde(default)]
     pub malformed_ids: Vec<u64>,
+    /// Endpoints the latency, timeout and 5xx faults apply to, named as the counters name them
+    /// (`GET /northpass/v2/people`); empty = every endpoint of the API.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 impl FaultSettings {
@@ -145,6 +149,7 @@ impl Default for FaultSettings {
             truncate_page: false,
             malformed_share: 0.0,
             malformed_ids: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }

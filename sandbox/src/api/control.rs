@@ -164,6 +164,8 @@ struct FaultPatch {
     malformed_share: Option<f64>,
     /// Replaces the list; `[]` clears it.
     malformed_ids: Option<Vec<u64>>,
+    /// Replaces the list; `[]` = every endpoint.
+    routes: Option<Vec<String>>,
 }
 
 fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -202,6 +204,9 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = patch.malformed_ids {
             f.malformed_ids = v;
+        }
+        if let Some(v) = patch.routes {
+            f.routes = v;
         }
         f.clone()
     };

@@ -80,6 +80,9 @@ pub async fn guard(State(g): State<GuardState>, req: Request, next: Next) -> Res
             return resp;
         }
     }
+    if !faults.routes.is_empty() && !faults.routes.contains(&endpoint) {
+        return next.run(req).await;
+    }
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
