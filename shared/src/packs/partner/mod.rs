@@ -1,0 +1,224 @@
+//! The `partner` pack: the partner program sync between Northpass (LMS) and Impartner (PRM), issue #5.
+//! Connectors (`northpass.rs`, `impartner.rs`) know their API; the steps read through them with the
+//! sync contract's pull engine into the tables of migration `0005_partner.sql`.
+//!
+//! Chains:
+//! - `partner_daily`: tier 1 `sync_courses` ∥ `impartner_sync` (full) → `sync_npcu`; tier 2
+//!   `sync_users` (after tier 1) → `sync_groups`.
+//! - `partner_impartner`: `impartner_sync` in the run's mode (intra-day incremental runs).
+//!
+//! Steps report what is not a count (courses skipped on 403, group matching results) after the
+//! guard's decision in the step's `guard` text.
+
+mod catalog;
+mod contacts;
+mod groups;
+pub mod impartner;
+pub mod matching;
+pub mod northpass;
+pub mod settings;
+pub mod tables;
+mod users;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, future::BoxFuture};
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+pub use settings::Settings;
+
+use crate::{
+    chain::{ChainDef, Mode, StepDef, StepKind},
+    http::HttpClient,
+    ids::{ChainName, RunId},
+    step::{Integration, Pack, StepContext, StepError, StepHandler},
+    sync::{Item, Page, Record, Source, SourceError, pull::PullSpec, table::Table},
+};
+
+pub const PACK: &str = "partner";
+pub const QUEUE: &str = "partner";
+
+pub fn chains() -> Vec<ChainDef> {
+    let s = |name: &str, kind| StepDef::new(name, kind, QUEUE).retry(3, Duration::from_secs(2));
+    vec![
+        ChainDef {
+            name: ChainName::parse("partner_daily").expect("valid"),
+            pack: PACK.into(),
+            description: "The daily partner program sync: catalog and PRM, then LMS people and groups.".into(),
+            steps: vec![
+                s("sync_courses", StepKind::Pull),
+                s("impartner_sync", StepKind::Pull).mode(Mode::Full),
+                s("sync_npcu", StepKind::Pull).after(&["sync_courses"]),
+                s("sync_users", StepKind::Pull).after(&["sync_npcu", "impartner_sync"]),
+                s("sync_groups", StepKind::Pull).after(&["sync_users"]),
+            ],
+        },
+        ChainDef {
+            name: ChainName::parse("partner_impartner").expect("valid"),
+            pack: PACK.into(),
+            description: "Partners and contacts from Impartner in the run's mode.".into(),
+            steps: vec![s("impartner_sync", StepKind::Pull)],
+        },
+    ]
+}
+
+pub fn pack() -> Pack {
+    let mut handlers: HashMap<String, Arc<dyn StepHandler>> = HashMap::new();
+    handlers.insert("sync_courses".into(), Arc::new(catalog::SyncCourses));
+    handlers.insert("sync_npcu".into(), Arc::new(catalog::SyncNpcu));
+    handlers.insert("impartner_sync".into(), Arc::new(contacts::ImpartnerSync));
+    handlers.insert("sync_users".into(), Arc::new(users::SyncUsers));
+    handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
+    Pack { name: PACK.into(), chains: chains(), handlers }
+}
+
+/// Checks the pack's tables (from the migration) at registration.
+pub async fn prepare(pool: &sqlx::PgPool) -> Result<(), String> {
+    tables::ensure_tables(pool).await
+}
+
+fn settings_of(integration: &Integration) -> Result<Settings, StepError> {
+    Settings::parse(&integration.settings).map_err(|(key, m)| {
+        StepError::abort(format!(
+            "integration `{}`: invalid `integrations.{}.{key}`: {m}",
+            integration.name, integration.name
+        ))
+    })
+}
+
+fn pull_spec(settings: &Settings, entity: &str, table: Table) -> PullSpec {
+    PullSpec {
+        lookback: Duration::from_secs(settings.lookback_secs),
+        max_deactivate_share: settings.max_deactivate_share,
+        ..PullSpec::new(entity, table)
+    }
+}
+
+/// Copies the clients' call counts into the step's metrics (also when the step fails).
+fn record_calls(ctx: &mut StepContext, clients: &[&HttpClient]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ctx.result.api_calls = clients.iter().map(|c| c.stats().api_calls.load(Relaxed)).sum();
+    ctx.result.throttled = clients.iter().map(|c| c.stats().throttled.load(Relaxed)).sum();
+}
+
+/// Adds a line of what the step found to its `guard` text.
+fn note(ctx: &mut StepContext, text: String) {
+    ctx.result.guard = Some(match ctx.result.guard.take() {
+        Some(g) => format!("{g}; {text}"),
+        None => text,
+    });
+}
+
+/// Soft-deletes rows by external id (records deleted or filtered out upstream, seen by an
+/// incremental read); returns how many were active. Runs in the step's completion transaction.
+async fn deactivate(
+    conn: &mut PgConnection,
+    table: &Table,
+    integration_id: i64,
+    ids: &[String],
+) -> Result<i64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
+         WHERE integration_id = $1 AND is_active AND external_id = ANY($2)",
+        table.name
+    )))
+    .bind(integration_id)
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() as i64)
+}
+
+/// Writes rows the step derived (not read from an upstream) with the contract's upsert, marked seen
+/// by `run`, and deactivates the rows of earlier runs it did not write again. Returns (written,
+/// deactivated).
+async fn replace_derived(
+    conn: &mut PgConnection,
+    table: &Table,
+    integration_id: i64,
+    run: RunId,
+    rows: Vec<(String, Map<String, Value>)>,
+) -> Result<(i64, i64), StepError> {
+    let started = Utc::now();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); table.columns.len()];
+    for (id, fields) in rows {
+        for (column, values) in table.columns.iter().zip(columns.iter_mut()) {
+            let v = column
+                .ty
+                .convert(fields.get(&column.name).unwrap_or(&Value::Null))
+                .map_err(|m| StepError::abort(format!("{}.{} of {id}: {m}", table.name, column.name)))?;
+            values.push(v);
+        }
+        ids.push(id);
+    }
+    let written = ids.len() as i64;
+    if !ids.is_empty() {
+        table.upsert(conn, integration_id, Some(run), &ids, &columns).await?;
+    }
+    let gone = table.sweep(conn, integration_id, run, started).await?;
+    Ok((written, gone))
+}
+
+/// Passes on the records `keep` accepts and lists the ids of the others. The upstream's total is
+/// reduced by the records left out, so the deletion guard still compares like with like.
+struct Filtered<'a> {
+    inner: &'a mut dyn Source,
+    keep: &'a (dyn Fn(&Record) -> bool + Sync),
+    excluded: Vec<String>,
+}
+
+impl Filtered<'_> {
+    async fn fetch(&mut self, since: Option<DateTime<Utc>>) -> Result<Option<Page>, SourceError> {
+        let Some(mut page) = self.inner.next_page(since).await? else {
+            return Ok(None);
+        };
+        let keep = self.keep;
+        let mut excluded = Vec::new();
+        page.items.retain(|item| match item {
+            Item::Record(r) if !keep(r) => {
+                excluded.push(r.external_id.clone());
+                false
+            }
+            _ => true,
+        });
+        self.excluded.extend(excluded);
+        page.total = page.total.map(|t| t - self.excluded.len() as i64);
+        Ok(Some(page))
+    }
+}
+
+impl Source for Filtered<'_> {
+    fn next_page(&mut self, since: Option<DateTime<Utc>>) -> BoxFuture<'_, Result<Option<Page>, SourceError>> {
+        self.fetch(since).boxed()
+    }
+}
+
+/// The text of a field, trimmed, when it is a non-empty string.
+fn text<'r>(record: &'r Record, field: &str) -> Option<&'r str> {
+    record.fields.get(field).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_are_valid_and_every_step_has_a_handler() {
+        let pack = pack();
+        for chain in &pack.chains {
+            chain.validate().unwrap();
+            for step in &chain.steps {
+                assert!(pack.handlers.contains_key(step.name.as_str()), "{}", step.name);
+            }
+        }
+        for t in tables::all() {
+            assert!(t.name.starts_with("partner_"));
+        }
+    }
+}
