@@ -258,6 +258,38 @@ async fn runs_endpoints_answer_success_404_and_bad_input_naming_the_field() {
     let (status, answer) = op.post(&format!("/api/runs/{run_id}/cancel"), json!({})).await;
     assert_eq!((status, answer["error"].as_str()), (409, Some("wrong_state")));
 
+    // Resume: a run failed by its settings completes once they are fixed, through the API alone.
+    let admin = env.api(&producer, "admin").await;
+    let broken = json!({ "settings": { "step_ms": 0, "fail": { "left": "always" } } });
+    assert_eq!(admin.put("/api/integrations/acme", broken).await.0, 200);
+    let (_, created) = op.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme" })).await;
+    let failed = created["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(env.wait(failed.parse().unwrap(), Duration::from_secs(60)).await.status, "failed");
+    assert_eq!(admin.put("/api/integrations/acme", json!({ "settings": { "step_ms": 0 } })).await.0, 200);
+    let (status, answer) = op.post(&format!("/api/runs/{failed}/resume"), json!({})).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("running")), "{answer}");
+    let resumed = env.wait(failed.parse().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(resumed.status, "completed");
+    assert_eq!(resumed.steps.iter().find(|s| s.step == "start").unwrap().attempts, 1, "start was not repeated");
+
+    // Cancel: a slow run stops where it is.
+    assert_eq!(
+        admin.put("/api/integrations/acme", json!({ "settings": { "step_ms": 0, "slow": { "start": 3000 } } })).await.0,
+        200
+    );
+    let (_, created) = op.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme" })).await;
+    let slow = created["run_id"].as_str().unwrap().to_owned();
+    let (status, answer) = op.post(&format!("/api/runs/{slow}/cancel"), json!({})).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("cancelled")), "{answer}");
+    assert_eq!(op.get(&format!("/api/runs/{slow}")).await.1["status"], "cancelled");
+
+    // The chains and their steps, as the dashboard draws them.
+    let (status, chains) = op.get("/api/chains").await;
+    assert_eq!(status, 200);
+    let diamond = chains.as_array().unwrap().iter().find(|c| c["name"] == "demo_diamond").unwrap();
+    let join = diamond["steps"].as_array().unwrap().iter().find(|s| s["name"] == "join").unwrap();
+    assert_eq!(join["prerequisites"], json!(["left", "right"]));
+
     worker.stop().await;
     producer.stop().await;
     env.finish().await;
