@@ -16,6 +16,7 @@ mod groups;
 pub mod impartner;
 pub mod matching;
 pub mod northpass;
+mod offboarding;
 pub mod settings;
 pub mod tables;
 mod users;
@@ -53,6 +54,7 @@ pub fn chains() -> Vec<ChainDef> {
                 s("sync_npcu", StepKind::Pull).after(&["sync_courses"]),
                 s("sync_users", StepKind::Pull).after(&["sync_npcu", "impartner_sync"]),
                 s("sync_groups", StepKind::Pull).after(&["sync_users"]),
+                s("lms_offboarding", StepKind::Push).after(&["sync_groups"]).optional(),
             ],
         },
         ChainDef {
@@ -71,6 +73,7 @@ pub fn pack() -> Pack {
     handlers.insert("impartner_sync".into(), Arc::new(contacts::ImpartnerSync));
     handlers.insert("sync_users".into(), Arc::new(users::SyncUsers));
     handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
+    handlers.insert("lms_offboarding".into(), Arc::new(offboarding::LmsOffboarding));
     Pack { name: PACK.into(), chains: chains(), handlers }
 }
 

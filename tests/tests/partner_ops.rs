@@ -1,0 +1,237 @@
+//! The partner pack's operations against the sandbox at `small` scale: LMS offboarding of
+//! soft-deleted PRM records, leads, history cleanup, failure alerts and the weekly reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use syncfleet_shared::{
+    chain::Mode,
+    store::views::{RunView, StepView},
+};
+use syncfleet_tests::{Running, Sandbox, TestEnv};
+
+const DAILY: &str = "partner_daily";
+
+fn integration_toml(sandbox: &Sandbox, extra_settings: &str) -> String {
+    format!(
+        r#"
+[integrations.acme]
+pack = "partner"
+lookback_secs = 0
+northpass = {{ base_url = "{np}", secret = "np-key" }}
+impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
+{extra_settings}
+"#,
+        np = sandbox.handle.northpass_url(),
+        prm = sandbox.handle.impartner_url(),
+    )
+}
+
+async fn env_with(sandbox: &Sandbox, extra_settings: &str, extra_toml: &str) -> (TestEnv, Running) {
+    let env = TestEnv::new(&format!("{}\n{extra_toml}", integration_toml(sandbox, extra_settings))).await;
+    let worker = env.spawn_worker("w").await;
+    (env, worker)
+}
+
+fn step<'a>(view: &'a RunView, name: &str) -> &'a StepView {
+    view.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name} in {view:#?}"))
+}
+
+fn s(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+/// Every record of a Northpass list, following `links.next`.
+async fn northpass_all(sandbox: &Sandbox, path: &str) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let mut url = format!("{}{path}?limit=100", sandbox.handle.northpass_url());
+    let mut out = vec![];
+    loop {
+        let body: Value = http.get(&url).header("X-Api-Key", "np-key").send().await.unwrap().json().await.unwrap();
+        out.extend(body["data"].as_array().unwrap_or_else(|| panic!("{url}: {body}")).iter().cloned());
+        match body.pointer("/links/next").and_then(Value::as_str) {
+            Some(next) => url = next.to_owned(),
+            None => return out,
+        }
+    }
+}
+
+/// The person ids in a Northpass group, read from its memberships.
+async fn members(sandbox: &Sandbox, group: &str) -> BTreeSet<String> {
+    northpass_all(sandbox, &format!("/groups/{group}/memberships"))
+        .await
+        .iter()
+        .map(|m| m.pointer("/relationships/person/data/id").and_then(Value::as_str).unwrap().to_owned())
+        .collect()
+}
+
+/// Every record of an Impartner object (one page of 1000 is all at `small` scale).
+async fn impartner_all(sandbox: &Sandbox, object: &str) -> Vec<Value> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/{object}?take=1000&orderby=Id", sandbox.handle.impartner_url()))
+        .header("Authorization", "prm-key prm-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body["data"]["count"].as_i64().unwrap() <= 1000, "the test reads one page");
+    body["data"]["results"].as_array().unwrap().clone()
+}
+
+async fn impartner_delete(sandbox: &Sandbox, object: &str, id: &str) {
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/{object}/{id}", sandbox.handle.impartner_url()))
+        .header("Authorization", "prm-key prm-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "DELETE {object}/{id}: {}", resp.status());
+}
+
+/// Northpass writes of one kind from the sandbox's write log, as (group, person) pairs.
+async fn membership_removes(sandbox: &Sandbox) -> Vec<(String, String)> {
+    let writes = sandbox.control(reqwest::Method::GET, "/writes", None).await;
+    writes["northpass"]["membership_removes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (s(w, "group_id"), s(w, "person_id")))
+        .collect()
+}
+
+async fn group_deletions(sandbox: &Sandbox) -> Vec<String> {
+    let writes = sandbox.control(reqwest::Method::GET, "/writes", None).await;
+    writes["northpass"]["group_deletions"].as_array().unwrap().iter().map(|w| s(w, "group_id")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soft_deleted_contacts_and_partners_leave_the_lms_once() {
+    let sandbox = Sandbox::start().await;
+    let (env, worker) = env_with(&sandbox, "", "").await;
+    let run = env.run_to_end(DAILY, "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    let off = step(&run, "lms_offboarding");
+    assert_eq!((off.status.as_str(), off.fetched, off.updated), ("succeeded", 0, 0), "{off:#?}");
+    assert!(membership_removes(&sandbox).await.is_empty() && group_deletions(&sandbox).await.is_empty());
+
+    // The sandbox's own view: groups by name, people by email, contacts by account.
+    let groups = northpass_all(&sandbox, "/groups").await;
+    let all_partners =
+        groups.iter().find(|g| g["attributes"]["name"] == "All Partners").map(|g| s(g, "id")).expect("All Partners");
+    let person_by_email: BTreeMap<String, String> = northpass_all(&sandbox, "/people")
+        .await
+        .iter()
+        .map(|p| (s(&p["attributes"], "email").to_lowercase(), s(p, "id")))
+        .collect();
+    let users = impartner_all(&sandbox, "User").await;
+    let person_of = |u: &Value| person_by_email.get(&s(u, "email").to_lowercase()).cloned();
+    let links: Vec<(String, String)> =
+        sqlx::query_as("SELECT partner_id, external_id FROM partner_group_links WHERE is_active ORDER BY partner_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    // Partners with exactly one linked group.
+    let mut linked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (p, g) in links {
+        linked.entry(p).or_default().push(g);
+    }
+    let group_of: BTreeMap<String, String> =
+        linked.into_iter().filter(|(_, g)| g.len() == 1).map(|(p, mut g)| (p, g.remove(0))).collect();
+    let all_members = members(&sandbox, &all_partners).await;
+
+    // A partner with a linked group and LMS people among its contacts; a contact of another linked
+    // partner who is in both its partner's group and "All Partners".
+    let contacts_of = |partner: &str| -> Vec<&Value> {
+        users
+            .iter()
+            .filter(|u| {
+                let email = s(u, "email").to_lowercase();
+                u["accountId"].as_i64() == partner.parse::<i64>().ok()
+                    && !email.ends_with("@nintex.com")
+                    && !email.starts_with("test.user")
+            })
+            .collect()
+    };
+    let mut partner = None;
+    let mut contact = None;
+    for (p, g) in &group_of {
+        let people: BTreeSet<String> = contacts_of(p).into_iter().filter_map(&person_of).collect();
+        if partner.is_none() && people.iter().filter(|x| all_members.contains(*x)).count() >= 2 {
+            partner = Some((p.clone(), g.clone(), people));
+            continue;
+        }
+        if contact.is_none() {
+            let group_members = members(&sandbox, g).await;
+            contact = contacts_of(p).into_iter().find_map(|u| {
+                let person = person_of(u)?;
+                (group_members.contains(&person) && all_members.contains(&person))
+                    .then(|| (u["id"].to_string(), person, g.clone()))
+            });
+        }
+    }
+    let (partner, partner_group, partner_people) = partner.expect("a partner with LMS people");
+    let (contact, contact_person, contact_group) = contact.expect("a contact in its partner's group");
+    assert!(!partner_people.contains(&contact_person));
+
+    impartner_delete(&sandbox, "User", &contact).await;
+    impartner_delete(&sandbox, "Account", &partner).await;
+    let run = env.run_to_end(DAILY, "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+
+    // Northpass saw exactly these removals: the contact from its partner's group and "All
+    // Partners", the partner's people from "All Partners" (those who were members), its group deleted.
+    let mut expected: BTreeSet<(String, String)> =
+        [(contact_group.clone(), contact_person.clone()), (all_partners.clone(), contact_person.clone())].into();
+    expected
+        .extend(partner_people.iter().filter(|p| all_members.contains(*p)).map(|p| (all_partners.clone(), p.clone())));
+    let removed = membership_removes(&sandbox).await;
+    assert_eq!(removed.len(), expected.len(), "no membership removed twice: {removed:?}");
+    assert_eq!(removed.into_iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(group_deletions(&sandbox).await, vec![partner_group.clone()]);
+    let now_in_all = members(&sandbox, &all_partners).await;
+    assert!(!now_in_all.contains(&contact_person));
+    assert!(partner_people.iter().all(|p| !now_in_all.contains(p)));
+    assert!(!members(&sandbox, &contact_group).await.contains(&contact_person));
+    let resp = reqwest::Client::new()
+        .get(format!("{}/groups/{partner_group}", sandbox.handle.northpass_url()))
+        .header("X-Api-Key", "np-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the deleted partner's group is gone");
+
+    // Every removal recorded, with its reason.
+    let rows: BTreeSet<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT kind, group_id, person_id, reason FROM partner_offboarding_removals WHERE removed_at IS NOT NULL",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let mut want: BTreeSet<(String, String, Option<String>, String)> = BTreeSet::new();
+    for g in [&contact_group, &all_partners] {
+        want.insert(("membership".into(), g.clone(), Some(contact_person.clone()), "contact deleted".into()));
+    }
+    for p in &partner_people {
+        want.insert(("membership".into(), all_partners.clone(), Some(p.clone()), "partner deleted".into()));
+    }
+    want.insert(("group".into(), partner_group.clone(), None, "partner deleted".into()));
+    assert_eq!(rows, want);
+    let off = step(&run, "lms_offboarding");
+    assert_eq!(off.updated, want.len() as i64, "{off:#?}");
+
+    // Idempotent: another run removes nothing and records nothing new.
+    let writes_before = sandbox.control(reqwest::Method::GET, "/writes", None).await["northpass"].clone();
+    let run = env.run_to_end(DAILY, "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    let off = step(&run, "lms_offboarding");
+    assert_eq!((off.fetched, off.updated, off.api_calls), (0, 0, 0), "{off:#?}");
+    assert_eq!(sandbox.control(reqwest::Method::GET, "/writes", None).await["northpass"], writes_before);
+    let count: i64 = env.value("SELECT count(*) FROM partner_offboarding_removals").await;
+    assert_eq!(count, want.len() as i64);
+    worker.stop().await;
+    env.finish().await;
+}
