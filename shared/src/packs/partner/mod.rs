@@ -6,17 +6,23 @@
 //! - `partner_daily`: tier 1 `sync_courses` ∥ `impartner_sync` (full) → `sync_npcu`; tier 2
 //!   `sync_users` (after tier 1) → `sync_groups`.
 //! - `partner_impartner`: `impartner_sync` in the run's mode (intra-day incremental runs).
+//! - `partner_enrollments`: `sync_enrollments` (sharded) → `sync_to_impartner` (optional), in the
+//!   run's mode (intra-day incremental runs); in `partner_daily` they are tiers 3 and 4, after
+//!   `group_members_sync` (optional) closes tier 2.
 //!
 //! Steps report what is not a count (courses skipped on 403, group matching results) after the
 //! guard's decision in the step's `guard` text.
 
 mod catalog;
 mod contacts;
+mod enrollments;
 mod groups;
 pub mod impartner;
 pub mod matching;
+mod members;
 pub mod northpass;
 mod offboarding;
+mod push;
 pub mod settings;
 pub mod tables;
 mod users;
@@ -55,6 +61,9 @@ pub fn chains() -> Vec<ChainDef> {
                 s("sync_users", StepKind::Pull).after(&["sync_npcu", "impartner_sync"]),
                 s("sync_groups", StepKind::Pull).after(&["sync_users"]),
                 s("lms_offboarding", StepKind::Push).after(&["sync_groups"]).optional(),
+                s("group_members_sync", StepKind::Pull).after(&["sync_groups"]).mode(Mode::Full).optional(),
+                enrollments_step(s("sync_enrollments", StepKind::Pull)).after(&["group_members_sync"]),
+                s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
             ],
         },
         ChainDef {
@@ -63,7 +72,21 @@ pub fn chains() -> Vec<ChainDef> {
             description: "Partners and contacts from Impartner in the run's mode.".into(),
             steps: vec![s("impartner_sync", StepKind::Pull)],
         },
+        ChainDef {
+            name: ChainName::parse("partner_enrollments").expect("valid"),
+            pack: PACK.into(),
+            description: "Partner users' enrollments, then the counts pushed to Impartner, in the run's mode.".into(),
+            steps: vec![
+                enrollments_step(s("sync_enrollments", StepKind::Pull)),
+                s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
+            ],
+        },
     ]
+}
+
+/// `sync_enrollments` fans out in [`enrollments::SHARDS`] shards, one entity per shard.
+fn enrollments_step(step: StepDef) -> StepDef {
+    step.shards(enrollments::SHARDS)
 }
 
 pub fn pack() -> Pack {
@@ -74,6 +97,9 @@ pub fn pack() -> Pack {
     handlers.insert("sync_users".into(), Arc::new(users::SyncUsers));
     handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
     handlers.insert("lms_offboarding".into(), Arc::new(offboarding::LmsOffboarding));
+    handlers.insert("group_members_sync".into(), Arc::new(members::GroupMembersSync));
+    handlers.insert("sync_enrollments".into(), Arc::new(enrollments::SyncEnrollments));
+    handlers.insert("sync_to_impartner".into(), Arc::new(push::SyncToImpartner));
     Pack { name: PACK.into(), chains: chains(), handlers }
 }
 
