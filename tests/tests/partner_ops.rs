@@ -235,3 +235,74 @@ async fn soft_deleted_contacts_and_partners_leave_the_lms_once() {
     worker.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_purges_history_and_item_errors_past_the_retention() {
+    let sandbox = Sandbox::start().await;
+    let beta = integration_toml(&sandbox, "cleanup = { retention_days = 50 }")
+        .replace("[integrations.acme]", "[integrations.beta]");
+    let (env, worker) = env_with(&sandbox, "", &beta).await;
+    let mut runs = vec![];
+    for (integration, days) in [("acme", 40), ("acme", 20), ("acme", 0), ("beta", 40)] {
+        let run = env.run_to_end("partner_impartner", integration, Mode::Full, false).await;
+        assert_eq!(run.status, "completed", "{run:#?}");
+        sqlx::query(
+            "UPDATE chain_runs SET created_at = created_at - make_interval(days => $2),
+                                   finished_at = finished_at - make_interval(days => $2) WHERE id = $1::uuid",
+        )
+        .bind(&run.id)
+        .bind(days)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        runs.push(run.id);
+    }
+    // Item errors: on the old run, old on the recent run (resolved), and a fresh one.
+    for (run, item, days, resolved) in
+        [(&runs[0], "e1", 40, false), (&runs[2], "e2", 35, true), (&runs[2], "e3", 1, false)]
+    {
+        sqlx::query(
+            "INSERT INTO item_errors (run_id, step, integration_id, entity, external_id, message, created_at, resolved_at)
+             SELECT $1::uuid, 'impartner_sync', id, 'contacts', $2, 'bad value', now() - make_interval(days => $3),
+                    CASE WHEN $4 THEN now() - make_interval(days => $3) END
+             FROM integrations WHERE name = 'acme'",
+        )
+        .bind(run)
+        .bind(item)
+        .bind(days)
+        .bind(resolved)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let old_steps: i64 = env.value(&format!("SELECT count(*) FROM step_runs WHERE run_id = '{}'", runs[0])).await;
+    assert!(old_steps > 0);
+
+    let run = env.run_to_end("partner_cleanup", "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    let remaining: BTreeSet<String> =
+        sqlx::query_scalar("SELECT id::text FROM chain_runs").fetch_all(&env.pool).await.unwrap().into_iter().collect();
+    let want: BTreeSet<String> = [&runs[1], &runs[2], &runs[3], &run.id].into_iter().cloned().collect();
+    assert_eq!(remaining, want, "only acme's run past 30 days is gone; beta's is not this integration's");
+    let orphans: i64 = env.value(&format!("SELECT count(*) FROM step_runs WHERE run_id = '{}'", runs[0])).await;
+    assert_eq!(orphans, 0, "its step runs went with it");
+    let errors: Vec<String> = sqlx::query_scalar("SELECT external_id FROM item_errors ORDER BY external_id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, ["e3"]);
+    let c = step(&run, "cleanup");
+    assert_eq!(c.deactivated, 1 + old_steps + 2, "{c:#?}");
+    assert!(c.guard.as_deref().unwrap_or("").contains("1 run(s)"), "{c:#?}");
+
+    let run = env.run_to_end("partner_cleanup", "acme", Mode::Full, false).await;
+    assert_eq!(step(&run, "cleanup").deactivated, 0, "nothing left to purge: {run:#?}");
+
+    // beta keeps 50 days: its 40-day-old run stays.
+    let run = env.run_to_end("partner_cleanup", "beta", Mode::Full, false).await;
+    assert_eq!(step(&run, "cleanup").deactivated, 0, "{run:#?}");
+    let kept: i64 = env.value(&format!("SELECT count(*) FROM chain_runs WHERE id = '{}'", runs[3])).await;
+    assert_eq!(kept, 1);
+    worker.stop().await;
+    env.finish().await;
+}

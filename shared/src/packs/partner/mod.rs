@@ -14,6 +14,7 @@
 //! guard's decision in the step's `guard` text.
 
 mod catalog;
+mod cleanup;
 mod contacts;
 mod enrollments;
 mod groups;
@@ -73,6 +74,12 @@ pub fn chains() -> Vec<ChainDef> {
             steps: vec![s("impartner_sync", StepKind::Pull)],
         },
         ChainDef {
+            name: ChainName::parse("partner_cleanup").expect("valid"),
+            pack: PACK.into(),
+            description: "Weekly: run history and item errors older than the retention purged.".into(),
+            steps: vec![s("cleanup", StepKind::Cleanup)],
+        },
+        ChainDef {
             name: ChainName::parse("partner_enrollments").expect("valid"),
             pack: PACK.into(),
             description: "Partner users' enrollments, then the counts pushed to Impartner, in the run's mode.".into(),
@@ -97,6 +104,7 @@ pub fn pack() -> Pack {
     handlers.insert("sync_users".into(), Arc::new(users::SyncUsers));
     handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
     handlers.insert("lms_offboarding".into(), Arc::new(offboarding::LmsOffboarding));
+    handlers.insert("cleanup".into(), Arc::new(cleanup::Cleanup));
     handlers.insert("group_members_sync".into(), Arc::new(members::GroupMembersSync));
     handlers.insert("sync_enrollments".into(), Arc::new(enrollments::SyncEnrollments));
     handlers.insert("sync_to_impartner".into(), Arc::new(push::SyncToImpartner));

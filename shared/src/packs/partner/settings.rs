@@ -35,6 +35,9 @@ pub struct Settings {
     /// Incremental reads ask for changes since `cursor - lookback_secs`.
     #[serde(default = "default_lookback")]
     pub lookback_secs: u64,
+    /// How long `cleanup` keeps run history and item errors.
+    #[serde(default)]
+    pub cleanup: super::cleanup::CleanupSettings,
 }
 
 fn default_share() -> f64 {
