@@ -173,6 +173,14 @@ impl IntoResponse for ApiError {
                 StoreError::PackMismatch { .. } | StoreError::IntegrationDisabled(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", e.to_string(), json!({}))
                 }
+                // Data exceptions (class 22: a NUL in text, a bad Unicode escape, a number out
+                // of range) come from what the client sent.
+                StoreError::Db(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("22")) => (
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("input PostgreSQL cannot store: {}", d.message()),
+                    json!({}),
+                ),
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Integration(_) => {
                     tracing::error!(error = ?e, "Request failed.");
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))

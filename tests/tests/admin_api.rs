@@ -254,6 +254,9 @@ async fn runs_endpoints_answer_success_404_and_bad_input_naming_the_field() {
     assert!(answer["message"].as_str().unwrap().starts_with("id:"), "{answer}");
     let (status, answer) = op.post("/api/runs/not-a-uuid/resume", json!({})).await;
     assert!(status == 400 && answer["message"].as_str().unwrap().starts_with("id:"), "{answer}");
+    // Text PostgreSQL cannot store is bad input, not a server error.
+    let (status, answer) = op.post("/api/chains/demo_diamond/runs", json!({ "integration": "ac\0me" })).await;
+    assert_eq!(status, 400, "{answer}");
     // A completed run cannot be cancelled.
     let (status, answer) = op.post(&format!("/api/runs/{run_id}/cancel"), json!({})).await;
     assert_eq!((status, answer["error"].as_str()), (409, Some("wrong_state")));
@@ -307,7 +310,8 @@ async fn a_paused_queue_gets_nothing_new_until_it_resumes() {
     assert_eq!((status, &body), (200, &json!({ "queue": "demo", "paused": true, "changed": true })));
     assert_eq!(op.post("/api/queues/demo/pause", json!({})).await.1["changed"], false);
     let (status, body) = op.post("/api/queues/nope/pause", json!({})).await;
-    assert_eq!((status, body["message"].as_str()), (404, Some("unknown queue `nope` (queues: demo, sync)")));
+    assert_eq!(status, 404);
+    assert!(body["message"].as_str().unwrap().starts_with("unknown queue `nope` (queues: demo, "), "{body}");
 
     let (_, created) = op.post("/api/chains/demo_diamond/runs", json!({ "integration": "acme" })).await;
     let run_id = created["run_id"].as_str().unwrap().to_owned();
@@ -439,6 +443,8 @@ async fn integrations_are_managed_with_secrets_only_by_reference() {
         (json!({ "name": "gamma", "pack": "demo", "settings": [] }), "settings: expected an object"),
         (json!({ "name": "gamma", "pack": "demo", "webhook_secret_ref": "hunter2" }), "webhook_secret_ref: expected"),
         (json!({ "name": "gamma", "pack": "demo", "shiny": true }), "shiny"),
+        (json!({ "name": "gamma", "pack": "demo", "settings": { "a": { "b\0": 1 } } }), "settings.a.b"),
+        (json!({ "name": "gamma", "pack": "demo", "settings": { "label": "x\0y" } }), "settings.label: text may not"),
         (json!({ "pack": "demo" }), "name"),
     ] {
         let (status, answer) = admin.post("/api/integrations", body.clone()).await;
@@ -513,7 +519,8 @@ async fn workers_show_the_step_they_are_running_and_tokens_round_trip() {
         .await;
     assert_eq!(workers.as_array().unwrap().len(), 1);
     assert_eq!(workers[0]["name"], worker.name.as_str());
-    assert_eq!(workers[0]["queues"], json!(["demo", "sync"]));
+    let queues: Vec<&str> = workers[0]["queues"].as_array().unwrap().iter().map(|q| q.as_str().unwrap()).collect();
+    assert!(queues.contains(&"demo") && queues.contains(&"sync"), "a worker serves every queue: {queues:?}");
     assert_eq!(workers[0]["current"][0]["run_id"], run_id.as_str());
 
     // Tokens: create, list (no secrets), 400 naming the field, 404 on revoking an unknown one.

@@ -111,13 +111,17 @@ async fn metrics_cli_api_and_redis_agree_on_queue_depth() {
     let api = env.api(&producer, "viewer").await;
     let op = env.api(&producer, "operator").await;
     let (status, created) = op.post("/api/chains/demo_contention/runs", json!({ "integration": "slow" })).await;
+    let (_, listed) = api.get("/api/queues").await;
+    let names: Vec<String> =
+        listed.as_array().unwrap().iter().map(|q| q["queue"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(status, 201, "{created}");
 
     // Wait for a settled state: the slow shard in flight and the same depth twice in a row.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = Depths::new();
     let settled = loop {
-        let now = from_redis(&env, &["demo", "sync"]).await;
+        let now = from_redis(&env, &names).await;
         if now == last && now[&("demo".into(), "inflight".into())] >= 1 {
             break now;
         }
@@ -126,7 +130,7 @@ async fn metrics_cli_api_and_redis_agree_on_queue_depth() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
 
-    let redis_before = from_redis(&env, &["demo", "sync"]).await;
+    let redis_before = from_redis(&env, &names).await;
     let (status, api_queues) = api.get("/api/queues").await;
     assert_eq!(status, 200);
     let metrics =
@@ -135,7 +139,7 @@ async fn metrics_cli_api_and_redis_agree_on_queue_depth() {
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let cli_queues: Value = serde_json::from_slice(&cli.stdout).unwrap();
     let dashboard = dashboard_depth(&producer, &api).await;
-    let redis_after = from_redis(&env, &["demo", "sync"]).await;
+    let redis_after = from_redis(&env, &names).await;
     assert_eq!(redis_before, redis_after, "Redis changed while the readers read");
     assert_eq!(redis_before, settled);
 

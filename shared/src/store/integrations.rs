@@ -104,11 +104,29 @@ pub fn check_secret_ref(r: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("expected `env:NAME` or `file:/path`, got `{r}`")) }
 }
 
+/// Where the first NUL character sits in `settings` (PostgreSQL text and JSONB cannot hold one).
+fn nul_at(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(here) } else { nul_at(v, &here) }
+        }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| nul_at(v, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
 /// Checks the settings for the pack: names the key at fault. `new_settings` refuses inline
 /// secrets (settings written by the config file are the deployment's own business).
 fn check(pack: &str, settings: &serde_json::Value, new_settings: bool) -> Result<(), StoreError> {
     if !settings.is_object() {
         return Err(StoreError::Invalid("settings: expected an object".into()));
+    }
+    if let Some(at) = nul_at(settings, "") {
+        return Err(StoreError::Invalid(format!("settings.{at}: text may not contain a NUL character")));
     }
     if let Some(at) = inline_secret(settings, "").filter(|_| new_settings) {
         return Err(StoreError::Invalid(format!(
@@ -192,5 +210,21 @@ pub fn resolve_secret_ref(r: &str) -> Result<String, String> {
             .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
             .map_err(|e| format!("cannot read `{path}`: {e}")),
         _ => Err(format!("`{r}` is not a secret reference")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        let v = serde_json::json!({ "a": { "b\u{0}": 1 }, "c": ["x", "y\u{0}"] });
+        assert_eq!(nul_at(&v, ""), Some("a.b\u{0}".into()));
+        let v = serde_json::json!({ "c": ["x", "y\u{0}"] });
+        assert_eq!(nul_at(&v, ""), Some("c[1]".into()));
+        assert!(
+            matches!(check("demo", &v, true), Err(StoreError::Invalid(m)) if m.starts_with("settings.c[1]: text may not"))
+        );
     }
 }
