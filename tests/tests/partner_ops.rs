@@ -306,3 +306,93 @@ async fn cleanup_purges_history_and_item_errors_past_the_retention() {
     worker.stop().await;
     env.finish().await;
 }
+
+async fn leads_in_db(env: &TestEnv) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    let rows: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT external_id, status, partner_id FROM partner_leads WHERE is_active")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(id, st, p)| (id, (st, p))).collect()
+}
+
+async fn leads_upstream(sandbox: &Sandbox) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    impartner_all(sandbox, "Lead")
+        .await
+        .iter()
+        .map(|l| {
+            let partner = l["partnerAccountId"].as_i64().map(|p| p.to_string());
+            (l["id"].to_string(), (l["status"].as_str().map(str::to_owned), partner))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leads_sync_full_and_incremental_with_conversions_and_deletions() {
+    let sandbox = Sandbox::start().await;
+    let (env, worker) = env_with(&sandbox, "", "").await;
+    let run = env.run_to_end("partner_leads", "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    let upstream = leads_upstream(&sandbox).await;
+    assert_eq!(upstream.len(), 50);
+    assert_eq!(leads_in_db(&env).await, upstream, "leads equal the sandbox's");
+    let l = step(&run, "sync_leads");
+    assert_eq!((l.fetched, l.inserted, l.errors), (50, 50, 0), "{l:#?}");
+    let converted_before: i64 = env.value("SELECT count(*) FROM partner_leads WHERE converted_at IS NOT NULL").await;
+    let converted_upstream = upstream.values().filter(|(st, _)| st.as_deref() == Some("Converted")).count() as i64;
+    assert_eq!(converted_before, converted_upstream);
+
+    // A conversion, a few changes and a deletion, read incrementally.
+    let (to_convert, to_delete) = upstream
+        .iter()
+        .filter(|(_, (st, _))| st.as_deref() != Some("Converted"))
+        .map(|(id, _)| id.clone())
+        .take(2)
+        .fold((None, None), |(a, b), id| if a.is_none() { (Some(id), b) } else { (a, Some(id)) });
+    let (to_convert, to_delete) = (to_convert.unwrap(), to_delete.unwrap());
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/Lead/{to_convert}", sandbox.handle.impartner_url()))
+        .header("Authorization", "prm-key prm-key")
+        .json(&serde_json::json!({"Status": "Converted"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let changed = sandbox.mutate("impartner", "leads", serde_json::json!({"change_percent": 10})).await;
+    let changed: BTreeSet<String> =
+        changed["changed"].as_array().unwrap().iter().map(|v| v.to_string()).filter(|id| *id != to_delete).collect();
+    impartner_delete(&sandbox, "Lead", &to_delete).await;
+    let run = env.run_to_end("partner_leads", "acme", Mode::Incremental, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    assert_eq!(leads_in_db(&env).await, leads_upstream(&sandbox).await, "incremental converges");
+    let l = step(&run, "sync_leads");
+    assert!(l.fetched < 50, "only changes read: {l:#?}");
+    assert_eq!(l.deactivated, 1, "{l:#?}");
+    let mut touched = changed.clone();
+    touched.insert(to_convert.clone());
+    assert_eq!(l.updated, touched.len() as i64, "{l:#?}");
+    let (converted_at, deleted_at): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT (SELECT converted_at FROM partner_leads WHERE external_id = $1),
+                    (SELECT deleted_at FROM partner_leads WHERE external_id = $2 AND NOT is_active)",
+        )
+        .bind(&to_convert)
+        .bind(&to_delete)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(converted_at.is_some(), "the conversion is recorded");
+    assert!(deleted_at.is_some(), "the deleted lead is soft-deleted");
+    assert!(l.guard.as_deref().unwrap_or("").contains("1 newly converted, 1 deleted upstream"), "{l:#?}");
+
+    // Full mode finds a deletion without `_deleted`: the sweep.
+    let gone = leads_upstream(&sandbox).await.keys().next().cloned().unwrap();
+    impartner_delete(&sandbox, "Lead", &gone).await;
+    let run = env.run_to_end("partner_leads", "acme", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+    let l = step(&run, "sync_leads");
+    assert_eq!((l.fetched, l.deactivated, l.inserted), (48, 1, 0), "{l:#?}");
+    assert_eq!(leads_in_db(&env).await, leads_upstream(&sandbox).await);
+    worker.stop().await;
+    env.finish().await;
+}

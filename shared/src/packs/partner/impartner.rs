@@ -65,6 +65,23 @@ pub const USER: Object = Object {
     ],
 };
 
+pub const LEAD: Object = Object {
+    name: "Lead",
+    fields: "Id,FirstName,LastName,Email,Company,Status,LeadSource,PartnerAccountId,EstimatedValue,Created,Updated",
+    columns: &[
+        ("first_name", "firstName"),
+        ("last_name", "lastName"),
+        ("email", "email"),
+        ("company", "company"),
+        ("status", "status"),
+        ("lead_source", "leadSource"),
+        ("partner_id", "partnerAccountId"),
+        ("estimated_value", "estimatedValue"),
+        ("source_created_at", "created"),
+        ("source_updated_at", "updated"),
+    ],
+};
+
 /// Filter dates: ISO without a zone, read as UTC.
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()

@@ -19,6 +19,7 @@ mod contacts;
 mod enrollments;
 mod groups;
 pub mod impartner;
+mod leads;
 pub mod matching;
 mod members;
 pub mod northpass;
@@ -74,6 +75,12 @@ pub fn chains() -> Vec<ChainDef> {
             steps: vec![s("impartner_sync", StepKind::Pull)],
         },
         ChainDef {
+            name: ChainName::parse("partner_leads").expect("valid"),
+            pack: PACK.into(),
+            description: "Impartner leads in the run's mode (incremental intra-day, full weekly).".into(),
+            steps: vec![s("sync_leads", StepKind::Pull)],
+        },
+        ChainDef {
             name: ChainName::parse("partner_cleanup").expect("valid"),
             pack: PACK.into(),
             description: "Weekly: run history and item errors older than the retention purged.".into(),
@@ -105,6 +112,7 @@ pub fn pack() -> Pack {
     handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
     handlers.insert("lms_offboarding".into(), Arc::new(offboarding::LmsOffboarding));
     handlers.insert("cleanup".into(), Arc::new(cleanup::Cleanup));
+    handlers.insert("sync_leads".into(), Arc::new(leads::SyncLeads));
     handlers.insert("group_members_sync".into(), Arc::new(members::GroupMembersSync));
     handlers.insert("sync_enrollments".into(), Arc::new(enrollments::SyncEnrollments));
     handlers.insert("sync_to_impartner".into(), Arc::new(push::SyncToImpartner));
