@@ -512,7 +512,8 @@ fn describe(error: &anyhow::Error) -> String {
 
 /// The audit actor of CLI commands: `cli:<user>`.
 fn actor() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    let user = ["USER", "LOGNAME", "USERNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    format!("cli:{}", user.unwrap_or_else(|| "unknown".into()))
 }
 
 async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
