@@ -8,11 +8,13 @@
 //! - `partner_impartner`: `impartner_sync` in the run's mode (intra-day incremental runs).
 //! - `partner_enrollments`: `sync_enrollments` (sharded) → `sync_to_impartner` (optional), in the
 //!   run's mode (intra-day incremental runs); in `partner_daily` they are tiers 3 and 4, after
-//!   `group_members_sync` (optional) closes tier 2.
+//!   `group_members_sync` (optional) closes tier 2, with `group_analysis` (optional, domain
+//!   matching) after it.
 //!
 //! Steps report what is not a count (courses skipped on 403, group matching results) after the
 //! guard's decision in the step's `guard` text.
 
+mod analysis;
 mod catalog;
 mod cleanup;
 mod contacts;
@@ -64,6 +66,7 @@ pub fn chains() -> Vec<ChainDef> {
                 s("sync_groups", StepKind::Pull).after(&["sync_users"]),
                 s("lms_offboarding", StepKind::Push).after(&["sync_groups"]).optional(),
                 s("group_members_sync", StepKind::Pull).after(&["sync_groups"]).mode(Mode::Full).optional(),
+                s("group_analysis", StepKind::Derive).after(&["group_members_sync"]).optional(),
                 enrollments_step(s("sync_enrollments", StepKind::Pull)).after(&["group_members_sync"]),
                 s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
             ],
@@ -114,6 +117,7 @@ pub fn pack() -> Pack {
     handlers.insert("cleanup".into(), Arc::new(cleanup::Cleanup));
     handlers.insert("sync_leads".into(), Arc::new(leads::SyncLeads));
     handlers.insert("group_members_sync".into(), Arc::new(members::GroupMembersSync));
+    handlers.insert("group_analysis".into(), Arc::new(analysis::GroupAnalysis));
     handlers.insert("sync_enrollments".into(), Arc::new(enrollments::SyncEnrollments));
     handlers.insert("sync_to_impartner".into(), Arc::new(push::SyncToImpartner));
     Pack { name: PACK.into(), chains: chains(), handlers }

@@ -38,6 +38,9 @@ pub struct Settings {
     /// How long `cleanup` keeps run history and item errors.
     #[serde(default)]
     pub cleanup: super::cleanup::CleanupSettings,
+    /// What `group_analysis` does with the users it lists.
+    #[serde(default)]
+    pub analysis: super::analysis::AnalysisSettings,
 }
 
 fn default_share() -> f64 {

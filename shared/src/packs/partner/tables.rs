@@ -113,7 +113,17 @@ pub fn group_match_issues() -> Table {
 
 /// Every synced table of the pack.
 pub fn all() -> Vec<Table> {
-    vec![courses(), npcu(), partners(), contacts(), lms_users(), lms_groups(), group_links(), group_match_issues()]
+    vec![
+        courses(),
+        npcu(),
+        partners(),
+        contacts(),
+        lms_users(),
+        lms_groups(),
+        group_links(),
+        group_match_issues(),
+        super::analysis::table(),
+    ]
 }
 
 /// Checks every table exists with compatible columns (they come from the migration).
