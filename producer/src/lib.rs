@@ -1,6 +1,7 @@
 //! The producer: scheduler, reconciler (bounded dispatch and healing), and the admin API; plus the
 //! `syncfleet` CLI, which drives the same operations.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cli;

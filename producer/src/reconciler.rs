@@ -5,6 +5,9 @@
 //! 3. dispatches due ready steps into every queue, up to the dispatch cap;
 //! 4. vacuums finished tasks out of Redis.
 //!
+//! After step 1 it also sends the alerts of required steps that failed since the last pass
+//! ([`crate::alerts`]).
+//!
 //! Every action is idempotent (fenced updates, fixed task ids, `SKIP LOCKED`), so several
 //! producers may reconcile at once.
 
@@ -38,6 +41,9 @@ impl Reconciler {
 
     pub async fn pass(&self) -> anyhow::Result<PassReport> {
         let mut report = PassReport { reaped: self.reap_lost_workers().await?, ..Default::default() };
+        if let Err(error) = crate::alerts::send_new(&self.ops).await {
+            tracing::warn!(%error, "Failure alerts could not be claimed.");
+        }
         report.redelivered = self.redeliver_lost_messages().await?;
         for queue in self.ops.chains.queues() {
             report.dispatched += dispatch::dispatch(

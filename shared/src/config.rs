@@ -88,6 +88,48 @@ pub struct Config {
     /// `[integrations.<name>]`: the systems this deployment syncs, registered in the database at
     /// start-up (the database keeps integrations created by other means too).
     pub integrations: BTreeMap<String, IntegrationSpec>,
+    /// `[alerts]`: where a required step's failure is reported.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
+/// a JSON `POST` to `webhook_url` and/or a mail to `to` through `smtp`.
+///
+/// ```toml
+/// [alerts]
+/// webhook_url = "https://hooks.example.com/syncfleet"
+/// to = ["oncall@example.com"]
+/// smtp = { host = "127.0.0.1", port = 25, from = "syncfleet@example.com" }
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub webhook_url: Option<String>,
+    pub smtp: Option<crate::mail::SmtpServer>,
+    pub to: Vec<String>,
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.webhook_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(invalid("alerts.webhook_url", "must be an absolute http(s) URL"));
+        }
+        crate::mail::check_addresses("alerts.to", &self.to).map_err(|(k, m)| invalid(&k, m))?;
+        match &self.smtp {
+            Some(smtp) => {
+                smtp.check().map_err(|(k, m)| invalid(&format!("alerts.smtp.{k}"), m))?;
+                if self.to.is_empty() {
+                    return Err(invalid("alerts.to", "list at least one address when alerts.smtp is set"));
+                }
+            }
+            None if !self.to.is_empty() => return Err(invalid("alerts.smtp", "set it to mail alerts to alerts.to")),
+            None => {}
+        }
+        Ok(())
+    }
 }
 
 /// One integration: its pack and the pack's settings (every other key of the table).
@@ -198,6 +240,7 @@ impl Default for Config {
             schedules: BTreeMap::new(),
             chains: BTreeMap::new(),
             integrations: BTreeMap::new(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -277,6 +320,7 @@ impl Config {
                     .map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
             }
         }
+        self.alerts.validate()?;
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {
                 let key = format!("schedules.{chain}.{integration}");
@@ -391,6 +435,23 @@ mod tests {
         assert!(err.contains("schedules.daily.acme") && err.contains("minimum of 60s"), "{err}");
         let ok = "environment = \"production\"\n[schedules.daily.acme]\ninterval_secs = 3600\n";
         Config::from_toml(ok).unwrap();
+    }
+
+    #[test]
+    fn alerts_are_validated_by_key() {
+        let err = Config::from_toml("[alerts]\nwebhook_url = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("alerts.webhook_url"), "{err}");
+        let err = Config::from_toml("[alerts]\nto = [\"a@example.com\"]\nsmtp = { host = \"h\", from = \"nope\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alerts.smtp.from"), "{err}");
+        let err = Config::from_toml("[alerts]\nsmtp = { host = \"h\", from = \"sf@example.com\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alerts.to"), "{err}");
+        let ok = "[alerts]\nwebhook_url = \"http://127.0.0.1:9/x\"\nto = [\"a@example.com\"]\nsmtp = { host = \"127.0.0.1\", port = 2525, from = \"sf@example.com\" }\n";
+        let c = Config::from_toml(ok).unwrap();
+        assert_eq!(c.alerts.smtp.unwrap().port, 2525);
     }
 
     #[test]

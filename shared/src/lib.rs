@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod http;
 pub mod ids;
 pub mod job;
+pub mod mail;
 pub mod metrics;
 pub mod packs;
 pub mod queue;
