@@ -57,8 +57,11 @@ pub struct ScheduleView {
     pub integration: String,
     pub interval_secs: Option<u64>,
     pub cron: Option<String>,
-    /// `stored` (set through the API or the CLI) or `config` (file or environment).
+    /// `stored` (set through the API or the CLI), `config` (file or environment) or `pack` (the
+    /// pack's default).
     pub source: String,
+    /// `incremental` or `full`: the mode of the runs it fires.
+    pub mode: String,
     pub enabled: bool,
     pub next_at: Option<chrono::DateTime<chrono::Utc>>,
     pub updated_by: Option<String>,
@@ -245,6 +248,7 @@ impl Ops {
                     interval_secs,
                     cron,
                     source: r.source.to_owned(),
+                    mode: r.mode.as_str().to_owned(),
                     enabled: true,
                     updated_by,
                 }
@@ -259,6 +263,7 @@ impl Ops {
                     interval_secs: None,
                     cron: None,
                     source: "stored".into(),
+                    mode: "incremental".into(),
                     enabled: false,
                     next_at: None,
                     updated_by: Some(by),

@@ -3,7 +3,11 @@
 //! replicas firing the same tick create one run.
 //!
 //! Resolution order: value stored through the API (`schedules` table) > environment > config
-//! file (both already merged into `Config::schedules`). The minimum interval is enforced at every
+//! file (both already merged into `Config::schedules`) > the pack's defaults
+//! (`packs::default_schedules`, for every enabled integration of the pack). A schedule is keyed by
+//! (chain, integration, mode): configured and stored schedules run incremental and replace the pack
+//! default of the same chain and mode; a stored schedule switched off stops every schedule of its
+//! (chain, integration). The minimum interval is enforced at every
 //! layer: config validation, the store, and here again for stored values.
 
 use std::{collections::HashMap, time::Duration};
@@ -29,8 +33,10 @@ pub struct ResolvedSchedule {
     pub chain: String,
     pub integration: String,
     pub schedule: Schedule,
-    /// `stored`, or `config` (file or environment).
+    /// `stored`, `config` (file or environment) or `pack` (the pack's default).
     pub source: &'static str,
+    /// The mode of the runs it fires.
+    pub mode: Mode,
 }
 
 /// What firing one tick did.
@@ -45,7 +51,7 @@ pub enum Fired {
 
 pub struct Scheduler {
     ops: Ops,
-    last: HashMap<(String, String), i64>,
+    last: HashMap<(String, String, &'static str), i64>,
 }
 
 impl Scheduler {
@@ -56,17 +62,37 @@ impl Scheduler {
     /// Stored schedules override configured ones per (chain, integration).
     pub async fn resolve(&self) -> Result<Vec<ResolvedSchedule>, sqlx::Error> {
         let min = self.ops.config.min_interval();
-        let mut out: HashMap<(String, String), ResolvedSchedule> = HashMap::new();
+        let mut out: HashMap<(String, String, &'static str), ResolvedSchedule> = HashMap::new();
+        let integrations: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, pack FROM integrations WHERE enabled").fetch_all(&self.ops.pool).await?;
+        for (integration, pack) in integrations {
+            for d in syncfleet_shared::packs::default_schedules(&pack) {
+                let spec = ScheduleSpec { interval_secs: None, cron: Some(d.cron.to_owned()) };
+                match Schedule::from_spec(&spec, min) {
+                    Ok(schedule) => {
+                        let chain = d.chain.to_owned();
+                        let key = (chain.clone(), integration.clone(), d.mode.as_str());
+                        let integration = integration.clone();
+                        out.insert(
+                            key,
+                            ResolvedSchedule { chain, integration, schedule, source: "pack", mode: d.mode },
+                        );
+                    }
+                    Err(message) => tracing::warn!(chain = d.chain, %integration, %message, "Pack schedule ignored."),
+                }
+            }
+        }
         for (chain, by_integration) in &self.ops.config.schedules {
             for (integration, spec) in by_integration {
                 if let Ok(schedule) = Schedule::from_spec(spec, min) {
                     out.insert(
-                        (chain.clone(), integration.clone()),
+                        (chain.clone(), integration.clone(), Mode::Incremental.as_str()),
                         ResolvedSchedule {
                             chain: chain.clone(),
                             integration: integration.clone(),
                             schedule,
                             source: "config",
+                            mode: Mode::Incremental,
                         },
                     );
                 }
@@ -79,31 +105,46 @@ impl Scheduler {
         .fetch_all(&self.ops.pool)
         .await?;
         for (chain, integration, interval, cron, enabled) in stored {
-            let key = (chain.clone(), integration.clone());
+            let key = (chain.clone(), integration.clone(), Mode::Incremental.as_str());
             if !enabled {
-                out.remove(&key);
+                out.retain(|(c, i, _), _| (c, i) != (&chain, &integration));
                 continue;
             }
             let spec = ScheduleSpec { interval_secs: interval.map(|i| i as u64), cron };
             match Schedule::from_spec(&spec, min) {
                 Ok(schedule) => {
-                    out.insert(key, ResolvedSchedule { chain, integration, schedule, source: "stored" });
+                    let mode = Mode::Incremental;
+                    out.insert(key, ResolvedSchedule { chain, integration, schedule, source: "stored", mode });
                 }
                 Err(message) => tracing::warn!(%chain, %integration, %message, "Stored schedule ignored."),
             }
         }
         let mut v: Vec<_> = out.into_values().filter(|s| self.ops.chains.get(&s.chain).is_some()).collect();
-        v.sort_by(|a, b| (&a.chain, &a.integration).cmp(&(&b.chain, &b.integration)));
+        v.sort_by(|a, b| {
+            (&a.chain, &a.integration, a.mode == Mode::Full).cmp(&(&b.chain, &b.integration, b.mode == Mode::Full))
+        });
         Ok(v)
     }
 
-    /// Fires one tick of one schedule.
+    /// Fires one tick of one schedule, incremental.
     pub async fn fire(
         &self,
         chain: &str,
         integration: &str,
         tick: i64,
         kind: TriggerKind,
+    ) -> Result<Fired, StoreError> {
+        self.fire_in(chain, integration, tick, kind, Mode::Incremental).await
+    }
+
+    /// Fires one tick of one schedule in `mode`.
+    pub async fn fire_in(
+        &self,
+        chain: &str,
+        integration: &str,
+        tick: i64,
+        kind: TriggerKind,
+        mode: Mode,
     ) -> Result<Fired, StoreError> {
         let (c, i) = (
             ChainName::parse(chain).map_err(|_| StoreError::UnknownChain(chain.into()))?,
@@ -112,7 +153,7 @@ impl Scheduler {
         let trigger = Trigger {
             chain: chain.into(),
             integration: integration.into(),
-            mode: Mode::Incremental,
+            mode,
             kind,
             triggered_by: format!("{}:{tick}", kind.as_str()),
             tick_key: Some(tick_id(&c, &i, tick)),
@@ -133,7 +174,7 @@ impl Scheduler {
         let mut fired = Vec::new();
         for s in self.resolve().await? {
             let Some(tick) = s.schedule.tick_at_or_before(now) else { continue };
-            let key = (s.chain.clone(), s.integration.clone());
+            let key = (s.chain.clone(), s.integration.clone(), s.mode.as_str());
             let kind = match self.last.get(&key) {
                 None if startup => TriggerKind::Startup,
                 None => {
@@ -144,7 +185,7 @@ impl Scheduler {
                 Some(_) => TriggerKind::Schedule,
             };
             self.last.insert(key, tick);
-            match self.fire(&s.chain, &s.integration, tick, kind).await {
+            match self.fire_in(&s.chain, &s.integration, tick, kind, s.mode).await {
                 Ok(f) => {
                     if f == Fired::PreviousActive {
                         tracing::info!(chain = %s.chain, integration = %s.integration, tick, "Tick skipped: previous run still active.");

@@ -11,6 +11,24 @@ pub fn all() -> Vec<Pack> {
     vec![demo::pack(), http_json::pack(), partner::pack()]
 }
 
+/// A schedule a pack runs for each of its enabled integrations unless the config or a stored
+/// schedule overrides it (the producer's scheduler resolves them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultSchedule {
+    pub chain: &'static str,
+    /// Cron expression with seconds, UTC (`0 0 2 * * *`).
+    pub cron: &'static str,
+    pub mode: crate::chain::Mode,
+}
+
+/// The default schedules of a pack (none for an unknown pack).
+pub fn default_schedules(pack: &str) -> Vec<DefaultSchedule> {
+    match pack {
+        partner::PACK => partner::schedules::defaults(),
+        _ => vec![],
+    }
+}
+
 /// Checks an integration's settings for its pack; the error is `(key relative to the integration,
 /// message)`.
 pub fn check_settings(pack: &str, settings: &serde_json::Value) -> Result<(), (String, String)> {

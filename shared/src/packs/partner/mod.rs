@@ -27,6 +27,7 @@ mod members;
 pub mod northpass;
 mod offboarding;
 mod push;
+pub mod schedules;
 pub mod settings;
 pub mod tables;
 mod users;
