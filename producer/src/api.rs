@@ -54,6 +54,7 @@ use crate::{
         (name = "schedules", description = "When chains run"),
         (name = "integrations", description = "Configured upstreams"),
         (name = "fleet", description = "Workers, tokens and the audit trail"),
+        (name = "reports", description = "Stored reports"),
     )
 )]
 struct ApiDoc;
@@ -106,6 +107,8 @@ pub fn api_routes() -> OpenApiRouter<Ops> {
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(audit_log))
+        .routes(routes!(crate::reports::list_reports))
+        .routes(routes!(crate::reports::show_report))
 }
 
 /// The body of every error answer.

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod metrics;
 pub mod ops;
 pub mod reconciler;
+pub mod reports;
 pub mod scheduler;
 
 use syncfleet_shared::{

@@ -35,6 +35,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/tokens", "admin"),
     ("DELETE", "/api/tokens/{name}", "admin"),
     ("GET", "/api/audit", "admin"),
+    ("GET", "/api/reports", "viewer"),
+    ("GET", "/api/reports/{id}", "viewer"),
 ];
 
 fn method(m: &str) -> reqwest::Method {

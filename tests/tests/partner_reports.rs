@@ -9,8 +9,8 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::post};
 use serde_json::{Value, json};
-use syncfleet_shared::chain::Mode;
-use syncfleet_tests::TestEnv;
+use syncfleet_shared::{chain::Mode, store};
+use syncfleet_tests::{Sandbox, TestEnv};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpListener,
@@ -46,6 +46,31 @@ impl SmtpCapture {
             }
         });
         capture
+    }
+
+    /// The message bodies, quoted-printable decoded (soft breaks joined, `=XX` as bytes).
+    fn body(mail: &Mail) -> String {
+        let body = mail.data.split_once("\n\n").map_or("", |(_, b)| b);
+        if !mail.data.contains("Content-Transfer-Encoding: quoted-printable") {
+            return body.to_owned();
+        }
+        let joined = body.replace("=\n", "");
+        let bytes = joined.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'='
+                && i + 2 < bytes.len()
+                && let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
     }
 
     fn mails(&self) -> Vec<Mail> {
@@ -151,5 +176,206 @@ async fn a_required_failure_is_alerted_once_by_webhook_and_mail_an_optional_one_
     for p in producers {
         p.stop().await;
     }
+    env.finish().await;
+}
+
+/// HTML escaping as the reports promise it: markup characters as entities, non-ASCII as references.
+fn esc(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c if c.is_ascii() => c.to_string(),
+            c => format!("&#x{:x};", c as u32),
+        })
+        .collect()
+}
+
+/// Per active partner, computed here from the synced tables: (id, name, tier, manager key,
+/// certifications, NPCU, new users). A user counts for their contact's partner, else for the
+/// partner of a linked group they are a confirmed member of; a certification is a completed
+/// enrollment in a course with NPCU above 0.
+const EXPECTED_SQL: &str = "
+    WITH person_partner AS (
+        SELECT u.external_id AS person_id, u.created_at,
+               COALESCE(u.partner_id, min(l.partner_id)) AS partner_id
+        FROM partner_lms_users u
+        LEFT JOIN partner_group_memberships m ON m.person_id = u.external_id AND m.is_active AND m.status = 'confirmed'
+        LEFT JOIN partner_group_links l ON l.external_id = m.group_id AND l.is_active
+        WHERE u.is_active
+        GROUP BY u.external_id, u.created_at, u.partner_id
+    )
+    SELECT p.external_id, COALESCE(p.name, ''), COALESCE(p.tier, ''),
+           COALESCE(NULLIF(lower(btrim(p.owner_email)), ''), NULLIF(btrim(p.owner_name), ''), '(unassigned)'),
+           (SELECT count(*) FROM person_partner pp
+              JOIN partner_enrollments e ON e.person_id = pp.person_id AND e.is_active AND e.completed_at IS NOT NULL
+              JOIN partner_course_npcu n ON n.external_id = e.course_id AND n.is_active AND n.npcu > 0
+             WHERE pp.partner_id = p.external_id),
+           (SELECT COALESCE(sum(n.npcu), 0)::bigint FROM person_partner pp
+              JOIN partner_enrollments e ON e.person_id = pp.person_id AND e.is_active AND e.completed_at IS NOT NULL
+              JOIN partner_course_npcu n ON n.external_id = e.course_id AND n.is_active AND n.npcu > 0
+             WHERE pp.partner_id = p.external_id),
+           (SELECT count(*) FROM person_partner pp
+             WHERE pp.partner_id = p.external_id AND pp.created_at > now() - interval '7 days')
+    FROM partner_partners p WHERE p.is_active ORDER BY p.external_id";
+
+type Expected = (String, String, String, String, i64, i64, i64);
+
+async fn html_of(api: &syncfleet_tests::Api, id: &str) -> (u16, String, String) {
+    let resp = api
+        .http
+        .get(format!("{}/api/reports/{id}", api.base))
+        .bearer_auth(api.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (status, ct, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weekly_reports_match_the_database_are_mailed_and_served() {
+    let sandbox = Sandbox::start().await;
+    let smtp = SmtpCapture::start().await;
+    let toml = format!(
+        r#"
+[integrations.acme]
+pack = "partner"
+lookback_secs = 0
+northpass = {{ base_url = "{np}", secret = "np-key" }}
+impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
+reports = {{ smtp = {{ host = "127.0.0.1", port = {port}, from = "partners@example.com" }}, executive_recipients = ["vp@example.com", "cro@example.com"] }}
+"#,
+        np = sandbox.handle.northpass_url(),
+        prm = sandbox.handle.impartner_url(),
+        port = smtp.port,
+    );
+    let env = TestEnv::new(&toml).await;
+    let worker = env.spawn_worker("w").await;
+    let producer = env.spawn_producer().await;
+    let daily = env.run_to_end("partner_daily", "acme", Mode::Full, false).await;
+    assert!(matches!(daily.status.as_str(), "completed" | "partial"), "{daily:#?}");
+
+    // The manager with the most partners gets their report at a configured address; one of their
+    // partners gets a name that must be escaped.
+    let pam: String = env
+        .value(
+            "SELECT lower(btrim(owner_email)) FROM partner_partners WHERE is_active AND owner_email IS NOT NULL
+             GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1",
+        )
+        .await;
+    let renamed: String = env
+        .value(&format!(
+            "UPDATE partner_partners SET name = 'Acme <script>x</script> & \"Sons\" M\u{fc}ller'
+             WHERE id = (SELECT min(id) FROM partner_partners WHERE is_active AND lower(btrim(owner_email)) = '{pam}')
+             RETURNING external_id"
+        ))
+        .await;
+    let mut settings: Value = env.value("SELECT settings FROM integrations WHERE name = 'acme'").await;
+    settings["reports"]["pam_recipients"] = json!({ pam.to_uppercase(): ["pam-desk@example.com"] });
+    store::upsert_integration(&env.pool, "acme", "partner", &settings).await.unwrap();
+
+    let weekly = env.run_to_end("partner_weekly_reports", "acme", Mode::Full, false).await;
+    assert_eq!(weekly.status, "completed", "{weekly:#?}");
+
+    let expected: Vec<Expected> = sqlx::query_as(EXPECTED_SQL).fetch_all(&env.pool).await.unwrap();
+    assert!(expected.iter().map(|e| e.4).sum::<i64>() > 0, "the sandbox has certified partner users");
+    let managers: std::collections::BTreeSet<&str> = expected.iter().map(|e| e.3.as_str()).collect();
+    let stored: Vec<(i64, String, String, Vec<String>, String)> =
+        sqlx::query_as("SELECT id, kind, recipient, sent_to, html FROM reports ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let pam_reports: Vec<_> = stored.iter().filter(|r| r.1 == "pam_weekly").collect();
+    assert_eq!(pam_reports.len(), managers.len());
+    assert_eq!(pam_reports.iter().map(|r| r.2.as_str()).collect::<std::collections::BTreeSet<_>>(), managers);
+
+    // The manager's report: one exact line per partner of theirs, escaped.
+    let mine = pam_reports.iter().find(|r| r.2 == pam).expect("the manager's report");
+    assert_eq!(mine.3, ["pam-desk@example.com"]);
+    let theirs: Vec<&Expected> = expected.iter().filter(|e| e.3 == pam).collect();
+    assert_eq!(mine.4.matches("<tr data-partner=").count(), theirs.len());
+    for (id, name, tier, _, certs, npcu, new) in &theirs {
+        let row = format!(
+            "<tr data-partner=\"{}\"><td>{}</td><td>{}</td><td>{certs}</td><td>{npcu}</td><td>{new}</td><td>0</td></tr>",
+            esc(id),
+            esc(name),
+            esc(tier)
+        );
+        assert!(mine.4.contains(&row), "{row}\nin\n{}", mine.4);
+    }
+    assert!(theirs.iter().any(|e| e.0 == renamed));
+    assert!(mine.4.contains("Acme &lt;script&gt;x&lt;/script&gt; &amp; &quot;Sons&quot; M&#xfc;ller"));
+    assert!(!mine.4.contains("<script>") && mine.4.is_ascii());
+
+    // The executive rollup: totals and sync health.
+    let exec = stored.iter().find(|r| r.1 == "executive_weekly").expect("the executive report");
+    assert_eq!(stored.iter().filter(|r| r.1 == "executive_weekly").count(), 1);
+    assert_eq!(exec.3, ["vp@example.com", "cro@example.com"]);
+    let total = |f: fn(&Expected) -> i64| expected.iter().map(f).sum::<i64>();
+    for (id, label, n) in [
+        ("partners", "Active partners", expected.len() as i64),
+        ("certifications", "Certifications", total(|e| e.4)),
+        ("npcu", "Total NPCU", total(|e| e.5)),
+        ("new-users", "New users", total(|e| e.6)),
+        ("offboarded-users", "Offboarded users", 0),
+    ] {
+        let row = format!("<tr id=\"{id}\"><th>{label}</th><td>{n}</td></tr>");
+        assert!(exec.4.contains(&row), "{row}\nin\n{}", exec.4);
+    }
+    let runs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM chain_runs WHERE id <> $1 GROUP BY status")
+            .bind(uuid::Uuid::parse_str(&weekly.id).unwrap())
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert!(!runs.is_empty());
+    for (status, n) in runs {
+        let row = format!("<tr data-status=\"{status}\"><td>{status}</td><td>{n}</td></tr>");
+        assert!(exec.4.contains(&row), "{row}\nin\n{}", exec.4);
+    }
+    let open: i64 = env.value("SELECT count(*) FROM item_errors WHERE resolved_at IS NULL").await;
+    assert!(exec.4.contains(&format!("<tr id=\"open-item-errors\"><td>Open item errors</td><td>{open}</td></tr>")));
+
+    // Mail: the executive report and the manager's report arrived with their HTML; other managers
+    // got theirs at their own address.
+    let mails = smtp.mails();
+    let exec_mail = mails.iter().find(|m| m.to == ["vp@example.com", "cro@example.com"]).expect("executive mail");
+    assert_eq!(exec_mail.from, "partners@example.com");
+    assert!(exec_mail.data.contains("Content-Type: text/html"), "{}", exec_mail.data);
+    assert_eq!(SmtpCapture::body(exec_mail).trim_end(), exec.4.trim_end());
+    let pam_mail = mails.iter().find(|m| m.to == ["pam-desk@example.com"]).expect("the manager's mail");
+    assert_eq!(SmtpCapture::body(pam_mail).trim_end(), mine.4.trim_end());
+    let other = pam_reports.iter().find(|r| r.2 != pam && r.2.contains('@')).expect("another manager");
+    assert_eq!(other.3, std::slice::from_ref(&other.2));
+    assert!(mails.iter().any(|m| m.to == [other.2.clone()] && SmtpCapture::body(m).trim_end() == other.4.trim_end()));
+    assert_eq!(mails.len(), stored.iter().filter(|r| !r.3.is_empty()).count());
+
+    // The API lists them without HTML and serves each one's HTML.
+    let api = env.api(&producer, "viewer").await;
+    let (status, list) = api.get("/api/reports?limit=1000").await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), stored.len());
+    assert!(list.iter().all(|r| r.get("html").is_none() && r["integration"] == "acme"));
+    let listed = list.iter().find(|r| r["kind"] == "executive_weekly").unwrap();
+    assert_eq!(listed["id"], exec.0);
+    assert_eq!(listed["recipient"], "executive");
+    let (status, ct, body) = html_of(&api, &exec.0.to_string()).await;
+    assert_eq!((status, body.as_str()), (200, exec.4.as_str()));
+    assert!(ct.starts_with("text/html"), "{ct}");
+    let (status, _, body) = html_of(&api, &mine.0.to_string()).await;
+    assert_eq!((status, body.as_str()), (200, mine.4.as_str()));
+    assert_eq!(html_of(&api, "987654321").await.0, 404);
+    assert_eq!(html_of(&api, "abc").await.0, 400);
+    let (status, kinds) = api.get("/api/reports?kind=executive_weekly").await;
+    assert_eq!((status, kinds.as_array().unwrap().len()), (200, 1));
+
+    worker.stop().await;
+    producer.stop().await;
     env.finish().await;
 }

@@ -11,6 +11,8 @@
 //!   `group_members_sync` (optional) closes tier 2, with `group_analysis` (optional, domain
 //!   matching) after it.
 //!
+//! - `partner_weekly_reports`: `pam_weekly_report` ∥ `executive_weekly_report` (`reports.rs`).
+//!
 //! Steps report what is not a count (courses skipped on 403, group matching results) after the
 //! guard's decision in the step's `guard` text.
 
@@ -27,6 +29,7 @@ mod members;
 pub mod northpass;
 mod offboarding;
 mod push;
+mod reports;
 pub mod schedules;
 pub mod settings;
 pub mod tables;
@@ -91,6 +94,13 @@ pub fn chains() -> Vec<ChainDef> {
             steps: vec![s("cleanup", StepKind::Cleanup)],
         },
         ChainDef {
+            name: ChainName::parse("partner_weekly_reports").expect("valid"),
+            pack: PACK.into(),
+            description: "Weekly: a report per partner account manager and the executive rollup, stored and mailed."
+                .into(),
+            steps: vec![s("pam_weekly_report", StepKind::Report), s("executive_weekly_report", StepKind::Report)],
+        },
+        ChainDef {
             name: ChainName::parse("partner_enrollments").expect("valid"),
             pack: PACK.into(),
             description: "Partner users' enrollments, then the counts pushed to Impartner, in the run's mode.".into(),
@@ -116,6 +126,8 @@ pub fn pack() -> Pack {
     handlers.insert("sync_groups".into(), Arc::new(groups::SyncGroups));
     handlers.insert("lms_offboarding".into(), Arc::new(offboarding::LmsOffboarding));
     handlers.insert("cleanup".into(), Arc::new(cleanup::Cleanup));
+    handlers.insert("pam_weekly_report".into(), Arc::new(reports::PamWeeklyReport));
+    handlers.insert("executive_weekly_report".into(), Arc::new(reports::ExecutiveWeeklyReport));
     handlers.insert("sync_leads".into(), Arc::new(leads::SyncLeads));
     handlers.insert("group_members_sync".into(), Arc::new(members::GroupMembersSync));
     handlers.insert("group_analysis".into(), Arc::new(analysis::GroupAnalysis));

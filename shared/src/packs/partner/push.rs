@@ -36,7 +36,7 @@ pub const NPCU_FIELD: &str = "Total_NPCU__cf";
 pub const BATCH: usize = 50;
 
 /// Every valid partner with its counts; `$1` is the integration.
-const COUNTS_SQL: &str = "
+pub(super) const COUNTS_SQL: &str = "
     WITH users AS (
         SELECT u.external_id AS person_id, COALESCE(u.partner_id, (
             SELECT min(l.partner_id) FROM partner_group_memberships m

@@ -41,6 +41,9 @@ pub struct Settings {
     /// What `group_analysis` does with the users it lists.
     #[serde(default)]
     pub analysis: super::analysis::AnalysisSettings,
+    /// Where the weekly reports are mailed.
+    #[serde(default)]
+    pub reports: super::reports::ReportSettings,
 }
 
 fn default_share() -> f64 {
@@ -232,6 +235,7 @@ impl Settings {
         if self.groups.prefix.trim().is_empty() {
             return Err(at("groups.prefix")("must not be empty".into()));
         }
+        self.reports.check()?;
         if !(0.0..=1.0).contains(&self.max_deactivate_share) {
             return Err(at("max_deactivate_share")("must be between 0 and 1".into()));
         }
