@@ -45,10 +45,12 @@ enum Command {
         /// Worker engines to start in this process.
         #[arg(long, default_value_t = 2)]
         workers: usize,
-        /// `erp` (the sandbox sync) or a demo chain: demo_diamond, demo_fanout, demo_contention.
+        /// `erp` (the sandbox ERP sync), `partner` (the partner program sync, `partner_daily`, of the
+        /// sandbox's Northpass and Impartner) or a demo chain: demo_diamond, demo_fanout,
+        /// demo_contention.
         #[arg(long, default_value = "erp")]
         chain: String,
-        /// Sandbox data scale for `erp`: small (250 items), seed (20,000) or large (200,000).
+        /// Sandbox data scale for `erp` and `partner`: small, seed or large.
         #[arg(long, default_value = "seed")]
         scale: String,
     },
@@ -722,11 +724,33 @@ fn print_queues(depths: &[QueueDepth], json: bool) {
 /// `syncfleet demo`: everything in one process against the configured PostgreSQL and Redis.
 async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &str) -> anyhow::Result<ExitCode> {
     let erp = chain == "erp";
+    let partner = chain == "partner";
     let mut config = config;
-    let sandbox = if erp {
+    let sandbox = if erp || partner {
         let scale: syncfleet_sandbox::Scale = scale.parse()?;
-        let sb = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig { scale, ..Default::default() }).await?;
-        let toml = syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "");
+        // The partner demo lifts the sandbox's Northpass limit (10 requests per second, as upstream)
+        // so a seed-scale run takes a minute rather than half an hour; the bench measures the run
+        // at the real limit.
+        let northpass_rate_per_sec =
+            if partner { None } else { syncfleet_sandbox::SandboxConfig::default().northpass_rate_per_sec };
+        let sb = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig {
+            scale,
+            northpass_rate_per_sec,
+            ..Default::default()
+        })
+        .await?;
+        let toml = if erp {
+            syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "")
+        } else {
+            // The fleet's budget for the local sandbox is raised from Northpass's 10 requests per
+            // second to match.
+            syncfleet_sandbox::partner_integration_toml(
+                "demo-partner",
+                &sb.northpass_url(),
+                &sb.impartner_url(),
+                ", limits = { rate_per_sec = 400.0, burst = 50, concurrency = 16 }",
+            )
+        };
         let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
         config.integrations.extend(parsed.integrations);
         Some(sb)
@@ -734,7 +758,7 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
         None
     };
     let ops = crate::connect(&config).await?;
-    if !erp {
+    if sandbox.is_none() {
         if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
             anyhow::bail!("`{chain}` is neither `erp` nor a demo chain (demo_diamond, demo_fanout, demo_contention)");
         }
@@ -769,6 +793,9 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
             say(format!("triggering {chain} for integration `demo`"));
             return Ok(vec![demo_run(&ops, chain, "demo", Mode::Full, !json).await?]);
         };
+        if partner {
+            return demo_partner(&ops, sb, json).await;
+        }
         let items = sb.info().pointer("/counts/erp/items").and_then(|v| v.as_i64()).unwrap_or_default();
         say(format!(
             "sandbox ERP at {} with {items} items; full sync of `demo-erp` into table erp_items",
@@ -798,7 +825,22 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
         }
     }
     let last = runs.last().expect("at least one run");
-    say(if erp {
+    if partner {
+        let calls = |r: &views::RunView| r.steps.iter().map(|s| s.api_calls).sum::<i64>();
+        let (full, incremental) = (calls(&runs[0]), calls(&runs[1]));
+        say(format!(
+            "\nAPI calls: full {full}, incremental {incremental} ({:.1} % of full); the incremental run saved {} calls.",
+            100.0 * incremental as f64 / full.max(1) as f64,
+            full - incremental
+        ));
+    }
+    say(if partner {
+        format!(
+            "\nThe partner data is in the `partner_*` tables of the configured database. Look again with \
+             `syncfleet runs show {}`.",
+            runs.last().map(|r| r.id.as_str()).unwrap_or_default()
+        )
+    } else if erp {
         format!(
             "\nThe items are in table `erp_items` of the configured database. Look again with \
              `syncfleet runs` or `syncfleet runs show {}`.",
@@ -813,6 +855,42 @@ async fn demo(config: Config, json: bool, workers: usize, chain: &str, scale: &s
     });
     let worst = runs.iter().map(|r| exit_for(&r.status)).find(|c| *c != ExitCode::SUCCESS);
     Ok(worst.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// The partner program sync: `partner_daily` in full, then 1 % of people and enrollments change in
+/// the sandbox's Northpass, then an incremental run.
+async fn demo_partner(
+    ops: &Ops,
+    sb: &syncfleet_sandbox::SandboxHandle,
+    json: bool,
+) -> anyhow::Result<Vec<views::RunView>> {
+    let say = |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    };
+    let count = |p: &str| sb.info().pointer(p).and_then(|v| v.as_i64()).unwrap_or_default();
+    say(format!(
+        "sandbox Northpass at {} ({} people, {} groups, {} courses) and Impartner at {} ({} accounts, {} contacts); \
+         full partner_daily of `demo-partner`",
+        sb.northpass_url(),
+        count("/counts/northpass/people"),
+        count("/counts/northpass/groups"),
+        count("/counts/northpass/courses"),
+        sb.impartner_url(),
+        count("/counts/impartner/accounts"),
+        count("/counts/impartner/users"),
+    ));
+    let full = demo_run(ops, "partner_daily", "demo-partner", Mode::Full, !json).await?;
+    let mut changed = 0;
+    for resource in ["people", "enrollments"] {
+        let out =
+            sb.mutate_json(serde_json::json!({ "api": "northpass", "resource": resource, "change_percent": 1 }))?;
+        changed += out["changed"].as_array().map_or(0, Vec::len);
+    }
+    say(format!("\nthe sandbox changed {changed} people and enrollments (1 % of each); incremental partner_daily"));
+    let incremental = demo_run(ops, "partner_daily", "demo-partner", Mode::Incremental, !json).await?;
+    Ok(vec![full, incremental])
 }
 
 /// Triggers one run (cancelling one an interrupted demo left active) and waits for it.

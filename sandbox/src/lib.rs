@@ -140,6 +140,19 @@ pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
     Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
 }
 
+/// The `partner` integration `name` on a sandbox: Northpass and Impartner with the sandbox's keys;
+/// `northpass_extra` goes inside the `northpass` table (e.g. `, limits = { rate_per_sec = 10.0 }`).
+pub fn partner_integration_toml(name: &str, northpass_url: &str, impartner_url: &str, northpass_extra: &str) -> String {
+    format!(
+        r#"
+[integrations.{name}]
+pack = "partner"
+northpass = {{ base_url = "{northpass_url}", secret = "np-key"{northpass_extra} }}
+impartner = {{ base_url = "{impartner_url}", secret = "prm-key", tenant_id = "1", page_size = 100 }}
+"#
+    )
+}
+
 /// syncfleet config of an `http-json` integration `name` reading the sandbox ERP items into `table`.
 /// `extra` lines go into the integration's table (e.g. `upstream = "x"`). Used by `syncfleet demo`
 /// and the tests, so both sync the same declaration.
