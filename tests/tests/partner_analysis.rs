@@ -11,6 +11,7 @@ use std::{
 use serde_json::Value;
 use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::{chain::Mode, store::runs::TriggerKind, store::views::RunView};
+use syncfleet_tests::partner::{impartner_all, northpass_all, s};
 use syncfleet_tests::{Sandbox, TestEnv};
 
 const PUBLIC: &[&str] = &["gmail.com", "outlook.com", "yahoo.com", "hotmail.com"];
@@ -33,43 +34,6 @@ async fn run_step(env: &TestEnv, step: &str, mode: Mode) -> RunView {
     let view = env.wait(run, Duration::from_secs(120)).await;
     assert_eq!(view.status, "completed", "{step}: {view:#?}");
     view
-}
-
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn northpass_all(sandbox: &Sandbox, path: &str) -> Vec<Value> {
-    let mut url = format!("{}{path}?limit=100", sandbox.handle.northpass_url());
-    let mut out = vec![];
-    loop {
-        let (status, body) = get(&url, &[("X-Api-Key", "np-key")]).await;
-        if status == 404 {
-            return out;
-        }
-        out.extend(body["data"].as_array().unwrap().iter().cloned());
-        match body.pointer("/links/next").and_then(Value::as_str) {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
-}
-
-async fn impartner_all(sandbox: &Sandbox, object: &str) -> Vec<Value> {
-    let url = format!("{}/{object}?take=1000&orderby=Id", sandbox.handle.impartner_url());
-    let (_, body) = get(&url, &[("Authorization", "prm-key prm-key")]).await;
-    assert!(body["data"]["count"].as_i64().unwrap() <= 1000, "the test reads one page");
-    body["data"]["results"].as_array().unwrap().clone()
 }
 
 fn domain(email: &str) -> Option<String> {

@@ -12,11 +12,9 @@ use serde_json::{Value, json};
 use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::{
     chain::Mode,
-    store::{
-        runs::TriggerKind,
-        views::{RunView, StepView},
-    },
+    store::{runs::TriggerKind, views::RunView},
 };
+use syncfleet_tests::partner::{get, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
@@ -41,14 +39,6 @@ impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_siz
     (env, worker)
 }
 
-fn step<'a>(view: &'a RunView, name: &str) -> &'a StepView {
-    view.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name} in {view:#?}"))
-}
-
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
 /// Runs one step of `chain` on its own and waits for the run to end.
 async fn run_step(env: &TestEnv, chain: &str, step: &str, mode: Mode) -> RunView {
     let run = env
@@ -66,40 +56,6 @@ async fn run_step(env: &TestEnv, chain: &str, step: &str, mode: Mode) -> RunView
         .await
         .expect("trigger");
     env.wait(run, Duration::from_secs(60)).await
-}
-
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Every record of a Northpass list, following `links.next`; a 404 is an empty list.
-async fn northpass_all(sandbox: &Sandbox, path: &str) -> Vec<Value> {
-    let mut url = format!("{}{path}?limit=100", sandbox.handle.northpass_url());
-    let mut out = vec![];
-    loop {
-        let (status, body) = get(&url, &[("X-Api-Key", "np-key")]).await;
-        if status == 404 {
-            return out;
-        }
-        out.extend(body["data"].as_array().unwrap().iter().cloned());
-        match body.pointer("/links/next").and_then(Value::as_str) {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
-}
-
-async fn impartner_all(sandbox: &Sandbox, object: &str) -> Vec<Value> {
-    let url = format!("{}/{object}?take=1000&orderby=Id", sandbox.handle.impartner_url());
-    let (_, body) = get(&url, &[("Authorization", "prm-key prm-key")]).await;
-    assert!(body["data"]["count"].as_i64().unwrap() <= 1000, "the test reads one page");
-    body["data"]["results"].as_array().unwrap().clone()
 }
 
 /// The sandbox's world as the issue defines it, computed from its APIs (and the group links whose

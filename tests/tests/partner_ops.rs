@@ -4,10 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use syncfleet_shared::{
-    chain::Mode,
-    store::views::{RunView, StepView},
-};
+use syncfleet_shared::chain::Mode;
+use syncfleet_tests::partner::{impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
@@ -33,29 +31,6 @@ async fn env_with(sandbox: &Sandbox, extra_settings: &str, extra_toml: &str) -> 
     (env, worker)
 }
 
-fn step<'a>(view: &'a RunView, name: &str) -> &'a StepView {
-    view.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name} in {view:#?}"))
-}
-
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-/// Every record of a Northpass list, following `links.next`.
-async fn northpass_all(sandbox: &Sandbox, path: &str) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let mut url = format!("{}{path}?limit=100", sandbox.handle.northpass_url());
-    let mut out = vec![];
-    loop {
-        let body: Value = http.get(&url).header("X-Api-Key", "np-key").send().await.unwrap().json().await.unwrap();
-        out.extend(body["data"].as_array().unwrap_or_else(|| panic!("{url}: {body}")).iter().cloned());
-        match body.pointer("/links/next").and_then(Value::as_str) {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
-}
-
 /// The person ids in a Northpass group, read from its memberships.
 async fn members(sandbox: &Sandbox, group: &str) -> BTreeSet<String> {
     northpass_all(sandbox, &format!("/groups/{group}/memberships"))
@@ -63,21 +38,6 @@ async fn members(sandbox: &Sandbox, group: &str) -> BTreeSet<String> {
         .iter()
         .map(|m| m.pointer("/relationships/person/data/id").and_then(Value::as_str).unwrap().to_owned())
         .collect()
-}
-
-/// Every record of an Impartner object (one page of 1000 is all at `small` scale).
-async fn impartner_all(sandbox: &Sandbox, object: &str) -> Vec<Value> {
-    let body: Value = reqwest::Client::new()
-        .get(format!("{}/{object}?take=1000&orderby=Id", sandbox.handle.impartner_url()))
-        .header("Authorization", "prm-key prm-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(body["data"]["count"].as_i64().unwrap() <= 1000, "the test reads one page");
-    body["data"]["results"].as_array().unwrap().clone()
 }
 
 async fn impartner_delete(sandbox: &Sandbox, object: &str, id: &str) {

@@ -7,10 +7,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use syncfleet_shared::{
-    chain::Mode,
-    store::views::{RunView, StepView},
-};
+use syncfleet_shared::chain::Mode;
+use syncfleet_tests::partner::{impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
@@ -35,44 +33,6 @@ async fn env_with(sandbox: &Sandbox, northpass_extra: &str, extra_toml: &str) ->
     let env = TestEnv::new(&format!("{}\n{extra_toml}", integration_toml(sandbox, northpass_extra))).await;
     let worker = env.spawn_worker("w").await;
     (env, worker)
-}
-
-fn step<'a>(view: &'a RunView, name: &str) -> &'a StepView {
-    view.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name} in {view:#?}"))
-}
-
-/// Every record of a Northpass list, following `links.next`.
-async fn northpass_all(sandbox: &Sandbox, path: &str) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let mut url = format!("{}{path}?limit=100", sandbox.handle.northpass_url());
-    let mut out = vec![];
-    loop {
-        let body: Value = http.get(&url).header("X-Api-Key", "np-key").send().await.unwrap().json().await.unwrap();
-        out.extend(body["data"].as_array().unwrap().iter().cloned());
-        match body.pointer("/links/next").and_then(Value::as_str) {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
-}
-
-/// Every record of an Impartner object (one page of 1000 is all at `small` scale).
-async fn impartner_all(sandbox: &Sandbox, object: &str) -> Vec<Value> {
-    let body: Value = reqwest::Client::new()
-        .get(format!("{}/{object}?take=1000&orderby=Id", sandbox.handle.impartner_url()))
-        .header("Authorization", "prm-key prm-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(body["data"]["count"].as_i64().unwrap() <= 1000, "the test reads one page");
-    body["data"]["results"].as_array().unwrap().clone()
-}
-
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
 }
 
 /// The filters the issue names, written out independently of the pack.
