@@ -1,0 +1,270 @@
+//! Runs, chains, queues and workers: what the fleet is doing and the operator's levers on it.
+
+use axum::{
+    Json,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use syncfleet_shared::{
+    chain::Mode,
+    queue::QueueDepth,
+    store::{
+        runs::TriggerKind,
+        views::{self, ItemErrorView, RunFilter, RunPage, RunView},
+    },
+};
+use utoipa::ToSchema;
+
+use crate::{
+    auth::{Operator, Viewer},
+    ops::{Ops, Trigger, WorkerView},
+};
+
+use super::{ApiError, ApiResult, ErrorBody, parse_run_id};
+
+/// A chain and its steps (the DAG the dashboard draws).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChainView {
+    pub name: String,
+    pub pack: String,
+    pub description: String,
+    pub steps: Vec<ChainStepView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChainStepView {
+    pub name: String,
+    pub prerequisites: Vec<String>,
+    pub required: bool,
+    pub queue: String,
+    pub shards: u32,
+}
+
+/// Every chain the deployment runs, with its steps.
+#[utoipa::path(get, path = "/api/chains", tag = "runs", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ChainView>), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_chains(_: Viewer, State(ops): State<Ops>) -> Json<Vec<ChainView>> {
+    Json(
+        ops.chains
+            .all()
+            .map(|c| ChainView {
+                name: c.name.to_string(),
+                pack: c.pack.clone(),
+                description: c.description.clone(),
+                steps: c
+                    .steps
+                    .iter()
+                    .map(|s| ChainStepView {
+                        name: s.name.to_string(),
+                        prerequisites: s.prerequisites.iter().map(|p| p.to_string()).collect(),
+                        required: s.required,
+                        queue: s.queue.clone(),
+                        shards: s.shards,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    integration: String,
+    /// `full` or `incremental` (default).
+    mode: Option<String>,
+    /// Run only this step of the chain.
+    step: Option<String>,
+    /// Sweep even when the deletion guard would block it.
+    #[serde(default)]
+    force_sweep: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunCreated {
+    pub run_id: String,
+}
+
+/// Starts a run of a chain (or of one of its steps) for an integration.
+#[utoipa::path(post, path = "/api/chains/{chain}/runs", tag = "runs", security(("bearer" = [])),
+    params(("chain" = String, Path, description = "Chain name")),
+    request_body = TriggerBody,
+    responses(
+        (status = 201, body = RunCreated),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "Unknown chain or integration"),
+        (status = 409, body = ErrorBody, description = "A run of this chain for this integration is active"),
+        (status = 422, body = ErrorBody, description = "Integration disabled or of another pack"),
+    ))]
+pub(super) async fn trigger(
+    who: Operator,
+    State(ops): State<Ops>,
+    Path(chain): Path<String>,
+    body: Result<Json<TriggerBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<RunCreated>), ApiError> {
+    let Json(body) = body?;
+    let mode = match body.mode.as_deref() {
+        None => Mode::Incremental,
+        Some(m) => Mode::parse(m)
+            .ok_or_else(|| ApiError::BadRequest(format!("mode: must be full or incremental, not `{m}`")))?,
+    };
+    let run_id = ops
+        .trigger(Trigger {
+            chain: chain.clone(),
+            integration: body.integration.clone(),
+            mode,
+            kind: TriggerKind::Manual,
+            triggered_by: who.actor(),
+            tick_key: None,
+            force_sweep: body.force_sweep,
+            step: body.step.clone(),
+        })
+        .await?;
+    ops.audit(
+        &who.actor(),
+        "run.trigger",
+        &run_id.to_string(),
+        json!({ "chain": chain, "integration": body.integration, "mode": mode.as_str(), "step": body.step, "force_sweep": body.force_sweep }),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(RunCreated { run_id: run_id.to_string() })))
+}
+
+fn check_filter(f: &RunFilter) -> Result<(), ApiError> {
+    if let Some(s) = &f.status
+        && !views::RUN_STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status: must be one of {}, not `{s}`",
+            views::RUN_STATUSES.join(", ")
+        )));
+    }
+    if let Some(l) = f.limit
+        && !(1..=1000).contains(&l)
+    {
+        return Err(ApiError::BadRequest(format!("limit: must be between 1 and 1000, not {l}")));
+    }
+    if let Some(o) = f.offset
+        && o < 0
+    {
+        return Err(ApiError::BadRequest(format!("offset: must not be negative, not {o}")));
+    }
+    Ok(())
+}
+
+/// Runs, newest first, with per-phase metrics; filter by chain, integration and status.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", security(("bearer" = [])), params(RunFilter),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_runs(
+    _: Viewer,
+    State(ops): State<Ops>,
+    filter: Result<Query<RunFilter>, QueryRejection>,
+) -> ApiResult<RunPage> {
+    let Query(filter) = filter?;
+    check_filter(&filter)?;
+    Ok(Json(views::run_page(&ops.pool, &filter).await?))
+}
+
+/// One run with its steps and phase metrics.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses((status = 200, body = RunView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn show_run(_: Viewer, State(ops): State<Ops>, Path(id): Path<String>) -> ApiResult<RunView> {
+    Ok(Json(views::run(&ops.pool, parse_run_id(&id)?).await?))
+}
+
+/// The item errors a run recorded.
+#[utoipa::path(get, path = "/api/runs/{id}/errors", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses((status = 200, body = Vec<ItemErrorView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn run_errors(
+    _: Viewer,
+    State(ops): State<Ops>,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<ItemErrorView>> {
+    Ok(Json(views::item_errors(&ops.pool, parse_run_id(&id)?).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunStatus {
+    pub run_id: String,
+    pub status: String,
+}
+
+/// Re-runs the failed and skipped steps of a failed or partial run.
+#[utoipa::path(post, path = "/api/runs/{id}/resume", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses((status = 200, body = RunStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn resume(who: Operator, State(ops): State<Ops>, Path(id): Path<String>) -> ApiResult<RunStatus> {
+    let run_id = parse_run_id(&id)?;
+    ops.resume(run_id).await?;
+    ops.audit(&who.actor(), "run.resume", &run_id.to_string(), json!({})).await;
+    Ok(Json(RunStatus { run_id: run_id.to_string(), status: "running".into() }))
+}
+
+/// Stops scheduling further steps of an active run.
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses((status = 200, body = RunStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn cancel(who: Operator, State(ops): State<Ops>, Path(id): Path<String>) -> ApiResult<RunStatus> {
+    let run_id = parse_run_id(&id)?;
+    ops.cancel(run_id).await?;
+    ops.audit(&who.actor(), "run.cancel", &run_id.to_string(), json!({})).await;
+    Ok(Json(RunStatus { run_id: run_id.to_string(), status: "cancelled".into() }))
+}
+
+/// Depth of every queue by state (ready, scheduled for later, in flight, dead, blocked by an
+/// entity lease), and whether it is paused.
+#[utoipa::path(get, path = "/api/queues", tag = "queues", security(("bearer" = [])),
+    responses((status = 200, body = Vec<QueueDepth>), (status = 401, body = ErrorBody)))]
+pub(super) async fn queues(_: Viewer, State(ops): State<Ops>) -> ApiResult<Vec<QueueDepth>> {
+    Ok(Json(ops.queue_depths().await.map_err(ApiError::Internal)?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueuePauseState {
+    pub queue: String,
+    pub paused: bool,
+    /// False when the queue was in that state already.
+    pub changed: bool,
+}
+
+/// Pauses a queue: nothing new is dispatched to it until it is resumed.
+#[utoipa::path(post, path = "/api/queues/{queue}/pause", tag = "queues", security(("bearer" = [])),
+    params(("queue" = String, Path, description = "Queue name")),
+    responses((status = 200, body = QueuePauseState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn pause_queue(
+    who: Operator,
+    State(ops): State<Ops>,
+    Path(queue): Path<String>,
+) -> ApiResult<QueuePauseState> {
+    let changed = ops.pause_queue(&queue, &who.actor()).await?;
+    Ok(Json(QueuePauseState { queue, paused: true, changed }))
+}
+
+/// Resumes a paused queue.
+#[utoipa::path(post, path = "/api/queues/{queue}/resume", tag = "queues", security(("bearer" = [])),
+    params(("queue" = String, Path, description = "Queue name")),
+    responses((status = 200, body = QueuePauseState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn resume_queue(
+    who: Operator,
+    State(ops): State<Ops>,
+    Path(queue): Path<String>,
+) -> ApiResult<QueuePauseState> {
+    let changed = ops.resume_queue(&queue, &who.actor()).await?;
+    Ok(Json(QueuePauseState { queue, paused: false, changed }))
+}
+
+/// Worker processes alive (heartbeat in Redis) with the steps they run now.
+#[utoipa::path(get, path = "/api/workers", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = Vec<WorkerView>), (status = 401, body = ErrorBody)))]
+pub(super) async fn workers(_: Viewer, State(ops): State<Ops>) -> ApiResult<Vec<WorkerView>> {
+    Ok(Json(ops.workers().await.map_err(ApiError::Internal)?))
+}
