@@ -140,15 +140,24 @@ pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
     Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
 }
 
-/// The `partner` integration `name` on a sandbox: Northpass and Impartner with the sandbox's keys;
-/// `northpass_extra` goes inside the `northpass` table (e.g. `, limits = { rate_per_sec = 10.0 }`).
-pub fn partner_integration_toml(name: &str, northpass_url: &str, impartner_url: &str, northpass_extra: &str) -> String {
+/// The `partner` integration `name` on a sandbox: Northpass and Impartner with the sandbox's keys.
+/// `northpass_extra` goes inside the `northpass` table (e.g. `, limits = { rate_per_sec = 10.0 }`);
+/// `settings` are further lines of the integration (e.g. `lookback_secs = 0`).
+pub fn partner_integration_toml(
+    name: &str,
+    northpass_url: &str,
+    impartner_url: &str,
+    impartner_page_size: u32,
+    northpass_extra: &str,
+    settings: &str,
+) -> String {
     format!(
         r#"
 [integrations.{name}]
 pack = "partner"
 northpass = {{ base_url = "{northpass_url}", secret = "np-key"{northpass_extra} }}
-impartner = {{ base_url = "{impartner_url}", secret = "prm-key", tenant_id = "1", page_size = 100 }}
+impartner = {{ base_url = "{impartner_url}", secret = "prm-key", tenant_id = "1", page_size = {impartner_page_size} }}
+{settings}
 "#
     )
 }

@@ -6,6 +6,20 @@ use syncfleet_shared::store::views::{RunView, StepView};
 
 use crate::Sandbox;
 
+/// The partner integration `acme` on this sandbox, as the partner tests use it: incremental reads
+/// without lookback (so they are exact) and Impartner pages of 25 (so paging is exercised).
+/// `northpass_extra` goes inside the `northpass` table, `settings` are further lines.
+pub fn acme_toml(sandbox: &Sandbox, northpass_extra: &str, settings: &str) -> String {
+    syncfleet_sandbox::partner_integration_toml(
+        "acme",
+        &sandbox.handle.northpass_url(),
+        &sandbox.handle.impartner_url(),
+        25,
+        northpass_extra,
+        &format!("lookback_secs = 0\n{settings}"),
+    )
+}
+
 /// The step `name` of a run (panics naming the run when it has none).
 pub fn step<'a>(view: &'a RunView, name: &str) -> &'a StepView {
     view.steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name} in {view:#?}"))

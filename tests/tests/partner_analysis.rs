@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::{chain::Mode, store::runs::TriggerKind, store::views::RunView};
-use syncfleet_tests::partner::{impartner_all, northpass_all, s};
+use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s};
 use syncfleet_tests::{Sandbox, TestEnv};
 
 const PUBLIC: &[&str] = &["gmail.com", "outlook.com", "yahoo.com", "hotmail.com"];
@@ -108,17 +108,7 @@ async fn listed(env: &TestEnv) -> BTreeMap<String, (String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn domain_matching_lists_the_partner_domain_users_outside_the_group_and_adds_them_pending() {
     let sandbox = Sandbox::start().await;
-    let toml = format!(
-        r#"
-[integrations.acme]
-pack = "partner"
-lookback_secs = 0
-northpass = {{ base_url = "{np}", secret = "np-key" }}
-impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
-"#,
-        np = sandbox.handle.northpass_url(),
-        prm = sandbox.handle.impartner_url(),
-    );
+    let toml = acme_toml(&sandbox, "", "");
     let env = TestEnv::new(&toml).await;
     let worker = env.spawn_worker("w").await;
     for step in ["impartner_sync", "sync_users", "sync_groups", "group_members_sync"] {

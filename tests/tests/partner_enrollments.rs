@@ -14,7 +14,7 @@ use syncfleet_shared::{
     chain::Mode,
     store::{runs::TriggerKind, views::RunView},
 };
-use syncfleet_tests::partner::{get, impartner_all, northpass_all, s, step};
+use syncfleet_tests::partner::{acme_toml, get, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
@@ -23,17 +23,7 @@ const CERTS: &str = "Nintex_CE_Certifications__cf";
 const NPCU: &str = "Total_NPCU__cf";
 
 async fn env_for(sandbox: &Sandbox) -> (TestEnv, Running) {
-    let toml = format!(
-        r#"
-[integrations.acme]
-pack = "partner"
-lookback_secs = 0
-northpass = {{ base_url = "{np}", secret = "np-key" }}
-impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
-"#,
-        np = sandbox.handle.northpass_url(),
-        prm = sandbox.handle.impartner_url(),
-    );
+    let toml = acme_toml(sandbox, "", "");
     let env = TestEnv::new(&toml).await;
     let worker = env.spawn_worker("w").await;
     (env, worker)

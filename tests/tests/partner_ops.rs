@@ -5,28 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use syncfleet_shared::chain::Mode;
-use syncfleet_tests::partner::{impartner_all, northpass_all, s, step};
+use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
 
-fn integration_toml(sandbox: &Sandbox, extra_settings: &str) -> String {
-    format!(
-        r#"
-[integrations.acme]
-pack = "partner"
-lookback_secs = 0
-northpass = {{ base_url = "{np}", secret = "np-key" }}
-impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
-{extra_settings}
-"#,
-        np = sandbox.handle.northpass_url(),
-        prm = sandbox.handle.impartner_url(),
-    )
-}
-
 async fn env_with(sandbox: &Sandbox, extra_settings: &str, extra_toml: &str) -> (TestEnv, Running) {
-    let env = TestEnv::new(&format!("{}\n{extra_toml}", integration_toml(sandbox, extra_settings))).await;
+    let env = TestEnv::new(&format!("{}\n{extra_toml}", acme_toml(sandbox, "", extra_settings))).await;
     let worker = env.spawn_worker("w").await;
     (env, worker)
 }
@@ -199,7 +184,7 @@ async fn soft_deleted_contacts_and_partners_leave_the_lms_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cleanup_purges_history_and_item_errors_past_the_retention() {
     let sandbox = Sandbox::start().await;
-    let beta = integration_toml(&sandbox, "cleanup = { retention_days = 50 }")
+    let beta = acme_toml(&sandbox, "", "cleanup = { retention_days = 50 }")
         .replace("[integrations.acme]", "[integrations.beta]");
     let (env, worker) = env_with(&sandbox, "", &beta).await;
     let mut runs = vec![];

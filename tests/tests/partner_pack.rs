@@ -8,29 +8,14 @@ use std::{
 
 use serde_json::{Value, json};
 use syncfleet_shared::chain::Mode;
-use syncfleet_tests::partner::{impartner_all, northpass_all, s, step};
+use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
 const DAILY: &str = "partner_daily";
 const IMPARTNER: &str = "partner_impartner";
 
-/// The partner integration `acme` on this sandbox (lookback 0, so incremental reads are exact).
-fn integration_toml(sandbox: &Sandbox, northpass_extra: &str) -> String {
-    format!(
-        r#"
-[integrations.acme]
-pack = "partner"
-lookback_secs = 0
-northpass = {{ base_url = "{np}", secret = "np-key"{northpass_extra} }}
-impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
-"#,
-        np = sandbox.handle.northpass_url(),
-        prm = sandbox.handle.impartner_url(),
-    )
-}
-
 async fn env_with(sandbox: &Sandbox, northpass_extra: &str, extra_toml: &str) -> (TestEnv, Running) {
-    let env = TestEnv::new(&format!("{}\n{extra_toml}", integration_toml(sandbox, northpass_extra))).await;
+    let env = TestEnv::new(&format!("{}\n{extra_toml}", acme_toml(sandbox, northpass_extra, ""))).await;
     let worker = env.spawn_worker("w").await;
     (env, worker)
 }

@@ -10,7 +10,7 @@ use std::{
 use axum::{Json, Router, extract::State, routing::post};
 use serde_json::{Value, json};
 use syncfleet_shared::{chain::Mode, store};
-use syncfleet_tests::{Sandbox, TestEnv};
+use syncfleet_tests::{Sandbox, TestEnv, partner::acme_toml};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpListener,
@@ -241,19 +241,11 @@ async fn html_of(api: &syncfleet_tests::Api, id: &str) -> (u16, String, String) 
 async fn weekly_reports_match_the_database_are_mailed_and_served() {
     let sandbox = Sandbox::start().await;
     let smtp = SmtpCapture::start().await;
-    let toml = format!(
-        r#"
-[integrations.acme]
-pack = "partner"
-lookback_secs = 0
-northpass = {{ base_url = "{np}", secret = "np-key" }}
-impartner = {{ base_url = "{prm}", secret = "prm-key", tenant_id = "1", page_size = 25 }}
-reports = {{ smtp = {{ host = "127.0.0.1", port = {port}, from = "partners@example.com" }}, executive_recipients = ["vp@example.com", "cro@example.com"] }}
-"#,
-        np = sandbox.handle.northpass_url(),
-        prm = sandbox.handle.impartner_url(),
-        port = smtp.port,
+    let reports = format!(
+        r#"reports = {{ smtp = {{ host = "127.0.0.1", port = {port}, from = "partners@example.com" }}, executive_recipients = ["vp@example.com", "cro@example.com"] }}"#,
+        port = smtp.port
     );
+    let toml = acme_toml(&sandbox, "", &reports);
     let env = TestEnv::new(&toml).await;
     let worker = env.spawn_worker("w").await;
     let producer = env.spawn_producer().await;

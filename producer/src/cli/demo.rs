@@ -49,7 +49,9 @@ pub(super) async fn demo(
                 "demo-partner",
                 &sb.northpass_url(),
                 &sb.impartner_url(),
+                100,
                 ", limits = { rate_per_sec = 400.0, burst = 50, concurrency = 16 }",
+                "",
             )
         };
         let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
