@@ -44,6 +44,8 @@ async fn no_generated_request_gets_a_server_error() {
         .arg(&report)
         .args(["--generation-database", "none"])
         .arg("--no-color")
+        // It keeps state in its working directory; keep that out of the source tree.
+        .current_dir(report.parent().unwrap())
         .env("SCHEMATHESIS_HOOKS", "")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
