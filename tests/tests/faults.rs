@@ -123,3 +123,28 @@ async fn sigterm_during_a_step_lets_it_finish_and_the_worker_exits_zero() {
     producer.stop().await;
     env.finish().await;
 }
+
+/// Producer and workers started together on a database that does not exist yet (docker-compose,
+/// a fresh cluster): each creates and migrates it, and none fails because another one won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_starting_together_on_a_fresh_database_all_come_up() {
+    let name = format!("sf_test_fresh_{:08x}", rand::random::<u32>());
+    let config = syncfleet_shared::config::DatabaseConfig {
+        url: syncfleet_shared::config::Secret::new(format!("postgres://postgres@127.0.0.1:5432/{name}")),
+        max_connections: 2,
+    };
+    let starts = (0..6).map(|_| {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let pool = syncfleet_shared::store::connect(&config).await?;
+            syncfleet_shared::store::migrate(&pool).await?;
+            pool.close().await;
+            Ok::<_, syncfleet_shared::store::StoreError>(())
+        })
+    });
+    let results = futures::future::join_all(starts).await;
+    syncfleet_shared::store::drop_database(&config).await.unwrap();
+    for r in results {
+        r.unwrap().expect("every process comes up");
+    }
+}

@@ -63,7 +63,9 @@ pub(super) async fn demo(
     let ops = crate::connect(&config).await?;
     if sandbox.is_none() {
         if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
-            anyhow::bail!("unknown demo `{chain}`: use erp, partner, or a demo chain (demo_diamond, demo_fanout, demo_contention)");
+            anyhow::bail!(
+                "unknown demo `{chain}`: use erp, partner, or a demo chain (demo_diamond, demo_fanout, demo_contention)"
+            );
         }
         store::upsert_integration(&ops.pool, "demo", demo::PACK, &serde_json::json!({ "step_ms": 300 })).await?;
     }

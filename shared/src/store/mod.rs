@@ -79,8 +79,9 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await {
             Ok(_) => tracing::info!(database = %name, "Created database."),
-            // Another process created it at the same moment.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another process created it at the same moment: `duplicate_database`, or a unique
+            // violation on `pg_database` when both passed the existence check together.
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e.into()),
         }
     }
