@@ -93,6 +93,11 @@ impl Ops {
             }
         };
         let integration = store::integration_by_name(&self.pool, &t.integration).await?;
+        let detail = serde_json::json!({
+            "chain": t.chain, "integration": t.integration, "mode": t.mode.as_str(), "step": t.step,
+            "force_sweep": t.force_sweep,
+        });
+        let actor = t.triggered_by.clone();
         let (run_id, ready) = runs::create_run(
             &self.pool,
             TriggerRequest {
@@ -108,18 +113,26 @@ impl Ops {
         .await?;
         self.push_ready(&ready).await;
         tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), "Run created.");
+        // Someone asked for it (API, CLI): audited. Scheduled runs are recorded as runs only.
+        if t.kind == TriggerKind::Manual {
+            self.audit(&actor, "run.trigger", &run_id.to_string(), detail).await;
+        }
         Ok(run_id)
     }
 
-    pub async fn resume(&self, run_id: RunId) -> Result<(), StoreError> {
+    /// Resumes a failed or partial run on behalf of `actor` (audited).
+    pub async fn resume(&self, run_id: RunId, actor: &str) -> Result<(), StoreError> {
         let ready = runs::resume(&self.pool, run_id).await?;
         self.push_ready(&ready).await;
+        self.audit(actor, "run.resume", &run_id.to_string(), serde_json::json!({})).await;
         tracing::info!(%run_id, ready = ready.len(), "Run resumed.");
         Ok(())
     }
 
-    pub async fn cancel(&self, run_id: RunId) -> Result<(), StoreError> {
+    /// Cancels an active run on behalf of `actor` (audited).
+    pub async fn cancel(&self, run_id: RunId, actor: &str) -> Result<(), StoreError> {
         runs::cancel(&self.pool, run_id).await?;
+        self.audit(actor, "run.cancel", &run_id.to_string(), serde_json::json!({})).await;
         if let Ok(run) = store::views::run(&self.pool, run_id).await {
             syncfleet_shared::metrics::run_ended(&run.chain, "cancelled");
         }

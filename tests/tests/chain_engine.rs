@@ -73,7 +73,7 @@ async fn required_failure_fails_the_run_and_resume_completes_it_without_repeatin
 
     // Fix the cause, resume: left, join and report run; start and right are not repeated.
     env.demo_integration("acme", json!({ "step_ms": 20, "fail": { "right": "never" } })).await;
-    env.ops.resume(run).await.unwrap();
+    env.ops.resume(run, "test").await.unwrap();
     let view = env.wait(run, Duration::from_secs(60)).await;
     assert_eq!(view.status, "completed", "{view:#?}");
     assert_eq!(status(&view, "left"), ("succeeded".into(), 3));
@@ -82,7 +82,7 @@ async fn required_failure_fails_the_run_and_resume_completes_it_without_repeatin
     assert_eq!(effects.len(), 5);
 
     // Resuming a completed run is refused.
-    let err = env.ops.resume(run).await.unwrap_err().to_string();
+    let err = env.ops.resume(run, "test").await.unwrap_err().to_string();
     assert!(err.contains("is completed"), "{err}");
 
     worker.stop().await;
@@ -222,7 +222,7 @@ async fn redis_never_holds_more_than_the_dispatch_cap() {
     assert!(dispatched <= 300 + inflight_or_done + depth.inflight, "dispatched {dispatched}, {depth:?}");
     assert!(waiting >= 250, "the queue is kept full: {waiting}");
     producer.stop().await;
-    env.ops.cancel(run).await.unwrap();
+    env.ops.cancel(run, "test").await.unwrap();
     env.finish().await;
 }
 
@@ -238,7 +238,7 @@ async fn cancel_stops_scheduling_further_steps() {
         (v.steps[0].status == "running").then_some(())
     })
     .await;
-    env.ops.cancel(run).await.unwrap();
+    env.ops.cancel(run, "test").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let view = env.wait(run, Duration::from_secs(5)).await;
     assert_eq!(view.status, "cancelled");
@@ -265,7 +265,7 @@ async fn resume_while_another_run_is_active_names_that_run() {
     // A second run is active (its only step is slow); resuming the first must say which run blocks it.
     env.demo_integration("acme", json!({ "slow": { "ping": 3000 } })).await;
     let active = env.trigger("demo_ping", "acme").await;
-    let err = env.ops.resume(failed).await.unwrap_err();
+    let err = env.ops.resume(failed, "test").await.unwrap_err();
     match &err {
         syncfleet_shared::store::StoreError::ActiveRun { chain, integration, run_id } => {
             assert_eq!((chain.as_str(), integration.as_str()), ("demo_ping", "acme"));

@@ -341,7 +341,7 @@ async fn a_failed_sync_users_stops_the_chain_and_resume_does_not_repeat_tier_one
     assert_eq!(properties_calls, 30);
 
     sandbox.faults("northpass", json!({"error_5xx_share": 0.0, "routes": []})).await;
-    env.ops.resume(run.id.parse().unwrap()).await.unwrap();
+    env.ops.resume(run.id.parse().unwrap(), "test").await.unwrap();
     let resumed = env.wait(run.id.parse().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(resumed.status, "completed", "{resumed:#?}");
     for tier_one in ["sync_courses", "impartner_sync", "sync_npcu"] {

@@ -9,7 +9,6 @@ use axum::{
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use syncfleet_shared::{
     chain::Mode,
     queue::QueueDepth,
@@ -125,13 +124,6 @@ pub(super) async fn trigger(
             step: body.step.clone(),
         })
         .await?;
-    ops.audit(
-        &who.actor(),
-        "run.trigger",
-        &run_id.to_string(),
-        json!({ "chain": chain, "integration": body.integration, "mode": mode.as_str(), "step": body.step, "force_sweep": body.force_sweep }),
-    )
-    .await;
     Ok((StatusCode::CREATED, Json(RunCreated { run_id: run_id.to_string() })))
 }
 
@@ -203,8 +195,7 @@ pub struct RunStatus {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn resume(who: Operator, State(ops): State<Ops>, Path(id): Path<String>) -> ApiResult<RunStatus> {
     let run_id = parse_run_id(&id)?;
-    ops.resume(run_id).await?;
-    ops.audit(&who.actor(), "run.resume", &run_id.to_string(), json!({})).await;
+    ops.resume(run_id, &who.actor()).await?;
     Ok(Json(RunStatus { run_id: run_id.to_string(), status: "running".into() }))
 }
 
@@ -215,8 +206,7 @@ pub(super) async fn resume(who: Operator, State(ops): State<Ops>, Path(id): Path
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn cancel(who: Operator, State(ops): State<Ops>, Path(id): Path<String>) -> ApiResult<RunStatus> {
     let run_id = parse_run_id(&id)?;
-    ops.cancel(run_id).await?;
-    ops.audit(&who.actor(), "run.cancel", &run_id.to_string(), json!({})).await;
+    ops.cancel(run_id, &who.actor()).await?;
     Ok(Json(RunStatus { run_id: run_id.to_string(), status: "cancelled".into() }))
 }
 

@@ -221,7 +221,7 @@ async fn demo_run(
             if progress {
                 eprintln!("cancelling the earlier demo run {run_id} that is still active");
             }
-            ops.cancel(run_id.parse()?).await?;
+            ops.cancel(run_id.parse()?, "demo").await?;
             ops.trigger(trigger).await?
         }
         other => other?,

@@ -234,9 +234,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger { chain, integration, mode, force_sweep, step, wait, json } => {
             let ops = crate::connect(&config).await?;
             let mode = Mode::parse(&mode).unwrap_or_default();
-            let detail = serde_json::json!({
-                "chain": chain, "integration": integration, "mode": mode.as_str(), "step": step, "force_sweep": force_sweep,
-            });
             let run_id = ops
                 .trigger(Trigger {
                     chain,
@@ -249,7 +246,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     step,
                 })
                 .await?;
-            ops.audit(&actor(), "run.trigger", &run_id.to_string(), detail).await;
             finish_or_print(&ops, run_id, wait, json).await
         }
         Command::Runs { show: Some(RunsCommand::Show { run_id, json, watch }), .. } => {
@@ -290,14 +286,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume { run_id, wait, json } => {
             let ops = crate::connect(&config).await?;
             let id: RunId = run_id.parse()?;
-            ops.resume(id).await?;
-            ops.audit(&actor(), "run.resume", &run_id, serde_json::json!({})).await;
+            ops.resume(id, &actor()).await?;
             finish_or_print(&ops, id, wait, json).await
         }
         Command::Cancel { run_id } => {
             let ops = crate::connect(&config).await?;
-            ops.cancel(run_id.parse()?).await?;
-            ops.audit(&actor(), "run.cancel", &run_id, serde_json::json!({})).await;
+            ops.cancel(run_id.parse()?, &actor()).await?;
             println!("run {run_id} cancelled");
             Ok(ExitCode::SUCCESS)
         }
