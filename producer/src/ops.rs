@@ -57,6 +57,8 @@ pub struct ScheduleView {
     pub integration: String,
     pub interval_secs: Option<u64>,
     pub cron: Option<String>,
+    /// The cron expression firing at the same ticks (an interval's equivalent, when one exists).
+    pub resolved_cron: Option<String>,
     /// `stored` (set through the API or the CLI), `config` (file or environment) or `pack` (the
     /// pack's default).
     pub source: String,
@@ -256,6 +258,7 @@ impl Ops {
                     .map(|(_, _, _, by)| by.clone());
                 ScheduleView {
                     next_at: r.schedule.next_after(now),
+                    resolved_cron: r.schedule.as_cron(),
                     chain: r.chain,
                     integration: r.integration,
                     interval_secs,
@@ -275,6 +278,7 @@ impl Ops {
                     integration,
                     interval_secs: None,
                     cron: None,
+                    resolved_cron: None,
                     source: "stored".into(),
                     mode: "incremental".into(),
                     enabled: false,
@@ -305,7 +309,7 @@ impl Ops {
             )));
         }
         if enabled || spec.interval_secs.is_some() || spec.cron.is_some() {
-            Schedule::from_spec(spec, self.config.min_interval()).map_err(|m| {
+            Schedule::from_spec(spec, self.config.min_interval_for(chain)).map_err(|m| {
                 let field = if spec.cron.is_some() && spec.interval_secs.is_none() { "cron" } else { "interval_secs" };
                 StoreError::Invalid(format!("{field}: {m}"))
             })?;

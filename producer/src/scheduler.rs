@@ -8,7 +8,10 @@
 //! (chain, integration, mode): configured and stored schedules run incremental and replace the pack
 //! default of the same chain and mode; a stored schedule switched off stops every schedule of its
 //! (chain, integration). The minimum interval is enforced at every
-//! layer: config validation, the store, and here again for stored values.
+//! layer: config validation, the store, and here again for stored values; a pack may raise it for its
+//! chains (`packs::chain_min_interval`: 30 minutes for the Moodle chains), and may derive interval
+//! defaults from the configuration (`packs::interval_schedules`: the Moodle interval per environment
+//! or `MOODLE_SYNC_INTERVAL_MINUTES`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -81,10 +84,16 @@ impl Scheduler {
                     Err(message) => tracing::warn!(chain = d.chain, %integration, %message, "Pack schedule ignored."),
                 }
             }
+            for (chain, every, source) in syncfleet_shared::packs::interval_schedules(&pack, &self.ops.config) {
+                let key = (chain.to_owned(), integration.clone(), Mode::Incremental.as_str());
+                let (chain, integration, mode) = (chain.to_owned(), integration.clone(), Mode::Incremental);
+                let schedule = Schedule::Interval(every.max(self.ops.config.min_interval_for(&chain)));
+                out.insert(key, ResolvedSchedule { chain, integration, schedule, source, mode });
+            }
         }
         for (chain, by_integration) in &self.ops.config.schedules {
             for (integration, spec) in by_integration {
-                if let Ok(schedule) = Schedule::from_spec(spec, min) {
+                if let Ok(schedule) = Schedule::from_spec(spec, self.ops.config.min_interval_for(chain)) {
                     out.insert(
                         (chain.clone(), integration.clone(), Mode::Incremental.as_str()),
                         ResolvedSchedule {
@@ -111,7 +120,7 @@ impl Scheduler {
                 continue;
             }
             let spec = ScheduleSpec { interval_secs: interval.map(|i| i as u64), cron };
-            match Schedule::from_spec(&spec, min) {
+            match Schedule::from_spec(&spec, self.ops.config.min_interval_for(&chain)) {
                 Ok(schedule) => {
                     let mode = Mode::Incremental;
                     out.insert(key, ResolvedSchedule { chain, integration, schedule, source: "stored", mode });

@@ -120,9 +120,26 @@ pub struct FaultSettings {
     /// (`GET /northpass/v2/people`); empty = every endpoint of the API.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Moodle only: calls answered with HTTP 200 and Moodle's error envelope (`{"exception", …}`)
+    /// instead of data. Each entry is a function (`core_course_get_categories`), or a function and
+    /// one parameter it was called with (`core_course_get_courses_by_field:value=12`,
+    /// `core_enrol_get_enrolled_users:courseid=7`); `[]` = none.
+    #[serde(default)]
+    pub exceptions: Vec<String>,
 }
 
 impl FaultSettings {
+    /// Whether a Moodle call of `function` with `pairs` is answered with the error envelope.
+    pub fn moodle_exception(&self, function: &str, pairs: &[(String, String)]) -> bool {
+        self.exceptions.iter().any(|e| match e.split_once(':') {
+            None => e == function,
+            Some((f, param)) => {
+                f == function
+                    && param.split_once('=').is_some_and(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+            }
+        })
+    }
+
     /// Whether item `id` of `api` is served malformed: every id in `malformed_ids`, plus the same share
     /// of items for the same seed and `malformed_share`.
     pub fn serves_malformed(&self, api: Api, seed: u64, id: u64) -> bool {
@@ -150,6 +167,7 @@ impl Default for FaultSettings {
             malformed_share: 0.0,
             malformed_ids: Vec::new(),
             routes: Vec::new(),
+            exceptions: Vec::new(),
         }
     }
 }

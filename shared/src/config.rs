@@ -57,6 +57,7 @@ impl fmt::Debug for Secret {
 pub enum Environment {
     Development,
     Test,
+    Staging,
     Production,
 }
 
@@ -64,7 +65,7 @@ impl Environment {
     /// Smallest schedule interval allowed when the config does not set one.
     pub fn default_min_interval_secs(self) -> u64 {
         match self {
-            Environment::Production => 60,
+            Environment::Production | Environment::Staging => 60,
             Environment::Development => 5,
             Environment::Test => 1,
         }
@@ -91,6 +92,11 @@ pub struct Config {
     /// `[alerts]`: where a required step's failure is reported.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// `[moodle]`: the Moodle pack's schedule and start-up triggers; each key also comes from its
+    /// plain environment variable (`MOODLE_SYNC_INTERVAL_MINUTES`, `SYNC_ON_STARTUP`,
+    /// `DISABLE_SYNC_CATEGORY_ON_STARTUP`).
+    #[serde(default)]
+    pub moodle: crate::packs::moodle::schedules::MoodleConfig,
 }
 
 /// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
@@ -241,6 +247,7 @@ impl Default for Config {
             chains: BTreeMap::new(),
             integrations: BTreeMap::new(),
             alerts: AlertsConfig::default(),
+            moodle: Default::default(),
         }
     }
 }
@@ -256,6 +263,12 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed("SYNCFLEET__").split("__"));
+        // The Moodle pack's plain variables (`MOODLE_SYNC_INTERVAL_MINUTES` → `moodle.sync_interval_minutes`).
+        let moodle_env = crate::packs::moodle::schedules::ENV_KEYS;
+        figment = figment.merge(Env::raw().only(&moodle_env.map(|(var, _)| var)).map(move |var| {
+            let key = moodle_env.iter().find(|(v, _)| var.as_str().eq_ignore_ascii_case(v)).map_or("", |(_, k)| k);
+            format!("moodle.{key}").into()
+        }));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -273,6 +286,11 @@ impl Config {
 
     pub fn min_interval(&self) -> Duration {
         Duration::from_secs(self.min_interval_secs.unwrap_or_else(|| self.environment.default_min_interval_secs()))
+    }
+
+    /// The minimum interval of `chain`: the deployment's, or the chain's pack's when larger.
+    pub fn min_interval_for(&self, chain: &str) -> Duration {
+        self.min_interval().max(crate::packs::chain_min_interval(chain).unwrap_or_default())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -321,10 +339,11 @@ impl Config {
             }
         }
         self.alerts.validate()?;
+        self.moodle.validate().map_err(|(k, m)| invalid(&format!("moodle.{k}"), m))?;
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {
                 let key = format!("schedules.{chain}.{integration}");
-                Schedule::from_spec(spec, self.min_interval()).map_err(|m| invalid(&key, m))?;
+                Schedule::from_spec(spec, self.min_interval_for(chain)).map_err(|m| invalid(&key, m))?;
             }
         }
         Ok(())
@@ -388,6 +407,28 @@ impl Schedule {
                     }
                 }
                 None
+            }
+        }
+    }
+
+    /// The cron expression firing at the same ticks: a cron schedule's own; for an interval, the
+    /// equivalent when one exists (a whole number of minutes dividing an hour, or of hours dividing
+    /// a day — interval ticks are aligned to the epoch, so to UTC midnight).
+    pub fn as_cron(&self) -> Option<String> {
+        match self {
+            Schedule::Cron(c) => Some(c.clone()),
+            Schedule::Interval(d) => {
+                let secs = d.as_secs();
+                if secs % 60 != 0 || secs == 0 {
+                    return None;
+                }
+                let minutes = secs / 60;
+                match minutes {
+                    60 => Some("0 0 * * * *".into()),
+                    m if m < 60 && 60 % m == 0 => Some(format!("0 */{m} * * * *")),
+                    m if m % 60 == 0 && 24 % (m / 60) == 0 => Some(format!("0 0 */{} * * *", m / 60)),
+                    _ => None,
+                }
             }
         }
     }
@@ -466,6 +507,26 @@ mod tests {
         let t = chrono::DateTime::from_timestamp(1_000_030, 0).unwrap();
         assert_eq!(s.tick_at_or_before(t), Some(1_000_020));
         assert_eq!(s.next_after(t).unwrap().timestamp(), 1_000_080);
+    }
+
+    #[test]
+    fn intervals_show_their_cron_and_moodle_keeps_its_minimum() {
+        let cron = |m: u64| Schedule::Interval(Duration::from_secs(m * 60)).as_cron();
+        assert_eq!(cron(60).as_deref(), Some("0 0 * * * *"));
+        assert_eq!(cron(30).as_deref(), Some("0 */30 * * * *"));
+        assert_eq!(cron(180).as_deref(), Some("0 0 */3 * * *"));
+        assert_eq!(cron(360).as_deref(), Some("0 0 */6 * * *"));
+        assert_eq!(cron(45), None);
+        let err = Config::from_toml("[moodle]\nsync_interval_minutes = 20\n").unwrap_err().to_string();
+        assert!(err.contains("moodle.sync_interval_minutes") && err.contains("30 minutes"), "{err}");
+        let text = "[schedules.moodle_institutional.uni]\ninterval_secs = 600\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("schedules.moodle_institutional.uni") && err.contains("1800s"), "{err}");
+        let c = Config::from_toml("environment = \"staging\"\n[moodle]\nsync_on_startup = true\n").unwrap();
+        assert_eq!(c.environment, Environment::Staging);
+        assert!(c.moodle.sync_on_startup);
+        assert_eq!(c.min_interval_for("moodle_institutional"), Duration::from_secs(1800));
+        assert_eq!(c.min_interval_for("partner_daily"), Duration::from_secs(60));
     }
 
     #[test]

@@ -166,6 +166,8 @@ struct FaultPatch {
     malformed_ids: Option<Vec<u64>>,
     /// Replaces the list; `[]` = every endpoint.
     routes: Option<Vec<String>>,
+    /// Moodle: replaces the list of calls answered with the error envelope; `[]` clears it.
+    exceptions: Option<Vec<String>>,
 }
 
 fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -207,6 +209,9 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = patch.routes {
             f.routes = v;
+        }
+        if let Some(v) = patch.exceptions {
+            f.exceptions = v;
         }
         f.clone()
     };

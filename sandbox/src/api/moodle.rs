@@ -1,6 +1,7 @@
 //! Moodle web services REST under `/moodle/webservice/rest/server.php` (GET or form POST, merged):
 //! `core_course_get_categories`, `core_course_get_courses_by_field`, `core_enrol_get_enrolled_users`,
-//! `core_user_get_users_by_field`. Errors are HTTP 200 with `{exception, errorcode, message}`.
+//! `core_user_get_users_by_field`. Errors are HTTP 200 with `{exception, errorcode, message}`; the
+//! `exceptions` fault answers chosen calls (a function, or a function with one parameter) that way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,6 +86,11 @@ fn handle(st: &AppState, pairs: Pairs) -> Response {
         return respond(&error_body(&err("moodle_exception", "invalidtoken", "Invalid token - token not found")));
     }
     let faults = st.faults(Api::Moodle);
+    if faults.moodle_exception(&function, &pairs) {
+        let mut e = err("moodle_exception", "generalexceptionmessage", "Injected failure: the site answered an error.");
+        e.debuginfo = Some(format!("{function} refused by the sandbox's `exceptions` fault"));
+        return respond(&error_body(&e));
+    }
     let data = st.read();
     let m = &data.moodle;
     let result = match function.as_str() {
