@@ -111,6 +111,10 @@ pub struct FaultSettings {
     pub timeout_share: f64,
     /// List pages end early while the reported total / `links.next` stay as if complete.
     pub truncate_page: bool,
+    /// List endpoints answer an empty list (total 0, no next page) however much data there is: the
+    /// upstream hiccup a deletion guard must not take for "everything was deleted".
+    #[serde(default)]
+    pub empty_list: bool,
     /// Share (0..=1) of list items that lose their id or carry a wrong-typed field.
     pub malformed_share: f64,
     /// Ids always served malformed, on top of `malformed_share` (Northpass: the internal record key).
@@ -164,6 +168,7 @@ impl Default for FaultSettings {
             error_5xx_share: 0.0,
             timeout_share: 0.0,
             truncate_page: false,
+            empty_list: false,
             malformed_share: 0.0,
             malformed_ids: Vec::new(),
             routes: Vec::new(),

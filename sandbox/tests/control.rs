@@ -267,6 +267,22 @@ async fn truncated_pages_and_malformed_items() {
     }
     assert_eq!(sb.ip_get("/User", &[("take", "100")]).await.1["data"]["results"].as_array().unwrap().len(), 100);
 
+    // Empty list: no items, a total of 0 and no next page, whatever the data holds.
+    for api in ["impartner", "erp", "northpass"] {
+        assert_eq!(sb.set_faults(api, json!({"empty_list": true})).await["empty_list"], true);
+    }
+    let (_, b) = sb.ip_get("/User", &[("take", "100")]).await;
+    assert_eq!((b["data"]["count"].as_i64(), b["data"]["results"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    let (_, b) = sb.erp(&[("limit", "100")]).await;
+    assert_eq!((b["total"].as_i64(), b["items"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    let b = sb.np_json("/people?limit=100").await;
+    assert_eq!(b["data"].as_array().map(Vec::len), Some(0));
+    assert!(b["links"]["next"].is_null());
+    for api in ["impartner", "erp", "northpass"] {
+        sb.set_faults(api, json!({"empty_list": false})).await;
+    }
+    assert_eq!(sb.erp(&[("limit", "100")]).await.1["total"], 250);
+
     // Malformed: every item loses its id or carries a wrong-typed field.
     sb.set_faults("northpass", json!({"malformed_share": 1.0})).await;
     let b = sb.np_json("/people?limit=20").await;

@@ -161,6 +161,7 @@ struct FaultPatch {
     error_5xx_share: Option<f64>,
     timeout_share: Option<f64>,
     truncate_page: Option<bool>,
+    empty_list: Option<bool>,
     malformed_share: Option<f64>,
     /// Replaces the list; `[]` clears it.
     malformed_ids: Option<Vec<u64>>,
@@ -200,6 +201,9 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = patch.truncate_page {
             f.truncate_page = v;
+        }
+        if let Some(v) = patch.empty_list {
+            f.empty_list = v;
         }
         if let Some(v) = share(patch.malformed_share) {
             f.malformed_share = v;

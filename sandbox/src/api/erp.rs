@@ -101,6 +101,9 @@ async fn list(State(st): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> Respo
         Some(None) => return bad("updated_since must be an ISO-8601 timestamp"),
     };
     let faults = st.faults(Api::Erp);
+    if faults.empty_list {
+        return ok(&ItemsPage::<ItemView<'_>> { items: vec![], total: 0, offset, limit });
+    }
     let data = st.read();
     let items = &data.erp.items;
     let bounds = |total: usize| {

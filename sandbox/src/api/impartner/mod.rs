@@ -118,6 +118,9 @@ fn run_search(st: &AppState, object: &str, s: Search) -> Response {
             a.id().cmp(&b.id())
         });
     }
+    if faults.empty_list {
+        sel.clear();
+    }
     let count = sel.len();
     let start = s.skip.min(count);
     let mut end = (start + s.take).min(count);
