@@ -1,7 +1,7 @@
 //! Prometheus `/metrics` of the producer: every `syncfleet_*` metric this process records, plus the
-//! depth of every queue the chains use, read fresh from Redis (and PostgreSQL for `blocked`) at
-//! each scrape, since autoscaling reads it. A scrape that cannot read the depth answers 503 rather
-//! than show stale depths.
+//! depth of every queue the chains use and the freshest worker heartbeat of each, read fresh from
+//! Redis (and PostgreSQL for `blocked`) at each scrape, since autoscaling and alerts read them. A
+//! scrape that cannot read the depth answers 503 rather than show stale depths.
 
 use axum::{
     Router,
@@ -22,7 +22,15 @@ pub fn router() -> Router<Ops> {
 
 async fn scrape(State(ops): State<Ops>) -> Response {
     match ops.queue_depths().await {
-        Ok(depths) => depths.iter().for_each(metrics::set_queue_depth),
+        Ok(depths) => {
+            for d in &depths {
+                metrics::set_queue_depth(d);
+                match ops.queues.workers(&d.queue).await {
+                    Ok(workers) => metrics::set_worker_heartbeat(&d.queue, &workers),
+                    Err(error) => tracing::warn!(%error, queue = %d.queue, "Worker heartbeats unreadable."),
+                }
+            }
+        }
         Err(error) => {
             tracing::warn!(%error, "Queue depth unreadable; scrape refused.");
             return (StatusCode::SERVICE_UNAVAILABLE, format!("queue depth unreadable: {error}")).into_response();

@@ -14,6 +14,7 @@
 //! | `syncfleet_lease_waits_total` | counter | `queue` | worker: entity lease busy, step delivered again later |
 //! | `syncfleet_runs_total` | counter | `chain`, `status` (completed, partial, failed) | the process whose transaction ended the run |
 //! | `syncfleet_reconciler_redeliveries_total` | counter | | producer: step jobs pushed again after Redis lost them |
+//! | `syncfleet_worker_last_heartbeat_timestamp_seconds` | gauge | `queue` | producer, at every scrape: the freshest heartbeat (epoch s) of the workers registered on the queue in Redis, 0 when none is |
 
 use std::{
     sync::OnceLock,
@@ -38,6 +39,7 @@ pub const UPSTREAM_THROTTLED: &str = "syncfleet_upstream_throttled_total";
 pub const LEASE_WAITS: &str = "syncfleet_lease_waits_total";
 pub const RUNS: &str = "syncfleet_runs_total";
 pub const RECONCILER_REDELIVERIES: &str = "syncfleet_reconciler_redeliveries_total";
+pub const WORKER_HEARTBEAT: &str = "syncfleet_worker_last_heartbeat_timestamp_seconds";
 
 /// Upper bounds (seconds) of the job wait buckets: milliseconds when the fleet keeps up, up to an
 /// hour when it does not.
@@ -99,6 +101,10 @@ fn describe() {
     describe_counter!(LEASE_WAITS, "Step deliveries that found their entity lease busy.");
     describe_counter!(RUNS, "Runs ended, by status.");
     describe_counter!(RECONCILER_REDELIVERIES, "Step jobs pushed again after Redis lost them.");
+    describe_gauge!(
+        WORKER_HEARTBEAT,
+        "Freshest heartbeat (epoch s) of the workers registered on a queue; 0 when none."
+    );
 }
 
 /// Sets the depth gauges of one queue (what autoscaling reads).
@@ -113,6 +119,13 @@ pub fn set_queue_depth(d: &QueueDepth) {
     for (state, n) in states {
         gauge!(QUEUE_DEPTH, "queue" => d.queue.clone(), "state" => state).set(n as f64);
     }
+}
+
+/// Sets the freshest heartbeat of `queue` from its registered workers (name, last heartbeat in
+/// epoch seconds), 0 when no worker is registered: "no worker heartbeat" alerts read it.
+pub fn set_worker_heartbeat(queue: &str, workers: &[(String, f64)]) {
+    let last = workers.iter().map(|(_, seen)| *seen).fold(0.0, f64::max);
+    gauge!(WORKER_HEARTBEAT, "queue" => queue.to_owned()).set(last);
 }
 
 /// A worker started a step that became due `due_at_ms` (epoch ms) ago; clocks that disagree count
