@@ -30,6 +30,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("PUT", "/api/integrations/{name}", "admin"),
     ("POST", "/api/integrations/{name}/disable", "admin"),
     ("POST", "/api/integrations/{name}/items/{entity}", "signature"),
+    ("POST", "/api/integrations/{name}/users/{username}/hydrate", "operator"),
+    ("PUT", "/api/integrations/{name}/users/{username}/scope", "operator"),
     ("GET", "/api/workers", "viewer"),
     ("GET", "/api/tokens", "admin"),
     ("POST", "/api/tokens", "admin"),
@@ -51,6 +53,7 @@ fn concrete(template: &str, run_id: &str) -> String {
         .replace("{queue}", "demo")
         .replace("{entity}", "items")
         .replace("{name}", "acme")
+        .replace("{username}", "pat")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,8 @@
 //! in the log. Every mutation is recorded in the audit trail.
 //!
 //! Handlers: `runs.rs` (chains, runs, queues, workers), `admin.rs` (schedules, integrations, tokens,
-//! audit), `webhook.rs` (single-item sync), `crate::reports` (weekly reports).
+//! audit), `webhook.rs` (single-item sync), `moodle.rs` (a Moodle user's hydration and scope
+//! sources), `crate::reports` (weekly reports).
 
 use axum::{
     Json, Router,
@@ -33,6 +34,7 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 mod admin;
+mod moodle;
 mod runs;
 mod webhook;
 
@@ -97,6 +99,8 @@ pub fn api_routes() -> OpenApiRouter<Ops> {
         .routes(routes!(admin::get_integration, admin::update_integration))
         .routes(routes!(admin::disable_integration))
         .routes(routes!(webhook::sync_item))
+        .routes(routes!(moodle::hydrate_user))
+        .routes(routes!(moodle::set_user_scope))
         .routes(routes!(runs::workers))
         .routes(routes!(admin::list_tokens, admin::create_token))
         .routes(routes!(admin::revoke_token))

@@ -39,20 +39,24 @@ pub struct Enrolled {
     pub lastcourseaccess: Value,
 }
 
+/// The `moodle_users` columns of a user as Moodle describes them (enrolled users and
+/// `core_user_get_users_by_field` alike).
+pub fn user_fields(raw: &Value) -> Result<Map<String, Value>, String> {
+    let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let mut f = Map::new();
+    f.insert("username".into(), Value::from(text("username").ok_or("no `username`")?));
+    for k in ["firstname", "lastname", "email", "idnumber"] {
+        f.insert(k.into(), text(k).map_or(Value::Null, Value::from));
+    }
+    f.insert("firstaccess".into(), epoch(raw.get("firstaccess"), "firstaccess")?);
+    f.insert("lastaccess".into(), epoch(raw.get("lastaccess"), "lastaccess")?);
+    Ok(f)
+}
+
 /// Reads one entry of `core_enrol_get_enrolled_users`; `Err` when even the id is unreadable.
 pub fn read_enrolled(raw: &Value) -> Result<Enrolled, String> {
     let user_id = raw.get("id").and_then(Value::as_i64).ok_or("no readable `id`")?.to_string();
-    let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
-    let user = (|| {
-        let mut f = Map::new();
-        f.insert("username".into(), Value::from(text("username").ok_or("no `username`")?));
-        for k in ["firstname", "lastname", "email", "idnumber"] {
-            f.insert(k.into(), text(k).map_or(Value::Null, Value::from));
-        }
-        f.insert("firstaccess".into(), epoch(raw.get("firstaccess"), "firstaccess")?);
-        f.insert("lastaccess".into(), epoch(raw.get("lastaccess"), "lastaccess")?);
-        Ok(f)
-    })();
+    let user = user_fields(raw);
     let groups = raw
         .get("groups")
         .and_then(Value::as_array)

@@ -19,6 +19,7 @@ mod categories;
 pub mod client;
 mod courses;
 mod enrollments;
+pub mod hydrate;
 pub mod roles;
 pub mod schedules;
 pub mod scope;

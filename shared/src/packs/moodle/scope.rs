@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::{FutureExt, future::BoxFuture};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use super::note;
@@ -42,7 +42,7 @@ pub struct UserScope {
 }
 
 /// What [`plan`] decided for one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Department and program derived from the enrollments.
