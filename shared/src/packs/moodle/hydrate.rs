@@ -80,9 +80,12 @@ fn settings(integration: &Integration) -> Result<Settings, UserError> {
         .map_err(|(k, m)| UserError::Invalid(format!("integration `{}`: `{k}`: {m}", integration.name)))
 }
 
+/// A `moodle_users` row's id and scope: id, campus, department, program, department source, program source.
+type ScopeRow = (String, Option<String>, Option<String>, Option<String>, String, String);
+
 /// The stored view of `username`.
 pub async fn view(pool: &PgPool, integration_id: i64, username: &str) -> Result<UserView, UserError> {
-    let row: Option<(String, Option<String>, Option<String>, Option<String>, String, String)> = sqlx::query_as(
+    let row: Option<ScopeRow> = sqlx::query_as(
         "SELECT external_id, campus_id, department_id, program_id, department_source, program_source
          FROM moodle_users WHERE integration_id = $1 AND username = $2 AND is_active",
     )

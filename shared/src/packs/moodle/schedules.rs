@@ -1,9 +1,10 @@
 //! When `moodle_institutional` runs, and what start-up triggers (issue #6, "Triggers and schedule").
 //!
-//! Interval resolution: the value stored through the API (`PUT /api/chains/moodle_institutional/schedule`)
-//! > `MOODLE_SYNC_INTERVAL_MINUTES` (or `[moodle] sync_interval_minutes`) > the environment's default
-//! (development and test 60 minutes, staging 360, production 180). Every layer refuses less than
-//! [`MIN_INTERVAL`]: the API with 400, the configuration at start-up.
+//! Interval resolution, first found wins: the value stored through the API
+//! (`PUT /api/chains/moodle_institutional/schedule`), then `MOODLE_SYNC_INTERVAL_MINUTES` (or
+//! `[moodle] sync_interval_minutes`), then the environment's default (development and test 60
+//! minutes, staging 360, production 180). Every layer refuses less than [`MIN_INTERVAL`]: the API
+//! with 400, the configuration at start-up.
 //!
 //! Start-up: categories always sync (`sync_categories` alone) unless
 //! `DISABLE_SYNC_CATEGORY_ON_STARTUP=true`; with `SYNC_ON_STARTUP=true` courses and enrollments run
