@@ -1,7 +1,9 @@
 //! Benchmark harness: prints figures measured side by side in one run.
 //! Results and the commands that produced them are recorded in `bench/RESULTS.md`.
 
+mod partner;
 mod queue;
+mod report;
 mod sandbox;
 mod upsert;
 
@@ -41,12 +43,41 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pg_socket: Option<std::path::PathBuf>,
     },
+    /// `partner_daily` at seed scale (wall time) and at Northpass's 10 requests/s (against the floor).
+    #[command(name = "partner-daily")]
+    PartnerDaily {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// `partner_daily` incremental after a 1 % change: API calls and time against the full run.
+    Incremental {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let scenario = match &cli.command {
+        Command::PartnerDaily { runs, .. } => Some(partner::partner_daily(*runs).await?),
+        Command::Incremental { runs, .. } => Some(partner::incremental(*runs).await?),
+        _ => None,
+    };
+    if let Some(s) = scenario {
+        if matches!(cli.command, Command::PartnerDaily { json: true, .. } | Command::Incremental { json: true, .. }) {
+            println!("{}", serde_json::to_string_pretty(&s.to_json())?);
+        } else {
+            s.print();
+        }
+        return Ok(());
+    }
     let (figures, json) = match cli.command {
+        Command::PartnerDaily { .. } | Command::Incremental { .. } => unreachable!("handled above"),
         Command::Queue { json } => (queue::run().await?, json),
         Command::Sandbox { json } => (sandbox::run().await?, json),
         Command::Upsert { json, rows, pg_socket } => {

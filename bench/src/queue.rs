@@ -150,6 +150,7 @@ impl Fleet {
                 tick_key: None,
                 force_sweep: false,
                 step: None,
+                step_modes: Default::default(),
             })
             .await?)
     }

@@ -219,6 +219,7 @@ async fn engine_run(s: &Scratch, worker: &mut tokio::process::Child, rows: usize
             tick_key: None,
             force_sweep: false,
             step: None,
+            step_modes: Default::default(),
         })
         .await?;
     let limit = Duration::from_secs(120 + rows as u64 / 200);

@@ -39,6 +39,8 @@ pub struct Trigger {
     pub force_sweep: bool,
     /// Run only this step of the chain (its prerequisites are not run).
     pub step: Option<String>,
+    /// Per-step modes replacing the chain's pinned mode and `mode` for those steps.
+    pub step_modes: std::collections::BTreeMap<String, Mode>,
 }
 
 /// A worker process seen in Redis, with what it runs now.
@@ -79,6 +81,14 @@ impl Ops {
     )]
     pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
         let full = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
+        if let Some(unknown) = t.step_modes.keys().find(|s| full.step(s).is_none()) {
+            let known: Vec<&str> = full.steps.iter().map(|s| s.name.as_str()).collect();
+            return Err(StoreError::Invalid(format!(
+                "step_modes: chain `{}` has no step `{unknown}` (steps: {})",
+                t.chain,
+                known.join(", ")
+            )));
+        }
         let chain: ChainDef = match &t.step {
             None => (**full).clone(),
             Some(step) => {
@@ -97,7 +107,7 @@ impl Ops {
         let integration = store::integration_by_name(&self.pool, &t.integration).await?;
         let detail = serde_json::json!({
             "chain": t.chain, "integration": t.integration, "mode": t.mode.as_str(), "step": t.step,
-            "force_sweep": t.force_sweep,
+            "force_sweep": t.force_sweep, "step_modes": t.step_modes,
         });
         let actor = t.triggered_by.clone();
         let (run_id, ready) = runs::create_run(
@@ -110,6 +120,7 @@ impl Ops {
                 triggered_by: t.triggered_by,
                 tick_key: t.tick_key,
                 force_sweep: t.force_sweep,
+                step_modes: t.step_modes,
             },
         )
         .await?;

@@ -168,6 +168,7 @@ impl Scheduler {
             tick_key: Some(tick_id(&c, &i, tick)),
             force_sweep: false,
             step: None,
+            step_modes: Default::default(),
         };
         match self.ops.trigger(trigger).await {
             Ok(run) => Ok(Fired::Created(run.to_string())),

@@ -67,8 +67,8 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
             let np = &mut data.northpass;
             let (ch, del) = pick(&mut rng, np.people.len(), req.change_percent, req.delete);
             for &i in &ch {
+                // A profile edit: the record changes, the person's learning activity does not.
                 let p = &mut np.people[i];
-                p.last_active_at = Some(bump(p.last_active_at.unwrap_or(0), now));
                 p.updated_at = bump(p.updated_at, now);
                 out.changed.push(Value::from(p.id.clone()));
             }
@@ -152,6 +152,10 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
         }
         (Api::Northpass, "enrollments") => {
             let np = &mut data.northpass;
+            // People whose enrollments changed: progress is the person's activity (`last_active_at`
+            // and `updated_at` move, as the LMS records it on the person); an enrollment added by an
+            // administrator only touches the person record.
+            let mut touched: Vec<(u32, bool)> = Vec::new();
             let (ch, del) = pick(&mut rng, np.enrollments.len(), req.change_percent, req.delete);
             for &i in &ch {
                 let e = &mut np.enrollments[i];
@@ -160,6 +164,7 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 e.completed_at = Some(bump(e.completed_at.unwrap_or(0), now));
                 e.last_active_at = e.completed_at;
                 out.changed.push(Value::from(e.id.clone()));
+                touched.push((e.person, true));
             }
             let gone: HashSet<u32> = del.iter().map(|&i| np.enrollments[i].key).collect();
             out.deleted = del.iter().map(|&i| Value::from(np.enrollments[i].id.clone())).collect();
@@ -191,8 +196,18 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
                 });
                 out.added.push(Value::from(id));
                 added += 1;
+                touched.push((p, false));
             }
             np.reindex();
+            for (key, active) in touched {
+                if let Some(&i) = np.person_by_key.get(&key) {
+                    let p = &mut np.people[i];
+                    if active {
+                        p.last_active_at = Some(bump(p.last_active_at.unwrap_or(0), now));
+                    }
+                    p.updated_at = bump(p.updated_at, now);
+                }
+            }
         }
         (Api::Impartner, r) => {
             let ip = &mut data.impartner;

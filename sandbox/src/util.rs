@@ -4,6 +4,14 @@ use rand::RngCore;
 
 /// 2026-01-01T00:00:00Z: generated data lies before this instant, so it never depends on the clock.
 pub const EPOCH_END: i64 = 1_767_225_600;
+
+/// A change time `updated` (drawn after `created`) kept before [`EPOCH_END`] without piling the
+/// overflow onto one second: times past the end wrap around into `created..EPOCH_END`, so the
+/// newest records are as sparse as real ones (an incremental read with a look-back sees a few, not
+/// thousands). Uses no randomness, so the rest of a generated data set does not change.
+pub fn before_end(created: i64, updated: i64) -> i64 {
+    if updated < EPOCH_END { updated } else { created + (updated - created) % (EPOCH_END - created).max(1) }
+}
 /// One day in seconds.
 pub const DAY: i64 = 86_400;
 

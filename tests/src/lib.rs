@@ -161,6 +161,7 @@ impl TestEnv {
                 tick_key: None,
                 force_sweep,
                 step: None,
+                step_modes: Default::default(),
             })
             .await
             .expect("trigger")

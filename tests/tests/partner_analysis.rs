@@ -28,6 +28,7 @@ async fn run_step(env: &TestEnv, step: &str, mode: Mode) -> RunView {
             tick_key: None,
             force_sweep: false,
             step: Some(step.into()),
+            step_modes: Default::default(),
         })
         .await
         .expect("trigger");

@@ -42,6 +42,7 @@ async fn run_step(env: &TestEnv, chain: &str, step: &str, mode: Mode) -> RunView
             tick_key: None,
             force_sweep: false,
             step: Some(step.into()),
+            step_modes: Default::default(),
         })
         .await
         .expect("trigger");
@@ -288,18 +289,48 @@ async fn members_confirmed_and_partner_users_enrollments_equal_the_sandbox_in_sh
         e.api_calls
     );
 
-    // Incremental: only partner users with LMS activity since the last run are read again.
-    let changed = sandbox.mutate("northpass", "people", json!({"change_percent": 5})).await;
-    let changed: BTreeSet<String> =
-        changed["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    // Incremental. A profile edit (5 % of people) reads no transcript; progress on 5 % of the
+    // enrollments (the person's activity) reads exactly the partner users whose transcript changed.
+    // One member leaves "All Partners": only that group's memberships are read again.
+    sandbox.mutate("northpass", "people", json!({"change_percent": 5})).await;
+    sandbox.mutate("northpass", "enrollments", json!({"change_percent": 5})).await;
+    let leaver = insider.clone();
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/groups/{all}/relationships/people", sandbox.handle.northpass_url()))
+        .header("X-Api-Key", "np-key")
+        .json(&json!({"data": [{"type": "people", "id": leaver}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
     sandbox.reset_counters().await;
-    let daily_users = env.run_to_end(DAILY, "acme", Mode::Incremental, false).await;
-    assert_eq!(daily_users.status, "completed", "{daily_users:#?}");
-    let changed_partner_users = changed.iter().filter(|p| world.partner_of.contains_key(*p)).count() as i64;
-    assert!(changed_partner_users > 0, "{changed:?}");
-    let e = step(&daily_users, "sync_enrollments");
-    assert_eq!(e.api_calls, changed_partner_users, "incremental reads the active partner users only: {e:#?}");
-    assert_eq!(enrollment_rows(&env).await, expected, "nothing lost");
+    let daily = env.run_to_end(DAILY, "acme", Mode::Incremental, false).await;
+    assert_eq!(daily.status, "completed", "{daily:#?}");
+    let now = World::read(&sandbox, &env).await;
+    assert_eq!(now.partner_of, world.partner_of, "nothing here changes who is a partner user");
+    let progressed = now.partner_of.keys().filter(|p| now.transcripts[*p] != world.transcripts[*p]).count() as i64;
+    assert!(progressed > 0, "some partner users progressed");
+    let e = step(&daily, "sync_enrollments");
+    assert_eq!(e.mode.as_deref(), Some("incremental"));
+    assert_eq!(e.api_calls, progressed, "incremental reads the partner users who progressed, no one else: {e:#?}");
+    assert_eq!(enrollment_rows(&env).await, now.enrollments(), "enrollments equal the transcripts again");
+
+    let m = step(&daily, "group_members_sync");
+    assert!(m.guard.as_deref().unwrap_or("").contains("1 group(s) read (changed"), "{m:#?}");
+    let full_reads = step(&run, "group_members_sync").api_calls;
+    assert_eq!(m.deactivated, 1, "the leaver removed: {m:#?}");
+    assert!(m.api_calls * 5 < full_reads, "one group's pages, not every group's ({full_reads} in full): {m:#?}");
+    let expected: BTreeSet<String> =
+        now.members.iter().flat_map(|(g, people)| people.iter().map(move |p| format!("{g}:{p}"))).collect();
+    let local: BTreeSet<String> =
+        sqlx::query_scalar("SELECT external_id FROM partner_group_memberships WHERE is_active")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(!expected.contains(&format!("{all}:{leaver}")));
+    assert_eq!(local, expected, "memberships equal the LMS's after the incremental read");
     worker.stop().await;
     env.finish().await;
 }

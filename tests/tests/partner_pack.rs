@@ -102,6 +102,10 @@ async fn courses_and_npcu_equal_the_sandbox_full_then_incremental() {
     assert_eq!(changed.len(), 3);
     let run = env.run_to_end(DAILY, "acme", Mode::Incremental, false).await;
     assert_eq!(run.status, "completed", "{run:#?}");
+    // The chain reads Impartner in full in every run unless the trigger says otherwise.
+    let i = step(&run, "impartner_sync");
+    assert_eq!((i.mode.as_deref(), step(&run, "sync_users").mode.as_deref()), (Some("full"), Some("incremental")));
+    assert!(i.guard.as_deref().unwrap_or("").contains("swept"), "{i:#?}");
     let c = step(&run, "sync_courses");
     assert_eq!((c.inserted, c.updated), (0, 3), "{c:#?}");
     assert!(c.fetched < 30 && c.fetched >= 3, "{c:#?}");

@@ -86,6 +86,53 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trigger_sets_the_mode_of_single_steps_and_bad_step_modes_answer_400() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let api = env.api(&producer, "operator").await;
+
+    let (status, bad) = api
+        .post("/api/chains/demo_diamond/runs", json!({ "integration": "acme", "step_modes": {"nope": "full"} }))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap().starts_with("step_modes: chain `demo_diamond` has no step `nope`"),
+        "{bad}"
+    );
+    let (status, bad) = api
+        .post("/api/chains/demo_diamond/runs", json!({ "integration": "acme", "step_modes": {"join": "sometimes"} }))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["message"], "step_modes.join: must be full or incremental, not `sometimes`");
+
+    let (status, created) = api
+        .post(
+            "/api/chains/demo_diamond/runs",
+            json!({ "integration": "acme", "mode": "incremental", "step_modes": {"join": "full"} }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let run: syncfleet_shared::ids::RunId = created["run_id"].as_str().unwrap().parse().unwrap();
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let modes: Vec<(String, Option<String>)> = view.steps.iter().map(|s| (s.step.clone(), s.mode.clone())).collect();
+    for (step, mode) in &modes {
+        let want = if step == "join" { "full" } else { "incremental" };
+        assert_eq!(mode.as_deref(), Some(want), "{modes:?}");
+    }
+    let (status, shown) = api.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(status, 200);
+    let join = shown["steps"].as_array().unwrap().iter().find(|s| s["step"] == "join").unwrap();
+    assert_eq!(join["mode"], "full", "{shown}");
+
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_contract_runs_show_and_queues_json() {
     let env = TestEnv::new("").await;
     env.demo_integration("acme", json!({ "step_ms": 0 })).await;

@@ -222,7 +222,7 @@ impl Engine {
             .handlers
             .get(&chain.pack, &c.step)
             .ok_or_else(|| format!("pack `{}` has no handler for step `{}`", chain.pack, c.step))?;
-        let mode = def.mode.unwrap_or(c.mode);
+        let mode = c.step_mode.or(def.mode).unwrap_or(c.mode);
         let ctx = StepContext::new(
             self.pool.clone(),
             c.run_id,

@@ -82,6 +82,10 @@ pub struct TriggerBody {
     /// Sweep even when the deletion guard would block it.
     #[serde(default)]
     force_sweep: bool,
+    /// Per-step modes (`{"impartner_sync": "incremental"}`) replacing the chain's pinned mode and
+    /// `mode` for those steps.
+    #[serde(default)]
+    step_modes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -112,6 +116,13 @@ pub(super) async fn trigger(
         Some(m) => Mode::parse(m)
             .ok_or_else(|| ApiError::BadRequest(format!("mode: must be full or incremental, not `{m}`")))?,
     };
+    let mut step_modes = std::collections::BTreeMap::new();
+    for (step, m) in &body.step_modes {
+        let m = Mode::parse(m).ok_or_else(|| {
+            ApiError::BadRequest(format!("step_modes.{step}: must be full or incremental, not `{m}`"))
+        })?;
+        step_modes.insert(step.clone(), m);
+    }
     let run_id = ops
         .trigger(Trigger {
             chain: chain.clone(),
@@ -122,6 +133,7 @@ pub(super) async fn trigger(
             tick_key: None,
             force_sweep: body.force_sweep,
             step: body.step.clone(),
+            step_modes,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(RunCreated { run_id: run_id.to_string() })))

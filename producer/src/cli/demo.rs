@@ -96,7 +96,7 @@ pub(super) async fn demo(
     let result = async {
         let Some(sb) = &sandbox else {
             say(format!("triggering {chain} for integration `demo`"));
-            return Ok(vec![demo_run(&ops, chain, "demo", Mode::Full, !json).await?]);
+            return Ok(vec![demo_run(&ops, chain, "demo", Mode::Full, &[], !json).await?]);
         };
         if partner {
             return demo_partner(&ops, sb, json).await;
@@ -106,11 +106,11 @@ pub(super) async fn demo(
             "sandbox ERP at {} with {items} items; full sync of `demo-erp` into table erp_items",
             sb.erp_url()
         ));
-        let full = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Full, !json).await?;
+        let full = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Full, &[], !json).await?;
         let changed = sb.mutate_json(serde_json::json!({ "api": "erp", "resource": "items", "change_percent": 1 }))?;
         let n = changed["changed"].as_array().map_or(0, Vec::len);
         say(format!("\nthe sandbox changed {n} items (1 %); incremental sync"));
-        let incremental = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Incremental, !json).await?;
+        let incremental = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Incremental, &[], !json).await?;
         Ok::<_, anyhow::Error>(vec![full, incremental])
     }
     .await;
@@ -183,18 +183,29 @@ async fn demo_partner(
         count("/counts/northpass/groups"),
         count("/counts/northpass/courses"),
         sb.impartner_url(),
-        count("/counts/impartner/accounts"),
-        count("/counts/impartner/users"),
+        count("/counts/impartner/Account"),
+        count("/counts/impartner/User"),
     ));
-    let full = demo_run(ops, "partner_daily", "demo-partner", Mode::Full, !json).await?;
+    let full = demo_run(ops, "partner_daily", "demo-partner", Mode::Full, &[], !json).await?;
     let mut changed = 0;
     for resource in ["people", "enrollments"] {
         let out =
             sb.mutate_json(serde_json::json!({ "api": "northpass", "resource": resource, "change_percent": 1 }))?;
         changed += out["changed"].as_array().map_or(0, Vec::len);
     }
-    say(format!("\nthe sandbox changed {changed} people and enrollments (1 % of each); incremental partner_daily"));
-    let incremental = demo_run(ops, "partner_daily", "demo-partner", Mode::Incremental, !json).await?;
+    say(format!(
+        "\nthe sandbox changed {changed} people and enrollments (1 % of each); incremental partner_daily \
+         (every step incremental: --step-mode impartner_sync=incremental replaces the chain's nightly full read)"
+    ));
+    let incremental = demo_run(
+        ops,
+        "partner_daily",
+        "demo-partner",
+        Mode::Incremental,
+        &[("impartner_sync", Mode::Incremental)],
+        !json,
+    )
+    .await?;
     Ok(vec![full, incremental])
 }
 
@@ -204,6 +215,7 @@ async fn demo_run(
     chain: &str,
     integration: &str,
     mode: Mode,
+    step_modes: &[(&str, Mode)],
     progress: bool,
 ) -> anyhow::Result<views::RunView> {
     let trigger = Trigger {
@@ -215,6 +227,7 @@ async fn demo_run(
         tick_key: None,
         force_sweep: false,
         step: None,
+        step_modes: step_modes.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
     };
     let run_id = match ops.trigger(trigger.clone()).await {
         Err(StoreError::ActiveRun { run_id, .. }) => {

@@ -45,10 +45,10 @@ enum Command {
         /// Worker engines to start in this process.
         #[arg(long, default_value_t = 2)]
         workers: usize,
-        /// `erp` (the sandbox ERP sync), `partner` (the partner program sync, `partner_daily`, of the
-        /// sandbox's Northpass and Impartner) or a demo chain: demo_diamond, demo_fanout,
+        /// `partner` (the partner program sync, `partner_daily`, of the sandbox's Northpass and
+        /// Impartner), `erp` (the sandbox ERP sync) or a demo chain: demo_diamond, demo_fanout,
         /// demo_contention.
-        #[arg(long, default_value = "erp")]
+        #[arg(long, default_value = "partner")]
         chain: String,
         /// Sandbox data scale for `erp` and `partner`: small, seed or large.
         #[arg(long, default_value = "seed")]
@@ -74,6 +74,10 @@ enum Command {
         /// Run only this step of the chain (its prerequisites are not run).
         #[arg(long)]
         step: Option<String>,
+        /// A step's own mode, replacing the chain's pinned mode and --mode for it
+        /// (`--step-mode impartner_sync=incremental`; repeatable).
+        #[arg(long = "step-mode", value_name = "STEP=MODE", value_parser = parse_step_mode)]
+        step_mode: Vec<(String, Mode)>,
         /// Wait for the run to end; exit 0 completed, 3 partial, 1 failed or cancelled.
         #[arg(long)]
         wait: bool,
@@ -231,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck { json } => healthcheck(&config, json).await,
         Command::Demo { json, workers, chain, scale } => demo::demo(config, json, workers, &chain, &scale).await,
-        Command::Trigger { chain, integration, mode, force_sweep, step, wait, json } => {
+        Command::Trigger { chain, integration, mode, force_sweep, step, step_mode, wait, json } => {
             let ops = crate::connect(&config).await?;
             let mode = Mode::parse(&mode).unwrap_or_default();
             let run_id = ops
@@ -244,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tick_key: None,
                     force_sweep,
                     step,
+                    step_modes: step_mode.into_iter().collect(),
                 })
                 .await?;
             finish_or_print(&ops, run_id, wait, json).await
@@ -536,6 +541,13 @@ async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("postgres: {}\nredis:    {}", status(&pg), status(&redis));
     }
     Ok(if pg.is_ok() && redis.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `STEP=MODE` of `trigger --step-mode`.
+fn parse_step_mode(s: &str) -> Result<(String, Mode), String> {
+    let (step, mode) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected STEP=MODE"))?;
+    let mode = Mode::parse(mode).ok_or_else(|| format!("`{s}`: the mode must be full or incremental"))?;
+    Ok((step.to_owned(), mode))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use super::Sizes;
 use super::impartner::{ContactSeed, INTERNAL_DOMAIN, PartnerSeed};
 use super::words::*;
-use crate::util::{DAY, EPOCH_END, uuid_v4};
+use crate::util::{DAY, EPOCH_END, before_end, uuid_v4};
 
 #[derive(Debug, Clone)]
 pub struct Person {
@@ -212,10 +212,9 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes, partners: &[PartnerSeed], c
         let key = np.take_key();
         let created = EPOCH_END - rng.random_range(10..1500) * DAY + rng.random_range(0..DAY);
         let activated = rng.random_bool(0.92).then(|| created + rng.random_range(0..3 * DAY));
-        let last_active = activated
-            .and_then(|a| rng.random_bool(0.85).then(|| (a + rng.random_range(0..600) * DAY).min(EPOCH_END - 60)));
-        let deactivated =
-            rng.random_bool(0.05).then(|| (created + rng.random_range(30..900) * DAY).min(EPOCH_END - 120));
+        let last_active =
+            activated.and_then(|a| rng.random_bool(0.85).then(|| before_end(a, a + rng.random_range(0..600) * DAY)));
+        let deactivated = rng.random_bool(0.05).then(|| before_end(created, created + rng.random_range(30..900) * DAY));
         let updated =
             [Some(created), activated, last_active, deactivated].into_iter().flatten().max().unwrap_or(created);
         np.people.push(Person {
@@ -243,7 +242,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes, partners: &[PartnerSeed], c
     let new_group = |np: &mut Northpass, rng: &mut ChaCha8Rng, name: String| {
         let key = np.take_key();
         let created = EPOCH_END - rng.random_range(30..1400) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..500) * DAY).min(EPOCH_END - 1);
+        let updated = before_end(created, created + rng.random_range(0..500) * DAY);
         np.groups.push(Group {
             key,
             id: uuid_v4(rng),
@@ -318,7 +317,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes, partners: &[PartnerSeed], c
         }
         let key = np.take_key();
         let created = EPOCH_END - rng.random_range(30..1600) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..400) * DAY).min(EPOCH_END - 1);
+        let updated = before_end(created, created + rng.random_range(0..400) * DAY);
         let status = match rng.random_range(0..20) {
             0..=14 => "published",
             15..=16 => "draft",

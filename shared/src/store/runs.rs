@@ -45,6 +45,9 @@ pub struct TriggerRequest<'a> {
     pub triggered_by: String,
     pub tick_key: Option<String>,
     pub force_sweep: bool,
+    /// Per-step modes that replace the chain's pinned mode and the run's mode for those steps
+    /// (names the chain does not have are refused by the caller).
+    pub step_modes: std::collections::BTreeMap<String, Mode>,
 }
 
 /// A step row made ready by a transition, to be pushed to Redis.
@@ -101,6 +104,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     let integration = req.integration.name();
     let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut modes = vec![];
     for s in &req.chain.steps {
         for shard in 0..s.shards as i32 {
             let is_sharded = s.shards > 1;
@@ -114,15 +118,17 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
             // Arrays of arrays must be rectangular in PostgreSQL: pass prerequisites joined.
             prereqs.push(s.prerequisites.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
             max_attempts.push(s.retry.max_attempts as i32);
+            let mode = req.step_modes.get(s.name.as_str()).copied().or(s.mode).unwrap_or(req.mode);
+            modes.push(mode.as_str());
         }
     }
     sqlx::query(
-        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget)
+        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget, mode)
          SELECT $1, t.step, t.shard, t.sharded, t.queue, t.entity, t.required,
                 CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END,
-                'pending', t.max_attempts, t.max_attempts
-         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[])
-              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts)",
+                'pending', t.max_attempts, t.max_attempts, t.mode
+         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[], $10::text[])
+              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode)",
     )
     .bind(run_id)
     .bind(&steps)
@@ -133,6 +139,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&required)
     .bind(&prereqs)
     .bind(&max_attempts)
+    .bind(&modes)
     .execute(&mut *tx)
     .await?;
     let ready = promote_ready(&mut tx, run_id).await?;
@@ -219,7 +226,10 @@ pub struct ClaimedStep {
     pub run_id: RunId,
     pub chain: String,
     pub integration: Integration,
+    /// The run's mode.
     pub mode: Mode,
+    /// The mode this step was given when the run was created (`None` for older rows).
+    pub step_mode: Option<Mode>,
     pub force_sweep: bool,
     pub step: String,
     pub shard: i32,
@@ -291,7 +301,7 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
             SET status = 'running', attempts = attempts + 1, worker = $3, started_at = now(),
                 heartbeat_at = now(), finished_at = NULL
           WHERE id = $1 AND job_id = $2 AND status = 'ready'
-          RETURNING step, shard, attempts, max_attempts, entity_key",
+          RETURNING step, shard, attempts, max_attempts, entity_key, mode",
     )
     .bind(step_run_id)
     .bind(job_id)
@@ -313,6 +323,7 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
             settings: run.get("settings"),
         },
         mode: Mode::parse(run.get::<&str, _>("mode")).unwrap_or_default(),
+        step_mode: row.get::<Option<&str>, _>("mode").and_then(Mode::parse),
         force_sweep: run.get("force_sweep"),
         step: row.get("step"),
         shard: row.get("shard"),

@@ -29,6 +29,8 @@ pub struct RunView {
 pub struct StepView {
     pub step: String,
     pub status: String,
+    /// The mode the step read in (`full` or `incremental`; absent for runs from before per-step modes).
+    pub mode: Option<String>,
     pub shards: i64,
     pub shards_done: i64,
     pub attempts: i64,
@@ -124,6 +126,7 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
                      WHEN bool_or(status = 'ready') THEN 'ready'
                      WHEN bool_or(status = 'succeeded') THEN 'running'
                      ELSE min(status) END AS status,
+                min(mode) AS mode,
                 count(*) AS shards,
                 count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'skipped', 'cancelled')) AS shards_done,
                 sum(attempts)::bigint AS attempts,

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::data::Sizes;
 use crate::data::words::*;
-use crate::util::{DAY, EPOCH_END};
+use crate::util::{DAY, EPOCH_END, before_end};
 
 fn slug(name: &str) -> String {
     name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase()
@@ -75,7 +75,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let mut rec = accounts.blank();
         let id = rec.id();
         let created = EPOCH_END - rng.random_range(200..2500) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..400) * DAY + rng.random_range(0..DAY)).min(EPOCH_END - 1);
+        let updated = before_end(created, created + rng.random_range(0..400) * DAY + rng.random_range(0..DAY));
         let is_test = rng.random_bool(0.015);
         let name = if is_test { format!("Test Partner {i}") } else { name };
         let inactive = rng.random_bool(0.12);
@@ -143,7 +143,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let mut rec = users.blank();
         let uid = rec.id();
         let created = EPOCH_END - rng.random_range(30..2000) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..300) * DAY + rng.random_range(0..DAY)).min(EPOCH_END - 1);
+        let updated = before_end(created, created + rng.random_range(0..300) * DAY + rng.random_range(0..DAY));
         let active = !rng.random_bool(0.08);
         let t = &users;
         t.set(&mut rec, "Email", Val::text(email.clone()));
@@ -198,7 +198,7 @@ pub fn generate(rng: &mut ChaCha8Rng, sizes: &Sizes) -> (Impartner, Vec<PartnerS
         let p = rng.random_range(0..partners.len().max(1));
         let mut rec = leads.blank();
         let created = EPOCH_END - rng.random_range(1..700) * DAY + rng.random_range(0..DAY);
-        let updated = (created + rng.random_range(0..60) * DAY).min(EPOCH_END - 1);
+        let updated = before_end(created, created + rng.random_range(0..60) * DAY);
         let t = &leads;
         t.set(&mut rec, "FirstName", Val::text(first));
         t.set(&mut rec, "LastName", Val::text(last));

@@ -13,9 +13,12 @@
 //! rows). Enrollments of users of the shard who are no longer partner users are soft-deleted with the
 //! step's completion.
 //!
-//! Incremental mode reads only the users with LMS activity or a change (`last_active_at`,
-//! `source_updated_at`, from `sync_users`) since the shard's last run minus [`INCREMENTAL_LOOKBACK`]
-//! (transcripts take no filter); without an earlier run it reads everyone.
+//! Incremental mode reads only the users whose transcript was never read (new partner users) or who
+//! were active on the LMS (`last_active_at`, from `sync_users`) within [`INCREMENTAL_LOOKBACK`]
+//! before their last read (`partner_lms_users.transcript_read_at`, written with the batch that read
+//! it). Transcripts take no filter, and a person's activity is the only change signal Northpass gives
+//! for them; an enrollment an administrator adds without the person's activity waits for the
+//! person's next activity or the next full run.
 
 use std::collections::{HashMap, HashSet};
 
@@ -79,9 +82,9 @@ pub fn shard_of(id: &str, shards: u32) -> u32 {
     (h % u64::from(shards.max(1))) as u32
 }
 
-/// Partner users of an integration with their activity times.
+/// Partner users of an integration with their last activity and last transcript read.
 pub const PARTNER_USERS_SQL: &str = "
-    SELECT u.external_id, u.last_active_at, u.source_updated_at FROM partner_lms_users u
+    SELECT u.external_id, u.last_active_at, u.transcript_read_at FROM partner_lms_users u
     WHERE u.integration_id = $1 AND u.is_active
       AND (u.partner_id IS NOT NULL OR EXISTS (
           SELECT 1 FROM partner_group_memberships m
@@ -90,6 +93,15 @@ pub const PARTNER_USERS_SQL: &str = "
             AND m.status = 'confirmed'))";
 
 type UserRow = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// Whether an incremental run reads this user's transcript: never read, or active within the
+/// look-back before the last read.
+fn due(last_active: Option<DateTime<Utc>>, read_at: Option<DateTime<Utc>>) -> bool {
+    match read_at {
+        None => true,
+        Some(read) => last_active.is_some_and(|t| t >= read - INCREMENTAL_LOOKBACK),
+    }
+}
 
 pub struct SyncEnrollments;
 
@@ -115,13 +127,7 @@ impl StepHandler for SyncEnrollments {
             };
             let to_read: Vec<String> = partner_users
                 .iter()
-                .filter(|(_, active, changed)| match last_run {
-                    None => true,
-                    Some(c) => {
-                        let since = c - INCREMENTAL_LOOKBACK;
-                        active.is_some_and(|t| t >= since) || changed.is_some_and(|t| t >= since)
-                    }
-                })
+                .filter(|(_, active, read_at)| ctx.mode == Mode::Full || due(*active, *read_at))
                 .map(|(id, _, _)| id.clone())
                 .collect();
 
@@ -133,6 +139,7 @@ impl StepHandler for SyncEnrollments {
                     record_calls(ctx, &[&client]);
                     return Err(StepError::retry("stopped between batches"));
                 }
+                let read_started = Utc::now();
                 let api = &api;
                 let read: Vec<(String, Result<Vec<Item>, SourceError>)> = futures::stream::iter(batch.to_vec())
                     .map(|user| async move {
@@ -152,7 +159,7 @@ impl StepHandler for SyncEnrollments {
                         }
                     }
                 }
-                writer.write(&mut totals, transcripts).await?;
+                writer.write(&mut totals, transcripts, read_started).await?;
             }
             record_calls(ctx, &[&client]);
 
@@ -177,6 +184,15 @@ impl StepHandler for SyncEnrollments {
             .execute(&mut *conn)
             .await?
             .rows_affected() as i64;
+            // Should they become partner users again, their transcript is read in full again.
+            sqlx::query(
+                "UPDATE partner_lms_users SET transcript_read_at = NULL
+                 WHERE integration_id = $1 AND external_id = ANY($2) AND transcript_read_at IS NOT NULL",
+            )
+            .bind(integration_id)
+            .bind(&former)
+            .execute(&mut *conn)
+            .await?;
             save_cursor(conn, integration_id, &cursor_entity, started, run).await?;
 
             let r = &mut ctx.result;
@@ -259,7 +275,12 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// Writes the transcripts of one batch of users in one transaction: their rows, the soft delete
     /// of their rows no longer listed (not for a user with an unreadable item), and item errors.
-    async fn write(&self, totals: &mut Totals, transcripts: Vec<(String, Vec<Item>)>) -> Result<(), StepError> {
+    async fn write(
+        &self,
+        totals: &mut Totals,
+        transcripts: Vec<(String, Vec<Item>)>,
+        read_started: DateTime<Utc>,
+    ) -> Result<(), StepError> {
         let mut rows: HashMap<String, Vec<Option<String>>> = HashMap::new();
         let mut order = vec![];
         let (mut failed, mut complete) = (vec![], vec![]);
@@ -318,6 +339,15 @@ impl Writer<'_> {
         .execute(&mut *tx)
         .await?
         .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE partner_lms_users SET transcript_read_at = $3
+             WHERE integration_id = $1 AND external_id = ANY($2)",
+        )
+        .bind(self.integration_id)
+        .bind(&complete)
+        .bind(read_started)
+        .execute(&mut *tx)
+        .await?;
         if !failed.is_empty() {
             crate::sync::pull::record_errors(&mut tx, Some(self.run), self.step, self.integration_id, ENTITY, &failed)
                 .await?;

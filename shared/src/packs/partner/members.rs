@@ -1,12 +1,17 @@
 //! `group_members_sync`: the members of every partner-linked LMS group and of the "All Partners"
 //! group, read from Northpass (`GET /groups/{id}/memberships`, person at
 //! `relationships.person.data.id`) into `partner_group_memberships` (external id
-//! `{group id}:{person id}`) with the pull engine. Always a full read: memberships carry no change
-//! time of their own that the list can filter on.
+//! `{group id}:{person id}`) with the pull engine.
+//!
+//! Memberships carry no change time the list can filter on, but a group's `updated_at` moves when
+//! its members change. A full run reads every group and sweeps (guarded) what the LMS no longer
+//! lists. An incremental run reads only the groups never read, changed since their last complete
+//! read (`partner_lms_groups.members_read_at`, minus the look-back), or holding pending
+//! memberships, and soft-deletes the memberships of those groups the read did not list.
 //!
 //! Pending memberships (asked for on this side, `status = 'pending'`) are confirmed when the LMS lists
-//! them (the upsert sets `confirmed`) and removed (soft-deleted) when it does not, once the read was
-//! complete: the guarded sweep removes them with every other membership the LMS no longer lists.
+//! them (the upsert sets `confirmed`) and removed (soft-deleted) when it does not, once their group
+//! was read completely.
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, future::BoxFuture};
@@ -50,15 +55,23 @@ impl StepHandler for GroupMembersSync {
             let client = settings.northpass_client(&ctx.http);
             let api = Northpass::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let integration_id = ctx.integration.id;
+            let full = ctx.mode == Mode::Full;
+            let lookback = chrono::Duration::seconds(settings.lookback_secs as i64);
             let groups: Vec<String> = sqlx::query_scalar(
                 "SELECT g.external_id FROM partner_lms_groups g
                  WHERE g.integration_id = $1 AND g.is_active
                    AND (g.name = $2 OR EXISTS (SELECT 1 FROM partner_group_links l
                         WHERE l.integration_id = g.integration_id AND l.external_id = g.external_id AND l.is_active))
+                   AND ($3 OR g.members_read_at IS NULL OR g.source_updated_at >= g.members_read_at - $4::interval
+                        OR EXISTS (SELECT 1 FROM partner_group_memberships m
+                            WHERE m.integration_id = g.integration_id AND m.group_id = g.external_id
+                              AND m.is_active AND m.status = 'pending'))
                  ORDER BY g.external_id",
             )
             .bind(integration_id)
             .bind(&settings.groups.all_partners_group)
+            .bind(full)
+            .bind(lookback)
             .fetch_all(&ctx.pool)
             .await?;
             let pending: Vec<String> = sqlx::query_scalar(
@@ -69,13 +82,46 @@ impl StepHandler for GroupMembersSync {
             .fetch_all(&ctx.pool)
             .await?;
 
-            ctx.mode = Mode::Full;
+            let started = Utc::now();
             let spec = pull_spec(&settings, ENTITY, table());
             let group_count = groups.len();
-            let mut source = GroupMemberships { api: &api, groups: groups.into_iter().rev().collect(), current: None };
+            let mut source = GroupMemberships {
+                api: &api,
+                groups: groups.iter().rev().cloned().collect(),
+                current: None,
+                unreadable: Default::default(),
+            };
             let outcome = pull::pull(ctx, &spec, &mut source).await;
             record_calls(ctx, &[&client]);
             pull::merge(&mut ctx.result, ENTITY, outcome?, 1);
+            let read: Vec<String> = groups.into_iter().filter(|g| !source.unreadable.contains(g)).collect();
+
+            let (run, conn) = (ctx.run_id, ctx.tx().await?);
+            let mut removed_unlisted = 0;
+            if !full {
+                // The full run's guarded sweep does this for every group at once.
+                removed_unlisted = sqlx::query(
+                    "UPDATE partner_group_memberships SET is_active = FALSE, deleted_at = now(), updated_at = now()
+                     WHERE integration_id = $1 AND is_active AND group_id = ANY($2)
+                       AND last_seen_run IS DISTINCT FROM $3 AND updated_at < $4",
+                )
+                .bind(integration_id)
+                .bind(&read)
+                .bind(run.0)
+                .bind(started)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected() as i64;
+            }
+            sqlx::query(
+                "UPDATE partner_lms_groups SET members_read_at = $3 WHERE integration_id = $1 AND external_id = ANY($2)",
+            )
+            .bind(integration_id)
+            .bind(&read)
+            .bind(started)
+            .execute(&mut *conn)
+            .await?;
+            ctx.result.deactivated += removed_unlisted;
 
             let (confirmed, removed): (i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE is_active AND status = 'confirmed'), count(*) FILTER (WHERE NOT is_active)
@@ -88,8 +134,9 @@ impl StepHandler for GroupMembersSync {
             note(
                 ctx,
                 format!(
-                    "pending: {} membership(s), {confirmed} confirmed, {removed} removed; {group_count} group(s) read",
-                    pending.len()
+                    "pending: {} membership(s), {confirmed} confirmed, {removed} removed; {group_count} group(s) read ({})",
+                    pending.len(),
+                    if full { "all" } else { "changed, new or with pending memberships" }
                 ),
             );
             Ok(())
@@ -105,6 +152,8 @@ struct GroupMemberships<'a> {
     /// Groups still to read, served from the end.
     groups: Vec<String>,
     current: Option<(String, NorthpassList<'a>)>,
+    /// Groups with an unreadable membership: not marked read, not swept.
+    unreadable: std::collections::HashSet<String>,
 }
 
 impl GroupMemberships<'_> {
@@ -121,6 +170,9 @@ impl GroupMemberships<'_> {
             match list.next_page(None).await {
                 Ok(Some(mut page)) => {
                     for item in &mut page.items {
+                        if matches!(item, Item::Bad { .. }) {
+                            self.unreadable.insert(group.clone());
+                        }
                         in_group(item, group);
                     }
                     return Ok(Some(page));

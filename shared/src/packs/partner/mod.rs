@@ -69,7 +69,7 @@ pub fn chains() -> Vec<ChainDef> {
                 s("sync_users", StepKind::Pull).after(&["sync_npcu", "impartner_sync"]),
                 s("sync_groups", StepKind::Pull).after(&["sync_users"]),
                 s("lms_offboarding", StepKind::Push).after(&["sync_groups"]).optional(),
-                s("group_members_sync", StepKind::Pull).after(&["sync_groups"]).mode(Mode::Full).optional(),
+                s("group_members_sync", StepKind::Pull).after(&["sync_groups"]).optional(),
                 s("group_analysis", StepKind::Derive).after(&["group_members_sync"]).optional(),
                 enrollments_step(s("sync_enrollments", StepKind::Pull)).after(&["group_members_sync"]),
                 s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
