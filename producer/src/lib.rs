@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod dashboard;
 pub mod metrics;
+pub mod moodle;
 pub mod ops;
 pub mod reconciler;
 pub mod reports;
@@ -44,6 +45,7 @@ pub async fn run_with(listener: TcpListener, ops: Ops, shutdown: CancellationTok
     tracing::info!(addr = %listener.local_addr()?, "Producer started.");
     let mut tasks = Vec::new();
     if ops.config.producer.scheduler_enabled {
+        moodle::startup_triggers(&ops).await;
         tasks.push(tokio::spawn(scheduler::Scheduler::new(ops.clone()).run(shutdown.clone())));
     }
     tasks.push(tokio::spawn(reconciler::Reconciler::new(ops.clone()).run(shutdown.clone())));
