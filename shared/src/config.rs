@@ -102,6 +102,9 @@ pub struct Config {
 /// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
 /// a JSON `POST` to `webhook_url` and/or a mail to `to` through `smtp`.
 ///
+/// A channel that fails is tried again after `retry_secs`, doubling each time, up to
+/// `max_attempts` deliveries in all (defaults 30 s and 5); the channel that succeeded is not sent again.
+///
 /// ```toml
 /// [alerts]
 /// webhook_url = "https://hooks.example.com/syncfleet"
@@ -114,10 +117,30 @@ pub struct AlertsConfig {
     pub webhook_url: Option<String>,
     pub smtp: Option<crate::mail::SmtpServer>,
     pub to: Vec<String>,
+    pub retry_secs: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+impl AlertsConfig {
+    /// Delay before the second delivery attempt of a failed channel.
+    pub fn retry_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retry_secs.unwrap_or(30))
+    }
+
+    /// Delivery attempts of one alert, the first included.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(5)
+    }
 }
 
 impl AlertsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.retry_secs == Some(0) {
+            return Err(invalid("alerts.retry_secs", "must be at least 1"));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(invalid("alerts.max_attempts", "must be at least 1"));
+        }
         if let Some(url) = &self.webhook_url
             && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {

@@ -3,7 +3,10 @@
 //! server started by the test; the webhook to an axum receiver.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -111,16 +114,68 @@ async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) ->
 
 /// An axum endpoint keeping every JSON body posted to it.
 async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    async fn receive(State(got): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>) -> &'static str {
+    let (url, got, _) = failing_webhook_receiver(0).await;
+    (url, got)
+}
+
+/// An axum endpoint that answers 503 to its first `fail` posts, then keeps every JSON body posted;
+/// the counter holds every post received.
+async fn failing_webhook_receiver(fail: usize) -> (String, Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>) {
+    type Hook = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, usize);
+    async fn receive(State((got, seen, fail)): State<Hook>, Json(body): Json<Value>) -> axum::http::StatusCode {
+        if seen.fetch_add(1, Ordering::SeqCst) < fail {
+            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        }
         got.lock().unwrap().push(body);
-        "ok"
+        axum::http::StatusCode::OK
     }
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = Router::new().route("/hook", post(receive)).with_state(got.clone());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route("/hook", post(receive)).with_state((got.clone(), seen.clone(), fail));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    (url, got)
+    (url, got, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_whose_webhook_fails_is_sent_again_and_its_mail_only_once() {
+    let smtp = SmtpCapture::start().await;
+    let (hook, posts, seen) = failing_webhook_receiver(2).await;
+    let env = TestEnv::new(&format!(
+        "[alerts]\nwebhook_url = \"{hook}\"\nto = [\"oncall@example.com\"]\nretry_secs = 1\nmax_attempts = 4\n\
+         smtp = {{ host = \"127.0.0.1\", port = {}, from = \"syncfleet@example.com\" }}\n",
+        smtp.port
+    ))
+    .await;
+    env.demo_integration("acme", json!({ "step_ms": 5, "fail": { "left": "always", "right": "never" } })).await;
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let failed = env.run_to_end("demo_diamond", "acme", Mode::Full, false).await;
+    assert_eq!(failed.status, "failed", "{failed:#?}");
+
+    // Two 503s, then accepted: after 1 s and 2 s.
+    env.eventually(Duration::from_secs(30), "the alert webhook, third try", || async {
+        (!posts.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "two failed posts and one accepted");
+    assert_eq!(posts.lock().unwrap().len(), 1);
+    assert_eq!(posts.lock().unwrap()[0]["step"], "left");
+    assert_eq!(smtp.mails().len(), 1, "the mail went through the first time and is not sent again");
+    let (attempts, retry_at, pending): (i32, Option<chrono::DateTime<chrono::Utc>>, Option<Vec<String>>) =
+        sqlx::query_as(
+            "SELECT alert_attempts, alert_retry_at, alert_pending FROM step_runs WHERE alerted_at IS NOT NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!((attempts, retry_at, pending), (3, None, Some(vec!["webhook".to_owned()])));
+
+    worker.stop().await;
+    producer.stop().await;
+    env.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -366,6 +421,36 @@ async fn weekly_reports_match_the_database_are_mailed_and_served() {
     assert_eq!(html_of(&api, "abc").await.0, 400);
     let (status, kinds) = api.get("/api/reports?kind=executive_weekly").await;
     assert_eq!((status, kinds.as_array().unwrap().len()), (200, 1));
+
+    // A retried report step mails nothing twice. The state of a step that mailed and then died
+    // before its completion committed: its report rows gone (rolled back), the step failed; resume
+    // runs it again in the same run.
+    let pam_rows = pam_reports.len() as u64;
+    let removed = sqlx::query("DELETE FROM reports WHERE kind = 'pam_weekly'").execute(&env.pool).await.unwrap();
+    assert_eq!(removed.rows_affected(), pam_rows);
+    sqlx::query(
+        "UPDATE step_runs SET status = 'failed', error = 'worker lost after mailing' WHERE step = 'pam_weekly_report'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE chain_runs SET status = 'partial' WHERE id = $1::text::uuid")
+        .bind(weekly.id.to_string())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    env.ops.resume(weekly.id.parse().unwrap(), "test").await.unwrap();
+    let again = env.wait(weekly.id.parse().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(again.status, "completed", "{again:#?}");
+    assert_eq!(smtp.mails().len(), mails.len(), "no report was mailed a second time");
+    let restored: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT recipient, sent_to FROM reports WHERE kind = 'pam_weekly' ORDER BY recipient")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let mut before: Vec<(String, Vec<String>)> = pam_reports.iter().map(|r| (r.2.clone(), r.3.clone())).collect();
+    before.sort();
+    assert_eq!(restored, before, "stored again with the addresses they were mailed to");
 
     worker.stop().await;
     producer.stop().await;

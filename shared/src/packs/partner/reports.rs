@@ -9,7 +9,8 @@
 //!
 //! Each report is rendered as HTML (every value escaped, non-ASCII as character references), mailed
 //! when `reports.smtp` is set, and stored in `reports` (migration 0008) in the step's completion
-//! transaction. A retried step mails again: delivery is at least once.
+//! transaction. A mail the SMTP server accepted is recorded at once (`report_deliveries`), so a
+//! retried step does not mail it again (a crash between the two can still repeat one mail).
 //!
 //! ```toml
 //! [integrations.acme.reports]
@@ -349,19 +350,40 @@ struct Report {
     to: Vec<String>,
 }
 
-/// Mails (when configured) and stores the reports in the step's completion transaction.
+/// Mails (when configured) and stores the reports in the step's completion transaction. Each mail
+/// the SMTP server accepted is recorded at once in `report_deliveries` (own transaction), so a
+/// retried step does not mail it again.
 async fn deliver(ctx: &mut StepContext, smtp: Option<&SmtpServer>, reports: Vec<Report>) -> Result<(), StepError> {
     let (mut sent, mut failed, mut first_error) = (0, 0, None);
+    let run_id = ctx.run_id.0;
+    let delivered: Vec<(String, String, Vec<String>)> =
+        sqlx::query_as("SELECT kind, recipient, sent_to FROM report_deliveries WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_all(&ctx.pool)
+            .await?;
     let mut rows = Vec::with_capacity(reports.len());
     for r in reports {
         let mut sent_to = vec![];
-        if let Some(smtp) = smtp
+        if let Some((_, _, to)) = delivered.iter().find(|(k, who, _)| k == r.kind && *who == r.recipient) {
+            sent += 1;
+            sent_to = to.clone();
+        } else if let Some(smtp) = smtp
             && !r.to.is_empty()
         {
             match smtp.send(&r.to, &r.subject, r.html.clone(), true).await {
                 Ok(()) => {
                     sent += 1;
                     sent_to = r.to.clone();
+                    sqlx::query(
+                        "INSERT INTO report_deliveries (run_id, kind, recipient, sent_to) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(run_id)
+                    .bind(r.kind)
+                    .bind(&r.recipient)
+                    .bind(&sent_to)
+                    .execute(&ctx.pool)
+                    .await?;
                 }
                 Err(e) => {
                     failed += 1;
@@ -375,24 +397,33 @@ async fn deliver(ctx: &mut StepContext, smtp: Option<&SmtpServer>, reports: Vec<
     if failed > 0 && sent == 0 {
         return Err(StepError::retry(format!("no report could be mailed: {}", first_error.unwrap_or_default())));
     }
-    let (integration_id, run_id) = (ctx.integration.id, ctx.run_id.0);
+    let integration_id = ctx.integration.id;
     let stored = rows.len() as i64;
     let conn = ctx.tx().await?;
+    // One statement for all reports; `sent_to` goes as text (arrays of arrays must be rectangular).
+    let (mut kinds, mut periods, mut recipients, mut sent_tos, mut htmls) = (vec![], vec![], vec![], vec![], vec![]);
     for (r, sent_to) in &rows {
-        sqlx::query(
-            "INSERT INTO reports (kind, integration_id, run_id, period, recipient, sent_to, html)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(r.kind)
-        .bind(integration_id)
-        .bind(run_id)
-        .bind(&r.period)
-        .bind(&r.recipient)
-        .bind(sent_to)
-        .bind(&r.html)
-        .execute(&mut *conn)
-        .await?;
+        kinds.push(r.kind);
+        periods.push(r.period.as_str());
+        recipients.push(r.recipient.as_str());
+        sent_tos.push(serde_json::to_string(sent_to).unwrap_or_else(|_| "[]".into()));
+        htmls.push(r.html.as_str());
     }
+    sqlx::query(
+        "INSERT INTO reports (kind, integration_id, run_id, period, recipient, sent_to, html)
+         SELECT t.kind, $1, $2, t.period, t.recipient,
+                ARRAY(SELECT jsonb_array_elements_text(t.sent_to::jsonb)), t.html
+         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS t(kind, period, recipient, sent_to, html)",
+    )
+    .bind(integration_id)
+    .bind(run_id)
+    .bind(&kinds)
+    .bind(&periods)
+    .bind(&recipients)
+    .bind(&sent_tos)
+    .bind(&htmls)
+    .execute(&mut *conn)
+    .await?;
     ctx.result.inserted = stored;
     ctx.result.errors = failed;
     let mut text = format!("reports: {stored} stored, {sent} mailed");
