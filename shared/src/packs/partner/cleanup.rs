@@ -67,6 +67,11 @@ impl StepHandler for Cleanup {
             .execute(&mut *conn)
             .await?
             .rows_affected() as i64;
+            // Delivery records only guard a run's retries.
+            sqlx::query("DELETE FROM report_deliveries WHERE sent_at < now() - make_interval(days => $1)")
+                .bind(days as i32)
+                .execute(&mut *conn)
+                .await?;
             ctx.result.deactivated = runs + steps + errors + more_errors;
             note(
                 ctx,
