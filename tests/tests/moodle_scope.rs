@@ -45,12 +45,13 @@ async fn run_step(env: &TestEnv, name: &str) -> syncfleet_shared::store::views::
 type Scope = (Option<String>, Option<String>, Option<String>);
 
 async fn scopes(env: &TestEnv) -> BTreeMap<String, Scope> {
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT username, campus_id, department_id, program_id FROM moodle_users WHERE is_active")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    rows.into_iter().map(|(u, c, d, p)| (u, (c, d, p))).collect()
+    let rows: Vec<(String, Vec<Option<String>>)> = sqlx::query_as(
+        "SELECT username, ARRAY[campus_id, department_id, program_id] FROM moodle_users WHERE is_active",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(u, s)| (u, (s[0].clone(), s[1].clone(), s[2].clone()))).collect()
 }
 
 /// The rules, written out independently of the pack: the most common, ties to the first in text order.
