@@ -73,6 +73,42 @@ impl Integration {
     }
 }
 
+/// The attempt a step context runs for: the step row and the task id PostgreSQL names as its
+/// current job while the attempt holds.
+#[derive(Debug, Clone)]
+pub struct AttemptFence {
+    pub step_run_id: i64,
+    pub job_id: String,
+}
+
+impl AttemptFence {
+    /// A transaction for writes that commit before the step completes (a pull's pages). It first
+    /// locks the step row `FOR SHARE` while this attempt still holds it (running under this job
+    /// id): the writes of an attempt that was taken away (reaped after its heartbeats stopped, as
+    /// during a PostgreSQL outage longer than `stale_after_secs`) never commit, and a reap waits
+    /// for the page being written. `None` (a context built without a fence) gives a plain
+    /// transaction.
+    pub async fn begin(
+        fence: Option<&AttemptFence>,
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, StepError> {
+        let mut tx = pool.begin().await?;
+        if let Some(f) = fence {
+            let holds: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM step_runs WHERE id = $1 AND job_id = $2 AND status = 'running' FOR SHARE",
+            )
+            .bind(f.step_run_id)
+            .bind(&f.job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if holds.is_none() {
+                return Err(StepError::retry("the step was taken away from this attempt; its page is not written"));
+            }
+        }
+        Ok(tx)
+    }
+}
+
 /// Everything a step handler may use. Writes that must be applied exactly once with the step's
 /// completion go through [`StepContext::tx`]: the engine commits that transaction together with
 /// the step's result, fenced on the step still being this worker's.
@@ -93,6 +129,9 @@ pub struct StepContext {
     pub result: PhaseResult,
     /// Cancelled when the worker shuts down hard or the step is taken away.
     pub cancel: CancellationToken,
+    /// The attempt, set by the engine; writes that commit before the completion check it
+    /// ([`AttemptFence::begin`]).
+    pub fence: Option<AttemptFence>,
     tx: Option<Transaction<'static, Postgres>>,
 }
 
@@ -126,8 +165,15 @@ impl StepContext {
             started_at: chrono::Utc::now(),
             result: PhaseResult::default(),
             cancel: CancellationToken::new(),
+            fence: None,
             tx: None,
         }
+    }
+
+    /// The same context fenced on attempt `job_id` of step row `step_run_id`.
+    pub fn fenced(mut self, step_run_id: i64, job_id: &str) -> Self {
+        self.fence = Some(AttemptFence { step_run_id, job_id: job_id.to_owned() });
+        self
     }
 
     /// The completion transaction, opened on first use.

@@ -160,7 +160,7 @@ impl Engine {
             metrics::job_started(d.queue, &claimed.step, due);
         }
         let fence = Fence { step_run_id: id, job_id, worker: Some(&self.name) };
-        let (mut ctx, handler) = match self.prepare(&claimed) {
+        let (mut ctx, handler) = match self.prepare(&claimed, &fence) {
             Ok(p) => p,
             Err(message) => {
                 let outcome = Outcome::Failed { message, retry_in: None, result: Default::default() };
@@ -207,10 +207,10 @@ impl Engine {
         executed
     }
 
-    /// Builds the context of a claimed step and finds its handler. `Err` is a permanent
-    /// misconfiguration (this worker does not know the chain, step or handler), recorded as the
-    /// step's failure.
-    fn prepare(&self, c: &ClaimedStep) -> Result<(StepContext, Arc<dyn StepHandler>), String> {
+    /// Builds the context of a claimed step, fenced on this attempt, and finds its handler. `Err`
+    /// is a permanent misconfiguration (this worker does not know the chain, step or handler),
+    /// recorded as the step's failure.
+    fn prepare(&self, c: &ClaimedStep, fence: &Fence<'_>) -> Result<(StepContext, Arc<dyn StepHandler>), String> {
         let chain = self
             .chains
             .get(&c.chain)
@@ -235,7 +235,8 @@ impl Engine {
             self.name.clone(),
             c.force_sweep,
             self.http.clone(),
-        );
+        )
+        .fenced(fence.step_run_id, fence.job_id);
         Ok((ctx, handler))
     }
 

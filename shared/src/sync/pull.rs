@@ -17,7 +17,7 @@ use crate::{
     http::HttpError,
     ids::RunId,
     metrics,
-    step::{PhaseResult, StepContext, StepError},
+    step::{AttemptFence, PhaseResult, StepContext, StepError},
 };
 
 /// What a pull step syncs: one entity of one integration into one table.
@@ -94,6 +94,7 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
         step: ctx.step.name.as_str(),
         entity: &spec.entity,
         table: &spec.table,
+        fence: ctx.fence.clone(),
     };
     let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, ..Fetch::default() };
 
@@ -211,6 +212,8 @@ struct Writer<'a> {
     step: &'a str,
     entity: &'a str,
     table: &'a Table,
+    /// Pages commit only while the attempt holds.
+    fence: Option<AttemptFence>,
 }
 
 /// A page split into what can be written and what failed.
@@ -244,7 +247,7 @@ impl Writer<'_> {
         }
         let errors_before = fetch.result.errors;
         let prepared = prepare(self.table, fetch, page.items);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = AttemptFence::begin(self.fence.as_ref(), self.pool).await?;
         let mut counts = UpsertCounts::default();
         if !prepared.ids.is_empty() {
             counts = self
