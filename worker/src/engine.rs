@@ -259,7 +259,9 @@ impl Engine {
     }
 
     /// Keeps the step's heartbeat (PostgreSQL) and entity lease (Redis) alive; cancels the step
-    /// when either is lost.
+    /// when either is lost. The two beat independently: a PostgreSQL outage must not stall the
+    /// lease renewal and let another worker take the entity while this one still runs the step;
+    /// and a lease that could not be renewed for its whole TTL counts as lost.
     fn spawn_heartbeat(
         &self,
         id: i64,
@@ -272,29 +274,40 @@ impl Engine {
         let every = Duration::from_secs(self.config.worker.heartbeat_secs);
         let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
+            let step = async {
+                let mut tick = tokio::time::interval(every);
                 tick.tick().await;
-                match runs::heartbeat(&pool, id, &job_id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("Step was taken away from this worker; stopping it.");
-                        cancel.cancel();
-                        return;
+                loop {
+                    tick.tick().await;
+                    match runs::heartbeat(&pool, id, &job_id).await {
+                        Ok(true) => {}
+                        Ok(false) => return tracing::warn!("Step was taken away from this worker; stopping it."),
+                        Err(error) => tracing::warn!(%error, "Heartbeat failed."),
                     }
-                    Err(error) => tracing::warn!(%error, "Heartbeat failed."),
                 }
-                match queues.lease_renew(&entity, &job_id, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(%entity, "Entity lease lost; stopping the step.");
-                        cancel.cancel();
-                        return;
+            };
+            let lease = async {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                let mut renewed = Instant::now();
+                loop {
+                    tick.tick().await;
+                    match tokio::time::timeout(every, queues.lease_renew(&entity, &job_id, ttl)).await {
+                        Ok(Ok(true)) => renewed = Instant::now(),
+                        Ok(Ok(false)) => return tracing::warn!(%entity, "Entity lease lost; stopping the step."),
+                        Ok(Err(error)) => tracing::warn!(%error, "Lease renewal failed."),
+                        Err(_) => tracing::warn!("Lease renewal timed out."),
                     }
-                    Err(error) => tracing::warn!(%error, "Lease renewal failed."),
+                    if renewed.elapsed() >= ttl {
+                        return tracing::warn!(%entity, "Entity lease not renewed within its TTL; stopping the step.");
+                    }
                 }
+            };
+            tokio::select! {
+                () = step => {}
+                () = lease => {}
             }
+            cancel.cancel();
         })
     }
 
