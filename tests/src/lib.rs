@@ -2,6 +2,7 @@
 //! machine's real servers, starts the real producer and workers (in-process on port 0, or as
 //! child processes of the built binaries), and cleans up after itself.
 
+pub mod chaos;
 pub mod moodle;
 pub mod partner;
 

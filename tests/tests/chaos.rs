@@ -1,0 +1,549 @@
+//! The chaos suite: real worker and producer processes, the sandbox, private Redis and PostgreSQL
+//! servers, and faults injected while chains run. Every test ends with the same checks (see
+//! `syncfleet_tests::chaos`): the database equals the sandbox, no entity was written by two
+//! workers at once, no step completed twice. What each test does and its last result:
+//! `tests/CHAOS.md`. Bounded by default; `CHAOS_LONG=1` (`tests/chaos-long.sh`) runs the long form.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::json;
+use syncfleet_shared::{chain::Mode, ids::RunId, store::views::RunView};
+use syncfleet_tests::{
+    Sandbox, TestEnv,
+    chaos::{self, Cleanup, Fleet, PrivatePostgres, RestartableRedis, Serial, size},
+};
+
+const SYNC: &str = "http_json_sync";
+const FANOUT: &str = "demo_fanout";
+
+/// Config lines: every step of the ERP sync and the demo fan-out may take 20 attempts.
+fn attempts() -> String {
+    chaos::attempts_override(&[(SYNC, &["pull"]), (FANOUT, &["plan", "fan", "collect"])], 20)
+}
+
+/// `n` demo integrations `demo-000…` whose steps take `step_ms`.
+async fn demo_integrations(env: &TestEnv, n: usize, step_ms: u64) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("demo-{i:03}")).collect();
+    for name in &names {
+        env.demo_integration(name, json!({ "step_ms": step_ms })).await;
+    }
+    names
+}
+
+/// Each step of each completed demo run applied its effect exactly once.
+async fn assert_effects_once(env: &TestEnv, views: &[RunView]) {
+    for v in views.iter().filter(|v| v.chain.starts_with("demo_")) {
+        let run = RunId(uuid::Uuid::parse_str(&v.id).unwrap());
+        let effects = env.effects(run).await;
+        let rows: i64 = env.scalar("SELECT count(*) FROM step_runs WHERE run_id = $1", run).await;
+        assert_eq!(effects.len() as i64, rows, "every step row of {} has its effect: {effects:?}", v.id);
+        assert!(effects.iter().all(|(_, _, n)| *n == 1), "each effect applied once: {effects:?}");
+    }
+}
+
+/// The checks every test ends with.
+async fn assert_fleet_invariants(env: &TestEnv) -> chaos::FleetReport {
+    let report = chaos::fleet_report(&env.pool, "pull").await;
+    report.assert_clean();
+    report
+}
+
+async fn trigger_all(env: &TestEnv, chain: &str, names: &[String]) -> Vec<RunId> {
+    let mut runs = vec![];
+    for name in names {
+        runs.push(env.trigger_with(chain, name, Mode::Full, false).await);
+    }
+    runs
+}
+
+/// Steps running now.
+async fn running(env: &TestEnv) -> i64 {
+    env.value("SELECT count(*) FROM step_runs WHERE status = 'running'").await
+}
+
+async fn finish(env: TestEnv, cleanup: Cleanup) {
+    env.finish().await;
+    cleanup.disarm();
+}
+
+/// What a scene holds: ERP integrations reading the sandbox (pages of `page`, `erp_extra` lines
+/// in each, the sandbox answering a page after `latency_ms`) and demo integrations whose steps take
+/// `step_ms`.
+struct Setup<'a> {
+    erps: usize,
+    page: u32,
+    erp_extra: &'a str,
+    latency_ms: u64,
+    demos: usize,
+    step_ms: u64,
+}
+
+/// A test's env with its integrations, logs, producer process and three worker processes.
+struct Scene {
+    env: TestEnv,
+    cleanup: Cleanup,
+    fleet: Fleet,
+    erps: Vec<String>,
+    demos: Vec<String>,
+}
+
+impl Scene {
+    /// `make_env` builds the env from the config lines (on the shared servers, or private ones).
+    async fn start(sandbox: &Sandbox, setup: Setup<'_>, make_env: impl AsyncFnOnce(String) -> TestEnv) -> Scene {
+        let (toml, erps) = chaos::erp_integrations(sandbox, setup.erps, setup.page, setup.erp_extra);
+        let env = make_env(format!("{toml}\n{}", attempts())).await;
+        let cleanup = Cleanup::new(&env);
+        chaos::install_logs(&env.pool, &["erp_items"]).await;
+        let demos = demo_integrations(&env, setup.demos, setup.step_ms).await;
+        sandbox.faults("erp", json!({ "latency_ms": setup.latency_ms })).await;
+        let mut fleet = Fleet::new(&env);
+        fleet.start_producer();
+        for _ in 0..3 {
+            fleet.start_worker();
+        }
+        Scene { env, cleanup, fleet, erps, demos }
+    }
+
+    /// A full run of every integration: the ERP sync and the demo fan-out.
+    async fn trigger_all(&self) -> Vec<RunId> {
+        let mut runs = trigger_all(&self.env, SYNC, &self.erps).await;
+        runs.extend(trigger_all(&self.env, FANOUT, &self.demos).await);
+        runs
+    }
+
+    async fn finish(self) {
+        drop(self.fleet);
+        finish(self.env, self.cleanup).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_sigkilled_at_random_during_chain_runs_lose_and_double_nothing() {
+    let _serial = Serial::acquire().await;
+    let (erp_runs, demo_runs, min_kills) = (size(10, 30), size(10, 30), size(10, 40));
+    let sandbox = Sandbox::start().await;
+    // About 1 s per pull (10 pages of 25, 60 ms each), 4 s per fan-out run.
+    let setup = Setup { erps: erp_runs, page: 25, erp_extra: "", latency_ms: 60, demos: demo_runs, step_ms: 400 };
+    let mut scene = Scene::start(&sandbox, setup, async |toml| TestEnv::new(&toml).await).await;
+    let (env, erps, demos) = (&scene.env, scene.erps.clone(), scene.demos.clone());
+    let fleet = &mut scene.fleet;
+
+    // Runs start one after another while workers die at random moments and new ones start.
+    let mut pending: Vec<(&str, &String)> =
+        erps.iter().map(|n| (SYNC, n)).chain(demos.iter().map(|n| (FANOUT, n))).collect();
+    let mut runs = vec![];
+    let mut kills = 0;
+    let mut next_kill = Instant::now() + Duration::from_millis(800);
+    let started = Instant::now();
+    while kills < min_kills || !pending.is_empty() {
+        if let Some((chain, name)) = pending.pop() {
+            runs.push(env.trigger_with(chain, name, Mode::Full, false).await);
+        }
+        if Instant::now() >= next_kill && kills < min_kills {
+            fleet.kill_random().await;
+            fleet.start_worker();
+            kills += 1;
+            next_kill = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1200));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(started.elapsed() < Duration::from_secs(180), "kill loop overran");
+    }
+    let views = chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await;
+
+    assert_eq!(views.len(), erp_runs + demo_runs);
+    chaos::assert_all_completed(&views);
+    let report = assert_fleet_invariants(env).await;
+    let reaped = chaos::reaped_attempts(&env.pool).await;
+    assert!(reaped >= 3, "the kills hit running steps: {reaped} attempts reaped after {kills} kills ({report:?})");
+    assert_effects_once(env, &views).await;
+    chaos::assert_matches_sandbox(env, &sandbox, "erp_items", &erps).await;
+    eprintln!("chaos: {kills} kills, {reaped} attempts reaped, {report:?}, {:?}", started.elapsed());
+    scene.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_flushed_then_restarted_mid_chain_loses_no_run() {
+    let _serial = Serial::acquire().await;
+    let (erp_n, demo_n) = (size(6, 20), size(4, 20));
+    let mut redis = RestartableRedis::start();
+    let sandbox = Sandbox::start().await;
+    let setup = Setup { erps: erp_n, page: 25, erp_extra: "", latency_ms: 100, demos: demo_n, step_ms: 500 };
+    let url = redis.url();
+    let scene = Scene::start(&sandbox, setup, async |toml| TestEnv::with_redis(&url, &toml).await).await;
+    let (env, erps) = (&scene.env, &scene.erps);
+    let runs = scene.trigger_all().await;
+
+    env.eventually(Duration::from_secs(30), "steps under way", || async { (running(env).await >= 3).then_some(()) })
+        .await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let flushed_with: i64 = running(env).await;
+    // Later in the chains (the fan-outs in their middle tier), Redis dies and comes back empty.
+    env.eventually(Duration::from_secs(30), "fan-outs in their middle tier", || async {
+        let fan: i64 =
+            env.value("SELECT count(*) FROM step_runs WHERE step = 'fan' AND status IN ('ready', 'running')").await;
+        (fan > 0).then_some(())
+    })
+    .await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.up();
+
+    let views = chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await;
+    chaos::assert_all_completed(&views);
+    let report = assert_fleet_invariants(env).await;
+    assert_effects_once(env, &views).await;
+    chaos::assert_matches_sandbox(env, &sandbox, "erp_items", erps).await;
+    eprintln!("chaos: flushed with {flushed_with} steps running, {report:?}");
+    scene.finish().await;
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_mid_step_loses_and_doubles_nothing() {
+    let _serial = Serial::acquire().await;
+    let (erp_n, demo_n) = (size(4, 12), size(2, 8));
+    let pg = PrivatePostgres::start();
+    let sandbox = Sandbox::start().await;
+    let base = pg.url("").trim_end_matches('/').to_owned();
+    // About 2.5 s per pull: 10 pages of 25, 200 ms each.
+    let setup = Setup { erps: erp_n, page: 25, erp_extra: "", latency_ms: 200, demos: demo_n, step_ms: 500 };
+    let make_env = async |toml: String| chaos::env_on(&base, syncfleet_tests::REDIS_URL, &toml).await;
+    let scene = Scene::start(&sandbox, setup, make_env).await;
+    let (env, erps) = (&scene.env, &scene.erps);
+    // One more run whose first step sleeps through the outage: its worker is alive all along.
+    env.demo_integration("demo-slow", json!({ "step_ms": 500, "slow": { "plan": 9000 } })).await;
+    let mut runs = scene.trigger_all().await;
+    runs.push(env.trigger_with(FANOUT, "demo-slow", Mode::Full, false).await);
+
+    // In the middle of the pulls: some pages are written, none of the pulls is done.
+    env.eventually(Duration::from_secs(30), "pulls half-way", || async {
+        let (written, done): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM erp_items),
+                    (SELECT count(*) FROM step_runs WHERE step = 'pull' AND status = 'succeeded')",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .ok()?;
+        let sleeping: i64 = env
+            .value("SELECT count(*) FROM step_runs WHERE entity_key = 'demo-slow:plan' AND status = 'running'")
+            .await;
+        (written >= 50 && done == 0 && sleeping == 1).then_some(())
+    })
+    .await;
+    let sleeper: Vec<(String, String)> = sqlx::query_as(
+        "SELECT entity_key, job_id FROM step_runs WHERE entity_key = 'demo-slow:plan' AND status = 'running'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(sleeper.len(), 1, "the sleeping step runs");
+    let in_flight = running(env).await;
+    let before: chrono::DateTime<chrono::Utc> = env.value("SELECT pg_postmaster_start_time()").await;
+    // Down longer than the lease TTL and `stale_after_secs` (4 s each): when it is back, the
+    // reconciler finds every running step without a recent heartbeat while its worker is alive.
+    pg.crash();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The sleeping step's worker lives, so it still holds the entity: nobody else may take it.
+    let leases = chaos::running_leases(env, &sleeper).await;
+    pg.up();
+    for (entity, job, holder) in &leases {
+        assert_eq!(holder.as_ref(), Some(job), "{entity}: the lease of a live worker lapsed during the outage");
+    }
+
+    let views = chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await;
+    chaos::assert_all_completed(&views);
+    let report = assert_fleet_invariants(env).await;
+    let after: chrono::DateTime<chrono::Utc> = env.value("SELECT pg_postmaster_start_time()").await;
+    assert!(after > before && in_flight > 0, "PostgreSQL restarted while {in_flight} steps ran");
+    assert_effects_once(env, &views).await;
+    chaos::assert_matches_sandbox(env, &sandbox, "erp_items", erps).await;
+    eprintln!("chaos: restarted with {in_flight} steps running, {report:?}");
+    scene.finish().await;
+    drop(pg);
+}
+
+/// Runs the full or incremental sync of every integration; returns the views.
+async fn sync_all(env: &TestEnv, names: &[String], mode: Mode) -> Vec<RunView> {
+    let mut runs = vec![];
+    for name in names {
+        runs.push(env.trigger_with(SYNC, name, mode, false).await);
+    }
+    chaos::wait_runs(env, &runs, Duration::from_secs(size(90, 300) as u64)).await
+}
+
+/// Rows of items the sandbox still serves that are inactive (must be none).
+async fn wrongly_inactive(env: &TestEnv, sandbox: &Sandbox) -> i64 {
+    let ids: Vec<String> = chaos::sandbox_items(sandbox).await.into_iter().map(|(id, _)| id.to_string()).collect();
+    sqlx::query_scalar("SELECT count(*) FROM erp_items WHERE NOT is_active AND external_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// Each run completed, or failed cleanly: an error recorded, the cursor not moved, nothing swept.
+fn assert_completed_or_failed_cleanly(views: &[RunView]) -> usize {
+    let mut failed = 0;
+    for v in views {
+        let s = &v.steps[0];
+        match v.status.as_str() {
+            "completed" => {}
+            "failed" => {
+                failed += 1;
+                assert!(v.error.is_some() && s.error.is_some(), "{v:#?}");
+                assert_eq!(s.cursor_after, s.cursor_before, "a failed run does not move the cursor: {v:#?}");
+                assert_eq!(s.deactivated, 0, "{v:#?}");
+            }
+            other => panic!("run ended {other}: {v:#?}"),
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_misbehaving_upstream_never_deactivates_a_row_wrongly() {
+    let _serial = Serial::acquire().await;
+    let n = size(8, 16);
+    // Timeout faults hang 2 s; the client gives up after 1 s and tries again.
+    let sandbox = Sandbox::start_with(syncfleet_sandbox::SandboxConfig {
+        timeout_fault_secs: 2,
+        ..syncfleet_sandbox::SandboxConfig::default().unlimited()
+    })
+    .await;
+    let limits = "limits = { timeout_ms = 1000, max_retries = 6, backoff_base_ms = 100, backoff_max_ms = 2000 }";
+    let setup = Setup { erps: n, page: 20, erp_extra: limits, latency_ms: 0, demos: 0, step_ms: 0 };
+    let scene = Scene::start(&sandbox, setup, async |toml| TestEnv::new(&toml).await).await;
+    let (env, erps) = (&scene.env, &scene.erps);
+    let storm = json!({ "error_5xx_share": 0.05, "timeout_share": 0.03, "rate_per_sec": 20 });
+
+    // 5 % 5xx, 3 % timeouts and 429 storms (the upstream takes 20 requests/s; the fleet sends more).
+    sandbox.faults("erp", storm.clone()).await;
+    let first = sync_all(env, erps, Mode::Full).await;
+    let mut failed = assert_completed_or_failed_cleanly(&first);
+    let counters = sandbox.handle.counters();
+    let (throttled, errors) =
+        (counters["erp"]["throttled"].as_i64().unwrap(), counters["erp"]["errors_5xx"].as_i64().unwrap());
+    let timeouts = counters["erp"]["endpoints"]["GET /erp/api/items"]["timeouts"].as_i64().unwrap_or(0);
+    assert!(
+        throttled > 0 && errors > 0 && timeouts > 0,
+        "the storm happened: {throttled} 429s, {errors} 5xx, {timeouts} timeouts"
+    );
+    // Upstream: 2 % of the items change and 3 % are deleted; incremental runs under the same storm.
+    let deleted = sandbox.mutate("erp", "items", json!({ "change_percent": 2, "delete": size(8, 30) })).await;
+    let deleted: Vec<String> = deleted["deleted"].as_array().unwrap().iter().map(|i| i.to_string()).collect();
+    sandbox.faults("erp", storm).await;
+    failed += assert_completed_or_failed_cleanly(&sync_all(env, erps, Mode::Incremental).await);
+    assert_eq!(wrongly_inactive(env, &sandbox).await, 0);
+
+    // Full runs against a truncated page, an empty list and malformed items: they complete, the
+    // guard refuses every sweep, nothing is deactivated. After a short or empty read the cursor
+    // stays; after malformed items it may only move back, to just before the earliest failed one.
+    let faults = [
+        (json!({ "truncate_page": true }), "blocked: page at offset", true),
+        (json!({ "empty_list": true }), "blocked: fetch returned nothing while", true),
+        (json!({ "malformed_share": 0.05 }), "blocked: ", false),
+    ];
+    for (fault, guard, cursor_stays) in faults {
+        chaos::clear_erp_faults(&sandbox).await;
+        sandbox.faults("erp", fault.clone()).await;
+        for v in sync_all(env, erps, Mode::Full).await {
+            let s = &v.steps[0];
+            assert_eq!(v.status, "completed", "{fault}: {v:#?}");
+            assert!(s.guard.as_deref().unwrap_or("").starts_with(guard), "{fault}: {v:#?}");
+            assert_eq!(s.deactivated, 0, "{fault}: {v:#?}");
+            if cursor_stays {
+                assert_eq!(s.cursor_after, s.cursor_before, "{fault}: the cursor stays");
+            } else {
+                assert!(s.cursor_after <= s.cursor_before, "{fault}: the cursor does not advance: {s:#?}");
+            }
+        }
+        assert_eq!(wrongly_inactive(env, &sandbox).await, 0, "{fault}");
+        let inactive: i64 = env.value("SELECT count(*) FROM erp_items WHERE NOT is_active").await;
+        assert_eq!(inactive, 0, "{fault}: nothing is deactivated while the upstream misbehaves");
+    }
+
+    // The upstream behaves again: one full run sweeps exactly the deleted items, and the database
+    // equals the sandbox.
+    chaos::clear_erp_faults(&sandbox).await;
+    for v in sync_all(env, erps, Mode::Full).await {
+        assert_eq!(v.status, "completed", "{v:#?}");
+        assert_eq!(v.steps[0].deactivated as usize, deleted.len(), "{v:#?}");
+    }
+    let mut gone: Vec<String> = sqlx::query_scalar("SELECT DISTINCT external_id FROM erp_items WHERE NOT is_active")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let mut want = deleted.clone();
+    gone.sort();
+    want.sort();
+    assert_eq!(gone, want, "exactly the deleted items are inactive");
+    let open: i64 = env.value("SELECT count(*) FROM item_errors WHERE resolved_at IS NULL").await;
+    assert_eq!(open, 0, "the malformed items' errors are resolved");
+    chaos::assert_matches_sandbox(env, &sandbox, "erp_items", erps).await;
+    let report = assert_fleet_invariants(env).await;
+    eprintln!("chaos: {throttled} 429s, {errors} 5xx, {timeouts} timeouts, {failed} runs failed cleanly, {report:?}");
+    scene.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_to_every_worker_under_load_then_new_workers_lose_nothing() {
+    let _serial = Serial::acquire().await;
+    let (erp_n, demo_n) = (size(6, 20), size(6, 20));
+    let sandbox = Sandbox::start().await;
+    let setup = Setup { erps: erp_n, page: 25, erp_extra: "", latency_ms: 150, demos: demo_n, step_ms: 600 };
+    let mut scene = Scene::start(&sandbox, setup, async |toml| TestEnv::new(&toml).await).await;
+    let runs = scene.trigger_all().await;
+    let (env, erps) = (&scene.env, &scene.erps);
+    let fleet = &mut scene.fleet;
+    env.eventually(Duration::from_secs(30), "the fleet under load", || async {
+        (running(env).await >= 6).then_some(())
+    })
+    .await;
+
+    let under_way = running(env).await;
+    let exits = fleet.terminate_all(Duration::from_secs(40)).await;
+    for (name, code, secs) in &exits {
+        assert_eq!(*code, Some(0), "{name} drained and exited 0 ({secs:.1} s)");
+    }
+    // Nothing runs without workers, and nothing was left to the reconciler: every step that was
+    // running at SIGTERM finished on its worker.
+    assert_eq!(running(env).await, 0);
+    assert_eq!(chaos::reaped_attempts(&env.pool).await, 0, "no step lost its worker");
+    let open: i64 = env.value("SELECT count(*) FROM chain_runs WHERE status IN ('queued', 'running')").await;
+    assert!(open > 0, "work is left for the new workers");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        fleet.start_worker();
+    }
+
+    let views = chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await;
+    chaos::assert_all_completed(&views);
+    let report = assert_fleet_invariants(env).await;
+    assert_eq!(report.lost_attempts, 0, "no attempt was cut short: {report:?}");
+    assert_effects_once(env, &views).await;
+    chaos::assert_matches_sandbox(env, &sandbox, "erp_items", erps).await;
+    eprintln!("chaos: SIGTERM with {under_way} steps running, {open} runs left open, exits {exits:?}, {report:?}");
+    scene.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_integrations_triggered_at_once_all_complete_without_wedging() {
+    let _serial = Serial::acquire().await;
+    let (n, cap) = (size(1000, 3000), 100);
+    let chain = if chaos::long() { FANOUT } else { "demo_ping" };
+    let env = TestEnv::with_producer(&format!("dispatch_cap = {cap}"), &attempts()).await;
+    let cleanup = Cleanup::new(&env);
+    chaos::install_logs(&env.pool, &[]).await;
+    sqlx::query(
+        "INSERT INTO integrations (name, pack, settings)
+         SELECT format('bulk-%s', lpad(g::text, 5, '0')), 'demo', '{\"step_ms\": 20}' FROM generate_series(1, $1) g",
+    )
+    .bind(n as i32)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut fleet = Fleet::new(&env);
+    fleet.worker_env.push(("SYNCFLEET__WORKER__CONCURRENCY".into(), "8".into()));
+    fleet.start_producer();
+
+    // All at once, before any worker runs: Redis takes the cap, PostgreSQL keeps the rest.
+    let started = Instant::now();
+    let triggers = (1..=n).map(|i| {
+        let name = format!("bulk-{i:05}");
+        let env = &env;
+        async move { env.trigger_with(chain, &name, Mode::Full, false).await }
+    });
+    let runs: Vec<RunId> = futures::future::join_all(triggers).await;
+    let triggered_in = started.elapsed();
+    let waiting = env.ops.queues.waiting("demo").await.unwrap();
+    assert_eq!(waiting, cap, "the queue holds exactly the cap");
+    for _ in 0..3 {
+        fleet.start_worker();
+    }
+
+    // The queue never holds more than the cap and the fleet never stalls.
+    let (mut done, mut last_progress, mut most_waiting) = (0i64, Instant::now(), waiting);
+    let limit = Duration::from_secs(size(150, 900) as u64);
+    while done < n as i64 {
+        let waiting = env.ops.queues.waiting("demo").await.unwrap();
+        most_waiting = most_waiting.max(waiting);
+        assert!(waiting <= cap, "{waiting} tasks wait in Redis, over the cap of {cap}");
+        let now: i64 = env.value("SELECT count(*) FROM chain_runs WHERE status NOT IN ('queued', 'running')").await;
+        if now > done {
+            (done, last_progress) = (now, Instant::now());
+        }
+        assert!(last_progress.elapsed() < Duration::from_secs(20), "no run ended for 20 s: wedged at {done} of {n}");
+        assert!(started.elapsed() < limit, "{done} of {n} runs ended in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let views = chaos::wait_runs(&env, &runs, Duration::from_secs(10)).await;
+    chaos::assert_all_completed(&views);
+    let report = assert_fleet_invariants(&env).await;
+    let effects: (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (run_id, step, shard)) FROM demo_effects")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let steps: i64 = env.value("SELECT count(*) FROM step_runs").await;
+    assert_eq!(effects, (steps, steps), "every step's effect applied exactly once");
+    eprintln!(
+        "chaos: {n} runs triggered in {triggered_in:?}, all ended in {elapsed:?}, at most {most_waiting} waiting, {report:?}"
+    );
+    drop(fleet);
+    finish(env, cleanup).await;
+}
+
+/// The checks above can fail: fed a log with two attempts of one entity at once, a step that
+/// succeeded twice, a claim the row does not count and a write outside any attempt, and a table
+/// that does not hold what the sandbox serves, each check reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checks_catch_overlaps_double_completions_stray_writes_and_drift() {
+    let sandbox = Sandbox::start().await;
+    let (toml, erps) = chaos::erp_integrations(&sandbox, 1, 100, "");
+    let env = TestEnv::new(&toml).await;
+    let cleanup = Cleanup::new(&env);
+    chaos::install_logs(&env.pool, &["erp_items"]).await;
+    let run = env.trigger_with(SYNC, &erps[0], Mode::Full, false).await;
+    let step: i64 = env.scalar("SELECT id FROM step_runs WHERE run_id = $1", run).await;
+    let clean = chaos::fleet_report(&env.pool, "pull").await;
+    assert!(clean.overlaps.is_empty() && clean.stray_writes.is_empty(), "{clean:?}");
+    sqlx::query(
+        "INSERT INTO chaos_step_log (step_run_id, run_id, entity_key, worker, attempts, old_status, new_status, at)
+         SELECT $1, $2, e, w, 1, o, n, now() + make_interval(secs => t)
+           FROM (VALUES ('erp-000:pull', 'wa-1-x', 'ready', 'running', 0),
+                        ('erp-000:pull', 'wa-1-x', 'running', 'succeeded', 10),
+                        ('erp-000:pull', 'wb-1-x', 'ready', 'running', 5),
+                        ('erp-000:pull', 'wb-1-x', 'running', 'succeeded', 15)) AS v(e, w, o, n, t)",
+    )
+    .bind(step)
+    .bind(run.0)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO chaos_write_log (tbl, integration_id, external_id, app, at)
+         SELECT 'erp_items', integration_id, '1', 'wc', now() FROM chain_runs WHERE id = $1",
+    )
+    .bind(run.0)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let report = chaos::fleet_report(&env.pool, "pull").await;
+    assert_eq!(report.overlaps.len(), 1, "{report:#?}");
+    assert_eq!(report.double_completions.len(), 1, "{report:#?}");
+    assert_eq!(report.unaccounted_attempts.len(), 1, "{report:#?}");
+    assert_eq!(report.stray_writes.len(), 1, "{report:#?}");
+    assert!(std::panic::catch_unwind(|| report.assert_clean()).is_err());
+
+    // Nothing synced: the table does not match the sandbox.
+    let env = std::sync::Arc::new(env);
+    let (e, sb, names) = (env.clone(), std::sync::Arc::new(sandbox), erps.clone());
+    let drift = tokio::spawn(async move { chaos::assert_matches_sandbox(&e, &sb, "erp_items", &names).await }).await;
+    assert!(drift.is_err_and(|e| e.is_panic()), "an empty table does not match 250 items");
+    let env = std::sync::Arc::try_unwrap(env).ok().expect("the check's task is done");
+    finish(env, cleanup).await;
+}
