@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::{northpass::Northpass, note, record_calls, settings_of};
+use super::{analyze_if_changed, northpass::Northpass, note, record_calls, settings_of};
 use crate::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
@@ -213,6 +213,7 @@ impl StepHandler for SyncEnrollments {
                     former.len()
                 ),
             );
+            analyze_if_changed(ctx, "partner_enrollments").await;
             Ok(())
         }
         .boxed()

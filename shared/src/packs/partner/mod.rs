@@ -165,6 +165,22 @@ fn record_calls(ctx: &mut StepContext, clients: &[&HttpClient]) {
     ctx.result.throttled = clients.iter().map(|c| c.stats().throttled.load(Relaxed)).sum();
 }
 
+/// Rows a step must have written to a table before it refreshes the table's planner statistics.
+const ANALYZE_AFTER_ROWS: i64 = 1000;
+
+/// Refreshes the planner statistics of `table` when the step has written many rows so far (a first
+/// load, a large change): the queries of the next steps (linking, matching, domain analysis) are
+/// planned on what the table holds now, not on what autovacuum last saw, which may be nothing.
+async fn analyze_if_changed(ctx: &StepContext, table: &str) {
+    let r = &ctx.result;
+    if r.inserted + r.updated + r.deactivated < ANALYZE_AFTER_ROWS {
+        return;
+    }
+    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(&ctx.pool).await {
+        tracing::warn!(%error, table, "ANALYZE failed.");
+    }
+}
+
 /// Adds a line of what the step found to its `guard` text.
 fn note(ctx: &mut StepContext, text: String) {
     ctx.result.guard = Some(match ctx.result.guard.take() {
