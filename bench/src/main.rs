@@ -58,18 +58,56 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Worker peak RSS over a full `partner_daily` at seed and at large scale.
+    Memory {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// Every scenario in turn, one JSON object each (`queue`, `sandbox` and `upsert` give their
+    /// figures as one run's).
+    All {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::All { json } = cli.command {
+        let single = |name: &str, figures: serde_json::Value| serde_json::json!({"scenario": name, "runs": 1, "figures": figures});
+        let all = [
+            single("queue", queue::run().await?),
+            single("sandbox", sandbox::run().await?),
+            single("upsert", upsert::run(100_000, upsert::PgServer::Tcp).await?),
+            partner::partner_daily(3).await?.to_json(),
+            partner::incremental(3).await?.to_json(),
+            partner::memory(1).await?.to_json(),
+        ];
+        for scenario in all {
+            if json {
+                println!("{}", serde_json::to_string(&scenario)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&scenario)?);
+            }
+        }
+        return Ok(());
+    }
     let scenario = match &cli.command {
         Command::PartnerDaily { runs, .. } => Some(partner::partner_daily(*runs).await?),
         Command::Incremental { runs, .. } => Some(partner::incremental(*runs).await?),
+        Command::Memory { runs, .. } => Some(partner::memory(*runs).await?),
         _ => None,
     };
     if let Some(s) = scenario {
-        if matches!(cli.command, Command::PartnerDaily { json: true, .. } | Command::Incremental { json: true, .. }) {
+        if matches!(
+            cli.command,
+            Command::PartnerDaily { json: true, .. }
+                | Command::Incremental { json: true, .. }
+                | Command::Memory { json: true, .. }
+        ) {
             println!("{}", serde_json::to_string_pretty(&s.to_json())?);
         } else {
             s.print();
@@ -77,7 +115,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (figures, json) = match cli.command {
-        Command::PartnerDaily { .. } | Command::Incremental { .. } => unreachable!("handled above"),
+        Command::PartnerDaily { .. } | Command::Incremental { .. } | Command::Memory { .. } | Command::All { .. } => {
+            unreachable!("handled above")
+        }
         Command::Queue { json } => (queue::run().await?, json),
         Command::Sandbox { json } => (sandbox::run().await?, json),
         Command::Upsert { json, rows, pg_socket } => {

@@ -258,3 +258,30 @@ pub async fn incremental(runs: usize) -> anyhow::Result<Scenario> {
     s.goal("calls_share", "<= 0.02");
     Ok(s)
 }
+
+/// `memory`: the worker processes' peak resident set (`VmHWM`) over a full `partner_daily` at `seed`
+/// and at `large` (ten times seed), no upstream limit. The pull engine holds two pages and the
+/// enrollment shards a batch of transcripts, so the peak should not follow the data set's size.
+pub async fn memory(runs: usize) -> anyhow::Result<Scenario> {
+    let mut s = Scenario::new("memory", runs);
+    for round in 0..runs {
+        for (scale, name) in [(Scale::Seed, "worker_peak_rss_mb_seed"), (Scale::Large, "worker_peak_rss_mb_large")] {
+            let (calls, rss) = with_round(Setup { scale, northpass_rate: None }, async |r| {
+                let (view, _) = r.run(Mode::Full, &[]).await?;
+                let mut peak: f64 = 0.0;
+                for w in &r.workers {
+                    let pid = w.id().context("a worker process exited during the run")?;
+                    peak = peak.max(crate::upsert::peak_rss_mb(pid)?);
+                }
+                Ok((calls(&view), peak))
+            })
+            .await?;
+            eprintln!("memory round {}: {name} {rss:.1} MiB ({calls} API calls)", round + 1);
+            s.figure(name, rss);
+        }
+    }
+    s.ratio_of_medians("large_vs_seed", "worker_peak_rss_mb_large", "worker_peak_rss_mb_seed");
+    s.note("peak of the two worker processes over a full partner_daily; large = ten times seed");
+    s.goal("large_vs_seed", "<= 1.5");
+    Ok(s)
+}

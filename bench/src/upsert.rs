@@ -249,7 +249,7 @@ async fn engine_run(s: &Scratch, worker: &mut tokio::process::Child, rows: usize
 }
 
 /// `VmHWM` (peak resident set) of a process, in MiB.
-fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
