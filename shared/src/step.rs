@@ -68,6 +68,12 @@ pub struct Integration {
 }
 
 impl Integration {
+    /// The step error for settings of this integration that do not parse: `(key, message)` from
+    /// a pack's `Settings::parse`, named as the config names it.
+    pub fn settings_error(&self, (key, message): (String, String)) -> StepError {
+        StepError::abort(format!("integration `{}`: invalid `integrations.{}.{key}`: {message}", self.name, self.name))
+    }
+
     pub fn name(&self) -> IntegrationName {
         IntegrationName::parse(&self.name).expect("integration names are checked by the database")
     }
@@ -136,6 +142,22 @@ pub struct StepContext {
 }
 
 impl StepContext {
+    /// Copies the clients' call counts into the step's metrics (also when the step fails).
+    pub fn record_calls(&mut self, clients: &[&crate::http::HttpClient]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.result.api_calls = clients.iter().map(|c| c.stats().api_calls.load(Relaxed)).sum();
+        self.result.throttled = clients.iter().map(|c| c.stats().throttled.load(Relaxed)).sum();
+    }
+
+    /// Adds a line of what the step found to its `guard` text.
+    pub fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.result.guard = Some(match self.result.guard.take() {
+            Some(g) => format!("{g}; {text}"),
+            None => text,
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,

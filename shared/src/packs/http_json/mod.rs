@@ -22,7 +22,7 @@ use source::JsonSource;
 
 use crate::{
     chain::{ChainDef, StepDef, StepKind},
-    http::{HttpClient, HttpClients},
+    http::HttpClients,
     ids::ChainName,
     step::{Integration, Pack, StepContext, StepError, StepHandler},
     sync::{pull, push::Pusher, table::RowOutcome},
@@ -56,19 +56,7 @@ pub fn pack() -> Pack {
 }
 
 fn settings_of(integration: &Integration) -> Result<Settings, StepError> {
-    Settings::parse(&integration.settings).map_err(|(key, m)| {
-        StepError::abort(format!(
-            "integration `{}`: invalid `integrations.{}.{key}`: {m}",
-            integration.name, integration.name
-        ))
-    })
-}
-
-/// Copies the client's call counts into the step's metrics (also when the step fails).
-fn record_calls(ctx: &mut StepContext, client: &HttpClient) {
-    let stats = client.stats();
-    ctx.result.api_calls = stats.api_calls.load(std::sync::atomic::Ordering::Relaxed);
-    ctx.result.throttled = stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
+    Settings::parse(&integration.settings).map_err(|e| integration.settings_error(e))
 }
 
 struct PullStep;
@@ -92,7 +80,7 @@ impl StepHandler for PullStep {
                     }
                 }
             }
-            record_calls(ctx, &client);
+            ctx.record_calls(&[&client]);
             outcome
         }
         .boxed()
@@ -203,7 +191,7 @@ impl StepHandler for PushStep {
                 }
             }
             ctx.result = result;
-            record_calls(ctx, &client);
+            ctx.record_calls(&[&client]);
             outcome
         }
         .boxed()

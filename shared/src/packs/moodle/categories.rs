@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{
     client::{Category, Moodle},
-    record_calls, settings_of, tables,
+    settings_of, tables,
 };
 use crate::{
     step::{StepContext, StepError, StepHandler},
@@ -94,7 +94,7 @@ impl StepHandler for SyncCategories {
             let client = settings.client(&ctx.http);
             let api = Moodle::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let read = api.categories().await;
-            record_calls(ctx, &client);
+            ctx.record_calls(&[&client]);
             let categories = read?;
             let items: Vec<Item> = hierarchy(&categories).into_iter().map(Item::Record).collect();
             let total = Some(items.len() as i64);
@@ -113,7 +113,7 @@ impl StepHandler for SyncCategories {
                 count("program")
             );
             tracing::info!(categories = categories.len(), "{text}");
-            super::note(ctx, text);
+            ctx.note(text);
             Ok(())
         }
         .boxed()

@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool};
 use super::{
     Rows,
     client::{Course, Moodle, MoodleError},
-    epoch, note, record_calls, settings_of, shard, shard_of, tables,
+    epoch, settings_of, shard, shard_of, tables,
 };
 use crate::{
     ids::RunId,
@@ -142,7 +142,7 @@ impl StepHandler for SyncCourses {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            record_calls(ctx, &client);
+            ctx.record_calls(&[&client]);
 
             let mut failed: Vec<(String, String)> = Vec::new();
             let mut bad: Vec<(String, String)> = Vec::new();
@@ -213,7 +213,7 @@ impl StepHandler for SyncCourses {
                 )
             };
             tracing::info!(programs = programs.len(), failed = failed.len(), "{text}");
-            note(ctx, text);
+            ctx.note(text);
             Ok(())
         }
         .boxed()

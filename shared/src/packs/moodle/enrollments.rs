@@ -19,7 +19,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
-use super::{Rows, client::Moodle, epoch, note, record_calls, settings_of, shard, shard_of, tables};
+use super::{Rows, client::Moodle, epoch, settings_of, shard, shard_of, tables};
 use crate::{
     ids::RunId,
     step::{StepContext, StepError, StepHandler},
@@ -243,7 +243,7 @@ impl StepHandler for SyncEnrollments {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            record_calls(ctx, &client);
+            ctx.record_calls(&[&client]);
             let mut errors: Vec<(&'static str, String, String)> = Vec::new();
             let mut failed_courses = 0usize;
             let mut reads = Vec::with_capacity(fetched.len());
@@ -374,7 +374,7 @@ impl StepHandler for SyncEnrollments {
                 format!("partial: {failed_courses} of {} course(s) failed", courses.len())
             };
             tracing::info!(courses = courses.len(), failed_courses, "{users_text}; {sections_text}.");
-            note(ctx, format!("{courses_text}; {users_text}; {sections_text}"));
+            ctx.note(format!("{courses_text}; {users_text}; {sections_text}"));
             Ok(())
         }
         .boxed()

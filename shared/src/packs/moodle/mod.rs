@@ -34,7 +34,6 @@ pub use settings::Settings;
 
 use crate::{
     chain::{ChainDef, Mode, StepDef, StepKind},
-    http::HttpClient,
     ids::ChainName,
     step::{Integration, Pack, StepContext, StepError, StepHandler},
     sync::table::Table,
@@ -99,27 +98,7 @@ pub async fn prepare(pool: &sqlx::PgPool) -> Result<(), String> {
 }
 
 fn settings_of(integration: &Integration) -> Result<Settings, StepError> {
-    Settings::parse(&integration.settings).map_err(|(key, m)| {
-        StepError::abort(format!(
-            "integration `{}`: invalid `integrations.{}.{key}`: {m}",
-            integration.name, integration.name
-        ))
-    })
-}
-
-/// Copies the client's call counts into the step's metrics (also when the step fails).
-fn record_calls(ctx: &mut StepContext, client: &HttpClient) {
-    use std::sync::atomic::Ordering::Relaxed;
-    ctx.result.api_calls = client.stats().api_calls.load(Relaxed);
-    ctx.result.throttled = client.stats().throttled.load(Relaxed);
-}
-
-/// Adds a line of what the step found to its `guard` text.
-fn note(ctx: &mut StepContext, text: String) {
-    ctx.result.guard = Some(match ctx.result.guard.take() {
-        Some(g) => format!("{g}; {text}"),
-        None => text,
-    });
+    Settings::parse(&integration.settings).map_err(|e| integration.settings_error(e))
 }
 
 /// The shard (of `shards`) that takes Moodle id `id`: the id modulo the shard count (ids that are not

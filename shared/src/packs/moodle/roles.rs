@@ -9,7 +9,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::{note, settings::PROTECTED_ROLES, settings_of};
+use super::{settings::PROTECTED_ROLES, settings_of};
 use crate::step::{StepContext, StepError, StepHandler};
 
 /// The roles a user's enrollment role shortnames give (never a protected role).
@@ -97,7 +97,7 @@ impl StepHandler for RoleDerivation {
             ctx.result.fetched = r.users;
             ctx.result.inserted = r.granted;
             ctx.result.deactivated = r.revoked;
-            note(ctx, format!("roles: {} granted, {} revoked (manual grants untouched)", r.granted, r.revoked));
+            ctx.note(format!("roles: {} granted, {} revoked (manual grants untouched)", r.granted, r.revoked));
             Ok(())
         }
         .boxed()

@@ -19,7 +19,6 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::note;
 use crate::step::{StepContext, StepError, StepHandler};
 
 /// Where one active enrollment sits: its course's program and that program's department.
@@ -225,13 +224,10 @@ impl StepHandler for UserScopeBackfill {
             ctx.result.fetched = r.users;
             ctx.result.updated = r.updated;
             ctx.result.unchanged = r.users - r.updated;
-            note(
-                ctx,
-                format!(
-                    "scopes: {} derived, {} manual skipped, {} no enrollments, {} campus assigned",
-                    r.derived, r.manual_skipped, r.no_enrollments, r.campus_assigned
-                ),
-            );
+            ctx.note(format!(
+                "scopes: {} derived, {} manual skipped, {} no enrollments, {} campus assigned",
+                r.derived, r.manual_skipped, r.no_enrollments, r.campus_assigned
+            ));
             Ok(())
         }
         .boxed()

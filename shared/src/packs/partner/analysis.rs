@@ -11,7 +11,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
 
-use super::{note, replace_derived, settings_of};
+use super::{replace_derived, settings_of};
 use crate::{
     step::{StepContext, StepError, StepHandler},
     sync::table::{Column, ColumnType, Table},
@@ -148,13 +148,10 @@ impl StepHandler for GroupAnalysis {
                 .collect();
             let (_, gone) = replace_derived(conn, &table(), integration_id, run, rows).await?;
             ctx.result.deactivated += gone;
-            note(
-                ctx,
-                format!(
-                    "domain matching: {listed} user(s) of {partners} partner(s) not in the partner's group, \
+            ctx.note(format!(
+                "domain matching: {listed} user(s) of {partners} partner(s) not in the partner's group, \
                      {added} pending membership(s) added, {gone} no longer listed"
-                ),
-            );
+            ));
             Ok(())
         }
         .boxed()

@@ -6,7 +6,7 @@ use futures::{FutureExt, future::BoxFuture};
 
 use super::{
     northpass::{CourseProperties, Northpass, course_item},
-    note, pull_spec, record_calls, settings_of, tables,
+    pull_spec, settings_of, tables,
 };
 use crate::{
     step::{StepContext, StepError, StepHandler},
@@ -23,7 +23,7 @@ impl StepHandler for SyncCourses {
             let api = Northpass::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let spec = pull_spec(&settings, "courses", tables::courses());
             let outcome = pull::pull(ctx, &spec, &mut api.list("/courses", course_item)).await;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "courses", outcome?, 1);
             Ok(())
         }
@@ -52,9 +52,9 @@ impl StepHandler for SyncNpcu {
             let mut source = CourseProperties::new(&api, courses);
             let outcome = pull::pull(ctx, &spec, &mut source).await;
             let skipped = source.skipped.len();
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "npcu", outcome?, 1);
-            note(ctx, format!("skipped: {skipped} course(s) without readable properties (403/404)"));
+            ctx.note(format!("skipped: {skipped} course(s) without readable properties (403/404)"));
             tracing::info!(skipped, "Course properties read.");
             Ok(())
         }

@@ -12,7 +12,7 @@
 use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 
-use super::{note, settings_of};
+use super::settings_of;
 use crate::step::{StepContext, StepError, StepHandler};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,13 +73,10 @@ impl StepHandler for Cleanup {
                 .execute(&mut *conn)
                 .await?;
             ctx.result.deactivated = runs + steps + errors + more_errors;
-            note(
-                ctx,
-                format!(
-                    "cleanup: {runs} run(s) with {steps} step run(s), {} item error(s) older than {days} day(s) purged",
-                    errors + more_errors
-                ),
-            );
+            ctx.note(format!(
+                "cleanup: {runs} run(s) with {steps} step run(s), {} item error(s) older than {days} day(s) purged",
+                errors + more_errors
+            ));
             Ok(())
         }
         .boxed()

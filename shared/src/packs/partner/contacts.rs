@@ -8,7 +8,7 @@ use futures::{FutureExt, future::BoxFuture};
 use super::{
     Filtered, analyze_if_changed, deactivate,
     impartner::{ACCOUNT, Impartner, Object, USER},
-    pull_spec, record_calls,
+    pull_spec,
     settings::Filters,
     settings_of, tables, text,
 };
@@ -44,7 +44,7 @@ impl StepHandler for ImpartnerSync {
                     break;
                 }
             }
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             outcome
         }
         .boxed()

@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::{analyze_if_changed, northpass::Northpass, note, record_calls, settings_of};
+use super::{analyze_if_changed, northpass::Northpass, settings_of};
 use crate::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
@@ -136,7 +136,7 @@ impl StepHandler for SyncEnrollments {
             let mut totals = Totals::default();
             for batch in to_read.chunks(USERS_PER_BATCH) {
                 if ctx.cancel.is_cancelled() {
-                    record_calls(ctx, &[&client]);
+                    ctx.record_calls(&[&client]);
                     return Err(StepError::retry("stopped between batches"));
                 }
                 let read_started = Utc::now();
@@ -154,14 +154,14 @@ impl StepHandler for SyncEnrollments {
                     match items {
                         Ok(items) => transcripts.push((user, items)),
                         Err(e) => {
-                            record_calls(ctx, &[&client]);
+                            ctx.record_calls(&[&client]);
                             return Err(e.into());
                         }
                     }
                 }
                 writer.write(&mut totals, transcripts, read_started).await?;
             }
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
 
             // Users of this shard who are no longer partner users keep no enrollments.
             let conn = ctx.tx().await?;
@@ -171,10 +171,8 @@ impl StepHandler for SyncEnrollments {
             .bind(integration_id)
             .fetch_all(&mut *conn)
             .await?;
-            let former: Vec<String> = holders
-                .into_iter()
-                .filter(|p| shard_of(p, shards) == shard && !mine.contains(p.as_str()))
-                .collect();
+            let former: Vec<String> =
+                holders.into_iter().filter(|p| shard_of(p, shards) == shard && !mine.contains(p.as_str())).collect();
             let dropped = sqlx::query(
                 "UPDATE partner_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
                  WHERE integration_id = $1 AND is_active AND person_id = ANY($2)",
@@ -204,15 +202,12 @@ impl StepHandler for SyncEnrollments {
             r.errors += totals.errors;
             r.cursor_before = last_run.map(|c| c.to_rfc3339());
             r.cursor_after = Some(started.to_rfc3339());
-            note(
-                ctx,
-                format!(
-                    "shard {shard}/{shards}: {} partner user(s), {} transcript(s) read, {} former partner user(s) cleared",
-                    partner_users.len(),
-                    to_read.len(),
-                    former.len()
-                ),
-            );
+            ctx.note(format!(
+                "shard {shard}/{shards}: {} partner user(s), {} transcript(s) read, {} former partner user(s) cleared",
+                partner_users.len(),
+                to_read.len(),
+                former.len()
+            ));
             analyze_if_changed(ctx, "partner_enrollments").await;
             Ok(())
         }

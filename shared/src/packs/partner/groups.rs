@@ -9,7 +9,7 @@ use super::{
     analyze_if_changed,
     matching::{Match, Matcher, Partner},
     northpass::{Northpass, group_item},
-    note, pull_spec, record_calls, replace_derived, settings_of, tables,
+    pull_spec, replace_derived, settings_of, tables,
 };
 use crate::{
     step::{StepContext, StepError, StepHandler},
@@ -26,7 +26,7 @@ impl StepHandler for SyncGroups {
             let api = Northpass::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let spec = pull_spec(&settings, "groups", tables::lms_groups());
             let outcome = pull::pull(ctx, &spec, &mut api.list("/groups", group_item)).await;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "groups", outcome?, 1);
             analyze_if_changed(ctx, "partner_lms_groups").await;
 
@@ -84,9 +84,7 @@ impl StepHandler for SyncGroups {
             replace_derived(conn, &tables::group_links(), integration_id, run, links).await?;
             replace_derived(conn, &tables::group_match_issues(), integration_id, run, issues).await?;
             let [exact, prefix, fuzzy] = counts;
-            note(
-                ctx,
-                format!(
+            ctx.note(format!(
                     "matching: {linked} group(s) linked (exact {exact}, prefix {prefix}, fuzzy {fuzzy}), \
                      {ambiguous} ambiguous, {unmatched} unmatched"
                 ),

@@ -9,7 +9,7 @@ use futures::{FutureExt, future::BoxFuture};
 use super::{
     deactivate,
     impartner::{Impartner, LEAD},
-    note, pull_spec, record_calls, settings_of,
+    pull_spec, settings_of,
 };
 use crate::{
     chain::Mode,
@@ -54,7 +54,7 @@ impl StepHandler for SyncLeads {
             let mut result = match outcome {
                 Ok(r) => r,
                 Err(e) => {
-                    record_calls(ctx, &[&client]);
+                    ctx.record_calls(&[&client]);
                     return Err(e);
                 }
             };
@@ -63,12 +63,12 @@ impl StepHandler for SyncLeads {
                 && let Some(since) = result.cursor_before.as_deref().and_then(parse_timestamp)
             {
                 let gone = api.deleted(&LEAD, since - spec.lookback).await;
-                record_calls(ctx, &[&client]);
+                ctx.record_calls(&[&client]);
                 let integration_id = ctx.integration.id;
                 deleted = deactivate(ctx.tx().await?, &spec.table, integration_id, &gone?).await?;
                 result.deactivated += deleted;
             }
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             let swept = result.deactivated - deleted;
             pull::merge(&mut ctx.result, "leads", result, 1);
             let integration_id = ctx.integration.id;
@@ -81,7 +81,7 @@ impl StepHandler for SyncLeads {
             .execute(&mut *ctx.tx().await?)
             .await?
             .rows_affected();
-            note(ctx, format!("leads: {converted} newly converted, {} deleted upstream", deleted + swept));
+            ctx.note(format!("leads: {converted} newly converted, {} deleted upstream", deleted + swept));
             Ok(())
         }
         .boxed()

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use super::{
     analyze_if_changed,
     northpass::{Northpass, NorthpassList},
-    note, pull_spec, record_calls, settings_of,
+    pull_spec, settings_of,
 };
 use crate::{
     chain::Mode,
@@ -93,7 +93,7 @@ impl StepHandler for GroupMembersSync {
                 unreadable: Default::default(),
             };
             let outcome = pull::pull(ctx, &spec, &mut source).await;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, ENTITY, outcome?, 1);
             analyze_if_changed(ctx, "partner_group_memberships").await;
             let read: Vec<String> = groups.into_iter().filter(|g| !source.unreadable.contains(g)).collect();
@@ -133,9 +133,7 @@ impl StepHandler for GroupMembersSync {
             .bind(&pending)
             .fetch_one(ctx.tx().await?)
             .await?;
-            note(
-                ctx,
-                format!(
+            ctx.note(format!(
                     "pending: {} membership(s), {confirmed} confirmed, {removed} removed; {group_count} group(s) read ({})",
                     pending.len(),
                     if full { "all" } else { "changed, new or with pending memberships" }

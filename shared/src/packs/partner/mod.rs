@@ -46,7 +46,6 @@ pub use settings::Settings;
 
 use crate::{
     chain::{ChainDef, Mode, StepDef, StepKind},
-    http::HttpClient,
     ids::{ChainName, RunId},
     step::{Integration, Pack, StepContext, StepError, StepHandler},
     sync::{Item, Page, Record, Source, SourceError, pull::PullSpec, table::Table},
@@ -142,12 +141,7 @@ pub async fn prepare(pool: &sqlx::PgPool) -> Result<(), String> {
 }
 
 fn settings_of(integration: &Integration) -> Result<Settings, StepError> {
-    Settings::parse(&integration.settings).map_err(|(key, m)| {
-        StepError::abort(format!(
-            "integration `{}`: invalid `integrations.{}.{key}`: {m}",
-            integration.name, integration.name
-        ))
-    })
+    Settings::parse(&integration.settings).map_err(|e| integration.settings_error(e))
 }
 
 fn pull_spec(settings: &Settings, entity: &str, table: Table) -> PullSpec {
@@ -156,13 +150,6 @@ fn pull_spec(settings: &Settings, entity: &str, table: Table) -> PullSpec {
         max_deactivate_share: settings.max_deactivate_share,
         ..PullSpec::new(entity, table)
     }
-}
-
-/// Copies the clients' call counts into the step's metrics (also when the step fails).
-fn record_calls(ctx: &mut StepContext, clients: &[&HttpClient]) {
-    use std::sync::atomic::Ordering::Relaxed;
-    ctx.result.api_calls = clients.iter().map(|c| c.stats().api_calls.load(Relaxed)).sum();
-    ctx.result.throttled = clients.iter().map(|c| c.stats().throttled.load(Relaxed)).sum();
 }
 
 /// Rows a step must have written to a table before it refreshes the table's planner statistics.
@@ -179,14 +166,6 @@ async fn analyze_if_changed(ctx: &StepContext, table: &str) {
     if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(&ctx.pool).await {
         tracing::warn!(%error, table, "ANALYZE failed.");
     }
-}
-
-/// Adds a line of what the step found to its `guard` text.
-fn note(ctx: &mut StepContext, text: String) {
-    ctx.result.guard = Some(match ctx.result.guard.take() {
-        Some(g) => format!("{g}; {text}"),
-        None => text,
-    });
 }
 
 /// Soft-deletes rows by external id (records deleted or filtered out upstream, seen by an

@@ -14,7 +14,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{note, record_calls, settings::Settings, settings_of};
+use super::{settings::Settings, settings_of};
 use crate::{
     http::{HttpClient, HttpError},
     step::{StepContext, StepError, StepHandler},
@@ -105,15 +105,12 @@ impl StepHandler for LmsOffboarding {
             let client = settings.northpass_client(&ctx.http);
             let lms = LmsWrites::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let outcome = offboard(ctx, &lms, &settings).await;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             let done = outcome?;
-            note(
-                ctx,
-                format!(
-                    "offboarding: {} membership(s) removed, {} group(s) deleted, {} person(s) unknown to the LMS",
-                    done.memberships, done.groups, done.unknown
-                ),
-            );
+            ctx.note(format!(
+                "offboarding: {} membership(s) removed, {} group(s) deleted, {} person(s) unknown to the LMS",
+                done.memberships, done.groups, done.unknown
+            ));
             Ok(())
         }
         .boxed()

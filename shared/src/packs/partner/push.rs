@@ -14,7 +14,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{note, record_calls, settings::Settings, settings_of};
+use super::{settings::Settings, settings_of};
 use crate::{
     chain::Mode,
     http::HttpClient,
@@ -101,9 +101,9 @@ impl StepHandler for SyncToImpartner {
             let mut result = std::mem::take(&mut ctx.result);
             let pushed = pusher.push_chunk(desired, &mut result).await;
             ctx.result = result;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pushed?;
-            note(ctx, format!("skipped: {invalid} partner(s) with a Pending or blank tier or inactive"));
+            ctx.note(format!("skipped: {invalid} partner(s) with a Pending or blank tier or inactive"));
             Ok(())
         }
         .boxed()

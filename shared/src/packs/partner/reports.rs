@@ -29,7 +29,7 @@ use chrono::{DateTime, Duration, Utc};
 use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 
-use super::{note, push::COUNTS_SQL, settings_of};
+use super::{push::COUNTS_SQL, settings_of};
 use crate::{
     mail::{SmtpServer, check_addresses},
     step::{StepContext, StepError, StepHandler},
@@ -430,7 +430,7 @@ async fn deliver(ctx: &mut StepContext, smtp: Option<&SmtpServer>, reports: Vec<
     if let Some(e) = first_error {
         let _ = write!(text, ", {failed} not mailed ({e})");
     }
-    note(ctx, text);
+    ctx.note(text);
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use futures::{FutureExt, future::BoxFuture};
 use super::{
     analyze_if_changed,
     northpass::{Northpass, person_item},
-    note, pull_spec, record_calls, settings_of, tables,
+    pull_spec, settings_of, tables,
 };
 use crate::{
     step::{StepContext, StepError, StepHandler},
@@ -24,15 +24,14 @@ impl StepHandler for SyncUsers {
             let api = Northpass::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let spec = pull_spec(&settings, "users", tables::lms_users());
             let outcome = pull::pull(ctx, &spec, &mut api.list("/people", person_item)).await;
-            record_calls(ctx, &[&client]);
+            ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "users", outcome?, 1);
             analyze_if_changed(ctx, "partner_lms_users").await;
             let integration_id = ctx.integration.id;
             let (relinked, linked, partner_users) = link_contacts(ctx.tx().await?, integration_id).await?;
-            note(
-                ctx,
-                format!("links: {linked} user(s) linked to contacts, {partner_users} to partners ({relinked} changed)"),
-            );
+            ctx.note(format!(
+                "links: {linked} user(s) linked to contacts, {partner_users} to partners ({relinked} changed)"
+            ));
             Ok(())
         }
         .boxed()
