@@ -129,6 +129,7 @@ pub(super) fn print_run(run: &views::RunView, json: bool) {
     let mut t = table(&[
         "step",
         "status",
+        "mode",
         "attempts",
         "duration_ms",
         "fetched",
@@ -146,6 +147,7 @@ pub(super) fn print_run(run: &views::RunView, json: bool) {
         t.add_row(vec![
             step,
             s.status.clone(),
+            s.mode.clone().unwrap_or_default(),
             s.attempts.to_string(),
             s.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
             s.fetched.to_string(),
