@@ -6,7 +6,7 @@
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
-    Filtered, analyze_if_changed, deactivate,
+    Filtered, deactivate,
     impartner::{ACCOUNT, Impartner, Object, USER},
     pull_spec,
     settings::Filters,
@@ -72,7 +72,6 @@ async fn sync_entity(
         result.deactivated += deactivate(ctx.tx().await?, &spec.table, integration_id, &gone).await?;
     }
     pull::merge(&mut ctx.result, &spec.entity, result, 2);
-    analyze_if_changed(ctx, &spec.table.name).await;
     Ok(())
 }
 

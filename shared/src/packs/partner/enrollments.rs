@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::{analyze_if_changed, northpass::Northpass, settings_of};
+use super::{northpass::Northpass, settings_of};
 use crate::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
@@ -208,7 +208,8 @@ impl StepHandler for SyncEnrollments {
                 to_read.len(),
                 former.len()
             ));
-            analyze_if_changed(ctx, "partner_enrollments").await;
+            let written = ctx.result.inserted + ctx.result.updated + ctx.result.deactivated;
+            crate::sync::pull::analyze_after_write(&ctx.pool, "partner_enrollments", written).await;
             Ok(())
         }
         .boxed()

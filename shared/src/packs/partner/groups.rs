@@ -6,7 +6,6 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 
 use super::{
-    analyze_if_changed,
     matching::{Match, Matcher, Partner},
     northpass::{Northpass, group_item},
     pull_spec, replace_derived, settings_of, tables,
@@ -28,7 +27,6 @@ impl StepHandler for SyncGroups {
             let outcome = pull::pull(ctx, &spec, &mut api.list("/groups", group_item)).await;
             ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "groups", outcome?, 1);
-            analyze_if_changed(ctx, "partner_lms_groups").await;
 
             let (integration_id, run) = (ctx.integration.id, ctx.run_id);
             let conn = ctx.tx().await?;

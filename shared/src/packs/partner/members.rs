@@ -18,7 +18,6 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
 
 use super::{
-    analyze_if_changed,
     northpass::{Northpass, NorthpassList},
     pull_spec, settings_of,
 };
@@ -95,7 +94,6 @@ impl StepHandler for GroupMembersSync {
             let outcome = pull::pull(ctx, &spec, &mut source).await;
             ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, ENTITY, outcome?, 1);
-            analyze_if_changed(ctx, "partner_group_memberships").await;
             let read: Vec<String> = groups.into_iter().filter(|g| !source.unreadable.contains(g)).collect();
 
             let (run, conn) = (ctx.run_id, ctx.tx().await?);

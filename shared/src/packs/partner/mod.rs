@@ -47,7 +47,7 @@ pub use settings::Settings;
 use crate::{
     chain::{ChainDef, Mode, StepDef, StepKind},
     ids::{ChainName, RunId},
-    step::{Integration, Pack, StepContext, StepError, StepHandler},
+    step::{Integration, Pack, StepError, StepHandler},
     sync::{Item, Page, Record, Source, SourceError, pull::PullSpec, table::Table},
 };
 
@@ -149,22 +149,6 @@ fn pull_spec(settings: &Settings, entity: &str, table: Table) -> PullSpec {
         lookback: Duration::from_secs(settings.lookback_secs),
         max_deactivate_share: settings.max_deactivate_share,
         ..PullSpec::new(entity, table)
-    }
-}
-
-/// Rows a step must have written to a table before it refreshes the table's planner statistics.
-const ANALYZE_AFTER_ROWS: i64 = 1000;
-
-/// Refreshes the planner statistics of `table` when the step has written many rows so far (a first
-/// load, a large change): the queries of the next steps (linking, matching, domain analysis) are
-/// planned on what the table holds now, not on what autovacuum last saw, which may be nothing.
-async fn analyze_if_changed(ctx: &StepContext, table: &str) {
-    let r = &ctx.result;
-    if r.inserted + r.updated + r.deactivated < ANALYZE_AFTER_ROWS {
-        return;
-    }
-    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(&ctx.pool).await {
-        tracing::warn!(%error, table, "ANALYZE failed.");
     }
 }
 

@@ -5,7 +5,6 @@
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
-    analyze_if_changed,
     northpass::{Northpass, person_item},
     pull_spec, settings_of, tables,
 };
@@ -26,7 +25,6 @@ impl StepHandler for SyncUsers {
             let outcome = pull::pull(ctx, &spec, &mut api.list("/people", person_item)).await;
             ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, "users", outcome?, 1);
-            analyze_if_changed(ctx, "partner_lms_users").await;
             let integration_id = ctx.integration.id;
             let (relinked, linked, partner_users) = link_contacts(ctx.tx().await?, integration_id).await?;
             ctx.note(format!(
