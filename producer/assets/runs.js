@@ -81,6 +81,7 @@ function stepBox(s) {
   const shards = typeof s.shards === 'number' ? s.shards : 1;
   const done = typeof s.shards_done === 'number' ? s.shards_done : 0;
   const meta = [show(s.status)];
+  if (s.partial) meta.push('partial');
   if (s.attempts > 1) meta.push(`attempt ${s.attempts}`);
   if (typeof s.duration_ms === 'number') meta.push(duration(s.duration_ms));
   return h(
@@ -110,7 +111,7 @@ export function stepMetrics(run) {
   const sum = (k) => steps.reduce((t, s) => (typeof s[k] === 'number' ? t + s[k] : t), 0);
   const columns = [
     { label: 'Step', key: 'step', cell: (s) => show(s.step) },
-    { label: 'Status', key: 'status', cell: (s) => badge(s.status) },
+    { label: 'Status', key: 'status', cell: (s) => (s.partial ? [badge(s.status), ' partial'] : badge(s.status)) },
     { label: 'Shards', key: 'shards', num: true, cell: (s) => `${num(s.shards_done)}/${num(s.shards)}` },
     { label: 'Attempts', key: 'attempts', num: true, cell: (s) => num(s.attempts) },
     ...METRICS.map((k) => ({ label: LABELS[k] || k, key: k, num: true, cell: (s) => num(s[k]) })),

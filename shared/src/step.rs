@@ -29,6 +29,10 @@ pub struct PhaseResult {
     pub cursor_after: Option<String>,
     /// The deletion guard's decision, e.g. `swept` or `blocked: fetch returned nothing`.
     pub guard: Option<String>,
+    /// Part of the step's work failed while the rest succeeded (see [`StepContext::partial`]): the
+    /// step succeeds, its downstream steps run, and the run ends `partial`.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// What should happen after a step failed.
@@ -158,6 +162,14 @@ impl StepContext {
         });
     }
 
+    /// Marks the step partial: part of its work failed (recorded as item errors) while the rest was
+    /// written. The step still succeeds, so the chain goes on, but the run ends `partial`, and resuming
+    /// the run runs this step again. `text` joins the step's notes.
+    pub fn partial(&mut self, text: impl Into<String>) {
+        self.result.partial = true;
+        self.note(text);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
@@ -190,6 +202,12 @@ impl StepContext {
             fence: None,
             tx: None,
         }
+    }
+
+    /// A transaction for writes that commit before the step completes, fenced on this attempt
+    /// ([`AttemptFence::begin`]).
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StepError> {
+        AttemptFence::begin(self.fence.as_ref(), &self.pool).await
     }
 
     /// The same context fenced on attempt `job_id` of step row `step_run_id`.

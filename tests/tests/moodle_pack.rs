@@ -189,9 +189,13 @@ async fn an_error_envelope_is_an_error_and_a_failing_program_leaves_the_others_s
         .faults("moodle", json!({"exceptions": [format!("core_course_get_courses_by_field:value={failing}")]}))
         .await;
     let run = env.run_to_end(CHAIN, "uni", Mode::Full, false).await;
-    assert_eq!(run.status, "completed", "{run:#?}");
+    assert_eq!(run.status, "partial", "one program failed, so the run is partial: {run:#?}");
     let c = step(&run, "sync_courses");
-    assert_eq!((c.status.as_str(), c.inserted, c.errors), ("succeeded", 30, 1), "{c:#?}");
+    assert_eq!((c.status.as_str(), c.partial, c.inserted, c.errors), ("succeeded", true, 30, 1), "{c:#?}");
+    for later in ["sync_enrollments", "user_scope_backfill", "role_derivation"] {
+        let s = step(&run, later);
+        assert_eq!((s.status.as_str(), s.partial), ("succeeded", false), "the chain goes on: {s:#?}");
+    }
     assert!(
         c.guard.as_deref().unwrap_or("").contains(&format!("partial: 1 of 16 program(s) failed ({failing})")),
         "{c:#?}"
@@ -211,11 +215,16 @@ async fn an_error_envelope_is_an_error_and_a_failing_program_leaves_the_others_s
             .unwrap();
     assert_eq!(open, [format!("program:{failing}")]);
 
-    // The program recovers: its courses arrive and its error is resolved.
+    // The program recovers and the partial run is resumed: only its partial step runs again, the
+    // program's courses arrive, its error is resolved and the run completes.
     sandbox.faults("moodle", json!({"exceptions": []})).await;
-    let run = env.run_to_end(CHAIN, "uni", Mode::Full, false).await;
+    let run_id = run.id.parse().unwrap();
+    env.ops.resume(run_id, "test").await.unwrap();
+    let run = env.wait(run_id, std::time::Duration::from_secs(60)).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
     let c = step(&run, "sync_courses");
-    assert_eq!((c.inserted, c.errors), (2, 0), "{c:#?}");
+    assert_eq!((c.partial, c.attempts, c.inserted, c.errors), (false, 2, 2, 0), "{c:#?}");
+    assert_eq!(step(&run, "sync_categories").attempts, 1, "succeeded steps are not repeated");
     let open: i64 =
         env.value("SELECT count(*) FROM item_errors WHERE resolved_at IS NULL AND entity = 'courses'").await;
     assert_eq!(open, 0);

@@ -61,6 +61,9 @@ enum Progress {
 /// A step's state as shown: `running 3/20` for shards, and why a retry is coming.
 pub(super) fn step_state(s: &views::StepView, with_counts: bool) -> String {
     let mut line = if s.shards > 1 { format!("{} {}/{}", s.status, s.shards_done, s.shards) } else { s.status.clone() };
+    if s.partial {
+        line.push_str(" (partial)");
+    }
     if let (Some(error), true) = (&s.error, s.status == "ready" || s.status == "failed") {
         line.push_str(&format!("  (attempt {} failed: {error})", s.attempts));
     }
@@ -146,7 +149,7 @@ pub(super) fn print_run(run: &views::RunView, json: bool) {
         let step = if s.shards > 1 { format!("{} ×{}", s.step, s.shards) } else { s.step.clone() };
         t.add_row(vec![
             step,
-            s.status.clone(),
+            if s.partial { format!("{} (partial)", s.status) } else { s.status.clone() },
             s.mode.clone().unwrap_or_default(),
             s.attempts.to_string(),
             s.duration_ms.map(|d| d.to_string()).unwrap_or_default(),

@@ -186,7 +186,7 @@ pub async fn promote_ready(conn: &mut PgConnection, run_id: RunId) -> Result<Vec
 }
 
 /// Ends the run once no step is open: `failed` if a required step failed, `partial` if an
-/// optional one did, else `completed`. A cancelled run stays cancelled. The open check is one
+/// optional one did or a step succeeded only in part (`step_runs.partial`), else `completed`. A cancelled run stays cancelled. The open check is one
 /// probe of `step_runs_unsucceeded`; the failure checks run only when the run ends.
 async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -194,7 +194,8 @@ async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx
             SET status = CASE
                     WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1 AND s.status = 'failed' AND s.required)
                         THEN 'failed'
-                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1 AND s.status = 'failed')
+                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1
+                                    AND (s.status = 'failed' OR (s.status = 'succeeded' AND s.partial)))
                         THEN 'partial'
                     ELSE 'completed' END,
                 finished_at = now()
@@ -412,6 +413,7 @@ pub async fn finish_step(
             duration_ms = (extract(epoch FROM (now() - started_at)) * 1000)::bigint,
             fetched = $7, inserted = $8, updated = $9, unchanged = $10, deactivated = $11, errors = $12,
             api_calls = $13, throttled = $14, cursor_before = $15, cursor_after = $16, guard = $17,
+            partial = $18,
             worker = CASE WHEN $4 = 'ready' THEN NULL ELSE worker END,
             ready_at = CASE WHEN $4 = 'ready' THEN now() ELSE ready_at END,
             not_before = CASE WHEN $4 = 'ready' THEN now() + make_interval(secs => $6) ELSE not_before END,
@@ -439,6 +441,7 @@ pub async fn finish_step(
     .bind(&r.cursor_before)
     .bind(&r.cursor_after)
     .bind(&r.guard)
+    .bind(r.partial)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -468,7 +471,7 @@ pub async fn finish_step(
 }
 
 /// Resumes a failed, partial or cancelled run: its failed, skipped and cancelled steps run again
-/// (each as a new attempt); succeeded steps are not repeated.
+/// (each as a new attempt), as do steps that succeeded only in part; succeeded steps are not repeated.
 pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, StoreError> {
     let mut tx = pool.begin().await?;
     let run: Option<(String, String, i64)> =
@@ -502,7 +505,7 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
     sqlx::query(
         "UPDATE step_runs SET status = 'pending', error = NULL, finished_at = NULL, worker = NULL,
                 max_attempts = attempts + attempt_budget
-          WHERE run_id = $1 AND status IN ('failed', 'skipped', 'cancelled')",
+          WHERE run_id = $1 AND (status IN ('failed', 'skipped', 'cancelled') OR (status = 'succeeded' AND partial))",
     )
     .bind(run_id)
     .execute(&mut *tx)

@@ -47,6 +47,9 @@ pub struct StepView {
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
     pub guard: Option<String>,
+    /// The step succeeded only in part (some of its work failed; see its errors): its run ends
+    /// `partial`.
+    pub partial: bool,
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -135,7 +138,7 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
                 sum(fetched)::bigint AS fetched, sum(inserted)::bigint AS inserted, sum(updated)::bigint AS updated,
                 sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
                 sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
-                min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, max(guard) AS guard, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
+                min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, max(guard) AS guard, bool_or(partial) AS partial, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
            FROM step_runs WHERE run_id = ANY($1)
           GROUP BY run_id, step ORDER BY run_id, min(id)",
     )

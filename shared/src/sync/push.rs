@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use super::SourceError;
 use crate::{
     ids::RunId,
-    step::{PhaseResult, StepError},
+    step::{AttemptFence, PhaseResult, StepError},
 };
 
 /// The changed fields of one item.
@@ -37,6 +37,8 @@ pub trait Sink: Send + Sync {
 /// Pushes one entity of one integration, chunk by chunk.
 pub struct Pusher<'a> {
     pub pool: &'a PgPool,
+    /// Each batch's outcomes commit only while the attempt holds ([`AttemptFence::begin`]).
+    pub fence: Option<&'a AttemptFence>,
     pub integration_id: i64,
     pub run: RunId,
     pub step: &'a str,
@@ -85,7 +87,7 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    async fn record(&self, batch: &[Change], outcomes: Outcomes, result: &mut PhaseResult) -> Result<(), sqlx::Error> {
+    async fn record(&self, batch: &[Change], outcomes: Outcomes, result: &mut PhaseResult) -> Result<(), StepError> {
         let mut by_id: HashMap<String, Result<(), String>> = outcomes.into_iter().collect();
         let (mut ok_ids, mut ok_fields, mut bad_ids, mut bad_messages) = (vec![], vec![], vec![], vec![]);
         for change in batch {
@@ -106,7 +108,7 @@ impl Pusher<'_> {
         }
         result.updated += ok_ids.len() as i64;
         result.errors += bad_ids.len() as i64;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = AttemptFence::begin(self.fence, self.pool).await?;
         sqlx::query(
             "INSERT INTO push_state (integration_id, entity, external_id, pushed, pushed_at, outcome, error)
              SELECT $1, $2, e, f, now(), 'ok', NULL FROM UNNEST($3::text[], $4::jsonb[]) AS x(e, f)

@@ -179,6 +179,7 @@ impl StepHandler for PushStep {
                 };
                 let pusher = Pusher {
                     pool: &ctx.pool,
+                    fence: ctx.fence.as_ref(),
                     integration_id: ctx.integration.id,
                     run: ctx.run_id,
                     step: ctx.step.name.as_str(),

@@ -2,8 +2,9 @@
 //! program's courses are written in their own transaction — upserted, and the program's courses
 //! missing from Moodle deactivated — so a program that fails (an error envelope, a timeout) leaves
 //! the others synced: its error is recorded (item error `program:{id}`), its rows are left as they
-//! were, and the step reports it in `errors` and `guard` (`partial: …`). The step fails only when
-//! every program failed. Courses of programs no longer active are deactivated with the step.
+//! were, and the step reports it in `errors` and `guard` (`partial: …`) and ends partial, so the run
+//! ends `partial`. The step fails only when every program failed. Courses of programs no longer
+//! active are deactivated with the step.
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value};
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::{
     ids::RunId,
-    step::{StepContext, StepError, StepHandler},
+    step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{pull, table::Table},
 };
 
@@ -49,6 +50,7 @@ fn course_fields(c: &Course, program: &str) -> Result<Map<String, Value>, String
 async fn sync_program(
     api: &Moodle<'_>,
     pool: &PgPool,
+    fence: Option<&AttemptFence>,
     table: &Table,
     integration_id: i64,
     run: RunId,
@@ -62,7 +64,7 @@ async fn sync_program(
             Err(m) => rows.failed.push((c.id.to_string(), m)),
         }
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = AttemptFence::begin(fence, pool).await?;
     let counts = if rows.ids.is_empty() {
         Default::default()
     } else {
@@ -110,6 +112,9 @@ enum MoodleOrDb {
     Moodle(#[from] MoodleError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The attempt no longer holds the step (or the fenced transaction could not begin).
+    #[error(transparent)]
+    Step(#[from] StepError),
 }
 
 pub struct SyncCourses;
@@ -132,11 +137,11 @@ impl StepHandler for SyncCourses {
             .await?;
             let programs: Vec<String> = programs.into_iter().filter(|p| shard_of(p, shards) == me).collect();
             let table = tables::courses();
-            let (pool, run) = (ctx.pool.clone(), ctx.run_id);
-            let (api_ref, pool_ref, table_ref) = (&api, &pool, &table);
+            let (pool, run, fence) = (ctx.pool.clone(), ctx.run_id, ctx.fence.clone());
+            let (api_ref, pool_ref, table_ref, fence_ref) = (&api, &pool, &table, fence.as_ref());
             let outcomes: Vec<(String, Result<Written, MoodleOrDb>)> = futures::stream::iter(programs.clone())
                 .map(move |p| async move {
-                    let outcome = sync_program(api_ref, pool_ref, table_ref, integration_id, run, &p).await;
+                    let outcome = sync_program(api_ref, pool_ref, fence_ref, table_ref, integration_id, run, &p).await;
                     (p, outcome)
                 })
                 .buffer_unordered(concurrency)
@@ -158,6 +163,7 @@ impl StepHandler for SyncCourses {
                         bad.extend(w.bad);
                     }
                     Err(MoodleOrDb::Db(e)) => return Err(e.into()),
+                    Err(MoodleOrDb::Step(e)) => return Err(e),
                     Err(MoodleOrDb::Moodle(e)) => {
                         tracing::warn!(%program, error = %e, "Program's courses failed; the others go on.");
                         failed.push((format!("program:{program}"), e.to_string()));
@@ -166,7 +172,7 @@ impl StepHandler for SyncCourses {
             }
             r.errors = (failed.len() + bad.len()) as i64;
             if !failed.is_empty() || !bad.is_empty() {
-                let mut tx = ctx.pool.begin().await?;
+                let mut tx = ctx.begin().await?;
                 let all: Vec<(String, String)> = failed.iter().chain(bad.iter()).cloned().collect();
                 pull::record_errors(&mut tx, Some(run), ctx.step.name.as_str(), integration_id, ENTITY, &all).await?;
                 tx.commit().await?;
@@ -213,7 +219,11 @@ impl StepHandler for SyncCourses {
                 )
             };
             tracing::info!(programs = programs.len(), failed = failed.len(), "{text}");
-            ctx.note(text);
+            if failed.is_empty() {
+                ctx.note(text)
+            } else {
+                ctx.partial(text)
+            }
             Ok(())
         }
         .boxed()

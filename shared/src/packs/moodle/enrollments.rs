@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use super::{Rows, client::Moodle, epoch, settings_of, shard, shard_of, tables};
 use crate::{
     ids::RunId,
-    step::{StepContext, StepError, StepHandler},
+    step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{pull, table::Table},
 };
 
@@ -100,15 +100,16 @@ struct Phase3 {
 /// updated, failed rows, the batch's error if it failed).
 async fn upsert_users(
     pool: &PgPool,
+    fence: Option<&AttemptFence>,
     table: &Table,
     integration_id: i64,
     run: RunId,
     rows: &Rows<'_>,
-) -> Result<(i64, i64, Vec<(String, String)>, Option<String>), sqlx::Error> {
+) -> Result<(i64, i64, Vec<(String, String)>, Option<String>), StepError> {
     if rows.ids.is_empty() {
         return Ok((0, 0, vec![], None));
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = AttemptFence::begin(fence, pool).await?;
     let batch = table.upsert(&mut tx, integration_id, Some(run), &rows.ids, &rows.columns).await;
     match batch {
         Ok(c) => {
@@ -121,7 +122,7 @@ async fn upsert_users(
             tracing::warn!(error = %why, users = rows.ids.len(), "User batch failed; writing each row alone.");
             let (mut inserted, mut updated, mut failed) = (0, 0, vec![]);
             for (i, id) in rows.ids.iter().enumerate() {
-                let mut tx = pool.begin().await?;
+                let mut tx = AttemptFence::begin(fence, pool).await?;
                 match table.upsert(&mut tx, integration_id, Some(run), std::slice::from_ref(id), &rows.row(i)).await {
                     Ok(c) => {
                         tx.commit().await?;
@@ -132,23 +133,24 @@ async fn upsert_users(
                         tx.rollback().await?;
                         failed.push((id.clone(), e.message().to_owned()));
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok((inserted, updated, failed, Some(why)))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Phase 3 for one course, in one transaction.
 async fn write_course(
     pool: &PgPool,
+    fence: Option<&AttemptFence>,
     integration_id: i64,
     run: RunId,
     read: &CourseRead,
     totals: &mut Phase3,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, String)>, StepError> {
     let (sections_t, enrollments_t) = (tables::sections(), tables::enrollments());
     let course = &read.course;
     let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
@@ -175,7 +177,7 @@ async fn write_course(
         f.insert("lastcourseaccess".into(), u.lastcourseaccess.clone());
         erows.push(format!("{course}:{}", u.user_id), &f);
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = AttemptFence::begin(fence, pool).await?;
     if !srows.ids.is_empty() {
         let c = sections_t.upsert(&mut tx, integration_id, Some(run), &srows.ids, &srows.columns).await?;
         totals.sections += srows.ids.len() as i64;
@@ -290,9 +292,9 @@ impl StepHandler for SyncEnrollments {
                 }
             }
             let (inserted, updated, failed, batch_error) =
-                upsert_users(&ctx.pool, &users_t, integration_id, run, &rows).await?;
+                upsert_users(&ctx.pool, ctx.fence.as_ref(), &users_t, integration_id, run, &rows).await?;
             errors.extend(rows.failed.iter().chain(failed.iter()).map(|(id, m)| ("users", id.clone(), m.clone())));
-            let mut tx = ctx.pool.begin().await?;
+            let mut tx = ctx.begin().await?;
             let failed_users: Vec<&String> = rows.failed.iter().chain(failed.iter()).map(|(id, _)| id).collect();
             let written: Vec<String> = rows.ids.iter().filter(|id| !failed_users.contains(id)).cloned().collect();
             pull::resolve(&mut tx, integration_id, "users", &written).await?;
@@ -301,7 +303,7 @@ impl StepHandler for SyncEnrollments {
             // Phase 3: per course, sequentially.
             let mut totals = Phase3::default();
             for read in &reads {
-                let bad = write_course(&ctx.pool, integration_id, run, read, &mut totals).await?;
+                let bad = write_course(&ctx.pool, ctx.fence.as_ref(), integration_id, run, read, &mut totals).await?;
                 errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
             }
 
@@ -338,7 +340,7 @@ impl StepHandler for SyncEnrollments {
             }
 
             if !errors.is_empty() {
-                let mut tx = ctx.pool.begin().await?;
+                let mut tx = ctx.begin().await?;
                 for entity in ["users", "enrollments"] {
                     let these: Vec<(String, String)> =
                         errors.iter().filter(|e| e.0 == entity).map(|e| (e.1.clone(), e.2.clone())).collect();
@@ -374,7 +376,12 @@ impl StepHandler for SyncEnrollments {
                 format!("partial: {failed_courses} of {} course(s) failed", courses.len())
             };
             tracing::info!(courses = courses.len(), failed_courses, "{users_text}; {sections_text}.");
-            ctx.note(format!("{courses_text}; {users_text}; {sections_text}"));
+            let text = format!("{courses_text}; {users_text}; {sections_text}");
+            if failed_courses == 0 {
+                ctx.note(text)
+            } else {
+                ctx.partial(text)
+            }
             Ok(())
         }
         .boxed()

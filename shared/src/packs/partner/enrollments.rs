@@ -30,7 +30,7 @@ use sqlx::PgConnection;
 use super::{northpass::Northpass, settings_of};
 use crate::{
     chain::Mode,
-    step::{StepContext, StepError, StepHandler},
+    step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{
         Item, Record, Source, SourceError,
         table::{Column, ColumnType, Table, UpsertCounts},
@@ -132,7 +132,14 @@ impl StepHandler for SyncEnrollments {
                 .collect();
 
             let table = table();
-            let writer = Writer { pool: &ctx.pool, table: &table, integration_id, run, step: ctx.step.name.as_str() };
+            let writer = Writer {
+                pool: &ctx.pool,
+                fence: ctx.fence.as_ref(),
+                table: &table,
+                integration_id,
+                run,
+                step: ctx.step.name.as_str(),
+            };
             let mut totals = Totals::default();
             for batch in to_read.chunks(USERS_PER_BATCH) {
                 if ctx.cancel.is_cancelled() {
@@ -263,6 +270,8 @@ struct Totals {
 
 struct Writer<'a> {
     pool: &'a sqlx::PgPool,
+    /// Each batch commits only while the attempt holds.
+    fence: Option<&'a AttemptFence>,
     table: &'a Table,
     integration_id: i64,
     run: crate::ids::RunId,
@@ -318,7 +327,7 @@ impl Writer<'_> {
                 column.push(v.clone());
             }
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = AttemptFence::begin(self.fence, self.pool).await?;
         if !order.is_empty() {
             let c = self.table.upsert(&mut tx, self.integration_id, Some(self.run), &order, &by_column).await?;
             totals.counts.inserted += c.inserted;

@@ -92,6 +92,7 @@ impl StepHandler for SyncToImpartner {
             }
             let pusher = Pusher {
                 pool: &ctx.pool,
+                fence: ctx.fence.as_ref(),
                 integration_id,
                 run: ctx.run_id,
                 step: ctx.step.name.as_str(),
