@@ -162,6 +162,19 @@ impartner = {{ base_url = "{impartner_url}", secret = "prm-key", tenant_id = "1"
     )
 }
 
+/// The `moodle` integration `name` on a sandbox (its web services token); `settings` are further
+/// lines of the integration (e.g. `shards` are per chain, `concurrency = 5` is per integration).
+pub fn moodle_integration_toml(name: &str, moodle_url: &str, settings: &str) -> String {
+    format!(
+        r#"
+[integrations.{name}]
+pack = "moodle"
+moodle = {{ base_url = "{moodle_url}", secret = "moodle-token" }}
+{settings}
+"#
+    )
+}
+
 /// syncfleet config of an `http-json` integration `name` reading the sandbox ERP items into `table`.
 /// `extra` lines go into the integration's table (e.g. `upstream = "x"`). Used by `syncfleet demo`
 /// and the tests, so both sync the same declaration.

@@ -9,10 +9,7 @@ use crate::Sandbox;
 
 /// The `moodle` integration `uni` on this sandbox; `settings` are further lines of the integration.
 pub fn uni_toml(sandbox: &Sandbox, settings: &str) -> String {
-    format!(
-        "[integrations.uni]\npack = \"moodle\"\nmoodle = {{ base_url = \"{}\", secret = \"moodle-token\" }}\n{settings}\n",
-        sandbox.handle.moodle_url()
-    )
+    syncfleet_sandbox::moodle_integration_toml("uni", &sandbox.handle.moodle_url(), settings)
 }
 
 /// Calls a Moodle web service function on the sandbox; panics on an error envelope.

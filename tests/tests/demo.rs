@@ -33,3 +33,44 @@ async fn the_demo_runs_the_partner_sync_in_full_then_incrementally() {
     assert!(enrollments > 0 && users > 0, "{enrollments} enrollments, {users} users");
     env.finish().await;
 }
+
+/// `syncfleet demo --chain moodle`: the institution in full, then the sandbox drops 20 enrolments
+/// and the chain runs again. The rows equal the same (seeded) sandbox's data, before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_moodle_demo_syncs_the_institution_then_deactivates_dropped_enrolments() {
+    let env = TestEnv::new("").await;
+    let out = env.cli().args(["demo", "--chain", "moodle", "--scale", "small", "--json"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 2, "two runs of the chain");
+    for run in &runs {
+        assert_eq!(run["chain"], "moodle_institutional");
+        assert_eq!(run["status"], "completed", "{run:#}");
+    }
+    let step =
+        |run: &Value, name: &str| run["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).cloned().unwrap();
+    assert_eq!(step(&runs[1], "sync_enrollments")["deactivated"], 20, "{:#}", runs[1]);
+
+    // The demo's sandbox is seeded: the same one here tells what the tables must hold.
+    let sandbox = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig {
+        scale: syncfleet_sandbox::Scale::Small,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let count = |p: &str| sandbox.info().pointer(p).and_then(Value::as_i64).unwrap();
+    let (courses, users, enrolments) =
+        (count("/counts/moodle/courses"), count("/counts/moodle/users"), count("/counts/moodle/enrolments"));
+    let (db_courses, db_users, db_active, db_inactive): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM moodle_courses WHERE is_active), (SELECT count(*) FROM moodle_users),
+                (SELECT count(*) FROM moodle_enrollments WHERE is_active),
+                (SELECT count(*) FROM moodle_enrollments WHERE NOT is_active)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((db_courses, db_active, db_inactive), (courses, enrolments - 20, 20));
+    assert!(db_users > 0 && db_users <= users, "{db_users} users synced of {users}");
+    env.finish().await;
+}

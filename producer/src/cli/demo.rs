@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use syncfleet_shared::{
     chain::Mode,
     config::Config,
-    packs::demo,
+    packs::{demo, moodle},
     registries,
     store::{self, StoreError, runs::TriggerKind, views},
 };
@@ -26,8 +26,14 @@ pub(super) async fn demo(
 ) -> anyhow::Result<ExitCode> {
     let erp = chain == "erp";
     let partner = chain == "partner";
+    let moodle = chain == "moodle";
     let mut config = config;
-    let sandbox = if erp || partner {
+    if moodle {
+        // The demo triggers its own runs; no start-up run of the demo integration gets in their way.
+        config.moodle.sync_on_startup = false;
+        config.moodle.disable_sync_category_on_startup = true;
+    }
+    let sandbox = if erp || partner || moodle {
         let scale: syncfleet_sandbox::Scale = scale.parse()?;
         // The partner demo lifts the sandbox's Northpass limit (10 requests per second, as upstream)
         // so a seed-scale run takes a minute rather than half an hour; the bench measures the run
@@ -42,6 +48,8 @@ pub(super) async fn demo(
         .await?;
         let toml = if erp {
             syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "")
+        } else if moodle {
+            syncfleet_sandbox::moodle_integration_toml(MOODLE_INTEGRATION, &sb.moodle_url(), "")
         } else {
             // The fleet's budget for the local sandbox is raised from Northpass's 10 requests per
             // second to match.
@@ -64,7 +72,8 @@ pub(super) async fn demo(
     if sandbox.is_none() {
         if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(demo::PACK) {
             anyhow::bail!(
-                "unknown demo `{chain}`: use erp, partner, or a demo chain (demo_diamond, demo_fanout, demo_contention)"
+                "unknown demo `{chain}`: use partner, moodle, erp, or a demo chain (demo_diamond, demo_fanout, \
+                 demo_contention)"
             );
         }
         store::upsert_integration(&ops.pool, "demo", demo::PACK, &serde_json::json!({ "step_ms": 300 })).await?;
@@ -100,6 +109,9 @@ pub(super) async fn demo(
         };
         if partner {
             return demo_partner(&ops, sb, json).await;
+        }
+        if moodle {
+            return demo_moodle(&ops, sb, json).await;
         }
         let items = sb.info().pointer("/counts/erp/items").and_then(|v| v.as_i64()).unwrap_or_default();
         say(format!(
@@ -144,6 +156,12 @@ pub(super) async fn demo(
             "\nThe partner data is in the `partner_*` tables of the configured database. Look again with \
              `syncfleet runs show {}`.",
             runs.last().map(|r| r.id.as_str()).unwrap_or_default()
+        )
+    } else if moodle {
+        format!(
+            "\nThe institution is in the `moodle_*` tables of the configured database. Look again with \
+             `syncfleet runs show {}`.",
+            last.id
         )
     } else if erp {
         format!(
@@ -207,6 +225,44 @@ async fn demo_partner(
     )
     .await?;
     Ok(vec![full, incremental])
+}
+
+const MOODLE_INTEGRATION: &str = "demo-moodle";
+
+/// The Moodle institutional sync: `moodle_institutional` in full, then the sandbox's Moodle drops
+/// some enrollments and changes 1 % of courses, then the chain again: the dropped enrollments are
+/// deactivated, the changed courses updated, the rest left as it was.
+async fn demo_moodle(
+    ops: &Ops,
+    sb: &syncfleet_sandbox::SandboxHandle,
+    json: bool,
+) -> anyhow::Result<Vec<views::RunView>> {
+    let say = |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    };
+    let count = |p: &str| sb.info().pointer(p).and_then(|v| v.as_i64()).unwrap_or_default();
+    say(format!(
+        "sandbox Moodle at {} ({} categories, {} programs, {} courses, {} users, {} enrolments); \
+         moodle_institutional of `{MOODLE_INTEGRATION}`",
+        sb.moodle_url(),
+        count("/counts/moodle/categories"),
+        count("/counts/moodle/programs"),
+        count("/counts/moodle/courses"),
+        count("/counts/moodle/users"),
+        count("/counts/moodle/enrolments"),
+    ));
+    let first = demo_run(ops, moodle::INSTITUTIONAL, MOODLE_INTEGRATION, Mode::Full, &[], !json).await?;
+    let dropped = sb.mutate_json(serde_json::json!({ "api": "moodle", "resource": "enrolments", "delete": 20 }))?;
+    let changed = sb.mutate_json(serde_json::json!({ "api": "moodle", "resource": "courses", "change_percent": 1 }))?;
+    say(format!(
+        "\nthe sandbox dropped {} enrolments and changed {} courses; moodle_institutional again",
+        dropped["deleted"].as_array().map_or(0, Vec::len),
+        changed["changed"].as_array().map_or(0, Vec::len),
+    ));
+    let second = demo_run(ops, moodle::INSTITUTIONAL, MOODLE_INTEGRATION, Mode::Full, &[], !json).await?;
+    Ok(vec![first, second])
 }
 
 /// Triggers one run (cancelling one an interrupted demo left active) and waits for it.

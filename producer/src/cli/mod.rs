@@ -36,9 +36,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the main job end to end on the sandbox: start the sandbox upstreams, a producer and
-    /// workers in this process, sync the sandbox ERP into PostgreSQL (full, then incremental after
-    /// a 1 % change upstream), and show the runs. `--chain demo_diamond` (or another demo chain)
-    /// runs the engine's demo chain instead.
+    /// workers in this process, run the partner program sync into PostgreSQL (full, then
+    /// incremental after a 1 % change upstream), and show the runs. `--chain moodle` runs the
+    /// Moodle institutional sync, `--chain erp` the ERP sync, `--chain demo_diamond` (or another
+    /// demo chain) the engine's demo chain.
     Demo {
         #[arg(long)]
         json: bool,
@@ -46,11 +47,12 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// `partner` (the partner program sync, `partner_daily`, of the sandbox's Northpass and
-        /// Impartner), `erp` (the sandbox ERP sync) or a demo chain: demo_diamond, demo_fanout,
+        /// Impartner), `moodle` (the institutional sync, `moodle_institutional`, of the sandbox's
+        /// Moodle), `erp` (the sandbox ERP sync) or a demo chain: demo_diamond, demo_fanout,
         /// demo_contention.
         #[arg(long, default_value = "partner")]
         chain: String,
-        /// Sandbox data scale for `erp` and `partner`: small, seed or large.
+        /// Sandbox data scale for `partner`, `moodle` and `erp`: small, seed or large.
         #[arg(long, default_value = "seed")]
         scale: String,
     },
