@@ -4,7 +4,10 @@
 //! workers at once, no step completed twice. What each test does and its last result:
 //! `tests/CHAOS.md`. Bounded by default; `CHAOS_LONG=1` (`tests/chaos-long.sh`) runs the long form.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use rand::Rng;
 use serde_json::json;
@@ -12,6 +15,7 @@ use syncfleet_shared::{chain::Mode, ids::RunId, store::views::RunView};
 use syncfleet_tests::{
     Sandbox, TestEnv,
     chaos::{self, Cleanup, Fleet, PrivatePostgres, RestartableRedis, Serial, size},
+    moodle,
 };
 
 const SYNC: &str = "http_json_sync";
@@ -160,6 +164,142 @@ async fn workers_sigkilled_at_random_during_chain_runs_lose_and_double_nothing()
     chaos::assert_matches_sandbox(env, &sandbox, "erp_items", &erps).await;
     eprintln!("chaos: {kills} kills, {reaped} attempts reaped, {report:?}, {:?}", started.elapsed());
     scene.finish().await;
+}
+
+const MOODLE: &str = "moodle_institutional";
+
+/// Triggers `moodle_institutional` of each of `names`, one every 150 ms, while a random worker is
+/// SIGKILLed (and a new one started) every 0.3–1.2 s until `kills` kills; waits for the runs.
+async fn moodle_runs_under_kills(env: &TestEnv, fleet: &mut Fleet, names: &[String], kills: usize) -> Vec<RunView> {
+    let mut pending: Vec<&String> = names.iter().collect();
+    let (mut runs, mut done) = (vec![], 0);
+    let mut next_kill = Instant::now() + Duration::from_millis(600);
+    let started = Instant::now();
+    while done < kills || !pending.is_empty() {
+        if let Some(name) = pending.pop() {
+            runs.push(env.trigger_with(MOODLE, name, Mode::Full, false).await);
+        }
+        if Instant::now() >= next_kill && done < kills {
+            fleet.kill_random().await;
+            fleet.start_worker();
+            done += 1;
+            next_kill = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1200));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(started.elapsed() < Duration::from_secs(180), "kill loop overran");
+    }
+    chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await
+}
+
+/// Each integration's active enrollments (`{course}:{user}` → section, role) and active users
+/// equal the sandbox's Moodle, read through its web services.
+async fn assert_institution_matches(env: &TestEnv, sandbox: &Sandbox, names: &[String]) {
+    let enrollments = moodle::expected_enrollments(sandbox).await;
+    let users = moodle::expected_users(sandbox).await;
+    for name in names {
+        let local: BTreeMap<String, (Option<String>, Option<String>)> =
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT e.external_id, e.section_id, e.role FROM moodle_enrollments e
+                   JOIN integrations i ON i.id = e.integration_id WHERE i.name = $1 AND e.is_active",
+            )
+            .bind(name)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, s, r)| (k, (s, r)))
+            .collect();
+        assert!(
+            local == enrollments,
+            "{name}: {} active enrollments, the sandbox has {}",
+            local.len(),
+            enrollments.len()
+        );
+        let local: BTreeSet<(String, String)> = sqlx::query_as(
+            "SELECT u.external_id, u.username FROM moodle_users u
+               JOIN integrations i ON i.id = u.integration_id WHERE i.name = $1 AND u.is_active",
+        )
+        .bind(name)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert!(local == users, "{name}: {} active users, the sandbox has {}", local.len(), users.len());
+    }
+}
+
+/// The Moodle pack under the same kills: its per-program, per-course and user-batch transactions
+/// commit before the step's result, so a killed attempt leaves part of its work behind for the
+/// next attempt to redo. Two rounds of
+/// `moodle_institutional` (enrollments in 2 shards), the second after enrolments were dropped
+/// upstream: every write to the enrollments and sections falls inside an attempt of
+/// `sync_enrollments` of its writer, and each integration's rows equal the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_sigkilled_during_moodle_institutional_runs_leave_the_institution_exact() {
+    let _serial = Serial::acquire().await;
+    let (integrations, kills) = (size(4, 12), size(6, 20));
+    let sandbox = Sandbox::start().await;
+    let names: Vec<String> = (0..integrations).map(|i| format!("uni-{i:02}")).collect();
+    // One program or course at a time and 60 ms a call: about 1 s of courses and 2 s of
+    // enrollments per run, so the kills land inside the steps.
+    let mut toml: String = names
+        .iter()
+        .map(|n| syncfleet_sandbox::moodle_integration_toml(n, &sandbox.handle.moodle_url(), "concurrency = 1"))
+        .collect();
+    let header = format!("[chains.{MOODLE}.steps.sync_enrollments]\n");
+    let steps = ["sync_categories", "sync_courses", "sync_enrollments", "user_scope_backfill", "role_derivation"];
+    toml.push_str(
+        &chaos::attempts_override(&[(MOODLE, &steps)], 20).replace(&header, &format!("{header}shards = 2\n")),
+    );
+    // The producer's start-up runs would stand in the way of the test's own.
+    toml.push_str("[moodle]\ndisable_sync_category_on_startup = true\nsync_on_startup = false\n");
+    let env = TestEnv::new(&toml).await;
+    let cleanup = Cleanup::new(&env);
+    chaos::install_logs(&env.pool, &["moodle_enrollments", "moodle_sections"]).await;
+    sandbox.faults("moodle", json!({ "latency_ms": 60 })).await;
+    let mut fleet = Fleet::new(&env);
+    fleet.start_producer();
+    for _ in 0..3 {
+        fleet.start_worker();
+    }
+
+    let first = moodle_runs_under_kills(&env, &mut fleet, &names, kills).await;
+    chaos::assert_all_completed(&first);
+    assert_institution_matches(&env, &sandbox, &names).await;
+
+    let dropped = sandbox.mutate("moodle", "enrolments", json!({ "delete": 10 })).await;
+    let dropped: BTreeSet<String> =
+        dropped["deleted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert_eq!(dropped.len(), 10);
+    let second = moodle_runs_under_kills(&env, &mut fleet, &names, kills).await;
+    chaos::assert_all_completed(&second);
+    assert_institution_matches(&env, &sandbox, &names).await;
+    for name in &names {
+        let inactive: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT e.external_id FROM moodle_enrollments e JOIN integrations i ON i.id = e.integration_id
+              WHERE i.name = $1 AND NOT e.is_active",
+        )
+        .bind(name)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert_eq!(inactive, dropped, "{name}: exactly the dropped enrolments are inactive");
+    }
+
+    let report = chaos::fleet_report(&env.pool, "sync_enrollments").await;
+    report.assert_clean();
+    let reaped = chaos::reaped_attempts(&env.pool).await;
+    assert!(
+        reaped >= 2,
+        "the kills hit running steps: {reaped} attempts reaped after {} kills ({report:?})",
+        2 * kills
+    );
+    eprintln!("chaos moodle: {} kills, {reaped} attempts reaped, {report:?}", 2 * kills);
+    drop(fleet);
+    finish(env, cleanup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
