@@ -179,6 +179,9 @@ async fn an_error_envelope_is_an_error_and_a_failing_program_leaves_the_others_s
     assert_eq!((c.status.as_str(), c.attempts), ("failed", 1), "{c:#?}");
     assert!(c.error.as_deref().unwrap_or("").contains("Moodle answered moodle_exception"), "{c:#?}");
     assert_eq!(step(&run, "sync_courses").status, "skipped");
+    // The run record names each phase's outcome as the run record does.
+    let outcomes: Vec<Option<&str>> = run.steps.iter().map(|s| s.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("failed"), Some("skipped"), Some("skipped"), Some("skipped"), Some("skipped")]);
     let rows: i64 = env.value("SELECT count(*) FROM moodle_categories").await;
     assert_eq!(rows, 0, "an error envelope is not data");
 
@@ -192,6 +195,7 @@ async fn an_error_envelope_is_an_error_and_a_failing_program_leaves_the_others_s
     assert_eq!(run.status, "partial", "one program failed, so the run is partial: {run:#?}");
     let c = step(&run, "sync_courses");
     assert_eq!((c.status.as_str(), c.partial, c.inserted, c.errors), ("succeeded", true, 30, 1), "{c:#?}");
+    assert_eq!(c.outcome.as_deref(), Some("success"), "a partial step's phase still succeeded: {c:#?}");
     for later in ["sync_enrollments", "user_scope_backfill", "role_derivation"] {
         let s = step(&run, later);
         assert_eq!((s.status.as_str(), s.partial), ("succeeded", false), "the chain goes on: {s:#?}");

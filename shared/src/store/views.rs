@@ -31,6 +31,10 @@ pub struct StepView {
     pub status: String,
     /// The mode the step read in (`full` or `incremental`; absent for runs from before per-step modes).
     pub mode: Option<String>,
+    /// The step's outcome as a run record names a phase's: `success` (also when it succeeded only
+    /// in part), `failed`, `skipped` or `cancelled`; absent while it has not ended.
+    #[sqlx(skip)]
+    pub outcome: Option<String>,
     pub shards: i64,
     pub shards_done: i64,
     pub attempts: i64,
@@ -145,7 +149,18 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
     .bind(ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.run_id, r.step)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut step = r.step;
+            step.outcome = match step.status.as_str() {
+                "succeeded" => Some("success".to_owned()),
+                "failed" | "skipped" | "cancelled" => Some(step.status.clone()),
+                _ => None,
+            };
+            (r.run_id, step)
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
