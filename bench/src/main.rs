@@ -1,40 +1,48 @@
-//! Benchmark harness: prints figures measured side by side in one run.
-//! Results and the commands that produced them are recorded in `bench/RESULTS.md`.
+//! Benchmark harness: every scenario measures its figures over several runs and prints one
+//! [`report::Scenario`] (medians, spread, ratios, goals). Results and the commands that produced
+//! them are recorded in `bench/RESULTS.md`.
 
 mod partner;
 mod queue;
 mod report;
+mod round;
 mod sandbox;
+mod scale;
 mod upsert;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "bench", about = "syncfleet benchmark harness")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print each scenario as one JSON object (else a table).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Runs {
+    /// Runs of the scenario; figures are medians over them.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Queue layer (no-op jobs) and whole-engine throughput and start latency.
-    Queue {
-        /// Print the figures as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Queue(Runs),
     /// Pages and records per second served by the sandbox upstreams.
     Sandbox {
-        /// Print the figures as one JSON object.
-        #[arg(long)]
-        json: bool,
+        /// Runs of the scenario; figures are medians over them.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// ERP items synced by the pull engine (one worker process) against a row-by-row loop and COPY.
     Upsert {
-        /// Print the figures as one JSON object.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        runs: Runs,
         /// ERP items the engine and COPY write (the row-by-row loop writes at most 10,000).
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
@@ -45,94 +53,72 @@ enum Command {
     },
     /// `partner_daily` at seed scale (wall time) and at Northpass's 10 requests/s (against the floor).
     #[command(name = "partner-daily")]
-    PartnerDaily {
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    PartnerDaily(Runs),
     /// `partner_daily` incremental after a 1 % change: API calls and time against the full run.
-    Incremental {
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    Incremental(Runs),
     /// Worker peak RSS over a full `partner_daily` at seed and at large scale.
     Memory {
-        #[arg(long)]
-        json: bool,
+        /// Runs of the scenario (a large run takes minutes).
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
-    /// Every scenario in turn, one JSON object each (`queue`, `sandbox` and `upsert` give their
-    /// figures as one run's).
-    All {
-        #[arg(long)]
-        json: bool,
+    /// 50 Moodle integrations and one large institution on 1, 2 and 4 worker processes.
+    Scale {
+        /// Cycles of 1, 2, 4 workers of each part.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only the fleet or only the institution.
+        #[arg(long, value_enum, default_value_t = scale::Part::All)]
+        part: scale::Part,
     },
+    /// Every scenario in turn with its default runs, one JSON object each.
+    All,
+}
+
+/// The commands `command` stands for: itself, or for `all` every scenario with its default runs.
+fn expand(command: Command) -> Vec<Command> {
+    match command {
+        Command::All => vec![
+            Command::Queue(Runs { runs: 3 }),
+            Command::Sandbox { runs: 1 },
+            Command::Upsert { runs: Runs { runs: 3 }, rows: 100_000, pg_socket: None },
+            Command::PartnerDaily(Runs { runs: 3 }),
+            Command::Incremental(Runs { runs: 3 }),
+            Command::Memory { runs: 1 },
+            Command::Scale { runs: 3, part: scale::Part::All },
+        ],
+        one => vec![one],
+    }
+}
+
+async fn scenario(command: Command) -> anyhow::Result<report::Scenario> {
+    match command {
+        Command::Queue(r) => queue::run(r.runs).await,
+        Command::Sandbox { runs } => sandbox::run(runs).await,
+        Command::Upsert { runs, rows, pg_socket } => {
+            let pg = pg_socket.map_or(upsert::PgServer::Tcp, upsert::PgServer::Socket);
+            upsert::run(runs.runs, rows, pg).await
+        }
+        Command::PartnerDaily(r) => partner::partner_daily(r.runs).await,
+        Command::Incremental(r) => partner::incremental(r.runs).await,
+        Command::Memory { runs } => partner::memory(runs).await,
+        Command::Scale { runs, part } => scale::run(part, runs).await,
+        Command::All => anyhow::bail!("`all` is expanded into its scenarios first"),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::All { json } = cli.command {
-        let single = |name: &str, figures: serde_json::Value| serde_json::json!({"scenario": name, "runs": 1, "figures": figures});
-        let all = [
-            single("queue", queue::run().await?),
-            single("sandbox", sandbox::run().await?),
-            single("upsert", upsert::run(100_000, upsert::PgServer::Tcp).await?),
-            partner::partner_daily(3).await?.to_json(),
-            partner::incremental(3).await?.to_json(),
-            partner::memory(1).await?.to_json(),
-        ];
-        for scenario in all {
-            if json {
-                println!("{}", serde_json::to_string(&scenario)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&scenario)?);
-            }
-        }
-        return Ok(());
-    }
-    let scenario = match &cli.command {
-        Command::PartnerDaily { runs, .. } => Some(partner::partner_daily(*runs).await?),
-        Command::Incremental { runs, .. } => Some(partner::incremental(*runs).await?),
-        Command::Memory { runs, .. } => Some(partner::memory(*runs).await?),
-        _ => None,
-    };
-    if let Some(s) = scenario {
-        if matches!(
-            cli.command,
-            Command::PartnerDaily { json: true, .. }
-                | Command::Incremental { json: true, .. }
-                | Command::Memory { json: true, .. }
-        ) {
-            println!("{}", serde_json::to_string_pretty(&s.to_json())?);
-        } else {
-            s.print();
-        }
-        return Ok(());
-    }
-    let (figures, json) = match cli.command {
-        Command::PartnerDaily { .. } | Command::Incremental { .. } | Command::Memory { .. } | Command::All { .. } => {
-            unreachable!("handled above")
-        }
-        Command::Queue { json } => (queue::run().await?, json),
-        Command::Sandbox { json } => (sandbox::run().await?, json),
-        Command::Upsert { json, rows, pg_socket } => {
-            let pg = pg_socket.map_or(upsert::PgServer::Tcp, upsert::PgServer::Socket);
-            (upsert::run(rows, pg).await?, json)
-        }
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
-    } else {
-        for (key, value) in figures.as_object().into_iter().flatten() {
-            match value.as_str() {
-                Some(text) => println!("{key:<36} {text}"),
-                None => println!("{key:<36} {value}"),
-            }
+    let commands = expand(cli.command);
+    let several = commands.len() > 1;
+    // Each scenario prints as soon as it is measured: one JSON line each when there are several.
+    for command in commands {
+        let s = scenario(command).await?;
+        match (cli.json, several) {
+            (true, true) => println!("{}", serde_json::to_string(&s.to_json())?),
+            (true, false) => println!("{}", serde_json::to_string_pretty(&s.to_json())?),
+            (false, _) => s.print(),
         }
     }
     Ok(())

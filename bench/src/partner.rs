@@ -14,20 +14,14 @@
 //!   calls ÷ full; goal ≤ 2 %) and `time_share` (wall time ÷ full). `nightly_calls_share` is the same
 //!   run shape with the chain's nightly full Impartner read, for comparison.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
-
-use anyhow::Context;
 use serde_json::{Value, json};
-use syncfleet_producer::{Ops, ops::Trigger};
 use syncfleet_sandbox::{SandboxConfig, SandboxHandle, Scale};
-use syncfleet_shared::{
-    chain::Mode,
-    config::Config,
-    store::{self, runs::TriggerKind, views::RunView},
-};
-use tokio_util::sync::CancellationToken;
+use syncfleet_shared::{chain::Mode, store::views::RunView};
 
-use crate::report::Scenario;
+use crate::{
+    report::Scenario,
+    round::{self, Round},
+};
 
 const INTEGRATION: &str = "bench-partner";
 const CHAIN: &str = "partner_daily";
@@ -42,127 +36,34 @@ struct Setup {
     northpass_rate: Option<f64>,
 }
 
-/// One round's scratch: database, namespace, producer in this process, worker processes.
-struct Round {
-    ops: Ops,
-    config: Config,
-    config_path: PathBuf,
-    sandbox: SandboxHandle,
-    token: CancellationToken,
-    producer: tokio::task::JoinHandle<anyhow::Result<()>>,
-    workers: Vec<tokio::process::Child>,
-}
-
-impl Round {
-    async fn start(setup: Setup) -> anyhow::Result<Round> {
-        let sandbox = syncfleet_sandbox::spawn(SandboxConfig {
-            scale: setup.scale,
-            northpass_rate_per_sec: setup.northpass_rate.map(|r| r as u32),
-            ..Default::default()
-        })
-        .await?;
-        // At the real limit the pack's own Northpass budget applies (10/s, burst 1).
-        let limits = match setup.northpass_rate {
-            Some(_) => String::new(),
-            None => ", limits = { rate_per_sec = 100000.0, burst = 1000, concurrency = 16 }".to_owned(),
-        };
-        let tag = crate::queue::id();
-        let toml = format!(
-            "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/sf_bench_{tag}\"\nmax_connections = 20\n\
-             [redis]\nnamespace = \"bench-{tag}\"\n\
-             [worker]\npoll_interval_ms = 5\nconcurrency = 4\nlisten = \"\"\n\
-             [producer]\nreconcile_interval_ms = 100\nscheduler_enabled = false\n{}",
-            syncfleet_sandbox::partner_integration_toml(
-                INTEGRATION,
-                &sandbox.northpass_url(),
-                &sandbox.impartner_url(),
-                100,
-                &limits,
-                ""
-            )
-        );
-        let config = Config::from_toml(&toml)?;
-        let config_path = std::env::temp_dir().join(format!("syncfleet-bench-{tag}.toml"));
-        std::fs::write(&config_path, &toml)?;
-        let ops = match syncfleet_producer::connect(&config).await {
-            Ok(ops) => ops,
-            Err(e) => {
-                store::drop_database(&config.database).await.ok();
-                std::fs::remove_file(&config_path).ok();
-                return Err(e);
-            }
-        };
-        let token = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let producer = tokio::spawn(syncfleet_producer::run_with(listener, ops.clone(), token.clone()));
-        let mut round = Round { ops, config, config_path, sandbox, token, producer, workers: vec![] };
-        for i in 0..WORKERS {
-            match spawn_worker(&round.config_path, i) {
-                Ok(w) => round.workers.push(w),
-                Err(e) => {
-                    round.stop().await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(round)
-    }
-
-    /// Runs the chain and returns the run and its wall time (trigger to end), in seconds.
-    async fn run(&self, mode: Mode, step_modes: &[(&str, Mode)]) -> anyhow::Result<(RunView, f64)> {
-        let started = std::time::Instant::now();
-        let run = self
-            .ops
-            .trigger(Trigger {
-                chain: CHAIN.into(),
-                integration: INTEGRATION.into(),
-                mode,
-                kind: TriggerKind::Manual,
-                triggered_by: "bench".into(),
-                tick_key: None,
-                force_sweep: false,
-                step: None,
-                step_modes: step_modes.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
-            })
-            .await?;
-        let view = syncfleet_producer::cli::wait_for(&self.ops, run, false, Duration::from_secs(1800)).await?;
-        let wall = started.elapsed().as_secs_f64();
-        anyhow::ensure!(view.status == "completed", "{CHAIN} ended {}: {:?}", view.status, view.error);
-        Ok((view, wall))
-    }
-
-    async fn stop(mut self) {
-        for w in &mut self.workers {
-            w.kill().await.ok();
-        }
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.producer).await;
-        self.ops.queues.purge_namespace().await.ok();
-        self.ops.pool.close().await;
-        store::drop_database(&self.config.database).await.ok();
-        std::fs::remove_file(&self.config_path).ok();
-        self.sandbox.shutdown().await.ok();
-    }
-}
-
-fn spawn_worker(config_path: &std::path::Path, i: usize) -> anyhow::Result<tokio::process::Child> {
-    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("syncfleet-worker");
-    anyhow::ensure!(bin.exists(), "{} missing: run `cargo build --release --bins` first", bin.display());
-    Ok(tokio::process::Command::new(&bin)
-        .env("SYNCFLEET_CONFIG", config_path)
-        .env("SYNCFLEET__WORKER__NAME", format!("bench-partner-{i}"))
-        .env("SYNCFLEET_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
-/// Runs `f` on a fresh round and always cleans the round up.
+/// Runs `f` on a fresh round (two worker processes of concurrency 4, the partner integration on a
+/// freshly generated sandbox) and always cleans the round up.
 async fn with_round<T>(setup: Setup, f: impl AsyncFnOnce(&Round) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let round = Round::start(setup).await?;
-    let out = f(&round).await;
-    round.stop().await;
-    out
+    let sandbox = syncfleet_sandbox::spawn(SandboxConfig {
+        scale: setup.scale,
+        northpass_rate_per_sec: setup.northpass_rate.map(|r| r as u32),
+        ..Default::default()
+    })
+    .await?;
+    // At the real limit the pack's own Northpass budget applies (10/s, burst 1).
+    let limits = match setup.northpass_rate {
+        Some(_) => String::new(),
+        None => ", limits = { rate_per_sec = 100000.0, burst = 1000, concurrency = 16 }".to_owned(),
+    };
+    let config = syncfleet_sandbox::partner_integration_toml(
+        INTEGRATION,
+        &sandbox.northpass_url(),
+        &sandbox.impartner_url(),
+        100,
+        &limits,
+        "",
+    );
+    round::with_round(round::Setup::new(Some(sandbox), WORKERS, 4, config), f).await
+}
+
+/// Runs `partner_daily` to a `completed` end: the run and its wall time in seconds.
+async fn run(r: &Round, mode: Mode, step_modes: &[(&str, Mode)]) -> anyhow::Result<(RunView, f64)> {
+    r.run(CHAIN, INTEGRATION, mode, step_modes).await
 }
 
 fn calls(view: &RunView) -> i64 {
@@ -184,15 +85,15 @@ pub async fn partner_daily(runs: usize) -> anyhow::Result<Scenario> {
     let mut s = Scenario::new("partner-daily", runs);
     for round in 0..runs {
         let (view, wall) =
-            with_round(Setup { scale: Scale::Seed, northpass_rate: None }, async |r| r.run(Mode::Full, &[]).await)
+            with_round(Setup { scale: Scale::Seed, northpass_rate: None }, async |r| run(r, Mode::Full, &[]).await)
                 .await?;
         eprintln!("partner-daily round {}: seed full {wall:.1} s, {} calls", round + 1, calls(&view));
         s.figure("wall_s", wall);
         s.figure("calls", calls(&view) as f64);
         let limited = Setup { scale: Scale::Small, northpass_rate: Some(NORTHPASS_RATE) };
         let (view, wall, (np, np_429)) = with_round(limited, async |r| {
-            let (view, wall) = r.run(Mode::Full, &[]).await?;
-            Ok((view, wall, northpass_requests(&r.sandbox)))
+            let (view, wall) = run(r, Mode::Full, &[]).await?;
+            Ok((view, wall, northpass_requests(r.sandbox())))
         })
         .await?;
         anyhow::ensure!(np > 0.0, "the sandbox counted no Northpass request");
@@ -223,16 +124,16 @@ pub async fn incremental(runs: usize) -> anyhow::Result<Scenario> {
     let mut s = Scenario::new("incremental", runs);
     for round in 0..runs {
         let out = with_round(Setup { scale: Scale::Seed, northpass_rate: None }, async |r| {
-            let (full, full_wall) = r.run(Mode::Full, &[]).await?;
+            let (full, full_wall) = run(r, Mode::Full, &[]).await?;
             let mut changed = 0;
             for resource in ["people", "enrollments"] {
                 let out =
-                    r.sandbox.mutate_json(json!({"api": "northpass", "resource": resource, "change_percent": 1}))?;
+                    r.sandbox().mutate_json(json!({"api": "northpass", "resource": resource, "change_percent": 1}))?;
                 changed += out["changed"].as_array().map_or(0, Vec::len);
             }
-            let (inc, inc_wall) = r.run(Mode::Incremental, &[("impartner_sync", Mode::Incremental)]).await?;
+            let (inc, inc_wall) = run(r, Mode::Incremental, &[("impartner_sync", Mode::Incremental)]).await?;
             // The nightly shape (Impartner read in full) on the data as it now is.
-            let (nightly, _) = r.run(Mode::Incremental, &[]).await?;
+            let (nightly, _) = run(r, Mode::Incremental, &[]).await?;
             Ok((full, full_wall, inc, inc_wall, nightly, changed))
         })
         .await?;
@@ -267,13 +168,8 @@ pub async fn memory(runs: usize) -> anyhow::Result<Scenario> {
     for round in 0..runs {
         for (scale, name) in [(Scale::Seed, "worker_peak_rss_mb_seed"), (Scale::Large, "worker_peak_rss_mb_large")] {
             let (calls, rss) = with_round(Setup { scale, northpass_rate: None }, async |r| {
-                let (view, _) = r.run(Mode::Full, &[]).await?;
-                let mut peak: f64 = 0.0;
-                for w in &r.workers {
-                    let pid = w.id().context("a worker process exited during the run")?;
-                    peak = peak.max(crate::upsert::peak_rss_mb(pid)?);
-                }
-                Ok((calls(&view), peak))
+                let (view, _) = run(r, Mode::Full, &[]).await?;
+                Ok((calls(&view), r.workers_peak_rss_mb()?))
             })
             .await?;
             eprintln!("memory round {}: {name} {rss:.1} MiB ({calls} API calls)", round + 1);

@@ -1,4 +1,4 @@
-//! Queue layer and engine throughput, measured side by side in one run.
+//! Queue layer and engine throughput, measured side by side in each of `--runs` runs.
 //!
 //! - `queue_jobs_per_s`: 6,000 no-op jobs pushed through our queue module (`QueueClient::push`, fixed
 //!   task ids) and consumed by apalis-redis workers with a no-op handler, concurrency 50 and 1.
@@ -6,6 +6,7 @@
 //!   engine (PostgreSQL claim/finish, entity lease, dispatch), with 1 and with 4 worker processes
 //!   (the release `syncfleet-worker` binary) and the producer in this process.
 //! - `start_latency_*`: trigger → step start of a one-step chain on an idle fleet.
+//! - `engine_w4_vs_w1`: the engine's steps/s on 4 processes ÷ on 1, within each run.
 
 use std::{
     sync::{
@@ -17,26 +18,25 @@ use std::{
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
-use rand::Rng;
 use serde_json::json;
-use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::{
     chain::Mode,
-    config::Config,
     ids::{RunId, StepName},
     job::JobPayload,
     queue::QueueClient,
-    store::{self, runs::TriggerKind},
+    store,
 };
 use tokio_util::sync::CancellationToken;
 
-/// A random tag for scratch database, namespace and file names.
-pub(crate) fn id() -> String {
-    format!("{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff)
-}
+use crate::{
+    report::Scenario,
+    round::{self, Round},
+};
+
+const INTEGRATION: &str = "bench";
 
 async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f64)> {
-    let ns = format!("bench-{}", id());
+    let ns = format!("bench-{}", round::tag());
     let queues = QueueClient::connect("redis://127.0.0.1:6379", &ns).await?;
     let run = RunId::new();
     let payloads: Vec<(String, JobPayload)> = (0..jobs)
@@ -70,7 +70,7 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
         done.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-    let worker = WorkerBuilder::new(format!("bench-{}", id()))
+    let worker = WorkerBuilder::new(format!("bench-{}", round::tag()))
         .backend(storage)
         .concurrency(concurrency)
         .data(done.clone())
@@ -91,137 +91,90 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
     Ok((push_rate, consume_rate))
 }
 
-struct Fleet {
-    ops: syncfleet_producer::Ops,
-    token: CancellationToken,
-    producer: tokio::task::JoinHandle<anyhow::Result<()>>,
-    workers: Vec<tokio::process::Child>,
-    config_path: std::path::PathBuf,
+/// A round of `workers` processes (concurrency 8) with the `demo` integration `bench` (empty steps)
+/// and `demo_fanout`'s fan step in `shards` shards.
+async fn with_fleet<T>(
+    workers: usize,
+    shards: u32,
+    body: impl AsyncFnOnce(&Round) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let config = format!("[chains.demo_fanout.steps.fan]\nshards = {shards}\n");
+    let setup = round::Setup { reconcile_interval_ms: 50, ..round::Setup::new(None, workers, 8, config) };
+    round::with_round(setup, async |r| {
+        let settings = json!({ "step_ms": 0, "fail": { "right": "never" } });
+        store::upsert_integration(&r.ops().pool, INTEGRATION, "demo", &settings).await?;
+        body(r).await
+    })
+    .await
 }
 
-async fn fleet(workers: usize, shards: u32) -> anyhow::Result<Fleet> {
-    let tag = id();
-    let database = format!("sf_bench_{tag}");
-    let toml = format!(
-        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/{database}\"\nmax_connections = 20\n\
-         [redis]\nnamespace = \"bench-{tag}\"\n\
-         [worker]\nconcurrency = 8\npoll_interval_ms = 5\n\
-         [producer]\nreconcile_interval_ms = 50\n\
-         [chains.demo_fanout.steps.fan]\nshards = {shards}\n"
-    );
-    let config = Config::from_toml(&toml)?;
-    let config_path = std::env::temp_dir().join(format!("syncfleet-bench-{tag}.toml"));
-    std::fs::write(&config_path, &toml)?;
-    let ops = syncfleet_producer::connect(&config).await?;
-    store::upsert_integration(&ops.pool, "bench", "demo", &json!({ "step_ms": 0, "fail": { "right": "never" } }))
-        .await?;
-    let token = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let producer = tokio::spawn(syncfleet_producer::run_with(listener, ops.clone(), token.clone()));
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().unwrap().join("syncfleet-worker");
-    anyhow::ensure!(bin.exists(), "{} missing: run `cargo build --release --bins` first", bin.display());
-    let mut children = Vec::new();
-    for i in 0..workers {
-        children.push(
-            tokio::process::Command::new(&bin)
-                .env("SYNCFLEET_CONFIG", &config_path)
-                .env("SYNCFLEET__WORKER__NAME", format!("bench-{i}"))
-                .env("SYNCFLEET_LOG", "error")
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-    }
-    // Let the workers register.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    Ok(Fleet { ops, token, producer, workers: children, config_path })
-}
-
-impl Fleet {
-    async fn trigger(&self, chain: &str) -> anyhow::Result<RunId> {
-        Ok(self
-            .ops
-            .trigger(Trigger {
-                chain: chain.into(),
-                integration: "bench".into(),
-                mode: Mode::Full,
-                kind: TriggerKind::Manual,
-                triggered_by: "bench".into(),
-                tick_key: None,
-                force_sweep: false,
-                step: None,
-                step_modes: Default::default(),
-            })
-            .await?)
-    }
-
-    async fn stop(mut self) {
-        for w in &mut self.workers {
-            w.kill().await.ok();
-        }
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.producer).await;
-        self.ops.queues.purge_namespace().await.ok();
-        self.ops.pool.close().await;
-        store::drop_database(&self.ops.config.database).await.ok();
-        std::fs::remove_file(&self.config_path).ok();
-    }
-}
-
+/// Steps per second of a `demo_fanout` of `shards` empty shards, first start to last finish.
 async fn engine(workers: usize, shards: u32) -> anyhow::Result<f64> {
-    let fleet = fleet(workers, shards).await?;
-    let run = fleet.trigger("demo_fanout").await?;
-    // Time from the first shard's start to the last shard's finish.
-    let view = syncfleet_producer::cli::wait_for(&fleet.ops, run, false, Duration::from_secs(600)).await?;
-    anyhow::ensure!(view.status == "completed", "bench run ended {}", view.status);
-    let secs: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM (max(finished_at) - min(started_at)))::float8 FROM step_runs WHERE run_id = $1 AND step = 'fan'",
-    )
-    .bind(run.0)
-    .fetch_one(&fleet.ops.pool)
-    .await?;
-    fleet.stop().await;
-    Ok(shards as f64 / secs)
-}
-
-async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
-    let fleet = fleet(1, 1).await?;
-    let mut ms = Vec::new();
-    for _ in 0..samples {
-        let run = fleet.trigger("demo_ping").await?;
-        syncfleet_producer::cli::wait_for(&fleet.ops, run, false, Duration::from_secs(30)).await?;
-        let v: f64 = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (s.started_at - r.created_at))::float8 * 1000
-               FROM step_runs s JOIN chain_runs r ON r.id = s.run_id WHERE r.id = $1",
+    with_fleet(workers, shards, async |r| {
+        let run = r.trigger("demo_fanout", INTEGRATION, Mode::Full, &[]).await?;
+        r.completed(run, Duration::from_secs(600)).await?;
+        let secs: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM (max(finished_at) - min(started_at)))::float8 FROM step_runs WHERE run_id = $1 AND step = 'fan'",
         )
         .bind(run.0)
-        .fetch_one(&fleet.ops.pool)
+        .fetch_one(&r.ops().pool)
         .await?;
-        ms.push(v);
-    }
-    fleet.stop().await;
+        Ok(shards as f64 / secs)
+    })
+    .await
+}
+
+/// Trigger → step start of `demo_ping` on an idle fleet of one process: (p50, p99) in ms.
+async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
+    let mut ms = with_fleet(1, 1, async |r| {
+        let mut ms = Vec::new();
+        for _ in 0..samples {
+            let run = r.trigger("demo_ping", INTEGRATION, Mode::Full, &[]).await?;
+            r.completed(run, Duration::from_secs(30)).await?;
+            let v: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM (s.started_at - r.created_at))::float8 * 1000
+                   FROM step_runs s JOIN chain_runs r ON r.id = s.run_id WHERE r.id = $1",
+            )
+            .bind(run.0)
+            .fetch_one(&r.ops().pool)
+            .await?;
+            ms.push(v);
+        }
+        Ok(ms)
+    })
+    .await?;
     ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
     Ok((pct(0.5), pct(0.99)))
 }
 
-pub async fn run() -> anyhow::Result<serde_json::Value> {
-    // apalis-redis 1.0 stops fetching with ~8,000 due tasks in a queue, so each measurement
-    // stays below that (the engine's dispatch cap exists for the same reason).
-    let (push50, consume50) = queue_layer(6_000, 50).await?;
-    let (_, consume1) = queue_layer(3_000, 1).await?;
-    let e1 = engine(1, 2_000).await?;
-    let e4 = engine(4, 2_000).await?;
-    let (p50, p99) = latency(100).await?;
-    let r = |x: f64| (x * 10.0).round() / 10.0;
-    Ok(json!({
-        "queue_jobs_per_s": r(consume50),
-        "queue_jobs_per_s_concurrency_1": r(consume1),
-        "queue_push_per_s": r(push50),
-        "engine_steps_per_s": r(e4),
-        "engine_steps_per_s_1_worker": r(e1),
-        "engine_steps_per_s_4_workers": r(e4),
-        "start_latency_p50_ms": r(p50),
-        "start_latency_p99_ms": r(p99),
-    }))
+pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
+    let mut s = Scenario::new("queue", runs);
+    for round in 0..runs {
+        // apalis-redis 1.0 stops fetching with ~8,000 due tasks in a queue, so each measurement
+        // stays below that (the engine's dispatch cap exists for the same reason).
+        let (push50, consume50) = queue_layer(6_000, 50).await?;
+        let (_, consume1) = queue_layer(3_000, 1).await?;
+        let e1 = engine(1, 2_000).await?;
+        let e4 = engine(4, 2_000).await?;
+        let (p50, p99) = latency(100).await?;
+        eprintln!(
+            "queue round {}: {consume50:.0} jobs/s, engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4, start p50 {p50:.1} ms",
+            round + 1
+        );
+        s.figure("queue_jobs_per_s", consume50);
+        s.figure("queue_jobs_per_s_concurrency_1", consume1);
+        s.figure("queue_push_per_s", push50);
+        s.figure("engine_steps_per_s_1_worker", e1);
+        s.figure("engine_steps_per_s_4_workers", e4);
+        s.figure("engine_w4_vs_w1", e4 / e1);
+        s.figure("start_latency_p50_ms", p50);
+        s.figure("start_latency_p99_ms", p99);
+    }
+    s.ratio_from_median("engine_w4_vs_w1");
+    s.note("queue_*: no-op jobs through QueueClient::push and one apalis-redis worker (6,000 at concurrency 50, 3,000 at 1)");
+    s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8");
+    s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
+    s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs");
+    Ok(s)
 }

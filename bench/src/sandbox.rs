@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 use syncfleet_sandbox::{SandboxConfig, Scale};
+
+use crate::report::Scenario;
 
 const CLIENTS: usize = 4;
 /// Each list is paged through this many times, so each figure covers a few seconds of work.
@@ -65,7 +67,8 @@ async fn pass(
     Ok(Pass { records, pages: pages_done, bytes, secs: start.elapsed().as_secs_f64() })
 }
 
-pub async fn run() -> anyhow::Result<serde_json::Value> {
+/// One run: serves the seed data set, pages through the three lists and records the figures.
+async fn once(s: &mut Scenario) -> anyhow::Result<()> {
     let config = SandboxConfig { scale: Scale::Seed, ..SandboxConfig::default().unlimited() };
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
@@ -139,23 +142,33 @@ pub async fn run() -> anyhow::Result<serde_json::Value> {
     let secs: f64 = all.iter().map(|p| p.secs).sum();
     let records: usize = all.iter().map(|p| p.records).sum();
     let pages: usize = all.iter().map(|p| p.pages).sum();
-    let rate = |p: &Pass| (p.records as f64 / p.secs).round();
-    Ok(json!({
-        "sandbox_records_per_s": (records as f64 / secs).round(),
-        "sandbox_pages_per_s": (pages as f64 / secs).round(),
-        "sandbox_mib_per_s": ((all.iter().map(|p| p.bytes).sum::<usize>() as f64 / secs) / 1_048_576.0 * 10.0).round() / 10.0,
-        "northpass_people_records_per_s": rate(&northpass),
-        "northpass_people_pages_per_s": (northpass.pages as f64 / northpass.secs).round(),
-        "impartner_users_records_per_s": rate(&impartner),
-        "impartner_users_pages_per_s": (impartner.pages as f64 / impartner.secs).round(),
-        "erp_items_records_per_s": rate(&erp),
-        "erp_items_pages_per_s": (erp.pages as f64 / erp.secs).round(),
-        "records": records,
-        "pages": pages,
-        "clients": CLIENTS,
-        "rounds": ROUNDS,
-        "server_threads": 1,
-        "scale": "seed",
-        "startup_ms_incl_generation": ready_ms,
-    }))
+    let rate = |p: &Pass| p.records as f64 / p.secs;
+    let pages_rate = |p: &Pass| p.pages as f64 / p.secs;
+    s.figure("sandbox_records_per_s", records as f64 / secs);
+    s.figure("sandbox_pages_per_s", pages as f64 / secs);
+    s.figure("sandbox_mib_per_s", all.iter().map(|p| p.bytes).sum::<usize>() as f64 / secs / 1_048_576.0);
+    s.figure("northpass_people_records_per_s", rate(&northpass));
+    s.figure("northpass_people_pages_per_s", pages_rate(&northpass));
+    s.figure("impartner_users_records_per_s", rate(&impartner));
+    s.figure("impartner_users_pages_per_s", pages_rate(&impartner));
+    s.figure("erp_items_records_per_s", rate(&erp));
+    s.figure("erp_items_pages_per_s", pages_rate(&erp));
+    s.figure("records", records as f64);
+    s.figure("pages", pages as f64);
+    s.figure("startup_ms_incl_generation", ready_ms as f64);
+    eprintln!("sandbox: {:.0} records/s", records as f64 / secs);
+    Ok(())
+}
+
+pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
+    let mut s = Scenario::new("sandbox", runs);
+    for _ in 0..runs {
+        once(&mut s).await?;
+    }
+    s.goal("sandbox_records_per_s", ">= 50000");
+    s.note(format!(
+        "seed scale, rate limits off, the sandbox on one single-threaded runtime; {CLIENTS} concurrent clients \
+         page through each list {ROUNDS} times"
+    ));
+    Ok(s)
 }

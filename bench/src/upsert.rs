@@ -1,5 +1,5 @@
 //! Upsert throughput: the pull engine against the two obvious ways to write the same ERP items, measured
-//! side by side in one run, each in its own scratch database and Redis namespace (removed at the end,
+//! side by side in each of `--runs` runs, each in its own scratch database and Redis namespace (removed at the end,
 //! also when a measurement fails).
 //!
 //! - `engine_*`: one real `syncfleet-worker` process (release binary) runs `http_json_sync` (Full) of an
@@ -15,28 +15,25 @@
 //!   and parsed one after another, as the engine's source does) and `upsert_statement_rows_per_sec`
 //!   (the engine's own upsert statement, `Table::upsert`, one transaction per 1,000 rows, values
 //!   converted beforehand).
+//! - Ratios, within each run: `engine_vs_rowwise` (engine rows/s ÷ row by row; goal ≥ 20),
+//!   `copy_vs_engine` (COPY rows/s ÷ engine; its inverse `engine_of_copy`, goal ≥ 0.35) and
+//!   `rss_growth_10x` (the worker's peak with N items ÷ with N/10; goal ≤ 1.5).
 //!
 //! Every connection goes to PostgreSQL over TCP `127.0.0.1:5432` (as deployed), or with `--pg-socket DIR`
 //! through its Unix socket, which shows what the TCP path costs (see `bench/RESULTS.md`).
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
-use syncfleet_producer::{Ops, ops::Trigger};
+use serde_json::Value;
 use syncfleet_sandbox::{SandboxConfig, SandboxHandle};
-use syncfleet_shared::{
-    chain::Mode,
-    config::Config,
-    packs::http_json,
-    store::{self, runs::TriggerKind, views},
-    sync::table::Table,
+use syncfleet_shared::{chain::Mode, packs::http_json, store, sync::table::Table};
+
+pub use crate::round::PgServer;
+use crate::{
+    report::Scenario,
+    round::{self, Round, Scratch},
 };
-use tokio_util::sync::CancellationToken;
 
 const INTEGRATION: &str = "bench-erp";
 const ENTITY: &str = "items";
@@ -53,31 +50,6 @@ const GOAL_RSS_GROWTH_10X: f64 = 1.5;
 /// The ERP columns in COPY and row-by-row order.
 const COLUMNS: &str = "integration_id, external_id, sku, name, quantity, warehouse, source_updated_at";
 
-/// How the measurements reach PostgreSQL.
-#[derive(Debug, Clone)]
-pub enum PgServer {
-    /// `127.0.0.1:5432`, as deployed.
-    Tcp,
-    /// The Unix socket in this directory (no Nagle / delayed-ACK interplay on the connection).
-    Socket(PathBuf),
-}
-
-impl PgServer {
-    fn url(&self, database: &str) -> String {
-        match self {
-            PgServer::Tcp => format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            PgServer::Socket(dir) => format!("postgres://postgres@localhost/{database}?host={}", dir.display()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            PgServer::Tcp => "tcp 127.0.0.1:5432".into(),
-            PgServer::Socket(dir) => format!("unix socket {}", dir.display()),
-        }
-    }
-}
-
 /// What a scratch is made for: the PostgreSQL server and the ERP sandbox the integration reads.
 #[derive(Clone, Copy)]
 struct Target<'a> {
@@ -85,68 +57,30 @@ struct Target<'a> {
     sandbox: &'a SandboxHandle,
 }
 
-/// A scratch database and Redis namespace with the `bench-erp` integration registered (so
-/// `erp_items` exists), and the config file a worker process reads.
-struct Scratch {
-    ops: Ops,
-    config_path: PathBuf,
+/// The `bench-erp` integration on `sandbox` (registering it creates `erp_items`).
+fn integration_toml(sandbox: &SandboxHandle) -> String {
+    syncfleet_sandbox::erp_integration_toml(INTEGRATION, &sandbox.erp_url(), TABLE, PAGE as u32, "")
 }
 
-impl Scratch {
-    async fn new(target: Target<'_>) -> anyhow::Result<Scratch> {
-        let tag = crate::queue::id();
-        let (database_url, erp_url) = (target.pg.url(&format!("sf_bench_{tag}")), target.sandbox.erp_url());
-        let toml = format!(
-            "[database]\nurl = \"{database_url}\"\nmax_connections = 10\n\
-             [redis]\nnamespace = \"bench-{tag}\"\n\
-             [worker]\npoll_interval_ms = 5\n\
-             [producer]\nreconcile_interval_ms = 50\nscheduler_enabled = false\n{}",
-            syncfleet_sandbox::erp_integration_toml(INTEGRATION, &erp_url, TABLE, PAGE as u32, "")
-        );
-        let config = Config::from_toml(&toml)?;
-        let config_path = std::env::temp_dir().join(format!("syncfleet-bench-{tag}.toml"));
-        std::fs::write(&config_path, &toml)?;
-        match syncfleet_producer::connect(&config).await {
-            Ok(ops) => Ok(Scratch { ops, config_path }),
-            Err(e) => {
-                // `connect` may have created the database before it failed.
-                store::drop_database(&config.database).await.ok();
-                std::fs::remove_file(&config_path).ok();
-                Err(e)
-            }
-        }
-    }
-
-    async fn integration_id(&self) -> anyhow::Result<i64> {
-        Ok(store::integration_by_name(&self.ops.pool, INTEGRATION).await?.id)
-    }
-
-    /// The synced table exactly as the engine builds it from the integration's settings.
-    fn table(&self) -> anyhow::Result<(Table, http_json::EntitySpec)> {
-        let spec = &self.ops.config.integrations[INTEGRATION];
-        let settings = http_json::Settings::parse(&Value::Object(spec.settings.clone()))
-            .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))?;
-        let entity = settings.entities.get(ENTITY).context("entity")?.clone();
-        Ok((entity.table()?, entity))
-    }
-
-    async fn remove(self) {
-        self.ops.queues.purge_namespace().await.ok();
-        self.ops.pool.close().await;
-        store::drop_database(&self.ops.config.database).await.ok();
-        std::fs::remove_file(&self.config_path).ok();
-    }
-}
-
-/// Runs `body` on a fresh [`Scratch`], which is removed afterwards whatever `body` returned.
+/// Runs `body` on a fresh scratch with the integration registered, removed afterwards.
 async fn with_scratch<T>(
     target: Target<'_>,
     body: impl AsyncFnOnce(&Scratch) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let scratch = Scratch::new(target).await?;
-    let result = body(&scratch).await;
-    scratch.remove().await;
-    result
+    round::with_scratch(target.pg, &integration_toml(target.sandbox), body).await
+}
+
+async fn integration_id(s: &Scratch) -> anyhow::Result<i64> {
+    Ok(store::integration_by_name(&s.ops.pool, INTEGRATION).await?.id)
+}
+
+/// The synced table exactly as the engine builds it from the integration's settings.
+fn table(s: &Scratch) -> anyhow::Result<(Table, http_json::EntitySpec)> {
+    let spec = &s.ops.config.integrations[INTEGRATION];
+    let settings = http_json::Settings::parse(&Value::Object(spec.settings.clone()))
+        .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))?;
+    let entity = settings.entities.get(ENTITY).context("entity")?.clone();
+    Ok((entity.table()?, entity))
 }
 
 async fn sandbox(items: usize) -> anyhow::Result<SandboxHandle> {
@@ -157,8 +91,6 @@ async fn sandbox(items: usize) -> anyhow::Result<SandboxHandle> {
 struct EngineRun {
     rows_per_sec: f64,
     step_ms: i64,
-    fetched: i64,
-    inserted: i64,
     api_calls: i64,
     idle_rss_mb: f64,
     peak_rss_mb: f64,
@@ -167,67 +99,19 @@ struct EngineRun {
 /// The engine on `rows` items of its own sandbox, database and worker process.
 async fn engine(pg: &PgServer, rows: usize) -> anyhow::Result<EngineRun> {
     let sandbox = sandbox(rows).await?;
-    let run = with_scratch(Target { pg, sandbox: &sandbox }, async |s| {
-        let token = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let producer = tokio::spawn(syncfleet_producer::run_with(listener, s.ops.clone(), token.clone()));
-        let run = match spawn_worker(&s.config_path) {
-            Ok(mut worker) => {
-                let run = engine_run(s, &mut worker, rows).await;
-                worker.kill().await.ok();
-                run
-            }
-            Err(e) => Err(e),
-        };
-        token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), producer).await;
-        run
-    })
-    .await;
-    sandbox.shutdown().await.ok();
-    run
+    let config = integration_toml(&sandbox);
+    let setup =
+        round::Setup { pg: pg.clone(), reconcile_interval_ms: 50, ..round::Setup::new(Some(sandbox), 1, 4, config) };
+    round::with_round(setup, async |r| engine_run(r, rows).await).await
 }
 
-fn spawn_worker(config_path: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
-    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("syncfleet-worker");
-    anyhow::ensure!(bin.exists(), "{} missing: run `cargo build --release --bins` first", bin.display());
-    Ok(tokio::process::Command::new(&bin)
-        .env("SYNCFLEET_CONFIG", config_path)
-        .env("SYNCFLEET__WORKER__NAME", "bench-upsert")
-        .env("SYNCFLEET_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
-async fn engine_run(s: &Scratch, worker: &mut tokio::process::Child, rows: usize) -> anyhow::Result<EngineRun> {
-    // Let the worker start and register before reading its idle memory.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    if let Some(status) = worker.try_wait()? {
-        anyhow::bail!("the worker process exited at start-up ({status})");
-    }
-    let pid = worker.id().context("worker exited at start-up")?;
-    let idle_rss_mb = peak_rss_mb(pid)?;
-    let run = s
-        .ops
-        .trigger(Trigger {
-            chain: "http_json_sync".into(),
-            integration: INTEGRATION.into(),
-            mode: Mode::Full,
-            kind: TriggerKind::Manual,
-            triggered_by: "bench".into(),
-            tick_key: None,
-            force_sweep: false,
-            step: None,
-            step_modes: Default::default(),
-        })
-        .await?;
+async fn engine_run(r: &Round, rows: usize) -> anyhow::Result<EngineRun> {
+    // The worker has registered (`Round::start`): its memory now is its idle memory.
+    let idle_rss_mb = r.workers_peak_rss_mb()?;
+    let run = r.trigger("http_json_sync", INTEGRATION, Mode::Full, &[]).await?;
     let limit = Duration::from_secs(120 + rows as u64 / 200);
-    let ended = syncfleet_producer::cli::wait_for(&s.ops, run, false, limit).await?;
-    anyhow::ensure!(worker.try_wait()?.is_none(), "the worker process exited during the run");
-    let peak_rss_mb = peak_rss_mb(pid)?;
-    let view = views::run(&s.ops.pool, run).await?;
-    anyhow::ensure!(ended.status == "completed", "engine run ended {}: {:?}", ended.status, ended.error);
+    let view = r.completed(run, limit).await?;
+    let peak_rss_mb = r.workers_peak_rss_mb()?;
     let step = view.steps.iter().find(|st| st.step == "pull").context("the run has no pull step")?;
     anyhow::ensure!(step.attempts == 1, "the pull step took {} attempts: {:?}", step.attempts, step.error);
     anyhow::ensure!(
@@ -240,23 +124,10 @@ async fn engine_run(s: &Scratch, worker: &mut tokio::process::Child, rows: usize
     Ok(EngineRun {
         rows_per_sec: rows as f64 / (step_ms.max(1) as f64 / 1000.0),
         step_ms,
-        fetched: step.fetched,
-        inserted: step.inserted,
         api_calls: step.api_calls,
         idle_rss_mb,
         peak_rss_mb,
     })
-}
-
-/// `VmHWM` (peak resident set) of a process, in MiB.
-pub(crate) fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")?;
-    Ok(kb / 1024.0)
 }
 
 /// One page of the ERP list, as the engine asks for it.
@@ -321,7 +192,7 @@ impl ErpRow {
 async fn row_by_row(target: Target<'_>, rows: usize) -> anyhow::Result<f64> {
     let sandbox = target.sandbox;
     with_scratch(target, async |s| {
-        let integration_id = s.integration_id().await?;
+        let integration_id = integration_id(s).await?;
         let mut conn = s.ops.pool.acquire().await?;
         let http = reqwest::Client::new();
         let select = format!(
@@ -402,7 +273,7 @@ fn copy_field(out: &mut String, value: Option<&str>) {
 /// `items` with one `COPY … FROM STDIN` into the empty table; returns rows/s of the COPY alone.
 async fn copy(target: Target<'_>, items: &[Value]) -> anyhow::Result<f64> {
     with_scratch(target, async |s| {
-        let integration_id = s.integration_id().await?.to_string();
+        let integration_id = integration_id(s).await?.to_string();
         let mut data = String::with_capacity(items.len() * 96);
         for item in items {
             let r = ErpRow::from_item(item)?;
@@ -440,8 +311,8 @@ async fn copy(target: Target<'_>, items: &[Value]) -> anyhow::Result<f64> {
 /// as the pull engine does; returns rows/s of the statements.
 async fn upsert_statement(target: Target<'_>, items: &[Value]) -> anyhow::Result<f64> {
     with_scratch(target, async |s| {
-        let integration_id = s.integration_id().await?;
-        let (table, entity) = s.table()?;
+        let integration_id = integration_id(s).await?;
+        let (table, entity) = table(s)?;
         let mut batches = Vec::new();
         for page in items.chunks(PAGE) {
             let mut ids = Vec::with_capacity(page.len());
@@ -472,56 +343,68 @@ async fn upsert_statement(target: Target<'_>, items: &[Value]) -> anyhow::Result
     .await
 }
 
-fn goal(met: bool, goal: String) -> String {
-    format!("{goal}: {}", if met { "met" } else { "MISSED" })
-}
-
-pub async fn run(rows: usize, pg: PgServer) -> anyhow::Result<Value> {
-    anyhow::ensure!(rows >= 10, "--rows must be at least 10 (the small engine run uses rows / 10)");
-    let small = engine(&pg, rows / 10).await?;
-    let big = engine(&pg, rows).await?;
+/// One run of every measurement.
+async fn once(s: &mut Scenario, rows: usize, pg: &PgServer) -> anyhow::Result<()> {
+    let small = engine(pg, rows / 10).await?;
+    let big = engine(pg, rows).await?;
 
     let sandbox = sandbox(rows).await?;
-    let target = Target { pg: &pg, sandbox: &sandbox };
-    let rbr_rows = rows.min(ROW_BY_ROW_MAX);
-    let row_by_row = row_by_row(target, rbr_rows).await?;
-    let (items, fetch_secs) = fetch_all(&sandbox, rows).await?;
-    let copy = copy(target, &items).await?;
-    let upsert = upsert_statement(target, &items).await?;
-    drop(items);
+    let target = Target { pg, sandbox: &sandbox };
+    let measured = async {
+        let row_by_row = row_by_row(target, rows.min(ROW_BY_ROW_MAX)).await?;
+        let (items, fetch_secs) = fetch_all(&sandbox, rows).await?;
+        let copy = copy(target, &items).await?;
+        let upsert = upsert_statement(target, &items).await?;
+        anyhow::Ok((row_by_row, fetch_secs, copy, upsert))
+    }
+    .await;
     sandbox.shutdown().await.ok();
+    let (row_by_row, fetch_secs, copy, upsert) = measured?;
 
-    let vs_row_by_row = big.rows_per_sec / row_by_row;
-    let of_copy = big.rows_per_sec / copy;
-    let growth = big.peak_rss_mb / small.peak_rss_mb;
-    let r1 = |x: f64| (x * 10.0).round() / 10.0;
-    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    Ok(json!({
-        "rows": rows,
-        "postgres": pg.describe(),
-        "engine_rows_per_sec": r1(big.rows_per_sec),
-        "engine_step_ms": big.step_ms,
-        "fetched": big.fetched,
-        "inserted": big.inserted,
-        "api_calls": big.api_calls,
-        "row_by_row_rows": rbr_rows,
-        "row_by_row_rows_per_sec": r1(row_by_row),
-        "copy_rows_per_sec": r1(copy),
-        "engine_vs_row_by_row": r1(vs_row_by_row),
-        "engine_of_copy": r3(of_copy),
-        "worker_peak_rss_mb": r1(big.peak_rss_mb),
-        "worker_peak_rss_mb_small": r1(small.peak_rss_mb),
-        "worker_idle_rss_mb": r1(big.idle_rss_mb),
-        "rss_growth_10x": r3(growth),
-        "engine_rows_per_sec_small": r1(small.rows_per_sec),
-        "engine_step_ms_small": small.step_ms,
-        "sandbox_fetch_rows_per_sec": r1(rows as f64 / fetch_secs),
-        "upsert_statement_rows_per_sec": r1(upsert),
-        "goal_engine_vs_row_by_row": goal(vs_row_by_row >= GOAL_VS_ROW_BY_ROW, format!(">= {GOAL_VS_ROW_BY_ROW}x")),
-        "goal_engine_of_copy": goal(of_copy >= GOAL_OF_COPY, format!(">= {GOAL_OF_COPY}")),
-        "goal_worker_peak_rss_mb": goal(big.peak_rss_mb <= GOAL_PEAK_RSS_MB, format!("<= {GOAL_PEAK_RSS_MB} MiB")),
-        "goal_rss_growth_10x": goal(growth <= GOAL_RSS_GROWTH_10X, format!("<= {GOAL_RSS_GROWTH_10X}")),
-    }))
+    s.figure("engine_rows_per_sec", big.rows_per_sec);
+    s.figure("engine_step_ms", big.step_ms as f64);
+    s.figure("api_calls", big.api_calls as f64);
+    s.figure("row_by_row_rows_per_sec", row_by_row);
+    s.figure("copy_rows_per_sec", copy);
+    s.figure("engine_vs_rowwise", big.rows_per_sec / row_by_row);
+    s.figure("copy_vs_engine", copy / big.rows_per_sec);
+    s.figure("engine_of_copy", big.rows_per_sec / copy);
+    s.figure("worker_peak_rss_mb", big.peak_rss_mb);
+    s.figure("worker_peak_rss_mb_small", small.peak_rss_mb);
+    s.figure("worker_idle_rss_mb", big.idle_rss_mb);
+    s.figure("rss_growth_10x", big.peak_rss_mb / small.peak_rss_mb);
+    s.figure("engine_rows_per_sec_small", small.rows_per_sec);
+    s.figure("engine_step_ms_small", small.step_ms as f64);
+    s.figure("sandbox_fetch_rows_per_sec", rows as f64 / fetch_secs);
+    s.figure("upsert_statement_rows_per_sec", upsert);
+    eprintln!(
+        "upsert: engine {:.0} rows/s, row by row {row_by_row:.0}, COPY {copy:.0}, worker peak {:.1} MiB",
+        big.rows_per_sec, big.peak_rss_mb
+    );
+    Ok(())
+}
+
+pub async fn run(runs: usize, rows: usize, pg: PgServer) -> anyhow::Result<Scenario> {
+    anyhow::ensure!(rows >= 10, "--rows must be at least 10 (the small engine run uses rows / 10)");
+    let mut s = Scenario::new("upsert", runs);
+    for _ in 0..runs {
+        once(&mut s, rows, &pg).await?;
+    }
+    for ratio in ["engine_vs_rowwise", "copy_vs_engine", "engine_of_copy", "rss_growth_10x"] {
+        s.ratio_from_median(ratio);
+    }
+    s.goal("engine_vs_rowwise", &format!(">= {GOAL_VS_ROW_BY_ROW}"));
+    s.goal("copy_vs_engine", &format!("<= {:.2} (the engine at >= {GOAL_OF_COPY} of COPY)", 1.0 / GOAL_OF_COPY));
+    s.goal("engine_of_copy", &format!(">= {GOAL_OF_COPY}"));
+    s.goal("worker_peak_rss_mb", &format!("<= {GOAL_PEAK_RSS_MB}"));
+    s.goal("rss_growth_10x", &format!("<= {GOAL_RSS_GROWTH_10X}"));
+    s.note(format!(
+        "{rows} ERP items (the row-by-row loop writes {}), PostgreSQL over {}",
+        rows.min(ROW_BY_ROW_MAX),
+        pg.describe()
+    ));
+    s.note("ratios are measured within each run (engine, row by row and COPY side by side), then the median");
+    Ok(s)
 }
 
 #[cfg(test)]
