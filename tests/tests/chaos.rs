@@ -134,25 +134,11 @@ async fn workers_sigkilled_at_random_during_chain_runs_lose_and_double_nothing()
     let fleet = &mut scene.fleet;
 
     // Runs start one after another while workers die at random moments and new ones start.
-    let mut pending: Vec<(&str, &String)> =
+    let pending: Vec<(&str, &String)> =
         erps.iter().map(|n| (SYNC, n)).chain(demos.iter().map(|n| (FANOUT, n))).collect();
-    let mut runs = vec![];
-    let mut kills = 0;
-    let mut next_kill = Instant::now() + Duration::from_millis(800);
     let started = Instant::now();
-    while kills < min_kills || !pending.is_empty() {
-        if let Some((chain, name)) = pending.pop() {
-            runs.push(env.trigger_with(chain, name, Mode::Full, false).await);
-        }
-        if Instant::now() >= next_kill && kills < min_kills {
-            fleet.kill_random().await;
-            fleet.start_worker();
-            kills += 1;
-            next_kill = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1200));
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(started.elapsed() < Duration::from_secs(180), "kill loop overran");
-    }
+    let runs = trigger_under_kills(env, fleet, pending, min_kills, Duration::from_millis(800)).await;
+    let kills = min_kills;
     let views = chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await;
 
     assert_eq!(views.len(), erp_runs + demo_runs);
@@ -168,16 +154,21 @@ async fn workers_sigkilled_at_random_during_chain_runs_lose_and_double_nothing()
 
 const MOODLE: &str = "moodle_institutional";
 
-/// Triggers `moodle_institutional` of each of `names`, one every 150 ms, while a random worker is
-/// SIGKILLed (and a new one started) every 0.3–1.2 s until `kills` kills; waits for the runs.
-async fn moodle_runs_under_kills(env: &TestEnv, fleet: &mut Fleet, names: &[String], kills: usize) -> Vec<RunView> {
-    let mut pending: Vec<&String> = names.iter().collect();
+/// Triggers each (chain, integration) of `pending`, one every 150 ms, while from `first_kill` on a
+/// random worker is SIGKILLed (and a new one started) every 0.3–1.2 s, until `kills` kills.
+async fn trigger_under_kills(
+    env: &TestEnv,
+    fleet: &mut Fleet,
+    mut pending: Vec<(&str, &String)>,
+    kills: usize,
+    first_kill: Duration,
+) -> Vec<RunId> {
     let (mut runs, mut done) = (vec![], 0);
-    let mut next_kill = Instant::now() + Duration::from_millis(600);
+    let mut next_kill = Instant::now() + first_kill;
     let started = Instant::now();
     while done < kills || !pending.is_empty() {
-        if let Some(name) = pending.pop() {
-            runs.push(env.trigger_with(MOODLE, name, Mode::Full, false).await);
+        if let Some((chain, name)) = pending.pop() {
+            runs.push(env.trigger_with(chain, name, Mode::Full, false).await);
         }
         if Instant::now() >= next_kill && done < kills {
             fleet.kill_random().await;
@@ -188,6 +179,13 @@ async fn moodle_runs_under_kills(env: &TestEnv, fleet: &mut Fleet, names: &[Stri
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(started.elapsed() < Duration::from_secs(180), "kill loop overran");
     }
+    runs
+}
+
+/// `moodle_institutional` of each of `names` under kills ([`trigger_under_kills`]); waits for the runs.
+async fn moodle_runs_under_kills(env: &TestEnv, fleet: &mut Fleet, names: &[String], kills: usize) -> Vec<RunView> {
+    let pending = names.iter().map(|n| (MOODLE, n)).collect();
+    let runs = trigger_under_kills(env, fleet, pending, kills, Duration::from_millis(600)).await;
     chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await
 }
 

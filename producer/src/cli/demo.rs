@@ -96,11 +96,7 @@ pub(super) async fn demo(
         ));
         engines.push(tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), shutdown.clone())));
     }
-    let say = |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    };
+    let say = |line: String| say(json, line);
     say(format!("producer on http://{addr}, {} workers", workers.max(1)));
     let result = async {
         let Some(sb) = &sandbox else {
@@ -113,7 +109,7 @@ pub(super) async fn demo(
         if moodle {
             return demo_moodle(&ops, sb, json).await;
         }
-        let items = sb.info().pointer("/counts/erp/items").and_then(|v| v.as_i64()).unwrap_or_default();
+        let items = count(sb, "/counts/erp/items");
         say(format!(
             "sandbox ERP at {} with {items} items; full sync of `demo-erp` into table erp_items",
             sb.erp_url()
@@ -187,12 +183,8 @@ async fn demo_partner(
     sb: &syncfleet_sandbox::SandboxHandle,
     json: bool,
 ) -> anyhow::Result<Vec<views::RunView>> {
-    let say = |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    };
-    let count = |p: &str| sb.info().pointer(p).and_then(|v| v.as_i64()).unwrap_or_default();
+    let say = |line: String| say(json, line);
+    let count = |p: &str| count(sb, p);
     say(format!(
         "sandbox Northpass at {} ({} people, {} groups, {} courses) and Impartner at {} ({} accounts, {} contacts); \
          full partner_daily of `demo-partner`",
@@ -229,6 +221,18 @@ async fn demo_partner(
 
 const MOODLE_INTEGRATION: &str = "demo-moodle";
 
+/// A line of the demo's story, on stderr, unless the output is JSON.
+fn say(json: bool, line: String) {
+    if !json {
+        eprintln!("{line}");
+    }
+}
+
+/// A count the sandbox reports (`/counts/<api>/<resource>`).
+fn count(sb: &syncfleet_sandbox::SandboxHandle, pointer: &str) -> i64 {
+    sb.info().pointer(pointer).and_then(|v| v.as_i64()).unwrap_or_default()
+}
+
 /// The Moodle institutional sync: `moodle_institutional` in full, then the sandbox's Moodle drops
 /// some enrollments and changes 1 % of courses, then the chain again: the dropped enrollments are
 /// deactivated, the changed courses updated, the rest left as it was.
@@ -237,12 +241,8 @@ async fn demo_moodle(
     sb: &syncfleet_sandbox::SandboxHandle,
     json: bool,
 ) -> anyhow::Result<Vec<views::RunView>> {
-    let say = |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    };
-    let count = |p: &str| sb.info().pointer(p).and_then(|v| v.as_i64()).unwrap_or_default();
+    let say = |line: String| say(json, line);
+    let count = |p: &str| count(sb, p);
     say(format!(
         "sandbox Moodle at {} ({} categories, {} programs, {} courses, {} users, {} enrolments); \
          moodle_institutional of `{MOODLE_INTEGRATION}`",
