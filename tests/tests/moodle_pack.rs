@@ -218,17 +218,27 @@ async fn an_error_envelope_is_an_error_and_a_failing_program_leaves_the_others_s
             .await
             .unwrap();
     assert_eq!(open, [format!("program:{failing}")]);
+    const ACTIVE_ENROLLMENTS: &str = "SELECT count(*) FROM moodle_enrollments WHERE is_active";
+    let partial_enrollments: i64 = env.value(ACTIVE_ENROLLMENTS).await;
 
-    // The program recovers and the partial run is resumed: only its partial step runs again, the
-    // program's courses arrive, its error is resolved and the run completes.
+    // The program recovers and the partial run is resumed: its partial step runs again, then the
+    // steps downstream of it (they read what it wrote), the program's courses and their
+    // enrollments arrive, its error is resolved and the run completes.
     sandbox.faults("moodle", json!({"exceptions": []})).await;
+    let expected = expected_enrollments(&sandbox).await.len() as i64;
+    assert!(partial_enrollments < expected, "the missing program's enrollments are missing: {partial_enrollments}");
     let run_id = run.id.parse().unwrap();
     env.ops.resume(run_id, "test").await.unwrap();
     let run = env.wait(run_id, std::time::Duration::from_secs(60)).await;
     assert_eq!(run.status, "completed", "{run:#?}");
     let c = step(&run, "sync_courses");
     assert_eq!((c.partial, c.attempts, c.inserted, c.errors), (false, 2, 2, 0), "{c:#?}");
-    assert_eq!(step(&run, "sync_categories").attempts, 1, "succeeded steps are not repeated");
+    assert_eq!(step(&run, "sync_categories").attempts, 1, "steps upstream of the partial one are not repeated");
+    for later in ["sync_enrollments", "user_scope_backfill", "role_derivation"] {
+        let s = step(&run, later);
+        assert_eq!((s.status.as_str(), s.attempts), ("succeeded", 2), "downstream steps run again: {s:#?}");
+    }
+    assert_eq!(env.value::<i64>(ACTIVE_ENROLLMENTS).await, expected, "the recovered program's enrollments arrived");
     let open: i64 =
         env.value("SELECT count(*) FROM item_errors WHERE resolved_at IS NULL AND entity = 'courses'").await;
     assert_eq!(open, 0);

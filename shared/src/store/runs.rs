@@ -471,7 +471,8 @@ pub async fn finish_step(
 }
 
 /// Resumes a failed, partial or cancelled run: its failed, skipped and cancelled steps run again
-/// (each as a new attempt), as do steps that succeeded only in part; succeeded steps are not repeated.
+/// (each as a new attempt), as do steps that succeeded only in part and every step downstream of
+/// those; other succeeded steps are not repeated.
 pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, StoreError> {
     let mut tx = pool.begin().await?;
     let run: Option<(String, String, i64)> =
@@ -502,10 +503,22 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
         return Err(active_run_error(pool, &chain, integration_id).await);
     }
     updated?;
+    // A partial step's downstream steps read what it wrote while part of it was missing: they run
+    // again after it, as do (transitively) theirs.
     sqlx::query(
-        "UPDATE step_runs SET status = 'pending', error = NULL, finished_at = NULL, worker = NULL,
+        "WITH RECURSIVE partial_steps AS (
+             SELECT DISTINCT step FROM step_runs WHERE run_id = $1 AND status = 'succeeded' AND partial),
+         downstream(step) AS (
+             SELECT DISTINCT s.step FROM step_runs s JOIN partial_steps p ON p.step = ANY(s.prerequisites)
+              WHERE s.run_id = $1
+             UNION
+             SELECT s.step FROM step_runs s JOIN downstream d ON d.step = ANY(s.prerequisites)
+              WHERE s.run_id = $1)
+         UPDATE step_runs SET status = 'pending', error = NULL, finished_at = NULL, worker = NULL,
                 max_attempts = attempts + attempt_budget
-          WHERE run_id = $1 AND (status IN ('failed', 'skipped', 'cancelled') OR (status = 'succeeded' AND partial))",
+          WHERE run_id = $1
+            AND (status IN ('failed', 'skipped', 'cancelled')
+                 OR (status = 'succeeded' AND (partial OR step IN (SELECT step FROM downstream))))",
     )
     .bind(run_id)
     .execute(&mut *tx)
