@@ -263,9 +263,8 @@ impl Round {
     }
 
     /// Per step of `run`, in start order: seconds from its first shard's start to the next step's
-    /// start (the last step: to now, so read it right after the run ended). `step_runs.finished_at`
-    /// and `duration_ms` are not used: they are the finish transaction's `now()`, which is when a
-    /// step that works inside that transaction opened it, not when it ended.
+    /// start (the last step: to now, so read it right after the run ended): the step's own time
+    /// plus the hand-over to the next, which is what a chain's wall time is made of.
     pub async fn step_spans(&self, run: RunId) -> anyhow::Result<Vec<(String, f64)>> {
         Ok(sqlx::query_as(
             "SELECT step, extract(epoch FROM (coalesce(lead(s) OVER (ORDER BY s), clock_timestamp()) - s))::float8

@@ -198,7 +198,7 @@ async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx
                                     AND (s.status = 'failed' OR (s.status = 'succeeded' AND s.partial)))
                         THEN 'partial'
                     ELSE 'completed' END,
-                finished_at = now()
+                finished_at = clock_timestamp()
           WHERE r.id = $1 AND r.status IN ('queued', 'running')
             AND NOT EXISTS (SELECT 1 FROM step_runs s
                              WHERE s.run_id = $1 AND s.status IN ('pending', 'ready', 'running'))",
@@ -390,7 +390,8 @@ pub struct Fence<'a> {
 }
 
 /// Records the end of an attempt and the downstream transitions, inside the caller's transaction.
-/// Returns `None` when the fence no longer holds (the caller must roll back), otherwise the steps
+/// The end time is the statement's (`clock_timestamp()`), not the transaction's start: a step that
+/// does its work inside that transaction would otherwise end when it began. Returns `None` when the fence no longer holds (the caller must roll back), otherwise the steps
 /// that became ready.
 pub async fn finish_step(
     conn: &mut PgConnection,
@@ -409,8 +410,8 @@ pub async fn finish_step(
         "UPDATE step_runs SET
             status = $4,
             error = $5,
-            finished_at = CASE WHEN $4 = 'ready' THEN NULL ELSE now() END,
-            duration_ms = (extract(epoch FROM (now() - started_at)) * 1000)::bigint,
+            finished_at = CASE WHEN $4 = 'ready' THEN NULL ELSE clock_timestamp() END,
+            duration_ms = (extract(epoch FROM (clock_timestamp() - started_at)) * 1000)::bigint,
             fetched = $7, inserted = $8, updated = $9, unchanged = $10, deactivated = $11, errors = $12,
             api_calls = $13, throttled = $14, cursor_before = $15, cursor_after = $16, guard = $17,
             partial = $18,
