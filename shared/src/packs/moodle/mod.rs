@@ -46,6 +46,11 @@ pub const ENROLLMENTS: &str = "moodle_enrollments";
 /// The first step of [`INSTITUTIONAL`], run alone at start-up unless disabled.
 pub const CATEGORIES_STEP: &str = "sync_categories";
 
+/// The tables scope backfill and role derivation read whole; their statistics are refreshed first
+/// when stale ([`crate::sync::pull::analyze_if_stale`]).
+const DERIVATION_INPUTS: [&str; 5] =
+    ["moodle_users", "moodle_enrollments", "moodle_courses", "moodle_categories", "moodle_user_roles"];
+
 pub fn chains() -> Vec<ChainDef> {
     let s = |name: &str, kind| StepDef::new(name, kind, QUEUE).retry(3, Duration::from_secs(1));
     let after_categories = |first: Option<&'static str>| {

@@ -211,6 +211,7 @@ impl StepHandler for UserScopeBackfill {
     fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let integration_id = ctx.integration.id;
+            crate::sync::pull::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
             let r = backfill(ctx.tx().await?, integration_id, None).await?;
             tracing::info!(
                 users = r.users,
