@@ -198,7 +198,9 @@ async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx
                                     AND (s.status = 'failed' OR (s.status = 'succeeded' AND s.partial)))
                         THEN 'partial'
                     ELSE 'completed' END,
-                finished_at = clock_timestamp()
+                -- The transaction's `now()`: `metrics::run_ended_in_tx` tells by it that this
+                -- transaction ended the run.
+                finished_at = now()
           WHERE r.id = $1 AND r.status IN ('queued', 'running')
             AND NOT EXISTS (SELECT 1 FROM step_runs s
                              WHERE s.run_id = $1 AND s.status IN ('pending', 'ready', 'running'))",
