@@ -82,9 +82,13 @@ pub const ANALYZE_AFTER_ROWS: i64 = 1000;
 /// not on what autovacuum last saw, which after a first load may be nothing (a domain analysis took
 /// 25 s instead of 0.5 s that way). A failure is logged; it never fails the step.
 pub async fn analyze_after_write(pool: &sqlx::PgPool, table: &str, written: i64) {
-    if written < ANALYZE_AFTER_ROWS {
-        return;
+    if written >= ANALYZE_AFTER_ROWS {
+        analyze(pool, table).await;
     }
+}
+
+/// `ANALYZE table`; a failure is logged, never returned.
+async fn analyze(pool: &sqlx::PgPool, table: &str) {
     if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(pool).await {
         tracing::warn!(%error, table, "ANALYZE failed.");
     }
@@ -109,7 +113,7 @@ pub async fn analyze_if_stale(pool: &sqlx::PgPool, tables: &[&str]) {
     match stale {
         Ok(stale) => {
             for table in stale {
-                analyze_after_write(pool, &table, ANALYZE_AFTER_ROWS).await;
+                analyze(pool, &table).await;
             }
         }
         Err(error) => tracing::warn!(%error, ?tables, "Reading the tables' statistics failed."),
