@@ -189,38 +189,43 @@ async fn moodle_runs_under_kills(env: &TestEnv, fleet: &mut Fleet, names: &[Stri
     chaos::wait_runs(env, &runs, Duration::from_secs(size(120, 600) as u64)).await
 }
 
+/// The rows of `sql` for the integration named `name` (bound as `$1`).
+async fn of_integration<T>(env: &TestEnv, name: &str, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql).bind(name).fetch_all(&env.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Each integration's active enrollments (`{course}:{user}` → section, role) and active users
 /// equal the sandbox's Moodle, read through its web services.
 async fn assert_institution_matches(env: &TestEnv, sandbox: &Sandbox, names: &[String]) {
     let enrollments = moodle::expected_enrollments(sandbox).await;
     let users = moodle::expected_users(sandbox).await;
     for name in names {
-        let local: BTreeMap<String, (Option<String>, Option<String>)> =
-            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
-                "SELECT e.external_id, e.section_id, e.role FROM moodle_enrollments e
-                   JOIN integrations i ON i.id = e.integration_id WHERE i.name = $1 AND e.is_active",
-            )
-            .bind(name)
-            .fetch_all(&env.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, s, r)| (k, (s, r)))
-            .collect();
+        let local: BTreeMap<String, (Option<String>, Option<String>)> = of_integration::<(_, _, _)>(
+            env,
+            name,
+            "SELECT e.external_id, e.section_id, e.role FROM moodle_enrollments e
+               JOIN integrations i ON i.id = e.integration_id WHERE i.name = $1 AND e.is_active",
+        )
+        .await
+        .into_iter()
+        .map(|(k, s, r)| (k, (s, r)))
+        .collect();
         assert!(
             local == enrollments,
             "{name}: {} active enrollments, the sandbox has {}",
             local.len(),
             enrollments.len()
         );
-        let local: BTreeSet<(String, String)> = sqlx::query_as(
+        let local: BTreeSet<(String, String)> = of_integration(
+            env,
+            name,
             "SELECT u.external_id, u.username FROM moodle_users u
                JOIN integrations i ON i.id = u.integration_id WHERE i.name = $1 AND u.is_active",
         )
-        .bind(name)
-        .fetch_all(&env.pool)
         .await
-        .unwrap()
         .into_iter()
         .collect();
         assert!(local == users, "{name}: {} active users, the sandbox has {}", local.len(), users.len());
@@ -274,15 +279,15 @@ async fn workers_sigkilled_during_moodle_institutional_runs_leave_the_institutio
     chaos::assert_all_completed(&second);
     assert_institution_matches(&env, &sandbox, &names).await;
     for name in &names {
-        let inactive: BTreeSet<String> = sqlx::query_scalar(
+        let inactive: BTreeSet<String> = of_integration::<(String,)>(
+            &env,
+            name,
             "SELECT e.external_id FROM moodle_enrollments e JOIN integrations i ON i.id = e.integration_id
               WHERE i.name = $1 AND NOT e.is_active",
         )
-        .bind(name)
-        .fetch_all(&env.pool)
         .await
-        .unwrap()
         .into_iter()
+        .map(|(id,)| id)
         .collect();
         assert_eq!(inactive, dropped, "{name}: exactly the dropped enrolments are inactive");
     }
