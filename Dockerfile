@@ -39,8 +39,10 @@ COPY --from=planner /src/recipe.json recipe.json
 COPY vendor vendor
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bins \
-        -p syncfleet-producer -p syncfleet-worker -p syncfleet-sandbox \
+# `--no-default-features` leaves the CLI's `demo` feature out: the production `syncfleet` links
+# neither the sandbox nor the worker engine. The packs come from syncfleet-registry's features.
+RUN cargo build --release --locked --no-default-features --bins \
+        -p syncfleet-producer -p syncfleet-worker -p syncfleet-cli -p syncfleet-sandbox \
  && mkdir -p /out \
  && for bin in syncfleet syncfleet-producer syncfleet-worker syncfleet-sandbox; do \
         cp "target/release/${bin}" /out/; \

@@ -16,7 +16,8 @@
 
 use serde_json::{Value, json};
 use syncfleet_sandbox::{SandboxConfig, SandboxHandle, Scale};
-use syncfleet_shared::{chain::Mode, store::views::RunView};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::views::RunView;
 
 use crate::{
     report::Scenario,

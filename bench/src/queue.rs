@@ -23,9 +23,8 @@ use syncfleet_shared::{
     chain::Mode,
     ids::{RunId, StepName},
     job::JobPayload,
-    queue::QueueClient,
-    store,
 };
+use syncfleet_store::{self as store, queue::QueueClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::{

@@ -18,12 +18,8 @@ use anyhow::Context;
 use rand::Rng;
 use syncfleet_producer::{Ops, ops::Trigger};
 use syncfleet_sandbox::SandboxHandle;
-use syncfleet_shared::{
-    chain::Mode,
-    config::Config,
-    ids::RunId,
-    store::{self, runs::TriggerKind, views::RunView},
-};
+use syncfleet_shared::{chain::Mode, ids::RunId};
+use syncfleet_store::{self as store, runs::TriggerKind, views::RunView};
 use tokio_util::sync::CancellationToken;
 
 /// How long a round waits for its worker processes to register.
@@ -75,16 +71,17 @@ impl Scratch {
             "[database]\nurl = \"{}\"\nmax_connections = 20\n[redis]\nnamespace = \"bench-{tag}\"\n{body}",
             pg.url(&format!("sf_bench_{tag}"))
         );
-        let config = Config::from_toml(&toml)?;
+        let registry = syncfleet_registry::builtin();
+        let config = registry.config_from_toml(&toml)?;
         let config_path = std::env::temp_dir().join(format!("syncfleet-bench-{tag}.toml"));
         std::fs::write(&config_path, &toml)?;
-        match syncfleet_producer::connect(&config).await {
+        match syncfleet_producer::connect(&config, registry).await {
             Ok(ops) => Ok(Scratch { ops, config_path }),
             Err(e) => {
                 // `connect` may have created the database (and used the namespace) before it failed.
                 store::drop_database(&config.database).await.ok();
                 if let Ok(queues) =
-                    syncfleet_shared::queue::QueueClient::connect(config.redis.url.expose(), &config.redis.namespace)
+                    syncfleet_store::queue::QueueClient::connect(config.redis.url.expose(), &config.redis.namespace)
                         .await
                 {
                     queues.purge_namespace().await.ok();
@@ -236,7 +233,7 @@ impl Round {
 
     /// Waits for `run` to end within `limit`; an end other than `completed` is an error.
     pub async fn completed(&self, run: RunId, limit: Duration) -> anyhow::Result<RunView> {
-        let view = syncfleet_producer::cli::wait_for(self.ops(), run, false, limit).await?;
+        let view = syncfleet_cli::wait_for(self.ops(), run, false, limit).await?;
         anyhow::ensure!(
             view.status == "completed",
             "{} of {} ended {}: {:?}",

@@ -20,12 +20,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use syncfleet_pack_moodle::{self as moodle, settings::DEFAULT_CONCURRENCY};
 use syncfleet_sandbox::{FaultSettings, SandboxConfig, Scale};
-use syncfleet_shared::{
-    chain::Mode,
-    packs::moodle::{self, settings::DEFAULT_CONCURRENCY},
-    store::views::RunView,
-};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::views::RunView;
 
 use crate::{
     report::Scenario,

@@ -26,8 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::Value;
+use syncfleet_pack_http_json as http_json;
 use syncfleet_sandbox::{SandboxConfig, SandboxHandle};
-use syncfleet_shared::{chain::Mode, packs::http_json, store, sync::table::Table};
+use syncfleet_sdk::sync::table::Table;
+use syncfleet_shared::chain::Mode;
+use syncfleet_store as store;
 
 pub use crate::round::PgServer;
 use crate::{

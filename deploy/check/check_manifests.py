@@ -8,7 +8,7 @@ named after the overlay). Exits 1 naming every problem found.
   openAPIV3Schema, strict: unknown fields are errors). A kind that neither kubernetes-validate
   (built-in API groups) nor this script has a schema for is an error.
 - Every PromQL expression (alert rules, the KEDA trigger's query, the Grafana dashboard's panels)
-  must parse, and names only syncfleet_* metrics that shared/src/metrics.rs declares.
+  must parse, and names only syncfleet_* metrics that runtime/src/metrics.rs declares.
 - The deployment rules of deploy/README.md: probes on /readyz and /livez, non-root read-only
   containers without capabilities, requests and memory limits, a worker grace period above its
   drain bound, worker replicas owned by the autoscaler, ready-depth-only scaling, no Secret.
@@ -53,11 +53,11 @@ def fail(where: str, message: str) -> None:
 
 
 def declared_metrics() -> set[str]:
-    """The metric names shared/src/metrics.rs declares (its `pub const X: &str = "syncfleet_…"`)."""
-    text = (ROOT / "shared/src/metrics.rs").read_text()
+    """The metric names runtime/src/metrics.rs declares (its `pub const X: &str = "syncfleet_…"`)."""
+    text = (ROOT / "runtime/src/metrics.rs").read_text()
     names = set(re.findall(r'pub const [A-Z_]+: &str = "(syncfleet_[a-z0-9_]+)";', text))
     if not names:
-        fail("shared/src/metrics.rs", "no metric constants found")
+        fail("runtime/src/metrics.rs", "no metric constants found")
     return names
 
 
@@ -95,7 +95,7 @@ def check_promql(where: str, expr: str) -> list:
             if name.endswith(suffix) and name[: -len(suffix)] in METRICS:
                 base = name[: -len(suffix)]
         if base not in METRICS:
-            fail(where, f"metric {name} is not declared in shared/src/metrics.rs")
+            fail(where, f"metric {name} is not declared in runtime/src/metrics.rs")
     return found
 
 

@@ -140,7 +140,7 @@ async fn deliver(config: &AlertsConfig, alert: &Alert) -> Vec<String> {
     }
     if let Some(smtp) = &config.smtp
         && wanted("mail")
-        && let Err(error) = smtp.send(&config.to, &alert.subject(), alert.text(), false).await
+        && let Err(error) = syncfleet_sdk::mail::send(smtp, &config.to, &alert.subject(), alert.text(), false).await
     {
         tracing::error!(%error, run_id = %alert.run_id, step = %alert.step, "Alert mail failed.");
         failed.push("mail".to_owned());

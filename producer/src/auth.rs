@@ -8,14 +8,14 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use syncfleet_shared::store::tokens::{self, Principal, Role};
+use syncfleet_store::tokens::{self, Principal, Role};
 
-use crate::{api::ApiError, ops::Ops};
+use crate::{error::ApiError, ops::Ops};
 
 /// The header carrying a webhook's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "x-syncfleet-signature";
 
-async fn principal(parts: &Parts, ops: &Ops, needs: Role) -> Result<Principal, ApiError> {
+pub(crate) async fn principal(parts: &Parts, ops: &Ops, needs: Role) -> Result<Principal, ApiError> {
     let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
         return Err(ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into()));

@@ -1,43 +1,52 @@
-//! The producer: scheduler, reconciler (bounded dispatch and healing), and the admin API; plus the
-//! `syncfleet` CLI, which drives the same operations.
+//! The producer: scheduler, reconciler (bounded dispatch and healing), and the admin API. The
+//! `syncfleet` CLI (crate `syncfleet-cli`) drives the same operations through [`Ops`].
+//!
+//! **Invariant:** the library names no pack; it takes a [`Registry`] and asks it.
 
 pub mod alerts;
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod dashboard;
+pub mod error;
 pub mod metrics;
-pub mod moodle;
 pub mod ops;
 pub mod reconciler;
-pub mod reports;
 pub mod scheduler;
+pub mod startup;
 
-use syncfleet_shared::{
-    config::Config,
+use std::sync::Arc;
+
+use syncfleet_sdk::{
+    Registry,
     http::{HttpClients, RateBudget},
-    queue::QueueClient,
-    registries, store,
 };
+use syncfleet_shared::config::Config;
+use syncfleet_store::{self as store, queue::QueueClient};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use ops::Ops;
 
-/// Connects to PostgreSQL (creating and migrating the database) and Redis.
-pub async fn connect(config: &Config) -> anyhow::Result<Ops> {
+/// Connects to PostgreSQL (creating and migrating the database) and Redis, and registers the
+/// config file's integrations with `registry`'s packs.
+pub async fn connect(config: &Config, registry: Registry) -> anyhow::Result<Ops> {
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
-    store::register_integrations(&pool, &config.integrations).await?;
+    store::register_integrations(&pool, &registry, &config.integrations).await?;
     let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
-    let (chains, _) = registries(config)?;
+    let chains = Arc::new(registry.chains(config)?);
     let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
-    Ok(Ops { config: config.clone(), pool, queues, chains, http })
+    Ok(Ops { config: config.clone(), pool, queues, chains, http, registry: Arc::new(registry) })
 }
 
 /// Runs the producer on `listener` until `shutdown`: the API, the scheduler and the reconciler.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ops = connect(&config).await?;
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ops = connect(&config, registry).await?;
     run_with(listener, ops, shutdown).await
 }
 
@@ -45,7 +54,7 @@ pub async fn run_with(listener: TcpListener, ops: Ops, shutdown: CancellationTok
     tracing::info!(addr = %listener.local_addr()?, "Producer started.");
     let mut tasks = Vec::new();
     if ops.config.producer.scheduler_enabled {
-        moodle::startup_triggers(&ops).await;
+        startup::startup_triggers(&ops).await;
         tasks.push(tokio::spawn(scheduler::Scheduler::new(ops.clone()).run(shutdown.clone())));
     }
     tasks.push(tokio::spawn(reconciler::Reconciler::new(ops.clone()).run(shutdown.clone())));

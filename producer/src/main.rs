@@ -1,7 +1,7 @@
 //! `syncfleet-producer`: scheduler, reconciler and admin API until SIGTERM or ctrl-c.
 
 use clap::Parser;
-use syncfleet_shared::{config::Config, telemetry};
+use syncfleet_runtime::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -21,11 +21,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(args.config.as_deref())?;
+    // The one place that names the packs this binary serves.
+    let registry = syncfleet_registry::builtin();
+    let config = registry.load_config(args.config.as_deref())?;
     let json = args.log_json || telemetry::json_by_default(config.environment);
     let _telemetry = telemetry::init_service("syncfleet-producer", json);
-    syncfleet_shared::metrics::install();
+    syncfleet_runtime::metrics::install();
     let listener = tokio::net::TcpListener::bind(&config.producer.listen).await?;
-    let shutdown = syncfleet_worker::shutdown_signal();
-    syncfleet_producer::run(listener, config, shutdown).await
+    let shutdown = syncfleet_runtime::shutdown_signal();
+    syncfleet_producer::run(listener, config, registry, shutdown).await
 }

@@ -10,7 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use syncfleet_shared::metrics;
+use syncfleet_runtime::metrics;
+use syncfleet_store::health;
 
 use crate::ops::Ops;
 
@@ -24,7 +25,7 @@ async fn scrape(State(ops): State<Ops>) -> Response {
     match ops.queue_depths().await {
         Ok(depths) => {
             for d in &depths {
-                metrics::set_queue_depth(d);
+                health::set_queue_depth(d);
                 match ops.queues.workers(&d.queue).await {
                     Ok(workers) => metrics::set_worker_heartbeat(&d.queue, &workers),
                     Err(error) => tracing::warn!(%error, queue = %d.queue, "Worker heartbeats unreadable."),

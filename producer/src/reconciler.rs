@@ -13,10 +13,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use syncfleet_shared::{
-    dispatch, metrics,
+use syncfleet_runtime::metrics;
+use syncfleet_store::{
+    dispatch, health,
     queue::JobState,
-    store::runs::{self, Fence, Outcome},
+    runs::{self, Fence, Outcome},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +79,7 @@ impl Reconciler {
             let mut tx = self.ops.pool.begin().await?;
             let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
             if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {
-                let ended = metrics::run_ended_in_tx(&mut tx, s.id).await?;
+                let ended = health::run_ended_in_tx(&mut tx, s.id).await?;
                 tx.commit().await?;
                 if let Some((chain, status)) = ended {
                     metrics::run_ended(&chain, &status);

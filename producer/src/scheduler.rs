@@ -4,13 +4,13 @@
 //!
 //! Resolution order: value stored through the API (`schedules` table) > environment > config
 //! file (both already merged into `Config::schedules`) > the pack's defaults
-//! (`packs::default_schedules`, for every enabled integration of the pack). A schedule is keyed by
+//! (`Pack::default_schedules`, for every enabled integration of the pack). A schedule is keyed by
 //! (chain, integration, mode): configured and stored schedules run incremental and replace the pack
 //! default of the same chain and mode; a stored schedule switched off stops every schedule of its
 //! (chain, integration). The minimum interval is enforced at every
 //! layer: config validation, the store, and here again for stored values; a pack may raise it for its
-//! chains (`packs::chain_min_interval`: 30 minutes for the Moodle chains), and may derive interval
-//! defaults from the configuration (`packs::interval_schedules`: the Moodle interval per environment
+//! chains (`Pack::min_interval`: 30 minutes for the Moodle chains), and may derive interval
+//! defaults from the configuration (`Pack::interval_schedules`: the Moodle interval per environment
 //! or `MOODLE_SYNC_INTERVAL_MINUTES`).
 
 use std::{collections::HashMap, time::Duration};
@@ -18,29 +18,14 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use syncfleet_shared::{
     chain::Mode,
-    config::{Schedule, ScheduleSpec},
     ids::{ChainName, IntegrationName},
     job::tick_id,
-    store::{StoreError, runs::TriggerKind},
 };
+use syncfleet_store::{StoreError, runs::TriggerKind};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::ops::ResolvedSchedule;
 use crate::ops::{Ops, Trigger};
-
-/// A `schedules` row: chain, integration, interval, cron, enabled.
-type StoredRow = (String, String, Option<i32>, Option<String>, bool);
-
-/// A schedule after resolution.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedSchedule {
-    pub chain: String,
-    pub integration: String,
-    pub schedule: Schedule,
-    /// `stored`, `config` (file or environment) or `pack` (the pack's default).
-    pub source: &'static str,
-    /// The mode of the runs it fires.
-    pub mode: Mode,
-}
 
 /// What firing one tick did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,77 +47,9 @@ impl Scheduler {
         Scheduler { ops, last: HashMap::new() }
     }
 
-    /// Stored schedules override configured ones per (chain, integration).
+    /// Every schedule in force, resolved ([`Ops::resolve_schedules`]).
     pub async fn resolve(&self) -> Result<Vec<ResolvedSchedule>, sqlx::Error> {
-        let min = self.ops.config.min_interval();
-        let mut out: HashMap<(String, String, &'static str), ResolvedSchedule> = HashMap::new();
-        let integrations: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, pack FROM integrations WHERE enabled").fetch_all(&self.ops.pool).await?;
-        for (integration, pack) in integrations {
-            for d in syncfleet_shared::packs::default_schedules(&pack) {
-                let spec = ScheduleSpec { interval_secs: None, cron: Some(d.cron.to_owned()) };
-                match Schedule::from_spec(&spec, min) {
-                    Ok(schedule) => {
-                        let chain = d.chain.to_owned();
-                        let key = (chain.clone(), integration.clone(), d.mode.as_str());
-                        let integration = integration.clone();
-                        out.insert(
-                            key,
-                            ResolvedSchedule { chain, integration, schedule, source: "pack", mode: d.mode },
-                        );
-                    }
-                    Err(message) => tracing::warn!(chain = d.chain, %integration, %message, "Pack schedule ignored."),
-                }
-            }
-            for (chain, every, source) in syncfleet_shared::packs::interval_schedules(&pack, &self.ops.config) {
-                let key = (chain.to_owned(), integration.clone(), Mode::Incremental.as_str());
-                let (chain, integration, mode) = (chain.to_owned(), integration.clone(), Mode::Incremental);
-                let schedule = Schedule::Interval(every.max(self.ops.config.min_interval_for(&chain)));
-                out.insert(key, ResolvedSchedule { chain, integration, schedule, source, mode });
-            }
-        }
-        for (chain, by_integration) in &self.ops.config.schedules {
-            for (integration, spec) in by_integration {
-                if let Ok(schedule) = Schedule::from_spec(spec, self.ops.config.min_interval_for(chain)) {
-                    out.insert(
-                        (chain.clone(), integration.clone(), Mode::Incremental.as_str()),
-                        ResolvedSchedule {
-                            chain: chain.clone(),
-                            integration: integration.clone(),
-                            schedule,
-                            source: "config",
-                            mode: Mode::Incremental,
-                        },
-                    );
-                }
-            }
-        }
-        let stored: Vec<StoredRow> = sqlx::query_as(
-            "SELECT s.chain, i.name, s.interval_secs, s.cron, s.enabled
-               FROM schedules s JOIN integrations i ON i.id = s.integration_id",
-        )
-        .fetch_all(&self.ops.pool)
-        .await?;
-        for (chain, integration, interval, cron, enabled) in stored {
-            let key = (chain.clone(), integration.clone(), Mode::Incremental.as_str());
-            if !enabled {
-                out.retain(|(c, i, _), _| (c, i) != (&chain, &integration));
-                continue;
-            }
-            let spec = ScheduleSpec { interval_secs: interval.map(|i| i as u64), cron };
-            match Schedule::from_spec(&spec, self.ops.config.min_interval_for(&chain)) {
-                Ok(schedule) => {
-                    let mode = Mode::Incremental;
-                    out.insert(key, ResolvedSchedule { chain, integration, schedule, source: "stored", mode });
-                }
-                Err(message) => tracing::warn!(%chain, %integration, %message, "Stored schedule ignored."),
-            }
-        }
-        let mut v: Vec<_> = out.into_values().filter(|s| self.ops.chains.get(&s.chain).is_some()).collect();
-        v.sort_by(|a, b| {
-            (&a.chain, &a.integration, a.mode == Mode::Full).cmp(&(&b.chain, &b.integration, b.mode == Mode::Full))
-        });
-        Ok(v)
+        self.ops.resolve_schedules().await
     }
 
     /// Fires one tick of one schedule, incremental.

@@ -3,7 +3,7 @@
 //! Validated at load; a bad value fails start-up naming its key. Passed explicitly, never read
 //! from globals.
 
-use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
 use figment::{
     Figment,
@@ -12,6 +12,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainOverride;
+pub use crate::secret::Secret;
 
 /// Default PostgreSQL URL: the local server with trust auth.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/syncfleet";
@@ -30,26 +31,6 @@ pub enum ConfigError {
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.to_owned(), message: message.into() }
-}
-
-/// A value that never prints (connection strings may carry passwords).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,11 +73,11 @@ pub struct Config {
     /// `[alerts]`: where a required step's failure is reported.
     #[serde(default)]
     pub alerts: AlertsConfig,
-    /// `[moodle]`: the Moodle pack's schedule and start-up triggers; each key also comes from its
-    /// plain environment variable (`MOODLE_SYNC_INTERVAL_MINUTES`, `SYNC_ON_STARTUP`,
-    /// `DISABLE_SYNC_CATEGORY_ON_STARTUP`).
+    /// `[packs.<pack>]`: each pack's own section (e.g. `[packs.moodle]`), kept raw here and
+    /// validated by the pack at start-up; a pack may also read plain environment variables into
+    /// its section ([`Config::load_with_aliases`]).
     #[serde(default)]
-    pub moodle: crate::packs::moodle::schedules::MoodleConfig,
+    pub packs: BTreeMap<String, serde_json::Value>,
 }
 
 /// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
@@ -270,7 +251,7 @@ impl Default for Config {
             chains: BTreeMap::new(),
             integrations: BTreeMap::new(),
             alerts: AlertsConfig::default(),
-            moodle: Default::default(),
+            packs: BTreeMap::new(),
         }
     }
 }
@@ -278,6 +259,17 @@ impl Default for Config {
 impl Config {
     /// Defaults, then the file (if given), then `SYNCFLEET__…` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_aliases(file, &[])
+    }
+
+    /// [`Config::load`], plus plain environment variables that set a pack's key:
+    /// `(variable, pack, key)` puts `MOODLE_SYNC_INTERVAL_MINUTES` at
+    /// `packs.moodle.sync_interval_minutes`. They win over the file. The packs declare them
+    /// (`Pack::env_aliases`); the registry passes them in.
+    pub fn load_with_aliases(
+        file: Option<&Path>,
+        aliases: &[(&'static str, &'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -286,12 +278,17 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed("SYNCFLEET__").split("__"));
-        // The Moodle pack's plain variables (`MOODLE_SYNC_INTERVAL_MINUTES` → `moodle.sync_interval_minutes`).
-        let moodle_env = crate::packs::moodle::schedules::ENV_KEYS;
-        figment = figment.merge(Env::raw().only(&moodle_env.map(|(var, _)| var)).map(move |var| {
-            let key = moodle_env.iter().find(|(v, _)| var.as_str().eq_ignore_ascii_case(v)).map_or("", |(_, k)| k);
-            format!("moodle.{key}").into()
-        }));
+        if !aliases.is_empty() {
+            let vars: Vec<&str> = aliases.iter().map(|(var, _, _)| *var).collect();
+            let aliases = aliases.to_vec();
+            figment = figment.merge(Env::raw().only(&vars).map(move |var| {
+                let (_, pack, key) = aliases
+                    .iter()
+                    .find(|(v, _, _)| var.as_str().eq_ignore_ascii_case(v))
+                    .expect("only aliased variables are read");
+                format!("packs.{pack}.{key}").into()
+            }));
+        }
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -311,9 +308,9 @@ impl Config {
         Duration::from_secs(self.min_interval_secs.unwrap_or_else(|| self.environment.default_min_interval_secs()))
     }
 
-    /// The minimum interval of `chain`: the deployment's, or the chain's pack's when larger.
-    pub fn min_interval_for(&self, chain: &str) -> Duration {
-        self.min_interval().max(crate::packs::chain_min_interval(chain).unwrap_or_default())
+    /// The section `[packs.<pack>]`, `null` when the file has none.
+    pub fn pack_section(&self, pack: &str) -> &serde_json::Value {
+        self.packs.get(pack).unwrap_or(&serde_json::Value::Null)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -354,19 +351,15 @@ impl Config {
             if crate::ids::IntegrationName::parse(name).is_err() {
                 return Err(invalid(&key, "names are 1-63 of a-z, 0-9, `_` and `-`, starting with a letter or digit"));
             }
-            crate::packs::check_settings(&spec.pack, &serde_json::Value::Object(spec.settings.clone()))
-                .map_err(|(k, m)| invalid(&if k.is_empty() { key.clone() } else { format!("{key}.{k}") }, m))?;
             if let Some(r) = &spec.webhook_secret_ref {
-                crate::store::integrations::check_secret_ref(r)
-                    .map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
+                crate::secret::check_secret_ref(r).map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
             }
         }
         self.alerts.validate()?;
-        self.moodle.validate().map_err(|(k, m)| invalid(&format!("moodle.{k}"), m))?;
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {
                 let key = format!("schedules.{chain}.{integration}");
-                Schedule::from_spec(spec, self.min_interval_for(chain)).map_err(|m| invalid(&key, m))?;
+                Schedule::from_spec(spec, self.min_interval()).map_err(|m| invalid(&key, m))?;
             }
         }
         Ok(())
@@ -533,23 +526,13 @@ mod tests {
     }
 
     #[test]
-    fn intervals_show_their_cron_and_moodle_keeps_its_minimum() {
+    fn intervals_show_their_cron() {
         let cron = |m: u64| Schedule::Interval(Duration::from_secs(m * 60)).as_cron();
         assert_eq!(cron(60).as_deref(), Some("0 0 * * * *"));
         assert_eq!(cron(30).as_deref(), Some("0 */30 * * * *"));
         assert_eq!(cron(180).as_deref(), Some("0 0 */3 * * *"));
         assert_eq!(cron(360).as_deref(), Some("0 0 */6 * * *"));
         assert_eq!(cron(45), None);
-        let err = Config::from_toml("[moodle]\nsync_interval_minutes = 20\n").unwrap_err().to_string();
-        assert!(err.contains("moodle.sync_interval_minutes") && err.contains("30 minutes"), "{err}");
-        let text = "[schedules.moodle_institutional.uni]\ninterval_secs = 600\n";
-        let err = Config::from_toml(text).unwrap_err().to_string();
-        assert!(err.contains("schedules.moodle_institutional.uni") && err.contains("1800s"), "{err}");
-        let c = Config::from_toml("environment = \"staging\"\n[moodle]\nsync_on_startup = true\n").unwrap();
-        assert_eq!(c.environment, Environment::Staging);
-        assert!(c.moodle.sync_on_startup);
-        assert_eq!(c.min_interval_for("moodle_institutional"), Duration::from_secs(1800));
-        assert_eq!(c.min_interval_for("partner_daily"), Duration::from_secs(60));
     }
 
     #[test]
@@ -563,46 +546,5 @@ mod tests {
         let tick = s.tick_at_or_before(t).unwrap();
         assert_eq!(tick % 300, 0);
         assert!(tick <= 1_000_030 && 1_000_030 - tick < 300);
-    }
-
-    const ERP: &str = r#"
-[integrations.erp]
-pack = "http-json"
-base_url = "http://127.0.0.1:1/erp/api"
-auth = { style = "bearer", secret = "t" }
-[integrations.erp.entities.items]
-path = "/items"
-paging = { style = "offset", total = "/total" }
-records = "/items"
-id = "/id"
-table = "erp_items"
-[integrations.erp.entities.items.columns]
-quantity = { path = "/quantity", type = "bigint" }
-"#;
-
-    #[test]
-    fn an_http_json_integration_validates() {
-        let c = Config::from_toml(ERP).unwrap();
-        assert_eq!(c.integrations["erp"].pack, "http-json");
-    }
-
-    #[test]
-    fn bad_integration_settings_name_their_key() {
-        let cases = [
-            ("style = \"offset\"", "style = \"pages\"", "integrations.erp.entities.items.paging"),
-            ("type = \"bigint\"", "type = \"bignum\"", "integrations.erp.entities.items.columns.quantity.type"),
-            ("path = \"/quantity\"", "path = \"quantity\"", "integrations.erp.entities.items.columns.quantity.path"),
-            ("base_url = \"http://127.0.0.1:1/erp/api\"", "base_url = \"ftp://x\"", "integrations.erp.base_url"),
-            ("secret = \"t\"", "secret_env = \"SYNCFLEET_TEST_UNSET_VARIABLE\"", "integrations.erp.auth"),
-            ("table = \"erp_items\"", "table = \"erp items\"", "integrations.erp.entities.items.table"),
-            ("pack = \"http-json\"", "pack = \"nope\"", "integrations.erp.pack"),
-            ("records = \"/items\"", "records = \"/items\"\nrate = 3", "integrations.erp.entities.items"),
-        ];
-        for (from, to, key) in cases {
-            let text = ERP.replace(from, to);
-            assert_ne!(text, ERP, "{from}");
-            let err = Config::from_toml(&text).unwrap_err().to_string();
-            assert!(err.contains(&format!("`{key}")), "{to}: {err}");
-        }
     }
 }

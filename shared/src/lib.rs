@@ -1,30 +1,16 @@
-//! syncfleet's shared library: domain types, job payloads, the chain model, the store (PostgreSQL),
-//! queue access (Redis), packs and configuration. Used by the producer, the workers and the CLI.
+//! syncfleet's vocabulary, shared by every other crate: ids, job payloads and task ids, the chain
+//! model and its retry policy, a step's phase result, schedules, the layered configuration and
+//! secret references.
+//!
+//! **Invariant:** this crate knows no pack and does no I/O. It depends on no other syncfleet
+//! crate and on no runtime, network, queue or HTTP crate; sqlx appears only for the type
+//! mapping of [`ids::RunId`], lettre only for address syntax. `tests/tests/architecture.rs`
+//! checks it.
 
 pub mod chain;
 pub mod config;
-pub mod dispatch;
-pub mod http;
 pub mod ids;
 pub mod job;
 pub mod mail;
-pub mod metrics;
-pub mod packs;
-pub mod queue;
-pub mod step;
-pub mod store;
-pub mod sync;
-pub mod telemetry;
-
-use std::sync::Arc;
-
-use chain::{ChainError, ChainRegistry};
-use config::Config;
-use step::HandlerRegistry;
-
-/// Chains (with this deployment's overrides) and step handlers of every built-in pack.
-pub fn registries(config: &Config) -> Result<(Arc<ChainRegistry>, Arc<HandlerRegistry>), ChainError> {
-    let packs = packs::all();
-    let chains = ChainRegistry::build(packs.iter().flat_map(|p| p.chains.clone()), &config.chains)?;
-    Ok((Arc::new(chains), Arc::new(HandlerRegistry::from_packs(&packs))))
-}
+pub mod phase;
+pub mod secret;

@@ -1,21 +1,8 @@
-//! Outgoing mail: failure alerts (the producer) and weekly reports (the partner pack) go out over
-//! plain SMTP to a relay (`lettre`, tokio transport, no TLS of its own: point it at a local relay
-//! or a smarthost reachable on a trusted network).
-//!
-//! ```toml
-//! smtp = { host = "127.0.0.1", port = 25, from = "syncfleet@example.com" }
-//! ```
+//! Mail settings as the configuration holds them (alerts, reports): the relay and addresses,
+//! checked at load. Sending is the SDK's (`syncfleet_sdk::mail`).
 
-use std::time::Duration;
-
-use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, header::ContentType},
-};
+use lettre::message::Mailbox;
 use serde::{Deserialize, Serialize};
-
-/// How long one message may take to hand over to the relay.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The relay mail is handed to, and the sender address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,16 +17,6 @@ pub struct SmtpServer {
 
 fn default_port() -> u16 {
     25
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MailError {
-    #[error("bad address `{0}`: {1}")]
-    Address(String, String),
-    #[error("could not build the message: {0}")]
-    Build(String),
-    #[error("SMTP {0}:{1}: {2}")]
-    Send(String, u16, String),
 }
 
 /// Checks an address list; the error names the index at fault (`to[1]`).
@@ -60,23 +37,6 @@ impl SmtpServer {
             return Err(("port".into(), "must be between 1 and 65535".into()));
         }
         self.from.parse::<Mailbox>().map_err(|e| ("from".into(), format!("not an email address: {e}")))?;
-        Ok(())
-    }
-
-    /// Sends one message to every address of `to` (one envelope). `html` selects the content type.
-    pub async fn send(&self, to: &[String], subject: &str, body: String, html: bool) -> Result<(), MailError> {
-        let from: Mailbox = self.from.parse().map_err(|e| MailError::Address(self.from.clone(), format!("{e}")))?;
-        let mut builder = Message::builder().from(from).subject(subject);
-        for a in to {
-            builder = builder.to(a.parse().map_err(|e| MailError::Address(a.clone(), format!("{e}")))?);
-        }
-        let content_type = if html { ContentType::TEXT_HTML } else { ContentType::TEXT_PLAIN };
-        let message = builder.header(content_type).body(body).map_err(|e| MailError::Build(e.to_string()))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
-            .port(self.port)
-            .timeout(Some(SEND_TIMEOUT))
-            .build();
-        transport.send(message).await.map_err(|e| MailError::Send(self.host.clone(), self.port, e.to_string()))?;
         Ok(())
     }
 }

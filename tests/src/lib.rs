@@ -15,15 +15,12 @@ use std::{
 
 use rand::Rng;
 use sqlx::PgPool;
-use syncfleet_producer::{Ops, cli::wait_for, ops::Trigger};
-use syncfleet_shared::{
-    chain::Mode,
-    config::Config,
-    ids::RunId,
-    registries,
-    store::{self, runs::TriggerKind, views::RunView},
-    telemetry,
-};
+use syncfleet_cli::wait_for;
+use syncfleet_producer::{Ops, ops::Trigger};
+use syncfleet_runtime::telemetry;
+use syncfleet_sdk::Registry;
+use syncfleet_shared::{chain::Mode, config::Config, ids::RunId};
+use syncfleet_store::{self as store, runs::TriggerKind, views::RunView};
 use syncfleet_worker::{Engine, worker_name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +33,8 @@ pub struct TestEnv {
     pub config_path: PathBuf,
     pub ops: Ops,
     pub pool: PgPool,
+    /// The packs this test runs: the build's (`syncfleet_registry::builtin()`), or the test's own.
+    pub registry: Registry,
 }
 
 /// A producer or worker engine running in this process.
@@ -73,7 +72,22 @@ impl TestEnv {
         Self::build(redis_url, "", "", extra_toml).await
     }
 
+    /// A test env whose producer and workers run the packs of `registry` (a test's own pack).
+    pub async fn with_registry(registry: Registry, extra_toml: &str) -> TestEnv {
+        Self::build_with(registry, REDIS_URL, "", "", extra_toml).await
+    }
+
     async fn build(redis_url: &str, top_lines: &str, producer_lines: &str, extra_toml: &str) -> TestEnv {
+        Self::build_with(syncfleet_registry::builtin(), redis_url, top_lines, producer_lines, extra_toml).await
+    }
+
+    async fn build_with(
+        registry: Registry,
+        redis_url: &str,
+        top_lines: &str,
+        producer_lines: &str,
+        extra_toml: &str,
+    ) -> TestEnv {
         telemetry::init_test();
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let database = format!("sf_test_{id}");
@@ -85,12 +99,13 @@ impl TestEnv {
              [producer]\nlisten = \"127.0.0.1:0\"\nreconcile_interval_ms = 100\nstale_after_secs = 4\nredeliver_after_secs = 2\n{producer_lines}\n\
              {extra_toml}\n"
         );
-        let config = Config::from_toml(&toml).expect("test config is valid");
+        let config = registry.config_from_toml(&toml).expect("test config is valid");
         let config_path = std::env::temp_dir().join(format!("syncfleet-test-{id}.toml"));
         std::fs::write(&config_path, &toml).expect("write test config");
-        let ops = syncfleet_producer::connect(&config).await.expect("connect to PostgreSQL and Redis");
+        let ops =
+            syncfleet_producer::connect(&config, registry.clone()).await.expect("connect to PostgreSQL and Redis");
         let pool = ops.pool.clone();
-        TestEnv { id, config, config_path, ops, pool }
+        TestEnv { id, config, config_path, ops, pool, registry }
     }
 
     /// Creates (or updates) an integration of the demo pack.
@@ -109,7 +124,7 @@ impl TestEnv {
     /// A worker engine in this process (its own worker name, shared pool).
     pub async fn spawn_worker(&self, prefix: &str) -> Running {
         let token = CancellationToken::new();
-        let (chains, handlers) = registries(&self.config).unwrap();
+        let (chains, handlers) = self.registry.build(&self.config).unwrap();
         let name = worker_name(Some(prefix));
         let engine = Arc::new(Engine::new(
             self.config.clone(),

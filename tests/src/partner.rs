@@ -2,7 +2,7 @@
 //! would, and pick steps out of a run.
 
 use serde_json::Value;
-use syncfleet_shared::store::views::{RunView, StepView};
+use syncfleet_store::views::{RunView, StepView};
 
 use crate::Sandbox;
 

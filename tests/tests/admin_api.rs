@@ -61,11 +61,11 @@ async fn every_route_needs_a_token_and_the_right_role() {
     let env = TestEnv::new("").await;
     env.demo_integration("acme", json!({ "step_ms": 0 })).await;
     // The webhook route checks the integration's signature instead of a token.
-    let change = syncfleet_shared::store::integrations::IntegrationChange {
+    let change = syncfleet_store::integrations::IntegrationChange {
         webhook_secret_ref: Some("file:/nonexistent/only-the-signature-check-is-reached".into()),
         ..Default::default()
     };
-    syncfleet_shared::store::integrations::update(&env.pool, "acme", &change).await.unwrap();
+    syncfleet_store::integrations::update(&env.pool, &env.registry, "acme", &change).await.unwrap();
     let producer = env.spawn_producer().await;
     let admin = env.api(&producer, "admin").await;
     let (status, created) = admin.post("/api/chains/demo_ping/runs", json!({ "integration": "acme" })).await;
@@ -484,7 +484,7 @@ async fn integrations_are_managed_with_secrets_only_by_reference() {
     // Lists never carry a secret value, not even one a config file put inline.
     let mut from_config = http_json.clone();
     from_config["entities"]["items"]["table"] = json!("config_items");
-    syncfleet_shared::store::upsert_integration(&env.pool, "from-config", "http-json", &from_config).await.unwrap();
+    syncfleet_store::upsert_integration(&env.pool, "from-config", "http-json", &from_config).await.unwrap();
     let (_, list) = admin.get("/api/integrations").await;
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["acme", "beta", "from-config"]);

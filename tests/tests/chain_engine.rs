@@ -61,7 +61,7 @@ async fn required_failure_fails_the_run_and_resume_completes_it_without_repeatin
     let run = env.trigger("demo_diamond", "acme").await;
     let view = env.wait(run, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed");
-    let status = |v: &syncfleet_shared::store::views::RunView, s: &str| {
+    let status = |v: &syncfleet_store::views::RunView, s: &str| {
         v.steps.iter().find(|x| x.step == s).map(|x| (x.status.clone(), x.attempts)).unwrap()
     };
     assert_eq!(status(&view, "start"), ("succeeded".into(), 1));
@@ -234,7 +234,7 @@ async fn cancel_stops_scheduling_further_steps() {
     let worker = env.spawn_worker("w").await;
     let run = env.trigger("demo_diamond", "acme").await;
     env.eventually(Duration::from_secs(20), "start to run", || async {
-        let v = syncfleet_shared::store::views::run(&env.pool, run).await.ok()?;
+        let v = syncfleet_store::views::run(&env.pool, run).await.ok()?;
         (v.steps[0].status == "running").then_some(())
     })
     .await;
@@ -267,7 +267,7 @@ async fn resume_while_another_run_is_active_names_that_run() {
     let active = env.trigger("demo_ping", "acme").await;
     let err = env.ops.resume(failed, "test").await.unwrap_err();
     match &err {
-        syncfleet_shared::store::StoreError::ActiveRun { chain, integration, run_id } => {
+        syncfleet_store::StoreError::ActiveRun { chain, integration, run_id } => {
             assert_eq!((chain.as_str(), integration.as_str()), ("demo_ping", "acme"));
             assert_eq!(run_id, &active.to_string());
         }

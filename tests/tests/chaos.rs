@@ -11,7 +11,8 @@ use std::{
 
 use rand::Rng;
 use serde_json::json;
-use syncfleet_shared::{chain::Mode, ids::RunId, store::views::RunView};
+use syncfleet_shared::{chain::Mode, ids::RunId};
+use syncfleet_store::views::RunView;
 use syncfleet_tests::{
     Sandbox, TestEnv,
     chaos::{self, Cleanup, Fleet, PrivatePostgres, RestartableRedis, Serial, size},
@@ -256,7 +257,7 @@ async fn workers_sigkilled_during_moodle_institutional_runs_leave_the_institutio
         &chaos::attempts_override(&[(MOODLE, &steps)], 20).replace(&header, &format!("{header}shards = 2\n")),
     );
     // The producer's start-up runs would stand in the way of the test's own.
-    toml.push_str("[moodle]\ndisable_sync_category_on_startup = true\nsync_on_startup = false\n");
+    toml.push_str("[packs.moodle]\ndisable_sync_category_on_startup = true\nsync_on_startup = false\n");
     let env = TestEnv::new(&toml).await;
     let cleanup = Cleanup::new(&env);
     chaos::install_logs(&env.pool, &["moodle_enrollments", "moodle_sections"]).await;

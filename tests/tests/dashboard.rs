@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::json;
-use syncfleet_shared::store::tokens::{self, Role};
+use syncfleet_store::tokens::{self, Role};
 use syncfleet_tests::TestEnv;
 
 /// The whole browser session: three sign-ins, a run to completion and a cancellation.

@@ -21,7 +21,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use syncfleet_shared::{chain::Mode, metrics};
+use syncfleet_runtime::metrics;
+use syncfleet_shared::chain::Mode;
 use syncfleet_tests::{REDIS_URL, Sandbox, TestEnv, binary, erp_integration_toml, signal};
 use tokio::process::{Child, Command};
 

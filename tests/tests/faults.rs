@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use syncfleet_shared::store::views;
+use syncfleet_store::views;
 use syncfleet_tests::{PrivateRedis, TestEnv, signal};
 
 async fn step_state(
@@ -136,14 +136,14 @@ async fn processes_starting_together_on_a_fresh_database_all_come_up() {
     let starts = (0..6).map(|_| {
         let config = config.clone();
         tokio::spawn(async move {
-            let pool = syncfleet_shared::store::connect(&config).await?;
-            syncfleet_shared::store::migrate(&pool).await?;
+            let pool = syncfleet_store::connect(&config).await?;
+            syncfleet_store::migrate(&pool).await?;
             pool.close().await;
-            Ok::<_, syncfleet_shared::store::StoreError>(())
+            Ok::<_, syncfleet_store::StoreError>(())
         })
     });
     let results = futures::future::join_all(starts).await;
-    syncfleet_shared::store::drop_database(&config).await.unwrap();
+    syncfleet_store::drop_database(&config).await.unwrap();
     for r in results {
         r.unwrap().expect("every process comes up");
     }

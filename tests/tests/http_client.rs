@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{Value, json};
-use syncfleet_shared::http::{HttpClient, HttpClients, HttpError, Limits, RateBudget, Reservation};
+use syncfleet_sdk::http::{HttpClient, HttpClients, HttpError, Limits, RateBudget, Reservation};
 use syncfleet_tests::{REDIS_URL, Sandbox};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use syncfleet_shared::chain::Mode;
 use syncfleet_tests::{Sandbox, TestEnv};
 
-async fn full_sync(env: &TestEnv, integration: &str) -> syncfleet_shared::store::views::StepView {
+async fn full_sync(env: &TestEnv, integration: &str) -> syncfleet_store::views::StepView {
     let run = env.run_to_end("http_json_sync", integration, Mode::Full, false).await;
     assert_eq!(run.status, "completed", "{run:#?}");
     run.steps[0].clone()

@@ -14,7 +14,7 @@ const CHAIN: &str = "moodle_institutional";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_interval_resolves_by_layer_with_a_30_minute_minimum_at_each() {
     let sandbox = Sandbox::start().await;
-    let toml = format!("{}\n[moodle]\ndisable_sync_category_on_startup = true\n", uni_toml(&sandbox, ""));
+    let toml = format!("{}\n[packs.moodle]\ndisable_sync_category_on_startup = true\n", uni_toml(&sandbox, ""));
     let env = TestEnv::new(&toml).await;
     let producer = env.spawn_producer().await;
     let admin = env.api(&producer, "admin").await;
@@ -79,9 +79,9 @@ async fn the_interval_resolves_by_layer_with_a_30_minute_minimum_at_each() {
 }
 
 async fn runs(env: &TestEnv) -> Vec<(String, String, Vec<String>)> {
-    let page = syncfleet_shared::store::views::run_page(
+    let page = syncfleet_store::views::run_page(
         &env.pool,
-        &syncfleet_shared::store::views::RunFilter { integration: Some("uni".into()), ..Default::default() },
+        &syncfleet_store::views::RunFilter { integration: Some("uni".into()), ..Default::default() },
     )
     .await
     .unwrap();
@@ -115,8 +115,10 @@ async fn startup_triggers_manual_runs_answer_409_and_history_pages() {
     ];
     for ((on_startup, no_categories), expected) in cases {
         let mut ops = env.ops.clone();
-        ops.config.moodle.sync_on_startup = on_startup;
-        ops.config.moodle.disable_sync_category_on_startup = no_categories;
+        ops.config.packs.insert(
+            "moodle".into(),
+            serde_json::json!({ "sync_on_startup": on_startup, "disable_sync_category_on_startup": no_categories }),
+        );
         let before = runs(&env).await.len();
         let token = tokio_util::sync::CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -147,7 +149,7 @@ async fn startup_triggers_manual_runs_answer_409_and_history_pages() {
 
     // Manual: the run id, then 409 while it is active; the run records who asked.
     let mut ops = env.ops.clone();
-    ops.config.moodle.disable_sync_category_on_startup = true;
+    ops.config.packs.insert("moodle".into(), serde_json::json!({ "disable_sync_category_on_startup": true }));
     let token = tokio_util::sync::CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

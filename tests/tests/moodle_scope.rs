@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 use syncfleet_producer::ops::Trigger;
-use syncfleet_shared::{chain::Mode, store::runs::TriggerKind};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::runs::TriggerKind;
 use syncfleet_tests::moodle::uni_toml;
 use syncfleet_tests::partner::step;
 use syncfleet_tests::{Running, Sandbox, TestEnv};
@@ -15,14 +16,14 @@ use syncfleet_tests::{Running, Sandbox, TestEnv};
 const CHAIN: &str = "moodle_institutional";
 
 async fn env_with(sandbox: &Sandbox) -> (TestEnv, Running) {
-    let toml = format!("{}\n[moodle]\ndisable_sync_category_on_startup = true\n", uni_toml(sandbox, ""));
+    let toml = format!("{}\n[packs.moodle]\ndisable_sync_category_on_startup = true\n", uni_toml(sandbox, ""));
     let env = TestEnv::new(&toml).await;
     let worker = env.spawn_worker("w").await;
     (env, worker)
 }
 
 /// Runs one step of the chain alone and returns that step's view.
-async fn run_step(env: &TestEnv, name: &str) -> syncfleet_shared::store::views::StepView {
+async fn run_step(env: &TestEnv, name: &str) -> syncfleet_store::views::StepView {
     let run = env
         .ops
         .trigger(Trigger {

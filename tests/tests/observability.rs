@@ -23,11 +23,8 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde_json::{Value, json};
-use syncfleet_shared::{
-    chain::Mode,
-    ids::RunId,
-    store::views::{RunView, StepView},
-};
+use syncfleet_shared::{chain::Mode, ids::RunId};
+use syncfleet_store::views::{RunView, StepView};
 use syncfleet_tests::{Sandbox, TestEnv, binary, erp_integration_toml, signal};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -422,7 +419,7 @@ async fn metrics_have_histograms_record_counts_and_fresh_queue_depth_and_readyz_
     let (status, message) = get(&format!("{worker_url}/readyz")).await;
     assert_eq!(status, 503, "{message}");
     assert!(message.contains("lacks migration") && message.contains(&version.to_string()), "{message}");
-    let shared = syncfleet_shared::metrics::readiness(&env.pool, &env.ops.queues).await;
+    let shared = syncfleet_store::health::readiness(&env.pool, &env.ops.queues).await;
     assert_eq!(shared, Err(message), "the producer's and the worker's probe say the same");
     sqlx::raw_sql("INSERT INTO _sqlx_migrations SELECT * FROM saved_migration; DROP TABLE saved_migration;")
         .execute(&env.pool)

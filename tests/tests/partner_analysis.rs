@@ -10,7 +10,8 @@ use std::{
 
 use serde_json::Value;
 use syncfleet_producer::ops::Trigger;
-use syncfleet_shared::{chain::Mode, store::runs::TriggerKind, store::views::RunView};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::{runs::TriggerKind, views::RunView};
 use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s};
 use syncfleet_tests::{Sandbox, TestEnv};
 

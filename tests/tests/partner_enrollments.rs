@@ -10,10 +10,8 @@ use std::{
 
 use serde_json::{Value, json};
 use syncfleet_producer::ops::Trigger;
-use syncfleet_shared::{
-    chain::Mode,
-    store::{runs::TriggerKind, views::RunView},
-};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::{runs::TriggerKind, views::RunView};
 use syncfleet_tests::partner::{acme_toml, get, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 

@@ -12,7 +12,8 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::post};
 use serde_json::{Value, json};
-use syncfleet_shared::{chain::Mode, store};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store as store;
 use syncfleet_tests::{Sandbox, TestEnv, partner::acme_toml};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},

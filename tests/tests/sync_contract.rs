@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use syncfleet_shared::{chain::Mode, store::views::RunView};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::views::RunView;
 use syncfleet_tests::{Running, Sandbox, TestEnv, erp_integration_toml};
 
 const SYNC: &str = "http_json_sync";
@@ -18,7 +19,7 @@ async fn erp_env(sandbox: &Sandbox, page_size: u32, extra_toml: &str) -> (TestEn
     (env, worker)
 }
 
-fn step(view: &RunView) -> &syncfleet_shared::store::views::StepView {
+fn step(view: &RunView) -> &syncfleet_store::views::StepView {
     view.steps.iter().find(|s| s.step == "pull").expect("pull step")
 }
 
@@ -273,11 +274,11 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     // Webhooks authenticate with the integration's HMAC secret, kept in a file it references.
     let secret_file = std::env::temp_dir().join(format!("syncfleet-webhook-{}", env.id));
     std::fs::write(&secret_file, "s3cret-webhook\n").unwrap();
-    let change = syncfleet_shared::store::integrations::IntegrationChange {
+    let change = syncfleet_store::integrations::IntegrationChange {
         webhook_secret_ref: Some(format!("file:{}", secret_file.display())),
         ..Default::default()
     };
-    syncfleet_shared::store::integrations::update(&env.pool, "erp", &change).await.unwrap();
+    syncfleet_store::integrations::update(&env.pool, &env.registry, "erp", &change).await.unwrap();
     let post = |path: String, body: Value| {
         let http = http.clone();
         async move {

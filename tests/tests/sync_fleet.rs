@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use syncfleet_shared::{chain::Mode, store::views::RunView};
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::views::RunView;
 use syncfleet_tests::{Sandbox, TestEnv, erp_integration_toml};
 
-fn pull(view: &RunView) -> &syncfleet_shared::store::views::StepView {
+fn pull(view: &RunView) -> &syncfleet_store::views::StepView {
     view.steps.first().expect("one step")
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use syncfleet_producer::scheduler::{Fired, Scheduler};
-use syncfleet_shared::store::runs::TriggerKind;
+use syncfleet_store::runs::TriggerKind;
 use syncfleet_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

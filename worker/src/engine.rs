@@ -14,17 +14,16 @@ use std::{
 
 use rand::Rng;
 use sqlx::PgPool;
-use syncfleet_shared::{
-    chain::ChainRegistry,
-    config::Config,
-    dispatch,
+use syncfleet_runtime::{metrics, telemetry};
+use syncfleet_sdk::{
     http::{HttpClients, RateBudget},
-    job::JobPayload,
-    metrics,
-    queue::{QueueClient, QueueError},
     step::{HandlerRegistry, StepContext, StepError, StepHandler},
-    store::runs::{self, Claim, ClaimedStep, Fence, Outcome},
-    telemetry,
+};
+use syncfleet_shared::{chain::ChainRegistry, config::Config, job::JobPayload};
+use syncfleet_store::{
+    dispatch, health,
+    queue::{QueueClient, QueueError},
+    runs::{self, Claim, ClaimedStep, Fence, Outcome},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -223,6 +222,7 @@ impl Engine {
             .get(&chain.pack, &c.step)
             .ok_or_else(|| format!("pack `{}` has no handler for step `{}`", chain.pack, c.step))?;
         let mode = c.step_mode.or(def.mode).unwrap_or(c.mode);
+        let chain_pack = chain.pack.clone();
         let ctx = StepContext::new(
             self.pool.clone(),
             c.run_id,
@@ -236,6 +236,7 @@ impl Engine {
             c.force_sweep,
             self.http.clone(),
         )
+        .with_pack_section(self.config.pack_section(&chain_pack).clone())
         .fenced(fence.step_run_id, fence.job_id);
         Ok((ctx, handler))
     }
@@ -328,7 +329,7 @@ impl Engine {
             return Ok(Executed::Fenced);
         };
         // A run can end only when this finish made nothing ready.
-        let ended = if ready.is_empty() { metrics::run_ended_in_tx(&mut tx, fence.step_run_id).await? } else { None };
+        let ended = if ready.is_empty() { health::run_ended_in_tx(&mut tx, fence.step_run_id).await? } else { None };
         tx.commit().await?;
         if let Some((chain, status)) = ended {
             metrics::run_ended(&chain, &status);

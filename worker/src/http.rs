@@ -10,7 +10,8 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use syncfleet_shared::metrics;
+use syncfleet_runtime::metrics;
+use syncfleet_store::health;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
-    match metrics::readiness(&engine.pool, &engine.queues).await {
+    match health::readiness(&engine.pool, &engine.queues).await {
         Ok(()) => (StatusCode::OK, "ready".to_owned()),
         Err(message) => {
             tracing::warn!(%message, "Not ready.");

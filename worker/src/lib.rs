@@ -14,33 +14,14 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use rand::Rng;
-use syncfleet_shared::{config::Config, job::JobPayload, queue::QueueClient, registries, store};
+use syncfleet_sdk::Registry;
+use syncfleet_shared::{config::Config, job::JobPayload};
+use syncfleet_store::{self as store, queue::QueueClient};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use engine::Engine;
 
-/// One cancellation token for SIGTERM and ctrl-c.
-pub fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        ctrl_c.await.ok();
-        tracing::info!("Shutdown requested.");
-        t.cancel();
-    });
-    token
-}
+pub use syncfleet_runtime::shutdown_signal;
 
 /// A unique worker name: prefix (config, else host name) plus a random suffix.
 pub fn worker_name(prefix: Option<&str>) -> String {
@@ -52,13 +33,14 @@ pub fn worker_name(prefix: Option<&str>) -> String {
     format!("{base}-{}-{suffix:08x}", std::process::id())
 }
 
-/// Connects, then runs until `shutdown` is cancelled and running steps have drained. The HTTP
-/// listener on `worker.listen` (unless empty) answers until the drain is over.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Connects, then runs the steps of `registry`'s packs until `shutdown` is cancelled and running
+/// steps have drained. The HTTP listener on `worker.listen` (unless empty) answers until the
+/// drain is over.
+pub async fn run(config: Config, registry: &Registry, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
     let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
-    let (chains, handlers) = registries(&config)?;
+    let (chains, handlers) = registry.build(&config)?;
     let name = worker_name(config.worker.name.as_deref());
     let engine = Arc::new(Engine::new(config.clone(), pool, queues, chains.clone(), handlers, name.clone()));
     let http_stop = CancellationToken::new();

@@ -1,7 +1,7 @@
 //! `syncfleet-worker`: runs step jobs from Redis until SIGTERM or ctrl-c.
 
 use clap::Parser;
-use syncfleet_shared::{config::Config, telemetry};
+use syncfleet_runtime::telemetry;
 
 #[derive(Parser)]
 #[command(name = "syncfleet-worker", version, about = "syncfleet worker: runs chain steps from Redis")]
@@ -17,9 +17,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(args.config.as_deref())?;
+    // The one place that names the packs this binary runs.
+    let registry = syncfleet_registry::builtin();
+    let config = registry.load_config(args.config.as_deref())?;
     let json = args.log_json || telemetry::json_by_default(config.environment);
     let _telemetry = telemetry::init_service("syncfleet-worker", json);
     let shutdown = syncfleet_worker::shutdown_signal();
-    syncfleet_worker::run(config, shutdown).await
+    syncfleet_worker::run(config, &registry, shutdown).await
 }

@@ -11,14 +11,12 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use syncfleet_shared::{
-    config::ScheduleSpec,
-    store::{
-        self, StoreError,
-        audit::AuditEntry,
-        integrations::{self, IntegrationChange, IntegrationView},
-        tokens::{self, Role, TokenInfo},
-    },
+use syncfleet_shared::config::ScheduleSpec;
+use syncfleet_store::{
+    self as store, StoreError,
+    audit::AuditEntry,
+    integrations::{self, IntegrationChange, IntegrationView},
+    tokens::{self, Role, TokenInfo},
 };
 use utoipa::ToSchema;
 
@@ -141,7 +139,7 @@ pub(super) async fn create_integration(
         enabled: b.enabled,
         webhook_secret_ref: b.webhook_secret_ref,
     };
-    let view = integrations::create(&ops.pool, &b.name, &change).await?;
+    let view = integrations::create(&ops.pool, ops.registry.as_ref(), &b.name, &change).await?;
     ops.audit(&who.actor(), "integration.create", &b.name, json!({ "pack": view.pack, "enabled": view.enabled })).await;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -171,7 +169,7 @@ pub(super) async fn update_integration(
     body: Result<Json<IntegrationChange>, JsonRejection>,
 ) -> ApiResult<IntegrationView> {
     let Json(change) = body?;
-    let view = integrations::update(&ops.pool, &name, &change).await?;
+    let view = integrations::update(&ops.pool, ops.registry.as_ref(), &name, &change).await?;
     ops.audit(
         &who.actor(),
         "integration.update",
@@ -193,7 +191,7 @@ pub(super) async fn disable_integration(
     Path(name): Path<String>,
 ) -> ApiResult<IntegrationView> {
     let change = IntegrationChange { enabled: Some(false), ..Default::default() };
-    let view = integrations::update(&ops.pool, &name, &change).await?;
+    let view = integrations::update(&ops.pool, ops.registry.as_ref(), &name, &change).await?;
     ops.audit(&who.actor(), "integration.disable", &name, json!({})).await;
     Ok(Json(view))
 }

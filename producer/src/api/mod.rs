@@ -8,36 +8,25 @@
 //! in the log. Every mutation is recorded in the audit trail.
 //!
 //! Handlers: `runs.rs` (chains, runs, queues, workers), `admin.rs` (schedules, integrations, tokens,
-//! audit), `webhook.rs` (single-item sync), `moodle.rs` (a Moodle user's hydration and scope
+//! audit), `webhook.rs` (single-item sync), `packs.rs` (each pack's own routes, e.g. a Moodle user's hydration and scope
 //! sources), `crate::reports` (weekly reports).
 
-use axum::{
-    Json, Router,
-    extract::{
-        State,
-        rejection::{JsonRejection, QueryRejection},
-    },
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
-use serde::Serialize;
-use serde_json::json;
-use syncfleet_shared::{
-    ids::RunId,
-    store::{StoreError, tokens::Principal},
-};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use syncfleet_shared::ids::RunId;
+use syncfleet_store::tokens::Principal;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    Modify, OpenApi,
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 mod admin;
-mod moodle;
+mod packs;
+mod reports;
 mod runs;
 mod webhook;
 
+pub use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::{auth::Viewer, ops::Ops};
 
 #[derive(OpenApi)]
@@ -66,13 +55,15 @@ impl Modify for BearerAuth {
 
 /// The API router plus `/api/openapi.json`, the probes, the dashboard and `/metrics`.
 pub fn router(ops: Ops) -> Router {
-    let (api, doc) = api_routes().split_for_parts();
+    let (api, mut doc) = api_routes().split_for_parts();
+    packs::document(&ops.registry, &mut doc);
     let doc = std::sync::Arc::new(doc);
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/api/openapi.json", get(move || async move { Json((*doc).clone()) }))
         .merge(api)
+        .merge(packs::router(&ops.registry))
         .merge(crate::dashboard::router())
         .merge(crate::metrics::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -99,112 +90,17 @@ pub fn api_routes() -> OpenApiRouter<Ops> {
         .routes(routes!(admin::get_integration, admin::update_integration))
         .routes(routes!(admin::disable_integration))
         .routes(routes!(webhook::sync_item))
-        .routes(routes!(moodle::hydrate_user))
-        .routes(routes!(moodle::set_user_scope))
         .routes(routes!(runs::workers))
         .routes(routes!(admin::list_tokens, admin::create_token))
         .routes(routes!(admin::revoke_token))
         .routes(routes!(admin::audit_log))
-        .routes(routes!(crate::reports::list_reports))
-        .routes(routes!(crate::reports::show_report))
+        .routes(routes!(reports::list_reports))
+        .routes(routes!(reports::show_report))
 }
-
-/// The body of every error answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// A stable code: unauthorized, forbidden, bad_request, not_found, active_run, conflict, …
-    pub error: String,
-    /// What went wrong; for bad input it starts with the field at fault.
-    pub message: String,
-}
-
-#[derive(Debug)]
-pub enum ApiError {
-    Store(StoreError),
-    BadRequest(String),
-    Unauthorized(String),
-    Forbidden(String),
-    /// The request was understood but the item cannot be synced (bad record, unknown entity).
-    Unprocessable(String),
-    NotFound(String),
-    /// The upstream failed while fetching the item.
-    BadGateway(String),
-    Internal(anyhow::Error),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::Store(e)
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError::BadRequest(format!("body: {}", e.body_text()))
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::BadRequest(format!("query: {}", e.body_text()))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, message, extra) = match &self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), json!({})),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone(), json!({})),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), json!({})),
-            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_item", m.clone(), json!({})),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone(), json!({})),
-            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "upstream_failed", m.clone(), json!({})),
-            ApiError::Store(e) => match e {
-                StoreError::ActiveRun { run_id, .. } => {
-                    (StatusCode::CONFLICT, "active_run", e.to_string(), json!({ "run_id": run_id }))
-                }
-                StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state", e.to_string(), json!({})),
-                StoreError::DuplicateTick(_) => (StatusCode::CONFLICT, "duplicate_tick", e.to_string(), json!({})),
-                StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict", e.to_string(), json!({})),
-                StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request", e.to_string(), json!({})),
-                StoreError::UnknownIntegration(_)
-                | StoreError::UnknownChain(_)
-                | StoreError::RunNotFound(_)
-                | StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", e.to_string(), json!({})),
-                StoreError::PackMismatch { .. } | StoreError::IntegrationDisabled(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", e.to_string(), json!({}))
-                }
-                // Data exceptions (class 22: a NUL in text, a bad Unicode escape, a number out
-                // of range) come from what the client sent.
-                StoreError::Db(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("22")) => (
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("input PostgreSQL cannot store: {}", d.message()),
-                    json!({}),
-                ),
-                StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Integration(_) => {
-                    tracing::error!(error = ?e, "Request failed.");
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))
-                }
-            },
-            ApiError::Internal(e) => {
-                tracing::error!(error = ?e, "Request failed.");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))
-            }
-        };
-        let mut body = json!({ "error": code, "message": message });
-        if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-            b.extend(x.clone());
-        }
-        (status, Json(body)).into_response()
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// 200 when PostgreSQL and Redis answer and every migration is applied; 503 naming what is not.
 async fn readyz(State(ops): State<Ops>) -> Result<&'static str, (StatusCode, String)> {
-    syncfleet_shared::metrics::readiness(&ops.pool, &ops.queues)
+    syncfleet_store::health::readiness(&ops.pool, &ops.queues)
         .await
         .map(|()| "ready")
         .map_err(|m| (StatusCode::SERVICE_UNAVAILABLE, m))

@@ -9,13 +9,11 @@ use axum::{
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
-use syncfleet_shared::{
-    chain::Mode,
+use syncfleet_shared::chain::Mode;
+use syncfleet_store::{
     queue::QueueDepth,
-    store::{
-        runs::TriggerKind,
-        views::{self, ItemErrorView, RunFilter, RunPage, RunView},
-    },
+    runs::TriggerKind,
+    views::{self, ItemErrorView, RunFilter, RunPage, RunView},
 };
 use utoipa::ToSchema;
 

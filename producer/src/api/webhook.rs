@@ -7,8 +7,12 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use syncfleet_shared::store::{
-    self, StoreError,
+use syncfleet_sdk::{
+    pack::{ItemInput, ItemSyncError},
+    sync::table::RowOutcome,
+};
+use syncfleet_store::{
+    self as store, StoreError,
     integrations::{self},
 };
 use utoipa::ToSchema;
@@ -55,7 +59,6 @@ pub(super) async fn sync_item(
     q: Result<Query<ItemQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> ApiResult<ItemSynced> {
-    use syncfleet_shared::packs::http_json::{self, ItemInput, ItemSyncError};
     let view = integrations::get(&ops.pool, &name).await?;
     let Some(secret_ref) = view.webhook_secret_ref.as_deref() else {
         return Err(ApiError::Forbidden(format!(
@@ -76,12 +79,12 @@ pub(super) async fn sync_item(
     if !integration.enabled {
         return Err(StoreError::IntegrationDisabled(name).into());
     }
-    if integration.pack != http_json::PACK {
+    let Some(items) = ops.registry.pack(&integration.pack).and_then(|p| p.item_sync()) else {
         return Err(ApiError::Unprocessable(format!(
             "integration `{name}` is a `{}` integration, which has no single-item sync",
             integration.pack
         )));
-    }
+    };
     let input = match q.fetch {
         Some(id) => ItemInput::FetchId(id),
         None => ItemInput::Record(
@@ -89,16 +92,16 @@ pub(super) async fn sync_item(
         ),
     };
     let (external_id, outcome) =
-        http_json::sync_item(&ops.pool, &ops.http, &integration, &entity, input).await.map_err(|e| match e {
+        items.sync_item(&ops.pool, &ops.http, &integration, &entity, input).await.map_err(|e| match e {
             ItemSyncError::UnknownEntity(..) => ApiError::NotFound(e.to_string()),
             ItemSyncError::NoItemPath(_) | ItemSyncError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
             ItemSyncError::Upstream(m) => ApiError::BadGateway(m),
             ItemSyncError::Db(e) => ApiError::Internal(e.into()),
         })?;
     let outcome = match outcome {
-        syncfleet_shared::sync::table::RowOutcome::Inserted => "inserted",
-        syncfleet_shared::sync::table::RowOutcome::Updated => "updated",
-        syncfleet_shared::sync::table::RowOutcome::Unchanged => "unchanged",
+        RowOutcome::Inserted => "inserted",
+        RowOutcome::Updated => "updated",
+        RowOutcome::Unchanged => "unchanged",
     };
     ops.audit(
         &format!("webhook:{name}"),

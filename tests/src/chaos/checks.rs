@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use syncfleet_shared::{ids::RunId, store, store::views::RunView};
+use syncfleet_shared::ids::RunId;
+use syncfleet_store::{self as store, views::RunView};
 
 use crate::{Sandbox, TestEnv};
 

@@ -23,7 +23,8 @@ use std::{
 };
 
 use rand::Rng;
-use syncfleet_shared::{config::Config, queue::QueueClient, store};
+use syncfleet_shared::config::Config;
+use syncfleet_store::{self as store, queue::QueueClient};
 
 pub use checks::*;
 pub use servers::*;
@@ -46,17 +47,18 @@ pub async fn env_on(database_base: &str, redis_url: &str, extra_toml: &str) -> T
     let template = TestEnv::with_redis(redis_url, "").await;
     let text = std::fs::read_to_string(&template.config_path).unwrap();
     let id = template.id.clone();
+    let registry = template.registry.clone();
     template.finish().await;
     let database = format!("sf_test_{id}");
     let text =
         text.replace(&format!("postgres://postgres@127.0.0.1:5432/{database}"), &format!("{database_base}/{database}"));
     let toml = format!("{text}\n{extra_toml}\n");
-    let config = Config::from_toml(&toml).expect("test config is valid");
+    let config = registry.config_from_toml(&toml).expect("test config is valid");
     let config_path = std::env::temp_dir().join(format!("syncfleet-test-{id}.toml"));
     std::fs::write(&config_path, &toml).unwrap();
-    let ops = syncfleet_producer::connect(&config).await.expect("connect to the private PostgreSQL");
+    let ops = syncfleet_producer::connect(&config, registry.clone()).await.expect("connect to the private PostgreSQL");
     let pool = ops.pool.clone();
-    TestEnv { id, config, config_path, ops, pool }
+    TestEnv { id, config, config_path, ops, pool, registry }
 }
 
 /// Drops the test's database and Redis keys and kills nothing else: armed until [`Cleanup::disarm`],

@@ -1,0 +1,302 @@
+//! `syncfleet demo`: the sandbox, a producer and workers in one process, and the main jobs run on them.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use syncfleet_producer::ops::{Ops, Trigger};
+use syncfleet_sdk::Registry;
+use syncfleet_shared::{chain::Mode, config::Config};
+use syncfleet_store::{self as store, StoreError, runs::TriggerKind, views};
+use syncfleet_worker::{Engine, worker_name};
+use tokio_util::sync::CancellationToken;
+
+use super::output::{exit_for, print_run, wait_for};
+
+/// The packs and chain the demo drives by name: the demo shows this build's sandbox upstreams, so
+/// it knows which packs sync them.
+const DEMO_PACK: &str = "demo";
+const MOODLE_PACK: &str = "moodle";
+const MOODLE_INSTITUTIONAL: &str = "moodle_institutional";
+
+/// `syncfleet demo`: everything in one process against the configured PostgreSQL and Redis.
+pub(super) async fn demo(
+    config: Config,
+    registry: &Registry,
+    json: bool,
+    workers: usize,
+    chain: &str,
+    scale: &str,
+) -> anyhow::Result<ExitCode> {
+    let erp = chain == "erp";
+    let partner = chain == "partner";
+    let moodle = chain == "moodle";
+    let mut config = config;
+    if moodle {
+        // The demo triggers its own runs; no start-up run of the demo integration gets in their way.
+        let section = config.packs.entry(MOODLE_PACK.into()).or_insert_with(|| serde_json::json!({}));
+        section["sync_on_startup"] = false.into();
+        section["disable_sync_category_on_startup"] = true.into();
+    }
+    let sandbox = if erp || partner || moodle {
+        let scale: syncfleet_sandbox::Scale = scale.parse()?;
+        // The partner demo lifts the sandbox's Northpass limit (10 requests per second, as upstream)
+        // so a seed-scale run takes a minute rather than half an hour; the bench measures the run
+        // at the real limit.
+        let northpass_rate_per_sec =
+            if partner { None } else { syncfleet_sandbox::SandboxConfig::default().northpass_rate_per_sec };
+        let sb = syncfleet_sandbox::spawn(syncfleet_sandbox::SandboxConfig {
+            scale,
+            northpass_rate_per_sec,
+            ..Default::default()
+        })
+        .await?;
+        let toml = if erp {
+            syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "")
+        } else if moodle {
+            syncfleet_sandbox::moodle_integration_toml(MOODLE_INTEGRATION, &sb.moodle_url(), "")
+        } else {
+            // The fleet's budget for the local sandbox is raised from Northpass's 10 requests per
+            // second to match.
+            syncfleet_sandbox::partner_integration_toml(
+                "demo-partner",
+                &sb.northpass_url(),
+                &sb.impartner_url(),
+                100,
+                ", limits = { rate_per_sec = 400.0, burst = 50, concurrency = 16 }",
+                "",
+            )
+        };
+        let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
+        config.integrations.extend(parsed.integrations);
+        Some(sb)
+    } else {
+        None
+    };
+    let ops = syncfleet_producer::connect(&config, registry.clone()).await?;
+    if sandbox.is_none() {
+        if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(DEMO_PACK) {
+            anyhow::bail!(
+                "unknown demo `{chain}`: use partner, moodle, erp, or a demo chain (demo_diamond, demo_fanout, \
+                 demo_contention)"
+            );
+        }
+        store::upsert_integration(&ops.pool, "demo", DEMO_PACK, &serde_json::json!({ "step_ms": 300 })).await?;
+    }
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let producer = tokio::spawn(syncfleet_producer::run_with(listener, ops.clone(), shutdown.clone()));
+    let (chains, handlers) = registry.build(&config)?;
+    let mut engines = Vec::new();
+    for i in 1..=workers.max(1) {
+        let name = worker_name(Some(&format!("demo-worker-{i}")));
+        let engine = Arc::new(Engine::new(
+            config.clone(),
+            ops.pool.clone(),
+            ops.queues.clone(),
+            chains.clone(),
+            handlers.clone(),
+            name,
+        ));
+        engines.push(tokio::spawn(syncfleet_worker::run_engine(engine, chains.queues(), shutdown.clone())));
+    }
+    let say = |line: String| say(json, line);
+    say(format!("producer on http://{addr}, {} workers", workers.max(1)));
+    let result = async {
+        let Some(sb) = &sandbox else {
+            say(format!("triggering {chain} for integration `demo`"));
+            return Ok(vec![demo_run(&ops, chain, "demo", Mode::Full, &[], !json).await?]);
+        };
+        if partner {
+            return demo_partner(&ops, sb, json).await;
+        }
+        if moodle {
+            return demo_moodle(&ops, sb, json).await;
+        }
+        let items = count(sb, "/counts/erp/items");
+        say(format!(
+            "sandbox ERP at {} with {items} items; full sync of `demo-erp` into table erp_items",
+            sb.erp_url()
+        ));
+        let full = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Full, &[], !json).await?;
+        let changed = sb.mutate_json(serde_json::json!({ "api": "erp", "resource": "items", "change_percent": 1 }))?;
+        let n = changed["changed"].as_array().map_or(0, Vec::len);
+        say(format!("\nthe sandbox changed {n} items (1 %); incremental sync"));
+        let incremental = demo_run(&ops, "http_json_sync", "demo-erp", Mode::Incremental, &[], !json).await?;
+        Ok::<_, anyhow::Error>(vec![full, incremental])
+    }
+    .await;
+    shutdown.cancel();
+    producer.await.ok();
+    for e in engines {
+        e.await.ok();
+    }
+    let runs = result?;
+    if json {
+        // One JSON document: the runs in the order they ran.
+        println!("{}", serde_json::to_string_pretty(&runs).expect("serializable"));
+    } else {
+        for run in &runs {
+            println!();
+            print_run(run, false);
+        }
+    }
+    let last = runs.last().expect("at least one run");
+    if partner {
+        let calls = |r: &views::RunView| r.steps.iter().map(|s| s.api_calls).sum::<i64>();
+        let (full, incremental) = (calls(&runs[0]), calls(&runs[1]));
+        say(format!(
+            "\nAPI calls: full {full}, incremental {incremental} ({:.1} % of full); the incremental run saved {} calls.",
+            100.0 * incremental as f64 / full.max(1) as f64,
+            full - incremental
+        ));
+    }
+    say(if partner {
+        format!(
+            "\nThe partner data is in the `partner_*` tables of the configured database. Look again with \
+             `syncfleet runs show {}`.",
+            runs.last().map(|r| r.id.as_str()).unwrap_or_default()
+        )
+    } else if moodle {
+        format!(
+            "\nThe institution is in the `moodle_*` tables of the configured database. Look again with \
+             `syncfleet runs show {}`.",
+            last.id
+        )
+    } else if erp {
+        format!(
+            "\nThe items are in table `erp_items` of the configured database. Look again with \
+             `syncfleet runs` or `syncfleet runs show {}`.",
+            last.id
+        )
+    } else {
+        format!(
+            "\nEach step wrote one row to `demo_effects`. Look again with `syncfleet runs show {}` or \
+             `syncfleet queues`; run the pieces with `syncfleet-producer` and `syncfleet-worker`.",
+            last.id
+        )
+    });
+    let worst = runs.iter().map(|r| exit_for(&r.status)).find(|c| *c != ExitCode::SUCCESS);
+    Ok(worst.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// The partner program sync: `partner_daily` in full, then 1 % of people and enrollments change in
+/// the sandbox's Northpass, then an incremental run.
+async fn demo_partner(
+    ops: &Ops,
+    sb: &syncfleet_sandbox::SandboxHandle,
+    json: bool,
+) -> anyhow::Result<Vec<views::RunView>> {
+    let say = |line: String| say(json, line);
+    let count = |p: &str| count(sb, p);
+    say(format!(
+        "sandbox Northpass at {} ({} people, {} groups, {} courses) and Impartner at {} ({} accounts, {} contacts); \
+         full partner_daily of `demo-partner`",
+        sb.northpass_url(),
+        count("/counts/northpass/people"),
+        count("/counts/northpass/groups"),
+        count("/counts/northpass/courses"),
+        sb.impartner_url(),
+        count("/counts/impartner/Account"),
+        count("/counts/impartner/User"),
+    ));
+    let full = demo_run(ops, "partner_daily", "demo-partner", Mode::Full, &[], !json).await?;
+    let mut changed = 0;
+    for resource in ["people", "enrollments"] {
+        let out =
+            sb.mutate_json(serde_json::json!({ "api": "northpass", "resource": resource, "change_percent": 1 }))?;
+        changed += out["changed"].as_array().map_or(0, Vec::len);
+    }
+    say(format!(
+        "\nthe sandbox changed {changed} people and enrollments (1 % of each); incremental partner_daily \
+         (every step incremental: --step-mode impartner_sync=incremental replaces the chain's nightly full read)"
+    ));
+    let incremental = demo_run(
+        ops,
+        "partner_daily",
+        "demo-partner",
+        Mode::Incremental,
+        &[("impartner_sync", Mode::Incremental)],
+        !json,
+    )
+    .await?;
+    Ok(vec![full, incremental])
+}
+
+const MOODLE_INTEGRATION: &str = "demo-moodle";
+
+/// A line of the demo's story, on stderr, unless the output is JSON.
+fn say(json: bool, line: String) {
+    if !json {
+        eprintln!("{line}");
+    }
+}
+
+/// A count the sandbox reports (`/counts/<api>/<resource>`).
+fn count(sb: &syncfleet_sandbox::SandboxHandle, pointer: &str) -> i64 {
+    sb.info().pointer(pointer).and_then(|v| v.as_i64()).unwrap_or_default()
+}
+
+/// The Moodle institutional sync: `moodle_institutional` in full, then the sandbox's Moodle drops
+/// some enrollments and changes 1 % of courses, then the chain again: the dropped enrollments are
+/// deactivated, the changed courses updated, the rest left as it was.
+async fn demo_moodle(
+    ops: &Ops,
+    sb: &syncfleet_sandbox::SandboxHandle,
+    json: bool,
+) -> anyhow::Result<Vec<views::RunView>> {
+    let say = |line: String| say(json, line);
+    let count = |p: &str| count(sb, p);
+    say(format!(
+        "sandbox Moodle at {} ({} categories, {} programs, {} courses, {} users, {} enrolments); \
+         moodle_institutional of `{MOODLE_INTEGRATION}`",
+        sb.moodle_url(),
+        count("/counts/moodle/categories"),
+        count("/counts/moodle/programs"),
+        count("/counts/moodle/courses"),
+        count("/counts/moodle/users"),
+        count("/counts/moodle/enrolments"),
+    ));
+    let first = demo_run(ops, MOODLE_INSTITUTIONAL, MOODLE_INTEGRATION, Mode::Full, &[], !json).await?;
+    let dropped = sb.mutate_json(serde_json::json!({ "api": "moodle", "resource": "enrolments", "delete": 20 }))?;
+    let changed = sb.mutate_json(serde_json::json!({ "api": "moodle", "resource": "courses", "change_percent": 1 }))?;
+    say(format!(
+        "\nthe sandbox dropped {} enrolments and changed {} courses; moodle_institutional again",
+        dropped["deleted"].as_array().map_or(0, Vec::len),
+        changed["changed"].as_array().map_or(0, Vec::len),
+    ));
+    let second = demo_run(ops, MOODLE_INSTITUTIONAL, MOODLE_INTEGRATION, Mode::Full, &[], !json).await?;
+    Ok(vec![first, second])
+}
+
+/// Triggers one run (cancelling one an interrupted demo left active) and waits for it.
+async fn demo_run(
+    ops: &Ops,
+    chain: &str,
+    integration: &str,
+    mode: Mode,
+    step_modes: &[(&str, Mode)],
+    progress: bool,
+) -> anyhow::Result<views::RunView> {
+    let trigger = Trigger {
+        chain: chain.into(),
+        integration: integration.into(),
+        mode,
+        kind: TriggerKind::Manual,
+        triggered_by: "demo".into(),
+        tick_key: None,
+        force_sweep: false,
+        step: None,
+        step_modes: step_modes.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
+    };
+    let run_id = match ops.trigger(trigger.clone()).await {
+        Err(StoreError::ActiveRun { run_id, .. }) => {
+            if progress {
+                eprintln!("cancelling the earlier demo run {run_id} that is still active");
+            }
+            ops.cancel(run_id.parse()?, "demo").await?;
+            ops.trigger(trigger).await?
+        }
+        other => other?,
+    };
+    wait_for(ops, run_id, progress, Duration::from_secs(300)).await
+}

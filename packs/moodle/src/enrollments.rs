@@ -1,0 +1,419 @@
+//! `sync_enrollments`, in three phases so that concurrent writers never deadlock on shared user rows:
+//!
+//! 1. **Fetch**: the enrolled users of every active course, `concurrency` courses at once; each user
+//!    comes with their groups and roles in that course.
+//! 2. **Users**: every user read, deduplicated by id, upserted in one batch statement (rows in id
+//!    order, so two shards lock shared rows in the same order). If the batch fails (a username taken
+//!    by another active row, say), each row is written alone and only the failing ones are item errors.
+//! 3. **Per course, sequentially**, one transaction each: sections upserted from the users' groups (no
+//!    extra Moodle call), enrollments upserted with the section of the user's first group, and the
+//!    course's enrollments and sections missing from Moodle soft-deactivated.
+//!
+//! A course whose read failed is recorded (item error `course:{id}`) and left as it was; a course that
+//! returned a user without a readable id is written but not deactivated from (the read is not
+//! complete). Enrollments and sections of courses no longer active are deactivated with the step.
+
+use std::collections::BTreeMap;
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+use super::{Rows, client::Moodle, concurrency_of, epoch, settings_of, shard, shard_of, tables};
+use syncfleet_sdk::{
+    ids::RunId,
+    step::{AttemptFence, StepContext, StepError, StepHandler},
+    sync::{pull, table::Table},
+};
+
+/// One enrolled user of one course, as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolled {
+    pub user_id: String,
+    /// The user's columns, or why they cannot be written.
+    pub user: Result<Map<String, Value>, String>,
+    /// (group id, name) in Moodle's order.
+    pub groups: Vec<(String, String)>,
+    /// Role shortnames in Moodle's order.
+    pub roles: Vec<String>,
+    pub lastcourseaccess: Value,
+}
+
+/// The `moodle_users` columns of a user as Moodle describes them (enrolled users and
+/// `core_user_get_users_by_field` alike).
+pub fn user_fields(raw: &Value) -> Result<Map<String, Value>, String> {
+    let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let mut f = Map::new();
+    f.insert("username".into(), Value::from(text("username").ok_or("no `username`")?));
+    for k in ["firstname", "lastname", "email", "idnumber"] {
+        f.insert(k.into(), text(k).map_or(Value::Null, Value::from));
+    }
+    f.insert("firstaccess".into(), epoch(raw.get("firstaccess"), "firstaccess")?);
+    f.insert("lastaccess".into(), epoch(raw.get("lastaccess"), "lastaccess")?);
+    Ok(f)
+}
+
+/// Reads one entry of `core_enrol_get_enrolled_users`; `Err` when even the id is unreadable.
+pub fn read_enrolled(raw: &Value) -> Result<Enrolled, String> {
+    let user_id = raw.get("id").and_then(Value::as_i64).ok_or("no readable `id`")?.to_string();
+    let user = user_fields(raw);
+    let groups = raw
+        .get("groups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|g| {
+            let id = g.get("id").and_then(Value::as_i64)?;
+            Some((id.to_string(), g.get("name").and_then(Value::as_str).unwrap_or_default().to_owned()))
+        })
+        .collect();
+    let roles = raw
+        .get("roles")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("shortname").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let lastcourseaccess = epoch(raw.get("lastcourseaccess"), "lastcourseaccess").unwrap_or(Value::Null);
+    Ok(Enrolled { user_id, user, groups, roles, lastcourseaccess })
+}
+
+/// A course's read: the users with a readable id, and how many had none.
+struct CourseRead {
+    course: String,
+    users: Vec<Enrolled>,
+    unreadable: usize,
+}
+
+/// Totals of phase 3.
+#[derive(Default)]
+struct Phase3 {
+    inserted: i64,
+    updated: i64,
+    unchanged: i64,
+    deactivated: i64,
+    sections: i64,
+    sections_new: i64,
+}
+
+/// Phase 2: one batch of every user, each once; on failure every row alone. Returns (inserted,
+/// updated, failed rows, the batch's error if it failed).
+async fn upsert_users(
+    pool: &PgPool,
+    fence: Option<&AttemptFence>,
+    table: &Table,
+    integration_id: i64,
+    run: RunId,
+    rows: &Rows<'_>,
+) -> Result<(i64, i64, Vec<(String, String)>, Option<String>), StepError> {
+    if rows.ids.is_empty() {
+        return Ok((0, 0, vec![], None));
+    }
+    let mut tx = AttemptFence::begin(fence, pool).await?;
+    let batch = table.upsert(&mut tx, integration_id, Some(run), &rows.ids, &rows.columns).await;
+    match batch {
+        Ok(c) => {
+            tx.commit().await?;
+            Ok((c.inserted, c.updated, vec![], None))
+        }
+        Err(sqlx::Error::Database(e)) => {
+            tx.rollback().await?;
+            let why = e.message().to_owned();
+            tracing::warn!(error = %why, users = rows.ids.len(), "User batch failed; writing each row alone.");
+            let (mut inserted, mut updated, mut failed) = (0, 0, vec![]);
+            for (i, id) in rows.ids.iter().enumerate() {
+                let mut tx = AttemptFence::begin(fence, pool).await?;
+                match table.upsert(&mut tx, integration_id, Some(run), std::slice::from_ref(id), &rows.row(i)).await {
+                    Ok(c) => {
+                        tx.commit().await?;
+                        inserted += c.inserted;
+                        updated += c.updated;
+                    }
+                    Err(sqlx::Error::Database(e)) => {
+                        tx.rollback().await?;
+                        failed.push((id.clone(), e.message().to_owned()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok((inserted, updated, failed, Some(why)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Phase 3 for one course, in one transaction.
+async fn write_course(
+    pool: &PgPool,
+    fence: Option<&AttemptFence>,
+    integration_id: i64,
+    run: RunId,
+    read: &CourseRead,
+    totals: &mut Phase3,
+) -> Result<Vec<(String, String)>, StepError> {
+    let (sections_t, enrollments_t) = (tables::sections(), tables::enrollments());
+    let course = &read.course;
+    let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
+    for u in &read.users {
+        for (id, name) in &u.groups {
+            sections.entry(id).or_insert(name);
+        }
+    }
+    let mut srows = Rows::new(&sections_t);
+    for (id, name) in &sections {
+        let mut f = Map::new();
+        f.insert("course_id".into(), Value::from(course.as_str()));
+        f.insert("name".into(), Value::from(*name));
+        srows.push((*id).to_owned(), &f);
+    }
+    let mut erows = Rows::new(&enrollments_t);
+    for u in &read.users {
+        let mut f = Map::new();
+        f.insert("course_id".into(), Value::from(course.as_str()));
+        f.insert("user_id".into(), Value::from(u.user_id.as_str()));
+        f.insert("section_id".into(), u.groups.first().map_or(Value::Null, |(g, _)| Value::from(g.as_str())));
+        f.insert("role".into(), u.roles.first().map_or(Value::Null, |r| Value::from(r.as_str())));
+        f.insert("roles".into(), Value::from(u.roles.clone()));
+        f.insert("lastcourseaccess".into(), u.lastcourseaccess.clone());
+        erows.push(format!("{course}:{}", u.user_id), &f);
+    }
+    let mut tx = AttemptFence::begin(fence, pool).await?;
+    if !srows.ids.is_empty() {
+        let c = sections_t.upsert(&mut tx, integration_id, Some(run), &srows.ids, &srows.columns).await?;
+        totals.sections += srows.ids.len() as i64;
+        totals.sections_new += c.inserted;
+    }
+    if !erows.ids.is_empty() {
+        let c = enrollments_t.upsert(&mut tx, integration_id, Some(run), &erows.ids, &erows.columns).await?;
+        totals.inserted += c.inserted;
+        totals.updated += c.updated;
+        totals.unchanged += c.unchanged;
+    }
+    if read.unreadable == 0 {
+        let keep: Vec<String> = erows.ids.iter().chain(erows.failed.iter().map(|(id, _)| id)).cloned().collect();
+        totals.deactivated += sqlx::query(
+            "UPDATE moodle_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
+             WHERE integration_id = $1 AND course_id = $2 AND is_active AND external_id <> ALL($3)",
+        )
+        .bind(integration_id)
+        .bind(course)
+        .bind(&keep)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE moodle_sections SET is_active = FALSE, deleted_at = now(), updated_at = now()
+             WHERE integration_id = $1 AND course_id = $2 AND is_active AND external_id <> ALL($3)",
+        )
+        .bind(integration_id)
+        .bind(course)
+        .bind(&srows.ids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    pull::resolve(&mut tx, integration_id, "enrollments", &[format!("course:{course}")]).await?;
+    tx.commit().await?;
+    Ok(erows.failed.into_iter().chain(srows.failed).collect())
+}
+
+pub struct SyncEnrollments;
+
+impl StepHandler for SyncEnrollments {
+    fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let settings = settings_of(&ctx.integration)?;
+            let concurrency = concurrency_of(ctx, &settings)?;
+            let client = settings.client(&ctx.http, concurrency);
+            let concurrency = concurrency as usize;
+            let api = Moodle::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
+            let (me, shards) = shard(ctx);
+            let (integration_id, run) = (ctx.integration.id, ctx.run_id);
+            let courses: Vec<String> = sqlx::query_scalar(
+                "SELECT external_id FROM moodle_courses WHERE integration_id = $1 AND is_active ORDER BY external_id",
+            )
+            .bind(integration_id)
+            .fetch_all(&ctx.pool)
+            .await?;
+            let courses: Vec<String> = courses.into_iter().filter(|c| shard_of(c, shards) == me).collect();
+
+            // Phase 1: fetch, bounded.
+            let api_ref = &api;
+            let fetched: Vec<_> = futures::stream::iter(courses.clone())
+                .map(move |c| async move {
+                    let answer = api_ref.enrolled_users(&c).await;
+                    (c, answer)
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            ctx.record_calls(&[&client]);
+            let mut errors: Vec<(&'static str, String, String)> = Vec::new();
+            let mut failed_courses = 0usize;
+            let mut reads = Vec::with_capacity(fetched.len());
+            for (course, answer) in fetched {
+                match answer {
+                    Ok(raw) => {
+                        let mut read = CourseRead { course, users: Vec::with_capacity(raw.len()), unreadable: 0 };
+                        for r in &raw {
+                            match read_enrolled(r) {
+                                Ok(u) => read.users.push(u),
+                                Err(m) => {
+                                    read.unreadable += 1;
+                                    errors.push((
+                                        "enrollments",
+                                        format!("course:{}:?{}", read.course, read.unreadable),
+                                        m,
+                                    ));
+                                }
+                            }
+                        }
+                        ctx.result.fetched += raw.len() as i64;
+                        reads.push(read);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%course, error = %e, "Course's enrolled users failed; the others go on.");
+                        failed_courses += 1;
+                        errors.push(("enrollments", format!("course:{course}"), e.to_string()));
+                    }
+                }
+            }
+            reads.sort_by(|a, b| a.course.cmp(&b.course));
+
+            // Phase 2: every user once, in one batch (ordered by id).
+            let users_t = tables::users();
+            let mut users: BTreeMap<&str, &Enrolled> = BTreeMap::new();
+            for u in reads.iter().flat_map(|r| &r.users) {
+                users.entry(u.user_id.as_str()).or_insert(u);
+            }
+            let mut rows = Rows::new(&users_t);
+            for (id, u) in &users {
+                match &u.user {
+                    Ok(f) => rows.push((*id).to_owned(), f),
+                    Err(m) => rows.failed.push(((*id).to_owned(), m.clone())),
+                }
+            }
+            let (inserted, updated, failed, batch_error) =
+                upsert_users(&ctx.pool, ctx.fence.as_ref(), &users_t, integration_id, run, &rows).await?;
+            errors.extend(rows.failed.iter().chain(failed.iter()).map(|(id, m)| ("users", id.clone(), m.clone())));
+            let mut tx = ctx.begin().await?;
+            let failed_users: Vec<&String> = rows.failed.iter().chain(failed.iter()).map(|(id, _)| id).collect();
+            let written: Vec<String> = rows.ids.iter().filter(|id| !failed_users.contains(id)).cloned().collect();
+            pull::resolve(&mut tx, integration_id, "users", &written).await?;
+            tx.commit().await?;
+
+            // Phase 3: per course, sequentially.
+            let mut totals = Phase3::default();
+            for read in &reads {
+                let bad = write_course(&ctx.pool, ctx.fence.as_ref(), integration_id, run, read, &mut totals).await?;
+                errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
+            }
+
+            // Enrollments and sections of courses that are no longer active.
+            let gone: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT e.course_id FROM moodle_enrollments e
+                 WHERE e.integration_id = $1 AND e.is_active AND NOT EXISTS (
+                     SELECT 1 FROM moodle_courses c WHERE c.integration_id = e.integration_id
+                        AND c.external_id = e.course_id AND c.is_active)",
+            )
+            .bind(integration_id)
+            .fetch_all(&ctx.pool)
+            .await?;
+            let gone: Vec<String> = gone.into_iter().filter(|c| shard_of(c, shards) == me).collect();
+            if !gone.is_empty() {
+                let conn = ctx.tx().await?;
+                totals.deactivated += sqlx::query(
+                    "UPDATE moodle_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
+                     WHERE integration_id = $1 AND is_active AND course_id = ANY($2)",
+                )
+                .bind(integration_id)
+                .bind(&gone)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected() as i64;
+                sqlx::query(
+                    "UPDATE moodle_sections SET is_active = FALSE, deleted_at = now(), updated_at = now()
+                     WHERE integration_id = $1 AND is_active AND course_id = ANY($2)",
+                )
+                .bind(integration_id)
+                .bind(&gone)
+                .execute(&mut *conn)
+                .await?;
+            }
+
+            if !errors.is_empty() {
+                let mut tx = ctx.begin().await?;
+                for entity in ["users", "enrollments"] {
+                    let these: Vec<(String, String)> =
+                        errors.iter().filter(|e| e.0 == entity).map(|e| (e.1.clone(), e.2.clone())).collect();
+                    if !these.is_empty() {
+                        pull::record_errors(&mut tx, Some(run), ctx.step.name.as_str(), integration_id, entity, &these)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+            }
+            if !courses.is_empty() && failed_courses == courses.len() {
+                return Err(StepError::retry(format!("every course's enrolled users failed ({failed_courses})")));
+            }
+            let r = &mut ctx.result;
+            r.inserted = totals.inserted;
+            r.updated = totals.updated;
+            r.unchanged = totals.unchanged;
+            r.deactivated = totals.deactivated;
+            r.errors = errors.len() as i64;
+            let batch = match &batch_error {
+                None => "in one batch".to_owned(),
+                Some(e) => format!("per row after the batch failed ({e}), {} row(s) refused", failed.len()),
+            };
+            let users_text = format!(
+                "users: {} distinct of {} enrollment row(s), upserted {batch} ({inserted} inserted, {updated} updated)",
+                users.len(),
+                reads.iter().map(|r| r.users.len()).sum::<usize>()
+            );
+            let sections_text = format!("sections: {} from groups ({} new)", totals.sections, totals.sections_new);
+            let courses_text = if failed_courses == 0 {
+                format!("courses: {} read", courses.len())
+            } else {
+                format!("partial: {failed_courses} of {} course(s) failed", courses.len())
+            };
+            tracing::info!(courses = courses.len(), failed_courses, "{users_text}; {sections_text}.");
+            let text = format!("{courses_text}; {users_text}; {sections_text}");
+            if failed_courses == 0 {
+                ctx.note(text)
+            } else {
+                ctx.partial(text)
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_enrolled_user_is_read_with_groups_and_roles() {
+        let raw = json!({"id": 57, "username": "northgate-100001", "firstname": "Pat", "lastname": "Lee",
+            "email": "p@x", "firstaccess": 1_704_100_000, "lastaccess": 0, "lastcourseaccess": 1_735_500_000,
+            "groups": [{"id": 8, "name": "Tutorial 1"}, {"id": 9, "name": "Tutorial 2"}],
+            "roles": [{"roleid": 5, "shortname": "student"}]});
+        let u = read_enrolled(&raw).unwrap();
+        assert_eq!(u.user_id, "57");
+        assert_eq!(u.groups[0], ("8".into(), "Tutorial 1".into()));
+        assert_eq!(u.roles, ["student"]);
+        let f = u.user.unwrap();
+        assert_eq!(f["username"], "northgate-100001");
+        assert_eq!(f["lastaccess"], Value::Null, "0 means never");
+        assert_eq!(f["idnumber"], Value::Null, "omitted fields are NULL");
+        // Missing `groups` (no accessallgroups) is no groups.
+        let u = read_enrolled(&json!({"id": 3, "username": "a", "roles": []})).unwrap();
+        assert!(u.groups.is_empty());
+        assert!(read_enrolled(&json!({"username": "a"})).is_err());
+        let bad = read_enrolled(&json!({"id": 4, "username": "b", "lastaccess": "yesterday"})).unwrap();
+        assert!(bad.user.unwrap_err().contains("lastaccess"));
+    }
+}

@@ -1,0 +1,448 @@
+//! `sync_enrollments`: the enrollments of partner users only — LMS users linked to a contact of an
+//! active partner, or confirmed members of a partner-linked group — one transcript call per user
+//! (`GET /transcripts/{person id}`, paged, 404 = no enrollments), into `partner_enrollments`
+//! (external id `{person id}:{course id}`).
+//!
+//! Fan-out: the step runs as `shards` jobs over the fleet; shard `k` of `n` takes the users whose
+//! [`shard_of`] is `k`. Every shard's Northpass client reserves from the one `northpass` rate budget,
+//! so the fleet together stays within the upstream's rate.
+//!
+//! A user's transcript is the whole truth about that user: the rows of the users a batch read are
+//! written with the contract's upsert and the user's rows the transcript no longer lists are
+//! soft-deleted in the same transaction (scoped to those users, so shards never touch each other's
+//! rows). Enrollments of users of the shard who are no longer partner users are soft-deleted with the
+//! step's completion.
+//!
+//! Incremental mode reads only the users whose transcript was never read (new partner users) or who
+//! were active on the LMS (`last_active_at`, from `sync_users`) within [`INCREMENTAL_LOOKBACK`]
+//! before their last read (`partner_lms_users.transcript_read_at`, written with the batch that read
+//! it). Transcripts take no filter, and a person's activity is the only change signal Northpass gives
+//! for them; an enrollment an administrator adds without the person's activity waits for the
+//! person's next activity or the next full run.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+
+use super::{northpass::Northpass, settings_of};
+use syncfleet_sdk::{
+    chain::Mode,
+    step::{AttemptFence, StepContext, StepError, StepHandler},
+    sync::{
+        Item, Record, Source, SourceError,
+        table::{Column, ColumnType, Table, UpsertCounts},
+    },
+};
+
+pub const ENTITY: &str = "enrollments";
+
+/// How far before its last run an incremental run looks for user activity.
+pub const INCREMENTAL_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
+
+/// Shards of the step in the pack's chains (overridable per deployment: `shards` of the step).
+pub const SHARDS: u32 = 4;
+
+/// Users whose transcripts are read and written together (one transaction).
+const USERS_PER_BATCH: usize = 20;
+
+/// Transcript reads in flight at once per shard (the client's gate and the rate budget still apply).
+const TRANSCRIPTS_IN_FLIGHT: usize = 4;
+
+/// `partner_enrollments` (migration `0005`) as this step writes it.
+pub fn table() -> Table {
+    use ColumnType::{Integer, Text, Timestamptz};
+    let columns = [
+        ("person_id", Text),
+        ("course_id", Text),
+        ("course_name", Text),
+        ("progress_status", Text),
+        ("enrolled_at", Timestamptz),
+        ("started_at", Timestamptz),
+        ("completed_at", Timestamptz),
+        ("last_active_at", Timestamptz),
+        ("attempt_number", Integer),
+    ]
+    .into_iter()
+    .map(|(name, ty)| Column { name: name.to_owned(), ty })
+    .collect();
+    Table::new("partner_enrollments", columns).expect("a valid table declaration")
+}
+
+/// The shard (of `shards`) that reads user `id`: FNV-1a of the id, modulo the shard count. Stable
+/// across processes, releases and runs.
+pub fn shard_of(id: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
+}
+
+/// Partner users of an integration with their last activity and last transcript read.
+pub const PARTNER_USERS_SQL: &str = "
+    SELECT u.external_id, u.last_active_at, u.transcript_read_at FROM partner_lms_users u
+    WHERE u.integration_id = $1 AND u.is_active
+      AND (u.partner_id IS NOT NULL OR EXISTS (
+          SELECT 1 FROM partner_group_memberships m
+          JOIN partner_group_links l ON l.integration_id = m.integration_id AND l.external_id = m.group_id AND l.is_active
+          WHERE m.integration_id = u.integration_id AND m.person_id = u.external_id AND m.is_active
+            AND m.status = 'confirmed'))";
+
+type UserRow = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// Whether an incremental run reads this user's transcript: never read, or active within the
+/// look-back before the last read.
+fn due(last_active: Option<DateTime<Utc>>, read_at: Option<DateTime<Utc>>) -> bool {
+    match read_at {
+        None => true,
+        Some(read) => last_active.is_some_and(|t| t >= read - INCREMENTAL_LOOKBACK),
+    }
+}
+
+pub struct SyncEnrollments;
+
+impl StepHandler for SyncEnrollments {
+    fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let settings = settings_of(&ctx.integration)?;
+            let client = settings.northpass_client(&ctx.http);
+            let api = Northpass::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
+            let (integration_id, run) = (ctx.integration.id, ctx.run_id);
+            let (shard, shards) = (ctx.shard.max(0) as u32, ctx.step.shards.max(1));
+            let cursor_entity = format!("{ENTITY}:{shard}/{shards}");
+            let started = Utc::now();
+
+            let partner_users: Vec<UserRow> =
+                sqlx::query_as(PARTNER_USERS_SQL).bind(integration_id).fetch_all(&ctx.pool).await?;
+            let partner_users: Vec<UserRow> =
+                partner_users.into_iter().filter(|(id, _, _)| shard_of(id, shards) == shard).collect();
+            let mine: HashSet<&str> = partner_users.iter().map(|(id, _, _)| id.as_str()).collect();
+            let last_run: Option<DateTime<Utc>> = match ctx.mode {
+                Mode::Full => None,
+                Mode::Incremental => load_cursor(&ctx.pool, integration_id, &cursor_entity).await?,
+            };
+            let to_read: Vec<String> = partner_users
+                .iter()
+                .filter(|(_, active, read_at)| ctx.mode == Mode::Full || due(*active, *read_at))
+                .map(|(id, _, _)| id.clone())
+                .collect();
+
+            let table = table();
+            let writer = Writer {
+                pool: &ctx.pool,
+                fence: ctx.fence.as_ref(),
+                table: &table,
+                integration_id,
+                run,
+                step: ctx.step.name.as_str(),
+            };
+            let mut totals = Totals::default();
+            for batch in to_read.chunks(USERS_PER_BATCH) {
+                if ctx.cancel.is_cancelled() {
+                    ctx.record_calls(&[&client]);
+                    return Err(StepError::retry("stopped between batches"));
+                }
+                let read_started = Utc::now();
+                let api = &api;
+                let read: Vec<(String, Result<Vec<Item>, SourceError>)> = futures::stream::iter(batch.to_vec())
+                    .map(|user| async move {
+                        let items = transcript(api, &user).await;
+                        (user, items)
+                    })
+                    .buffered(TRANSCRIPTS_IN_FLIGHT)
+                    .collect()
+                    .await;
+                let mut transcripts = Vec::with_capacity(read.len());
+                for (user, items) in read {
+                    match items {
+                        Ok(items) => transcripts.push((user, items)),
+                        Err(e) => {
+                            ctx.record_calls(&[&client]);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                writer.write(&mut totals, transcripts, read_started).await?;
+            }
+            ctx.record_calls(&[&client]);
+
+            // Users of this shard who are no longer partner users keep no enrollments.
+            let conn = ctx.tx().await?;
+            let holders: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT person_id FROM partner_enrollments WHERE integration_id = $1 AND is_active",
+            )
+            .bind(integration_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            let former: Vec<String> =
+                holders.into_iter().filter(|p| shard_of(p, shards) == shard && !mine.contains(p.as_str())).collect();
+            let dropped = sqlx::query(
+                "UPDATE partner_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
+                 WHERE integration_id = $1 AND is_active AND person_id = ANY($2)",
+            )
+            .bind(integration_id)
+            .bind(&former)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected() as i64;
+            // Should they become partner users again, their transcript is read in full again.
+            sqlx::query(
+                "UPDATE partner_lms_users SET transcript_read_at = NULL
+                 WHERE integration_id = $1 AND external_id = ANY($2) AND transcript_read_at IS NOT NULL",
+            )
+            .bind(integration_id)
+            .bind(&former)
+            .execute(&mut *conn)
+            .await?;
+            save_cursor(conn, integration_id, &cursor_entity, started, run).await?;
+
+            let r = &mut ctx.result;
+            r.fetched += totals.fetched;
+            r.inserted += totals.counts.inserted;
+            r.updated += totals.counts.updated;
+            r.unchanged += totals.counts.unchanged;
+            r.deactivated += totals.gone + dropped;
+            r.errors += totals.errors;
+            r.cursor_before = last_run.map(|c| c.to_rfc3339());
+            r.cursor_after = Some(started.to_rfc3339());
+            ctx.note(format!(
+                "shard {shard}/{shards}: {} partner user(s), {} transcript(s) read, {} former partner user(s) cleared",
+                partner_users.len(),
+                to_read.len(),
+                former.len()
+            ));
+            let written = ctx.result.inserted + ctx.result.updated + ctx.result.deactivated;
+            syncfleet_sdk::sync::pull::analyze_after_write(&ctx.pool, "partner_enrollments", written).await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Every item of a user's transcript (all pages); a 404 is a user without enrollments.
+async fn transcript(api: &Northpass<'_>, user: &str) -> Result<Vec<Item>, SourceError> {
+    let mut list = api.list(&format!("/transcripts/{user}"), transcript_item);
+    let mut items = vec![];
+    loop {
+        match list.next_page(None).await {
+            Ok(Some(page)) => items.extend(page.items),
+            Ok(None) => return Ok(items),
+            Err(SourceError::Http(e)) if e.status() == Some(404) => return Ok(items),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A transcript item: keyed by the resource (course) id until the writer prefixes the person.
+fn transcript_item(raw: Value) -> Item {
+    let Some(course) = raw.pointer("/attributes/resource_id").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+        let id = raw.get("id").and_then(Value::as_str).map(|s| format!("item {s}"));
+        return Item::Bad { external_id: id, cursor: None, message: "no readable `attributes.resource_id`".into() };
+    };
+    let a = &raw["attributes"];
+    let mut fields = Map::new();
+    fields.insert("course_id".into(), json!(course));
+    for (column, attr) in [
+        ("course_name", "name"),
+        ("progress_status", "progress_status"),
+        ("enrolled_at", "enrolled_at"),
+        ("started_at", "started_at"),
+        ("completed_at", "completed_at"),
+        ("last_active_at", "last_active_at"),
+        ("attempt_number", "attempt_number"),
+    ] {
+        fields.insert(column.into(), a.get(attr).cloned().unwrap_or(Value::Null));
+    }
+    Item::Record(Record { external_id: course.to_owned(), cursor: None, fields, raw })
+}
+
+#[derive(Default)]
+struct Totals {
+    fetched: i64,
+    counts: UpsertCounts,
+    gone: i64,
+    errors: i64,
+}
+
+struct Writer<'a> {
+    pool: &'a sqlx::PgPool,
+    /// Each batch commits only while the attempt holds.
+    fence: Option<&'a AttemptFence>,
+    table: &'a Table,
+    integration_id: i64,
+    run: syncfleet_sdk::ids::RunId,
+    step: &'a str,
+}
+
+impl Writer<'_> {
+    /// Writes the transcripts of one batch of users in one transaction: their rows, the soft delete
+    /// of their rows no longer listed (not for a user with an unreadable item), and item errors.
+    async fn write(
+        &self,
+        totals: &mut Totals,
+        transcripts: Vec<(String, Vec<Item>)>,
+        read_started: DateTime<Utc>,
+    ) -> Result<(), StepError> {
+        let mut rows: HashMap<String, Vec<Option<String>>> = HashMap::new();
+        let mut order = vec![];
+        let (mut failed, mut complete) = (vec![], vec![]);
+        for (user, items) in transcripts {
+            let mut readable = true;
+            for item in items {
+                totals.fetched += 1;
+                let converted = match item {
+                    Item::Record(mut r) => {
+                        r.fields.insert("person_id".into(), json!(user));
+                        let id = format!("{user}:{}", r.external_id);
+                        columns(self.table, &r.fields).map(|v| (id.clone(), v)).map_err(|m| (id, m))
+                    }
+                    Item::Bad { external_id, message, .. } => {
+                        Err((format!("{user}:{}", external_id.unwrap_or_else(|| "?".into())), message))
+                    }
+                };
+                match converted {
+                    Ok((id, values)) => {
+                        if rows.insert(id.clone(), values).is_none() {
+                            order.push(id);
+                        }
+                    }
+                    Err(f) => {
+                        readable = false;
+                        failed.push(f);
+                    }
+                }
+            }
+            if readable {
+                complete.push(user);
+            }
+        }
+        totals.errors += failed.len() as i64;
+        let mut by_column: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(order.len()); self.table.columns.len()];
+        for id in &order {
+            for (column, v) in by_column.iter_mut().zip(&rows[id]) {
+                column.push(v.clone());
+            }
+        }
+        let mut tx = AttemptFence::begin(self.fence, self.pool).await?;
+        if !order.is_empty() {
+            let c = self.table.upsert(&mut tx, self.integration_id, Some(self.run), &order, &by_column).await?;
+            totals.counts.inserted += c.inserted;
+            totals.counts.updated += c.updated;
+            totals.counts.unchanged += c.unchanged;
+            syncfleet_sdk::sync::pull::resolve(&mut tx, self.integration_id, ENTITY, &order).await?;
+        }
+        totals.gone += sqlx::query(
+            "UPDATE partner_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
+             WHERE integration_id = $1 AND is_active AND person_id = ANY($2) AND NOT (external_id = ANY($3))",
+        )
+        .bind(self.integration_id)
+        .bind(&complete)
+        .bind(&order)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE partner_lms_users SET transcript_read_at = $3
+             WHERE integration_id = $1 AND external_id = ANY($2)",
+        )
+        .bind(self.integration_id)
+        .bind(&complete)
+        .bind(read_started)
+        .execute(&mut *tx)
+        .await?;
+        if !failed.is_empty() {
+            syncfleet_sdk::sync::pull::record_errors(
+                &mut tx,
+                Some(self.run),
+                self.step,
+                self.integration_id,
+                ENTITY,
+                &failed,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A record's fields as the table's column values (checked and converted in Rust).
+fn columns(table: &Table, fields: &Map<String, Value>) -> Result<Vec<Option<String>>, String> {
+    table
+        .columns
+        .iter()
+        .map(|c| {
+            c.ty.convert(fields.get(&c.name).unwrap_or(&Value::Null)).map_err(|m| format!("field `{}`: {m}", c.name))
+        })
+        .collect()
+}
+
+async fn load_cursor(
+    pool: &sqlx::PgPool,
+    integration_id: i64,
+    entity: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM cursors WHERE integration_id = $1 AND entity = $2")
+            .bind(integration_id)
+            .bind(entity)
+            .fetch_optional(pool)
+            .await?;
+    Ok(value.and_then(|v| syncfleet_sdk::sync::table::parse_timestamp(&v)))
+}
+
+/// Written with the step's completion: a failed shard keeps its earlier cursor.
+async fn save_cursor(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    entity: &str,
+    value: DateTime<Utc>,
+    run: syncfleet_sdk::ids::RunId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cursors (integration_id, entity, value, run_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (integration_id, entity) DO UPDATE SET value = EXCLUDED.value, run_id = EXCLUDED.run_id,
+             updated_at = now()",
+    )
+    .bind(integration_id)
+    .bind(entity)
+    .bind(value.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    .bind(run.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of("9a8b7c6d-0000-4000-8000-000000000001", 1), 0);
+        let ids: Vec<String> = (0..1000).map(|i| format!("person-{i}")).collect();
+        let mut counts = [0usize; 4];
+        for id in &ids {
+            let s = shard_of(id, 4);
+            assert_eq!(s, shard_of(id, 4));
+            counts[s as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 200), "{counts:?}");
+    }
+
+    #[test]
+    fn transcript_items_map_to_columns() {
+        let raw = json!({"id": "t1", "type": "transcript_items", "attributes": {"name": "Basics",
+            "resource_id": "c1", "resource_type": "course", "progress_status": "completed",
+            "enrolled_at": "2025-01-02T10:00:00Z", "completed_at": "2025-01-20T16:40:00Z", "attempt_number": 1}});
+        let Item::Record(r) = transcript_item(raw) else { panic!("a record") };
+        assert_eq!(r.external_id, "c1");
+        let values = columns(&table(), &r.fields).unwrap();
+        assert_eq!(values.len(), table().columns.len());
+        assert!(matches!(transcript_item(json!({"id": "t2", "attributes": {}})), Item::Bad { .. }));
+    }
+}

@@ -1,0 +1,106 @@
+//! The one conversion of every admin API error into an answer: a stable code and an opaque
+//! message for the client, the whole cause chain in the log.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::json;
+use syncfleet_store::StoreError;
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: unauthorized, forbidden, bad_request, not_found, active_run, conflict, …
+    pub error: String,
+    /// What went wrong; for bad input it starts with the field at fault.
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Store(StoreError),
+    BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
+    /// The request was understood but the item cannot be synced (bad record, unknown entity).
+    Unprocessable(String),
+    NotFound(String),
+    /// The upstream failed while fetching the item.
+    BadGateway(String),
+    Internal(anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(format!("body: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("query: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, extra) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), json!({})),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone(), json!({})),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), json!({})),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_item", m.clone(), json!({})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone(), json!({})),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "upstream_failed", m.clone(), json!({})),
+            ApiError::Store(e) => match e {
+                StoreError::ActiveRun { run_id, .. } => {
+                    (StatusCode::CONFLICT, "active_run", e.to_string(), json!({ "run_id": run_id }))
+                }
+                StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state", e.to_string(), json!({})),
+                StoreError::DuplicateTick(_) => (StatusCode::CONFLICT, "duplicate_tick", e.to_string(), json!({})),
+                StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict", e.to_string(), json!({})),
+                StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request", e.to_string(), json!({})),
+                StoreError::UnknownIntegration(_)
+                | StoreError::UnknownChain(_)
+                | StoreError::RunNotFound(_)
+                | StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", e.to_string(), json!({})),
+                StoreError::PackMismatch { .. } | StoreError::IntegrationDisabled(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", e.to_string(), json!({}))
+                }
+                // Data exceptions (class 22: a NUL in text, a bad Unicode escape, a number out
+                // of range) come from what the client sent.
+                StoreError::Db(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("22")) => (
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("input PostgreSQL cannot store: {}", d.message()),
+                    json!({}),
+                ),
+                StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Integration(_) => {
+                    tracing::error!(error = ?e, "Request failed.");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))
+                }
+            },
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "Request failed.");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))
+            }
+        };
+        let mut body = json!({ "error": code, "message": message });
+        if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(x.clone());
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<Json<T>, ApiError>;

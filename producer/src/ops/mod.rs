@@ -1,0 +1,369 @@
+//! Operations shared by the admin API, the CLI and the scheduler: trigger, resume, cancel, and
+//! reading queue depth. Each writes PostgreSQL first, then pushes what became ready.
+
+mod schedules;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use syncfleet_sdk::{Registry, http::HttpClients};
+use syncfleet_shared::{
+    chain::{ChainDef, ChainRegistry, Mode},
+    config::{Config, Schedule, ScheduleSpec},
+    ids::RunId,
+};
+use syncfleet_store::{
+    self as store, StoreError, dispatch,
+    queue::{QueueClient, QueueDepth},
+    queues,
+    runs::{self, TriggerKind, TriggerRequest},
+};
+
+pub use schedules::ResolvedSchedule;
+
+/// What every operation needs.
+#[derive(Clone)]
+pub struct Ops {
+    pub config: Config,
+    pub pool: PgPool,
+    pub queues: QueueClient,
+    pub chains: Arc<ChainRegistry>,
+    /// For single-item syncs that fetch the record by id.
+    pub http: HttpClients,
+    /// The packs this producer serves.
+    pub registry: Arc<Registry>,
+}
+
+impl Ops {
+    /// The shortest schedule interval of `chain`: the deployment's, or its pack's when larger.
+    pub fn min_interval_for(&self, chain: &str) -> std::time::Duration {
+        self.registry.min_interval_for(&self.config, chain)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub chain: String,
+    pub integration: String,
+    pub mode: Mode,
+    pub kind: TriggerKind,
+    pub triggered_by: String,
+    pub tick_key: Option<String>,
+    pub force_sweep: bool,
+    /// Run only this step of the chain (its prerequisites are not run).
+    pub step: Option<String>,
+    /// Per-step modes replacing the chain's pinned mode and `mode` for those steps.
+    pub step_modes: std::collections::BTreeMap<String, Mode>,
+}
+
+/// A worker process seen in Redis, with what it runs now.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct WorkerView {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    pub current: Vec<queues::RunningStep>,
+}
+
+/// A schedule after resolution, with its next execution.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ScheduleView {
+    pub chain: String,
+    pub integration: String,
+    pub interval_secs: Option<u64>,
+    pub cron: Option<String>,
+    /// The cron expression firing at the same ticks (an interval's equivalent, when one exists).
+    pub resolved_cron: Option<String>,
+    /// `stored` (set through the API or the CLI), `config` (file or environment) or `pack` (the
+    /// pack's default).
+    pub source: String,
+    /// `incremental` or `full`: the mode of the runs it fires.
+    pub mode: String,
+    pub enabled: bool,
+    pub next_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_by: Option<String>,
+}
+
+impl Ops {
+    /// The root span of the run's trace: the run stores its context, and every step job carries it.
+    #[tracing::instrument(
+        name = "trigger",
+        parent = None,
+        skip_all,
+        fields(chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str())
+    )]
+    pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
+        let full = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
+        if let Some(unknown) = t.step_modes.keys().find(|s| full.step(s).is_none()) {
+            let known: Vec<&str> = full.steps.iter().map(|s| s.name.as_str()).collect();
+            return Err(StoreError::Invalid(format!(
+                "step_modes: chain `{}` has no step `{unknown}` (steps: {})",
+                t.chain,
+                known.join(", ")
+            )));
+        }
+        let chain: ChainDef = match &t.step {
+            None => (**full).clone(),
+            Some(step) => {
+                let mut def = full.step(step).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = full.steps.iter().map(|s| s.name.as_str()).collect();
+                    StoreError::Invalid(format!(
+                        "step: chain `{}` has no step `{step}` (steps: {})",
+                        t.chain,
+                        known.join(", ")
+                    ))
+                })?;
+                def.prerequisites.clear();
+                ChainDef { steps: vec![def], ..(**full).clone() }
+            }
+        };
+        let integration = store::integration_by_name(&self.pool, &t.integration).await?;
+        let detail = serde_json::json!({
+            "chain": t.chain, "integration": t.integration, "mode": t.mode.as_str(), "step": t.step,
+            "force_sweep": t.force_sweep, "step_modes": t.step_modes,
+        });
+        let actor = t.triggered_by.clone();
+        let (run_id, ready) = runs::create_run(
+            &self.pool,
+            TriggerRequest {
+                chain: &chain,
+                integration: &integration,
+                mode: t.mode,
+                kind: t.kind,
+                triggered_by: t.triggered_by,
+                tick_key: t.tick_key,
+                force_sweep: t.force_sweep,
+                step_modes: t.step_modes,
+            },
+        )
+        .await?;
+        self.push_ready(&ready).await;
+        tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), "Run created.");
+        // Someone asked for it (API, CLI): audited. Scheduled runs are recorded as runs only.
+        if t.kind == TriggerKind::Manual {
+            self.audit(&actor, "run.trigger", &run_id.to_string(), detail).await;
+        }
+        Ok(run_id)
+    }
+
+    /// Resumes a failed or partial run on behalf of `actor` (audited).
+    pub async fn resume(&self, run_id: RunId, actor: &str) -> Result<(), StoreError> {
+        let ready = runs::resume(&self.pool, run_id).await?;
+        self.push_ready(&ready).await;
+        self.audit(actor, "run.resume", &run_id.to_string(), serde_json::json!({})).await;
+        tracing::info!(%run_id, ready = ready.len(), "Run resumed.");
+        Ok(())
+    }
+
+    /// Cancels an active run on behalf of `actor` (audited).
+    pub async fn cancel(&self, run_id: RunId, actor: &str) -> Result<(), StoreError> {
+        runs::cancel(&self.pool, run_id).await?;
+        self.audit(actor, "run.cancel", &run_id.to_string(), serde_json::json!({})).await;
+        if let Ok(run) = store::views::run(&self.pool, run_id).await {
+            syncfleet_runtime::metrics::run_ended(&run.chain, "cancelled");
+        }
+        tracing::info!(%run_id, "Run cancelled.");
+        Ok(())
+    }
+
+    /// Pushes steps a transition made ready; on failure the reconciler dispatches them.
+    async fn push_ready(&self, ready: &[runs::ReadyStep]) {
+        if let Err(error) =
+            dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, ready).await
+        {
+            tracing::warn!(%error, "Push of ready steps failed; the reconciler will dispatch them.");
+        }
+    }
+
+    /// Depth of every queue the chains use: Redis's states, plus what PostgreSQL knows (paused,
+    /// blocked behind an entity lease).
+    pub async fn queue_depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
+        let paused = queues::paused(&self.pool).await?;
+        let blocked = queues::blocked_by_lease(&self.pool).await?;
+        let mut out = Vec::new();
+        for q in self.chains.queues() {
+            let mut d = self.queues.depth(&q).await?;
+            d.paused = paused.contains(&q);
+            d.blocked = blocked.get(&q).copied().unwrap_or(0);
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// `NotFound` unless a chain uses `queue`.
+    pub fn known_queue(&self, queue: &str) -> Result<(), StoreError> {
+        if self.chains.queues().iter().any(|q| q == queue) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("unknown queue `{queue}` (queues: {})", self.chains.queues().join(", "))))
+        }
+    }
+
+    /// Pauses a queue: nothing new is dispatched to it; steps already in Redis still run.
+    pub async fn pause_queue(&self, queue: &str, actor: &str) -> Result<bool, StoreError> {
+        self.known_queue(queue)?;
+        let changed = queues::pause(&self.pool, queue, &self.queues.queue_name(queue), actor).await?;
+        self.audit(actor, "queue.pause", queue, serde_json::json!({ "changed": changed })).await;
+        Ok(changed)
+    }
+
+    pub async fn resume_queue(&self, queue: &str, actor: &str) -> Result<bool, StoreError> {
+        self.known_queue(queue)?;
+        let changed = queues::resume(&self.pool, queue).await?;
+        self.audit(actor, "queue.resume", queue, serde_json::json!({ "changed": changed })).await;
+        let cap = self.config.producer.dispatch_cap;
+        if changed && let Err(error) = dispatch::dispatch(&self.pool, &self.queues, queue, cap, None).await {
+            tracing::warn!(%error, %queue, "Dispatch after resume failed; the reconciler will do it.");
+        }
+        Ok(changed)
+    }
+
+    /// Records a mutation in the audit trail; a failure to record is logged, not returned (the
+    /// mutation has happened).
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
+        if let Err(error) = store::audit::record(&self.pool, actor, action, target, detail).await {
+            tracing::error!(%error, %actor, %action, %target, "Audit record failed.");
+        }
+    }
+
+    /// Worker processes registered in Redis and seen within five heartbeats, with their running
+    /// steps from PostgreSQL.
+    pub async fn workers(&self) -> anyhow::Result<Vec<WorkerView>> {
+        let now = chrono::Utc::now();
+        let alive_secs = (self.config.worker.heartbeat_secs.max(1) * 5) as f64;
+        let mut by_name: std::collections::BTreeMap<String, WorkerView> = Default::default();
+        for q in self.chains.queues() {
+            for (registered, seen) in self.queues.workers(&q).await? {
+                if (now.timestamp() as f64) - seen > alive_secs {
+                    continue;
+                }
+                // apalis registers `<process name>:<restart count>` per queue.
+                let name = registered.rsplit_once(':').map(|(n, _)| n.to_owned()).unwrap_or(registered);
+                let last_seen = chrono::DateTime::from_timestamp(seen as i64, 0).unwrap_or(now);
+                let w = by_name.entry(name.clone()).or_insert_with(|| WorkerView {
+                    name,
+                    queues: vec![],
+                    last_seen,
+                    current: vec![],
+                });
+                if !w.queues.contains(&q) {
+                    w.queues.push(q.clone());
+                }
+                w.last_seen = w.last_seen.max(last_seen);
+            }
+        }
+        for step in queues::running_steps(&self.pool).await? {
+            if let Some(w) = by_name.get_mut(&step.worker) {
+                w.current.push(step);
+            }
+        }
+        Ok(by_name.into_values().collect())
+    }
+
+    /// Every schedule (configured and stored) with its next execution.
+    pub async fn schedules(&self) -> anyhow::Result<Vec<ScheduleView>> {
+        let resolved = self.resolve_schedules().await?;
+        let stored: Vec<(String, String, bool, String)> = sqlx::query_as(
+            "SELECT s.chain, i.name, s.enabled, s.updated_by FROM schedules s JOIN integrations i ON i.id = s.integration_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let now = chrono::Utc::now();
+        let mut out: Vec<ScheduleView> = resolved
+            .into_iter()
+            .map(|r| {
+                let (interval_secs, cron) = match &r.schedule {
+                    Schedule::Interval(d) => (Some(d.as_secs()), None),
+                    Schedule::Cron(c) => (None, Some(c.clone())),
+                };
+                let updated_by = stored
+                    .iter()
+                    .find(|(c, i, _, _)| *c == r.chain && *i == r.integration)
+                    .map(|(_, _, _, by)| by.clone());
+                ScheduleView {
+                    next_at: r.schedule.next_after(now),
+                    resolved_cron: r.schedule.as_cron(),
+                    chain: r.chain,
+                    integration: r.integration,
+                    interval_secs,
+                    cron,
+                    source: r.source.to_owned(),
+                    mode: r.mode.as_str().to_owned(),
+                    enabled: true,
+                    updated_by,
+                }
+            })
+            .collect();
+        // Stored schedules switched off still show, as disabled.
+        for (chain, integration, enabled, by) in stored {
+            if !enabled && !out.iter().any(|s| s.chain == chain && s.integration == integration) {
+                out.push(ScheduleView {
+                    chain,
+                    integration,
+                    interval_secs: None,
+                    cron: None,
+                    resolved_cron: None,
+                    source: "stored".into(),
+                    mode: "incremental".into(),
+                    enabled: false,
+                    next_at: None,
+                    updated_by: Some(by),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.chain, &a.integration).cmp(&(&b.chain, &b.integration)));
+        Ok(out)
+    }
+
+    /// Stores a schedule for (chain, integration); the minimum interval is enforced.
+    pub async fn set_schedule(
+        &self,
+        chain: &str,
+        integration: &str,
+        spec: &ScheduleSpec,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let def = self.chains.get(chain).ok_or_else(|| StoreError::UnknownChain(chain.into()))?;
+        let i = store::integration_by_name(&self.pool, integration).await?;
+        if def.pack != i.pack {
+            return Err(StoreError::Invalid(format!(
+                "integration: `{integration}` is a `{}` integration; chain `{chain}` needs `{}`",
+                i.pack, def.pack
+            )));
+        }
+        if enabled || spec.interval_secs.is_some() || spec.cron.is_some() {
+            Schedule::from_spec(spec, self.min_interval_for(chain)).map_err(|m| {
+                let field = if spec.cron.is_some() && spec.interval_secs.is_none() { "cron" } else { "interval_secs" };
+                StoreError::Invalid(format!("{field}: {m}"))
+            })?;
+        }
+        // A disabled schedule keeps its last spec (or a placeholder interval satisfying the table's check).
+        let (interval, cron) = match (spec.interval_secs, &spec.cron) {
+            (None, None) => (Some(self.config.min_interval().as_secs().max(1) as i32), None),
+            (i, c) => (i.map(|v| v.min(i32::MAX as u64) as i32), c.clone()),
+        };
+        sqlx::query(
+            "INSERT INTO schedules (chain, integration_id, interval_secs, cron, enabled, updated_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (chain, integration_id) DO UPDATE SET interval_secs = EXCLUDED.interval_secs,
+                 cron = EXCLUDED.cron, enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by, updated_at = now()",
+        )
+        .bind(chain)
+        .bind(i.id)
+        .bind(interval)
+        .bind(&cron)
+        .bind(enabled)
+        .bind(actor)
+        .execute(&self.pool)
+        .await?;
+        self.audit(
+            actor,
+            "schedule.set",
+            &format!("{chain}/{integration}"),
+            serde_json::json!({ "interval_secs": spec.interval_secs, "cron": spec.cron, "enabled": enabled }),
+        )
+        .await;
+        Ok(())
+    }
+}

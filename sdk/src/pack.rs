@@ -1,0 +1,272 @@
+//! The [`Pack`] trait: everything the engine, the scheduler and the admin API ask of a pack.
+//!
+//! Only [`Pack::name`], [`Pack::chains`] and [`Pack::handlers`] are required. Every other method
+//! has a default that means "this pack has none", so the worker, the producer and the CLI never
+//! match on a pack's name: they ask the [`Registry`](crate::Registry), which asks each pack.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::PgPool;
+use utoipa::openapi::{RefOr, schema::Schema};
+
+use crate::{
+    Integration,
+    chain::{ChainDef, Mode},
+    config::Environment,
+    http::HttpClients,
+    step::StepHandler,
+    sync::table::RowOutcome,
+};
+
+/// One plug-in: a kind of system syncfleet keeps in step (`partner`, `moodle`, `http-json`, …).
+pub trait Pack: Send + Sync + 'static {
+    /// The name integrations give as their `pack`.
+    fn name(&self) -> &'static str;
+
+    /// The chains the pack declares (a deployment may override their steps in `[chains.…]`).
+    fn chains(&self) -> Vec<ChainDef>;
+
+    /// The handler of each step its chains name, by step name.
+    fn handlers(&self) -> Vec<(&'static str, Arc<dyn StepHandler>)>;
+
+    /// Checks an integration's settings; the error is `(key relative to the integration,
+    /// message)`. Runs at start-up for the config file's integrations and on every API change.
+    fn check_settings(&self, _settings: &Value) -> Result<(), (String, String)> {
+        Ok(())
+    }
+
+    /// Checks the pack's own section of the configuration (`[packs.<name>]`); the error is
+    /// `(key relative to the section, message)`.
+    fn check_config(&self, _config: &PackConfig<'_>) -> Result<(), (String, String)> {
+        Ok(())
+    }
+
+    /// Plain environment variables that set a key of `[packs.<name>]`: `(variable, key)`, e.g.
+    /// `("MOODLE_SYNC_INTERVAL_MINUTES", "sync_interval_minutes")`. Read once, at load.
+    fn env_aliases(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// Cron schedules run for every enabled integration of the pack unless a configured or
+    /// stored schedule of the same chain and mode replaces them.
+    fn default_schedules(&self) -> Vec<DefaultSchedule> {
+        Vec::new()
+    }
+
+    /// Interval schedules the pack derives from the deployment's configuration, under the config
+    /// file's and the stored schedules like [`Pack::default_schedules`].
+    fn interval_schedules(&self, _config: &PackConfig<'_>) -> Vec<IntervalSchedule> {
+        Vec::new()
+    }
+
+    /// The shortest schedule interval the pack allows for `chain`, above the deployment's.
+    fn min_interval(&self, _chain: &str) -> Option<Duration> {
+        None
+    }
+
+    /// Prepares what an integration needs in the database (its tables, or a check that the
+    /// migrations created them). Runs when an integration is registered, created or changed.
+    fn prepare<'a>(
+        &'a self,
+        _pool: &'a PgPool,
+        _integration: &'a str,
+        _settings: &'a Value,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs the producer starts for every enabled integration of the pack when it starts.
+    fn startup_runs(&self, _config: &PackConfig<'_>) -> Vec<StartupRun> {
+        Vec::new()
+    }
+
+    /// Single-item sync (webhooks): `None` when the pack has none.
+    fn item_sync(&self) -> Option<&dyn ItemSync> {
+        None
+    }
+
+    /// Extra admin API routes, mounted below `/api/integrations/{integration}/`.
+    fn routes(&self) -> Vec<Route> {
+        Vec::new()
+    }
+}
+
+/// The deployment's configuration as one pack sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PackConfig<'a> {
+    pub environment: Environment,
+    /// `[packs.<name>]`, `null` when absent.
+    pub section: &'a Value,
+}
+
+impl PackConfig<'_> {
+    /// The section as the pack's typed config (its `Default` when absent); the error names the
+    /// key at fault, relative to the section.
+    pub fn parse<T: DeserializeOwned + Default>(&self) -> Result<T, (String, String)> {
+        if self.section.is_null() {
+            return Ok(T::default());
+        }
+        serde_path_to_error::deserialize(self.section).map_err(|e| {
+            let path = e.path().to_string();
+            (if path == "." { String::new() } else { path }, e.into_inner().to_string())
+        })
+    }
+}
+
+/// A cron schedule a pack runs for each of its enabled integrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultSchedule {
+    pub chain: &'static str,
+    /// Cron expression with seconds, UTC (`0 0 2 * * *`).
+    pub cron: &'static str,
+    pub mode: Mode,
+}
+
+/// An interval schedule a pack derives from the configuration; it runs incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalSchedule {
+    pub chain: &'static str,
+    pub every: Duration,
+    /// `config` (the deployment set it) or `pack` (the pack's default).
+    pub source: &'static str,
+}
+
+/// A run the producer starts at start-up: the chain, or one step of it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupRun {
+    pub chain: &'static str,
+    pub step: Option<&'static str>,
+    pub mode: Mode,
+}
+
+/// A record for single-item sync: given (webhook body) or fetched by id.
+pub enum ItemInput {
+    Record(Value),
+    FetchId(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ItemSyncError {
+    #[error("integration `{0}` has no entity `{1}`")]
+    UnknownEntity(String, String),
+    #[error("entity `{0}` has no item_path, so it cannot be fetched by id")]
+    NoItemPath(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Single-item sync: one record through the entity's mapping and the pull path's upsert.
+pub trait ItemSync: Send + Sync {
+    /// Returns the record's external id and what the upsert did.
+    fn sync_item<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        http: &'a HttpClients,
+        integration: &'a Integration,
+        entity: &'a str,
+        input: ItemInput,
+    ) -> BoxFuture<'a, Result<(String, RowOutcome), ItemSyncError>>;
+}
+
+/// The role a route needs (the admin API's bearer-token roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+}
+
+/// A named schema for the OpenAPI document.
+pub type NamedSchema = (Cow<'static, str>, RefOr<Schema>);
+
+/// The OpenAPI name and schema of `T`.
+pub fn schema_of<T: utoipa::ToSchema>() -> NamedSchema {
+    (T::name(), T::schema())
+}
+
+/// An extra admin API route of a pack: `{method} /api/integrations/{integration}/{path}`. The
+/// producer authenticates the caller (401 / 403 before anything else is read), checks that the
+/// integration exists, is enabled and belongs to the pack (404 / 409 / 422), calls the handler, and
+/// records an audit row when `audit` names the action.
+#[derive(Clone)]
+pub struct Route {
+    pub method: Method,
+    /// Below `/api/integrations/{integration}/`, with exactly one `{param}`:
+    /// `users/{username}/hydrate`.
+    pub path: &'static str,
+    pub role: Role,
+    /// One line for the OpenAPI document.
+    pub summary: &'static str,
+    pub description: &'static str,
+    /// The JSON body it takes, if any.
+    pub request: Option<NamedSchema>,
+    /// The JSON body it answers with 200.
+    pub response: NamedSchema,
+    /// The audit action (`user.scope`); `None` leaves it out of the audit log.
+    pub audit: Option<&'static str>,
+    pub handler: Arc<dyn RouteHandler>,
+}
+
+impl Route {
+    /// The name of the path's one parameter (`username`).
+    pub fn param(&self) -> &'static str {
+        let start = self.path.find('{').map_or(0, |i| i + 1);
+        let end = self.path[start..].find('}').map_or(self.path.len(), |i| start + i);
+        &self.path[start..end]
+    }
+}
+
+/// What a route handler gets.
+pub struct RouteContext<'a> {
+    pub pool: &'a PgPool,
+    pub http: &'a HttpClients,
+    pub integration: &'a Integration,
+    /// The deployment's `[packs.<pack>]` section, as a step gets it.
+    pub pack_section: &'a Value,
+}
+
+/// A route's answer: the body, and what the audit row records (when the route is audited).
+pub struct RouteAnswer {
+    pub body: Value,
+    pub audit: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// 502.
+    #[error("{0}")]
+    Upstream(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub trait RouteHandler: Send + Sync {
+    /// `param` is the path's parameter, `body` the request's JSON body (`None` for a route that
+    /// takes none).
+    fn call<'a>(
+        &'a self,
+        cx: RouteContext<'a>,
+        param: String,
+        body: Option<Value>,
+    ) -> BoxFuture<'a, Result<RouteAnswer, RouteError>>;
+}

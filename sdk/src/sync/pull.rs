@@ -1,0 +1,554 @@
+//! The pull step engine: fetch pages, upsert each in one statement, mark seen, record item errors,
+//! keep the cursor, sweep behind the deletion guard. Memory is bounded by two pages (the one being
+//! written and the next one being fetched), not by the size of the data.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use super::{
+    Item, Page, Record, Source, SourceError,
+    table::{RowOutcome, Table, UpsertCounts},
+};
+use crate::{
+    chain::Mode,
+    http::HttpError,
+    ids::RunId,
+    metrics,
+    step::{AttemptFence, PhaseResult, StepContext, StepError},
+};
+
+/// What a pull step syncs: one entity of one integration into one table.
+#[derive(Debug, Clone)]
+pub struct PullSpec {
+    pub entity: String,
+    pub table: Table,
+    /// Incremental reads ask for changes since `cursor - lookback`.
+    pub lookback: Duration,
+    /// The cursor never passes `fetch start - margin` (clock skew, late commits upstream).
+    pub margin: Duration,
+    /// The sweep is refused when it would deactivate more than this share of the active rows.
+    pub max_deactivate_share: f64,
+}
+
+impl PullSpec {
+    pub fn new(entity: &str, table: Table) -> PullSpec {
+        PullSpec {
+            entity: entity.to_owned(),
+            table,
+            lookback: Duration::from_secs(300),
+            margin: Duration::from_secs(5),
+            max_deactivate_share: 0.15,
+        }
+    }
+}
+
+impl From<SourceError> for StepError {
+    fn from(e: SourceError) -> Self {
+        match &e {
+            // A request the upstream refuses (bad credentials, unknown path) will not get better.
+            SourceError::Http(HttpError::Status { status, .. }) if (400..500).contains(status) && *status != 429 => {
+                StepError::abort(e.to_string())
+            }
+            _ => StepError::retry(e.to_string()),
+        }
+    }
+}
+
+/// Everything seen during one fetch.
+#[derive(Debug, Default)]
+struct Fetch {
+    result: PhaseResult,
+    /// Position of the next item over the whole fetch.
+    position: i64,
+    max_cursor: Option<DateTime<Utc>>,
+    /// Earliest change time of an item that failed: the cursor stays before it so it is read again.
+    min_failed_cursor: Option<DateTime<Utc>>,
+    /// Records or failed items without a readable change time.
+    without_cursor: i64,
+    unreadable_ids: i64,
+    short_pages: Vec<String>,
+    total: Option<i64>,
+    open_errors: bool,
+}
+
+/// Rows a step must have written to a table before the table's planner statistics are refreshed.
+pub const ANALYZE_AFTER_ROWS: i64 = 1000;
+
+/// Refreshes the planner statistics of `table` after `written` rows (at least
+/// [`ANALYZE_AFTER_ROWS`]): the queries of the next steps are planned on what the table holds now,
+/// not on what autovacuum last saw, which after a first load may be nothing (a domain analysis took
+/// 25 s instead of 0.5 s that way). A failure is logged; it never fails the step.
+pub async fn analyze_after_write(pool: &sqlx::PgPool, table: &str, written: i64) {
+    if written >= ANALYZE_AFTER_ROWS {
+        analyze(pool, table).await;
+    }
+}
+
+/// `ANALYZE table`; a failure is logged, never returned.
+async fn analyze(pool: &sqlx::PgPool, table: &str) {
+    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(pool).await {
+        tracing::warn!(%error, table, "ANALYZE failed.");
+    }
+}
+
+/// Refreshes the planner statistics of each of `tables` that has none yet or whose rows changed by
+/// more than a tenth since (what autovacuum would do, which may be off or behind), for a step
+/// about to read whole tables: planned on a never-analyzed table's guesses, role derivation at
+/// 8,000 users joined 174 million row pairs (20 s) instead of hashing 21,760 enrollments. A failure
+/// is logged; it never fails the step.
+pub async fn analyze_if_stale(pool: &sqlx::PgPool, tables: &[&str]) {
+    let stale: Result<Vec<String>, _> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+          WHERE schemaname = current_schema() AND relname = ANY($1)
+            AND (coalesce(last_analyze, last_autoanalyze) IS NULL
+                 OR n_mod_since_analyze > greatest(n_live_tup / 10, $2))",
+    )
+    .bind(tables)
+    .bind(ANALYZE_AFTER_ROWS)
+    .fetch_all(pool)
+    .await;
+    match stale {
+        Ok(stale) => {
+            for table in stale {
+                analyze(pool, &table).await;
+            }
+        }
+        Err(error) => tracing::warn!(%error, ?tables, "Reading the tables' statistics failed."),
+    }
+}
+
+/// Runs one pull of `spec` from `source` for the step in `ctx` and returns its counts. Batches commit
+/// as they go (upserts are idempotent, so a retried attempt converges); the cursor and the sweep
+/// commit with the step's completion.
+pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Source) -> Result<PhaseResult, StepError> {
+    let integration_id = ctx.integration.id;
+    let cursor_before = load_cursor(&ctx.pool, integration_id, &spec.entity).await?;
+    let since = match ctx.mode {
+        Mode::Incremental => cursor_before.map(|c| c - spec.lookback),
+        Mode::Full => None,
+    };
+    let fetch_started = Utc::now();
+    let integration = ctx.integration.name.clone();
+    let writer = Writer {
+        pool: &ctx.pool,
+        integration: &integration,
+        integration_id,
+        run: ctx.run_id,
+        step: ctx.step.name.as_str(),
+        entity: &spec.entity,
+        table: &spec.table,
+        fence: ctx.fence.clone(),
+    };
+    let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, ..Fetch::default() };
+
+    let mut current = source.next_page(since).await?;
+    while let Some(page) = current.take() {
+        if ctx.cancel.is_cancelled() {
+            return Err(StepError::retry("stopped between pages"));
+        }
+        let (next, written) = tokio::join!(source.next_page(since), writer.write(&mut fetch, page));
+        written?;
+        current = next?;
+    }
+
+    let mut result = fetch.result.clone();
+    result.cursor_before = cursor_before.map(fmt_cursor);
+    let cursor_after = next_cursor(&fetch, cursor_before, fetch_started - spec.margin);
+    result.cursor_after = cursor_after.map(fmt_cursor);
+    let run = ctx.run_id;
+    let force = ctx.force_sweep;
+    let mode = ctx.mode;
+    analyze_after_write(&ctx.pool, &spec.table.name, result.inserted + result.updated).await;
+    let conn = ctx.tx().await?;
+    if cursor_after != cursor_before
+        && let Some(c) = cursor_after
+    {
+        save_cursor(conn, integration_id, &spec.entity, c, run).await?;
+    }
+    result.guard = Some(match mode {
+        Mode::Incremental => "not run: incremental".to_owned(),
+        Mode::Full => {
+            let (guard, deactivated) = sweep(conn, spec, integration_id, run, fetch_started, &fetch, force).await?;
+            result.deactivated = deactivated;
+            // Counted when swept; the sweep commits with the step.
+            metrics::records(&integration, &spec.entity, "deactivated", deactivated);
+            guard
+        }
+    });
+    if mode == Mode::Full && fetch.short_pages.is_empty() && fetch.unreadable_ids == 0 {
+        // Every item was read again: open errors this run did not repeat are gone upstream or fixed.
+        resolve_unrepeated(conn, integration_id, &spec.entity, run).await?;
+    }
+    tracing::info!(
+        entity = %spec.entity, fetched = result.fetched, inserted = result.inserted, updated = result.updated,
+        unchanged = result.unchanged, deactivated = result.deactivated, errors = result.errors,
+        guard = result.guard.as_deref().unwrap_or(""), "Pull finished."
+    );
+    Ok(result)
+}
+
+/// The new cursor: the latest change seen, but never past `ceiling` nor past an item that failed;
+/// unchanged when nothing was read or a change time could not be read.
+fn next_cursor(fetch: &Fetch, before: Option<DateTime<Utc>>, ceiling: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if fetch.without_cursor > 0 || !fetch.short_pages.is_empty() {
+        return before;
+    }
+    let Some(seen) = fetch.max_cursor else {
+        return before;
+    };
+    let mut next = seen.min(ceiling);
+    if let Some(failed) = fetch.min_failed_cursor {
+        next = next.min(failed - chrono::Duration::microseconds(1));
+    }
+    Some(next)
+}
+
+/// The deletion guard, then the sweep when it allows one (or an operator forced it).
+async fn sweep(
+    conn: &mut PgConnection,
+    spec: &PullSpec,
+    integration_id: i64,
+    run: RunId,
+    fetch_started: DateTime<Utc>,
+    fetch: &Fetch,
+    force: bool,
+) -> Result<(String, i64), sqlx::Error> {
+    let (active, missing) = spec.table.sweep_counts(conn, integration_id, run, fetch_started).await?;
+    let fetched = fetch.result.fetched;
+    let share = if active > 0 { missing as f64 / active as f64 } else { 0.0 };
+    let refusal = if let Some(short) = fetch.short_pages.first() {
+        Some(format!("{short} ({} short page(s))", fetch.short_pages.len()))
+    } else if fetch.unreadable_ids > 0 {
+        Some(format!("{} item(s) had no readable id", fetch.unreadable_ids))
+    } else if fetched == 0 && active > 0 {
+        Some(format!("fetch returned nothing while {active} rows are active"))
+    } else if let Some(total) = fetch.total.filter(|t| *t != fetched) {
+        Some(format!("upstream reported {total} items, fetched {fetched}"))
+    } else if share > spec.max_deactivate_share {
+        Some(format!(
+            "{missing} of {active} active rows ({:.1}%) would be deactivated, over the {:.0}% limit",
+            share * 100.0,
+            spec.max_deactivate_share * 100.0
+        ))
+    } else {
+        None
+    };
+    match (refusal, force) {
+        (Some(reason), false) => {
+            tracing::warn!(entity = %spec.entity, %reason, "Deletion guard refused the sweep.");
+            Ok((format!("blocked: {reason}"), 0))
+        }
+        (reason, _) => {
+            let n = spec.table.sweep(conn, integration_id, run, fetch_started).await?;
+            let forced = if force { "forced: " } else { "" };
+            let overridden = reason.map(|r| format!(" (guard: {r})")).unwrap_or_default();
+            Ok((format!("{forced}swept: {n} of {active} active rows deactivated{overridden}"), n))
+        }
+    }
+}
+
+struct Writer<'a> {
+    pool: &'a PgPool,
+    /// Integration name, for the record counters.
+    integration: &'a str,
+    integration_id: i64,
+    run: RunId,
+    step: &'a str,
+    entity: &'a str,
+    table: &'a Table,
+    /// Pages commit only while the attempt holds.
+    fence: Option<AttemptFence>,
+}
+
+/// A page split into what can be written and what failed.
+#[derive(Default)]
+struct Prepared {
+    ids: Vec<String>,
+    columns: Vec<Vec<Option<String>>>,
+    failed: Vec<(String, String)>,
+}
+
+impl Writer<'_> {
+    async fn has_open_errors(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM item_errors
+             WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL)",
+        )
+        .bind(self.integration_id)
+        .bind(self.entity)
+        .fetch_one(self.pool)
+        .await
+    }
+
+    /// Writes one page in one transaction: the upsert, the page's item errors, and the resolution of
+    /// earlier errors of items that now synced.
+    async fn write(&self, fetch: &mut Fetch, page: Page) -> Result<(), StepError> {
+        if let Some(total) = page.total {
+            fetch.total = Some(total);
+        }
+        if let Some(short) = page.short {
+            fetch.short_pages.push(short);
+        }
+        let errors_before = fetch.result.errors;
+        let prepared = prepare(self.table, fetch, page.items);
+        let mut tx = AttemptFence::begin(self.fence.as_ref(), self.pool).await?;
+        let mut counts = UpsertCounts::default();
+        if !prepared.ids.is_empty() {
+            counts = self
+                .table
+                .upsert(&mut tx, self.integration_id, Some(self.run), &prepared.ids, &prepared.columns)
+                .await?;
+            fetch.result.inserted += counts.inserted;
+            fetch.result.updated += counts.updated;
+            fetch.result.unchanged += counts.unchanged;
+            if fetch.open_errors {
+                resolve(&mut tx, self.integration_id, self.entity, &prepared.ids).await?;
+            }
+        }
+        if !prepared.failed.is_empty() {
+            record_errors(&mut tx, Some(self.run), self.step, self.integration_id, self.entity, &prepared.failed)
+                .await?;
+            fetch.open_errors = true;
+        }
+        tx.commit().await?;
+        // Counted as the page commits, so the counters follow the table even if the step fails later.
+        let (integration, entity) = (self.integration, self.entity);
+        metrics::records(integration, entity, "inserted", counts.inserted);
+        metrics::records(integration, entity, "updated", counts.updated);
+        metrics::records(integration, entity, "unchanged", counts.unchanged);
+        metrics::records(integration, entity, "error", fetch.result.errors - errors_before);
+        Ok(())
+    }
+}
+
+/// Converts a page's records to column values; items that cannot be written become failures.
+/// Within a page the last copy of an external id wins.
+fn prepare(table: &Table, fetch: &mut Fetch, items: Vec<Item>) -> Prepared {
+    let mut out =
+        Prepared { columns: vec![Vec::with_capacity(items.len()); table.columns.len()], ..Default::default() };
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for item in items {
+        fetch.position += 1;
+        fetch.result.fetched += 1;
+        let (cursor, outcome) = match item {
+            Item::Record(record) => (record.cursor, convert(table, record)),
+            Item::Bad { external_id, cursor, message } => (cursor, Err((external_id, message))),
+        };
+        match cursor {
+            Some(c) => fetch.max_cursor = fetch.max_cursor.max(Some(c)),
+            None => fetch.without_cursor += 1,
+        }
+        match outcome {
+            Ok((id, values)) => match index.get(&id) {
+                Some(&row) => {
+                    for (column, v) in out.columns.iter_mut().zip(values) {
+                        column[row] = v;
+                    }
+                }
+                None => {
+                    index.insert(id.clone(), out.ids.len());
+                    out.ids.push(id);
+                    for (column, v) in out.columns.iter_mut().zip(values) {
+                        column.push(v);
+                    }
+                }
+            },
+            Err((id, message)) => {
+                fetch.result.errors += 1;
+                if let Some(c) = cursor {
+                    fetch.min_failed_cursor = Some(fetch.min_failed_cursor.map_or(c, |m| m.min(c)));
+                }
+                let key = match id {
+                    Some(id) => id,
+                    None => {
+                        fetch.unreadable_ids += 1;
+                        format!("?{}", fetch.position)
+                    }
+                };
+                if let Some(slot) = out.failed.iter_mut().find(|(k, _)| *k == key) {
+                    slot.1 = message;
+                } else {
+                    out.failed.push((key, message));
+                }
+            }
+        }
+    }
+    // An id that failed and also synced within the page keeps only its success.
+    out.failed.retain(|(k, _)| !index.contains_key(k));
+    out
+}
+
+type Failure = (Option<String>, String);
+
+fn convert(table: &Table, record: Record) -> Result<(String, Vec<Option<String>>), Failure> {
+    let id = record.external_id;
+    if id.is_empty() {
+        return Err((None, "empty external id".into()));
+    }
+    let mut values = Vec::with_capacity(table.columns.len());
+    for c in &table.columns {
+        let v = record.fields.get(&c.name).unwrap_or(&Value::Null);
+        match c.ty.convert(v) {
+            Ok(v) => values.push(v),
+            Err(m) => return Err((Some(id), format!("field `{}`: {m}", c.name))),
+        }
+    }
+    Ok((id, values))
+}
+
+/// Syncs one record (webhook or fetch by id) through the same mapping and upsert as a pull.
+/// A record that cannot be written is recorded as an open item error and returned as `Err`.
+pub async fn sync_one(
+    pool: &PgPool,
+    integration_id: i64,
+    entity: &str,
+    table: &Table,
+    item: Item,
+) -> Result<Result<(String, RowOutcome), String>, sqlx::Error> {
+    let converted = match item {
+        Item::Record(r) => convert(table, r),
+        Item::Bad { external_id, message, .. } => Err((external_id, message)),
+    };
+    let mut tx = pool.begin().await?;
+    let answer = match converted {
+        Ok((id, values)) => {
+            let columns: Vec<Vec<Option<String>>> = values.into_iter().map(|v| vec![v]).collect();
+            let rows = table.upsert_rows(&mut tx, integration_id, None, std::slice::from_ref(&id), &columns).await?;
+            resolve(&mut tx, integration_id, entity, std::slice::from_ref(&id)).await?;
+            let outcome = rows.first().map_or(RowOutcome::Unchanged, |(_, o)| *o);
+            Ok((id, outcome))
+        }
+        Err((id, message)) => {
+            let key = id.unwrap_or_else(|| "?webhook".into());
+            record_errors(&mut tx, None, "webhook", integration_id, entity, &[(key.clone(), message.clone())]).await?;
+            Err(format!("item {key}: {message}"))
+        }
+    };
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// Records item errors of `entity`: one open row per item, a repeat counts an occurrence. For
+/// packs whose steps write outside [`pull`] (per-program or per-course transactions).
+pub async fn record_errors(
+    conn: &mut PgConnection,
+    run: Option<RunId>,
+    step: &str,
+    integration_id: i64,
+    entity: &str,
+    failed: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let (ids, messages): (Vec<&str>, Vec<&str>) = failed.iter().map(|(i, m)| (i.as_str(), m.as_str())).unzip();
+    sqlx::query(
+        "INSERT INTO item_errors (run_id, step, integration_id, entity, external_id, message)
+         SELECT $1, $2, $3, $4, e, m FROM UNNEST($5::text[], $6::text[]) AS x(e, m)
+         ON CONFLICT (integration_id, entity, external_id) WHERE resolved_at IS NULL DO UPDATE SET
+             run_id = EXCLUDED.run_id, step = EXCLUDED.step, message = EXCLUDED.message,
+             occurrences = item_errors.occurrences + 1, last_seen_at = now()",
+    )
+    .bind(run.map(|r| r.0))
+    .bind(step)
+    .bind(integration_id)
+    .bind(entity)
+    .bind(ids)
+    .bind(messages)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Resolves the open item errors of `entity` for the items written successfully (`ids`).
+pub async fn resolve(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    entity: &str,
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE item_errors SET resolved_at = now()
+         WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL AND external_id = ANY($3)",
+    )
+    .bind(integration_id)
+    .bind(entity)
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn resolve_unrepeated(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    entity: &str,
+    run: RunId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE item_errors SET resolved_at = now()
+         WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL AND run_id IS DISTINCT FROM $3",
+    )
+    .bind(integration_id)
+    .bind(entity)
+    .bind(run.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn fmt_cursor(c: DateTime<Utc>) -> String {
+    c.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+async fn load_cursor(pool: &PgPool, integration_id: i64, entity: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM cursors WHERE integration_id = $1 AND entity = $2")
+            .bind(integration_id)
+            .bind(entity)
+            .fetch_optional(pool)
+            .await?;
+    Ok(value.and_then(|v| super::table::parse_timestamp(&v)))
+}
+
+async fn save_cursor(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    entity: &str,
+    value: DateTime<Utc>,
+    run: RunId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cursors (integration_id, entity, value, run_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (integration_id, entity) DO UPDATE SET value = EXCLUDED.value, run_id = EXCLUDED.run_id,
+             updated_at = now()",
+    )
+    .bind(integration_id)
+    .bind(entity)
+    .bind(fmt_cursor(value))
+    .bind(run.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds one entity's counts to a step's result (a step may pull several entities).
+pub fn merge(into: &mut PhaseResult, entity: &str, r: PhaseResult, entities: usize) {
+    into.fetched += r.fetched;
+    into.inserted += r.inserted;
+    into.updated += r.updated;
+    into.unchanged += r.unchanged;
+    into.deactivated += r.deactivated;
+    into.errors += r.errors;
+    into.api_calls += r.api_calls;
+    into.throttled += r.throttled;
+    let label = |v: Option<String>| if entities > 1 { v.map(|v| format!("{entity}={v}")) } else { v };
+    let join = |a: Option<String>, b: Option<String>, sep: &str| match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}{sep}{b}")),
+        (a, b) => a.or(b),
+    };
+    into.cursor_before = join(into.cursor_before.take(), label(r.cursor_before), " ");
+    into.cursor_after = join(into.cursor_after.take(), label(r.cursor_after), " ");
+    let guard = r.guard.map(|g| if entities > 1 { format!("{entity}: {g}") } else { g });
+    into.guard = join(into.guard.take(), guard, "; ");
+}

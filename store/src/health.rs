@@ -1,0 +1,60 @@
+//! What the producer's and the workers' probes and scrapes read from PostgreSQL and Redis:
+//! readiness, the queue depth gauges, and which run a transaction just ended.
+
+use sqlx::{PgConnection, PgPool};
+use syncfleet_runtime::metrics::QUEUE_DEPTH;
+
+use crate::queue::{QueueClient, QueueDepth};
+
+/// Readiness of a producer or worker: PostgreSQL answers and holds every migration this build
+/// knows, and Redis answers. `Err` says what is missing.
+pub async fn readiness(pool: &PgPool, queues: &QueueClient) -> Result<(), String> {
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => {
+                "database has no migrations applied (run `syncfleet migrate`)".to_owned()
+            }
+            _ => format!("PostgreSQL: {e}"),
+        })?;
+    let missing: Vec<String> = crate::MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("database lacks migration(s) {}", missing.join(", ")));
+    }
+    queues.ping().await.map_err(|e| format!("Redis: {e}"))
+}
+
+/// Sets the depth gauges of one queue (what autoscaling reads).
+pub fn set_queue_depth(d: &QueueDepth) {
+    let states = [
+        ("ready", d.ready),
+        ("scheduled", d.scheduled),
+        ("inflight", d.inflight),
+        ("dead", d.dead),
+        ("blocked", d.blocked),
+    ];
+    for (state, n) in states {
+        metrics::gauge!(QUEUE_DEPTH, "queue" => d.queue.clone(), "state" => state).set(n as f64);
+    }
+}
+
+/// The chain and status of the run of step `step_run_id` when the caller's transaction just ended
+/// it (`finished_at` is this transaction's `now()`). Call after `finish_step`, before the commit,
+/// and count the run with `syncfleet_runtime::metrics::run_ended` once the commit succeeded.
+pub async fn run_ended_in_tx(
+    conn: &mut PgConnection,
+    step_run_id: i64,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.chain, r.status FROM chain_runs r
+          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) AND r.finished_at = now()",
+    )
+    .bind(step_run_id)
+    .fetch_optional(conn)
+    .await
+}

@@ -1,0 +1,257 @@
+//! Integrations as the admin API and the CLI manage them: list, create, update, disable. Secrets
+//! only by reference: settings holding an inline `secret` are refused, and listings never carry one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::{PackCatalog, StoreError, integration_by_name};
+pub use syncfleet_shared::secret::check_secret_ref;
+
+/// An integration as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct IntegrationView {
+    pub name: String,
+    pub pack: String,
+    pub enabled: bool,
+    /// The pack's settings; secrets appear only as references (`secret_env`).
+    pub settings: serde_json::Value,
+    /// Where the webhook HMAC secret lives (`env:NAME` or `file:/path`).
+    pub webhook_secret_ref: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a create or an update sets; `None` keeps the current value on update.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationChange {
+    pub pack: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+    pub enabled: Option<bool>,
+    /// `env:NAME` or `file:/path`; an empty string removes it.
+    pub webhook_secret_ref: Option<String>,
+}
+
+const SELECT: &str =
+    "SELECT name, pack, enabled, settings, webhook_secret_ref, created_at, updated_at FROM integrations";
+
+/// What an inline secret (from a config file) reads as in a listing.
+pub const REDACTED: &str = "<redacted>";
+
+pub async fn list(pool: &PgPool) -> Result<Vec<IntegrationView>, StoreError> {
+    let q = format!("{SELECT} ORDER BY name");
+    let rows = sqlx::query_as::<_, IntegrationView>(sqlx::AssertSqlSafe(q)).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(redacted).collect())
+}
+
+pub async fn get(pool: &PgPool, name: &str) -> Result<IntegrationView, StoreError> {
+    let q = format!("{SELECT} WHERE name = $1");
+    sqlx::query_as::<_, IntegrationView>(sqlx::AssertSqlSafe(q))
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .map(redacted)
+        .ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))
+}
+
+fn redacted(mut v: IntegrationView) -> IntegrationView {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if k == "secret" && !v.is_null() {
+                        *v = serde_json::Value::String(REDACTED.into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v.settings);
+    v
+}
+
+/// Where the first inline secret sits in `settings` (`auth.secret`), if any.
+fn inline_secret(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k == "secret" && !v.is_null() { Some(here) } else { inline_secret(v, &here) }
+        }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| inline_secret(v, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
+/// Where the first NUL character sits in `settings` (PostgreSQL text and JSONB cannot hold one).
+fn nul_at(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(here) } else { nul_at(v, &here) }
+        }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| nul_at(v, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
+/// The names of the enabled integrations of `pack`, in name order.
+pub async fn enabled_of_pack(pool: &PgPool, pack: &str) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT name FROM integrations WHERE enabled AND pack = $1 ORDER BY name")
+        .bind(pack)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Checks the settings for the pack: names the key at fault. `new_settings` refuses inline
+/// secrets (settings written by the config file are the deployment's own business).
+fn check(
+    packs: &dyn PackCatalog,
+    pack: &str,
+    settings: &serde_json::Value,
+    new_settings: bool,
+) -> Result<(), StoreError> {
+    if !settings.is_object() {
+        return Err(StoreError::Invalid("settings: expected an object".into()));
+    }
+    if let Some(at) = nul_at(settings, "") {
+        return Err(StoreError::Invalid(format!("settings.{at}: text may not contain a NUL character")));
+    }
+    if let Some(at) = inline_secret(settings, "").filter(|_| new_settings) {
+        return Err(StoreError::Invalid(format!(
+            "settings.{at}: inline secrets are not accepted here; name an environment variable with `secret_env`"
+        )));
+    }
+    packs.check_settings(pack, settings).map_err(|(key, message)| {
+        if key == "pack" {
+            StoreError::Invalid(format!("pack: {message}"))
+        } else {
+            StoreError::Invalid(format!("settings.{key}: {message}"))
+        }
+    })
+}
+
+/// Creates an integration; `Invalid` naming the field when something is wrong.
+pub async fn create(
+    pool: &PgPool,
+    packs: &dyn PackCatalog,
+    name: &str,
+    change: &IntegrationChange,
+) -> Result<IntegrationView, StoreError> {
+    if crate::ids::IntegrationName::parse(name).is_err() {
+        return Err(StoreError::Invalid(format!(
+            "name: `{name}` is not a valid integration name (lower-case letters, digits, _ and -; at most 63)"
+        )));
+    }
+    let pack = change.pack.as_deref().ok_or_else(|| StoreError::Invalid("pack: required".into()))?;
+    let settings = change.settings.clone().unwrap_or_else(|| serde_json::json!({}));
+    check(packs, pack, &settings, true)?;
+    let secret_ref = change.webhook_secret_ref.as_deref().filter(|r| !r.is_empty());
+    if let Some(r) = secret_ref {
+        check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO integrations (name, pack, settings, enabled, webhook_secret_ref) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(pack)
+    .bind(&settings)
+    .bind(change.enabled.unwrap_or(true))
+    .bind(secret_ref)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(StoreError::Conflict(format!("integration `{name}` already exists")));
+    }
+    packs.prepare(pool, name, pack, &settings).await.map_err(StoreError::Integration)?;
+    get(pool, name).await
+}
+
+/// Updates the given fields of an integration.
+pub async fn update(
+    pool: &PgPool,
+    packs: &dyn PackCatalog,
+    name: &str,
+    change: &IntegrationChange,
+) -> Result<IntegrationView, StoreError> {
+    let current = integration_by_name(pool, name).await?;
+    let pack = change.pack.clone().unwrap_or(current.pack);
+    let settings = change.settings.clone().unwrap_or(current.settings);
+    check(packs, &pack, &settings, change.settings.is_some())?;
+    if let Some(r) = change.webhook_secret_ref.as_deref().filter(|r| !r.is_empty()) {
+        check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
+    }
+    sqlx::query(
+        "UPDATE integrations SET pack = $2, settings = $3, enabled = coalesce($4, enabled),
+                webhook_secret_ref = CASE WHEN $5::text IS NULL THEN webhook_secret_ref ELSE nullif($5, '') END,
+                updated_at = now()
+          WHERE name = $1",
+    )
+    .bind(name)
+    .bind(&pack)
+    .bind(&settings)
+    .bind(change.enabled)
+    .bind(change.webhook_secret_ref.as_deref())
+    .execute(pool)
+    .await?;
+    packs.prepare(pool, name, &pack, &settings).await.map_err(StoreError::Integration)?;
+    get(pool, name).await
+}
+
+/// Reads the secret a reference points at (`env:NAME` or `file:/path`; a file's trailing
+/// newline is dropped).
+pub fn resolve_secret_ref(r: &str) -> Result<String, String> {
+    match r.split_once(':') {
+        Some(("env", name)) => std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set")),
+        Some(("file", path)) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| format!("cannot read `{path}`: {e}")),
+        _ => Err(format!("`{r}` is not a secret reference")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        let v = serde_json::json!({ "a": { "b\u{0}": 1 }, "c": ["x", "y\u{0}"] });
+        assert_eq!(nul_at(&v, ""), Some("a.b\u{0}".into()));
+        let v = serde_json::json!({ "c": ["x", "y\u{0}"] });
+        assert_eq!(nul_at(&v, ""), Some("c[1]".into()));
+        assert!(
+            matches!(check(&AnyPack, "demo", &v, true), Err(StoreError::Invalid(m)) if m.starts_with("settings.c[1]: text may not"))
+        );
+    }
+
+    /// A catalog that accepts every pack and settings: the checks above come before the pack's.
+    struct AnyPack;
+
+    impl PackCatalog for AnyPack {
+        fn check_settings(&self, _: &str, _: &serde_json::Value) -> Result<(), (String, String)> {
+            Ok(())
+        }
+        fn prepare<'a>(
+            &'a self,
+            _: &'a PgPool,
+            _: &'a str,
+            _: &'a str,
+            _: &'a serde_json::Value,
+        ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! Run and step state transitions. Every transition locks the run row before any step row:
+//! finishes, resume and cancel `FOR UPDATE` (concurrent completions of one run are serialized, so
+//! a join step is promoted exactly once), claims `FOR SHARE` (claims of one run run side by side).
+//! With one lock order, no two transactions can wait on each other in a cycle.
+//!
+//! Run states: `queued → running → completed | partial | failed | cancelled`.
+//! Step states: `pending → ready → running → succeeded | failed | skipped | cancelled`.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::StoreError;
+use crate::Integration;
+use crate::{
+    chain::{ChainDef, Mode},
+    ids::RunId,
+};
+use syncfleet_shared::phase::PhaseResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    Manual,
+    Schedule,
+    Startup,
+    Webhook,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Manual => "manual",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Startup => "startup",
+            TriggerKind::Webhook => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TriggerRequest<'a> {
+    pub chain: &'a ChainDef,
+    pub integration: &'a Integration,
+    pub mode: Mode,
+    pub kind: TriggerKind,
+    pub triggered_by: String,
+    pub tick_key: Option<String>,
+    pub force_sweep: bool,
+    /// Per-step modes that replace the chain's pinned mode and the run's mode for those steps
+    /// (names the chain does not have are refused by the caller).
+    pub step_modes: std::collections::BTreeMap<String, Mode>,
+}
+
+/// A step row made ready by a transition, to be pushed to Redis.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReadyStep {
+    pub id: i64,
+    pub queue: String,
+}
+
+/// Creates a run with its step rows and makes the root steps ready, in one transaction.
+pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId, Vec<ReadyStep>), StoreError> {
+    if req.chain.pack != req.integration.pack {
+        return Err(StoreError::PackMismatch {
+            chain: req.chain.name.to_string(),
+            chain_pack: req.chain.pack.clone(),
+            integration: req.integration.name.clone(),
+            integration_pack: req.integration.pack.clone(),
+        });
+    }
+    if !req.integration.enabled {
+        return Err(StoreError::IntegrationDisabled(req.integration.name.clone()));
+    }
+    let run_id = RunId::new();
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9)",
+    )
+    .bind(run_id)
+    .bind(req.chain.name.as_str())
+    .bind(req.integration.id)
+    .bind(req.mode.as_str())
+    .bind(req.kind.as_str())
+    .bind(&req.triggered_by)
+    .bind(&req.tick_key)
+    .bind(req.force_sweep)
+    .bind(crate::telemetry::current_traceparent())
+    .execute(&mut *tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &inserted {
+        match e.constraint() {
+            Some("chain_runs_one_active") => {
+                drop(tx);
+                return Err(active_run_error(pool, req.chain.name.as_str(), req.integration.id).await);
+            }
+            Some("chain_runs_tick_key_key") => {
+                return Err(StoreError::DuplicateTick(req.tick_key.clone().unwrap_or_default()));
+            }
+            _ => {}
+        }
+    }
+    inserted?;
+
+    let integration = req.integration.name();
+    let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut modes = vec![];
+    for s in &req.chain.steps {
+        for shard in 0..s.shards as i32 {
+            let is_sharded = s.shards > 1;
+            steps.push(s.name.to_string());
+            shards.push(shard);
+            sharded.push(is_sharded);
+            queues.push(s.queue.clone());
+            let entity_shard = (is_sharded && !s.shared_entity).then_some(shard);
+            entities.push(crate::ids::EntityKey::new(&integration, &s.entity, entity_shard).as_str().to_owned());
+            required.push(s.required);
+            // Arrays of arrays must be rectangular in PostgreSQL: pass prerequisites joined.
+            prereqs.push(s.prerequisites.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
+            max_attempts.push(s.retry.max_attempts as i32);
+            let mode = req.step_modes.get(s.name.as_str()).copied().or(s.mode).unwrap_or(req.mode);
+            modes.push(mode.as_str());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget, mode)
+         SELECT $1, t.step, t.shard, t.sharded, t.queue, t.entity, t.required,
+                CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END,
+                'pending', t.max_attempts, t.max_attempts, t.mode
+         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[], $10::text[])
+              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode)",
+    )
+    .bind(run_id)
+    .bind(&steps)
+    .bind(&shards)
+    .bind(&sharded)
+    .bind(&queues)
+    .bind(&entities)
+    .bind(&required)
+    .bind(&prereqs)
+    .bind(&max_attempts)
+    .bind(&modes)
+    .execute(&mut *tx)
+    .await?;
+    let ready = promote_ready(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok((run_id, ready))
+}
+
+/// The `ActiveRun` error naming the run that is active for this chain and integration.
+async fn active_run_error(pool: &PgPool, chain: &str, integration_id: i64) -> StoreError {
+    let found: Result<Option<(String, uuid::Uuid)>, _> = sqlx::query_as(
+        "SELECT i.name, a.id FROM chain_runs a JOIN integrations i ON i.id = a.integration_id
+          WHERE a.chain = $1 AND a.integration_id = $2 AND a.status IN ('queued', 'running')",
+    )
+    .bind(chain)
+    .bind(integration_id)
+    .fetch_optional(pool)
+    .await;
+    match found {
+        Ok(found) => {
+            let (integration, run_id) = found.map(|(i, r)| (i, r.to_string())).unwrap_or_default();
+            StoreError::ActiveRun { chain: chain.to_owned(), integration, run_id }
+        }
+        Err(e) => StoreError::Db(e),
+    }
+}
+
+/// Makes every pending step of the run whose prerequisites are all met `ready`. A prerequisite is
+/// met when every row of it succeeded, or failed while optional.
+pub async fn promote_ready(conn: &mut PgConnection, run_id: RunId) -> Result<Vec<ReadyStep>, sqlx::Error> {
+    sqlx::query_as::<_, ReadyStep>(
+        "UPDATE step_runs s
+            SET status = 'ready', ready_at = now(), not_before = now(), dispatched_at = NULL,
+                job_id = step_job_id(s.run_id, s.step, s.shard, s.sharded, s.attempts + 1, s.lease_waits)
+          WHERE s.run_id = $1 AND s.status = 'pending'
+            AND NOT EXISTS (
+                SELECT 1 FROM step_runs p
+                 WHERE p.run_id = s.run_id AND p.step = ANY(s.prerequisites)
+                   AND NOT (p.status = 'succeeded' OR (p.status = 'failed' AND NOT p.required)))
+          RETURNING s.id, s.queue",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Ends the run once no step is open: `failed` if a required step failed, `partial` if an
+/// optional one did or a step succeeded only in part (`step_runs.partial`), else `completed`. A cancelled run stays cancelled. The open check is one
+/// probe of `step_runs_unsucceeded`; the failure checks run only when the run ends.
+async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE chain_runs r
+            SET status = CASE
+                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1 AND s.status = 'failed' AND s.required)
+                        THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM step_runs s WHERE s.run_id = $1
+                                    AND (s.status = 'failed' OR (s.status = 'succeeded' AND s.partial)))
+                        THEN 'partial'
+                    ELSE 'completed' END,
+                -- The transaction's `now()`: `metrics::run_ended_in_tx` tells by it that this
+                -- transaction ended the run.
+                finished_at = now()
+          WHERE r.id = $1 AND r.status IN ('queued', 'running')
+            AND NOT EXISTS (SELECT 1 FROM step_runs s
+                             WHERE s.run_id = $1 AND s.status IN ('pending', 'ready', 'running'))",
+    )
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks the run of a step row; returns the run id and status.
+async fn lock_run_of_step(conn: &mut PgConnection, step_run_id: i64) -> Result<Option<(RunId, String)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT r.id, r.status FROM chain_runs r
+          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) FOR UPDATE",
+    )
+    .bind(step_run_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (RunId(r.get("id")), r.get("status"))))
+}
+
+/// What a worker needs to run a claimed step.
+#[derive(Debug, Clone)]
+pub struct ClaimedStep {
+    pub run_id: RunId,
+    pub chain: String,
+    pub integration: Integration,
+    /// The run's mode.
+    pub mode: Mode,
+    /// The mode this step was given when the run was created (`None` for older rows).
+    pub step_mode: Option<Mode>,
+    pub force_sweep: bool,
+    pub step: String,
+    pub shard: i32,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub entity_key: String,
+}
+
+#[derive(Debug)]
+pub enum Claim {
+    Claimed(ClaimedStep),
+    /// The job is not (or no longer) this step's current job: another delivery, or already done.
+    Stale,
+    /// The run was cancelled or ended; the step was marked cancelled.
+    RunInactive,
+}
+
+/// Reads the step's entity key if the job is still the step's current ready job.
+pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT entity_key FROM step_runs WHERE id = $1 AND job_id = $2 AND status = 'ready'")
+        .bind(step_run_id)
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Takes the step for this worker: `ready` → `running`, one more attempt counted.
+///
+/// Claims of one run do not wait on each other: the run row is locked `FOR SHARE` (finishes,
+/// which lock it `FOR UPDATE`, still exclude them), and only the first claim of a run writes
+/// the run row (`queued` → `running`).
+pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE chain_runs SET status = 'running', started_at = now()
+          WHERE id = (SELECT run_id FROM step_runs WHERE id = $1) AND status = 'queued'",
+    )
+    .bind(step_run_id)
+    .execute(&mut *tx)
+    .await?;
+    let run = sqlx::query(
+        "SELECT r.id, r.status, r.chain, r.mode, r.force_sweep,
+                i.id AS integration_id, i.name, i.pack, i.enabled, i.settings
+           FROM chain_runs r JOIN integrations i ON i.id = r.integration_id
+          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1)
+            FOR SHARE OF r",
+    )
+    .bind(step_run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(run) = run else {
+        return Ok(Claim::Stale);
+    };
+    let status: String = run.get("status");
+    if status != "running" {
+        let n = sqlx::query(
+            "UPDATE step_runs SET status = 'cancelled', finished_at = now()
+              WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'ready')",
+        )
+        .bind(step_run_id)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(if n.rows_affected() > 0 { Claim::RunInactive } else { Claim::Stale });
+    }
+    let row = sqlx::query(
+        "UPDATE step_runs s
+            SET status = 'running', attempts = attempts + 1, worker = $3, started_at = now(),
+                heartbeat_at = now(), finished_at = NULL
+          WHERE id = $1 AND job_id = $2 AND status = 'ready'
+          RETURNING step, shard, attempts, max_attempts, entity_key, mode",
+    )
+    .bind(step_run_id)
+    .bind(job_id)
+    .bind(worker)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Claim::Stale);
+    };
+    tx.commit().await?;
+    Ok(Claim::Claimed(ClaimedStep {
+        run_id: RunId(run.get("id")),
+        chain: run.get("chain"),
+        integration: Integration {
+            id: run.get("integration_id"),
+            name: run.get("name"),
+            pack: run.get("pack"),
+            enabled: run.get("enabled"),
+            settings: run.get("settings"),
+        },
+        mode: Mode::parse(run.get::<&str, _>("mode")).unwrap_or_default(),
+        step_mode: row.get::<Option<&str>, _>("mode").and_then(Mode::parse),
+        force_sweep: run.get("force_sweep"),
+        step: row.get("step"),
+        shard: row.get("shard"),
+        attempt: row.get("attempts"),
+        max_attempts: row.get("max_attempts"),
+        entity_key: row.get("entity_key"),
+    }))
+}
+
+/// Records that the running step is alive. `false`: the step is no longer this job's.
+pub async fn heartbeat(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<bool, sqlx::Error> {
+    let n =
+        sqlx::query("UPDATE step_runs SET heartbeat_at = now() WHERE id = $1 AND job_id = $2 AND status = 'running'")
+            .bind(step_run_id)
+            .bind(job_id)
+            .execute(pool)
+            .await?;
+    Ok(n.rows_affected() == 1)
+}
+
+/// The entity lease was busy: deliver the step again later under a new task id, without counting
+/// an attempt.
+pub async fn requeue_lease_busy(
+    pool: &PgPool,
+    step_run_id: i64,
+    job_id: &str,
+    delay: Duration,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE step_runs
+            SET lease_waits = lease_waits + 1, dispatched_at = NULL,
+                not_before = now() + make_interval(secs => $3),
+                job_id = step_job_id(run_id, step, shard, sharded, attempts + 1, lease_waits + 1)
+          WHERE id = $1 AND job_id = $2 AND status = 'ready'",
+    )
+    .bind(step_run_id)
+    .bind(job_id)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(n.rows_affected() == 1)
+}
+
+/// How a step attempt ended, as decided by the engine.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded(PhaseResult),
+    /// `retry_in: Some` → ready again after the delay (a new attempt); `None` → failed for good.
+    Failed {
+        message: String,
+        retry_in: Option<Duration>,
+        result: PhaseResult,
+    },
+}
+
+/// Identifies the attempt being finished; the update applies only while it still holds.
+#[derive(Debug, Clone)]
+pub struct Fence<'a> {
+    pub step_run_id: i64,
+    pub job_id: &'a str,
+    /// `None` for the reconciler, which finishes steps of lost workers.
+    pub worker: Option<&'a str>,
+}
+
+/// Records the end of an attempt and the downstream transitions, inside the caller's transaction.
+/// The end time is the statement's (`clock_timestamp()`), not the transaction's start: a step that
+/// does its work inside that transaction would otherwise end when it began. Returns `None` when the fence no longer holds (the caller must roll back), otherwise the steps
+/// that became ready.
+pub async fn finish_step(
+    conn: &mut PgConnection,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+) -> Result<Option<Vec<ReadyStep>>, sqlx::Error> {
+    let Some((run_id, run_status)) = lock_run_of_step(conn, fence.step_run_id).await? else {
+        return Ok(None);
+    };
+    let (status, message, retry_in, r) = match outcome {
+        Outcome::Succeeded(r) => ("succeeded", None, None, r),
+        Outcome::Failed { message, retry_in: Some(d), result } => ("ready", Some(message.as_str()), Some(*d), result),
+        Outcome::Failed { message, retry_in: None, result } => ("failed", Some(message.as_str()), None, result),
+    };
+    let row = sqlx::query(
+        "UPDATE step_runs SET
+            status = $4,
+            error = $5,
+            finished_at = CASE WHEN $4 = 'ready' THEN NULL ELSE clock_timestamp() END,
+            duration_ms = (extract(epoch FROM (clock_timestamp() - started_at)) * 1000)::bigint,
+            fetched = $7, inserted = $8, updated = $9, unchanged = $10, deactivated = $11, errors = $12,
+            api_calls = $13, throttled = $14, cursor_before = $15, cursor_after = $16, guard = $17,
+            partial = $18,
+            worker = CASE WHEN $4 = 'ready' THEN NULL ELSE worker END,
+            ready_at = CASE WHEN $4 = 'ready' THEN now() ELSE ready_at END,
+            not_before = CASE WHEN $4 = 'ready' THEN now() + make_interval(secs => $6) ELSE not_before END,
+            dispatched_at = CASE WHEN $4 = 'ready' THEN NULL ELSE dispatched_at END,
+            job_id = CASE WHEN $4 = 'ready'
+                          THEN step_job_id(run_id, step, shard, sharded, attempts + 1, lease_waits)
+                          ELSE job_id END
+          WHERE id = $1 AND job_id = $2 AND status = 'running' AND ($3::text IS NULL OR worker = $3)
+          RETURNING step, required",
+    )
+    .bind(fence.step_run_id)
+    .bind(fence.job_id)
+    .bind(fence.worker)
+    .bind(status)
+    .bind(message)
+    .bind(retry_in.map(|d| d.as_secs_f64()).unwrap_or(0.0))
+    .bind(r.fetched)
+    .bind(r.inserted)
+    .bind(r.updated)
+    .bind(r.unchanged)
+    .bind(r.deactivated)
+    .bind(r.errors)
+    .bind(r.api_calls)
+    .bind(r.throttled)
+    .bind(&r.cursor_before)
+    .bind(&r.cursor_after)
+    .bind(&r.guard)
+    .bind(r.partial)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let step: String = row.get("step");
+    let required: bool = row.get("required");
+    if status == "failed" && required {
+        let why = format!("skipped: required step `{step}` failed");
+        sqlx::query(
+            "UPDATE step_runs SET status = 'skipped', error = $2, finished_at = now()
+              WHERE run_id = $1 AND status IN ('pending', 'ready')",
+        )
+        .bind(run_id)
+        .bind(&why)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE chain_runs SET error = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(format!("step `{step}` failed: {}", message.unwrap_or_default()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let ready = if run_status == "running" && status != "ready" { promote_ready(conn, run_id).await? } else { vec![] };
+    finalize_run(conn, run_id).await?;
+    Ok(Some(ready))
+}
+
+/// Resumes a failed, partial or cancelled run: its failed, skipped and cancelled steps run again
+/// (each as a new attempt), as do steps that succeeded only in part and every step downstream of
+/// those; other succeeded steps are not repeated.
+pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let run: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT status, chain, integration_id FROM chain_runs WHERE id = $1 FOR UPDATE")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (status, chain, integration_id) = run.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+    if !matches!(status.as_str(), "failed" | "partial" | "cancelled") {
+        return Err(StoreError::WrongState {
+            run_id: run_id.to_string(),
+            status,
+            action: "resume",
+            needs: "failed, partial or cancelled",
+        });
+    }
+    let updated = sqlx::query(
+        "UPDATE chain_runs SET status = 'running', finished_at = NULL, error = NULL, resumes = resumes + 1
+          WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &updated
+        && e.constraint() == Some("chain_runs_one_active")
+    {
+        drop(tx);
+        return Err(active_run_error(pool, &chain, integration_id).await);
+    }
+    updated?;
+    // A partial step's downstream steps read what it wrote while part of it was missing: they run
+    // again after it, as do (transitively) theirs.
+    sqlx::query(
+        "WITH RECURSIVE partial_steps AS (
+             SELECT DISTINCT step FROM step_runs WHERE run_id = $1 AND status = 'succeeded' AND partial),
+         downstream(step) AS (
+             SELECT DISTINCT s.step FROM step_runs s JOIN partial_steps p ON p.step = ANY(s.prerequisites)
+              WHERE s.run_id = $1
+             UNION
+             SELECT s.step FROM step_runs s JOIN downstream d ON d.step = ANY(s.prerequisites)
+              WHERE s.run_id = $1)
+         UPDATE step_runs SET status = 'pending', error = NULL, finished_at = NULL, worker = NULL,
+                max_attempts = attempts + attempt_budget
+          WHERE run_id = $1
+            AND (status IN ('failed', 'skipped', 'cancelled')
+                 OR (status = 'succeeded' AND (partial OR step IN (SELECT step FROM downstream))))",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    let ready = promote_ready(&mut tx, run_id).await?;
+    finalize_run(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(ready)
+}
+
+/// Cancels an active run: no further step is scheduled; running steps finish.
+pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM chain_runs WHERE id = $1 FOR UPDATE")
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let status = status.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+    if !matches!(status.as_str(), "queued" | "running") {
+        return Err(StoreError::WrongState {
+            run_id: run_id.to_string(),
+            status,
+            action: "cancel",
+            needs: "queued or running",
+        });
+    }
+    sqlx::query("UPDATE chain_runs SET status = 'cancelled', finished_at = now() WHERE id = $1")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE step_runs SET status = 'cancelled', finished_at = now() WHERE run_id = $1 AND status IN ('pending', 'ready')",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A running step whose worker stopped sending heartbeats.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StaleStep {
+    pub id: i64,
+    pub job_id: String,
+    pub chain: String,
+    pub step: String,
+    pub worker: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+pub async fn stale_running(pool: &PgPool, stale_after: Duration, limit: i64) -> Result<Vec<StaleStep>, sqlx::Error> {
+    sqlx::query_as::<_, StaleStep>(
+        "SELECT s.id, s.job_id, r.chain, s.step, s.worker, s.attempts, s.max_attempts
+           FROM step_runs s JOIN chain_runs r ON r.id = s.run_id
+          WHERE s.status = 'running' AND s.heartbeat_at < now() - make_interval(secs => $1)
+          ORDER BY s.heartbeat_at LIMIT $2",
+    )
+    .bind(stale_after.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Ready steps to push to Redis: undispatched and due, oldest first. Locks them (skip locked) in
+/// the caller's transaction so concurrent dispatchers take disjoint sets.
+pub async fn take_due(
+    conn: &mut PgConnection,
+    queue: &str,
+    only: Option<&[i64]>,
+    limit: i64,
+) -> Result<Vec<DueStep>, sqlx::Error> {
+    sqlx::query_as::<_, DueStep>(
+        "SELECT id, run_id, step, shard, job_id, not_before,
+                (SELECT r.trace_context FROM chain_runs r WHERE r.id = step_runs.run_id) AS trace_context
+           FROM step_runs
+          WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
+            AND ($2::bigint[] IS NULL OR id = ANY($2))
+          ORDER BY not_before, id LIMIT $3
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(queue)
+    .bind(only)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueStep {
+    pub id: i64,
+    pub run_id: uuid::Uuid,
+    pub step: String,
+    pub shard: i32,
+    pub job_id: String,
+    /// When the step became due (its wait for a worker starts here).
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's W3C `traceparent`, carried in the job.
+    pub trace_context: Option<String>,
+}
+
+pub async fn mark_dispatched(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE step_runs SET dispatched_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+    Ok(())
+}
+
+/// Dispatched ready steps older than `age`: candidates for a lost Redis message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DispatchedStep {
+    pub id: i64,
+    pub queue: String,
+    pub job_id: String,
+}
+
+pub async fn dispatched_before(pool: &PgPool, age: Duration, limit: i64) -> Result<Vec<DispatchedStep>, sqlx::Error> {
+    sqlx::query_as::<_, DispatchedStep>(
+        "SELECT id, queue, job_id FROM step_runs
+          WHERE status = 'ready' AND dispatched_at < now() - make_interval(secs => $1)
+          ORDER BY dispatched_at LIMIT $2",
+    )
+    .bind(age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks steps for re-dispatch; `new_id` also gives them a fresh task id (the old one is spent
+/// in Redis: finished there, so a push under it would be ignored).
+pub async fn redeliver(pool: &PgPool, ids: &[i64], new_id: bool) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE step_runs SET dispatched_at = NULL,
+                lease_waits = lease_waits + CASE WHEN $2 THEN 1 ELSE 0 END,
+                job_id = CASE WHEN $2 THEN step_job_id(run_id, step, shard, sharded, attempts + 1, lease_waits + 1)
+                              ELSE job_id END
+          WHERE id = ANY($1) AND status = 'ready' AND dispatched_at IS NOT NULL",
+    )
+    .bind(ids)
+    .bind(new_id)
+    .execute(pool)
+    .await?;
+    Ok(n.rows_affected())
+}
