@@ -190,12 +190,20 @@ pub enum Method {
     Put,
 }
 
-/// A named schema for the OpenAPI document.
-pub type NamedSchema = (Cow<'static, str>, RefOr<Schema>);
+/// A named schema for the OpenAPI document, with the schemas it refers to.
+#[derive(Clone)]
+pub struct NamedSchema {
+    pub name: Cow<'static, str>,
+    pub schema: RefOr<Schema>,
+    /// The named schemas `schema` refers to (`#/components/schemas/…`), to add beside it.
+    pub dependencies: Vec<(String, RefOr<Schema>)>,
+}
 
-/// The OpenAPI name and schema of `T`.
+/// The OpenAPI name and schema of `T`, with the schemas it refers to.
 pub fn schema_of<T: utoipa::ToSchema>() -> NamedSchema {
-    (T::name(), T::schema())
+    let mut dependencies = Vec::new();
+    T::schemas(&mut dependencies);
+    NamedSchema { name: T::name(), schema: T::schema(), dependencies }
 }
 
 /// An extra admin API route of a pack: `{method} /api/integrations/{integration}/{path}`. The

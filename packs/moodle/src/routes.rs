@@ -128,8 +128,8 @@ mod tests {
             ]
         );
         assert!(routes[0].request.is_none());
-        assert_eq!(routes[1].request.as_ref().map(|(name, _)| name.as_ref()), Some("ScopeChange"));
-        assert!(routes.iter().all(|r| r.response.0 == "UserView"));
+        assert_eq!(routes[1].request.as_ref().map(|r| r.name.as_ref()), Some("ScopeChange"));
+        assert!(routes.iter().all(|r| r.response.name == "UserView"));
     }
 
     #[test]

@@ -172,23 +172,25 @@ pub(super) fn document(registry: &Registry, doc: &mut OpenApi) {
                     .required(openapi::Required::True)
                     .schema(Some(openapi::ObjectBuilder::new().schema_type(openapi::schema::Type::String))),
             );
-        let (response_name, response_schema) = &route.response;
-        components.schemas.insert(response_name.to_string(), response_schema.clone());
+        let response = &route.response;
+        for named in std::iter::once(response).chain(&route.request) {
+            components.schemas.insert(named.name.to_string(), named.schema.clone());
+            components.schemas.extend(named.dependencies.iter().cloned());
+        }
         op = op.response(
             "200",
             ResponseBuilder::new().description("OK").content(
                 "application/json",
-                ContentBuilder::new().schema(Some(RefOr::Ref(Ref::from_schema_name(response_name.as_ref())))).build(),
+                ContentBuilder::new().schema(Some(RefOr::Ref(Ref::from_schema_name(response.name.as_ref())))).build(),
             ),
         );
-        if let Some((request_name, request_schema)) = &route.request {
-            components.schemas.insert(request_name.to_string(), request_schema.clone());
+        if let Some(request) = &route.request {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
                     .content(
                         "application/json",
                         ContentBuilder::new()
-                            .schema(Some(RefOr::Ref(Ref::from_schema_name(request_name.as_ref()))))
+                            .schema(Some(RefOr::Ref(Ref::from_schema_name(request.name.as_ref()))))
                             .build(),
                     )
                     .required(Some(openapi::Required::True))
