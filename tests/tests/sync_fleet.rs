@@ -101,11 +101,13 @@ async fn a_429_storm_slows_every_worker_through_the_shared_cool_down() {
     let throttled = sandbox.counter("erp", "GET", "/items", "throttled").await;
     assert!(throttled > 0, "the storm happened");
     assert_eq!(seen, throttled, "every 429 is counted in the step metrics");
-    // 18 requests at 2/s take 8 s or more. After a 429 the whole fleet pauses for the hint, so every
+    // 18 requests at 2/s need 9 of the sandbox's one-second windows (it counts per calendar second),
+    // so they span more than 7 s however the first one falls in its window. After a 429 the whole
+    // fleet pauses for the hint, so every
     // run completes within its 5 retries; when each worker honoured only the 429s it saw itself, the
     // others kept sending into the storm and runs failed with retries exhausted (seen: 2 of 2 tries).
     let secs = elapsed.as_secs_f64();
-    assert!(secs >= 8.0, "18 requests at 2/s: {elapsed:?}");
+    assert!(secs > 7.0, "18 requests at 2/s: {elapsed:?}");
     assert!((throttled as f64) <= 3.0 * secs, "{throttled} 429s in {elapsed:?}");
     for w in &mut workers {
         w.kill().await.ok();
