@@ -530,7 +530,7 @@ fn actor() -> String {
 async fn healthcheck(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let pg = async {
         let pool = store::connect(&config.database).await?;
-        sqlx::query("SELECT 1").execute(&pool).await?;
+        store::health::ping(&pool).await?;
         anyhow::Ok(())
     }
     .await;

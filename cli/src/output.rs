@@ -68,6 +68,9 @@ pub(super) fn step_state(s: &views::StepView, with_counts: bool) -> String {
     if let (Some(error), true) = (&s.error, s.status == "ready" || s.status == "failed") {
         line.push_str(&format!("  (attempt {} failed: {error})", s.attempts));
     }
+    if s.lost_attempts > 0 {
+        line.push_str(&format!("  ({} lost to the infrastructure)", s.lost_attempts));
+    }
     if with_counts && s.fetched > 0 {
         line.push_str(&format!("  fetched {}", s.fetched));
     }

@@ -1,5 +1,7 @@
 //! The reconciler: makes Redis agree with PostgreSQL. Each pass:
-//! 1. fails (or retries) running steps whose worker stopped sending heartbeats;
+//! 1. retries (or, past `max_lost_attempts`, fails) running steps whose worker stopped sending
+//!    heartbeats: a lost attempt, which spends none of the step's error budget
+//!    ([`syncfleet_shared::retry::decide`], the engine's decision too);
 //! 2. re-pushes dispatched ready steps that Redis no longer holds (lost message, flushed Redis),
 //!    under the same task id, or a new one if Redis already spent the old id;
 //! 3. dispatches due ready steps into every queue, up to the dispatch cap;
@@ -14,6 +16,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use syncfleet_runtime::metrics;
+use syncfleet_shared::retry::{self, Failure};
 use syncfleet_store::{
     dispatch, health,
     queue::JobState,
@@ -65,17 +68,18 @@ impl Reconciler {
         let stale = runs::stale_running(&self.ops.pool, stale_after, 500).await?;
         let mut reaped = 0;
         for s in stale {
-            let retry = s.attempts < s.max_attempts;
+            // The worker stopped (killed, or cut off): its attempt is lost to the infrastructure,
+            // not failed by the step. The same decision as the engine's, on the row's counters.
+            let policy = self.ops.chains.get(&s.chain).and_then(|c| c.step(&s.step)).map(|d| d.retry);
+            let backoff = policy.unwrap_or_default().backoff();
+            let decision = retry::decide(Failure::Lost, s.tally(), &backoff);
+            let retry = decision.retry_in().is_some();
             let message = format!(
                 "worker {} lost: no heartbeat for {}s",
                 s.worker.as_deref().unwrap_or("?"),
                 stale_after.as_secs()
             );
-            let outcome = Outcome::Failed {
-                message: message.clone(),
-                retry_in: retry.then_some(Duration::ZERO),
-                result: Default::default(),
-            };
+            let outcome = Outcome::failed(message.clone(), Failure::Lost, decision, Default::default());
             let mut tx = self.ops.pool.begin().await?;
             let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
             if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {

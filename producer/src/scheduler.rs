@@ -48,7 +48,7 @@ impl Scheduler {
     }
 
     /// Every schedule in force, resolved ([`Ops::resolve_schedules`]).
-    pub async fn resolve(&self) -> Result<Vec<ResolvedSchedule>, sqlx::Error> {
+    pub async fn resolve(&self) -> Result<Vec<ResolvedSchedule>, StoreError> {
         self.ops.resolve_schedules().await
     }
 

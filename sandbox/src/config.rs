@@ -130,18 +130,29 @@ pub struct FaultSettings {
     /// `core_enrol_get_enrolled_users:courseid=7`); `[]` = none.
     #[serde(default)]
     pub exceptions: Vec<String>,
+    /// Calls answered with a valid answer that lists nothing, however much data there is: the
+    /// upstream that "forgets" one scope, which a scoped sweep's guard must not take for "all of it
+    /// was deleted". Moodle: named as in `exceptions` (`core_course_get_courses_by_field:value=12`,
+    /// `core_enrol_get_enrolled_users:courseid=7`). Northpass: a list's path under the API
+    /// (`/transcripts/{person id}`, `/groups/{id}/memberships`). `[]` = none.
+    #[serde(default)]
+    pub empty_answers: Vec<String>,
 }
 
 impl FaultSettings {
     /// Whether a Moodle call of `function` with `pairs` is answered with the error envelope.
     pub fn moodle_exception(&self, function: &str, pairs: &[(String, String)]) -> bool {
-        self.exceptions.iter().any(|e| match e.split_once(':') {
-            None => e == function,
-            Some((f, param)) => {
-                f == function
-                    && param.split_once('=').is_some_and(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
-            }
-        })
+        names_call(&self.exceptions, function, pairs)
+    }
+
+    /// Whether a Moodle call of `function` with `pairs` is answered with nothing to list.
+    pub fn moodle_empty(&self, function: &str, pairs: &[(String, String)]) -> bool {
+        names_call(&self.empty_answers, function, pairs)
+    }
+
+    /// Whether the list at `path` (under the API) answers nothing.
+    pub fn empties(&self, path: &str) -> bool {
+        self.empty_list || self.empty_answers.iter().any(|p| p == path)
     }
 
     /// Whether item `id` of `api` is served malformed: every id in `malformed_ids`, plus the same share
@@ -160,6 +171,17 @@ impl FaultSettings {
     }
 }
 
+/// Whether `calls` names a Moodle call of `function` with `pairs`: the function, or the function and
+/// one parameter it was called with (`function:key=value`).
+fn names_call(calls: &[String], function: &str, pairs: &[(String, String)]) -> bool {
+    calls.iter().any(|e| match e.split_once(':') {
+        None => e == function,
+        Some((f, param)) => {
+            f == function && param.split_once('=').is_some_and(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+        }
+    })
+}
+
 impl Default for FaultSettings {
     fn default() -> Self {
         FaultSettings {
@@ -173,6 +195,7 @@ impl Default for FaultSettings {
             malformed_ids: Vec::new(),
             routes: Vec::new(),
             exceptions: Vec::new(),
+            empty_answers: Vec::new(),
         }
     }
 }

@@ -10,29 +10,70 @@ use tokio_util::sync::CancellationToken;
 pub use syncfleet_shared::phase::PhaseResult;
 pub use syncfleet_store::Integration;
 
+use syncfleet_shared::retry::{Failure, sqlstate_is_permanent};
+
 use crate::{
     chain::{ChainDef, Mode, StepDef},
     http::HttpClients,
     ids::RunId,
 };
 
-/// What should happen after a step failed.
+/// The error a step's failure came from, kept as its source.
+pub type ErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What should happen after a step failed. Either way the error it came from is kept as its
+/// [`source`](std::error::Error::source) (`None` for a failure described only in words).
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// Transient: try again (after the hint, or the step's backoff) while attempts remain.
     #[error("{message}")]
-    Retry { message: String, after: Option<Duration> },
+    Retry { message: String, after: Option<Duration>, source: Option<ErrorSource> },
     /// Permanent: no retry; the step fails now.
     #[error("{message}")]
-    Abort { message: String },
+    Abort { message: String, source: Option<ErrorSource> },
 }
 
 impl StepError {
     pub fn retry(message: impl Into<String>) -> Self {
-        StepError::Retry { message: message.into(), after: None }
+        StepError::Retry { message: message.into(), after: None, source: None }
     }
     pub fn abort(message: impl Into<String>) -> Self {
-        StepError::Abort { message: message.into() }
+        StepError::Abort { message: message.into(), source: None }
+    }
+    /// Transient, caused by `source` (the message is its text).
+    pub fn transient(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StepError::Retry { message: source.to_string(), after: None, source: Some(Box::new(source)) }
+    }
+    /// Permanent, caused by `source` (the message is its text).
+    pub fn permanent(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StepError::Abort { message: source.to_string(), source: Some(Box::new(source)) }
+    }
+    /// The same error, not to be retried before `after` (an upstream's hint).
+    pub fn after(self, after: Duration) -> Self {
+        match self {
+            StepError::Retry { message, source, .. } => StepError::Retry { message, after: Some(after), source },
+            abort => abort,
+        }
+    }
+    /// The same error, caused by `source`.
+    pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let source: Option<ErrorSource> = Some(Box::new(source));
+        match self {
+            StepError::Retry { message, after, .. } => StepError::Retry { message, after, source },
+            StepError::Abort { message, .. } => StepError::Abort { message, source },
+        }
+    }
+    /// What kind of failure this is, for the retry decision ([`syncfleet_shared::retry::decide`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            StepError::Retry { after, .. } => Failure::Transient { hint: *after },
+            StepError::Abort { .. } => Failure::Permanent,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            StepError::Retry { message, .. } | StepError::Abort { message, .. } => message,
+        }
     }
 }
 
@@ -45,9 +86,25 @@ impl StepError {
     }
 }
 
+/// Whether a database error would come back on every try: a constraint or data error (SQLSTATE
+/// class `23`, `22`), or a value the statement cannot encode or its answer cannot decode. A lost
+/// connection, a pool timeout, a serialization failure (`40001`) or deadlock (`40P01`) and every
+/// other error may pass on a retry.
+pub fn sqlx_is_permanent(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_is_permanent(&code)),
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StepError {
+    /// Classified by [`sqlx_is_permanent`]; the message is `database: …`, the source the error.
     fn from(e: sqlx::Error) -> Self {
-        StepError::retry(format!("database: {e}"))
+        let permanent = sqlx_is_permanent(&e);
+        let message = format!("database: {e}");
+        let source: Option<ErrorSource> = Some(Box::new(e));
+        if permanent { StepError::Abort { message, source } } else { StepError::Retry { message, after: None, source } }
     }
 }
 
@@ -232,5 +289,87 @@ impl HandlerRegistry {
 
     pub fn get(&self, pack: &str, step: &str) -> Option<Arc<dyn StepHandler>> {
         self.handlers.get(&(pack.to_owned(), step.to_owned())).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, error::Error as _};
+
+    use super::*;
+
+    /// A database error with a SQLSTATE, as PostgreSQL would answer it.
+    #[derive(Debug)]
+    struct Db(&'static str);
+
+    impl std::fmt::Display for Db {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Db {}
+
+    impl sqlx::error::DatabaseError for Db {
+        fn message(&self) -> &str {
+            "error"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn db(code: &'static str) -> StepError {
+        sqlx::Error::Database(Box::new(Db(code))).into()
+    }
+
+    #[test]
+    fn database_errors_are_classified_and_keep_their_source() {
+        for code in ["23505", "23503", "22001", "22P02"] {
+            let e = db(code);
+            assert!(matches!(e, StepError::Abort { .. }), "{code}: {e:?}");
+            assert_eq!(e.failure(), Failure::Permanent);
+            let source = e.source().expect("the sqlx error is kept");
+            assert!(source.downcast_ref::<sqlx::Error>().is_some(), "{source:?}");
+            assert_eq!(e.to_string(), format!("database: error returned from database: error {code}"));
+        }
+        for code in ["40001", "40P01", "57P01", "08006"] {
+            let e = db(code);
+            assert_eq!(e.failure(), Failure::Transient { hint: None }, "{code}");
+            assert!(e.source().is_some());
+        }
+        let lost: StepError = sqlx::Error::Io(std::io::Error::other("connection reset")).into();
+        assert_eq!(lost.failure(), Failure::Transient { hint: None });
+        let pool: StepError = sqlx::Error::PoolTimedOut.into();
+        assert_eq!(pool.failure(), Failure::Transient { hint: None });
+        let decode: StepError = sqlx::Error::Decode("not a number".into()).into();
+        assert_eq!(decode.failure(), Failure::Permanent);
+    }
+
+    #[test]
+    fn constructors_keep_working() {
+        let e = StepError::retry("later");
+        assert_eq!((e.to_string(), e.failure()), ("later".to_owned(), Failure::Transient { hint: None }));
+        assert!(e.source().is_none());
+        let e = StepError::retry("throttled").after(Duration::from_secs(3));
+        assert_eq!(e.failure(), Failure::Transient { hint: Some(Duration::from_secs(3)) });
+        let e = StepError::abort("never").with_source(std::io::Error::other("cause"));
+        assert_eq!((e.message(), e.failure()), ("never", Failure::Permanent));
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("cause"));
+        let e = StepError::permanent(std::io::Error::other("refused"));
+        assert_eq!((e.to_string(), e.failure()), ("refused".to_owned(), Failure::Permanent));
+        assert!(StepError::transient(std::io::Error::other("x")).source().is_some());
     }
 }

@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChainName, StepName};
+/// The step's retry policy; it lives with the backoff and the retry decision in [`crate::retry`].
+pub use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,28 +45,6 @@ impl Mode {
             "incremental" => Some(Mode::Incremental),
             _ => None,
         }
-    }
-}
-
-/// Exponential backoff with full jitter, decided by us (not by apalis-redis's 25 retries).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    pub const DEFAULT: RetryPolicy =
-        RetryPolicy { max_attempts: 3, base: Duration::from_secs(2), max: Duration::from_secs(300) };
-
-    /// Delay before attempt `attempt + 1`, after `attempt` failed: base·2^(attempt−1), capped,
-    /// then a uniformly random share between 50 % and 100 % of it.
-    pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let capped = exp.min(self.max);
-        let factor = rand::rng().random_range(0.5..=1.0);
-        capped.mul_f64(factor)
     }
 }
 
@@ -202,6 +181,12 @@ impl ChainDef {
                     message: format!("step `{}`: max_attempts must be at least 1", s.name),
                 });
             }
+            if s.retry.max_lost_attempts == 0 {
+                return Err(ChainError::Invalid {
+                    chain: self.name.to_string(),
+                    message: format!("step `{}`: max_lost_attempts must be at least 1", s.name),
+                });
+            }
         }
         // Kahn's algorithm; what remains is on or behind a cycle.
         let mut indegree: HashMap<&str, usize> =
@@ -263,6 +248,9 @@ impl ChainDef {
             if let Some(ms) = so.backoff_max_ms {
                 step.retry.max = Duration::from_millis(ms);
             }
+            if let Some(n) = so.max_lost_attempts {
+                step.retry.max_lost_attempts = n;
+            }
             if let Some(t) = so.timeout_secs {
                 step.timeout = Duration::from_secs(t);
             }
@@ -298,6 +286,9 @@ pub struct StepOverride {
     pub max_attempts: Option<u32>,
     pub backoff_base_ms: Option<u64>,
     pub backoff_max_ms: Option<u64>,
+    /// Attempts lost to the infrastructure (worker killed, entity lease lost) before the step fails
+    /// for good (default 10); they do not spend `max_attempts`.
+    pub max_lost_attempts: Option<u32>,
     pub timeout_secs: Option<u64>,
     pub shards: Option<u32>,
     pub queue: Option<String>,
@@ -424,7 +415,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy { max_attempts: 10, base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            ..RetryPolicy::DEFAULT
+        };
         for _ in 0..50 {
             let d1 = p.delay_after(1);
             assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));

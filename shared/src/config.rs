@@ -83,8 +83,8 @@ pub struct Config {
 /// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
 /// a JSON `POST` to `webhook_url` and/or a mail to `to` through `smtp`.
 ///
-/// A channel that fails is tried again after `retry_secs`, doubling each time, up to
-/// `max_attempts` deliveries in all (defaults 30 s and 5); the channel that succeeded is not sent again.
+/// A channel that fails is tried again after `retry_secs` to twice it (random jitter), doubling each
+/// time (`retry::Backoff::ALERT_CHANNEL`), up to `max_attempts` deliveries in all (defaults 30 s and 5); the channel that succeeded is not sent again.
 ///
 /// ```toml
 /// [alerts]

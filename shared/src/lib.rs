@@ -1,5 +1,5 @@
 //! syncfleet's vocabulary, shared by every other crate: ids, job payloads and task ids, the chain
-//! model and its retry policy, a step's phase result, schedules, the layered configuration and
+//! model, retries (backoff with jitter, the step's retry policy, the retry decision), a step's phase result, schedules, the layered configuration and
 //! secret references.
 //!
 //! **Invariant:** this crate knows no pack and does no I/O. It depends on no other syncfleet
@@ -13,4 +13,5 @@ pub mod ids;
 pub mod job;
 pub mod mail;
 pub mod phase;
+pub mod retry;
 pub mod secret;

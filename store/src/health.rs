@@ -1,5 +1,6 @@
-//! What the producer's and the workers' probes and scrapes read from PostgreSQL and Redis:
-//! readiness, the queue depth gauges, and which run a transaction just ended.
+//! What the producer's and the workers' probes and scrapes (and the CLI's `healthcheck`) read from
+//! PostgreSQL and Redis: readiness, a plain ping, the queue depth gauges, and which run a
+//! transaction just ended.
 
 use sqlx::{PgConnection, PgPool};
 use syncfleet_runtime::metrics::QUEUE_DEPTH;
@@ -27,6 +28,12 @@ pub async fn readiness(pool: &PgPool, queues: &QueueClient) -> Result<(), String
         return Err(format!("database lacks migration(s) {}", missing.join(", ")));
     }
     queues.ping().await.map_err(|e| format!("Redis: {e}"))
+}
+
+/// PostgreSQL answers a query (the CLI's `healthcheck`; [`readiness`] checks the migrations too).
+pub async fn ping(pool: &PgPool) -> Result<(), crate::StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
 }
 
 /// Sets the depth gauges of one queue (what autoscaling reads).

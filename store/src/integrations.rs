@@ -1,5 +1,6 @@
 //! Integrations as the admin API and the CLI manage them: list, create, update, disable. Secrets
 //! only by reference: settings holding an inline `secret` are refused, and listings never carry one.
+//! The store reads no secret; `syncfleet_sdk::secrets` resolves the references where they are used.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,11 @@ pub async fn enabled_of_pack(pool: &PgPool, pack: &str) -> Result<Vec<String>, S
         .await?)
 }
 
+/// The enabled integrations with their pack: `(name, pack)`, in no particular order.
+pub async fn enabled(pool: &PgPool) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as("SELECT name, pack FROM integrations WHERE enabled").fetch_all(pool).await?)
+}
+
 /// Checks the settings for the pack: names the key at fault. `new_settings` refuses inline
 /// secrets (settings written by the config file are the deployment's own business).
 fn check(
@@ -208,18 +214,6 @@ pub async fn update(
     .await?;
     packs.prepare(pool, name, &pack, &settings).await.map_err(StoreError::Integration)?;
     get(pool, name).await
-}
-
-/// Reads the secret a reference points at (`env:NAME` or `file:/path`; a file's trailing
-/// newline is dropped).
-pub fn resolve_secret_ref(r: &str) -> Result<String, String> {
-    match r.split_once(':') {
-        Some(("env", name)) => std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set")),
-        Some(("file", path)) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| format!("cannot read `{path}`: {e}")),
-        _ => Err(format!("`{r}` is not a secret reference")),
-    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,25 @@
 //! The control plane's persistence: every SQL statement on the control-plane tables (runs and
-//! steps, views, tokens, audit, integrations, schedules, queue pauses) and every Redis key we use
-//! (queues, leases, depth), plus bounded dispatch and readiness. PostgreSQL is the source of
-//! truth; tables are defined (and documented) in `migrations/`.
+//! steps, views, tokens, audit, integrations, schedules, queue pauses, alert claims, stored
+//! reports) and every Redis key we use (queues, leases, depth), plus bounded dispatch and
+//! readiness. The producer and the CLI run no SQL of their own: they call these functions.
+//! PostgreSQL is the source of truth; tables are defined (and documented) in `migrations/`. The
+//! store reads no secret: it keeps references (`env:NAME`, `file:/path`), which the SDK's
+//! `secrets` module resolves where they are used.
 //!
 //! **Invariant:** the store knows no pack. What it needs of the packs when an integration changes
 //! (checking its settings, preparing its tables) it asks through [`PackCatalog`], which the SDK's
 //! registry implements.
 
+pub mod alerts;
 pub mod audit;
 pub mod dispatch;
 pub mod health;
 pub mod integrations;
 pub mod queue;
 pub mod queues;
+pub mod reports;
 pub mod runs;
+pub mod schedules;
 pub mod tokens;
 pub mod views;
 

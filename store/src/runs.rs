@@ -16,7 +16,10 @@ use crate::{
     chain::{ChainDef, Mode},
     ids::RunId,
 };
-use syncfleet_shared::phase::PhaseResult;
+use syncfleet_shared::{
+    phase::PhaseResult,
+    retry::{self, Decision, Failure, Stop, Tally},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TriggerKind {
@@ -105,7 +108,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     let integration = req.integration.name();
     let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut modes = vec![];
+    let (mut modes, mut max_lost) = (vec![], vec![]);
     for s in &req.chain.steps {
         for shard in 0..s.shards as i32 {
             let is_sharded = s.shards > 1;
@@ -119,17 +122,19 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
             // Arrays of arrays must be rectangular in PostgreSQL: pass prerequisites joined.
             prereqs.push(s.prerequisites.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
             max_attempts.push(s.retry.max_attempts as i32);
+            max_lost.push(s.retry.max_lost_attempts as i32);
             let mode = req.step_modes.get(s.name.as_str()).copied().or(s.mode).unwrap_or(req.mode);
             modes.push(mode.as_str());
         }
     }
     sqlx::query(
-        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget, mode)
+        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget, mode,
+                                max_lost_attempts, lost_budget)
          SELECT $1, t.step, t.shard, t.sharded, t.queue, t.entity, t.required,
                 CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END,
-                'pending', t.max_attempts, t.max_attempts, t.mode
-         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[], $10::text[])
-              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode)",
+                'pending', t.max_attempts, t.max_attempts, t.mode, t.max_lost, t.max_lost
+         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[], $10::text[], $11::int[])
+              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost)",
     )
     .bind(run_id)
     .bind(&steps)
@@ -141,6 +146,7 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&prereqs)
     .bind(&max_attempts)
     .bind(&modes)
+    .bind(&max_lost)
     .execute(&mut *tx)
     .await?;
     let ready = promote_ready(&mut tx, run_id).await?;
@@ -238,13 +244,29 @@ pub struct ClaimedStep {
     pub step: String,
     pub shard: i32,
     pub attempt: i32,
+    /// The error budget: attempts that may fail by the step's own error.
     pub max_attempts: i32,
+    /// Attempts before this one lost to the infrastructure (they spend no error budget).
+    pub lost_attempts: i32,
+    pub max_lost_attempts: i32,
     pub entity_key: String,
+}
+
+impl ClaimedStep {
+    /// The step's counters for the retry decision.
+    pub fn tally(&self) -> Tally {
+        tally(self.attempt, self.lost_attempts, self.max_attempts, self.max_lost_attempts)
+    }
+}
+
+fn tally(attempts: i32, lost: i32, max_attempts: i32, max_lost: i32) -> Tally {
+    let n = |v: i32| v.max(0) as u32;
+    Tally { attempts: n(attempts), lost: n(lost), max_attempts: n(max_attempts), max_lost: n(max_lost) }
 }
 
 #[derive(Debug)]
 pub enum Claim {
-    Claimed(ClaimedStep),
+    Claimed(Box<ClaimedStep>),
     /// The job is not (or no longer) this step's current job: another delivery, or already done.
     Stale,
     /// The run was cancelled or ended; the step was marked cancelled.
@@ -305,7 +327,7 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
             SET status = 'running', attempts = attempts + 1, worker = $3, started_at = now(),
                 heartbeat_at = now(), finished_at = NULL
           WHERE id = $1 AND job_id = $2 AND status = 'ready'
-          RETURNING step, shard, attempts, max_attempts, entity_key, mode",
+          RETURNING step, shard, attempts, max_attempts, lost_attempts, max_lost_attempts, entity_key, mode",
     )
     .bind(step_run_id)
     .bind(job_id)
@@ -316,7 +338,7 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
         return Ok(Claim::Stale);
     };
     tx.commit().await?;
-    Ok(Claim::Claimed(ClaimedStep {
+    Ok(Claim::Claimed(Box::new(ClaimedStep {
         run_id: RunId(run.get("id")),
         chain: run.get("chain"),
         integration: Integration {
@@ -333,8 +355,10 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
         shard: row.get("shard"),
         attempt: row.get("attempts"),
         max_attempts: row.get("max_attempts"),
+        lost_attempts: row.get("lost_attempts"),
+        max_lost_attempts: row.get("max_lost_attempts"),
         entity_key: row.get("entity_key"),
-    }))
+    })))
 }
 
 /// Records that the running step is alive. `false`: the step is no longer this job's.
@@ -371,16 +395,27 @@ pub async fn requeue_lease_busy(
     Ok(n.rows_affected() == 1)
 }
 
-/// How a step attempt ended, as decided by the engine.
+/// How a step attempt ended, as the worker engine or the reconciler decided it
+/// ([`syncfleet_shared::retry::decide`]).
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Succeeded(PhaseResult),
-    /// `retry_in: Some` → ready again after the delay (a new attempt); `None` → failed for good.
     Failed {
         message: String,
-        retry_in: Option<Duration>,
+        /// The attempt was lost to the infrastructure (worker killed, entity lease lost): counted in
+        /// `lost_attempts`, not against the error budget.
+        lost: bool,
+        /// Retry now, after a pause (the step is ready again, a new attempt), or fail for good.
+        decision: Decision,
         result: PhaseResult,
     },
+}
+
+impl Outcome {
+    /// A failed attempt and what the retry decision made of it.
+    pub fn failed(message: String, failure: Failure, decision: Decision, result: PhaseResult) -> Outcome {
+        Outcome::Failed { message, lost: failure == Failure::Lost, decision, result }
+    }
 }
 
 /// Identifies the attempt being finished; the update applies only while it still holds.
@@ -394,8 +429,11 @@ pub struct Fence<'a> {
 
 /// Records the end of an attempt and the downstream transitions, inside the caller's transaction.
 /// The end time is the statement's (`clock_timestamp()`), not the transaction's start: a step that
-/// does its work inside that transaction would otherwise end when it began. Returns `None` when the fence no longer holds (the caller must roll back), otherwise the steps
-/// that became ready.
+/// does its work inside that transaction would otherwise end when it began. A lost attempt counts in
+/// `lost_attempts` (not against the error budget). A required step that fails for good sets the
+/// run's error: the step's error, the attempts spent and lost (the row's counts), and that
+/// `syncfleet resume <run>` continues the run. Returns `None` when the fence no longer holds (the
+/// caller must roll back), otherwise the steps that became ready.
 pub async fn finish_step(
     conn: &mut PgConnection,
     fence: &Fence<'_>,
@@ -404,10 +442,12 @@ pub async fn finish_step(
     let Some((run_id, run_status)) = lock_run_of_step(conn, fence.step_run_id).await? else {
         return Ok(None);
     };
-    let (status, message, retry_in, r) = match outcome {
-        Outcome::Succeeded(r) => ("succeeded", None, None, r),
-        Outcome::Failed { message, retry_in: Some(d), result } => ("ready", Some(message.as_str()), Some(*d), result),
-        Outcome::Failed { message, retry_in: None, result } => ("failed", Some(message.as_str()), None, result),
+    let (status, message, retry_in, lost, stop, r) = match outcome {
+        Outcome::Succeeded(r) => ("succeeded", None, None, false, None, r),
+        Outcome::Failed { message, lost, decision, result } => match decision {
+            Decision::FailForGood(stop) => ("failed", Some(message.as_str()), None, *lost, Some(*stop), result),
+            retry => ("ready", Some(message.as_str()), retry.retry_in(), *lost, None, result),
+        },
     };
     let row = sqlx::query(
         "UPDATE step_runs SET
@@ -418,6 +458,7 @@ pub async fn finish_step(
             fetched = $7, inserted = $8, updated = $9, unchanged = $10, deactivated = $11, errors = $12,
             api_calls = $13, throttled = $14, cursor_before = $15, cursor_after = $16, guard = $17,
             partial = $18,
+            lost_attempts = lost_attempts + CASE WHEN $19 THEN 1 ELSE 0 END,
             worker = CASE WHEN $4 = 'ready' THEN NULL ELSE worker END,
             ready_at = CASE WHEN $4 = 'ready' THEN now() ELSE ready_at END,
             not_before = CASE WHEN $4 = 'ready' THEN now() + make_interval(secs => $6) ELSE not_before END,
@@ -426,7 +467,7 @@ pub async fn finish_step(
                           THEN step_job_id(run_id, step, shard, sharded, attempts + 1, lease_waits)
                           ELSE job_id END
           WHERE id = $1 AND job_id = $2 AND status = 'running' AND ($3::text IS NULL OR worker = $3)
-          RETURNING step, required",
+          RETURNING step, required, attempts, lost_attempts",
     )
     .bind(fence.step_run_id)
     .bind(fence.job_id)
@@ -446,6 +487,7 @@ pub async fn finish_step(
     .bind(&r.cursor_after)
     .bind(&r.guard)
     .bind(r.partial)
+    .bind(lost)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
@@ -453,7 +495,18 @@ pub async fn finish_step(
     };
     let step: String = row.get("step");
     let required: bool = row.get("required");
-    if status == "failed" && required {
+    let (attempts, lost_attempts) = (row.get::<i32, _>("attempts").max(0) as u32, row.get::<i32, _>("lost_attempts"));
+    let lost_attempts = lost_attempts.max(0) as u32;
+    let mut message = message.unwrap_or_default().to_owned();
+    if stop == Some(Stop::WorkersKeptDying) {
+        message = retry::step_error(Stop::WorkersKeptDying, &message, lost_attempts);
+        sqlx::query("UPDATE step_runs SET error = $2 WHERE id = $1")
+            .bind(fence.step_run_id)
+            .bind(&message)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let (Some(stop), true) = (stop, required) {
         let why = format!("skipped: required step `{step}` failed");
         sqlx::query(
             "UPDATE step_runs SET status = 'skipped', error = $2, finished_at = now()
@@ -465,7 +518,7 @@ pub async fn finish_step(
         .await?;
         sqlx::query("UPDATE chain_runs SET error = $2 WHERE id = $1")
             .bind(run_id)
-            .bind(format!("step `{step}` failed: {}", message.unwrap_or_default()))
+            .bind(retry::run_error(&step, &run_id.to_string(), stop, &message, attempts, lost_attempts))
             .execute(&mut *conn)
             .await?;
     }
@@ -475,7 +528,7 @@ pub async fn finish_step(
 }
 
 /// Resumes a failed, partial or cancelled run: its failed, skipped and cancelled steps run again
-/// (each as a new attempt), as do steps that succeeded only in part and every step downstream of
+/// (each as a new attempt, with its error budget and its cap on lost attempts renewed), as do steps that succeeded only in part and every step downstream of
 /// those; other succeeded steps are not repeated.
 pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, StoreError> {
     let mut tx = pool.begin().await?;
@@ -519,7 +572,8 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
              SELECT s.step FROM step_runs s JOIN downstream d ON d.step = ANY(s.prerequisites)
               WHERE s.run_id = $1)
          UPDATE step_runs SET status = 'pending', error = NULL, finished_at = NULL, worker = NULL,
-                max_attempts = attempts + attempt_budget
+                max_attempts = attempts - lost_attempts + attempt_budget,
+                max_lost_attempts = lost_attempts + lost_budget
           WHERE run_id = $1
             AND (status IN ('failed', 'skipped', 'cancelled')
                  OR (status = 'succeeded' AND (partial OR step IN (SELECT step FROM downstream))))",
@@ -573,11 +627,21 @@ pub struct StaleStep {
     pub worker: Option<String>,
     pub attempts: i32,
     pub max_attempts: i32,
+    pub lost_attempts: i32,
+    pub max_lost_attempts: i32,
+}
+
+impl StaleStep {
+    /// The step's counters for the retry decision.
+    pub fn tally(&self) -> Tally {
+        tally(self.attempts, self.lost_attempts, self.max_attempts, self.max_lost_attempts)
+    }
 }
 
 pub async fn stale_running(pool: &PgPool, stale_after: Duration, limit: i64) -> Result<Vec<StaleStep>, sqlx::Error> {
     sqlx::query_as::<_, StaleStep>(
-        "SELECT s.id, s.job_id, r.chain, s.step, s.worker, s.attempts, s.max_attempts
+        "SELECT s.id, s.job_id, r.chain, s.step, s.worker, s.attempts, s.max_attempts, s.lost_attempts,
+                s.max_lost_attempts
            FROM step_runs s JOIN chain_runs r ON r.id = s.run_id
           WHERE s.status = 'running' AND s.heartbeat_at < now() - make_interval(secs => $1)
           ORDER BY s.heartbeat_at LIMIT $2",

@@ -38,6 +38,10 @@ pub struct StepView {
     pub shards: i64,
     pub shards_done: i64,
     pub attempts: i64,
+    /// Of `attempts`, those lost to the infrastructure (worker killed, entity lease lost): they
+    /// spend none of the step's error budget.
+    #[serde(default)]
+    pub lost_attempts: i64,
     pub duration_ms: Option<i64>,
     pub fetched: i64,
     pub inserted: i64,
@@ -136,7 +140,7 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
                 min(mode) AS mode,
                 count(*) AS shards,
                 count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'skipped', 'cancelled')) AS shards_done,
-                sum(attempts)::bigint AS attempts,
+                sum(attempts)::bigint AS attempts, sum(lost_attempts)::bigint AS lost_attempts,
                 CASE WHEN count(*) = 1 THEN max(duration_ms)
                      ELSE (extract(epoch FROM (max(finished_at) - min(started_at))) * 1000)::bigint END AS duration_ms,
                 sum(fetched)::bigint AS fetched, sum(inserted)::bigint AS inserted, sum(updated)::bigint AS updated,

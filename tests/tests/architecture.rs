@@ -262,3 +262,22 @@ fn no_module_import_cycle_in_an_engine_crate() {
         }
     }
 }
+
+/// Issue #17: the producer's and the CLI's SQL lives in the store (`syncfleet-store`); they call
+/// store functions only.
+#[test]
+fn the_producer_and_the_cli_run_no_sql_of_their_own() {
+    let root = root();
+    let mut offenders = Vec::new();
+    for krate in ["producer", "cli"] {
+        for file in sources(&root.join(krate).join("src")) {
+            let text = code(&file);
+            for needle in ["sqlx::query", "sqlx::raw_sql"] {
+                if text.contains(needle) {
+                    offenders.push(format!("{} runs `{needle}`", file.strip_prefix(&root).unwrap().display()));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "SQL belongs in store/src/: {offenders:?}");
+}

@@ -8,18 +8,22 @@
 //! waits and run ends as metrics.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
-use rand::Rng;
 use sqlx::PgPool;
 use syncfleet_runtime::{metrics, telemetry};
 use syncfleet_sdk::{
     http::{HttpClients, RateBudget},
     step::{HandlerRegistry, StepContext, StepError, StepHandler},
 };
-use syncfleet_shared::{chain::ChainRegistry, config::Config, job::JobPayload};
+use syncfleet_shared::{
+    chain::ChainRegistry,
+    config::Config,
+    job::JobPayload,
+    retry::{self, Backoff, Decision, Failure},
+};
 use syncfleet_store::{
     dispatch, health,
     queue::{QueueClient, QueueError},
@@ -44,6 +48,33 @@ fn outcome_label(executed: &Result<Executed, EngineError>) -> &'static str {
         Ok(Executed::Fenced) => "fenced",
         Ok(_) | Err(_) => "failed",
     }
+}
+
+/// Why a running step was stopped from outside its handler. The attempt of a step stopped so and
+/// failing is lost to the infrastructure: it spends none of the step's error budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    /// The entity lease was lost (a Redis flush) or could not be renewed within its TTL.
+    LeaseLost,
+    /// PostgreSQL no longer names this attempt (the reconciler reaped it); its result is fenced off.
+    TakenAway,
+    /// The worker is stopping and its drain time ran out.
+    WorkerStopping,
+}
+
+/// A step error as recorded: its message, then each cause the message does not already say.
+fn error_text(e: &StepError) -> String {
+    let mut text = e.message().to_owned();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +164,8 @@ impl Engine {
         };
         let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
         if !self.queues.lease_acquire(&entity, job_id, ttl).await? {
-            let base = self.config.worker.lease_retry_ms.max(1);
-            let delay = Duration::from_millis(base + rand::rng().random_range(0..=base));
+            let low = Duration::from_millis(self.config.worker.lease_retry_ms.max(1));
+            let delay = Backoff::from_low(low, low, Backoff::LEASE_BUSY.factor).delay(1);
             runs::requeue_lease_busy(&self.pool, id, job_id, delay).await?;
             metrics::lease_wait(d.queue);
             tracing::debug!(%entity, "Entity lease busy; delivering again later.");
@@ -162,7 +193,8 @@ impl Engine {
         let (mut ctx, handler) = match self.prepare(&claimed, &fence) {
             Ok(p) => p,
             Err(message) => {
-                let outcome = Outcome::Failed { message, retry_in: None, result: Default::default() };
+                let decision = retry::decide(Failure::Permanent, claimed.tally(), &Backoff::STEP);
+                let outcome = Outcome::failed(message, Failure::Permanent, decision, Default::default());
                 let executed = self.record(&fence, outcome, None).await;
                 metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&executed), started);
                 return executed;
@@ -170,11 +202,14 @@ impl Engine {
         };
         tracing::info!(attempt = claimed.attempt, "Step started.");
 
-        let heartbeat = self.spawn_heartbeat(id, job_id, entity, ctx.cancel.clone());
+        let interrupted = Arc::new(OnceLock::new());
+        let heartbeat = self.spawn_heartbeat(id, job_id, entity, ctx.cancel.clone(), interrupted.clone());
         let hard_stop = self.hard_stop.clone();
         let cancel = ctx.cancel.clone();
+        let stopped = interrupted.clone();
         let stop_link = tokio::spawn(async move {
             hard_stop.cancelled().await;
+            stopped.set(Interruption::WorkerStopping).ok();
             cancel.cancel();
         });
         let result = self.run_handler(&mut ctx, handler.as_ref()).await;
@@ -184,14 +219,20 @@ impl Engine {
         let outcome = match result {
             Ok(()) => Outcome::Succeeded(ctx.result.clone()),
             Err(error) => {
-                let (message, retry_hint, retryable) = match error {
-                    StepError::Retry { message, after } => (message, after, true),
-                    StepError::Abort { message } => (message, None, false),
+                // A step stopped because its lease went or its worker is stopping did not fail by
+                // its own error: the attempt is lost to the infrastructure.
+                let failure = match interrupted.get() {
+                    Some(why) => {
+                        tracing::warn!(interruption = ?why, "Step attempt interrupted; it spends none of the error budget.");
+                        Failure::Lost
+                    }
+                    None => error.failure(),
                 };
-                let retry_in = (retryable && claimed.attempt < claimed.max_attempts)
-                    .then(|| retry_hint.unwrap_or_else(|| ctx.step.retry.delay_after(claimed.attempt as u32)));
-                tracing::warn!(error = %message, attempt = claimed.attempt, retry_in_ms = ?retry_in.map(|d| d.as_millis()), "Step attempt failed.");
-                Outcome::Failed { message, retry_in, result: ctx.result.clone() }
+                let decision = retry::decide(failure, claimed.tally(), &ctx.step.retry.backoff());
+                let message = error_text(&error);
+                tracing::warn!(error = %message, attempt = claimed.attempt, ?failure,
+                    retry_in_ms = ?decision.retry_in().map(|d| d.as_millis()), "Step attempt failed.");
+                Outcome::failed(message, failure, decision, ctx.result.clone())
             }
         };
         let tx = match &outcome {
@@ -248,7 +289,7 @@ impl Engine {
                 .bind(ctx.integration.id)
                 .fetch_one(&self.pool)
                 .await
-                .map_err(|e| StepError::retry(format!("precondition check failed: {e}")))?;
+                .map_err(|e| StepError::retry(format!("precondition check failed: {e}")).with_source(e))?;
             if !holds {
                 return Err(StepError::abort(format!("precondition not met: {}", p.description)));
             }
@@ -269,6 +310,7 @@ impl Engine {
         job_id: &str,
         entity: &str,
         cancel: CancellationToken,
+        interrupted: Arc<OnceLock<Interruption>>,
     ) -> tokio::task::JoinHandle<()> {
         let (pool, queues) = (self.pool.clone(), self.queues.clone());
         let (job_id, entity) = (job_id.to_owned(), entity.to_owned());
@@ -282,7 +324,10 @@ impl Engine {
                     tick.tick().await;
                     match runs::heartbeat(&pool, id, &job_id).await {
                         Ok(true) => {}
-                        Ok(false) => return tracing::warn!("Step was taken away from this worker; stopping it."),
+                        Ok(false) => {
+                            tracing::warn!("Step was taken away from this worker; stopping it.");
+                            return Interruption::TakenAway;
+                        }
                         Err(error) => tracing::warn!(%error, "Heartbeat failed."),
                     }
                 }
@@ -295,19 +340,24 @@ impl Engine {
                     tick.tick().await;
                     match tokio::time::timeout(every, queues.lease_renew(&entity, &job_id, ttl)).await {
                         Ok(Ok(true)) => renewed = Instant::now(),
-                        Ok(Ok(false)) => return tracing::warn!(%entity, "Entity lease lost; stopping the step."),
+                        Ok(Ok(false)) => {
+                            tracing::warn!(%entity, "Entity lease lost; stopping the step.");
+                            return Interruption::LeaseLost;
+                        }
                         Ok(Err(error)) => tracing::warn!(%error, "Lease renewal failed."),
                         Err(_) => tracing::warn!("Lease renewal timed out."),
                     }
                     if renewed.elapsed() >= ttl {
-                        return tracing::warn!(%entity, "Entity lease not renewed within its TTL; stopping the step.");
+                        tracing::warn!(%entity, "Entity lease not renewed within its TTL; stopping the step.");
+                        return Interruption::LeaseLost;
                     }
                 }
             };
-            tokio::select! {
-                () = step => {}
-                () = lease => {}
-            }
+            let why = tokio::select! {
+                why = step => why,
+                why = lease => why,
+            };
+            interrupted.set(why).ok();
             cancel.cancel();
         })
     }
@@ -336,8 +386,8 @@ impl Engine {
         }
         let executed = match &outcome {
             Outcome::Succeeded(_) => Executed::Succeeded,
-            Outcome::Failed { retry_in: Some(_), .. } => Executed::Retrying,
-            Outcome::Failed { retry_in: None, .. } => Executed::Failed,
+            Outcome::Failed { decision: Decision::FailForGood(_), .. } => Executed::Failed,
+            Outcome::Failed { .. } => Executed::Retrying,
         };
         tracing::info!(outcome = ?executed, next = ready.len(), "Step finished.");
         if let Err(error) =

@@ -15,7 +15,7 @@ use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use rand::Rng;
 use syncfleet_sdk::Registry;
-use syncfleet_shared::{config::Config, job::JobPayload};
+use syncfleet_shared::{config::Config, job::JobPayload, retry::Backoff};
 use syncfleet_store::{self as store, queue::QueueClient};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -85,7 +85,9 @@ pub async fn run_engine(engine: Arc<Engine>, queues: Vec<String>, shutdown: Canc
 }
 
 /// Keeps one apalis worker running on `queue`; a worker that stops without a shutdown request
-/// (Redis stall, flushed worker registry) is restarted under a new name with a backoff.
+/// (Redis stall, flushed worker registry) is restarted under a new name after a jittered backoff
+/// ([`Backoff::WORKER_RESTART`]), so the workers of a fleet that lost Redis together do not return
+/// together.
 async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationToken) {
     let mut failures: u32 = 0;
     loop {
@@ -119,7 +121,7 @@ async fn supervise(engine: Arc<Engine>, queue: String, shutdown: CancellationTok
             return;
         }
         failures += 1;
-        let backoff = Duration::from_millis((200u64 << failures.min(6)).min(10_000));
+        let backoff = Backoff::WORKER_RESTART.delay(failures);
         match result {
             Ok(()) => tracing::warn!(worker = %name, %queue, "Queue worker stopped on its own; restarting."),
             Err(error) => tracing::warn!(worker = %name, %queue, %error, "Queue worker failed; restarting."),

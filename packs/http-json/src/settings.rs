@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use syncfleet_sdk::secrets::SecretSource;
 use syncfleet_sdk::{
-    config::Secret,
     http::{HttpClient, HttpClients, Limits},
     step::StepError,
     sync::{
@@ -43,7 +43,8 @@ pub struct Settings {
 }
 
 /// How requests authenticate. The secret comes from `secret` or, better, the environment variable
-/// named by `secret_env` (read where the request is made, never stored in the database).
+/// named by `secret_env` (read where the request is made, never stored in the database), resolved
+/// by `syncfleet_sdk::secrets` ([`SecretSource`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(tag = "style", rename_all = "lowercase")]
 pub enum Auth {
@@ -65,20 +66,9 @@ pub enum Auth {
     },
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SecretSource {
-    pub secret_env: Option<String>,
-    pub secret: Option<Secret>,
-}
-
-impl SecretSource {
-    fn resolve(&self) -> Result<String, String> {
-        match (&self.secret_env, &self.secret) {
-            (Some(var), _) => std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
-            (None, Some(s)) => Ok(s.expose().to_owned()),
-            (None, None) => Err("set secret_env (or secret)".into()),
-        }
-    }
+/// The secret of an [`Auth`] style, read through `syncfleet_sdk::secrets` (errors name `auth`).
+fn auth_secret(source: &SecretSource) -> Result<String, String> {
+    source.resolve("auth").map(|s| s.expose().to_owned()).map_err(|e| e.message)
 }
 
 /// One entity read from a list endpoint into a table.
@@ -268,7 +258,7 @@ impl Settings {
         match &self.auth {
             Auth::None => {}
             Auth::Bearer { secret } | Auth::Header { secret, .. } | Auth::Query { secret, .. } => {
-                secret.resolve().map_err(|m| ("auth".to_owned(), m))?;
+                secret.resolve("auth")?;
             }
         }
         let mut tables = BTreeMap::new();
@@ -334,9 +324,11 @@ impl Settings {
         let mut query = vec![];
         match &self.auth {
             Auth::None => {}
-            Auth::Bearer { secret } => headers.push(("Authorization".into(), format!("Bearer {}", secret.resolve()?))),
-            Auth::Header { name, secret } => headers.push((name.clone(), secret.resolve()?)),
-            Auth::Query { param, secret } => query.push((param.clone(), secret.resolve()?)),
+            Auth::Bearer { secret } => {
+                headers.push(("Authorization".into(), format!("Bearer {}", auth_secret(secret)?)))
+            }
+            Auth::Header { name, secret } => headers.push((name.clone(), auth_secret(secret)?)),
+            Auth::Query { param, secret } => query.push((param.clone(), auth_secret(secret)?)),
         }
         Ok((headers, query))
     }

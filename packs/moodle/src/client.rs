@@ -41,10 +41,10 @@ impl From<MoodleError> for StepError {
     fn from(e: MoodleError) -> Self {
         match &e {
             MoodleError::Http(HttpError::Status { status, .. }) if (400..500).contains(status) && *status != 429 => {
-                StepError::abort(e.to_string())
+                StepError::permanent(e)
             }
-            MoodleError::Http(_) => StepError::retry(e.to_string()),
-            MoodleError::Exception { .. } | MoodleError::Shape { .. } => StepError::abort(e.to_string()),
+            MoodleError::Http(_) => StepError::transient(e),
+            MoodleError::Exception { .. } | MoodleError::Shape { .. } => StepError::permanent(e),
         }
     }
 }

@@ -1,10 +1,13 @@
 //! `sync_courses`: the courses of every active program, `concurrency` programs at once. Each
-//! program's courses are written in their own transaction — upserted, and the program's courses
-//! missing from Moodle deactivated — so a program that fails (an error envelope, a timeout) leaves
-//! the others synced: its error is recorded (item error `program:{id}`), its rows are left as they
-//! were, and the step reports it in `errors` and `guard` (`partial: …`) and ends partial, so the run
-//! ends `partial`. The step fails only when every program failed. Courses of programs no longer
-//! active are deactivated with the step.
+//! program's courses are written in their own transaction: upserted, and the program's courses
+//! missing from Moodle deactivated by the SDK's scoped sweep, behind the deletion guard decided for
+//! that program (an empty answer while the program has active courses, or a share above
+//! `max_deactivate_share`, is refused unless the run forces the sweep; the step's `guard` records
+//! the decisions). A program that fails (an error envelope, a timeout) leaves the others synced: its
+//! error is recorded (item error `program:{id}`), its rows are left as they were, and the step
+//! reports it in `errors` and `guard` (`partial: …`) and ends partial, so the run ends `partial`.
+//! The step fails only when every program failed. Courses of programs no longer active are
+//! deactivated with the step.
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value};
@@ -18,7 +21,10 @@ use super::{
 use syncfleet_sdk::{
     ids::RunId,
     step::{AttemptFence, StepContext, StepError, StepHandler},
-    sync::{pull, table::Table},
+    sync::{
+        pull,
+        sweep::{self, ScopeDecision, ScopeRead, ScopedSweep, Sweeps},
+    },
 };
 
 const ENTITY: &str = "courses";
@@ -30,7 +36,8 @@ struct Written {
     inserted: i64,
     updated: i64,
     unchanged: i64,
-    deactivated: i64,
+    /// The guard's decision on the program's sweep.
+    sweep: Option<ScopeDecision>,
     bad: Vec<(String, String)>,
 }
 
@@ -46,19 +53,20 @@ fn course_fields(c: &Course, program: &str) -> Result<Map<String, Value>, String
     Ok(f)
 }
 
-/// Fetches one program's courses and writes them in one transaction.
+/// Fetches one program's courses and writes them in one transaction, with the program's sweep.
 async fn sync_program(
     api: &Moodle<'_>,
     pool: &PgPool,
     fence: Option<&AttemptFence>,
-    table: &Table,
-    integration_id: i64,
+    sweeper: &ScopedSweep<'_>,
     run: RunId,
     program: &str,
 ) -> Result<Written, MoodleOrDb> {
+    let (table, integration_id) = (sweeper.table, sweeper.integration_id);
     let courses = api.courses_in(program).await?;
     let mut rows = Rows::new(table);
-    for c in courses.iter().filter(|c| c.categoryid.to_string() == program) {
+    let in_program: Vec<&Course> = courses.iter().filter(|c| c.categoryid.to_string() == program).collect();
+    for c in &in_program {
         match course_fields(c, program) {
             Ok(f) => rows.push(c.id.to_string(), &f),
             Err(m) => rows.failed.push((c.id.to_string(), m)),
@@ -72,16 +80,8 @@ async fn sync_program(
     };
     // Rows that failed to convert keep their last state rather than being deactivated.
     let keep: Vec<String> = rows.ids.iter().chain(rows.failed.iter().map(|(id, _)| id)).cloned().collect();
-    let deactivated = sqlx::query(
-        "UPDATE moodle_courses SET is_active = FALSE, deleted_at = now(), updated_at = now()
-         WHERE integration_id = $1 AND program_id = $2 AND is_active AND external_id <> ALL($3)",
-    )
-    .bind(integration_id)
-    .bind(program)
-    .bind(&keep)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected() as i64;
+    let read = ScopeRead { scope: program, answered: in_program.len() as i64, listed: &keep, unreadable: 0 };
+    let sweep = sweeper.sweep(&mut tx, &[read]).await?.pop();
     resolve_program(&mut tx, integration_id, program, &rows.ids).await?;
     tx.commit().await?;
     Ok(Written {
@@ -89,7 +89,7 @@ async fn sync_program(
         inserted: counts.inserted,
         updated: counts.updated,
         unchanged: counts.unchanged,
-        deactivated,
+        sweep,
         bad: rows.failed,
     })
 }
@@ -138,11 +138,13 @@ impl StepHandler for SyncCourses {
             .await?;
             let programs: Vec<String> = programs.into_iter().filter(|p| shard_of(p, shards) == me).collect();
             let table = tables::courses();
+            let sweeper =
+                ScopedSweep::new(&table, integration_id, "program_id", settings.max_deactivate_share, ctx.force_sweep);
             let (pool, run, fence) = (ctx.pool.clone(), ctx.run_id, ctx.fence.clone());
-            let (api_ref, pool_ref, table_ref, fence_ref) = (&api, &pool, &table, fence.as_ref());
+            let (api_ref, pool_ref, sweeper_ref, fence_ref) = (&api, &pool, &sweeper, fence.as_ref());
             let outcomes: Vec<(String, Result<Written, MoodleOrDb>)> = futures::stream::iter(programs.clone())
                 .map(move |p| async move {
-                    let outcome = sync_program(api_ref, pool_ref, fence_ref, table_ref, integration_id, run, &p).await;
+                    let outcome = sync_program(api_ref, pool_ref, fence_ref, sweeper_ref, run, &p).await;
                     (p, outcome)
                 })
                 .buffer_unordered(concurrency)
@@ -152,6 +154,7 @@ impl StepHandler for SyncCourses {
 
             let mut failed: Vec<(String, String)> = Vec::new();
             let mut bad: Vec<(String, String)> = Vec::new();
+            let mut sweeps = Sweeps::default();
             let r = &mut ctx.result;
             for (program, outcome) in outcomes {
                 match outcome {
@@ -160,7 +163,7 @@ impl StepHandler for SyncCourses {
                         r.inserted += w.inserted;
                         r.updated += w.updated;
                         r.unchanged += w.unchanged;
-                        r.deactivated += w.deactivated;
+                        sweeps.add(w.sweep);
                         bad.extend(w.bad);
                     }
                     Err(MoodleOrDb::Db(e)) => return Err(e.into()),
@@ -197,17 +200,11 @@ impl StepHandler for SyncCourses {
             .await?;
             let gone: Vec<String> = gone.into_iter().filter(|p| shard_of(p, shards) == me).collect();
             if !gone.is_empty() {
-                let n = sqlx::query(
-                    "UPDATE moodle_courses SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                     WHERE integration_id = $1 AND is_active AND program_id = ANY($2)",
-                )
-                .bind(integration_id)
-                .bind(&gone)
-                .execute(ctx.tx().await?)
-                .await?
-                .rows_affected() as i64;
+                let n = sweep::deactivate_scopes(ctx.tx().await?, &table, integration_id, "program_id", &gone).await?;
                 ctx.result.deactivated += n;
             }
+            ctx.result.deactivated += sweeps.deactivated;
+            ctx.note(sweeps.note("courses", "program"));
             let text = if failed.is_empty() {
                 format!("programs: {} synced", programs.len())
             } else {

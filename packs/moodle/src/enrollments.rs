@@ -7,11 +7,14 @@
 //!    by another active row, say), each row is written alone and only the failing ones are item errors.
 //! 3. **Per course, sequentially**, one transaction each: sections upserted from the users' groups (no
 //!    extra Moodle call), enrollments upserted with the section of the user's first group, and the
-//!    course's enrollments and sections missing from Moodle soft-deactivated.
+//!    course's enrollments and sections missing from Moodle soft-deactivated by the SDK's scoped
+//!    sweep, behind the deletion guard decided for that course: an empty answer while the course has
+//!    active enrollments, a user without a readable id (the read is not complete), or a share above
+//!    `max_deactivate_share` is refused unless the run forces the sweep. The step's `guard` records
+//!    the decisions.
 //!
-//! A course whose read failed is recorded (item error `course:{id}`) and left as it was; a course that
-//! returned a user without a readable id is written but not deactivated from (the read is not
-//! complete). Enrollments and sections of courses no longer active are deactivated with the step.
+//! A course whose read failed is recorded (item error `course:{id}`) and left as it was. Enrollments
+//! and sections of courses no longer active are deactivated with the step.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +26,11 @@ use super::{Rows, client::Moodle, concurrency_of, epoch, settings_of, shard, sha
 use syncfleet_sdk::{
     ids::RunId,
     step::{AttemptFence, StepContext, StepError, StepHandler},
-    sync::{pull, table::Table},
+    sync::{
+        pull,
+        sweep::{self, ScopeRead, ScopedSweep, Sweeps},
+        table::Table,
+    },
 };
 
 /// One enrolled user of one course, as read.
@@ -85,6 +92,13 @@ struct CourseRead {
     unreadable: usize,
 }
 
+/// How phase 3 sweeps: the guard's share limit and the run's `force_sweep`.
+#[derive(Clone, Copy)]
+struct SweepPolicy {
+    max_share: f64,
+    force: bool,
+}
+
 /// Totals of phase 3.
 #[derive(Default)]
 struct Phase3 {
@@ -94,6 +108,9 @@ struct Phase3 {
     deactivated: i64,
     sections: i64,
     sections_new: i64,
+    /// The guard's decisions per course: enrollments, then sections.
+    enrollment_sweeps: Sweeps,
+    section_sweeps: Sweeps,
 }
 
 /// Phase 2: one batch of every user, each once; on failure every row alone. Returns (inserted,
@@ -148,6 +165,7 @@ async fn write_course(
     fence: Option<&AttemptFence>,
     integration_id: i64,
     run: RunId,
+    policy: SweepPolicy,
     read: &CourseRead,
     totals: &mut Phase3,
 ) -> Result<Vec<(String, String)>, StepError> {
@@ -189,28 +207,18 @@ async fn write_course(
         totals.updated += c.updated;
         totals.unchanged += c.unchanged;
     }
-    if read.unreadable == 0 {
-        let keep: Vec<String> = erows.ids.iter().chain(erows.failed.iter().map(|(id, _)| id)).cloned().collect();
-        totals.deactivated += sqlx::query(
-            "UPDATE moodle_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
-             WHERE integration_id = $1 AND course_id = $2 AND is_active AND external_id <> ALL($3)",
-        )
-        .bind(integration_id)
-        .bind(course)
-        .bind(&keep)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected() as i64;
-        sqlx::query(
-            "UPDATE moodle_sections SET is_active = FALSE, deleted_at = now(), updated_at = now()
-             WHERE integration_id = $1 AND course_id = $2 AND is_active AND external_id <> ALL($3)",
-        )
-        .bind(integration_id)
-        .bind(course)
-        .bind(&srows.ids)
-        .execute(&mut *tx)
-        .await?;
-    }
+    // Rows that failed to convert keep their last state rather than being deactivated. Sections come
+    // from the same answer as the enrollments: an empty answer refuses both.
+    let answered = (read.users.len() + read.unreadable) as i64;
+    let unreadable = read.unreadable as i64;
+    let keep: Vec<String> = erows.ids.iter().chain(erows.failed.iter().map(|(id, _)| id)).cloned().collect();
+    let enrollments = ScopeRead { scope: course, answered, listed: &keep, unreadable };
+    let sweep = ScopedSweep::new(&enrollments_t, integration_id, "course_id", policy.max_share, policy.force);
+    totals.enrollment_sweeps.add(sweep.sweep(&mut tx, &[enrollments]).await?);
+    let keep: Vec<String> = srows.ids.iter().chain(srows.failed.iter().map(|(id, _)| id)).cloned().collect();
+    let sections = ScopeRead { scope: course, answered, listed: &keep, unreadable };
+    let sweep = ScopedSweep::new(&sections_t, integration_id, "course_id", policy.max_share, policy.force);
+    totals.section_sweeps.add(sweep.sweep(&mut tx, &[sections]).await?);
     pull::resolve(&mut tx, integration_id, "enrollments", &[format!("course:{course}")]).await?;
     tx.commit().await?;
     Ok(erows.failed.into_iter().chain(srows.failed).collect())
@@ -228,6 +236,7 @@ impl StepHandler for SyncEnrollments {
             let api = Moodle::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
             let (me, shards) = shard(ctx);
             let (integration_id, run) = (ctx.integration.id, ctx.run_id);
+            let policy = SweepPolicy { max_share: settings.max_deactivate_share, force: ctx.force_sweep };
             let courses: Vec<String> = sqlx::query_scalar(
                 "SELECT external_id FROM moodle_courses WHERE integration_id = $1 AND is_active ORDER BY external_id",
             )
@@ -304,7 +313,8 @@ impl StepHandler for SyncEnrollments {
             // Phase 3: per course, sequentially.
             let mut totals = Phase3::default();
             for read in &reads {
-                let bad = write_course(&ctx.pool, ctx.fence.as_ref(), integration_id, run, read, &mut totals).await?;
+                let bad =
+                    write_course(&ctx.pool, ctx.fence.as_ref(), integration_id, run, policy, read, &mut totals).await?;
                 errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
             }
 
@@ -321,23 +331,9 @@ impl StepHandler for SyncEnrollments {
             let gone: Vec<String> = gone.into_iter().filter(|c| shard_of(c, shards) == me).collect();
             if !gone.is_empty() {
                 let conn = ctx.tx().await?;
-                totals.deactivated += sqlx::query(
-                    "UPDATE moodle_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                     WHERE integration_id = $1 AND is_active AND course_id = ANY($2)",
-                )
-                .bind(integration_id)
-                .bind(&gone)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected() as i64;
-                sqlx::query(
-                    "UPDATE moodle_sections SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                     WHERE integration_id = $1 AND is_active AND course_id = ANY($2)",
-                )
-                .bind(integration_id)
-                .bind(&gone)
-                .execute(&mut *conn)
-                .await?;
+                totals.deactivated +=
+                    sweep::deactivate_scopes(conn, &tables::enrollments(), integration_id, "course_id", &gone).await?;
+                sweep::deactivate_scopes(conn, &tables::sections(), integration_id, "course_id", &gone).await?;
             }
 
             if !errors.is_empty() {
@@ -359,7 +355,7 @@ impl StepHandler for SyncEnrollments {
             r.inserted = totals.inserted;
             r.updated = totals.updated;
             r.unchanged = totals.unchanged;
-            r.deactivated = totals.deactivated;
+            r.deactivated = totals.deactivated + totals.enrollment_sweeps.deactivated;
             r.errors = errors.len() as i64;
             let batch = match &batch_error {
                 None => "in one batch".to_owned(),
@@ -377,7 +373,12 @@ impl StepHandler for SyncEnrollments {
                 format!("partial: {failed_courses} of {} course(s) failed", courses.len())
             };
             tracing::info!(courses = courses.len(), failed_courses, "{users_text}; {sections_text}.");
-            let text = format!("{courses_text}; {users_text}; {sections_text}");
+            let sweeps_text = format!(
+                "{}; {}",
+                totals.enrollment_sweeps.note("enrollments", "course"),
+                totals.section_sweeps.note("sections", "course")
+            );
+            let text = format!("{courses_text}; {users_text}; {sections_text}; {sweeps_text}");
             if failed_courses == 0 {
                 ctx.note(text)
             } else {

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use syncfleet_sdk::{
-    config::Secret,
     http::{HttpClient, HttpClients, Limits},
+    secrets::{self, Secret, SecretError},
 };
 
 /// Programs (courses step) and courses (enrollments step) read at once when nothing says otherwise.
@@ -34,7 +34,8 @@ pub struct Settings {
     /// sync_concurrency` (`MOODLE_SYNC_CONCURRENCY`), else 3.
     #[serde(default)]
     pub concurrency: Option<u32>,
-    /// The category sweep is refused when it would deactivate more than this share.
+    /// The category sweep, and each program's and course's scoped sweep (above a few rows), is refused
+    /// when it would deactivate more than this share.
     #[serde(default = "default_share")]
     pub max_deactivate_share: f64,
     /// Moodle role shortname → our role, for `role_derivation`.
@@ -84,11 +85,10 @@ fn default_page() -> u32 {
     500
 }
 
-fn resolve(secret_env: &Option<String>, secret: &Option<Secret>) -> Result<String, String> {
-    match (secret_env, secret) {
-        (Some(var), _) => std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
-        (None, Some(s)) => Ok(s.expose().to_owned()),
-        (None, None) => Err("set secret_env (or secret)".into()),
+impl Upstream {
+    /// The token, read through `syncfleet_sdk::secrets`; the error names `moodle.secret_env`.
+    fn token(&self) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("moodle.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
     }
 }
 
@@ -118,7 +118,7 @@ impl Settings {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => return Err(at("moodle.base_url")("must be an absolute http(s) URL".into())),
         }
-        resolve(&self.moodle.secret_env, &self.moodle.secret).map_err(at("moodle.secret_env"))?;
+        self.moodle.token()?;
         if let Some(l) = &self.moodle.limits {
             l.validate().map_err(at("moodle.limits"))?;
         }
@@ -154,7 +154,7 @@ impl Settings {
     }
 
     pub fn token(&self) -> Result<String, String> {
-        resolve(&self.moodle.secret_env, &self.moodle.secret)
+        self.moodle.token().map(|t| t.expose().to_owned()).map_err(|e| e.message)
     }
 
     /// The client of one step (rate budget key `moodle` unless configured). The concurrency gate

@@ -6,7 +6,7 @@
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
-    Filtered, deactivate,
+    Filtered,
     impartner::{ACCOUNT, Impartner, Object, USER},
     pull_spec,
     settings::Filters,
@@ -15,7 +15,7 @@ use super::{
 use syncfleet_sdk::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
-    sync::{Record, pull, table::Table},
+    sync::{Record, pull, sweep, table::Table},
 };
 
 pub struct ImpartnerSync;
@@ -69,7 +69,7 @@ async fn sync_entity(
             gone.extend(api.deleted(object, since - spec.lookback).await?);
         }
         let integration_id = ctx.integration.id;
-        result.deactivated += deactivate(ctx.tx().await?, &spec.table, integration_id, &gone).await?;
+        result.deactivated += sweep::deactivate_ids(ctx.tx().await?, &spec.table, integration_id, &gone).await?;
     }
     pull::merge(&mut ctx.result, &spec.entity, result, 2);
     Ok(())

@@ -9,9 +9,12 @@
 //!
 //! A user's transcript is the whole truth about that user: the rows of the users a batch read are
 //! written with the contract's upsert and the user's rows the transcript no longer lists are
-//! soft-deleted in the same transaction (scoped to those users, so shards never touch each other's
-//! rows). Enrollments of users of the shard who are no longer partner users are soft-deleted with the
-//! step's completion.
+//! soft-deleted in the same transaction by the SDK's scoped sweep (scoped to those users, so shards
+//! never touch each other's rows), behind the deletion guard decided per user: an empty transcript
+//! while the user has active enrollments, an unreadable item, or a share above
+//! `max_deactivate_share` is refused unless the run forces the sweep. The step's `guard` records the
+//! decisions; a user whose sweep was refused is not marked read. Enrollments of users of the shard
+//! who are no longer partner users are soft-deleted with the step's completion.
 //!
 //! Incremental mode reads only the users whose transcript was never read (new partner users) or who
 //! were active on the LMS (`last_active_at`, from `sync_users`) within [`INCREMENTAL_LOOKBACK`]
@@ -33,6 +36,7 @@ use syncfleet_sdk::{
     step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{
         Item, Record, Source, SourceError,
+        sweep::{self, Decision, ScopeRead, ScopedSweep, Sweeps},
         table::{Column, ColumnType, Table, UpsertCounts},
     },
 };
@@ -139,6 +143,8 @@ impl StepHandler for SyncEnrollments {
                 integration_id,
                 run,
                 step: ctx.step.name.as_str(),
+                max_share: settings.max_deactivate_share,
+                force: ctx.force_sweep,
             };
             let mut totals = Totals::default();
             for batch in to_read.chunks(USERS_PER_BATCH) {
@@ -180,15 +186,7 @@ impl StepHandler for SyncEnrollments {
             .await?;
             let former: Vec<String> =
                 holders.into_iter().filter(|p| shard_of(p, shards) == shard && !mine.contains(p.as_str())).collect();
-            let dropped = sqlx::query(
-                "UPDATE partner_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                 WHERE integration_id = $1 AND is_active AND person_id = ANY($2)",
-            )
-            .bind(integration_id)
-            .bind(&former)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected() as i64;
+            let dropped = sweep::deactivate_scopes(conn, &table, integration_id, "person_id", &former).await?;
             // Should they become partner users again, their transcript is read in full again.
             sqlx::query(
                 "UPDATE partner_lms_users SET transcript_read_at = NULL
@@ -205,7 +203,7 @@ impl StepHandler for SyncEnrollments {
             r.inserted += totals.counts.inserted;
             r.updated += totals.counts.updated;
             r.unchanged += totals.counts.unchanged;
-            r.deactivated += totals.gone + dropped;
+            r.deactivated += totals.sweeps.deactivated + dropped;
             r.errors += totals.errors;
             r.cursor_before = last_run.map(|c| c.to_rfc3339());
             r.cursor_after = Some(started.to_rfc3339());
@@ -215,6 +213,7 @@ impl StepHandler for SyncEnrollments {
                 to_read.len(),
                 former.len()
             ));
+            ctx.note(totals.sweeps.note("enrollments", "user"));
             let written = ctx.result.inserted + ctx.result.updated + ctx.result.deactivated;
             syncfleet_sdk::sync::pull::analyze_after_write(&ctx.pool, "partner_enrollments", written).await;
             Ok(())
@@ -264,7 +263,8 @@ fn transcript_item(raw: Value) -> Item {
 struct Totals {
     fetched: i64,
     counts: UpsertCounts,
-    gone: i64,
+    /// The guard's decisions per user read.
+    sweeps: Sweeps,
     errors: i64,
 }
 
@@ -276,11 +276,27 @@ struct Writer<'a> {
     integration_id: i64,
     run: syncfleet_sdk::ids::RunId,
     step: &'a str,
+    /// The guard's share limit per user, and the run's `force_sweep`.
+    max_share: f64,
+    force: bool,
+}
+
+/// One user's transcript as a batch read it.
+struct UserRead {
+    user: String,
+    answered: i64,
+    /// Ids of the user's rows the transcript lists (written, or kept because they failed to convert).
+    listed: Vec<String>,
+    /// Items without a readable course id.
+    unreadable: i64,
+    /// Every item was written.
+    complete: bool,
 }
 
 impl Writer<'_> {
-    /// Writes the transcripts of one batch of users in one transaction: their rows, the soft delete
-    /// of their rows no longer listed (not for a user with an unreadable item), and item errors.
+    /// Writes the transcripts of one batch of users in one transaction: their rows, the guarded
+    /// sweep of their rows no longer listed, the read mark of the users written in full whose sweep
+    /// went through, and item errors.
     async fn write(
         &self,
         totals: &mut Totals,
@@ -289,18 +305,23 @@ impl Writer<'_> {
     ) -> Result<(), StepError> {
         let mut rows: HashMap<String, Vec<Option<String>>> = HashMap::new();
         let mut order = vec![];
-        let (mut failed, mut complete) = (vec![], vec![]);
+        let mut failed = vec![];
+        let mut reads = Vec::with_capacity(transcripts.len());
         for (user, items) in transcripts {
-            let mut readable = true;
+            let mut read =
+                UserRead { user, answered: items.len() as i64, listed: vec![], unreadable: 0, complete: true };
+            let user = read.user.as_str();
             for item in items {
                 totals.fetched += 1;
                 let converted = match item {
                     Item::Record(mut r) => {
                         r.fields.insert("person_id".into(), json!(user));
                         let id = format!("{user}:{}", r.external_id);
+                        read.listed.push(id.clone());
                         columns(self.table, &r.fields).map(|v| (id.clone(), v)).map_err(|m| (id, m))
                     }
                     Item::Bad { external_id, message, .. } => {
+                        read.unreadable += 1;
                         Err((format!("{user}:{}", external_id.unwrap_or_else(|| "?".into())), message))
                     }
                 };
@@ -311,14 +332,12 @@ impl Writer<'_> {
                         }
                     }
                     Err(f) => {
-                        readable = false;
+                        read.complete = false;
                         failed.push(f);
                     }
                 }
             }
-            if readable {
-                complete.push(user);
-            }
+            reads.push(read);
         }
         totals.errors += failed.len() as i64;
         let mut by_column: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(order.len()); self.table.columns.len()];
@@ -335,16 +354,22 @@ impl Writer<'_> {
             totals.counts.unchanged += c.unchanged;
             syncfleet_sdk::sync::pull::resolve(&mut tx, self.integration_id, ENTITY, &order).await?;
         }
-        totals.gone += sqlx::query(
-            "UPDATE partner_enrollments SET is_active = FALSE, deleted_at = now(), updated_at = now()
-             WHERE integration_id = $1 AND is_active AND person_id = ANY($2) AND NOT (external_id = ANY($3))",
-        )
-        .bind(self.integration_id)
-        .bind(&complete)
-        .bind(&order)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected() as i64;
+        let scopes: Vec<ScopeRead<'_>> = reads
+            .iter()
+            .map(|r| ScopeRead { scope: &r.user, answered: r.answered, listed: &r.listed, unreadable: r.unreadable })
+            .collect();
+        let sweeper = ScopedSweep::new(self.table, self.integration_id, "person_id", self.max_share, self.force);
+        let decisions = sweeper.sweep(&mut tx, &scopes).await?;
+        let refused: HashSet<&str> = decisions
+            .iter()
+            .filter(|d| matches!(d.decision, Decision::Refused { .. }))
+            .map(|d| d.scope.as_str())
+            .collect();
+        let complete: Vec<&str> = reads
+            .iter()
+            .filter(|r| r.complete && !refused.contains(r.user.as_str()))
+            .map(|r| r.user.as_str())
+            .collect();
         sqlx::query(
             "UPDATE partner_lms_users SET transcript_read_at = $3
              WHERE integration_id = $1 AND external_id = ANY($2)",
@@ -366,6 +391,7 @@ impl Writer<'_> {
             .await?;
         }
         tx.commit().await?;
+        totals.sweeps.add(decisions);
         Ok(())
     }
 }

@@ -7,7 +7,6 @@
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
-    deactivate,
     impartner::{Impartner, LEAD},
     pull_spec, settings_of,
 };
@@ -15,7 +14,7 @@ use syncfleet_sdk::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
     sync::{
-        pull,
+        pull, sweep,
         table::{Column, ColumnType, Table, parse_timestamp},
     },
 };
@@ -65,7 +64,7 @@ impl StepHandler for SyncLeads {
                 let gone = api.deleted(&LEAD, since - spec.lookback).await;
                 ctx.record_calls(&[&client]);
                 let integration_id = ctx.integration.id;
-                deleted = deactivate(ctx.tx().await?, &spec.table, integration_id, &gone?).await?;
+                deleted = sweep::deactivate_ids(ctx.tx().await?, &spec.table, integration_id, &gone?).await?;
                 result.deactivated += deleted;
             }
             ctx.record_calls(&[&client]);

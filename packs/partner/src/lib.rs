@@ -184,29 +184,6 @@ fn pull_spec(settings: &Settings, entity: &str, table: Table) -> PullSpec {
     }
 }
 
-/// Soft-deletes rows by external id (records deleted or filtered out upstream, seen by an
-/// incremental read); returns how many were active. Runs in the step's completion transaction.
-async fn deactivate(
-    conn: &mut PgConnection,
-    table: &Table,
-    integration_id: i64,
-    ids: &[String],
-) -> Result<i64, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
-         WHERE integration_id = $1 AND is_active AND external_id = ANY($2)",
-        table.name
-    )))
-    .bind(integration_id)
-    .bind(ids)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() as i64)
-}
-
 /// Writes rows the step derived (not read from an upstream) with the contract's upsert, marked seen
 /// by `run`, and deactivates the rows of earlier runs it did not write again. Returns (written,
 /// deactivated).

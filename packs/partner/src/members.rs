@@ -7,7 +7,10 @@
 //! its members change. A full run reads every group and sweeps (guarded) what the LMS no longer
 //! lists. An incremental run reads only the groups never read, changed since their last complete
 //! read (`partner_lms_groups.members_read_at`, minus the look-back), or holding pending
-//! memberships, and soft-deletes the memberships of those groups the read did not list.
+//! memberships, and soft-deletes the memberships of those groups the read did not list with the
+//! SDK's scoped sweep, behind the deletion guard decided per group (an empty answer while the group
+//! has active memberships, an unreadable membership, or a share above `max_deactivate_share` is
+//! refused unless the run forces the sweep; a refused group is not marked read).
 //!
 //! Pending memberships (asked for on this side, `status = 'pending'`) are confirmed when the LMS lists
 //! them (the upsert sets `confirmed`) and removed (soft-deleted) when it does not, once their group
@@ -26,6 +29,7 @@ use syncfleet_sdk::{
     step::{StepContext, StepError, StepHandler},
     sync::{
         Item, Page, Record, Source, SourceError, pull,
+        sweep::{Decision, ScopeRead, ScopedSweep, Sweeps},
         table::{Column, ColumnType, Table, parse_timestamp},
     },
 };
@@ -89,30 +93,42 @@ impl StepHandler for GroupMembersSync {
                 api: &api,
                 groups: groups.iter().rev().cloned().collect(),
                 current: None,
-                unreadable: Default::default(),
+                reads: Default::default(),
+                keep_ids: !full,
             };
             let outcome = pull::pull(ctx, &spec, &mut source).await;
             ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, ENTITY, outcome?, 1);
-            let read: Vec<String> = groups.into_iter().filter(|g| !source.unreadable.contains(g)).collect();
+            let unreadable = |g: &str| source.reads.get(g).is_some_and(|r| r.unreadable > 0);
 
-            let (run, conn) = (ctx.run_id, ctx.tx().await?);
-            let mut removed_unlisted = 0;
+            let force = ctx.force_sweep;
+            let conn = ctx.tx().await?;
+            let mut sweeps = Sweeps::default();
+            let mut refused = std::collections::HashSet::new();
             if !full {
                 // The full run's guarded sweep does this for every group at once.
-                removed_unlisted = sqlx::query(
-                    "UPDATE partner_group_memberships SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                     WHERE integration_id = $1 AND is_active AND group_id = ANY($2)
-                       AND last_seen_run IS DISTINCT FROM $3 AND updated_at < $4",
-                )
-                .bind(integration_id)
-                .bind(&read)
-                .bind(run.0)
-                .bind(started)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected() as i64;
+                let none = GroupRead::default();
+                let reads: Vec<ScopeRead<'_>> = groups
+                    .iter()
+                    .map(|g| {
+                        let r = source.reads.get(g).unwrap_or(&none);
+                        ScopeRead { scope: g, answered: r.answered, listed: &r.listed, unreadable: r.unreadable }
+                    })
+                    .collect();
+                let table = table();
+                let sweeper = ScopedSweep::new(&table, integration_id, "group_id", spec.max_deactivate_share, force)
+                    .written_before(started);
+                let decisions = sweeper.sweep(conn, &reads).await?;
+                refused.extend(
+                    decisions
+                        .iter()
+                        .filter(|d| matches!(d.decision, Decision::Refused { .. }))
+                        .map(|d| d.scope.clone()),
+                );
+                sweeps.add(decisions);
             }
+            let read: Vec<String> =
+                groups.into_iter().filter(|g| !unreadable(g) && !refused.contains(g)).collect();
             sqlx::query(
                 "UPDATE partner_lms_groups SET members_read_at = $3 WHERE integration_id = $1 AND external_id = ANY($2)",
             )
@@ -121,7 +137,7 @@ impl StepHandler for GroupMembersSync {
             .bind(started)
             .execute(&mut *conn)
             .await?;
-            ctx.result.deactivated += removed_unlisted;
+            ctx.result.deactivated += sweeps.deactivated;
 
             let (confirmed, removed): (i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE is_active AND status = 'confirmed'), count(*) FILTER (WHERE NOT is_active)
@@ -137,6 +153,9 @@ impl StepHandler for GroupMembersSync {
                     if full { "all" } else { "changed, new or with pending memberships" }
                 ),
             );
+            if !full {
+                ctx.note(sweeps.note("memberships", "group"));
+            }
             Ok(())
         }
         .boxed()
@@ -150,8 +169,20 @@ struct GroupMemberships<'a> {
     /// Groups still to read, served from the end.
     groups: Vec<String>,
     current: Option<(String, NorthpassList<'a>)>,
-    /// Groups with an unreadable membership: not marked read, not swept.
-    unreadable: std::collections::HashSet<String>,
+    /// What each group answered. A group with an unreadable membership is not marked read, and its
+    /// sweep is refused unless the run forces it.
+    reads: std::collections::HashMap<String, GroupRead>,
+    /// Whether to keep the ids each group listed (for an incremental run's scoped sweeps).
+    keep_ids: bool,
+}
+
+/// One group's answer.
+#[derive(Debug, Default)]
+struct GroupRead {
+    answered: i64,
+    unreadable: i64,
+    /// The membership ids it listed (only when the source keeps them).
+    listed: Vec<String>,
 }
 
 impl GroupMemberships<'_> {
@@ -167,11 +198,16 @@ impl GroupMemberships<'_> {
             };
             match list.next_page(None).await {
                 Ok(Some(mut page)) => {
+                    let read = self.reads.entry(group.clone()).or_default();
                     for item in &mut page.items {
+                        read.answered += 1;
                         if matches!(item, Item::Bad { .. }) {
-                            self.unreadable.insert(group.clone());
+                            read.unreadable += 1;
                         }
                         in_group(item, group);
+                        if let (true, Item::Record(r)) = (self.keep_ids, &*item) {
+                            read.listed.push(r.external_id.clone());
+                        }
                     }
                     return Ok(Some(page));
                 }

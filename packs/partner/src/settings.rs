@@ -13,8 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 use syncfleet_sdk::{
-    config::Secret,
     http::{HttpClient, HttpClients, Limits},
+    secrets::{self, Secret, SecretError},
 };
 
 /// Northpass documents 10 requests per second.
@@ -176,11 +176,17 @@ impl Default for GroupMatching {
     }
 }
 
-fn resolve(secret_env: &Option<String>, secret: &Option<Secret>) -> Result<String, String> {
-    match (secret_env, secret) {
-        (Some(var), _) => std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
-        (None, Some(s)) => Ok(s.expose().to_owned()),
-        (None, None) => Err("set secret_env (or secret)".into()),
+impl Upstream {
+    /// The Northpass API key, read through `syncfleet_sdk::secrets`.
+    fn key(&self) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("northpass.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
+    }
+}
+
+impl ImpartnerUpstream {
+    /// The Impartner API key, read through `syncfleet_sdk::secrets`.
+    fn key(&self) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("impartner.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
     }
 }
 
@@ -206,8 +212,8 @@ impl Settings {
         }
         check_url(&self.northpass.base_url).map_err(at("northpass.base_url"))?;
         check_url(&self.impartner.base_url).map_err(at("impartner.base_url"))?;
-        resolve(&self.northpass.secret_env, &self.northpass.secret).map_err(at("northpass.secret_env"))?;
-        resolve(&self.impartner.secret_env, &self.impartner.secret).map_err(at("impartner.secret_env"))?;
+        self.northpass.key()?;
+        self.impartner.key()?;
         if let Some(l) = &self.northpass.limits {
             l.validate().map_err(at("northpass.limits"))?;
         }
@@ -258,11 +264,11 @@ impl Settings {
     }
 
     pub fn northpass_key(&self) -> Result<String, String> {
-        resolve(&self.northpass.secret_env, &self.northpass.secret)
+        self.northpass.key().map(|k| k.expose().to_owned()).map_err(|e| e.message)
     }
 
     pub fn impartner_key(&self) -> Result<String, String> {
-        resolve(&self.impartner.secret_env, &self.impartner.secret)
+        self.impartner.key().map(|k| k.expose().to_owned()).map_err(|e| e.message)
     }
 }
 

@@ -8,29 +8,12 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use syncfleet_store::StoreError;
-use utoipa::ToSchema;
+use serde::Deserialize;
+use syncfleet_store::reports;
+pub use syncfleet_store::reports::ReportInfo;
 
 use super::{ApiError, ErrorBody};
 use crate::{auth::Viewer, ops::Ops};
-
-/// A stored report, without its HTML.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct ReportInfo {
-    pub id: i64,
-    /// `pam_weekly`, `executive_weekly`, …
-    pub kind: String,
-    pub integration: String,
-    /// The period covered, e.g. `2025-W14`.
-    pub period: String,
-    /// Who the report is for (a manager's email or name, `executive`).
-    pub recipient: String,
-    /// The addresses it was mailed to.
-    pub sent_to: Vec<String>,
-    pub created_at: DateTime<Utc>,
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -57,18 +40,7 @@ pub(crate) async fn list_reports(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit: must be between 1 and 1000, not {limit}")));
     }
-    let reports = sqlx::query_as(
-        "SELECT r.id, r.kind, i.name AS integration, r.period, r.recipient, r.sent_to, r.created_at
-         FROM reports r JOIN integrations i ON i.id = r.integration_id
-         WHERE ($1::text IS NULL OR r.kind = $1) AND ($2::text IS NULL OR i.name = $2)
-         ORDER BY r.created_at DESC, r.id DESC LIMIT $3",
-    )
-    .bind(filter.kind)
-    .bind(filter.integration)
-    .bind(limit)
-    .fetch_all(&ops.pool)
-    .await
-    .map_err(StoreError::from)?;
+    let reports = reports::list(&ops.pool, filter.kind.as_deref(), filter.integration.as_deref(), limit).await?;
     Ok(Json(reports))
 }
 
@@ -87,11 +59,7 @@ pub(crate) async fn show_report(
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("id: `{id}` is not a report id (a positive integer)")))?;
-    let html: Option<String> = sqlx::query_scalar("SELECT html FROM reports WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&ops.pool)
-        .await
-        .map_err(StoreError::from)?;
+    let html = reports::html(&ops.pool, id).await?;
     let html = html.ok_or_else(|| ApiError::NotFound(format!("no report {id}")))?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }

@@ -1,4 +1,5 @@
-//! Single-item sync for webhooks, authenticated by the integration's HMAC signature.
+//! Single-item sync for webhooks, authenticated by the integration's HMAC signature (its secret
+//! read from `webhook_secret_ref` by `syncfleet_sdk::secrets`).
 
 use axum::{
     Json,
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use syncfleet_sdk::{
     pack::{ItemInput, ItemSyncError},
+    secrets,
     sync::table::RowOutcome,
 };
 use syncfleet_store::{
@@ -71,9 +73,9 @@ pub(super) async fn sync_item(
             auth::SIGNATURE_HEADER
         )));
     };
-    let secret = integrations::resolve_secret_ref(secret_ref)
-        .map_err(|m| ApiError::Internal(anyhow::anyhow!("webhook secret of integration `{name}`: {m}")))?;
-    auth::verify_signature(secret.as_bytes(), &body, signature)?;
+    let secret = secrets::resolve_ref("webhook_secret_ref", secret_ref)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("webhook secret of integration `{name}`: {}", e.message)))?;
+    auth::verify_signature(secret.expose().as_bytes(), &body, signature)?;
     let Query(q) = q?;
     let integration = store::integration_by_name(&ops.pool, &name).await?;
     if !integration.enabled {

@@ -263,11 +263,7 @@ impl Ops {
     /// Every schedule (configured and stored) with its next execution.
     pub async fn schedules(&self) -> anyhow::Result<Vec<ScheduleView>> {
         let resolved = self.resolve_schedules().await?;
-        let stored: Vec<(String, String, bool, String)> = sqlx::query_as(
-            "SELECT s.chain, i.name, s.enabled, s.updated_by FROM schedules s JOIN integrations i ON i.id = s.integration_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let stored = store::schedules::list(&self.pool).await?;
         let now = chrono::Utc::now();
         let mut out: Vec<ScheduleView> = resolved
             .into_iter()
@@ -278,8 +274,8 @@ impl Ops {
                 };
                 let updated_by = stored
                     .iter()
-                    .find(|(c, i, _, _)| *c == r.chain && *i == r.integration)
-                    .map(|(_, _, _, by)| by.clone());
+                    .find(|s| s.chain == r.chain && s.integration == r.integration)
+                    .map(|s| s.updated_by.clone());
                 ScheduleView {
                     next_at: r.schedule.next_after(now),
                     resolved_cron: r.schedule.as_cron(),
@@ -295,7 +291,7 @@ impl Ops {
             })
             .collect();
         // Stored schedules switched off still show, as disabled.
-        for (chain, integration, enabled, by) in stored {
+        for store::schedules::StoredSchedule { chain, integration, enabled, updated_by: by, .. } in stored {
             if !enabled && !out.iter().any(|s| s.chain == chain && s.integration == integration) {
                 out.push(ScheduleView {
                     chain,
@@ -343,20 +339,7 @@ impl Ops {
             (None, None) => (Some(self.config.min_interval().as_secs().max(1) as i32), None),
             (i, c) => (i.map(|v| v.min(i32::MAX as u64) as i32), c.clone()),
         };
-        sqlx::query(
-            "INSERT INTO schedules (chain, integration_id, interval_secs, cron, enabled, updated_by)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (chain, integration_id) DO UPDATE SET interval_secs = EXCLUDED.interval_secs,
-                 cron = EXCLUDED.cron, enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by, updated_at = now()",
-        )
-        .bind(chain)
-        .bind(i.id)
-        .bind(interval)
-        .bind(&cron)
-        .bind(enabled)
-        .bind(actor)
-        .execute(&self.pool)
-        .await?;
+        store::schedules::put(&self.pool, chain, i.id, interval, cron.as_deref(), enabled, actor).await?;
         self.audit(
             actor,
             "schedule.set",

@@ -10,11 +10,9 @@ use syncfleet_shared::{
     chain::Mode,
     config::{Schedule, ScheduleSpec},
 };
+use syncfleet_store::{self as store, StoreError, schedules::StoredSchedule};
 
 use super::Ops;
-
-/// A `schedules` row: chain, integration, interval, cron, enabled.
-type StoredRow = (String, String, Option<i32>, Option<String>, bool);
 
 /// A schedule after resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +28,10 @@ pub struct ResolvedSchedule {
 
 impl Ops {
     /// Stored schedules override configured ones per (chain, integration).
-    pub async fn resolve_schedules(&self) -> Result<Vec<ResolvedSchedule>, sqlx::Error> {
+    pub async fn resolve_schedules(&self) -> Result<Vec<ResolvedSchedule>, StoreError> {
         let min = self.config.min_interval();
         let mut out: HashMap<(String, String, &'static str), ResolvedSchedule> = HashMap::new();
-        let integrations: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, pack FROM integrations WHERE enabled").fetch_all(&self.pool).await?;
-        for (integration, pack) in integrations {
+        for (integration, pack) in store::integrations::enabled(&self.pool).await? {
             let Some(p) = self.registry.pack(&pack) else { continue };
             for d in p.default_schedules() {
                 let spec = ScheduleSpec { interval_secs: None, cron: Some(d.cron.to_owned()) };
@@ -76,13 +72,9 @@ impl Ops {
                 }
             }
         }
-        let stored: Vec<StoredRow> = sqlx::query_as(
-            "SELECT s.chain, i.name, s.interval_secs, s.cron, s.enabled
-               FROM schedules s JOIN integrations i ON i.id = s.integration_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for (chain, integration, interval, cron, enabled) in stored {
+        for StoredSchedule { chain, integration, interval_secs: interval, cron, enabled, .. } in
+            store::schedules::list(&self.pool).await?
+        {
             let key = (chain.clone(), integration.clone(), Mode::Incremental.as_str());
             if !enabled {
                 out.retain(|(c, i, _), _| (c, i) != (&chain, &integration));

@@ -169,6 +169,8 @@ struct FaultPatch {
     routes: Option<Vec<String>>,
     /// Moodle: replaces the list of calls answered with the error envelope; `[]` clears it.
     exceptions: Option<Vec<String>>,
+    /// Replaces the list of calls answered with nothing to list; `[]` clears it.
+    empty_answers: Option<Vec<String>>,
 }
 
 fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -216,6 +218,9 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = patch.exceptions {
             f.exceptions = v;
+        }
+        if let Some(v) = patch.empty_answers {
+            f.empty_answers = v;
         }
         f.clone()
     };

@@ -1,7 +1,8 @@
 //! Moodle web services REST under `/moodle/webservice/rest/server.php` (GET or form POST, merged):
 //! `core_course_get_categories`, `core_course_get_courses_by_field`, `core_enrol_get_enrolled_users`,
 //! `core_user_get_users_by_field`. Errors are HTTP 200 with `{exception, errorcode, message}`; the
-//! `exceptions` fault answers chosen calls (a function, or a function with one parameter) that way.
+//! `exceptions` fault answers chosen calls (a function, or a function with one parameter) that way,
+//! the `empty_answers` fault with a valid answer that lists nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +91,13 @@ fn handle(st: &AppState, pairs: Pairs) -> Response {
         let mut e = err("moodle_exception", "generalexceptionmessage", "Injected failure: the site answered an error.");
         e.debuginfo = Some(format!("{function} refused by the sandbox's `exceptions` fault"));
         return respond(&error_body(&e));
+    }
+    if faults.moodle_empty(&function, &pairs) {
+        // What Moodle answers when there is nothing to list.
+        return respond(&match function.as_str() {
+            "core_course_get_courses_by_field" => json!({"courses": [], "warnings": []}),
+            _ => json!([]),
+        });
     }
     let data = st.read();
     let m = &data.moodle;

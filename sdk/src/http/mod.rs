@@ -6,9 +6,9 @@
 //! 2. the fleet-wide [`RateBudget`] in Redis (shared cool-down first, then a GCRA slot);
 //! 3. the request with its own timeout.
 //!
-//! Connect errors, timeouts, 408, 429 and 5xx are tried again after an exponential backoff with jitter,
-//! or after the upstream's `Retry-After` on 429/503; a 429's hint becomes the upstream's cool-down for
-//! every worker. Other statuses fail at once. Logs and errors carry the method and the URL with secret
+//! Connect errors, timeouts, 408, 429 and 5xx are tried again after an exponential backoff with random
+//! jitter (`syncfleet_shared::retry::Backoff`), or after the upstream's `Retry-After` on 429/503; a
+//! 429's hint becomes the upstream's cool-down for every worker. Other statuses fail at once. Logs and errors carry the method and the URL with secret
 //! query values masked, never headers.
 
 pub mod budget;
@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
+use syncfleet_shared::retry::Backoff;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -61,7 +61,8 @@ pub struct Limits {
     pub timeout_ms: u64,
     /// Tries after the first.
     pub max_retries: u32,
-    /// First backoff pause; it doubles per retry, plus jitter of up to the same again.
+    /// First backoff pause; it doubles per retry, plus random jitter of up to the same again
+    /// (`syncfleet_shared::retry::Backoff`).
     pub backoff_base_ms: u64,
     /// Longest backoff pause (a `Retry-After` from the upstream may be longer).
     pub backoff_max_ms: u64,
@@ -106,15 +107,16 @@ impl Limits {
         Ok(())
     }
 
+    /// The pauses before each retry of one request: `max_retries` of them, from [`Backoff`] (the
+    /// first between `backoff_base_ms` and twice it, doubling, at most `backoff_max_ms`), each drawn
+    /// at random so that clients that failed together do not retry together.
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        let max = Duration::from_millis(self.backoff_max_ms);
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.backoff_base_ms))
-            .with_max_delay(max)
-            .with_max_times(self.max_retries as usize)
-            .with_jitter()
-            .build()
-            .map(move |d| d.min(max))
+        let backoff = Backoff::from_low(
+            Duration::from_millis(self.backoff_base_ms),
+            Duration::from_millis(self.backoff_max_ms),
+            Backoff::HTTP.factor,
+        );
+        (1..=self.max_retries).map(move |retry| backoff.delay(retry))
     }
 }
 

@@ -5,12 +5,16 @@
 //!   payload) or items it could not read.
 //! - [`pull::pull`] upserts them in batches, marks them seen, keeps the cursor, runs the sweep behind the
 //!   deletion guard, and records item errors.
+//! - [`sweep`] holds the deletion guard's rules and every deactivation: the full sweep's rules,
+//!   scoped sweeps ([`sweep::ScopedSweep`]: one program's courses, one user's transcript) decided
+//!   per scope by the same rules, and deactivation by id of what the upstream reports deleted.
 //! - [`pull::sync_one`] is the single-item path (webhooks) through the same mapping and upsert.
 //! - A [`push::Sink`] takes changes; [`push::push`] diffs against what was last pushed and sends only
 //!   changed values, in bulk, recording each item's outcome.
 
 pub mod pull;
 pub mod push;
+pub mod sweep;
 pub mod table;
 
 use futures::future::BoxFuture;

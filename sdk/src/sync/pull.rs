@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use super::{
-    Item, Page, Record, Source, SourceError,
+    Item, Page, Record, Source, SourceError, sweep,
     table::{RowOutcome, Table, UpsertCounts},
 };
 use crate::{
@@ -50,9 +50,9 @@ impl From<SourceError> for StepError {
         match &e {
             // A request the upstream refuses (bad credentials, unknown path) will not get better.
             SourceError::Http(HttpError::Status { status, .. }) if (400..500).contains(status) && *status != 429 => {
-                StepError::abort(e.to_string())
+                StepError::permanent(e)
             }
-            _ => StepError::retry(e.to_string()),
+            _ => StepError::transient(e),
         }
     }
 }
@@ -171,7 +171,8 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
     result.guard = Some(match mode {
         Mode::Incremental => "not run: incremental".to_owned(),
         Mode::Full => {
-            let (guard, deactivated) = sweep(conn, spec, integration_id, run, fetch_started, &fetch, force).await?;
+            let (guard, deactivated) =
+                guard_and_sweep(conn, spec, integration_id, run, fetch_started, &fetch, force).await?;
             result.deactivated = deactivated;
             // Counted when swept; the sweep commits with the step.
             metrics::records(&integration, &spec.entity, "deactivated", deactivated);
@@ -206,8 +207,9 @@ fn next_cursor(fetch: &Fetch, before: Option<DateTime<Utc>>, ceiling: DateTime<U
     Some(next)
 }
 
-/// The deletion guard, then the sweep when it allows one (or an operator forced it).
-async fn sweep(
+/// The deletion guard ([`sweep::refusal`], the rules scoped sweeps use too), then the sweep when it
+/// allows one (or an operator forced it).
+async fn guard_and_sweep(
     conn: &mut PgConnection,
     spec: &PullSpec,
     integration_id: i64,
@@ -217,34 +219,23 @@ async fn sweep(
     force: bool,
 ) -> Result<(String, i64), sqlx::Error> {
     let (active, missing) = spec.table.sweep_counts(conn, integration_id, run, fetch_started).await?;
-    let fetched = fetch.result.fetched;
-    let share = if active > 0 { missing as f64 / active as f64 } else { 0.0 };
-    let refusal = if let Some(short) = fetch.short_pages.first() {
-        Some(format!("{short} ({} short page(s))", fetch.short_pages.len()))
-    } else if fetch.unreadable_ids > 0 {
-        Some(format!("{} item(s) had no readable id", fetch.unreadable_ids))
-    } else if fetched == 0 && active > 0 {
-        Some(format!("fetch returned nothing while {active} rows are active"))
-    } else if let Some(total) = fetch.total.filter(|t| *t != fetched) {
-        Some(format!("upstream reported {total} items, fetched {fetched}"))
-    } else if share > spec.max_deactivate_share {
-        Some(format!(
-            "{missing} of {active} active rows ({:.1}%) would be deactivated, over the {:.0}% limit",
-            share * 100.0,
-            spec.max_deactivate_share * 100.0
-        ))
-    } else {
-        None
+    let facts = sweep::Facts {
+        fetched: fetch.result.fetched,
+        active,
+        missing,
+        unreadable_ids: fetch.unreadable_ids,
+        short_pages: &fetch.short_pages,
+        total: fetch.total,
     };
-    match (refusal, force) {
-        (Some(reason), false) => {
+    match sweep::decide(sweep::refusal(&facts, sweep::Limits::full(spec.max_deactivate_share)), force) {
+        Err(reason) => {
             tracing::warn!(entity = %spec.entity, %reason, "Deletion guard refused the sweep.");
             Ok((format!("blocked: {reason}"), 0))
         }
-        (reason, _) => {
+        Ok(overridden) => {
             let n = spec.table.sweep(conn, integration_id, run, fetch_started).await?;
             let forced = if force { "forced: " } else { "" };
-            let overridden = reason.map(|r| format!(" (guard: {r})")).unwrap_or_default();
+            let overridden = overridden.map(|r| format!(" (guard: {r})")).unwrap_or_default();
             Ok((format!("{forced}swept: {n} of {active} active rows deactivated{overridden}"), n))
         }
     }

@@ -300,7 +300,7 @@ pub fn page<T: NpItem>(
     faults: &FaultSettings,
     seed: u64,
 ) -> Response {
-    let selected = if faults.empty_list { &[] } else { selected };
+    let selected = if faults.empties(path) { &[] } else { selected };
     let total = selected.len();
     let start = (q.page - 1).saturating_mul(q.limit).min(total);
     let mut end = (start + q.limit).min(total);
