@@ -104,7 +104,7 @@ impl Reconciler {
 
     async fn redeliver_lost_messages(&self) -> anyhow::Result<usize> {
         let age = Duration::from_secs(self.ops.config.producer.redeliver_after_secs);
-        let dispatched = runs::dispatched_before(&self.ops.pool, age, 2_000).await?;
+        let dispatched = dispatch::dispatched_before(&self.ops.pool, age, 2_000).await?;
         let mut by_queue: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for d in dispatched {
             by_queue.entry(d.queue).or_default().push((d.id, d.job_id));
@@ -124,8 +124,8 @@ impl Reconciler {
             if !missing.is_empty() || !spent.is_empty() {
                 tracing::warn!(%queue, missing = missing.len(), spent = spent.len(), "Redis lost step jobs; pushing them again.");
             }
-            n += runs::redeliver(&self.ops.pool, &missing, false).await? as usize;
-            n += runs::redeliver(&self.ops.pool, &spent, true).await? as usize;
+            n += dispatch::redeliver(&self.ops.pool, &missing, false).await? as usize;
+            n += dispatch::redeliver(&self.ops.pool, &spent, true).await? as usize;
         }
         metrics::reconciler_redeliveries(n);
         Ok(n)

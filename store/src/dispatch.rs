@@ -2,8 +2,14 @@
 //! Redis (apalis-redis 1.0 stops fetching at about 8,000 due tasks). Called by workers for the
 //! steps they just made ready and by the producer's loop for everything else; an advisory lock
 //! per queue makes the cap exact across all of them.
+//!
+//! Also the delivery marks on `step_runs` that dispatch and the reconciler's healing read and
+//! write: which ready steps are due ([`take_due`]), which were pushed (`dispatched_at`), which
+//! were pushed long ago and may be lost in Redis ([`dispatched_before`], [`redeliver`]).
 
-use sqlx::PgPool;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::{
@@ -46,7 +52,7 @@ pub async fn dispatch(
     if room == 0 {
         return Ok(0);
     }
-    let due = runs::take_due(&mut tx, queue, only, room as i64).await?;
+    let due = take_due(&mut tx, queue, only, room as i64).await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -72,7 +78,7 @@ pub async fn dispatch(
     // under the same task ids is a no-op in Redis.
     queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
     let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
-    runs::mark_dispatched(&mut tx, &ids).await?;
+    mark_dispatched(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids.len())
 }
@@ -93,4 +99,83 @@ pub async fn dispatch_ready(
         n += dispatch(pool, queues, queue, cap, Some(&ids)).await?;
     }
     Ok(n)
+}
+
+/// Ready steps to push to Redis: undispatched and due, oldest first. Locks them (skip locked) in
+/// the caller's transaction so concurrent dispatchers take disjoint sets.
+async fn take_due(
+    conn: &mut PgConnection,
+    queue: &str,
+    only: Option<&[i64]>,
+    limit: i64,
+) -> Result<Vec<DueStep>, sqlx::Error> {
+    sqlx::query_as::<_, DueStep>(
+        "SELECT id, run_id, step, shard, job_id, not_before,
+                (SELECT r.trace_context FROM chain_runs r WHERE r.id = step_runs.run_id) AS trace_context
+           FROM step_runs
+          WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
+            AND ($2::bigint[] IS NULL OR id = ANY($2))
+          ORDER BY not_before, id LIMIT $3
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(queue)
+    .bind(only)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueStep {
+    pub id: i64,
+    pub run_id: uuid::Uuid,
+    pub step: String,
+    pub shard: i32,
+    pub job_id: String,
+    /// When the step became due (its wait for a worker starts here).
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's W3C `traceparent`, carried in the job.
+    pub trace_context: Option<String>,
+}
+
+async fn mark_dispatched(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE step_runs SET dispatched_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+    Ok(())
+}
+
+/// Dispatched ready steps older than `age`: candidates for a lost Redis message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DispatchedStep {
+    pub id: i64,
+    pub queue: String,
+    pub job_id: String,
+}
+
+pub async fn dispatched_before(pool: &PgPool, age: Duration, limit: i64) -> Result<Vec<DispatchedStep>, sqlx::Error> {
+    sqlx::query_as::<_, DispatchedStep>(
+        "SELECT id, queue, job_id FROM step_runs
+          WHERE status = 'ready' AND dispatched_at < now() - make_interval(secs => $1)
+          ORDER BY dispatched_at LIMIT $2",
+    )
+    .bind(age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks steps for re-dispatch; `new_id` also gives them a fresh task id (the old one is spent
+/// in Redis: finished there, so a push under it would be ignored).
+pub async fn redeliver(pool: &PgPool, ids: &[i64], new_id: bool) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE step_runs SET dispatched_at = NULL,
+                lease_waits = lease_waits + CASE WHEN $2 THEN 1 ELSE 0 END,
+                job_id = CASE WHEN $2 THEN step_job_id(run_id, step, shard, sharded, attempts + 1, lease_waits + 1)
+                              ELSE job_id END
+          WHERE id = ANY($1) AND status = 'ready' AND dispatched_at IS NOT NULL",
+    )
+    .bind(ids)
+    .bind(new_id)
+    .execute(pool)
+    .await?;
+    Ok(n.rows_affected())
 }
