@@ -169,10 +169,14 @@ impl<'a> ScopedSweep<'a> {
         let listed: Vec<&str> = reads.iter().flat_map(|r| r.listed.iter().map(String::as_str)).collect();
         let (table, column) = (&self.table.name, self.column);
         // A join, not `<> ALL(…)`: that compares each row with every listed id (a group of thousands).
+        // One scope (a course, a user) is the common call, thousands of times a step: its scope is
+        // compared with `=` as a scalar, which the planner always answers from the scope's index;
+        // `= ANY($2)` in a generic plan was seen to double the Moodle enrollments step at `large`.
+        let in_scope = if scopes.len() == 1 { format!("t.{column} = $2[1]") } else { format!("t.{column} = ANY($2)") };
         let counts: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT t.{column}, count(*), count(*) FILTER (WHERE l.id IS NULL AND {SPARED})
              FROM {table} t LEFT JOIN (SELECT DISTINCT id FROM UNNEST($3::text[]) AS u(id)) l ON l.id = t.external_id
-             WHERE t.integration_id = $1 AND t.is_active AND t.{column} = ANY($2)
+             WHERE t.integration_id = $1 AND t.is_active AND {in_scope}
              GROUP BY t.{column}"
         )))
         .bind(self.integration_id)
@@ -198,7 +202,7 @@ impl<'a> ScopedSweep<'a> {
         if !allowed.is_empty() {
             gone = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "UPDATE {table} t SET is_active = FALSE, deleted_at = now(), updated_at = now()
-                 WHERE t.integration_id = $1 AND t.is_active AND t.{column} = ANY($2) AND {SPARED}
+                 WHERE t.integration_id = $1 AND t.is_active AND {in_scope} AND {SPARED}
                    AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[]) AS u(id) WHERE u.id = t.external_id)
                  RETURNING t.{column}"
             )))
