@@ -54,11 +54,6 @@ impl Registry {
         self.packs.iter().map(|p| p.name()).collect()
     }
 
-    /// The pack that declares `chain`.
-    pub fn pack_of_chain(&self, chain: &str) -> Option<&Arc<dyn Pack>> {
-        self.packs.iter().find(|p| p.chains().iter().any(|c| c.name.as_str() == chain))
-    }
-
     /// `pack`'s view of the configuration.
     pub fn pack_config<'a>(&self, config: &'a Config, pack: &str) -> PackConfig<'a> {
         PackConfig { environment: config.environment, section: config.pack_section(pack) }
