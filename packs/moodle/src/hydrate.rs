@@ -14,19 +14,7 @@ use super::{
     scope::{self, Outcome},
     tables,
 };
-use syncfleet_sdk::{http::HttpClients, step::Integration};
-
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Upstream(String),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-}
+use syncfleet_sdk::{http::HttpClients, pack::RouteError, step::Integration};
 
 /// `auto` (derived by the sync) or `manual` (set by hand; the derivation leaves the user alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -75,16 +63,16 @@ pub struct ScopeChange {
     pub program_id: Option<String>,
 }
 
-fn settings(integration: &Integration) -> Result<Settings, UserError> {
+fn settings(integration: &Integration) -> Result<Settings, RouteError> {
     Settings::parse(&integration.settings)
-        .map_err(|(k, m)| UserError::Invalid(format!("integration `{}`: `{k}`: {m}", integration.name)))
+        .map_err(|(k, m)| RouteError::Invalid(format!("integration `{}`: `{k}`: {m}", integration.name)))
 }
 
 /// A `moodle_users` row's id and scope: id, campus, department, program, department source, program source.
 type ScopeRow = (String, Option<String>, Option<String>, Option<String>, String, String);
 
 /// The stored view of `username`.
-pub async fn view(pool: &PgPool, integration_id: i64, username: &str) -> Result<UserView, UserError> {
+pub async fn view(pool: &PgPool, integration_id: i64, username: &str) -> Result<UserView, RouteError> {
     let row: Option<ScopeRow> = sqlx::query_as(
         "SELECT external_id, campus_id, department_id, program_id, department_source, program_source
          FROM moodle_users WHERE integration_id = $1 AND username = $2 AND is_active",
@@ -94,7 +82,7 @@ pub async fn view(pool: &PgPool, integration_id: i64, username: &str) -> Result<
     .fetch_optional(pool)
     .await?;
     let Some((user_id, campus_id, department_id, program_id, department_source, program_source)) = row else {
-        return Err(UserError::NotFound(format!("username: no active user `{username}`")));
+        return Err(RouteError::NotFound(format!("username: no active user `{username}`")));
     };
     let roles: Vec<(String, String)> = sqlx::query_as(
         "SELECT role, granted_by FROM moodle_user_roles WHERE integration_id = $1 AND user_id = $2 ORDER BY role",
@@ -126,29 +114,29 @@ pub async fn hydrate(
     integration: &Integration,
     deployment_concurrency: Option<u32>,
     username: &str,
-) -> Result<UserView, UserError> {
+) -> Result<UserView, RouteError> {
     let settings = settings(integration)?;
     // The integration's concurrency, else the deployment's (`[packs.moodle] sync_concurrency`), else
     // the default sizes the gate, as for the chain's steps.
-    let concurrency = settings.concurrency(deployment_concurrency).map_err(UserError::Invalid)?;
+    let concurrency = settings.concurrency(deployment_concurrency).map_err(RouteError::Invalid)?;
     let client = settings.client(http, concurrency);
     let api =
-        Moodle::new(&settings, &client, tokio_util::sync::CancellationToken::new()).map_err(UserError::Invalid)?;
+        Moodle::new(&settings, &client, tokio_util::sync::CancellationToken::new()).map_err(RouteError::Invalid)?;
     let raw = api
         .user_by_username(username)
         .await
-        .map_err(|e| UserError::Upstream(e.to_string()))?
-        .ok_or_else(|| UserError::NotFound(format!("username: Moodle has no user `{username}`")))?;
+        .map_err(|e| RouteError::Upstream(e.to_string()))?
+        .ok_or_else(|| RouteError::NotFound(format!("username: Moodle has no user `{username}`")))?;
     let id = raw
         .get("id")
         .and_then(serde_json::Value::as_i64)
-        .ok_or_else(|| UserError::Upstream("user without an id".into()))?;
-    let fields = user_fields(&raw).map_err(|m| UserError::Upstream(format!("user {id}: {m}")))?;
+        .ok_or_else(|| RouteError::Upstream("user without an id".into()))?;
+    let fields = user_fields(&raw).map_err(|m| RouteError::Upstream(format!("user {id}: {m}")))?;
     let table = tables::users();
     let mut columns = Vec::with_capacity(table.columns.len());
     for c in &table.columns {
         let v = c.ty.convert(fields.get(&c.name).unwrap_or(&serde_json::Value::Null));
-        columns.push(vec![v.map_err(|m| UserError::Upstream(format!("user {id}: `{}`: {m}", c.name)))?]);
+        columns.push(vec![v.map_err(|m| RouteError::Upstream(format!("user {id}: `{}`: {m}", c.name)))?]);
     }
     let mut tx = pool.begin().await?;
     table.upsert(&mut tx, integration.id, None, &[id.to_string()], &columns).await?;
@@ -169,13 +157,13 @@ pub async fn set_scope(
     integration_id: i64,
     username: &str,
     change: &ScopeChange,
-) -> Result<UserView, UserError> {
+) -> Result<UserView, RouteError> {
     let department_source =
         change.department_source.or(change.department_id.as_ref().map(|_| Source::Manual)).map(Source::as_str);
     let program_source =
         change.program_source.or(change.program_id.as_ref().map(|_| Source::Manual)).map(Source::as_str);
     if department_source.is_none() && program_source.is_none() {
-        return Err(UserError::Invalid(
+        return Err(RouteError::Invalid(
             "body: give department_source, program_source, department_id or program_id".into(),
         ));
     }
@@ -192,7 +180,7 @@ pub async fn set_scope(
         .fetch_one(pool)
         .await?;
         if !known {
-            return Err(UserError::Invalid(format!("{field}: `{id}` is not an active {kind} category")));
+            return Err(RouteError::Invalid(format!("{field}: `{id}` is not an active {kind} category")));
         }
     }
     let changed = sqlx::query(
@@ -213,7 +201,7 @@ pub async fn set_scope(
     .await?
     .rows_affected();
     if changed == 0 {
-        return Err(UserError::NotFound(format!("username: no active user `{username}`")));
+        return Err(RouteError::NotFound(format!("username: no active user `{username}`")));
     }
     view(pool, integration_id, username).await
 }
