@@ -78,6 +78,104 @@ pub struct Config {
     /// its section ([`Config::load_with_aliases`]).
     #[serde(default)]
     pub packs: BTreeMap<String, serde_json::Value>,
+    /// `[secrets]`: where secret references may point.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// `[upstream]`: what every upstream request of every pack may do.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// `[secrets]`: a secret is only ever a reference (`env:NAME`, `file:NAME`), and a reference may
+/// only point where the deployment allows: environment variables starting with `env_prefix`, and
+/// regular files under `dir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Every environment variable a secret reference names must start with this.
+    pub env_prefix: String,
+    /// File references are read from this directory only; unset = file references are refused.
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig { env_prefix: "SYNCFLEET_SECRET_".into(), dir: Some("/run/secrets/syncfleet".into()) }
+    }
+}
+
+impl SecretsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let prefix_ok = self.env_prefix.len() >= 4
+            && !self.env_prefix.starts_with(|c: char| c.is_ascii_digit())
+            && self.env_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !prefix_ok {
+            return Err(invalid("secrets.env_prefix", "must be at least 4 of A-Z, a-z, 0-9 and `_`, not starting with a digit"));
+        }
+        if let Some(dir) = &self.dir
+            && !dir.is_absolute()
+        {
+            return Err(invalid("secrets.dir", "must be an absolute path"));
+        }
+        Ok(())
+    }
+}
+
+/// `[upstream]`: the policy every pack's HTTP client applies to every upstream request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Networks (CIDR, e.g. `10.20.0.0/16`, `127.0.0.1/32`) an upstream may be in although they are
+    /// loopback, link-local, private or otherwise not public. Empty = only public addresses.
+    pub allow_networks: Vec<String>,
+    /// Largest answer body read, in bytes; a larger one fails the request.
+    pub max_body_bytes: u64,
+    /// Most pages one read of one entity may follow; more fails the step.
+    pub max_pages: u64,
+    /// Longest `Retry-After` obeyed, in seconds; a longer hint fails the step (retried later) and
+    /// cools the upstream down for at most this long.
+    pub max_retry_after_secs: u64,
+}
+
+impl UpstreamConfig {
+    /// The allowed networks, parsed.
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.allow_networks.iter().filter_map(|n| parse_network(n).ok()).collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, n) in self.allow_networks.iter().enumerate() {
+            parse_network(n).map_err(|m| invalid(&format!("upstream.allow_networks[{i}]"), m))?;
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("upstream.max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_pages == 0 {
+            return Err(invalid("upstream.max_pages", "must be at least 1"));
+        }
+        if self.max_retry_after_secs == 0 || self.max_retry_after_secs > 86_400 {
+            return Err(invalid("upstream.max_retry_after_secs", "must be between 1 and 86400"));
+        }
+        Ok(())
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1` = `/32`).
+fn parse_network(n: &str) -> Result<ipnet::IpNet, String> {
+    n.parse::<ipnet::IpNet>()
+        .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{n}` is not a network (CIDR such as 10.0.0.0/8) or an address"))
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            allow_networks: Vec::new(),
+            max_body_bytes: 32 * 1024 * 1024,
+            max_pages: 100_000,
+            max_retry_after_secs: 900,
+        }
+    }
 }
 
 /// Alerts on a required step's failure (sent by the producer's reconciler, once per failure):
@@ -162,8 +260,32 @@ fn enabled_by_default() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// The runtime role's connection (producers, workers, the CLI): not a superuser, owning no table.
     pub url: Secret,
+    /// The owner role's connection, used only to create the database and run migrations
+    /// (`syncfleet migrate`); unset = this process migrates nothing and expects a migrated schema.
+    #[serde(default)]
+    pub owner_url: Option<Secret>,
     pub max_connections: u32,
+    /// `statement_timeout` of every connection, in milliseconds.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout` of every connection, in milliseconds.
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// `idle_in_transaction_session_timeout` of every connection, in milliseconds.
+    #[serde(default = "default_idle_in_transaction_ms")]
+    pub idle_in_transaction_ms: u64,
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    300_000
+}
+fn default_lock_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_in_transaction_ms() -> u64 {
+    300_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +334,31 @@ pub struct ProducerConfig {
     pub startup_trigger: bool,
     /// Run the scheduler loop.
     pub scheduler_enabled: bool,
+    /// A client must send its request headers within this many seconds.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A request (body read and handler) must be answered within this many seconds, else 408/503.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Connections the API serves at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On shutdown, in-flight requests get this many seconds before the server stops anyway.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -225,7 +372,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             environment: Environment::Development,
-            database: DatabaseConfig { url: Secret::new(DEFAULT_DATABASE_URL), max_connections: 16 },
+            database: DatabaseConfig {
+                url: Secret::new(DEFAULT_DATABASE_URL),
+                owner_url: None,
+                max_connections: 16,
+                statement_timeout_ms: default_statement_timeout_ms(),
+                lock_timeout_ms: default_lock_timeout_ms(),
+                idle_in_transaction_ms: default_idle_in_transaction_ms(),
+            },
             redis: RedisConfig { url: Secret::new(DEFAULT_REDIS_URL), namespace: "syncfleet".into() },
             worker: WorkerConfig {
                 concurrency: 4,
@@ -245,6 +399,10 @@ impl Default for Config {
                 redeliver_after_secs: 3,
                 startup_trigger: false,
                 scheduler_enabled: true,
+                header_read_timeout_secs: default_header_read_timeout_secs(),
+                request_timeout_secs: default_request_timeout_secs(),
+                max_connections: default_max_connections(),
+                shutdown_timeout_secs: default_shutdown_timeout_secs(),
             },
             min_interval_secs: None,
             schedules: BTreeMap::new(),
@@ -252,6 +410,8 @@ impl Default for Config {
             integrations: BTreeMap::new(),
             alerts: AlertsConfig::default(),
             packs: BTreeMap::new(),
+            secrets: SecretsConfig::default(),
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -356,6 +516,28 @@ impl Config {
             }
         }
         self.alerts.validate()?;
+        self.secrets.validate()?;
+        self.upstream.validate()?;
+        let d = &self.database;
+        for (key, ms) in [
+            ("database.statement_timeout_ms", d.statement_timeout_ms),
+            ("database.lock_timeout_ms", d.lock_timeout_ms),
+            ("database.idle_in_transaction_ms", d.idle_in_transaction_ms),
+        ] {
+            if ms == 0 || ms > i32::MAX as u64 {
+                return Err(invalid(key, "must be between 1 and 2147483647 (0 would mean no limit)"));
+            }
+        }
+        for (key, v) in [
+            ("producer.header_read_timeout_secs", p.header_read_timeout_secs),
+            ("producer.request_timeout_secs", p.request_timeout_secs),
+            ("producer.shutdown_timeout_secs", p.shutdown_timeout_secs),
+            ("producer.max_connections", p.max_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         for (chain, by_integration) in &self.schedules {
             for (integration, spec) in by_integration {
                 let key = format!("schedules.{chain}.{integration}");

@@ -132,6 +132,7 @@ async fn processes_starting_together_on_a_fresh_database_all_come_up() {
     let config = syncfleet_shared::config::DatabaseConfig {
         url: syncfleet_shared::config::Secret::new(format!("postgres://postgres@127.0.0.1:5432/{name}")),
         max_connections: 2,
+        ..syncfleet_shared::Config::default().database
     };
     let starts = (0..6).map(|_| {
         let config = config.clone();
