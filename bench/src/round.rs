@@ -67,9 +67,18 @@ impl Scratch {
     /// integrations, chain overrides).
     pub async fn new(pg: &PgServer, body: &str) -> anyhow::Result<Scratch> {
         let tag = tag();
+        // The sandbox's keys, as files under the round's `[secrets] dir` (the integrations name them).
+        let secrets_dir = std::env::temp_dir().join(format!("syncfleet-bench-secrets-{tag}"));
+        syncfleet_sandbox::write_secret_files(&secrets_dir, &syncfleet_sandbox::SandboxConfig::default())?;
+        // The superuser is both roles here: the owner path creates and migrates the scratch
+        // database, and every process of the round, given the same file, finds it so.
+        let url = pg.url(&format!("sf_bench_{tag}"));
         let toml = format!(
-            "[database]\nurl = \"{}\"\nmax_connections = 20\n[redis]\nnamespace = \"bench-{tag}\"\n{body}",
-            pg.url(&format!("sf_bench_{tag}"))
+            "[database]\nurl = \"{url}\"\nowner_url = \"{url}\"\nmax_connections = 20\n\
+             [redis]\nnamespace = \"bench-{tag}\"\n\
+             [upstream]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\
+             [secrets]\ndir = \"{}\"\n{body}",
+            secrets_dir.display()
         );
         let registry = syncfleet_registry::builtin();
         let config = registry.config_from_toml(&toml)?;

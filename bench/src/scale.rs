@@ -57,7 +57,7 @@ pub enum Part {
 /// not change the measurement).
 fn integration_toml(name: &str, moodle_url: &str) -> String {
     format!(
-        "[integrations.{name}]\npack = \"moodle\"\nmoodle = {{ base_url = \"{moodle_url}\", secret = \"moodle-token\" }}\n\
+        "[integrations.{name}]\npack = \"moodle\"\nmoodle = {{ base_url = \"{moodle_url}\", secret_file = \"moodle-token\" }}\n\
          concurrency = {DEFAULT_CONCURRENCY}\n"
     )
 }

@@ -36,6 +36,7 @@ pub(super) async fn demo(
         section["sync_on_startup"] = false.into();
         section["disable_sync_category_on_startup"] = true.into();
     }
+    let mut demo_integrations = std::collections::BTreeMap::new();
     let sandbox = if erp || partner || moodle {
         let scale: syncfleet_sandbox::Scale = scale.parse()?;
         // The partner demo lifts the sandbox's Northpass limit (10 requests per second, as upstream)
@@ -49,6 +50,10 @@ pub(super) async fn demo(
             ..Default::default()
         })
         .await?;
+        // The demo integrations read the sandbox's keys from files, as a deployment's do.
+        let secrets_dir = std::env::temp_dir().join(format!("syncfleet-demo-secrets-{}", std::process::id()));
+        syncfleet_sandbox::write_secret_files(&secrets_dir, &sb.config)?;
+        config.secrets.dir = Some(secrets_dir);
         let toml = if erp {
             syncfleet_sandbox::erp_integration_toml("demo-erp", &sb.erp_url(), "erp_items", 1000, "")
         } else if moodle {
@@ -66,12 +71,26 @@ pub(super) async fn demo(
             )
         };
         let parsed = Config::from_toml(&toml).expect("the demo integration is valid");
+        demo_integrations = parsed.integrations.clone();
         config.integrations.extend(parsed.integrations);
+        // The sandbox listens on loopback, which the upstream policy refuses unless allowed.
+        config.upstream.allow_networks.extend(["127.0.0.0/8".to_owned(), "::1/128".to_owned()]);
         Some(sb)
     } else {
         None
     };
+    if config.database.owner_url.is_none()
+        && let Some((owner, runtime)) = store::roles::setup_local_roles(config.database.url.expose()).await?
+    {
+        // A superuser on a local server: the demo runs as the deployment does, migrating as the
+        // owner role and syncing as the runtime role.
+        config.database.owner_url = Some(syncfleet_shared::config::Secret::new(owner));
+        config.database.url = syncfleet_shared::config::Secret::new(runtime);
+    }
     let ops = syncfleet_producer::connect(&config, registry.clone()).await?;
+    // The sandbox integration is the demo's own: registered here too when no owner path ran (its
+    // tables come from the migrations, so the runtime role only checks them).
+    store::register_integrations(&ops.pool, ops.registry.as_ref(), &demo_integrations).await?;
     if sandbox.is_none() {
         if ops.chains.get(chain).map(|c| c.pack.as_str()) != Some(DEMO_PACK) {
             anyhow::bail!(

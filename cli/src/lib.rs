@@ -54,8 +54,13 @@ enum Command {
         #[arg(long, default_value = "seed")]
         scale: String,
     },
-    /// Apply database migrations (creating the database if missing).
-    Migrate,
+    /// As the owner role (`database.owner_url`): create the database if missing, apply the
+    /// migrations, grant the runtime role (the user of `database.url`) its privileges, and register
+    /// the config file's integrations and prepare their tables.
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check PostgreSQL and Redis answer; exit 0 if both do.
     Healthcheck {
         #[arg(long)]
@@ -234,12 +239,7 @@ pub fn main(registry: Registry) -> ExitCode {
 async fn run(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
     let config = registry.load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Migrate => {
-            let pool = store::connect(&config.database).await?;
-            store::migrate(&pool).await?;
-            println!("migrations applied");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate { json } => migrate(&config, registry, json).await,
         Command::Healthcheck { json } => healthcheck(&config, json).await,
         #[cfg(feature = "demo")]
         Command::Demo { json, workers, chain, scale } => {
@@ -388,7 +388,7 @@ async fn run(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tokens { action } => tokens(&config, action).await,
+        Command::Tokens { action } => tokens(&config, registry, action).await,
     }
 }
 
@@ -453,19 +453,45 @@ async fn schedule(config: &Config, registry: &Registry, action: ScheduleCommand)
     Ok(ExitCode::SUCCESS)
 }
 
-async fn tokens(config: &Config, action: TokensCommand) -> anyhow::Result<ExitCode> {
+/// `syncfleet migrate`: the owner path, and what it did.
+async fn migrate(config: &Config, registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = registry.clone().with_secrets(config.secrets.policy());
+    let report = store::roles::migrate_as_owner(&config.database, &registry, &config.integrations).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let created = if report.database_created { "created" } else { "exists" };
+    println!("database {} ({created}), owner role {}", report.database, report.owner_role);
+    if report.applied.is_empty() {
+        println!("migrations: up to date");
+    } else {
+        println!("migrations applied: {}", report.applied.join(", "));
+    }
+    match &report.runtime_role {
+        Some(role) => println!("runtime role {role} granted (database.url)"),
+        None => println!("runtime role: database.url logs in as the owner role; nothing granted"),
+    }
+    if !report.integrations.is_empty() {
+        println!("integrations registered: {}", report.integrations.join(", "));
+    }
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tokens(config: &Config, registry: &Registry, action: TokensCommand) -> anyhow::Result<ExitCode> {
     use syncfleet_store::tokens;
-    let pool = store::connect(&config.database).await?;
-    store::migrate(&pool).await?;
-    let audit = |action: &'static str, target: String, detail: serde_json::Value| {
-        let pool = pool.clone();
-        async move { store::audit::record(&pool, &actor(), action, &target, detail).await }
-    };
+    let pool = store::roles::start(config, registry).await?;
+    // Each change commits with its audit row.
+    let audited = || store::audit::Audited::begin(&pool);
     match action {
         TokensCommand::Create { name, role, json } => {
             let role: tokens::Role = role.parse().map_err(anyhow::Error::msg)?;
-            let (info, token) = tokens::create(&pool, &name, role, &actor()).await?;
-            audit("token.create", name, serde_json::json!({ "role": role })).await?;
+            let mut tx = audited().await?;
+            let (info, token) = tokens::create(tx.conn(), &name, role, &actor()).await?;
+            tx.commit(&actor(), "token.create", &name, serde_json::json!({ "role": role })).await?;
             if json {
                 println!(
                     "{}",
@@ -477,8 +503,9 @@ async fn tokens(config: &Config, action: TokensCommand) -> anyhow::Result<ExitCo
             }
         }
         TokensCommand::Revoke { name } => {
-            tokens::revoke(&pool, &name).await?;
-            audit("token.revoke", name.clone(), serde_json::json!({})).await?;
+            let mut tx = audited().await?;
+            tokens::revoke(tx.conn(), &name).await?;
+            tx.commit(&actor(), "token.revoke", &name, serde_json::json!({})).await?;
             println!("token {name} revoked");
         }
         TokensCommand::List { json } => {

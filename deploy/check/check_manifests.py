@@ -11,7 +11,8 @@ named after the overlay). Exits 1 naming every problem found.
   must parse, and names only syncfleet_* metrics that runtime/src/metrics.rs declares.
 - The deployment rules of deploy/README.md: probes on /readyz and /livez, non-root read-only
   containers without capabilities, requests and memory limits, a worker grace period above its
-  drain bound, worker replicas owned by the autoscaler, ready-depth-only scaling, no Secret.
+  drain bound, worker replicas owned by the autoscaler, ready-depth-only scaling, no Secret, the
+  owner role's database URL on the migration Job only.
 """
 
 import copy
@@ -148,6 +149,13 @@ def check_workload(where: str, obj: dict, config: dict) -> None:
         for key in ("SYNCFLEET__DATABASE__URL", "SYNCFLEET__REDIS__URL"):
             if not any(e["name"] == key and "secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", [])):
                 fail(cw, f"{key} must come from a secretKeyRef")
+        # The owner role's URL goes to the migration Job only; producers and workers run as the
+        # runtime role.
+        owner = [e for e in c.get("env", []) if e["name"] == "SYNCFLEET__DATABASE__OWNER_URL"]
+        if obj["kind"] == "Job" and not (owner and "secretKeyRef" in owner[0].get("valueFrom", {})):
+            fail(cw, "SYNCFLEET__DATABASE__OWNER_URL must come from a secretKeyRef")
+        if obj["kind"] == "Deployment" and owner:
+            fail(cw, "SYNCFLEET__DATABASE__OWNER_URL is the migration Job's only")
         if obj["kind"] != "Deployment":
             continue
         probes = {p: c.get(p, {}).get("httpGet", {}).get("path") for p in ("startupProbe", "readinessProbe", "livenessProbe")}
@@ -302,6 +310,9 @@ def self_test() -> int:
             "rules"][0].update(expr="sum(rate(syncfleet_runs_total[5m])")),
         "a writable root filesystem": mutated(docs, "Deployment", "syncfleet-producer", lambda d: worker(d)[
             "containers"][0]["securityContext"].update(readOnlyRootFilesystem=False)),
+        "the owner role's URL on a worker": mutated(docs, "Deployment", "syncfleet-worker", lambda d: worker(d)[
+            "containers"][0]["env"].append({"name": "SYNCFLEET__DATABASE__OWNER_URL", "valueFrom": {
+                "secretKeyRef": {"name": "syncfleet-secrets", "key": "database-owner-url"}}})),
     }
     failed = 0
     for what, case in cases.items():

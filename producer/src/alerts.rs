@@ -82,6 +82,8 @@ async fn deliver(config: &AlertsConfig, alert: &Alert) -> Vec<String> {
     {
         let sent = reqwest::Client::new().post(url).timeout(WEBHOOK_TIMEOUT).json(alert).send().await;
         if let Err(error) = sent.and_then(|r| r.error_for_status()) {
+            // The webhook URL holds its own secret (often in its path): never in the log.
+            let error = error.without_url();
             tracing::error!(%error, run_id = %alert.run_id, step = %alert.step, "Alert webhook failed.");
             failed.push("webhook".to_owned());
         }

@@ -5,6 +5,9 @@
 //! The page and its assets need no token; the data does. The page asks the operator for a bearer
 //! token, keeps it in the tab's `sessionStorage`, sends it with every `/api` call, and shows only
 //! the actions the token's role (`GET /api/whoami`) may take. The API checks the role again.
+//!
+//! The assets may be cached but are revalidated on every load (`no-cache`: nothing in them is
+//! secret); the API's answers are never stored (`no-store`, [`crate::api`]).
 
 use axum::{
     Router,
@@ -65,12 +68,14 @@ pub fn router() -> Router<Ops> {
 }
 
 async fn serve(asset: &'static Asset) -> impl IntoResponse {
-    let headers: [(HeaderName, HeaderValue); 5] = [
+    let headers: [(HeaderName, HeaderValue); 6] = [
         (header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type)),
         // Revalidate on every load, so a new producer version is picked up at once.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        // `frame-ancestors 'none'` for browsers that predate it.
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
     ];
     (headers, asset.body)

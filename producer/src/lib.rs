@@ -27,15 +27,18 @@ use tokio_util::sync::CancellationToken;
 
 pub use ops::Ops;
 
-/// Connects to PostgreSQL (creating and migrating the database) and Redis, and registers the
-/// config file's integrations with `registry`'s packs.
+/// Connects to PostgreSQL as the runtime role and to Redis. With `database.owner_url` set, the
+/// owner path runs first (create and migrate the database, grant the runtime role, register the
+/// config file's integrations with `registry`'s packs); without it the schema must be migrated
+/// already (`syncfleet migrate`). See `syncfleet_store::roles::start`.
 pub async fn connect(config: &Config, registry: Registry) -> anyhow::Result<Ops> {
-    let pool = store::connect(&config.database).await?;
-    store::migrate(&pool).await?;
-    store::register_integrations(&pool, &registry, &config.integrations).await?;
+    // The API's settings and webhook references are checked, and secrets read, under `[secrets]`.
+    let registry = registry.with_secrets(config.secrets.policy());
+    let pool = store::roles::start(config, &registry).await?;
     let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
     let chains = Arc::new(registry.chains(config)?);
-    let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
+    let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())), &config.upstream)
+        .with_secrets(config.secrets.policy());
     Ok(Ops { config: config.clone(), pool, queues, chains, http, registry: Arc::new(registry) })
 }
 
@@ -58,9 +61,10 @@ pub async fn run_with(listener: TcpListener, ops: Ops, shutdown: CancellationTok
         tasks.push(tokio::spawn(scheduler::Scheduler::new(ops.clone()).run(shutdown.clone())));
     }
     tasks.push(tokio::spawn(reconciler::Reconciler::new(ops.clone()).run(shutdown.clone())));
+    // Header-read and request timeouts, a connection limit, a shutdown deadline (`[producer]`).
+    let limits = syncfleet_runtime::server::ServerLimits::of_producer(&ops.config.producer);
     let app = api::router(ops);
-    let stop = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    syncfleet_runtime::server::serve(listener, app, limits, shutdown.clone()).await?;
     for t in tasks {
         t.await.ok();
     }

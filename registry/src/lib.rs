@@ -58,7 +58,7 @@ mod tests {
 [integrations.erp]
 pack = "http-json"
 base_url = "http://127.0.0.1:1/erp/api"
-auth = { style = "bearer", secret = "t" }
+auth = { style = "bearer", secret_file = "t" }
 [integrations.erp.entities.items]
 path = "/items"
 paging = { style = "offset", total = "/total" }
@@ -82,7 +82,11 @@ quantity = { path = "/quantity", type = "bigint" }
             ("type = \"bigint\"", "type = \"bignum\"", "integrations.erp.entities.items.columns.quantity.type"),
             ("path = \"/quantity\"", "path = \"quantity\"", "integrations.erp.entities.items.columns.quantity.path"),
             ("base_url = \"http://127.0.0.1:1/erp/api\"", "base_url = \"ftp://x\"", "integrations.erp.base_url"),
-            ("secret = \"t\"", "secret_env = \"SYNCFLEET_TEST_UNSET_VARIABLE\"", "integrations.erp.auth"),
+            ("secret_file = \"t\"", "secret = \"t\"", "integrations.erp.auth.secret"),
+            ("secret_file = \"t\"", "secret_env = \"SYNCFLEET__DATABASE__URL\"", "integrations.erp.auth.secret_env"),
+            ("secret_file = \"t\"", "secret_file = \"/dev/zero\"", "integrations.erp.auth.secret_file"),
+            ("secret_file = \"t\"", "secret_file = \"../t\"", "integrations.erp.auth.secret_file"),
+            (", secret_file = \"t\"", "", "integrations.erp.auth"),
             ("table = \"erp_items\"", "table = \"erp items\"", "integrations.erp.entities.items.table"),
             ("pack = \"http-json\"", "pack = \"nope\"", "integrations.erp.pack"),
             ("records = \"/items\"", "records = \"/items\"\nrate = 3", "integrations.erp.entities.items"),

@@ -1,8 +1,9 @@
 //! What every syncfleet process sets up once in its `main`: logs and traces ([`telemetry`]), the
-//! Prometheus recorder and the metric names ([`metrics`]), and the one shutdown source
-//! ([`shutdown_signal`]).
+//! Prometheus recorder and the metric names ([`metrics`]), the one shutdown source
+//! ([`shutdown_signal`]), and the HTTP server with its time and connection limits ([`server`]).
 
 pub mod metrics;
+pub mod server;
 pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;

@@ -140,7 +140,33 @@ pub async fn spawn(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
     Ok(SandboxHandle { base_url, config, state, task: Some(task), _stop: token.clone().drop_guard(), token })
 }
 
-/// The `partner` integration `name` on a sandbox: Northpass and Impartner with the sandbox's keys.
+/// The file (under the deployment's `[secrets] dir`) holding the sandbox's Northpass key, as the
+/// integrations below name it (`secret_file`); [`write_secret_files`] writes it and the others.
+pub const NORTHPASS_KEY_FILE: &str = "np-key";
+/// The file holding the sandbox's Impartner key.
+pub const IMPARTNER_KEY_FILE: &str = "prm-key";
+/// The file holding the sandbox's Moodle `wstoken`.
+pub const MOODLE_TOKEN_FILE: &str = "moodle-token";
+/// The file holding the sandbox's ERP bearer token.
+pub const ERP_TOKEN_FILE: &str = "erp-token";
+
+/// Writes the secret files the integrations below name (`secret_file = "np-key"`, …) into `dir`
+/// (the deployment's `[secrets] dir`), holding `config`'s keys; creates `dir` when missing.
+pub fn write_secret_files(dir: &std::path::Path, config: &SandboxConfig) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (file, value) in [
+        (NORTHPASS_KEY_FILE, &config.northpass_key),
+        (IMPARTNER_KEY_FILE, &config.impartner_key),
+        (MOODLE_TOKEN_FILE, &config.moodle_token),
+        (ERP_TOKEN_FILE, &config.erp_token),
+    ] {
+        std::fs::write(dir.join(file), format!("{value}\n"))?;
+    }
+    Ok(())
+}
+
+/// The `partner` integration `name` on a sandbox: Northpass and Impartner with the sandbox's keys
+/// (read from the files [`write_secret_files`] writes).
 /// `northpass_extra` goes inside the `northpass` table (e.g. `, limits = { rate_per_sec = 10.0 }`);
 /// `settings` are further lines of the integration (e.g. `lookback_secs = 0`).
 pub fn partner_integration_toml(
@@ -155,27 +181,29 @@ pub fn partner_integration_toml(
         r#"
 [integrations.{name}]
 pack = "partner"
-northpass = {{ base_url = "{northpass_url}", secret = "np-key"{northpass_extra} }}
-impartner = {{ base_url = "{impartner_url}", secret = "prm-key", tenant_id = "1", page_size = {impartner_page_size} }}
+northpass = {{ base_url = "{northpass_url}", secret_file = "{NORTHPASS_KEY_FILE}"{northpass_extra} }}
+impartner = {{ base_url = "{impartner_url}", secret_file = "{IMPARTNER_KEY_FILE}", tenant_id = "1", page_size = {impartner_page_size} }}
 {settings}
 "#
     )
 }
 
-/// The `moodle` integration `name` on a sandbox (its web services token); `settings` are further
+/// The `moodle` integration `name` on a sandbox (its web services token, from the file
+/// [`MOODLE_TOKEN_FILE`]); `settings` are further
 /// lines of the integration (e.g. `shards` are per chain, `concurrency = 5` is per integration).
 pub fn moodle_integration_toml(name: &str, moodle_url: &str, settings: &str) -> String {
     format!(
         r#"
 [integrations.{name}]
 pack = "moodle"
-moodle = {{ base_url = "{moodle_url}", secret = "moodle-token" }}
+moodle = {{ base_url = "{moodle_url}", secret_file = "{MOODLE_TOKEN_FILE}" }}
 {settings}
 "#
     )
 }
 
-/// syncfleet config of an `http-json` integration `name` reading the sandbox ERP items into `table`.
+/// syncfleet config of an `http-json` integration `name` reading the sandbox ERP items into `table`
+/// (its bearer token from the file [`ERP_TOKEN_FILE`]).
 /// `extra` lines go into the integration's table (e.g. `upstream = "x"`). Used by `syncfleet demo`
 /// and the tests, so both sync the same declaration.
 pub fn erp_integration_toml(name: &str, erp_url: &str, table: &str, page_size: u32, extra: &str) -> String {
@@ -184,7 +212,7 @@ pub fn erp_integration_toml(name: &str, erp_url: &str, table: &str, page_size: u
 [integrations.{name}]
 pack = "http-json"
 base_url = "{erp_url}"
-auth = {{ style = "bearer", secret = "erp-token" }}
+auth = {{ style = "bearer", secret_file = "{ERP_TOKEN_FILE}" }}
 {extra}
 
 [integrations.{name}.entities.items]

@@ -7,8 +7,8 @@
 //!   what should happen next.
 //! - [`sync`]: the sync contract (pull, push, table, the deletion guard), the same for every pack.
 //! - [`http`]: the HTTP client with the fleet-wide rate budget; [`mail`]: outgoing mail.
-//! - [`secrets`]: the one resolver of secrets (`env:NAME`, `file:/path`, a pack's `secret_env` or
-//!   inline `secret`).
+//! - [`secrets`]: the one resolver of secrets, under the deployment's `[secrets]` policy (`env:NAME`,
+//!   `file:NAME`, a pack's `secret_env` or `secret_file`).
 //! - [`Registry`]: the packs a build includes; the worker and the producer take one.
 //!
 //! The vocabulary (`chain`, `ids`, `config`, `job`, `phase`) is re-exported from

@@ -9,8 +9,10 @@ use std::{borrow::Cow, sync::Arc, time::Duration};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::openapi::{RefOr, schema::Schema};
+
+pub use syncfleet_store::Origin;
 
 use crate::{
     Integration,
@@ -35,6 +37,14 @@ pub trait Pack: Send + Sync + 'static {
     /// Checks an integration's settings; the error is `(key relative to the integration,
     /// message)`. Runs at start-up for the config file's integrations and on every API change.
     fn check_settings(&self, _settings: &Value) -> Result<(), (String, String)> {
+        Ok(())
+    }
+
+    /// Refuses what the pack accepts from the config file only (raw SQL, table creation) when
+    /// settings come through the admin API or the CLI ([`Origin::Api`]); runs after
+    /// [`Pack::check_settings`], with the same error form. The config file is the deployment's own:
+    /// its author holds the database credentials already; an admin token holder need not.
+    fn check_api_settings(&self, _settings: &Value) -> Result<(), (String, String)> {
         Ok(())
     }
 
@@ -68,10 +78,11 @@ pub trait Pack: Send + Sync + 'static {
     }
 
     /// Prepares what an integration needs in the database (its tables, or a check that the
-    /// migrations created them). Runs when an integration is registered, created or changed.
+    /// migrations created them). Runs when an integration is registered, created or changed, on
+    /// `conn`: the transaction that writes the integration's row, so a failure leaves neither.
     fn prepare<'a>(
         &'a self,
-        _pool: &'a PgPool,
+        _conn: &'a mut PgConnection,
         _integration: &'a str,
         _settings: &'a Value,
     ) -> BoxFuture<'a, Result<(), String>> {
@@ -207,9 +218,14 @@ pub fn schema_of<T: utoipa::ToSchema>() -> NamedSchema {
 }
 
 /// An extra admin API route of a pack: `{method} /api/integrations/{integration}/{path}`. The
-/// producer authenticates the caller (401 / 403 before anything else is read), checks that the
-/// integration exists, is enabled and belongs to the pack (404 / 409 / 422), calls the handler, and
-/// records an audit row when `audit` names the action.
+/// producer authenticates the caller for `role` (401 / 403 before anything else is read), checks
+/// that the integration exists, is enabled and belongs to the pack (404 / 409 / 422), calls the
+/// handler, and records an audit row when `audit` names the action.
+///
+/// A route that changes anything (every method but `GET`) needs at least [`Role::Operator`] and
+/// names its audit action; one that changes what an integration holds by hand (a user's scope, a
+/// setting) needs [`Role::Admin`], as the API's own integration changes do. The producer refuses
+/// to mount a route that breaks the first rule ([`Route::check`]).
 #[derive(Clone)]
 pub struct Route {
     pub method: Method,
@@ -224,12 +240,28 @@ pub struct Route {
     pub request: Option<NamedSchema>,
     /// The JSON body it answers with 200.
     pub response: NamedSchema,
-    /// The audit action (`user.scope`); `None` leaves it out of the audit log.
+    /// The audit action (`user.scope`); `None` (a `GET` route only) leaves it out of the audit log.
     pub audit: Option<&'static str>,
     pub handler: Arc<dyn RouteHandler>,
 }
 
 impl Route {
+    /// Whether the route changes anything: every method but `GET`.
+    pub fn mutates(&self) -> bool {
+        self.method != Method::Get
+    }
+
+    /// A route that changes anything needs at least the operator role and an audit action.
+    pub fn check(&self) -> Result<(), String> {
+        if self.mutates() && self.role < Role::Operator {
+            return Err(format!("changes data, so needs at least the operator role, not {:?}", self.role));
+        }
+        if self.mutates() && self.audit.is_none() {
+            return Err("changes data, so must name its audit action".into());
+        }
+        Ok(())
+    }
+
     /// The name of the path's one parameter (`username`).
     pub fn param(&self) -> &'static str {
         let start = self.path.find('{').map_or(0, |i| i + 1);

@@ -7,20 +7,25 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use sqlx::PgPool;
-use syncfleet_store::PackCatalog;
+use sqlx::PgConnection;
+use syncfleet_store::{Origin, PackCatalog};
 
 use crate::{
     Pack, PackConfig,
     chain::{ChainDef, ChainError, ChainRegistry},
     config::{Config, ConfigError, Schedule},
+    secrets::{SecretPolicy, check_secret_ref, check_settings_secrets},
     step::HandlerRegistry,
 };
 
-/// The packs of a build, in the order they were added.
+/// The packs of a build, in the order they were added, and the deployment's secrets policy the
+/// admin API's settings are checked under ([`Registry::with_secrets`]).
 #[derive(Clone, Default)]
 pub struct Registry {
     packs: Vec<Arc<dyn Pack>>,
+    /// `[secrets]` of the deployment this registry serves; `None` refuses every secret reference
+    /// that comes through the API.
+    secrets: Option<Arc<SecretPolicy>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -40,6 +45,18 @@ impl Registry {
         assert!(self.pack(pack.name()).is_none(), "pack `{}` is registered twice", pack.name());
         self.packs.push(Arc::new(pack));
         self
+    }
+
+    /// The same registry checking the secret references of settings from the admin API against
+    /// `policy` (the loaded config's `[secrets]`; the config file's own are checked when it loads).
+    pub fn with_secrets(mut self, policy: SecretPolicy) -> Self {
+        self.secrets = Some(Arc::new(policy));
+        self
+    }
+
+    /// Checks a secret reference against the policy given with [`Registry::with_secrets`].
+    fn secret_policy(&self) -> Result<&SecretPolicy, String> {
+        self.secrets.as_deref().ok_or_else(|| "this process has no secrets policy to check references against".into())
     }
 
     pub fn packs(&self) -> impl Iterator<Item = &Arc<dyn Pack>> {
@@ -107,7 +124,7 @@ impl Registry {
         let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
         for (name, spec) in &config.integrations {
             let key = format!("integrations.{name}");
-            self.check_settings(&spec.pack, &Value::Object(spec.settings.clone()))
+            self.check_settings(&spec.pack, &Value::Object(spec.settings.clone()), Origin::ConfigFile)
                 .map_err(|(k, m)| invalid(if k.is_empty() { key.clone() } else { format!("{key}.{k}") }, m))?;
         }
         for pack in config.packs.keys() {
@@ -131,23 +148,67 @@ impl Registry {
     }
 }
 
+/// `integration` with the values the database does not keep put back from the config file, when
+/// the file declares it. The database keeps a declared integration's settings without their
+/// static header and query values or URL user info (`syncfleet_store::register_integrations`), so
+/// what a request sends comes from the file itself; every other setting is the database's, so an
+/// admin's later change counts. An integration created through the API keeps its settings in the
+/// database alone.
+pub fn with_declared_settings(config: &Config, mut integration: crate::Integration) -> crate::Integration {
+    if let Some(spec) = config.integrations.get(&integration.name) {
+        syncfleet_shared::secret::restore_redacted(&mut integration.settings, &Value::Object(spec.settings.clone()));
+    }
+    integration
+}
+
+/// Whether `settings` name a secret anywhere (`secret_env`, `secret_file` or an inline `secret`).
+fn names_a_secret(settings: &Value) -> bool {
+    match settings {
+        Value::Object(map) => {
+            map.iter().any(|(k, v)| matches!(k.as_str(), "secret_env" | "secret_file" | "secret") || names_a_secret(v))
+        }
+        Value::Array(items) => items.iter().any(names_a_secret),
+        _ => false,
+    }
+}
+
 impl PackCatalog for Registry {
-    fn check_settings(&self, pack: &str, settings: &Value) -> Result<(), (String, String)> {
+    fn check_settings(&self, pack: &str, settings: &Value, origin: Origin) -> Result<(), (String, String)> {
         match self.pack(pack) {
-            Some(p) => p.check_settings(settings),
+            Some(p) => {
+                // The config file's references were checked under its own `[secrets]` when it loaded.
+                if origin == Origin::Api {
+                    match self.secrets.as_deref() {
+                        Some(policy) => check_settings_secrets(settings, policy)?,
+                        None if names_a_secret(settings) => {
+                            return Err((String::new(), self.secret_policy().unwrap_err()));
+                        }
+                        None => {}
+                    }
+                }
+                p.check_settings(settings)?;
+                match origin {
+                    Origin::ConfigFile => Ok(()),
+                    Origin::Api => p.check_api_settings(settings),
+                }
+            }
             None => Err(("pack".into(), format!("unknown pack `{pack}` (known: {})", self.names().join(", ")))),
         }
     }
 
+    fn check_secret_ref(&self, reference: &str) -> Result<(), String> {
+        check_secret_ref(reference, self.secret_policy()?)
+    }
+
     fn prepare<'a>(
         &'a self,
-        pool: &'a PgPool,
+        conn: &'a mut PgConnection,
         name: &'a str,
         pack: &'a str,
         settings: &'a Value,
     ) -> BoxFuture<'a, Result<(), String>> {
         match self.pack(pack) {
-            Some(p) => p.prepare(pool, name, settings),
+            Some(p) => p.prepare(conn, name, settings),
             None => Box::pin(async { Ok(()) }),
         }
     }

@@ -170,6 +170,11 @@ pub struct StepContext {
     /// The deployment's `[packs.<pack>]` section (`null` when absent), environment variables the
     /// pack aliases included: read once at start-up, never from the environment while a step runs.
     pub pack_section: serde_json::Value,
+    /// The integration's settings as the deployment's config file declares them
+    /// (`[integrations.<name>]`), `None` when the file does not declare it. What a pack takes from
+    /// the config file only (an `http-json` push's SQL) is read from here, never from the database,
+    /// which the admin API writes.
+    pub config_settings: Option<serde_json::Value>,
     tx: Option<Transaction<'static, Postgres>>,
 }
 
@@ -229,6 +234,7 @@ impl StepContext {
             cancel: CancellationToken::new(),
             fence: None,
             pack_section: serde_json::Value::Null,
+            config_settings: None,
             tx: None,
         }
     }
@@ -242,6 +248,12 @@ impl StepContext {
     /// The same context with the deployment's `[packs.<pack>]` section.
     pub fn with_pack_section(mut self, section: serde_json::Value) -> Self {
         self.pack_section = section;
+        self
+    }
+
+    /// The same context with the integration's settings from the config file.
+    pub fn with_config_settings(mut self, settings: Option<serde_json::Value>) -> Self {
+        self.config_settings = settings;
         self
     }
 

@@ -105,12 +105,20 @@ impl Default for SecretsConfig {
 }
 
 impl SecretsConfig {
+    /// The policy every secret reference is checked and read under.
+    pub fn policy(&self) -> crate::secret::SecretPolicy {
+        crate::secret::SecretPolicy { env_prefix: self.env_prefix.clone(), dir: self.dir.clone() }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let prefix_ok = self.env_prefix.len() >= 4
             && !self.env_prefix.starts_with(|c: char| c.is_ascii_digit())
             && self.env_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !prefix_ok {
-            return Err(invalid("secrets.env_prefix", "must be at least 4 of A-Z, a-z, 0-9 and `_`, not starting with a digit"));
+            return Err(invalid(
+                "secrets.env_prefix",
+                "must be at least 4 of A-Z, a-z, 0-9 and `_`, not starting with a digit",
+            ));
         }
         if let Some(dir) = &self.dir
             && !dir.is_absolute()
@@ -132,8 +140,9 @@ pub struct UpstreamConfig {
     pub max_body_bytes: u64,
     /// Most pages one read of one entity may follow; more fails the step.
     pub max_pages: u64,
-    /// Longest `Retry-After` obeyed, in seconds; a longer hint fails the step (retried later) and
-    /// cools the upstream down for at most this long.
+    /// Longest `Retry-After` obeyed, in seconds; a longer hint is not obeyed: the request fails at
+    /// once, the step is retried after this long, and no fleet-wide cool-down is set (the other
+    /// integrations on the upstream key go on).
     pub max_retry_after_secs: u64,
 }
 
@@ -246,7 +255,7 @@ pub struct IntegrationSpec {
     pub pack: String,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
-    /// Where the webhook HMAC secret lives: `env:NAME` or `file:/path`.
+    /// Where the webhook HMAC secret lives: `env:NAME` or `file:NAME` (`[secrets]`).
     #[serde(default)]
     pub webhook_secret_ref: Option<String>,
     #[serde(flatten)]
@@ -511,9 +520,13 @@ impl Config {
             if crate::ids::IntegrationName::parse(name).is_err() {
                 return Err(invalid(&key, "names are 1-63 of a-z, 0-9, `_` and `-`, starting with a letter or digit"));
             }
+            let policy = self.secrets.policy();
             if let Some(r) = &spec.webhook_secret_ref {
-                crate::secret::check_secret_ref(r).map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
+                crate::secret::check_secret_ref(r, &policy)
+                    .map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
             }
+            crate::secret::check_settings_secrets(&serde_json::Value::Object(spec.settings.clone()), &policy)
+                .map_err(|(k, m)| invalid(&format!("{key}.{k}"), m))?;
         }
         self.alerts.validate()?;
         self.secrets.validate()?;

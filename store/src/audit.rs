@@ -1,8 +1,10 @@
-//! The audit trail: every mutation made through the API or the CLI (who, what, when).
+//! The audit trail: every mutation made through the API or the CLI (who, what, when). The row is
+//! written in the mutation's own transaction ([`Audited`]): a mutation that fails leaves no row,
+//! and a row never records a mutation that did not commit.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
 
@@ -19,8 +21,9 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// Writes one audit row on `conn` (a transaction's connection, so it commits with the mutation).
 pub async fn record(
-    pool: &PgPool,
+    conn: impl PgExecutor<'_>,
     actor: &str,
     action: &str,
     target: &str,
@@ -31,9 +34,40 @@ pub async fn record(
         .bind(action)
         .bind(target)
         .bind(detail)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A mutation and its audit row in one transaction: [`Audited::begin`], run the mutation's store
+/// functions on [`Audited::conn`], then [`Audited::commit`] writes the row and commits both.
+/// Dropped without a commit (the mutation failed), nothing of either is kept.
+pub struct Audited {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Audited {
+    pub async fn begin(pool: &PgPool) -> Result<Audited, StoreError> {
+        Ok(Audited { tx: pool.begin().await? })
+    }
+
+    /// The transaction's connection, for the mutation's statements.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Writes the audit row and commits it with the mutation.
+    pub async fn commit(
+        mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        record(&mut *self.tx, actor, action, target, detail).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Newest first.

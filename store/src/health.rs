@@ -10,6 +10,13 @@ use crate::queue::{QueueClient, QueueDepth};
 /// Readiness of a producer or worker: PostgreSQL answers and holds every migration this build
 /// knows, and Redis answers. `Err` says what is missing.
 pub async fn readiness(pool: &PgPool, queues: &QueueClient) -> Result<(), String> {
+    migration_state(pool).await?;
+    queues.ping().await.map_err(|e| format!("Redis: {e}"))
+}
+
+/// PostgreSQL answers and `_sqlx_migrations` holds every migration this build embeds (readiness,
+/// and every service's start-up on the runtime role). `Err` says what is missing.
+pub async fn migration_state(pool: &PgPool) -> Result<(), String> {
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
         .fetch_all(pool)
         .await
@@ -27,7 +34,7 @@ pub async fn readiness(pool: &PgPool, queues: &QueueClient) -> Result<(), String
     if !missing.is_empty() {
         return Err(format!("database lacks migration(s) {}", missing.join(", ")));
     }
-    queues.ping().await.map_err(|e| format!("Redis: {e}"))
+    Ok(())
 }
 
 /// PostgreSQL answers a query (the CLI's `healthcheck`; [`readiness`] checks the migrations too).

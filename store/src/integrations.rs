@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::{PackCatalog, StoreError, integration_by_name};
-pub use syncfleet_shared::secret::check_secret_ref;
+use super::{Origin, PackCatalog, StoreError};
+pub use syncfleet_shared::secret::{REDACTED, check_secret_ref, redact_settings};
 
 /// An integration as listed.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -15,9 +15,10 @@ pub struct IntegrationView {
     pub name: String,
     pub pack: String,
     pub enabled: bool,
-    /// The pack's settings; secrets appear only as references (`secret_env`).
+    /// The pack's settings: secrets appear only as references (`secret_env`, `secret_file`);
+    /// static header and query values read `<redacted>`, URLs lose their user info and query values.
     pub settings: serde_json::Value,
-    /// Where the webhook HMAC secret lives (`env:NAME` or `file:/path`).
+    /// Where the webhook HMAC secret lives (`env:NAME` or `file:NAME`).
     pub webhook_secret_ref: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -31,15 +32,12 @@ pub struct IntegrationChange {
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
     pub enabled: Option<bool>,
-    /// `env:NAME` or `file:/path`; an empty string removes it.
+    /// `env:NAME` or `file:NAME` (under the deployment's `[secrets]`); an empty string removes it.
     pub webhook_secret_ref: Option<String>,
 }
 
 const SELECT: &str =
     "SELECT name, pack, enabled, settings, webhook_secret_ref, created_at, updated_at FROM integrations";
-
-/// What an inline secret (from a config file) reads as in a listing.
-pub const REDACTED: &str = "<redacted>";
 
 pub async fn list(pool: &PgPool) -> Result<Vec<IntegrationView>, StoreError> {
     let q = format!("{SELECT} ORDER BY name");
@@ -57,23 +55,10 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<IntegrationView, StoreErro
         .ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))
 }
 
+/// The view as listings show it: settings through [`redact_settings`] (static header and query
+/// values masked, URL user info removed), so a viewer sees where secrets live and nothing else.
 fn redacted(mut v: IntegrationView) -> IntegrationView {
-    fn walk(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    if k == "secret" && !v.is_null() {
-                        *v = serde_json::Value::String(REDACTED.into());
-                    } else {
-                        walk(v);
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    walk(&mut v.settings);
+    redact_settings(&mut v.settings);
     v
 }
 
@@ -119,26 +104,22 @@ pub async fn enabled(pool: &PgPool) -> Result<Vec<(String, String)>, StoreError>
     Ok(sqlx::query_as("SELECT name, pack FROM integrations WHERE enabled").fetch_all(pool).await?)
 }
 
-/// Checks the settings for the pack: names the key at fault. `new_settings` refuses inline
-/// secrets (settings written by the config file are the deployment's own business).
-fn check(
-    packs: &dyn PackCatalog,
-    pack: &str,
-    settings: &serde_json::Value,
-    new_settings: bool,
-) -> Result<(), StoreError> {
+/// Checks the settings for the pack: names the key at fault. Settings from the API refuse inline
+/// secrets and what the pack accepts from the config file only ([`Origin::Api`]; settings written
+/// by the config file are the deployment's own business).
+fn check(packs: &dyn PackCatalog, pack: &str, settings: &serde_json::Value, origin: Origin) -> Result<(), StoreError> {
     if !settings.is_object() {
         return Err(StoreError::Invalid("settings: expected an object".into()));
     }
     if let Some(at) = nul_at(settings, "") {
         return Err(StoreError::Invalid(format!("settings.{at}: text may not contain a NUL character")));
     }
-    if let Some(at) = inline_secret(settings, "").filter(|_| new_settings) {
+    if let Some(at) = inline_secret(settings, "").filter(|_| origin == Origin::Api) {
         return Err(StoreError::Invalid(format!(
-            "settings.{at}: inline secrets are not accepted here; name an environment variable with `secret_env`"
+            "settings.{at}: inline secrets are refused; name the secret with `secret_file` (a file under the secrets directory) or `secret_env`"
         )));
     }
-    packs.check_settings(pack, settings).map_err(|(key, message)| {
+    packs.check_settings(pack, settings, origin).map_err(|(key, message)| {
         if key == "pack" {
             StoreError::Invalid(format!("pack: {message}"))
         } else {
@@ -147,13 +128,28 @@ fn check(
     })
 }
 
-/// Creates an integration; `Invalid` naming the field when something is wrong.
+/// Creates an integration; `Invalid` naming the field when something is wrong. The row and the
+/// pack's preparation (its tables) commit together or not at all.
 pub async fn create(
     pool: &PgPool,
     packs: &dyn PackCatalog,
     name: &str,
     change: &IntegrationChange,
 ) -> Result<IntegrationView, StoreError> {
+    let mut tx = pool.begin().await?;
+    create_in(&mut tx, packs, name, change).await?;
+    tx.commit().await?;
+    get(pool, name).await
+}
+
+/// [`create`] on `conn`, a transaction the caller commits (with its audit row,
+/// [`crate::audit::Audited`]); read the result with [`get`] after the commit.
+pub async fn create_in(
+    conn: &mut PgConnection,
+    packs: &dyn PackCatalog,
+    name: &str,
+    change: &IntegrationChange,
+) -> Result<(), StoreError> {
     if crate::ids::IntegrationName::parse(name).is_err() {
         return Err(StoreError::Invalid(format!(
             "name: `{name}` is not a valid integration name (lower-case letters, digits, _ and -; at most 63)"
@@ -161,10 +157,10 @@ pub async fn create(
     }
     let pack = change.pack.as_deref().ok_or_else(|| StoreError::Invalid("pack: required".into()))?;
     let settings = change.settings.clone().unwrap_or_else(|| serde_json::json!({}));
-    check(packs, pack, &settings, true)?;
+    check(packs, pack, &settings, Origin::Api)?;
     let secret_ref = change.webhook_secret_ref.as_deref().filter(|r| !r.is_empty());
     if let Some(r) = secret_ref {
-        check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
+        packs.check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
     }
     let inserted = sqlx::query(
         "INSERT INTO integrations (name, pack, settings, enabled, webhook_secret_ref) VALUES ($1, $2, $3, $4, $5)
@@ -175,29 +171,59 @@ pub async fn create(
     .bind(&settings)
     .bind(change.enabled.unwrap_or(true))
     .bind(secret_ref)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     if inserted == 0 {
         return Err(StoreError::Conflict(format!("integration `{name}` already exists")));
     }
-    packs.prepare(pool, name, pack, &settings).await.map_err(StoreError::Integration)?;
-    get(pool, name).await
+    packs.prepare(conn, name, pack, &settings).await.map_err(unprepared)
 }
 
-/// Updates the given fields of an integration.
+/// A preparation the API's settings fail (a table that does not exist or cannot hold a column) is
+/// the request's fault: `Invalid`, naming the settings.
+fn unprepared(message: String) -> StoreError {
+    StoreError::Invalid(format!("settings: {message}"))
+}
+
+/// Updates the given fields of an integration. The row and the pack's preparation commit together
+/// or not at all.
 pub async fn update(
     pool: &PgPool,
     packs: &dyn PackCatalog,
     name: &str,
     change: &IntegrationChange,
 ) -> Result<IntegrationView, StoreError> {
-    let current = integration_by_name(pool, name).await?;
-    let pack = change.pack.clone().unwrap_or(current.pack);
-    let settings = change.settings.clone().unwrap_or(current.settings);
-    check(packs, &pack, &settings, change.settings.is_some())?;
+    let mut tx = pool.begin().await?;
+    update_in(&mut tx, packs, name, change).await?;
+    tx.commit().await?;
+    get(pool, name).await
+}
+
+/// [`update`] on `conn`, a transaction the caller commits (with its audit row,
+/// [`crate::audit::Audited`]); read the result with [`get`] after the commit. New settings (or a
+/// new pack) are checked as the API's ([`Origin::Api`]) and prepared; a change of `enabled` or of
+/// the webhook reference alone leaves the settings as stored (a config file's included).
+pub async fn update_in(
+    conn: &mut PgConnection,
+    packs: &dyn PackCatalog,
+    name: &str,
+    change: &IntegrationChange,
+) -> Result<(), StoreError> {
+    let current: Option<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT pack, settings FROM integrations WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (current_pack, current_settings) = current.ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))?;
+    let changes_settings = change.pack.is_some() || change.settings.is_some();
+    let pack = change.pack.clone().unwrap_or(current_pack);
+    let settings = change.settings.clone().unwrap_or(current_settings);
+    if changes_settings {
+        check(packs, &pack, &settings, Origin::Api)?;
+    }
     if let Some(r) = change.webhook_secret_ref.as_deref().filter(|r| !r.is_empty()) {
-        check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
+        packs.check_secret_ref(r).map_err(|m| StoreError::Invalid(format!("webhook_secret_ref: {m}")))?;
     }
     sqlx::query(
         "UPDATE integrations SET pack = $2, settings = $3, enabled = coalesce($4, enabled),
@@ -210,10 +236,12 @@ pub async fn update(
     .bind(&settings)
     .bind(change.enabled)
     .bind(change.webhook_secret_ref.as_deref())
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    packs.prepare(pool, name, &pack, &settings).await.map_err(StoreError::Integration)?;
-    get(pool, name).await
+    if changes_settings {
+        packs.prepare(conn, name, &pack, &settings).await.map_err(unprepared)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -227,7 +255,7 @@ mod tests {
         let v = serde_json::json!({ "c": ["x", "y\u{0}"] });
         assert_eq!(nul_at(&v, ""), Some("c[1]".into()));
         assert!(
-            matches!(check(&AnyPack, "demo", &v, true), Err(StoreError::Invalid(m)) if m.starts_with("settings.c[1]: text may not"))
+            matches!(check(&AnyPack, "demo", &v, Origin::Api), Err(StoreError::Invalid(m)) if m.starts_with("settings.c[1]: text may not"))
         );
     }
 
@@ -235,12 +263,15 @@ mod tests {
     struct AnyPack;
 
     impl PackCatalog for AnyPack {
-        fn check_settings(&self, _: &str, _: &serde_json::Value) -> Result<(), (String, String)> {
+        fn check_settings(&self, _: &str, _: &serde_json::Value, _: Origin) -> Result<(), (String, String)> {
+            Ok(())
+        }
+        fn check_secret_ref(&self, _: &str) -> Result<(), String> {
             Ok(())
         }
         fn prepare<'a>(
             &'a self,
-            _: &'a PgPool,
+            _: &'a mut PgConnection,
             _: &'a str,
             _: &'a str,
             _: &'a serde_json::Value,

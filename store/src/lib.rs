@@ -18,6 +18,7 @@ pub mod integrations;
 pub mod queue;
 pub mod queues;
 pub mod reports;
+pub mod roles;
 pub mod runs;
 pub mod schedules;
 pub mod tokens;
@@ -54,16 +55,31 @@ impl Integration {
     }
 }
 
+/// Where an integration's settings come from. The config file is the deployment's own (its
+/// author also holds the database credentials); the admin API takes settings from any admin
+/// token, so a pack may refuse there what only the file may set (SQL, table creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `[integrations.<name>]` of the config file.
+    ConfigFile,
+    /// The admin API or the CLI.
+    Api,
+}
+
 /// What the store asks of the packs when an integration is created, changed or registered from
 /// the config file. Implemented by `syncfleet_sdk::Registry`.
 pub trait PackCatalog: Send + Sync {
-    /// Checks `settings` for `pack`; the error is `(key relative to the integration, message)`,
-    /// with key `pack` for an unknown pack.
-    fn check_settings(&self, pack: &str, settings: &serde_json::Value) -> Result<(), (String, String)>;
-    /// Prepares what the integration needs in the database (its tables).
+    /// Checks `settings` for `pack`, as they come from `origin`; the error is `(key relative to
+    /// the integration, message)`, with key `pack` for an unknown pack.
+    fn check_settings(&self, pack: &str, settings: &serde_json::Value, origin: Origin) -> Result<(), (String, String)>;
+    /// Checks a secret reference (`env:NAME`, `file:NAME`, e.g. a `webhook_secret_ref`) against the
+    /// deployment's `[secrets]` policy, without reading it.
+    fn check_secret_ref(&self, reference: &str) -> Result<(), String>;
+    /// Prepares what the integration needs in the database (its tables), on `conn`: the
+    /// transaction that writes the integration's row, so a failure leaves neither behind.
     fn prepare<'a>(
         &'a self,
-        pool: &'a PgPool,
+        conn: &'a mut sqlx::PgConnection,
         name: &'a str,
         pack: &'a str,
         settings: &'a serde_json::Value,
@@ -107,49 +123,91 @@ pub enum StoreError {
     WrongState { run_id: String, status: String, action: &'static str, needs: &'static str },
 }
 
-/// Connects, creating the database first if it does not exist.
+/// The runtime role's pool (`database.url`), every connection under the configured time limits.
+/// Creates nothing: a database that does not exist is an error (the owner path,
+/// [`roles::migrate_as_owner`], creates it). Services start through [`roles::start`].
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(config.url.expose())?.log_statements(tracing::log::LevelFilter::Trace);
-    create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
+    let options = connect_options(config.url.expose(), config, config.statement_timeout_ms)?;
+    pool_with(options, config.max_connections).await
+}
+
+/// The shortest `statement_timeout` of the owner's connection: migrations may rewrite big tables.
+pub const OWNER_MIN_STATEMENT_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The owner connection's `statement_timeout`: the configured one, but at least
+/// [`OWNER_MIN_STATEMENT_TIMEOUT_MS`] (0, no limit, stays 0).
+pub fn owner_statement_timeout_ms(config: &DatabaseConfig) -> u64 {
+    match config.statement_timeout_ms {
+        0 => 0,
+        ms => ms.max(OWNER_MIN_STATEMENT_TIMEOUT_MS),
+    }
+}
+
+/// The options of a connection to `url` with the configured time limits: `statement_timeout`
+/// (given), `lock_timeout` and `idle_in_transaction_session_timeout`, set at connection start so
+/// they hold for every statement of every pool.
+pub fn connect_options(
+    url: &str,
+    config: &DatabaseConfig,
+    statement_timeout_ms: u64,
+) -> Result<PgConnectOptions, StoreError> {
+    Ok(PgConnectOptions::from_str(url)?
+        .options([
+            ("statement_timeout", statement_timeout_ms),
+            ("lock_timeout", config.lock_timeout_ms),
+            ("idle_in_transaction_session_timeout", config.idle_in_transaction_ms),
+        ])
+        .log_statements(tracing::log::LevelFilter::Trace))
+}
+
+pub(crate) async fn pool_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
-        .await?;
-    Ok(pool)
+        .await?)
 }
 
-async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+/// Creates the database of `options` when it does not exist, as the role of `options` (the owner
+/// path only). Returns whether it created it.
+pub(crate) async fn create_database_if_missing(options: &PgConnectOptions) -> Result<bool, StoreError> {
     let Some(name) = options.get_database().map(str::to_owned) else {
-        return Ok(());
+        return Ok(false);
     };
-    let mut conn = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
-    if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await {
-            Ok(_) => tracing::info!(database = %name, "Created database."),
-            // Another process created it at the same moment: `duplicate_database`, or a unique
-            // violation on `pg_database` when both passed the existence check together.
-            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
-            Err(e) => return Err(e.into()),
+    match sqlx::PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            return Ok(false);
         }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
     }
+    let mut conn = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let quoted = roles::quote_ident(&name);
+    let created = match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await {
+        Ok(_) => {
+            tracing::info!(database = %name, "Created database.");
+            true
+        }
+        // Another process created it at the same moment: `duplicate_database`, or a unique
+        // violation on `pg_database` when both passed the existence check together.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => false,
+        Err(e) => return Err(e.into()),
+    };
     conn.close().await.ok();
-    Ok(())
+    Ok(created)
 }
 
-/// Drops the configured database (closing other sessions on it); for tests and benchmarks.
+/// Drops the configured database (closing other sessions on it), as the owner role when
+/// `owner_url` is set, else as the role of `url`; for tests and benchmarks.
 pub async fn drop_database(config: &DatabaseConfig) -> Result<(), StoreError> {
-    let options = PgConnectOptions::from_str(config.url.expose())?;
+    let url = config.owner_url.as_ref().unwrap_or(&config.url);
+    let options = PgConnectOptions::from_str(url.expose())?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
     let mut conn = sqlx::PgConnection::connect_with(&options.database("postgres")).await?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let quoted = roles::quote_ident(&name);
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")))
         .execute(&mut conn)
         .await?;
@@ -157,7 +215,8 @@ pub async fn drop_database(config: &DatabaseConfig) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies pending migrations (safe to run from several processes at once: sqlx takes a lock).
+/// Applies pending migrations (safe to run from several processes at once: sqlx takes a lock), on
+/// a pool of the owner role ([`roles::migrate_as_owner`] is the whole owner path).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())
@@ -171,7 +230,8 @@ pub async fn integration_by_name(pool: &PgPool, name: &str) -> Result<Integratio
         .ok_or_else(|| StoreError::UnknownIntegration(name.to_owned()))
 }
 
-/// Creates the integration or updates its pack and settings (enabled).
+/// Creates the integration or updates its pack and settings (a new row is enabled; an existing
+/// row keeps its `enabled`).
 pub async fn upsert_integration(
     pool: &PgPool,
     name: &str,
@@ -182,10 +242,13 @@ pub async fn upsert_integration(
     integration_by_name(pool, name).await
 }
 
-/// Creates or updates one integration; a row that already holds these values is not rewritten.
-/// `webhook_secret_ref` replaces the stored reference when given.
+/// Creates or updates one integration from the config file; a row that already holds these values
+/// is not rewritten. `enabled` applies only to a new row: once the row exists, `enabled` belongs
+/// to the admin API and the CLI (`disable`, `PUT … {"enabled": …}`), so a producer start or a CLI
+/// command never re-enables what an admin disabled. `webhook_secret_ref` replaces the stored
+/// reference when given.
 async fn put_integration(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     name: &str,
     pack: &str,
     settings: &serde_json::Value,
@@ -195,11 +258,10 @@ async fn put_integration(
     sqlx::query(
         "INSERT INTO integrations (name, pack, settings, enabled, webhook_secret_ref) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO UPDATE SET pack = EXCLUDED.pack, settings = EXCLUDED.settings,
-             enabled = EXCLUDED.enabled,
              webhook_secret_ref = coalesce(EXCLUDED.webhook_secret_ref, integrations.webhook_secret_ref),
              updated_at = now()
-         WHERE (integrations.pack, integrations.settings, integrations.enabled, integrations.webhook_secret_ref)
-             IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings, EXCLUDED.enabled,
+         WHERE (integrations.pack, integrations.settings, integrations.webhook_secret_ref)
+             IS DISTINCT FROM (EXCLUDED.pack, EXCLUDED.settings,
                                coalesce(EXCLUDED.webhook_secret_ref, integrations.webhook_secret_ref))",
     )
     .bind(name)
@@ -207,13 +269,15 @@ async fn put_integration(
     .bind(settings)
     .bind(enabled)
     .bind(webhook_secret_ref)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Registers the integrations of the config file: creates or updates each (pack, settings,
-/// enabled) and prepares its tables. Integrations not in the file are left alone.
+/// Registers the integrations of the config file: creates or updates each (pack, settings; enabled
+/// only when new, see [`put_integration`]) and prepares its tables, each integration in one
+/// transaction, so a failed preparation leaves its row as it was. Integrations not in the file
+/// are left alone.
 pub async fn register_integrations(
     pool: &PgPool,
     packs: &dyn PackCatalog,
@@ -221,8 +285,14 @@ pub async fn register_integrations(
 ) -> Result<(), StoreError> {
     for (name, spec) in integrations {
         let settings = serde_json::Value::Object(spec.settings.clone());
-        put_integration(pool, name, &spec.pack, &settings, spec.enabled, spec.webhook_secret_ref.as_deref()).await?;
-        packs.prepare(pool, name, &spec.pack, &settings).await.map_err(StoreError::Integration)?;
+        // The database keeps the file's settings without static header and query values or URL
+        // user info: the services read those from the file (`Registry::with_declared_settings`).
+        let mut stored = settings.clone();
+        syncfleet_shared::secret::redact_settings(&mut stored);
+        let mut tx = pool.begin().await?;
+        put_integration(&mut *tx, name, &spec.pack, &stored, spec.enabled, spec.webhook_secret_ref.as_deref()).await?;
+        packs.prepare(&mut tx, name, &spec.pack, &settings).await.map_err(StoreError::Integration)?;
+        tx.commit().await?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! | key | type | holds | written by |
 //! |---|---|---|---|
 //! | `{namespace}:lease:{entity_key}` | STRING, PX ttl | task id of the job holding the entity | worker |
+//! | `{namespace}:webhook-seen:{signature}` | STRING, EX ttl | a webhook signature accepted within its window | producer |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -279,6 +280,21 @@ impl QueueClient {
         let n: i64 =
             Script::new(LEASE_RELEASE_LUA).key(self.lease_key(entity)).arg(holder).invoke_async(&mut conn).await?;
         Ok(n == 1)
+    }
+
+    /// Remembers an accepted webhook signature (lower-case hex) for `ttl`: `true` the first time,
+    /// `false` when it was seen within `ttl` (a replay). `SET NX EX`, so producers agree.
+    pub async fn webhook_signature_first_use(&self, signature: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:webhook-seen:{signature}", self.namespace))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Deletes every key of this namespace (queues and leases); for tests and benchmarks.

@@ -33,7 +33,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<StoredSchedule>, StoreError> {
 /// Creates or replaces the schedule of (`chain`, `integration_id`). Exactly one of `interval_secs`
 /// and `cron` is set (the table checks it).
 pub async fn put(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     chain: &str,
     integration_id: i64,
     interval_secs: Option<i32>,
@@ -53,7 +53,7 @@ pub async fn put(
     .bind(cron)
     .bind(enabled)
     .bind(updated_by)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -109,7 +109,7 @@ fn digest(secret: &str) -> Vec<u8> {
 
 /// Creates a token and returns it with its plaintext, which is shown once and stored nowhere.
 pub async fn create(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     name: &str,
     role: Role,
     created_by: &str,
@@ -127,7 +127,7 @@ pub async fn create(
     .bind(&key)
     .bind(digest(&secret))
     .bind(created_by)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -179,13 +179,13 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, StoreError> {
 }
 
 /// Revokes the token with this name; `TokenNotFound` if no active token has it.
-pub async fn revoke(pool: &PgPool, name: &str) -> Result<TokenInfo, StoreError> {
+pub async fn revoke(conn: impl sqlx::PgExecutor<'_>, name: &str) -> Result<TokenInfo, StoreError> {
     sqlx::query_as::<_, TokenRow>(
         "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL
          RETURNING id, name, role, key, created_by, created_at, last_used_at, revoked_at",
     )
     .bind(name)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?
     .map(Into::into)
     .ok_or_else(|| StoreError::NotFound(format!("no active token named `{name}`")))

@@ -3,6 +3,7 @@
 //! child processes of the built binaries), and cleans up after itself.
 
 pub mod chaos;
+pub mod hostile;
 pub mod moodle;
 pub mod partner;
 
@@ -14,12 +15,16 @@ use std::{
 };
 
 use rand::Rng;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use syncfleet_cli::wait_for;
 use syncfleet_producer::{Ops, ops::Trigger};
 use syncfleet_runtime::telemetry;
 use syncfleet_sdk::Registry;
-use syncfleet_shared::{chain::Mode, config::Config, ids::RunId};
+use syncfleet_shared::{
+    chain::Mode,
+    config::{Config, DatabaseConfig, Secret},
+    ids::RunId,
+};
 use syncfleet_store::{self as store, runs::TriggerKind, views::RunView};
 use syncfleet_worker::{Engine, worker_name};
 use tokio::task::JoinHandle;
@@ -88,24 +93,71 @@ impl TestEnv {
         producer_lines: &str,
         extra_toml: &str,
     ) -> TestEnv {
+        Self::build_on(PG_SERVER, registry, redis_url, top_lines, producer_lines, extra_toml).await
+    }
+
+    /// A test env on the PostgreSQL server of `server` (`postgres://SUPERUSER@HOST:PORT`, as
+    /// [`PG_SERVER`]): the harness creates the test roles there ([`test_roles`]), creates and
+    /// migrates the test's database as [`OWNER_ROLE`] (registering the config's integrations), and
+    /// the producer, the workers and the CLI connect as [`RUNTIME_ROLE`]. The config file holds
+    /// only the runtime role's URL, as a deployment's producers and workers do.
+    pub async fn build_on(
+        server: &str,
+        registry: Registry,
+        redis_url: &str,
+        top_lines: &str,
+        producer_lines: &str,
+        extra_toml: &str,
+    ) -> TestEnv {
         telemetry::init_test();
+        test_roles(server).await;
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let database = format!("sf_test_{id}");
+        let runtime_url = store::roles::with_user(&format!("{server}/{database}"), RUNTIME_ROLE);
+        // Secrets are files under the test's own `[secrets] dir` (the sandbox's keys among them),
+        // which the spawned worker processes read through the same config file.
+        let secrets_dir = std::env::temp_dir().join(format!("syncfleet-test-secrets-{id}"));
+        syncfleet_sandbox::write_secret_files(&secrets_dir, &syncfleet_sandbox::SandboxConfig::default())
+            .expect("write the test's secret files");
+        let secrets_dir = secrets_dir.display();
+        // The sandbox and the tests' own upstreams listen on loopback, which the upstream policy
+        // refuses unless allowed; a test that declares its own `[upstream]` decides itself.
+        let upstream = if extra_toml.contains("[upstream]") {
+            ""
+        } else {
+            "[upstream]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]\n"
+        };
         let toml = format!(
             "environment = \"test\"\n{top_lines}\n\
-             [database]\nurl = \"postgres://postgres@127.0.0.1:5432/{database}\"\nmax_connections = 20\n\
+             [database]\nurl = \"{runtime_url}\"\nmax_connections = 20\n\
              [redis]\nurl = \"{redis_url}\"\nnamespace = \"sft-{id}\"\n\
              [worker]\nconcurrency = 4\npoll_interval_ms = 20\nheartbeat_secs = 1\nlease_ttl_secs = 4\nlease_retry_ms = 50\ndrain_timeout_secs = 30\nlisten = \"127.0.0.1:0\"\n\
              [producer]\nlisten = \"127.0.0.1:0\"\nreconcile_interval_ms = 100\nstale_after_secs = 4\nredeliver_after_secs = 2\n{producer_lines}\n\
-             {extra_toml}\n"
+             [secrets]\ndir = \"{secrets_dir}\"\n\
+             {upstream}{extra_toml}\n"
         );
         let config = registry.config_from_toml(&toml).expect("test config is valid");
         let config_path = std::env::temp_dir().join(format!("syncfleet-test-{id}.toml"));
         std::fs::write(&config_path, &toml).expect("write test config");
-        let ops =
-            syncfleet_producer::connect(&config, registry.clone()).await.expect("connect to PostgreSQL and Redis");
+        // The owner path runs here, once; what the test starts sees only the runtime role.
+        let mut owner = config.clone();
+        owner.database.owner_url = Some(Secret::new(owner_url(&config.database)));
+        let mut ops =
+            syncfleet_producer::connect(&owner, registry.clone()).await.expect("connect to PostgreSQL and Redis");
+        ops.config.database.owner_url = None;
         let pool = ops.pool.clone();
         TestEnv { id, config, config_path, ops, pool, registry }
+    }
+
+    /// A pool of the owner role on this test's database, for what the runtime role may not do
+    /// (DDL: tables, triggers; `_sqlx_migrations`).
+    pub async fn owner_pool(&self) -> PgPool {
+        let config = DatabaseConfig {
+            url: Secret::new(owner_url(&self.config.database)),
+            max_connections: 2,
+            ..self.config.database.clone()
+        };
+        store::connect(&config).await.expect("connect as the owner role")
     }
 
     /// Creates (or updates) an integration of the demo pack.
@@ -252,10 +304,51 @@ impl TestEnv {
 
     pub async fn finish(self) {
         self.pool.close().await;
-        store::drop_database(&self.config.database).await.ok();
+        drop_test_database(&self.config.database).await;
         self.ops.queues.purge_namespace().await.ok();
         std::fs::remove_file(&self.config_path).ok();
+        if let Some(dir) = &self.config.secrets.dir {
+            std::fs::remove_dir_all(dir).ok();
+        }
     }
+}
+
+/// The PostgreSQL server of the tests, as its superuser (trust authentication).
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+/// The role that owns every test database and runs its migrations (may create databases).
+pub const OWNER_ROLE: &str = "sf_test_owner";
+/// The role the tests' producers, workers and CLI connect as: no superuser, no CREATEDB, no
+/// CREATEROLE, granted by the owner path.
+pub const RUNTIME_ROLE: &str = "sf_test_runtime";
+
+/// Creates [`OWNER_ROLE`] and [`RUNTIME_ROLE`] on the server of `server` (its superuser) unless
+/// they exist; safe when tests in several processes do it at once.
+pub async fn test_roles(server: &str) {
+    let options: PgConnectOptions = format!("{server}/postgres").parse().expect("server URL");
+    let mut conn = PgConnection::connect_with(&options).await.expect("connect to PostgreSQL as its superuser");
+    store::roles::ensure_role(&mut conn, OWNER_ROLE, "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE")
+        .await
+        .expect("owner role");
+    store::roles::ensure_role(&mut conn, RUNTIME_ROLE, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        .await
+        .expect("runtime role");
+    conn.close().await.ok();
+}
+
+/// The owner role's URL of the database of `database` (a test config's runtime URL).
+pub fn owner_url(database: &DatabaseConfig) -> String {
+    store::roles::with_user(database.url.expose(), OWNER_ROLE)
+}
+
+/// Drops the database of a test config, as the server's superuser (which may end the runtime
+/// role's sessions on it).
+pub async fn drop_test_database(database: &DatabaseConfig) {
+    let superuser = DatabaseConfig {
+        url: Secret::new(store::roles::with_user(database.url.expose(), "postgres")),
+        owner_url: None,
+        ..database.clone()
+    };
+    store::drop_database(&superuser).await.ok();
 }
 
 /// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).

@@ -31,7 +31,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/integrations/{name}/disable", "admin"),
     ("POST", "/api/integrations/{name}/items/{entity}", "signature"),
     ("POST", "/api/integrations/{name}/users/{username}/hydrate", "operator"),
-    ("PUT", "/api/integrations/{name}/users/{username}/scope", "operator"),
+    ("PUT", "/api/integrations/{name}/users/{username}/scope", "admin"),
     ("GET", "/api/workers", "viewer"),
     ("GET", "/api/tokens", "admin"),
     ("POST", "/api/tokens", "admin"),
@@ -62,10 +62,10 @@ async fn every_route_needs_a_token_and_the_right_role() {
     env.demo_integration("acme", json!({ "step_ms": 0 })).await;
     // The webhook route checks the integration's signature instead of a token.
     let change = syncfleet_store::integrations::IntegrationChange {
-        webhook_secret_ref: Some("file:/nonexistent/only-the-signature-check-is-reached".into()),
+        webhook_secret_ref: Some("file:absent-only-the-signature-check-is-reached".into()),
         ..Default::default()
     };
-    syncfleet_store::integrations::update(&env.pool, &env.registry, "acme", &change).await.unwrap();
+    syncfleet_store::integrations::update(&env.pool, env.ops.registry.as_ref(), "acme", &change).await.unwrap();
     let producer = env.spawn_producer().await;
     let admin = env.api(&producer, "admin").await;
     let (status, created) = admin.post("/api/chains/demo_ping/runs", json!({ "integration": "acme" })).await;
@@ -461,12 +461,15 @@ async fn integrations_are_managed_with_secrets_only_by_reference() {
 
     // Update, read back, disable; a disabled integration gets no runs.
     let (status, updated) = admin
-        .put("/api/integrations/beta", json!({ "settings": { "step_ms": 9 }, "webhook_secret_ref": "env:BETA_HOOK" }))
+        .put(
+            "/api/integrations/beta",
+            json!({ "settings": { "step_ms": 9 }, "webhook_secret_ref": "env:SYNCFLEET_SECRET_BETA_HOOK" }),
+        )
         .await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(
         (updated["settings"]["step_ms"].as_i64(), updated["webhook_secret_ref"].as_str()),
-        (Some(9), Some("env:BETA_HOOK"))
+        (Some(9), Some("env:SYNCFLEET_SECRET_BETA_HOOK"))
     );
     let (status, one) = admin.get("/api/integrations/beta").await;
     assert_eq!((status, one["settings"]["step_ms"].as_i64()), (200, Some(9)));

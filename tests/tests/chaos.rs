@@ -99,7 +99,7 @@ impl Scene {
         let (toml, erps) = chaos::erp_integrations(sandbox, setup.erps, setup.page, setup.erp_extra);
         let env = make_env(format!("{toml}\n{}", attempts())).await;
         let cleanup = Cleanup::new(&env);
-        chaos::install_logs(&env.pool, &["erp_items"]).await;
+        chaos::install_logs(&env.owner_pool().await, &["erp_items"]).await;
         let demos = demo_integrations(&env, setup.demos, setup.step_ms).await;
         sandbox.faults("erp", json!({ "latency_ms": setup.latency_ms })).await;
         let mut fleet = Fleet::new(&env);
@@ -260,7 +260,7 @@ async fn workers_sigkilled_during_moodle_institutional_runs_leave_the_institutio
     toml.push_str("[packs.moodle]\ndisable_sync_category_on_startup = true\nsync_on_startup = false\n");
     let env = TestEnv::new(&toml).await;
     let cleanup = Cleanup::new(&env);
-    chaos::install_logs(&env.pool, &["moodle_enrollments", "moodle_sections"]).await;
+    chaos::install_logs(&env.owner_pool().await, &["moodle_enrollments", "moodle_sections"]).await;
     sandbox.faults("moodle", json!({ "latency_ms": 60 })).await;
     let mut fleet = Fleet::new(&env);
     fleet.start_producer();
@@ -580,7 +580,7 @@ async fn a_thousand_integrations_triggered_at_once_all_complete_without_wedging(
     let chain = if chaos::long() { FANOUT } else { "demo_ping" };
     let env = TestEnv::with_producer(&format!("dispatch_cap = {cap}"), &attempts()).await;
     let cleanup = Cleanup::new(&env);
-    chaos::install_logs(&env.pool, &[]).await;
+    chaos::install_logs(&env.owner_pool().await, &[]).await;
     sqlx::query(
         "INSERT INTO integrations (name, pack, settings)
          SELECT format('bulk-%s', lpad(g::text, 5, '0')), 'demo', '{\"step_ms\": 20}' FROM generate_series(1, $1) g",
@@ -650,7 +650,7 @@ async fn the_checks_catch_overlaps_double_completions_stray_writes_and_drift() {
     let (toml, erps) = chaos::erp_integrations(&sandbox, 1, 100, "");
     let env = TestEnv::new(&toml).await;
     let cleanup = Cleanup::new(&env);
-    chaos::install_logs(&env.pool, &["erp_items"]).await;
+    chaos::install_logs(&env.owner_pool().await, &["erp_items"]).await;
     let run = env.trigger_with(SYNC, &erps[0], Mode::Full, false).await;
     let step: i64 = env.scalar("SELECT id FROM step_runs WHERE run_id = $1", run).await;
     let clean = chaos::fleet_report(&env.pool, "pull").await;

@@ -168,6 +168,7 @@ fn free_port() -> u16 {
 fn localize(process: &mut Process, env: &TestEnv, ports: &BTreeMap<&str, u16>) {
     let mut own = BTreeMap::from([
         ("SYNCFLEET__DATABASE__URL", env.config.database.url.expose().to_owned()),
+        ("SYNCFLEET__DATABASE__OWNER_URL", syncfleet_tests::owner_url(&env.config.database)),
         ("SYNCFLEET__REDIS__URL", REDIS_URL.to_owned()),
         ("SYNCFLEET__REDIS__NAMESPACE", env.config.redis.namespace.clone()),
     ]);
@@ -175,8 +176,8 @@ fn localize(process: &mut Process, env: &TestEnv, ports: &BTreeMap<&str, u16>) {
         own.insert(key, format!("127.0.0.1:{port}"));
     }
     for (key, value) in own {
-        if key.ends_with("__LISTEN") && !process.env.contains_key(key) {
-            continue; // a process without that listener
+        if (key.ends_with("__LISTEN") || key.ends_with("__OWNER_URL")) && !process.env.contains_key(key) {
+            continue; // a process without that listener, or one that runs as the runtime role only
         }
         let old = process.env.insert(key.to_owned(), value);
         assert!(old.is_some(), "{:?} does not set {key}", process.argv);
@@ -230,6 +231,7 @@ async fn overlay_comes_up_ready(overlay: &str) {
     let env = TestEnv::new("").await;
     let secrets = BTreeMap::from([
         (("syncfleet-secrets", "database-url"), "postgres://placeholder".to_owned()),
+        (("syncfleet-secrets", "database-owner-url"), "postgres://placeholder".to_owned()),
         (("syncfleet-secrets", "redis-url"), "redis://placeholder".to_owned()),
     ]);
 
@@ -247,6 +249,9 @@ async fn overlay_comes_up_ready(overlay: &str) {
     localize(&mut worker, &env, &BTreeMap::from([("SYNCFLEET__WORKER__LISTEN", worker_port)]));
     assert_eq!(producer.argv, ["syncfleet-producer"]);
     assert_eq!(worker.argv, ["syncfleet-worker"]);
+    // Only the migration Job runs as the owner role.
+    let owner = "SYNCFLEET__DATABASE__OWNER_URL";
+    assert!(migrate.env.contains_key(owner) && !producer.env.contains_key(owner) && !worker.env.contains_key(owner));
     let drain: u64 = worker.env["SYNCFLEET__WORKER__DRAIN_TIMEOUT_SECS"].parse().unwrap();
     let grace =
         object(&docs, "Deployment", "syncfleet-worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -298,6 +303,7 @@ async fn compose_services_accept_their_environment() {
         Process { argv, env }
     };
     let mut migrate = service("migrate");
+    assert!(migrate.env.contains_key("SYNCFLEET__DATABASE__OWNER_URL"), "compose migrate runs as the owner role");
     localize(&mut migrate, &env, &BTreeMap::new());
     assert!(command(&migrate).status().await.unwrap().success(), "compose migrate: {migrate:?}");
     let (pp, wp) = (free_port(), free_port());

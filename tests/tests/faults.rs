@@ -124,28 +124,54 @@ async fn sigterm_during_a_step_lets_it_finish_and_the_worker_exits_zero() {
     env.finish().await;
 }
 
-/// Producer and workers started together on a database that does not exist yet (docker-compose,
-/// a fresh cluster): each creates and migrates it, and none fails because another one won.
+/// Processes started together on a database that does not exist yet (docker-compose, a fresh
+/// cluster): those given the owner role's URL create, migrate and grant it together, none failing
+/// because another one won; those given only the runtime role's URL refuse to start, saying to run
+/// `syncfleet migrate`, until the owners are done, and then come up (as a restarted container does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_starting_together_on_a_fresh_database_all_come_up() {
+    syncfleet_tests::test_roles(syncfleet_tests::PG_SERVER).await;
     let name = format!("sf_test_fresh_{:08x}", rand::random::<u32>());
-    let config = syncfleet_shared::config::DatabaseConfig {
-        url: syncfleet_shared::config::Secret::new(format!("postgres://postgres@127.0.0.1:5432/{name}")),
+    let url = |role: &str| format!("postgres://{role}@127.0.0.1:5432/{name}");
+    let mut runtime = syncfleet_shared::config::Config::default();
+    runtime.database = syncfleet_shared::config::DatabaseConfig {
+        url: syncfleet_shared::config::Secret::new(url(syncfleet_tests::RUNTIME_ROLE)),
         max_connections: 2,
-        ..syncfleet_shared::Config::default().database
+        ..runtime.database
     };
-    let starts = (0..6).map(|_| {
-        let config = config.clone();
+    let mut owner = runtime.clone();
+    owner.database.owner_url = Some(syncfleet_shared::config::Secret::new(url(syncfleet_tests::OWNER_ROLE)));
+    let start = |config: syncfleet_shared::config::Config| {
         tokio::spawn(async move {
-            let pool = syncfleet_store::connect(&config).await?;
-            syncfleet_store::migrate(&pool).await?;
+            let pool = syncfleet_store::roles::start(&config, &syncfleet_registry::builtin()).await?;
+            let role: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&pool).await?;
             pool.close().await;
-            Ok::<_, syncfleet_store::StoreError>(())
+            Ok::<_, syncfleet_store::roles::SetupError>(role)
         })
-    });
-    let results = futures::future::join_all(starts).await;
-    syncfleet_store::drop_database(&config).await.unwrap();
-    for r in results {
-        r.unwrap().expect("every process comes up");
+    };
+    let owners: Vec<_> = (0..4).map(|_| start(owner.clone())).collect();
+    let runtimes: Vec<_> = (0..4).map(|_| start(runtime.clone())).collect();
+    let owners = futures::future::join_all(owners).await;
+    let runtimes = futures::future::join_all(runtimes).await;
+    // Once the owners are done, a runtime process comes up.
+    let after = start(runtime.clone()).await.unwrap();
+    syncfleet_tests::drop_test_database(&runtime.database).await;
+
+    for r in owners {
+        // Each connects as the runtime role once it has migrated as the owner.
+        assert_eq!(r.unwrap().expect("every owner process comes up"), syncfleet_tests::RUNTIME_ROLE);
     }
+    let mut refused = 0;
+    for r in runtimes {
+        match r.unwrap() {
+            Ok(role) => assert_eq!(role, syncfleet_tests::RUNTIME_ROLE),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.starts_with("database not migrated: run `syncfleet migrate`"), "{text}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(after.expect("a runtime process comes up on the migrated database"), syncfleet_tests::RUNTIME_ROLE);
+    eprintln!("{refused} of 4 runtime processes refused to start before the migration");
 }

@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 const ERP_TOKEN: &str = "erp-token";
 
+/// The sandbox listens on loopback, which the upstream policy refuses unless allowed.
+fn loopback() -> syncfleet_shared::config::UpstreamConfig {
+    syncfleet_shared::config::UpstreamConfig { allow_networks: vec!["127.0.0.0/8".into()], ..Default::default() }
+}
+
 fn namespace() -> String {
     format!("sft-http-{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
 }
@@ -68,7 +73,11 @@ async fn three_workers_share_one_rate_budget() {
     let limits = Limits { rate_per_sec: Some(8.0), burst: 1, concurrency: 4, ..fast_limits() };
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(HttpClients::new(Some(budget(&ns).await)).client("erp-shared", &limits));
+        clients.push(HttpClients::new(Some(budget(&ns).await), &loopback()).client(
+            "erp-shared",
+            &erp_items(&sandbox),
+            &limits,
+        ));
     }
 
     let start = Instant::now();
@@ -110,8 +119,8 @@ async fn retry_after_of_a_429_holds_back_every_worker() {
     let observer = budget(&ns).await;
     // No rate on our side: only the upstream's 429 and its `Retry-After: 1` slow the clients down.
     let limits = Limits { rate_per_sec: None, concurrency: 1, ..fast_limits() };
-    let a = HttpClients::new(Some(budget(&ns).await)).client(upstream, &limits);
-    let b = HttpClients::new(Some(budget(&ns).await)).client(upstream, &limits);
+    let a = HttpClients::new(Some(budget(&ns).await), &loopback()).client(upstream, &erp_items(&sandbox), &limits);
+    let b = HttpClients::new(Some(budget(&ns).await), &loopback()).client(upstream, &erp_items(&sandbox), &limits);
 
     // A sends one request after another until one is throttled (it then waits and retries).
     let worker_a = {
@@ -160,7 +169,11 @@ async fn retry_after_of_a_429_holds_back_every_worker() {
 async fn server_errors_are_retried_until_success() {
     let sandbox = Sandbox::start().await;
     sandbox.faults("erp", json!({ "error_5xx_share": 0.5 })).await;
-    let client = HttpClients::new(None).client("erp", &Limits { max_retries: 10, ..fast_limits() });
+    let client = HttpClients::new(None, &loopback()).client(
+        "erp",
+        &erp_items(&sandbox),
+        &Limits { max_retries: 10, ..fast_limits() },
+    );
     let requests = 8;
     for _ in 0..requests {
         let body = get_item(&client, &sandbox).await.expect("succeeds after retries");
@@ -179,7 +192,7 @@ async fn server_errors_are_retried_until_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_credential_fails_at_once() {
     let sandbox = Sandbox::start().await;
-    let client = HttpClients::new(None).client("erp", &fast_limits());
+    let client = HttpClients::new(None, &loopback()).client("erp", &erp_items(&sandbox), &fast_limits());
     let cancel = CancellationToken::new();
     let err = client.get_json(&erp_items(&sandbox), &erp_auth("wrong-token"), &one_item(), &cancel).await.unwrap_err();
     assert_eq!(err.status(), Some(401), "{err}");
@@ -193,7 +206,7 @@ async fn a_refused_credential_fails_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_json_is_a_decode_error_without_the_token() {
     let sandbox = Sandbox::start().await;
-    let client = HttpClients::new(None).client("moodle", &fast_limits());
+    let client = HttpClients::new(None, &loopback()).client("moodle", &sandbox.handle.moodle_url(), &fast_limits());
     // Without `moodlewsrestformat=json` Moodle answers XML.
     let query =
         vec![("wstoken".into(), "moodle-token".into()), ("wsfunction".into(), "core_course_get_categories".into())];
@@ -234,7 +247,8 @@ async fn cancel_stops_a_request_waiting_for_the_cool_down() {
     let ns = namespace();
     let budget = budget(&ns).await;
     budget.cool_down("held", Duration::from_secs(5)).await.unwrap();
-    let client = HttpClients::new(Some(budget.clone())).client("held", &fast_limits());
+    let client =
+        HttpClients::new(Some(budget.clone()), &loopback()).client("held", "http://127.0.0.1:9", &fast_limits());
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {

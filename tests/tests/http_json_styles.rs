@@ -24,7 +24,7 @@ async fn page_offset_and_query_styles_read_every_record() {
 [integrations.np]
 pack = "http-json"
 base_url = "{np}"
-auth = {{ style = "header", name = "X-Api-Key", secret = "np-key" }}
+auth = {{ style = "header", name = "X-Api-Key", secret_file = "np-key" }}
 [integrations.np.entities.people]
 path = "/people"
 paging = {{ style = "page", limit = 40, next = "/links/next" }}
@@ -41,7 +41,7 @@ unsubscribed = {{ path = "/attributes/unsubscribed", type = "boolean" }}
 [integrations.prm]
 pack = "http-json"
 base_url = "{prm}"
-auth = {{ style = "header", name = "Authorization", secret = "prm-key prm-key" }}
+auth = {{ style = "header", name = "Authorization", secret_file = "prm-authorization" }}
 [integrations.prm.entities.accounts]
 path = "/Account"
 query = {{ fields = "Id,Name,Updated", orderby = "Id" }}
@@ -57,7 +57,7 @@ name = {{ path = "/name", type = "text" }}
 [integrations.lms]
 pack = "http-json"
 base_url = "{moodle}"
-auth = {{ style = "query", param = "wstoken", secret = "moodle-token" }}
+auth = {{ style = "query", param = "wstoken", secret_file = "moodle-token" }}
 [integrations.lms.entities.courses]
 path = ""
 query = {{ wsfunction = "core_course_get_courses_by_field", moodlewsrestformat = "json" }}
@@ -75,6 +75,9 @@ category = {{ path = "/categoryid", type = "integer" }}
         moodle = sandbox.handle.moodle_url(),
     );
     let env = TestEnv::new(&toml).await;
+    // Impartner's `Authorization: prm-key <key>` is one secret value, in a file of its own.
+    let secrets_dir = env.config.secrets.dir.clone().expect("the harness sets a secrets directory");
+    std::fs::write(secrets_dir.join("prm-authorization"), "prm-key prm-key\n").unwrap();
     let worker = env.spawn_worker("w").await;
 
     let people = counts["northpass"]["people"].as_i64().unwrap();

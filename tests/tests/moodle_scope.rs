@@ -188,7 +188,8 @@ async fn scopes_follow_the_majority_the_tie_break_and_the_manual_sources() {
     // Manual source: the user is skipped whole. The program is set by hand (so `manual`), the
     // department is spoiled in the table: the derivation would fix it, but leaves the user alone.
     let producer = env.spawn_producer().await;
-    let api = env.api(&producer, "operator").await;
+    // A hand-set scope is an integration change: the admin role.
+    let api = env.api(&producer, "admin").await;
     let manual = expected.keys().filter(|u| u.contains('-')).nth(5).unwrap().clone();
     let other_program =
         expected.values().filter_map(|s| s.2.clone()).find(|p| Some(p) != expected[&manual].2.as_ref()).unwrap();
@@ -334,7 +335,8 @@ async fn hand_granted_roles_survive_and_hydration_decides_as_the_chain_does() {
     );
     assert!(body["campus_id"].is_string(), "{body}");
     // A manual user is left alone; unknown users and other packs are refused.
-    api.put(&format!("/api/integrations/uni/users/{username}/scope"), json!({"department_source": "manual"})).await;
+    let admin = env.api(&producer, "admin").await;
+    admin.put(&format!("/api/integrations/uni/users/{username}/scope"), json!({"department_source": "manual"})).await;
     let (_, body) = api.post(&format!("/api/integrations/uni/users/{username}/hydrate"), json!({})).await;
     assert_eq!(body["outcome"], "manual_skipped", "{body}");
     let (status, body) = api.post("/api/integrations/uni/users/nobody-999/hydrate", json!({})).await;

@@ -409,11 +409,12 @@ async fn metrics_have_histograms_record_counts_and_fresh_queue_depth_and_readyz_
     assert_eq!(get(&format!("{worker_url}/livez")).await, (200, "ok".into()));
     assert_eq!(get(&format!("{worker_url}/readyz")).await, (200, "ready".into()));
     let version: i64 = env.value("SELECT max(version) FROM _sqlx_migrations").await;
+    let owner = env.owner_pool().await; // `_sqlx_migrations` is the owner role's to change
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE saved_migration AS SELECT * FROM _sqlx_migrations WHERE version = {version};
          DELETE FROM _sqlx_migrations WHERE version = {version};"
     )))
-    .execute(&env.pool)
+    .execute(&owner)
     .await
     .unwrap();
     let (status, message) = get(&format!("{worker_url}/readyz")).await;
@@ -422,7 +423,7 @@ async fn metrics_have_histograms_record_counts_and_fresh_queue_depth_and_readyz_
     let shared = syncfleet_store::health::readiness(&env.pool, &env.ops.queues).await;
     assert_eq!(shared, Err(message), "the producer's and the worker's probe say the same");
     sqlx::raw_sql("INSERT INTO _sqlx_migrations SELECT * FROM saved_migration; DROP TABLE saved_migration;")
-        .execute(&env.pool)
+        .execute(&owner)
         .await
         .unwrap();
     assert_eq!(get(&format!("{worker_url}/readyz")).await, (200, "ready".into()));

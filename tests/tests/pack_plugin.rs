@@ -59,8 +59,13 @@ impl Pack for NotesPack {
         }
     }
 
-    fn prepare<'a>(&'a self, pool: &'a PgPool, _: &'a str, _: &'a Value) -> BoxFuture<'a, Result<(), String>> {
-        async move { table().ensure(pool, true).await.map_err(|e| e.to_string()) }.boxed()
+    fn prepare<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        _: &'a str,
+        _: &'a Value,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move { table().ensure(conn, true).await.map_err(|e| e.to_string()) }.boxed()
     }
 }
 
@@ -127,8 +132,10 @@ async fn rows(pool: &PgPool) -> Vec<(String, Option<String>, bool)> {
 async fn a_pack_defined_only_in_a_test_runs_its_chain_with_the_engines_guard() {
     let registry = syncfleet_registry::builtin().with(NotesPack);
     let env = TestEnv::with_registry(registry, "").await;
-    // Created as the admin API creates it: the settings checked and the table prepared by the pack.
-    integrations::create(&env.pool, &env.registry, "mine", &change(Some(PACK), notes(0..20))).await.unwrap();
+    // Created as the admin API creates it: the settings checked and the table prepared by the pack
+    // (as the owner role: the services' runtime role creates no table).
+    let owner = env.owner_pool().await;
+    integrations::create(&owner, &env.registry, "mine", &change(Some(PACK), notes(0..20))).await.unwrap();
     let worker = env.spawn_worker("w").await;
 
     let first = env.run_to_end(CHAIN, "mine", Mode::Full, false).await;

@@ -13,8 +13,8 @@ use syncfleet_tests::TestEnv;
 const TOML: &str = r#"
 [integrations.acme]
 pack = "partner"
-northpass = { base_url = "http://127.0.0.1:9/v2", secret = "np-key" }
-impartner = { base_url = "http://127.0.0.1:9/api/objects/v1", secret = "prm-key" }
+northpass = { base_url = "http://127.0.0.1:9/v2", secret_file = "np-key" }
+impartner = { base_url = "http://127.0.0.1:9/api/objects/v1", secret_file = "prm-key" }
 
 [schedules.partner_cleanup.acme]
 cron = "0 30 5 * * Sun"

@@ -356,12 +356,15 @@ async fn flaky_upstream() -> (String, Arc<Mutex<Vec<(String, Instant)>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn first_http_retries_wait_a_random_time_between_the_base_and_twice_it() {
     let (base, seen) = flaky_upstream().await;
-    let clients = HttpClients::new(None);
+    // The upstream listens on loopback, which the upstream policy refuses unless allowed.
+    let upstream =
+        syncfleet_shared::config::UpstreamConfig { allow_networks: vec!["127.0.0.0/8".into()], ..Default::default() };
+    let clients = HttpClients::new(None, &upstream);
     let limits = Limits::default();
     let cancel = CancellationToken::new();
     // Twelve requests failing at the same instant, as twelve workers' would.
     let tries = (0..12).map(|i| {
-        let client = clients.client(&format!("flaky-{i}"), &limits);
+        let client = clients.client(&format!("flaky-{i}"), &base, &limits);
         let (url, cancel) = (format!("{base}/{i}"), cancel.clone());
         async move { client.get_json(&url, &[], &[], &cancel).await }
     });

@@ -271,22 +271,37 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     let producer = env.spawn_producer().await;
     let base = format!("http://{}/api/integrations", producer.addr.unwrap());
     let http = reqwest::Client::new();
-    // Webhooks authenticate with the integration's HMAC secret, kept in a file it references.
-    let secret_file = std::env::temp_dir().join(format!("syncfleet-webhook-{}", env.id));
-    std::fs::write(&secret_file, "s3cret-webhook\n").unwrap();
+    // Webhooks authenticate with the integration's HMAC secret, kept in a file under the
+    // deployment's secrets directory that the integration references.
+    const KEY: &[u8] = b"s3cret-webhook-s3cret-webhook-s3cret";
+    let secrets_dir = env.config.secrets.dir.clone().unwrap();
+    std::fs::write(secrets_dir.join("erp-webhook"), [KEY, b"\n"].concat()).unwrap();
     let change = syncfleet_store::integrations::IntegrationChange {
-        webhook_secret_ref: Some(format!("file:{}", secret_file.display())),
+        webhook_secret_ref: Some("file:erp-webhook".into()),
         ..Default::default()
     };
-    syncfleet_store::integrations::update(&env.pool, &env.registry, "erp", &change).await.unwrap();
+    syncfleet_store::integrations::update(&env.pool, env.ops.registry.as_ref(), "erp", &change).await.unwrap();
+    // Signed webhooks v2: each call its own timestamp, so a repeated body is no replay.
+    let calls = std::sync::atomic::AtomicI64::new(0);
+    let signed = |url: &str, bytes: &[u8]| {
+        let at = chrono::Utc::now().timestamp() - calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let u = reqwest::Url::parse(url).unwrap();
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        };
+        (at.to_string(), syncfleet_producer::auth::sign(KEY, at, "POST", &path, bytes))
+    };
     let post = |path: String, body: Value| {
         let http = http.clone();
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let (at, signature) = signed(&path, &bytes);
         async move {
-            let bytes = serde_json::to_vec(&body).unwrap();
             let r = http
                 .post(path)
                 .header("content-type", "application/json")
-                .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"s3cret-webhook", &bytes))
+                .header("x-syncfleet-timestamp", at)
+                .header("x-syncfleet-signature", signature)
                 .body(bytes)
                 .send()
                 .await
@@ -299,9 +314,20 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
                         "updated_at": "2026-11-01T10:00:00Z" });
     let r = http.post(format!("{base}/erp/items/items")).json(&probe).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    let now = chrono::Utc::now().timestamp();
     let r = http
         .post(format!("{base}/erp/items/items"))
-        .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"wrong", probe.to_string().as_bytes()))
+        .header("x-syncfleet-timestamp", now.to_string())
+        .header(
+            "x-syncfleet-signature",
+            syncfleet_producer::auth::sign(
+                b"wrong",
+                now,
+                "POST",
+                "/api/integrations/erp/items/items",
+                probe.to_string().as_bytes(),
+            ),
+        )
         .json(&probe)
         .send()
         .await
@@ -344,16 +370,17 @@ async fn single_item_sync_goes_through_the_same_mapping_and_upsert() {
     let (status, body) = post(format!("{base}/erp/items/nope"), item.clone()).await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = post(format!("{base}/missing/items/items"), item.clone()).await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 401, "an unknown integration is no different from a bad signature: {body}");
+    let (at, signature) = signed(&format!("{base}/erp/items/items"), b"not json");
     let r = http
         .post(format!("{base}/erp/items/items"))
-        .header("x-syncfleet-signature", syncfleet_producer::auth::sign(b"s3cret-webhook", b"not json"))
+        .header("x-syncfleet-timestamp", at)
+        .header("x-syncfleet-signature", signature)
         .body("not json")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    std::fs::remove_file(&secret_file).ok();
     producer.stop().await;
     worker.stop().await;
     env.finish().await;

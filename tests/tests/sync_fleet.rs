@@ -134,7 +134,7 @@ max_batch = 3
          INSERT INTO stock_targets SELECT i.id, g::text, 1000 + g, 'W-' || g FROM integrations i, generate_series(1, 5) g;
          INSERT INTO stock_targets SELECT i.id, '99999999', 1, 'W-X' FROM integrations i;",
     )
-    .execute(&env.pool)
+    .execute(&env.owner_pool().await) // a table is the owner role's to create
     .await
     .unwrap();
     let run_push = || env.run_to_end("http_json_push", "erp", Mode::Full, false);

@@ -127,7 +127,9 @@ impl Engine {
         handlers: Arc<HandlerRegistry>,
         name: String,
     ) -> Engine {
-        let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())));
+        // Packs read their integrations' secrets under the deployment's `[secrets]` policy.
+        let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())), &config.upstream)
+            .with_secrets(config.secrets.policy());
         metrics::install();
         Engine {
             config,
@@ -269,7 +271,9 @@ impl Engine {
             c.run_id,
             chain,
             def,
-            c.integration.clone(),
+            // The config file's own settings for an integration it declares (the database keeps
+            // them without static header and query values or URL user info).
+            syncfleet_sdk::registry::with_declared_settings(&self.config, c.integration.clone()),
             mode,
             c.shard,
             c.attempt,
@@ -278,6 +282,9 @@ impl Engine {
             self.http.clone(),
         )
         .with_pack_section(self.config.pack_section(&chain_pack).clone())
+        .with_config_settings(
+            self.config.integrations.get(&c.integration.name).map(|i| serde_json::Value::Object(i.settings.clone())),
+        )
         .fenced(fence.step_run_id, fence.job_id);
         Ok((ctx, handler))
     }

@@ -10,7 +10,10 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use syncfleet_runtime::metrics;
+use syncfleet_runtime::{
+    metrics,
+    server::{self, ServerLimits},
+};
 use syncfleet_store::health;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,10 +38,14 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
     }
 }
 
-/// Serves [`router`] on `listener` until `stop`.
+/// Serves [`router`] on `listener` until `stop`, within [`ServerLimits::PROBES`] (header-read and
+/// request timeouts, a connection limit, a shutdown deadline).
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: CancellationToken) {
-    let app = router(engine);
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+    let limits = ServerLimits::PROBES;
+    let app = server::with_request_timeout(router(engine), limits.request_timeout, |_, limit| {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {} s", limit.as_secs())).into_response()
+    });
+    if let Err(error) = server::serve(listener, app, limits, stop).await {
         tracing::error!(%error, "Worker HTTP listener failed.");
     }
 }

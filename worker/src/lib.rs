@@ -33,12 +33,12 @@ pub fn worker_name(prefix: Option<&str>) -> String {
     format!("{base}-{}-{suffix:08x}", std::process::id())
 }
 
-/// Connects, then runs the steps of `registry`'s packs until `shutdown` is cancelled and running
+/// Connects (the runtime role; the owner path first when `database.owner_url` is set:
+/// `syncfleet_store::roles::start`), then runs the steps of `registry`'s packs until `shutdown` is cancelled and running
 /// steps have drained. The HTTP listener on `worker.listen` (unless empty) answers until the
 /// drain is over.
 pub async fn run(config: Config, registry: &Registry, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = store::connect(&config.database).await?;
-    store::migrate(&pool).await?;
+    let pool = store::roles::start(&config, registry).await?;
     let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
     let (chains, handlers) = registry.build(&config)?;
     let name = worker_name(config.worker.name.as_deref());

@@ -3,8 +3,12 @@
 //! engine as every other source. See `examples/erp.toml`.
 //!
 //! Chains:
-//! - `http_json_sync`: `pull` syncs every entity of the integration, in name order.
-//! - `http_json_push`: `push` writes every configured push back to the upstream.
+//! - `http_json_sync`: `pull` syncs every entity of the integration, in name order; each entity's
+//!   cursor and sweep commit with the step, in one short transaction opened after the last entity
+//!   was read.
+//! - `http_json_push`: `push` writes every configured push back to the upstream. A push's SQL is
+//!   taken from the config file only (`[integrations.<name>.pushes.<push>] query`), never from the
+//!   database or the admin API, and runs read-only.
 
 mod settings;
 mod sink;
@@ -14,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 pub use settings::{Auth, ColumnSpec, EntitySpec, Paging, PushSpec, SecretSource, Settings};
@@ -73,13 +77,18 @@ impl Pack for HttpJsonPack {
         Settings::parse(settings).map(|_| ())
     }
 
+    /// Push SQL and table creation come from the config file only.
+    fn check_api_settings(&self, settings: &Value) -> Result<(), (String, String)> {
+        Settings::parse(settings)?.check_api()
+    }
+
     fn prepare<'a>(
         &'a self,
-        pool: &'a PgPool,
+        conn: &'a mut PgConnection,
         integration: &'a str,
         settings: &'a Value,
     ) -> BoxFuture<'a, Result<(), String>> {
-        ensure_tables(pool, integration, settings).boxed()
+        ensure_tables(conn, integration, settings).boxed()
     }
 
     fn item_sync(&self) -> Option<&dyn ItemSync> {
@@ -111,14 +120,18 @@ impl StepHandler for PullStep {
         async move {
             let settings = settings_of(&ctx.integration)?;
             let client = settings.client(&ctx.http);
-            let (headers, query) = settings.request_parts().map_err(StepError::abort)?;
+            let (headers, query) =
+                client.secrets().and_then(|policy| settings.request_parts(policy)).map_err(StepError::abort)?;
             let n = settings.entities.len();
+            // Every entity is read first (its pages commit as they go); the cursors and sweeps of
+            // all of them then commit with the step, in a completion transaction opened only now.
+            let mut fetched = Vec::with_capacity(n);
             let mut outcome = Ok(());
             for (name, entity) in &settings.entities {
                 let spec = entity.pull_spec(name)?;
                 let mut source = JsonSource::new(&settings, entity, &client, &headers, &query, ctx.cancel.clone());
-                match pull::pull(ctx, &spec, &mut source).await {
-                    Ok(r) => pull::merge(&mut ctx.result, name, r, n),
+                match pull::fetch(ctx, &spec, &mut source).await {
+                    Ok(f) => fetched.push((name, f)),
                     Err(e) => {
                         outcome = Err(e);
                         break;
@@ -126,7 +139,12 @@ impl StepHandler for PullStep {
                 }
             }
             ctx.record_calls(&[&client]);
-            outcome
+            outcome?;
+            for (name, f) in fetched {
+                let r = f.complete(ctx.tx().await?).await?;
+                pull::merge(&mut ctx.result, name, r, n);
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -150,7 +168,8 @@ pub async fn sync_item(
         ItemInput::Record(v) => v,
         ItemInput::FetchId(id) => {
             let path = spec.item_path.as_ref().ok_or_else(|| ItemSyncError::NoItemPath(entity.to_owned()))?;
-            let (headers, query) = settings.request_parts().map_err(ItemSyncError::Upstream)?;
+            let (headers, query) =
+                http.secrets().and_then(|policy| settings.request_parts(policy)).map_err(ItemSyncError::Upstream)?;
             let url = settings.url(&path.replace("{id}", &url_escape(&id)));
             let client = settings.client(http);
             client
@@ -170,13 +189,14 @@ fn url_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Creates or checks the tables of every entity (start-up of the producer and `syncfleet migrate`).
-pub async fn ensure_tables(pool: &PgPool, name: &str, settings: &Value) -> Result<(), String> {
+/// Creates or checks the tables of every entity (start-up of the producer and `syncfleet migrate`),
+/// on `conn`: the transaction that registers the integration.
+pub async fn ensure_tables(conn: &mut PgConnection, name: &str, settings: &Value) -> Result<(), String> {
     let settings = Settings::parse(settings).map_err(|(k, m)| format!("`integrations.{name}.{k}`: {m}"))?;
     for (entity, spec) in &settings.entities {
         let table = spec.table().map_err(|e| format!("`integrations.{name}.entities.{entity}.table`: {e}"))?;
         table
-            .ensure(pool, spec.create_table)
+            .ensure(&mut *conn, spec.create_table)
             .await
             .map_err(|e| format!("`integrations.{name}.entities.{entity}.table`: {e}"))?;
     }
@@ -185,15 +205,42 @@ pub async fn ensure_tables(pool: &PgPool, name: &str, settings: &Value) -> Resul
 
 struct PushStep;
 
+/// The SQL of each push of `settings` (in their order), from the config file's
+/// `[integrations.<name>.pushes.<push>]`: the stored settings say which pushes run and where they
+/// send, never what they read. A push whose query the file does not hold refuses the step.
+fn push_queries(ctx: &StepContext, settings: &Settings) -> Result<Vec<String>, StepError> {
+    let name = &ctx.integration.name;
+    let file = ctx.config_settings.as_ref().and_then(|s| s.get("pushes"));
+    settings
+        .pushes
+        .keys()
+        .map(|push| {
+            file.and_then(|p| p.get(push))
+                .and_then(|p| p.get("query"))
+                .and_then(Value::as_str)
+                .filter(|q| !q.trim().is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    StepError::abort(format!(
+                        "integration `{name}`: push `{push}` has no query in the config file \
+                         (`integrations.{name}.pushes.{push}.query`); push queries are accepted from the config file only"
+                    ))
+                })
+        })
+        .collect()
+}
+
 impl StepHandler for PushStep {
     fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let settings = settings_of(&ctx.integration)?;
             let client = settings.client(&ctx.http);
-            let (headers, query) = settings.request_parts().map_err(StepError::abort)?;
+            let (headers, query) =
+                client.secrets().and_then(|policy| settings.request_parts(policy)).map_err(StepError::abort)?;
+            let queries = push_queries(ctx, &settings)?;
             let mut result = std::mem::take(&mut ctx.result);
             let mut outcome = Ok(());
-            for (name, spec) in &settings.pushes {
+            for ((name, spec), sql) in settings.pushes.iter().zip(&queries) {
                 let sink = JsonSink {
                     settings: &settings,
                     spec,
@@ -211,7 +258,7 @@ impl StepHandler for PushStep {
                     entity: name,
                     sink: &sink,
                 };
-                if let Err(e) = push_all(&ctx.pool, ctx.integration.id, spec, &pusher, &mut result).await {
+                if let Err(e) = push_all(&ctx.pool, ctx.integration.id, name, sql, &pusher, &mut result).await {
                     outcome = Err(e);
                     break;
                 }
@@ -239,6 +286,31 @@ mod tests {
             }
         }
         assert!(HttpJsonPack.item_sync().is_some());
+    }
+
+    #[test]
+    fn push_sql_and_table_creation_come_from_the_config_file_only() {
+        let settings = |extra: Value| {
+            let mut s = serde_json::json!({
+                "base_url": "https://erp.example.com",
+                "entities": { "items": { "path": "/items", "paging": { "style": "page" }, "id": "/id",
+                                         "table": "items", "columns": {} } },
+            });
+            s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            s
+        };
+        let sql = settings(serde_json::json!({ "pushes": { "stock": { "query": "SELECT 1", "path": "/x" } } }));
+        assert!(HttpJsonPack.check_settings(&sql).is_ok(), "the config file may");
+        assert_eq!(
+            HttpJsonPack.check_api_settings(&sql).unwrap_err(),
+            ("pushes.stock.query".into(), "push queries are accepted from the config file only".into())
+        );
+        let declared = settings(serde_json::json!({ "pushes": { "stock": { "path": "/x" } } }));
+        assert!(HttpJsonPack.check_api_settings(&declared).is_ok(), "a push without its SQL may come from the API");
+        let mut create = settings(serde_json::json!({}));
+        create["entities"]["items"]["create_table"] = true.into();
+        assert!(HttpJsonPack.check_settings(&create).is_ok());
+        assert_eq!(HttpJsonPack.check_api_settings(&create).unwrap_err().0, "entities.items.create_table");
     }
 
     #[test]

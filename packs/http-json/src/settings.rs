@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use syncfleet_sdk::secrets::SecretPolicy;
 pub use syncfleet_sdk::secrets::SecretSource;
 use syncfleet_sdk::{
     http::{HttpClient, HttpClients, Limits},
@@ -42,9 +43,10 @@ pub struct Settings {
     pub pushes: BTreeMap<String, PushSpec>,
 }
 
-/// How requests authenticate. The secret comes from `secret` or, better, the environment variable
-/// named by `secret_env` (read where the request is made, never stored in the database), resolved
-/// by `syncfleet_sdk::secrets` ([`SecretSource`]).
+/// How requests authenticate. The secret comes from the file named by `secret_file` (under
+/// `secrets.dir`) or the environment variable named by `secret_env` (starting with
+/// `secrets.env_prefix`), read where the request is made and never stored in the database, resolved
+/// by `syncfleet_sdk::secrets` ([`SecretSource`]). An inline `secret` is refused.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(tag = "style", rename_all = "lowercase")]
 pub enum Auth {
@@ -66,9 +68,10 @@ pub enum Auth {
     },
 }
 
-/// The secret of an [`Auth`] style, read through `syncfleet_sdk::secrets` (errors name `auth`).
-fn auth_secret(source: &SecretSource) -> Result<String, String> {
-    source.resolve("auth").map(|s| s.expose().to_owned()).map_err(|e| e.message)
+/// The secret of an [`Auth`] style, read through `syncfleet_sdk::secrets` under `policy` (errors
+/// name `auth.secret_file` or `auth.secret_env`).
+fn auth_secret(source: &SecretSource, policy: &SecretPolicy) -> Result<String, String> {
+    source.resolve("auth", policy).map(|s| s.expose().to_owned()).map_err(|e| e.to_string())
 }
 
 /// One entity read from a list endpoint into a table.
@@ -96,7 +99,9 @@ pub struct EntitySpec {
     #[serde(default)]
     pub query: BTreeMap<String, String>,
     pub table: String,
-    /// Create the table with the mapped columns when it does not exist.
+    /// Create the table with the mapped columns when it does not exist. Accepted from the config
+    /// file only (the services run as a role that creates no table; the config file's
+    /// registration, as the owner, does).
     #[serde(default)]
     pub create_table: bool,
     /// Column → where its value is in a record and its type.
@@ -187,8 +192,12 @@ fn d_limit() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushSpec {
-    /// SQL returning `external_id text, fields jsonb` for integration `$1`.
-    pub query: String,
+    /// SQL returning `external_id text, fields jsonb` for integration `$1`. Accepted from the config
+    /// file only, and read from there when the push runs (never from the database, which the admin
+    /// API writes): settings from the API may declare a push without it, whose query the config
+    /// file then provides. Runs in a `READ ONLY` transaction under [`PUSH_QUERY_TIMEOUT`].
+    #[serde(default)]
+    pub query: Option<String>,
     /// Bulk path (body: an array of changes) or single path with `{id}`.
     pub path: String,
     #[serde(default = "d_method")]
@@ -239,7 +248,26 @@ fn d_result_message() -> String {
     "/message".into()
 }
 
+/// The `statement_timeout` of a push query (`SET LOCAL`, PostgreSQL's syntax): a chunk of a push
+/// is a read of our own tables, not a report.
+pub const PUSH_QUERY_TIMEOUT: &str = "60s";
+
 impl Settings {
+    /// What only the config file may set, refused in settings from the admin API or the CLI: a
+    /// push's SQL (`pushes.<name>.query`) and table creation (`entities.<name>.create_table`).
+    pub fn check_api(&self) -> Result<(), (String, String)> {
+        if let Some((name, _)) = self.pushes.iter().find(|(_, p)| p.query.is_some()) {
+            return Err((format!("pushes.{name}.query"), "push queries are accepted from the config file only".into()));
+        }
+        if let Some((name, _)) = self.entities.iter().find(|(_, e)| e.create_table) {
+            return Err((
+                format!("entities.{name}.create_table"),
+                "tables are created from the config file only".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses and checks settings; the error names the key (relative to the integration).
     pub fn parse(value: &Value) -> Result<Settings, (String, String)> {
         let settings: Settings = serde_path_to_error::deserialize(value.clone())
@@ -258,7 +286,7 @@ impl Settings {
         match &self.auth {
             Auth::None => {}
             Auth::Bearer { secret } | Auth::Header { secret, .. } | Auth::Query { secret, .. } => {
-                secret.resolve("auth")?;
+                secret.check("auth")?;
             }
         }
         let mut tables = BTreeMap::new();
@@ -301,6 +329,9 @@ impl Settings {
             if reqwest::Method::from_bytes(p.method.as_bytes()).is_err() {
                 return Err((format!("pushes.{name}.method"), "is not an HTTP method".into()));
             }
+            if p.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+                return Err((format!("pushes.{name}.query"), "must not be empty".into()));
+            }
         }
         Ok(())
     }
@@ -319,22 +350,23 @@ impl Settings {
     }
 
     /// Headers and query parameters every request carries (credentials included).
-    pub(super) fn request_parts(&self) -> Result<(Pairs, Pairs), String> {
+    /// The secret is read under the deployment's `policy` ([`HttpClient::secrets`]).
+    pub(super) fn request_parts(&self, policy: &SecretPolicy) -> Result<(Pairs, Pairs), String> {
         let mut headers: Vec<(String, String)> = self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut query = vec![];
         match &self.auth {
             Auth::None => {}
             Auth::Bearer { secret } => {
-                headers.push(("Authorization".into(), format!("Bearer {}", auth_secret(secret)?)))
+                headers.push(("Authorization".into(), format!("Bearer {}", auth_secret(secret, policy)?)))
             }
-            Auth::Header { name, secret } => headers.push((name.clone(), auth_secret(secret)?)),
-            Auth::Query { param, secret } => query.push((param.clone(), auth_secret(secret)?)),
+            Auth::Header { name, secret } => headers.push((name.clone(), auth_secret(secret, policy)?)),
+            Auth::Query { param, secret } => query.push((param.clone(), auth_secret(secret, policy)?)),
         }
         Ok((headers, query))
     }
 
     pub(super) fn client(&self, http: &HttpClients) -> HttpClient {
-        http.client(&self.upstream_key(), &self.limits)
+        http.client(&self.upstream_key(), &self.base_url, &self.limits)
     }
 }
 

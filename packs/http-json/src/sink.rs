@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    settings::{PushSpec, Settings},
+    settings::{PUSH_QUERY_TIMEOUT, PushSpec, Settings},
     url_escape,
 };
 use syncfleet_sdk::{
@@ -17,29 +17,28 @@ use syncfleet_sdk::{
     },
 };
 
-/// Runs the push query in keyset chunks, so memory stays bounded by the chunk.
+/// Runs the push query in keyset chunks, so memory stays bounded by the chunk. `query` is the
+/// config file's (the caller never takes it from the database). Each chunk is read in its own
+/// `READ ONLY` transaction under [`PUSH_QUERY_TIMEOUT`], closed before the chunk is sent upstream:
+/// even a mistaken query writes nothing, and no transaction stays open while the upstream answers.
 pub(super) async fn push_all(
     pool: &sqlx::PgPool,
     integration_id: i64,
-    spec: &PushSpec,
+    push: &str,
+    query: &str,
     pusher: &Pusher<'_>,
     result: &mut PhaseResult,
 ) -> Result<(), StepError> {
     const CHUNK: i64 = 1000;
     let sql = format!(
-        "SELECT q.external_id::text, q.fields::jsonb FROM ({}) q WHERE q.external_id::text > $2
-         ORDER BY q.external_id::text LIMIT $3",
-        spec.query
+        "SELECT q.external_id::text, q.fields::jsonb FROM ({query}) q WHERE q.external_id::text > $2
+         ORDER BY q.external_id::text LIMIT $3"
     );
     let mut after = String::new();
     loop {
-        let rows: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(integration_id)
-            .bind(&after)
-            .bind(CHUNK)
-            .fetch_all(pool)
+        let rows = read_chunk(pool, &sql, integration_id, &after, CHUNK)
             .await
-            .map_err(|e| StepError::abort(format!("push query failed: {e}")))?;
+            .map_err(|e| StepError::abort(format!("push `{push}`: the push query failed: {e}")).with_source(e))?;
         let Some(last) = rows.last() else { return Ok(()) };
         after = last.0.clone();
         let full = rows.len() as i64 == CHUNK;
@@ -52,6 +51,29 @@ pub(super) async fn push_all(
             return Ok(());
         }
     }
+}
+
+/// One chunk of the push query, read in a `READ ONLY` transaction with a `statement_timeout`.
+async fn read_chunk(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    integration_id: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Value)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = '{PUSH_QUERY_TIMEOUT}'")))
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(integration_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(rows)
 }
 
 pub(super) struct JsonSink<'a> {
@@ -94,8 +116,8 @@ impl JsonSink<'_> {
                 .collect();
             let url = self.settings.url(&self.spec.path);
             let answer = self.client.send(request(url.clone(), Value::Array(body)), &self.cancel).await?;
-            let answer: Value =
-                answer.json().await.map_err(|e| SourceError::Shape(format!("{url}: answer is not JSON: {e}")))?;
+            // Read under the upstream policy's body cap.
+            let answer: Value = self.client.read_json(answer).await?;
             let results = answer
                 .pointer(&self.spec.results)
                 .and_then(Value::as_array)

@@ -1,4 +1,7 @@
-//! The reading side: one entity's list endpoint, page by page, in the declared paging style.
+//! The reading side: one entity's list endpoint, page by page, in the declared paging style. Every
+//! page is counted by the SDK's [`Pages`] (the `upstream.max_pages` limit, and a next link or cursor
+//! seen twice ends the read: the upstream is looping); next links are fetched by the step's client,
+//! which sends only to the integration's origin.
 
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::Value;
@@ -6,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::settings::{EntitySpec, Paging, Settings};
 use syncfleet_sdk::{
-    http::HttpClient,
+    http::{HttpClient, Pages, redact},
     sync::{Page, Source, SourceError},
 };
 
@@ -22,6 +25,8 @@ pub(super) struct JsonSource<'a> {
     position: i64,
     next: Option<String>,
     done: bool,
+    /// The pages of this read.
+    pages: Pages,
 }
 
 impl<'a> JsonSource<'a> {
@@ -37,7 +42,8 @@ impl<'a> JsonSource<'a> {
             Paging::Page { .. } => 1,
             _ => 0,
         };
-        JsonSource { settings, spec, client, headers, auth_query, cancel, position, next: None, done: false }
+        let pages = client.pages();
+        JsonSource { settings, spec, client, headers, auth_query, cancel, position, next: None, done: false, pages }
     }
 
     async fn fetch(&mut self, since: Option<chrono::DateTime<chrono::Utc>>) -> Result<Option<Page>, SourceError> {
@@ -45,6 +51,8 @@ impl<'a> JsonSource<'a> {
             return Ok(None);
         }
         let spec = self.spec;
+        // Offsets and page numbers are ours and only count; a next link or cursor is the upstream's.
+        self.pages.next(self.next.as_deref())?;
         let mut query: Vec<(String, String)> = self.auth_query.to_vec();
         let url = match (&spec.paging, &self.next) {
             // A next link carries every parameter already.
@@ -76,7 +84,7 @@ impl<'a> JsonSource<'a> {
         let body = self.client.get_json(&url, self.headers, &query, &self.cancel).await?;
         let records = if spec.records.is_empty() { Some(&body) } else { body.pointer(&spec.records) };
         let Some(records) = records.and_then(Value::as_array) else {
-            return Err(SourceError::Shape(format!("{url}: no records array at `{}`", spec.records)));
+            return Err(SourceError::Shape(format!("{}: no records array at `{}`", redact::link(&url), spec.records)));
         };
         let received = records.len() as i64;
         let mut page = Page::default();

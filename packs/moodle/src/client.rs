@@ -40,10 +40,7 @@ impl From<MoodleError> for StepError {
     /// same call gets the same one. Transport failures follow the HTTP client's verdict.
     fn from(e: MoodleError) -> Self {
         match &e {
-            MoodleError::Http(HttpError::Status { status, .. }) if (400..500).contains(status) && *status != 429 => {
-                StepError::permanent(e)
-            }
-            MoodleError::Http(_) => StepError::transient(e),
+            MoodleError::Http(http) => http.verdict().step_error(e),
             MoodleError::Exception { .. } | MoodleError::Shape { .. } => StepError::permanent(e),
         }
     }
@@ -100,7 +97,7 @@ impl<'a> Moodle<'a> {
         Ok(Moodle {
             client,
             url: settings.moodle.base_url.clone(),
-            token: settings.token()?,
+            token: settings.token(client.secrets()?)?,
             page_size: settings.moodle.page_size,
             cancel,
         })
@@ -147,7 +144,9 @@ impl<'a> Moodle<'a> {
     pub async fn enrolled_users(&self, course: &str) -> Result<Vec<Value>, MoodleError> {
         const F: &str = "core_enrol_get_enrolled_users";
         let mut out = Vec::new();
+        let mut pages = self.client.pages();
         loop {
+            pages.next(None)?;
             let params = [
                 ("courseid".to_owned(), course.to_owned()),
                 ("options[0][name]".to_owned(), "limitfrom".to_owned()),

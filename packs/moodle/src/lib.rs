@@ -37,7 +37,6 @@ use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 
 pub use schedules::MoodleConfig;
 pub use settings::Settings;
@@ -146,11 +145,11 @@ impl Pack for MoodlePack {
 
     fn prepare<'a>(
         &'a self,
-        pool: &'a PgPool,
+        conn: &'a mut sqlx::PgConnection,
         _integration: &'a str,
         _settings: &'a Value,
     ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(prepare(pool))
+        Box::pin(prepare(conn))
     }
 
     fn startup_runs(&self, config: &PackConfig<'_>) -> Vec<StartupRun> {
@@ -170,8 +169,8 @@ impl Pack for MoodlePack {
 }
 
 /// Checks the pack's tables (from the migration) at registration.
-pub async fn prepare(pool: &PgPool) -> Result<(), String> {
-    tables::ensure_tables(pool).await
+pub async fn prepare(conn: &mut sqlx::PgConnection) -> Result<(), String> {
+    tables::ensure_tables(conn).await
 }
 
 fn settings_of(integration: &Integration) -> Result<Settings, StepError> {

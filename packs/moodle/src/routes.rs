@@ -2,9 +2,11 @@
 //! `/api/integrations/{integration}/` for `moodle` integrations (the producer authenticates the
 //! caller, checks the integration and writes the audit row):
 //!
-//! - `POST users/{username}/hydrate` (Operator): login-time hydration ([`hydrate::hydrate`]).
-//! - `PUT users/{username}/scope` (Operator, audited as `user.scope`): the hand-set scope sources
-//!   ([`hydrate::set_scope`]).
+//! - `POST users/{username}/hydrate` (operator, audited as `user.hydrate`): login-time hydration
+//!   ([`hydrate::hydrate`]).
+//! - `PUT users/{username}/scope` (admin, audited as `user.scope`): the hand-set scope sources
+//!   ([`hydrate::set_scope`]). A hand-set scope is configuration that outlives every sync, so it
+//!   takes the role of the API's other integration changes.
 
 use std::sync::Arc;
 
@@ -27,13 +29,13 @@ pub fn routes() -> Vec<Route> {
                           chain. 404 when Moodle has no such user, 502 when Moodle cannot be read.",
             request: None,
             response: schema_of::<UserView>(),
-            audit: None,
+            audit: Some("user.hydrate"),
             handler: Arc::new(Hydrate),
         },
         Route {
             method: Method::Put,
             path: "users/{username}/scope",
-            role: Role::Operator,
+            role: Role::Admin,
             summary: "Set a Moodle user's scope by hand",
             description: "`department_source` / `program_source` `manual` keeps the derivation away from the \
                           user (both fields), `auto` hands them back; a given `department_id` / `program_id` is \
@@ -62,7 +64,8 @@ impl RouteHandler for Hydrate {
             let view =
                 hydrate::hydrate(cx.pool, cx.http, cx.integration, deployment.sync_concurrency, &username).await?;
             tracing::info!(integration = %cx.integration.name, %username, outcome = ?view.outcome, "User hydrated.");
-            Ok(RouteAnswer { body: to_body(&view), audit: Value::Null })
+            let audit = json!({ "outcome": view.outcome, "campus_assigned": view.campus_assigned });
+            Ok(RouteAnswer { body: to_body(&view), audit })
         }
         .boxed()
     }
@@ -106,16 +109,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_operator_routes_and_only_the_scope_is_audited() {
+    fn hydrate_is_an_operator_route_scope_an_admin_one_and_both_are_audited() {
         let routes = routes();
         let shape: Vec<_> = routes.iter().map(|r| (r.method, r.path, r.param(), r.role, r.audit)).collect();
         assert_eq!(
             shape,
             [
-                (Method::Post, "users/{username}/hydrate", "username", Role::Operator, None),
-                (Method::Put, "users/{username}/scope", "username", Role::Operator, Some("user.scope")),
+                (Method::Post, "users/{username}/hydrate", "username", Role::Operator, Some("user.hydrate")),
+                (Method::Put, "users/{username}/scope", "username", Role::Admin, Some("user.scope")),
             ]
         );
+        assert!(routes.iter().all(|r| r.check().is_ok()));
         assert!(routes[0].request.is_none());
         assert_eq!(routes[1].request.as_ref().map(|r| r.name.as_ref()), Some("ScopeChange"));
         assert!(routes.iter().all(|r| r.response.name == "UserView"));

@@ -4,7 +4,7 @@
 //! ```toml
 //! [integrations.uni]
 //! pack = "moodle"
-//! moodle = { base_url = "https://lms.example.edu/webservice/rest/server.php", secret_env = "MOODLE_TOKEN" }
+//! moodle = { base_url = "https://lms.example.edu/webservice/rest/server.php", secret_file = "moodle-token" }
 //! concurrency = 3          # else [packs.moodle] sync_concurrency (MOODLE_SYNC_CONCURRENCY), else 3; 1-20
 //! [integrations.uni.roles]
 //! student = "STUDENT"
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use syncfleet_sdk::{
     http::{HttpClient, HttpClients, Limits},
-    secrets::{self, Secret, SecretError},
+    secrets::{self, Secret, SecretError, SecretPolicy},
 };
 
 /// Programs (courses step) and courses (enrollments step) read at once when nothing says otherwise.
@@ -65,12 +65,12 @@ fn default_roles() -> BTreeMap<String, String> {
 pub struct Upstream {
     /// `https://<site>/webservice/rest/server.php`.
     pub base_url: String,
-    /// Environment variable holding the `wstoken`.
+    /// Environment variable holding the `wstoken` (its name starts with `secrets.env_prefix`).
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// The token itself (prefer `secret_env`).
+    /// File holding the `wstoken`, under `secrets.dir`.
     #[serde(default)]
-    pub secret: Option<Secret>,
+    pub secret_file: Option<String>,
     /// Integrations with the same key share one rate budget; default `moodle`.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -86,9 +86,10 @@ fn default_page() -> u32 {
 }
 
 impl Upstream {
-    /// The token, read through `syncfleet_sdk::secrets`; the error names `moodle.secret_env`.
-    fn token(&self) -> Result<Secret, SecretError> {
-        secrets::resolve_setting("moodle.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
+    /// The token, read through `syncfleet_sdk::secrets` under `policy`; the error names
+    /// `moodle.secret_env` or `moodle.secret_file`.
+    fn token(&self, policy: &SecretPolicy) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("moodle", self.secret_env.as_deref(), self.secret_file.as_deref(), policy)
     }
 }
 
@@ -118,7 +119,7 @@ impl Settings {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => return Err(at("moodle.base_url")("must be an absolute http(s) URL".into())),
         }
-        self.moodle.token()?;
+        secrets::check_setting("moodle", self.moodle.secret_env.as_deref(), self.moodle.secret_file.as_deref())?;
         if let Some(l) = &self.moodle.limits {
             l.validate().map_err(at("moodle.limits"))?;
         }
@@ -153,8 +154,9 @@ impl Settings {
         }
     }
 
-    pub fn token(&self) -> Result<String, String> {
-        self.moodle.token().map(|t| t.expose().to_owned()).map_err(|e| e.message)
+    /// The `wstoken`, read under the deployment's `policy` ([`HttpClient::secrets`]).
+    pub fn token(&self, policy: &SecretPolicy) -> Result<String, String> {
+        self.moodle.token(policy).map(|t| t.expose().to_owned()).map_err(|e| e.to_string())
     }
 
     /// The client of one step (rate budget key `moodle` unless configured). The concurrency gate
@@ -163,7 +165,7 @@ impl Settings {
         let m = &self.moodle;
         let limits =
             m.limits.clone().unwrap_or_else(|| Limits { concurrency: concurrency as usize * 2, ..Limits::default() });
-        http.client(m.upstream.as_deref().unwrap_or("moodle"), &limits)
+        http.client(m.upstream.as_deref().unwrap_or("moodle"), &m.base_url, &limits)
     }
 }
 
@@ -174,7 +176,7 @@ mod tests {
     use super::*;
 
     fn base() -> serde_json::Value {
-        json!({"moodle": {"base_url": "http://lms.example/webservice/rest/server.php", "secret": "t"}})
+        json!({"moodle": {"base_url": "http://lms.example/webservice/rest/server.php", "secret_file": "t"}})
     }
 
     #[test]
@@ -196,8 +198,11 @@ mod tests {
         v["roles"] = json!({"manager": "ADMIN"});
         assert_eq!(Settings::parse(&v).unwrap_err().0, "roles.manager");
         let mut v = base();
-        v["moodle"]["secret"] = serde_json::Value::Null;
-        assert_eq!(Settings::parse(&v).unwrap_err().0, "moodle.secret_env");
+        v["moodle"]["secret_file"] = serde_json::Value::Null;
+        assert_eq!(Settings::parse(&v).unwrap_err().0, "moodle");
+        let mut v = base();
+        v["moodle"]["secret"] = json!("inline");
+        assert_eq!(Settings::parse(&v).unwrap_err().0, "moodle.secret");
     }
 
     #[test]

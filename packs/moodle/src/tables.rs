@@ -86,9 +86,9 @@ pub fn all() -> Vec<Table> {
 }
 
 /// Checks every table exists with compatible columns (they come from the migration).
-pub async fn ensure_tables(pool: &sqlx::PgPool) -> Result<(), String> {
+pub async fn ensure_tables(conn: &mut sqlx::PgConnection) -> Result<(), String> {
     for t in all() {
-        t.ensure(pool, false).await.map_err(|e| e.to_string())?;
+        t.ensure(&mut *conn, false).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

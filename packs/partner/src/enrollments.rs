@@ -152,7 +152,7 @@ impl StepHandler for SyncEnrollments {
                     ctx.record_calls(&[&client]);
                     return Err(StepError::retry("stopped between batches"));
                 }
-                let read_started = Utc::now();
+                let read_started = sweep::database_now(&ctx.pool).await?;
                 let api = &api;
                 let read: Vec<(String, Result<Vec<Item>, SourceError>)> = futures::stream::iter(batch.to_vec())
                     .map(|user| async move {

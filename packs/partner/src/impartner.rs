@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::settings::Settings;
 use syncfleet_sdk::{
-    http::HttpClient,
+    http::{HttpClient, Pages},
     sync::{Item, Page, Record, Source, SourceError, table::parse_timestamp},
 };
 
@@ -100,7 +100,7 @@ impl<'a> Impartner<'a> {
     pub fn new(settings: &Settings, client: &'a HttpClient, cancel: CancellationToken) -> Result<Self, String> {
         let i = &settings.impartner;
         let mut headers = vec![
-            ("Authorization".to_owned(), format!("prm-key {}", settings.impartner_key()?)),
+            ("Authorization".to_owned(), format!("prm-key {}", settings.impartner_key(client.secrets()?)?)),
             ("Accept".into(), "application/json".into()),
         ];
         if let Some(t) = &i.tenant_id {
@@ -117,7 +117,7 @@ impl<'a> Impartner<'a> {
 
     /// Every record of `object` (changed since the read's `since`), in id order.
     pub fn list(&'a self, object: &'a Object) -> ImpartnerList<'a> {
-        ImpartnerList { api: self, object, skip: 0, done: false }
+        ImpartnerList { api: self, object, skip: 0, done: false, pages: self.client.pages() }
     }
 
     /// Ids of `object` records deleted since `since`.
@@ -154,6 +154,8 @@ pub struct ImpartnerList<'a> {
     object: &'a Object,
     skip: i64,
     done: bool,
+    /// The pages of this read (`upstream.max_pages`).
+    pages: Pages,
 }
 
 impl ImpartnerList<'_> {
@@ -163,6 +165,7 @@ impl ImpartnerList<'_> {
         }
         let api = self.api;
         let take = i64::from(api.page_size);
+        self.pages.next(None)?;
         let url = format!("{}/{}", api.base_url, self.object.name);
         let mut query = vec![
             ("fields".to_owned(), self.object.fields.to_owned()),

@@ -40,7 +40,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 pub use settings::Settings;
 
@@ -159,17 +159,17 @@ impl Pack for PartnerPack {
 
     fn prepare<'a>(
         &'a self,
-        pool: &'a PgPool,
+        conn: &'a mut sqlx::PgConnection,
         _integration: &'a str,
         _settings: &'a Value,
     ) -> BoxFuture<'a, Result<(), String>> {
-        prepare(pool).boxed()
+        prepare(conn).boxed()
     }
 }
 
 /// Checks the pack's tables (from the migration) at registration.
-pub async fn prepare(pool: &PgPool) -> Result<(), String> {
-    tables::ensure_tables(pool).await
+pub async fn prepare(conn: &mut sqlx::PgConnection) -> Result<(), String> {
+    tables::ensure_tables(conn).await
 }
 
 fn settings_of(integration: &Integration) -> Result<Settings, StepError> {
@@ -194,7 +194,7 @@ async fn replace_derived(
     run: RunId,
     rows: Vec<(String, Map<String, Value>)>,
 ) -> Result<(i64, i64), StepError> {
-    let started = Utc::now();
+    let started = syncfleet_sdk::sync::sweep::database_now(&mut *conn).await?;
     let mut ids = Vec::with_capacity(rows.len());
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); table.columns.len()];
     for (id, fields) in rows {

@@ -86,7 +86,7 @@ impl StepHandler for GroupMembersSync {
             .fetch_all(&ctx.pool)
             .await?;
 
-            let started = Utc::now();
+            let started = syncfleet_sdk::sync::sweep::database_now(&ctx.pool).await?;
             let spec = pull_spec(&settings, ENTITY, table());
             let group_count = groups.len();
             let mut source = GroupMemberships {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::settings::Settings;
 use syncfleet_sdk::{
-    http::{HttpClient, HttpError},
+    http::{HttpClient, HttpError, Pages, redact},
     sync::{Item, Page, Record, Source, SourceError, table::parse_timestamp},
 };
 
@@ -28,7 +28,7 @@ pub struct Northpass<'a> {
 
 impl<'a> Northpass<'a> {
     pub fn new(settings: &Settings, client: &'a HttpClient, cancel: CancellationToken) -> Result<Self, String> {
-        let key = settings.northpass_key()?;
+        let key = settings.northpass_key(client.secrets()?)?;
         Ok(Northpass {
             client,
             base_url: settings.northpass.base_url.trim_end_matches('/').to_owned(),
@@ -40,7 +40,8 @@ impl<'a> Northpass<'a> {
 
     /// A list endpoint (`/courses`, `/people`, `/groups/{id}/memberships`, …) read page by page.
     pub fn list(&'a self, path: &str, map: fn(Value) -> Item) -> NorthpassList<'a> {
-        NorthpassList { api: self, path: path.to_owned(), map, next: None, page: 1, done: false }
+        let pages = self.client.pages();
+        NorthpassList { api: self, path: path.to_owned(), map, next: None, page: 1, done: false, pages }
     }
 
     /// A course's properties (`data.attributes.properties`), or `None` when the course does not expose
@@ -74,6 +75,8 @@ pub struct NorthpassList<'a> {
     next: Option<String>,
     page: u32,
     done: bool,
+    /// The pages of this read (`upstream.max_pages`; a next link seen twice ends it).
+    pages: Pages,
 }
 
 impl NorthpassList<'_> {
@@ -83,6 +86,7 @@ impl NorthpassList<'_> {
         }
         let api = self.api;
         let limit = api.page_size;
+        self.pages.next(self.next.as_deref())?;
         let (url, query) = match &self.next {
             // The next link carries every parameter already.
             Some(link) => (link.clone(), vec![]),
@@ -96,7 +100,7 @@ impl NorthpassList<'_> {
         };
         let mut body = api.client.get_json(&url, &api.headers, &query, &api.cancel).await?;
         let Some(Value::Array(records)) = body.get_mut("data").map(Value::take) else {
-            return Err(SourceError::Shape(format!("{url}: no `data` array")));
+            return Err(SourceError::Shape(format!("{}: no `data` array", redact::link(&url))));
         };
         let received = records.len();
         self.next = body.pointer("/links/next").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);

@@ -217,7 +217,7 @@ impl<'a> LmsWrites<'a> {
         Ok(LmsWrites {
             client,
             base_url: settings.northpass.base_url.trim_end_matches('/').to_owned(),
-            key: settings.northpass_key()?,
+            key: settings.northpass_key(client.secrets()?)?,
             cancel,
         })
     }

@@ -123,7 +123,7 @@ impl<'a> AccountSink<'a> {
     fn new(settings: &Settings, client: &'a HttpClient, cancel: CancellationToken) -> Result<Self, String> {
         let i = &settings.impartner;
         let mut headers = vec![
-            ("Authorization".to_owned(), format!("prm-key {}", settings.impartner_key()?)),
+            ("Authorization".to_owned(), format!("prm-key {}", settings.impartner_key(client.secrets()?)?)),
             ("Accept".into(), "application/json".into()),
         ];
         if let Some(t) = &i.tenant_id {
@@ -152,8 +152,8 @@ impl<'a> AccountSink<'a> {
             r
         };
         let answer = self.client.send(build, &self.cancel).await?;
-        let answer: Value =
-            answer.json().await.map_err(|e| SourceError::Shape(format!("{}: answer is not JSON: {e}", self.url)))?;
+        // Read under the upstream policy's body cap.
+        let answer: Value = self.client.read_json(answer).await?;
         outcomes(changes, &answer).map_err(|m| SourceError::Shape(format!("{}: {m}", self.url)))
     }
 }

@@ -1,11 +1,11 @@
 //! What a `partner` integration declares in the config: the two upstreams (base URL, credential
-//! through `secret_env`, limits), the partner and contact filters, and the group matching rules.
+//! through `secret_file` or `secret_env`, limits), the partner and contact filters, and the group matching rules.
 //!
 //! ```toml
 //! [integrations.acme]
 //! pack = "partner"
-//! northpass = { base_url = "https://api.northpass.com/v2", secret_env = "NORTHPASS_KEY" }
-//! impartner = { base_url = "https://prod.impartner.live/api/objects/v1", secret_env = "IMPARTNER_KEY", tenant_id = "1" }
+//! northpass = { base_url = "https://api.northpass.com/v2", secret_file = "northpass-key" }
+//! impartner = { base_url = "https://prod.impartner.live/api/objects/v1", secret_env = "SYNCFLEET_SECRET_IMPARTNER_KEY", tenant_id = "1" }
 //! [integrations.acme.filters]
 //! exclude_partner_tiers = ["Pending"]
 //! ```
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use syncfleet_sdk::{
     http::{HttpClient, HttpClients, Limits},
-    secrets::{self, Secret, SecretError},
+    secrets::{self, Secret, SecretError, SecretPolicy},
 };
 
 /// Northpass documents 10 requests per second.
@@ -59,12 +59,13 @@ fn default_lookback() -> u64 {
 pub struct Upstream {
     /// e.g. `https://api.northpass.com/v2`.
     pub base_url: String,
-    /// Environment variable holding the API key (read where requests are made).
+    /// Environment variable holding the API key (its name starts with `secrets.env_prefix`; read
+    /// where requests are made).
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// The API key itself (prefer `secret_env`).
+    /// File holding the API key, under `secrets.dir`.
     #[serde(default)]
-    pub secret: Option<Secret>,
+    pub secret_file: Option<String>,
     /// Integrations with the same key share one rate budget; default `northpass` / `impartner`.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -83,7 +84,7 @@ pub struct ImpartnerUpstream {
     #[serde(default)]
     pub secret_env: Option<String>,
     #[serde(default)]
-    pub secret: Option<Secret>,
+    pub secret_file: Option<String>,
     #[serde(default)]
     pub upstream: Option<String>,
     #[serde(default)]
@@ -177,16 +178,16 @@ impl Default for GroupMatching {
 }
 
 impl Upstream {
-    /// The Northpass API key, read through `syncfleet_sdk::secrets`.
-    fn key(&self) -> Result<Secret, SecretError> {
-        secrets::resolve_setting("northpass.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
+    /// The Northpass API key, read through `syncfleet_sdk::secrets` under `policy`.
+    fn key(&self, policy: &SecretPolicy) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("northpass", self.secret_env.as_deref(), self.secret_file.as_deref(), policy)
     }
 }
 
 impl ImpartnerUpstream {
-    /// The Impartner API key, read through `syncfleet_sdk::secrets`.
-    fn key(&self) -> Result<Secret, SecretError> {
-        secrets::resolve_setting("impartner.secret_env", self.secret_env.as_deref(), self.secret.as_ref())
+    /// The Impartner API key, read through `syncfleet_sdk::secrets` under `policy`.
+    fn key(&self, policy: &SecretPolicy) -> Result<Secret, SecretError> {
+        secrets::resolve_setting("impartner", self.secret_env.as_deref(), self.secret_file.as_deref(), policy)
     }
 }
 
@@ -212,8 +213,9 @@ impl Settings {
         }
         check_url(&self.northpass.base_url).map_err(at("northpass.base_url"))?;
         check_url(&self.impartner.base_url).map_err(at("impartner.base_url"))?;
-        self.northpass.key()?;
-        self.impartner.key()?;
+        let (n, i) = (&self.northpass, &self.impartner);
+        secrets::check_setting("northpass", n.secret_env.as_deref(), n.secret_file.as_deref())?;
+        secrets::check_setting("impartner", i.secret_env.as_deref(), i.secret_file.as_deref())?;
         if let Some(l) = &self.northpass.limits {
             l.validate().map_err(at("northpass.limits"))?;
         }
@@ -255,20 +257,22 @@ impl Settings {
             .limits
             .clone()
             .unwrap_or_else(|| Limits { rate_per_sec: Some(NORTHPASS_RATE_PER_SEC), ..Limits::default() });
-        http.client(n.upstream.as_deref().unwrap_or("northpass"), &limits)
+        http.client(n.upstream.as_deref().unwrap_or("northpass"), &n.base_url, &limits)
     }
 
     pub fn impartner_client(&self, http: &HttpClients) -> HttpClient {
         let i = &self.impartner;
-        http.client(i.upstream.as_deref().unwrap_or("impartner"), &i.limits.clone().unwrap_or_default())
+        http.client(i.upstream.as_deref().unwrap_or("impartner"), &i.base_url, &i.limits.clone().unwrap_or_default())
     }
 
-    pub fn northpass_key(&self) -> Result<String, String> {
-        self.northpass.key().map(|k| k.expose().to_owned()).map_err(|e| e.message)
+    /// The Northpass API key, read under the deployment's `policy` ([`HttpClient::secrets`]).
+    pub fn northpass_key(&self, policy: &SecretPolicy) -> Result<String, String> {
+        self.northpass.key(policy).map(|k| k.expose().to_owned()).map_err(|e| e.to_string())
     }
 
-    pub fn impartner_key(&self) -> Result<String, String> {
-        self.impartner.key().map(|k| k.expose().to_owned()).map_err(|e| e.message)
+    /// The Impartner API key, read under the deployment's `policy` ([`HttpClient::secrets`]).
+    pub fn impartner_key(&self, policy: &SecretPolicy) -> Result<String, String> {
+        self.impartner.key(policy).map(|k| k.expose().to_owned()).map_err(|e| e.to_string())
     }
 }
 
@@ -280,8 +284,8 @@ mod tests {
 
     fn base() -> serde_json::Value {
         json!({
-            "northpass": {"base_url": "http://np.example/v2", "secret": "k"},
-            "impartner": {"base_url": "http://prm.example/api/objects/v1", "secret": "k"},
+            "northpass": {"base_url": "http://np.example/v2", "secret_file": "np-key"},
+            "impartner": {"base_url": "http://prm.example/api/objects/v1", "secret_env": "SYNCFLEET_SECRET_PRM"},
         })
     }
 
@@ -300,13 +304,16 @@ mod tests {
         v["northpass"]["base_url"] = json!("ftp://x");
         assert_eq!(Settings::parse(&v).unwrap_err().0, "northpass.base_url");
         let mut v = base();
-        v["impartner"]["secret"] = serde_json::Value::Null;
-        assert_eq!(Settings::parse(&v).unwrap_err().0, "impartner.secret_env");
+        v["impartner"]["secret_env"] = serde_json::Value::Null;
+        assert_eq!(Settings::parse(&v).unwrap_err().0, "impartner");
         let mut v = base();
-        v["impartner"]["secret_env"] = json!("SYNCFLEET_TEST_SURELY_UNSET_VAR");
+        v["impartner"]["secret_file"] = json!("prm-key");
         let e = Settings::parse(&v).unwrap_err();
-        assert_eq!(e.0, "impartner.secret_env");
-        assert!(e.1.contains("SYNCFLEET_TEST_SURELY_UNSET_VAR"), "{e:?}");
+        assert_eq!(e.0, "impartner");
+        assert!(e.1.contains("not both"), "{e:?}");
+        let mut v = base();
+        v["northpass"]["secret"] = json!("inline");
+        assert_eq!(Settings::parse(&v).unwrap_err().0, "northpass.secret");
         let mut v = base();
         v["filters"] = json!({"internal_domains": ["ok.com", "@bad"]});
         assert_eq!(Settings::parse(&v).unwrap_err().0, "filters.internal_domains[1]");

@@ -1,5 +1,6 @@
 //! Schedules, integrations, tokens and the audit trail: how the fleet is configured (admin role
-//! for changes).
+//! for changes). Each change commits in one transaction with its audit row
+//! ([`syncfleet_store::audit::Audited`]).
 
 use axum::{
     Json,
@@ -14,7 +15,7 @@ use serde_json::json;
 use syncfleet_shared::config::ScheduleSpec;
 use syncfleet_store::{
     self as store, StoreError,
-    audit::AuditEntry,
+    audit::{AuditEntry, Audited},
     integrations::{self, IntegrationChange, IntegrationView},
     tokens::{self, Role, TokenInfo},
 };
@@ -139,8 +140,12 @@ pub(super) async fn create_integration(
         enabled: b.enabled,
         webhook_secret_ref: b.webhook_secret_ref,
     };
-    let view = integrations::create(&ops.pool, ops.registry.as_ref(), &b.name, &change).await?;
-    ops.audit(&who.actor(), "integration.create", &b.name, json!({ "pack": view.pack, "enabled": view.enabled })).await;
+    // The row, its tables and its audit row commit together: a refused create leaves none of them.
+    let mut tx = Audited::begin(&ops.pool).await?;
+    integrations::create_in(tx.conn(), ops.registry.as_ref(), &b.name, &change).await?;
+    let detail = json!({ "pack": change.pack, "enabled": change.enabled.unwrap_or(true) });
+    tx.commit(&who.actor(), "integration.create", &b.name, detail).await?;
+    let view = integrations::get(&ops.pool, &b.name).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -169,16 +174,12 @@ pub(super) async fn update_integration(
     body: Result<Json<IntegrationChange>, JsonRejection>,
 ) -> ApiResult<IntegrationView> {
     let Json(change) = body?;
-    let view = integrations::update(&ops.pool, ops.registry.as_ref(), &name, &change).await?;
-    ops.audit(
-        &who.actor(),
-        "integration.update",
-        &name,
-        json!({ "pack": change.pack, "settings_changed": change.settings.is_some(), "enabled": change.enabled,
-                "webhook_secret_ref": change.webhook_secret_ref }),
-    )
-    .await;
-    Ok(Json(view))
+    let mut tx = Audited::begin(&ops.pool).await?;
+    integrations::update_in(tx.conn(), ops.registry.as_ref(), &name, &change).await?;
+    let detail = json!({ "pack": change.pack, "settings_changed": change.settings.is_some(), "enabled": change.enabled,
+                         "webhook_secret_ref": change.webhook_secret_ref });
+    tx.commit(&who.actor(), "integration.update", &name, detail).await?;
+    Ok(Json(integrations::get(&ops.pool, &name).await?))
 }
 
 /// Disables an integration: no new runs (scheduled or manual) start for it.
@@ -191,9 +192,10 @@ pub(super) async fn disable_integration(
     Path(name): Path<String>,
 ) -> ApiResult<IntegrationView> {
     let change = IntegrationChange { enabled: Some(false), ..Default::default() };
-    let view = integrations::update(&ops.pool, ops.registry.as_ref(), &name, &change).await?;
-    ops.audit(&who.actor(), "integration.disable", &name, json!({})).await;
-    Ok(Json(view))
+    let mut tx = Audited::begin(&ops.pool).await?;
+    integrations::update_in(tx.conn(), ops.registry.as_ref(), &name, &change).await?;
+    tx.commit(&who.actor(), "integration.disable", &name, json!({})).await?;
+    Ok(Json(integrations::get(&ops.pool, &name).await?))
 }
 
 /// API tokens (never their secrets).
@@ -229,8 +231,9 @@ pub(super) async fn create_token(
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let Json(b) = body?;
-    let (info, token) = tokens::create(&ops.pool, &b.name, b.role, &who.actor()).await?;
-    ops.audit(&who.actor(), "token.create", &b.name, json!({ "role": b.role })).await;
+    let mut tx = Audited::begin(&ops.pool).await?;
+    let (info, token) = tokens::create(tx.conn(), &b.name, b.role, &who.actor()).await?;
+    tx.commit(&who.actor(), "token.create", &b.name, json!({ "role": b.role })).await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { info, token })))
 }
 
@@ -239,8 +242,9 @@ pub(super) async fn create_token(
     params(("name" = String, Path, description = "Token name")),
     responses((status = 200, body = TokenInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke_token(who: Admin, State(ops): State<Ops>, Path(name): Path<String>) -> ApiResult<TokenInfo> {
-    let info = tokens::revoke(&ops.pool, &name).await?;
-    ops.audit(&who.actor(), "token.revoke", &name, json!({})).await;
+    let mut tx = Audited::begin(&ops.pool).await?;
+    let info = tokens::revoke(tx.conn(), &name).await?;
+    tx.commit(&who.actor(), "token.revoke", &name, json!({})).await?;
     Ok(Json(info))
 }
 

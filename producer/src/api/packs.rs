@@ -2,7 +2,9 @@
 //! the OpenAPI document. One handler serves every pack: it authenticates the caller for the
 //! route's role before it reads anything else, finds the enabled integration, and hands the
 //! request to that integration's pack. Two packs may declare the same path; the integration's
-//! pack decides which serves it.
+//! pack decides which serves it. A route that changes anything needs at least the operator role
+//! and names its audit action ([`Route::check`]; a pack breaking it is refused at start), and the
+//! audit row names the token that made the change.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -52,11 +54,15 @@ fn full_path(route: &Route) -> String {
     format!("/api/integrations/{{name}}/{}", route.path)
 }
 
-/// Every pack route, grouped by (method, path): the packs that serve each.
+/// Every pack route, grouped by (method, path): the packs that serve each. Panics on a route that
+/// changes data without the operator role or an audit action: a pack's build error.
 fn grouped(registry: &Registry) -> BTreeMap<(String, &'static str), Vec<(&'static str, Route)>> {
     let mut by_path: BTreeMap<(String, &'static str), Vec<(&'static str, Route)>> = BTreeMap::new();
     for pack in registry.packs() {
         for route in pack.routes() {
+            if let Err(m) = route.check() {
+                panic!("pack `{}`: route {} {}: {m}", pack.name(), method_name(route.method), route.path);
+            }
             let key = (full_path(&route), method_name(route.method));
             by_path.entry(key).or_default().push((pack.name(), route));
         }
@@ -104,6 +110,7 @@ async fn call(
     let weakest = served.iter().map(|(_, r)| role(r.role)).min().unwrap_or(Role::Admin);
     let principal = crate::auth::principal(&parts, &ops, weakest).await?;
     let integration = store::integration_by_name(&ops.pool, &name).await?;
+    let integration = syncfleet_sdk::registry::with_declared_settings(&ops.config, integration);
     if !integration.enabled {
         return Err(StoreError::IntegrationDisabled(name).into());
     }
@@ -152,10 +159,11 @@ pub(super) fn document(registry: &Registry, doc: &mut OpenApi) {
     for ((path, method), served) in grouped(registry) {
         let (_, route) = &served[0];
         let components = doc.components.get_or_insert_with(Default::default);
+        let needs = served.iter().map(|(_, r)| role(r.role)).min().unwrap_or(Role::Admin);
         let mut op = OperationBuilder::new()
             .tag("integrations")
             .summary(Some(route.summary))
-            .description(Some(route.description))
+            .description(Some(format!("{} Needs the `{needs}` role.", route.description)))
             .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
             .parameter(
                 ParameterBuilder::new()

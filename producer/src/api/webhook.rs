@@ -1,10 +1,14 @@
-//! Single-item sync for webhooks, authenticated by the integration's HMAC signature (its secret
-//! read from `webhook_secret_ref` by `syncfleet_sdk::secrets`).
+//! Single-item sync for webhooks, authenticated by the integration's HMAC signature (signed
+//! webhooks v2, [`crate::auth::verify_signature`]; the secret read from `webhook_secret_ref` by
+//! `syncfleet_sdk::secrets` under the deployment's `[secrets]`, at least 32 bytes). A replayed
+//! signature is refused: each accepted one is remembered in Redis beyond its window.
+
+use std::time::Duration;
 
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
-    http::HeaderMap,
+    http::{HeaderMap, Method, Uri},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -14,13 +18,13 @@ use syncfleet_sdk::{
     sync::table::RowOutcome,
 };
 use syncfleet_store::{
-    self as store, StoreError,
+    self as store, Integration, StoreError,
     integrations::{self},
 };
 use utoipa::ToSchema;
 
 use crate::{
-    auth::{self},
+    auth::{self, WebhookRefusal},
     ops::Ops,
 };
 
@@ -43,41 +47,40 @@ pub struct ItemSynced {
     pub outcome: String,
 }
 
-/// Single-item sync (webhooks). Authenticated by the integration's HMAC signature
-/// (`X-Syncfleet-Signature: sha256=<hex HMAC-SHA256 of the body>`), not a bearer token. The body
-/// is the record as the upstream sends it, or `?fetch=<id>` fetches it; it goes through the
-/// entity's mapping and the pull path's upsert.
+/// Single-item sync (webhooks), authenticated by the integration's HMAC signature (signed
+/// webhooks v2), not a bearer token. The sender sends `X-Syncfleet-Timestamp: <unix seconds>` and
+/// `X-Syncfleet-Signature: v2=<hex HMAC-SHA256(secret, "{timestamp}\n{METHOD}\n{path with
+/// query}\n" + body)>`, the path exactly as requested (it names the integration and the entity).
+/// The timestamp must be within 5 minutes of the producer's clock, and each signature is accepted
+/// once. Every authentication failure (unknown integration, no or unreadable secret, missing,
+/// stale or bad timestamp or signature, a replay) answers the same 401. The body is the record as
+/// the upstream sends it, or `?fetch=<id>` fetches it; it goes through the entity's mapping and
+/// the pull path's upsert. The answer carries only the outcome, never the record.
 #[utoipa::path(post, path = "/api/integrations/{name}/items/{entity}", tag = "integrations",
     params(("name" = String, Path, description = "Integration name"), ("entity" = String, Path, description = "Entity name"),
-        ("x-syncfleet-signature" = String, Header, description = "sha256=<hex HMAC-SHA256(secret, body)>"), ItemQuery),
+        ("x-syncfleet-timestamp" = String, Header, description = "Unix seconds the call was signed at; within 5 minutes of the producer's clock"),
+        ("x-syncfleet-signature" = String, Header,
+            description = "v2=<hex HMAC-SHA256(secret, \"{timestamp}\\n{METHOD}\\n{path with query}\\n\" + body)>; each signature is accepted once"),
+        ItemQuery),
     request_body(content = Object, description = "The record as the upstream sends it", content_type = "application/json"),
-    responses((status = 200, body = ItemSynced), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "The integration has no webhook secret"),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, body = ItemSynced),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "Not authenticated (one answer for every reason)"),
+        (status = 404, body = ErrorBody, description = "The integration has no such entity"),
+        (status = 422, body = ErrorBody),
+        (status = 502, body = ErrorBody, description = "The upstream failed (`?fetch=`); the detail is in the producer log")))]
 pub(super) async fn sync_item(
     State(ops): State<Ops>,
     Path((name, entity)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     q: Result<Query<ItemQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> ApiResult<ItemSynced> {
-    let view = integrations::get(&ops.pool, &name).await?;
-    let Some(secret_ref) = view.webhook_secret_ref.as_deref() else {
-        return Err(ApiError::Forbidden(format!(
-            "integration `{name}` has no webhook secret; set its webhook_secret_ref to accept signed items"
-        )));
-    };
-    let Some(signature) = headers.get(auth::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Err(ApiError::Unauthorized(format!(
-            "missing {} header (sha256=<hex HMAC-SHA256 of the body>)",
-            auth::SIGNATURE_HEADER
-        )));
-    };
-    let secret = secrets::resolve_ref("webhook_secret_ref", secret_ref)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("webhook secret of integration `{name}`: {}", e.message)))?;
-    auth::verify_signature(secret.expose().as_bytes(), &body, signature)?;
+    let path_and_query = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let integration = authenticate(&ops, &name, method.as_str(), &path_and_query, &headers, &body).await?;
     let Query(q) = q?;
-    let integration = store::integration_by_name(&ops.pool, &name).await?;
     if !integration.enabled {
         return Err(StoreError::IntegrationDisabled(name).into());
     }
@@ -87,6 +90,9 @@ pub(super) async fn sync_item(
             integration.pack
         )));
     };
+    let fetched = q.fetch.is_some();
+    // A `?fetch=` request sends the file's own settings for an integration it declares.
+    let integration = syncfleet_sdk::registry::with_declared_settings(&ops.config, integration);
     let input = match q.fetch {
         Some(id) => ItemInput::FetchId(id),
         None => ItemInput::Record(
@@ -96,8 +102,17 @@ pub(super) async fn sync_item(
     let (external_id, outcome) =
         items.sync_item(&ops.pool, &ops.http, &integration, &entity, input).await.map_err(|e| match e {
             ItemSyncError::UnknownEntity(..) => ApiError::NotFound(e.to_string()),
-            ItemSyncError::NoItemPath(_) | ItemSyncError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
-            ItemSyncError::Upstream(m) => ApiError::BadGateway(m),
+            ItemSyncError::NoItemPath(_) => ApiError::Unprocessable(e.to_string()),
+            // A fetched record is the upstream's data: what is wrong with it stays in the log.
+            ItemSyncError::Invalid(m) if fetched => {
+                tracing::warn!(integration = %name, %entity, error = %m, "Webhook fetch: the fetched record was refused.");
+                ApiError::Unprocessable(FETCHED_INVALID.into())
+            }
+            ItemSyncError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
+            ItemSyncError::Upstream(m) => {
+                tracing::warn!(integration = %name, %entity, error = %m, "Webhook fetch: the upstream failed.");
+                ApiError::BadGateway(UPSTREAM_FAILED.into())
+            }
             ItemSyncError::Db(e) => ApiError::Internal(e.into()),
         })?;
     let outcome = match outcome {
@@ -113,4 +128,64 @@ pub(super) async fn sync_item(
     )
     .await;
     Ok(Json(ItemSynced { integration: name, entity, external_id, outcome: outcome.into() }))
+}
+
+/// The answer of a `?fetch=` whose upstream failed (the detail goes to the producer log only).
+pub const UPSTREAM_FAILED: &str = "the upstream failed; see the producer log";
+/// The answer of a `?fetch=` whose record could not be synced (the detail goes to the log only).
+pub const FETCHED_INVALID: &str = "the fetched record could not be synced; see the producer log";
+/// How long an accepted signature is remembered: twice the window, so it outlives its timestamp.
+const SEEN_TTL: Duration = Duration::from_secs(2 * auth::SIGNATURE_WINDOW_SECS as u64);
+
+/// Authenticates a webhook call for integration `name`; every failure is the same 401, its reason
+/// logged here (naming the integration, never the secret).
+async fn authenticate(
+    ops: &Ops,
+    name: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Integration, ApiError> {
+    let refuse = |why: WebhookRefusal| {
+        tracing::info!(integration = %name, reason = why.reason(), "Webhook call refused.");
+        ApiError::Unauthorized(auth::WEBHOOK_UNAUTHORIZED.into())
+    };
+    let integration = match store::integration_by_name(&ops.pool, name).await {
+        Ok(i) => i,
+        Err(StoreError::UnknownIntegration(_)) => return Err(refuse(WebhookRefusal::UnknownIntegration)),
+        Err(e) => return Err(e.into()),
+    };
+    let view = integrations::get(&ops.pool, name).await?;
+    let Some(secret_ref) = view.webhook_secret_ref.as_deref() else {
+        return Err(refuse(WebhookRefusal::NoSecret));
+    };
+    let secret = match secrets::resolve_hmac_key("webhook_secret_ref", secret_ref, &ops.config.secrets.policy()) {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::warn!(integration = %name, error = %e, "Webhook secret unusable; every call is refused.");
+            return Err(refuse(WebhookRefusal::UnreadableSecret));
+        }
+    };
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    let signature = auth::verify_signature(
+        secret.expose().as_bytes(),
+        header(auth::TIMESTAMP_HEADER),
+        header(auth::SIGNATURE_HEADER),
+        method,
+        path_and_query,
+        body,
+        now,
+    )
+    .map_err(refuse)?;
+    let first = ops
+        .queues
+        .webhook_signature_first_use(&auth::hex(&signature), SEEN_TTL)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("remembering a webhook signature: {e}")))?;
+    if !first {
+        return Err(refuse(WebhookRefusal::Replayed));
+    }
+    Ok(integration)
 }

@@ -218,8 +218,10 @@ impl Ops {
         Ok(changed)
     }
 
-    /// Records a mutation in the audit trail; a failure to record is logged, not returned (the
-    /// mutation has happened).
+    /// Records a mutation in the audit trail after the fact; a failure to record is logged, not
+    /// returned (the mutation has happened). For runs and queues, whose transitions are their own
+    /// transactions; configuration changes (integrations, schedules, tokens) write their row in the
+    /// change's transaction instead ([`store::audit::Audited`]).
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
         if let Err(error) = store::audit::record(&self.pool, actor, action, target, detail).await {
             tracing::error!(%error, %actor, %action, %target, "Audit record failed.");
@@ -339,14 +341,11 @@ impl Ops {
             (None, None) => (Some(self.config.min_interval().as_secs().max(1) as i32), None),
             (i, c) => (i.map(|v| v.min(i32::MAX as u64) as i32), c.clone()),
         };
-        store::schedules::put(&self.pool, chain, i.id, interval, cron.as_deref(), enabled, actor).await?;
-        self.audit(
-            actor,
-            "schedule.set",
-            &format!("{chain}/{integration}"),
-            serde_json::json!({ "interval_secs": spec.interval_secs, "cron": spec.cron, "enabled": enabled }),
-        )
-        .await;
+        // The schedule and its audit row commit together.
+        let mut tx = store::audit::Audited::begin(&self.pool).await?;
+        store::schedules::put(tx.conn(), chain, i.id, interval, cron.as_deref(), enabled, actor).await?;
+        let detail = serde_json::json!({ "interval_secs": spec.interval_secs, "cron": spec.cron, "enabled": enabled });
+        tx.commit(actor, "schedule.set", &format!("{chain}/{integration}"), detail).await?;
         Ok(())
     }
 }

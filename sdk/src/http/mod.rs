@@ -2,49 +2,82 @@
 //! [`HttpClient`] per step.
 //!
 //! Every try of a request goes through, in order:
-//! 1. the upstream's concurrency gate (a semaphore per upstream key in this process);
-//! 2. the fleet-wide [`RateBudget`] in Redis (shared cool-down first, then a GCRA slot);
-//! 3. the request with its own timeout.
+//! 1. the upstream policy's checks before sending (below);
+//! 2. the upstream's concurrency gate (a semaphore per upstream key in this process);
+//! 3. the fleet-wide [`RateBudget`] in Redis (shared cool-down first, then a GCRA slot);
+//! 4. the request with its own timeout, its answer read as a stream under the body cap.
 //!
 //! Connect errors, timeouts, 408, 429 and 5xx are tried again after an exponential backoff with random
 //! jitter (`syncfleet_shared::retry::Backoff`), or after the upstream's `Retry-After` on 429/503; a
-//! 429's hint becomes the upstream's cool-down for every worker. Other statuses fail at once. Logs and errors carry the method and the URL with secret
-//! query values masked, never headers.
+//! 429's hint becomes the upstream's cool-down for every worker. Other statuses fail at once.
+//!
+//! # The upstream policy
+//!
+//! Every upstream is treated as hostile. The rules hold for every pack because they live here, in
+//! the client, configured once per process from `[upstream]` ([`UpstreamPolicy`]):
+//!
+//! - **Origin lock.** A step's client knows its integration's origin (scheme, host, port of the base
+//!   URL, given to [`HttpClients::client`]). A request to any other origin — a paging `next` link, a
+//!   URL a pack built — is refused before it is sent ([`HttpError::OffOrigin`], permanent), so no
+//!   header, token or query credential leaves. Redirects are followed only on the request's origin,
+//!   at most [`policy::MAX_REDIRECTS`]; any other 3xx fails the request ([`HttpError::Redirect`]).
+//! - **Public networks only.** An upstream address that is loopback, private (RFC 1918, `fc00::/7`),
+//!   link-local (`169.254.169.254`), CGNAT (`100.64.0.0/10`), unspecified, multicast, broadcast or
+//!   reserved, also in its IPv4-mapped form, is refused unless it is in `upstream.allow_networks`
+//!   ([`HttpError::NonPublic`], permanent): IP literals before sending, names in the client's
+//!   resolver as each connection is made (so a name that re-resolves to a private address is
+//!   refused too). Through an HTTP proxy (`HTTPS_PROXY`) the address checked is the proxy's.
+//! - **Bounded reads.** Answers are read as a stream: a `Content-Length` or a body over
+//!   `upstream.max_body_bytes` (default 32 MiB) fails the request for good without reading the rest
+//!   ([`HttpError::TooLarge`]); an error answer's body is read only up to
+//!   [`ERROR_BODY_BYTES`]. Paging loops count their pages with [`Pages`] ([`HttpClient::pages`]): more
+//!   than `upstream.max_pages` (default 100,000) in one read, or a cursor or next link seen before
+//!   in it, ends the read ([`HttpError::Paging`], permanent).
+//! - **Capped `Retry-After`.** A hint up to `upstream.max_retry_after_secs` (default 900) is obeyed
+//!   (a 429's becomes the fleet's cool-down of the upstream). A longer one is not: the request fails
+//!   at once ([`HttpError::RetryAfterTooLong`], transient; as a `StepError` the step is retried
+//!   after the cap) and sets **no** cool-down, so one integration's upstream asking for a day does
+//!   not stop the other integrations on the same upstream key.
+//! - **Redaction** ([`redact`]). Logs, spans and errors show URLs without user info and with every
+//!   query value masked (`?page=***`), never headers; an upstream body only as an excerpt of at most
+//!   [`redact::EXCERPT_CHARS`] characters, with the request's own header and query values and
+//!   anything that looks like a secret masked.
 
 pub mod budget;
+mod pages;
+pub mod policy;
+pub mod redact;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
+use syncfleet_shared::config::UpstreamConfig;
 use syncfleet_shared::retry::Backoff;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use budget::{RateBudget, Reservation};
+pub use pages::Pages;
+pub use policy::{NonPublicAddress, UpstreamPolicy};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("syncfleet/", env!("CARGO_PKG_VERSION"));
 /// How long establishing a connection may take (the request timeout covers the whole exchange).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Characters of a response body kept in [`HttpError::Status`].
-const STATUS_BODY_CHARS: usize = 500;
-/// Characters of a body that is not JSON kept in [`HttpError::Decode`].
-const DECODE_BODY_CHARS: usize = 200;
-/// Characters of a retried answer's body kept as the reason (logs, [`HttpError::Exhausted`]).
-const RETRY_BODY_CHARS: usize = 200;
+/// Bytes of an error answer's body read (for its excerpt); the rest is never read.
+pub const ERROR_BODY_BYTES: usize = 4096;
 /// Waking from a cool-down is spread by up to a tenth of it, at most this, so workers do not all
 /// send at the same instant.
 const COOL_DOWN_SPREAD_MAX: Duration = Duration::from_millis(100);
-/// Query parameters whose value is masked in logs and errors (substring of the name, any case).
-const SECRET_PARAMS: &[&str] = &["token", "key", "secret", "password", "passwd", "signature", "auth", "credential"];
 
 /// How hard one integration may use its upstream. Validated when the configuration loads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,12 +172,44 @@ impl CallStats {
     }
 }
 
+/// Why a request failed. Every text shows URLs redacted and upstream bodies only as short, masked
+/// excerpts ([`redact`]). [`HttpError::is_permanent`] tells whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The upstream refused the request for good (4xx other than 408/429): fix the request or the
-    /// credentials, retrying will not help.
+    /// credentials, retrying will not help. `body` is a redacted excerpt.
     #[error("{method} {url} answered {status}: {body}")]
     Status { method: String, url: String, status: u16, body: String },
+    /// A request to another origin than the integration's (a paging link, a URL a pack built):
+    /// refused before sending, nothing left.
+    #[error(
+        "refused {method} {url}: host {host} is not the integration's origin {origin} (requests, paging \
+         links and redirects stay on it); nothing was sent"
+    )]
+    OffOrigin { method: String, url: String, host: String, origin: String },
+    /// The upstream's address is in a non-public network that `upstream.allow_networks` does not allow.
+    #[error("{0}")]
+    NonPublic(NonPublicAddress),
+    /// A redirect to another origin, or one too many: not followed.
+    #[error(
+        "{method} {url} answered {status} redirecting to {location}: not followed (redirects are followed \
+         only on the integration's origin, at most {max})",
+        max = policy::MAX_REDIRECTS
+    )]
+    Redirect { method: String, url: String, status: u16, location: String },
+    /// The answer is larger than `upstream.max_body_bytes`: not read further.
+    #[error("{url}: the answer is larger than {limit} bytes (upstream.max_body_bytes); not read")]
+    TooLarge { url: String, limit: u64 },
+    /// A paging loop ended the read ([`Pages`]): a repeated cursor or too many pages.
+    #[error("{0}")]
+    Paging(String),
+    /// The upstream asked to wait longer than `upstream.max_retry_after_secs`: not waited for (and no
+    /// cool-down set); try the step again after the cap.
+    #[error(
+        "{method} {url} answered {status} asking to wait {wait_secs} s, more than \
+         upstream.max_retry_after_secs ({max_secs} s): not waited for, the step is retried later"
+    )]
+    RetryAfterTooLong { method: String, url: String, status: u16, wait_secs: u64, max_secs: u64 },
     /// Transient failures outlasted the retries: try the step again later.
     #[error("{url}: gave up after {attempts} attempts: {last}")]
     Exhausted { url: String, attempts: u32, last: String },
@@ -168,31 +233,105 @@ impl HttpError {
             _ => None,
         }
     }
+
+    /// Trying again will not help: a 4xx refusal (not 408/429), a request the policy refuses
+    /// (another origin, a non-public address, a redirect away), an answer too large, a looping or
+    /// endless list, a request that cannot be built.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HttpError::Status { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
+            HttpError::OffOrigin { .. }
+            | HttpError::NonPublic(_)
+            | HttpError::Redirect { .. }
+            | HttpError::TooLarge { .. }
+            | HttpError::Paging(_)
+            | HttpError::Build(_) => true,
+            HttpError::RetryAfterTooLong { .. }
+            | HttpError::Exhausted { .. }
+            | HttpError::Decode { .. }
+            | HttpError::Budget(_)
+            | HttpError::Cancelled => false,
+        }
+    }
+
+    /// How long the step should wait before trying again, when the upstream said (a `Retry-After`
+    /// above the cap: the cap).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::RetryAfterTooLong { max_secs, .. } => Some(Duration::from_secs(*max_secs)),
+            _ => None,
+        }
+    }
+
+    /// What this failure means for the step ([`Verdict::step_error`]).
+    pub fn verdict(&self) -> Verdict {
+        Verdict { permanent: self.is_permanent(), after: self.retry_after() }
+    }
 }
 
-/// One per worker process: a shared `reqwest::Client`, the [`RateBudget`], and one concurrency gate
-/// per upstream key.
+/// What a failed request means for its step: fail for good, or try again (after the upstream's wait
+/// when it gave one). `Verdict::step_error` makes the step's error of it, and `StepError: From<HttpError>`
+/// goes by it (both in `sync::pull`, which may name the step's types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub permanent: bool,
+    pub after: Option<Duration>,
+}
+
+/// One per worker process: a shared `reqwest::Client` (with the policy's resolver and redirect
+/// rule), the [`UpstreamPolicy`], the [`RateBudget`], and one concurrency gate per upstream key.
 #[derive(Clone)]
 pub struct HttpClients {
     http: Client,
+    policy: Arc<UpstreamPolicy>,
     budget: Option<RateBudget>,
     gates: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// Where the credentials of requests may be read from (`[secrets]`); set by the process.
+    secrets: Option<Arc<crate::secrets::SecretPolicy>>,
 }
 
 impl HttpClients {
-    /// Without a budget there is no fleet-wide rate limit and no shared cool-down.
-    pub fn new(budget: Option<RateBudget>) -> Self {
+    /// Clients under the deployment's `[upstream]` policy. Without a budget there is no fleet-wide
+    /// rate limit and no shared cool-down.
+    pub fn new(budget: Option<RateBudget>, upstream: &UpstreamConfig) -> Self {
+        let policy = Arc::new(UpstreamPolicy::from_config(upstream));
         let http = Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
+            .dns_resolver(policy::GuardedResolver { policy: policy.clone() })
+            .redirect(policy::redirects())
+            // A Referer would carry the previous URL's query (credentials) along.
+            .referer(false)
             .build()
             .expect("the HTTP client builds with a fixed configuration");
-        HttpClients { http, budget, gates: Arc::default() }
+        HttpClients { http, policy, budget, gates: Arc::default(), secrets: None }
     }
 
-    /// A client for one step: shares the gate and budget of `upstream` (the key several integrations
-    /// behind one upstream share, e.g. "erp.example.com"), with fresh [`CallStats`].
-    pub fn client(&self, upstream: &str, limits: &Limits) -> HttpClient {
+    pub fn policy(&self) -> &UpstreamPolicy {
+        &self.policy
+    }
+
+    /// The same clients reading credentials under the deployment's `[secrets]` policy
+    /// ([`HttpClient::secrets`]); without it every secret a pack names is refused.
+    pub fn with_secrets(mut self, policy: crate::secrets::SecretPolicy) -> Self {
+        self.secrets = Some(Arc::new(policy));
+        self
+    }
+
+    /// The `[secrets]` policy the clients were given ([`HttpClient::secrets`]).
+    pub fn secrets(&self) -> Result<&crate::secrets::SecretPolicy, String> {
+        self.secrets.as_deref().ok_or_else(|| "this process's HTTP clients have no secrets policy ([secrets])".into())
+    }
+
+    /// A client for one step of the integration at `base_url`: it sends only to that URL's origin
+    /// (scheme, host, port; a `base_url` that is not an absolute http(s) URL fails every request),
+    /// and shares the gate and budget of `upstream` (the key several integrations behind one
+    /// upstream share, e.g. "erp.example.com"), with fresh [`CallStats`].
+    pub fn client(&self, upstream: &str, base_url: &str, limits: &Limits) -> HttpClient {
+        let origin = match Url::parse(base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u.origin()),
+            _ => Err(format!("the base URL {} is not an absolute http(s) URL", redact::link(base_url))),
+        };
         let gate = {
             let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
             let permits = limits.concurrency.clamp(1, Semaphore::MAX_PERMITS);
@@ -200,11 +339,14 @@ impl HttpClients {
         };
         HttpClient {
             http: self.http.clone(),
+            policy: self.policy.clone(),
+            origin,
             budget: self.budget.clone(),
             upstream: upstream.into(),
             limits: limits.clone(),
             gate,
             stats: Arc::default(),
+            secrets: self.secrets.clone(),
         }
     }
 }
@@ -213,11 +355,15 @@ impl HttpClients {
 #[derive(Clone)]
 pub struct HttpClient {
     http: Client,
+    policy: Arc<UpstreamPolicy>,
+    /// The integration's origin: the only one requests go to (or why there is none).
+    origin: Result<url::Origin, String>,
     budget: Option<RateBudget>,
     upstream: Arc<str>,
     limits: Limits,
     gate: Arc<Semaphore>,
     stats: Arc<CallStats>,
+    secrets: Option<Arc<crate::secrets::SecretPolicy>>,
 }
 
 /// What one try came to.
@@ -233,10 +379,86 @@ struct Retry {
     throttled: bool,
 }
 
-/// Method and URL of a request as shown in logs and errors (secrets masked).
+/// Method and URL of a request as shown in logs and errors (secrets masked), and the values it
+/// carries that texts made from its answer must not show.
 struct Target {
     method: String,
     url: String,
+    known: Arc<[String]>,
+}
+
+/// What reading a 2xx answer needs: the body cap and the request's own values (for excerpts).
+struct Reading {
+    limit: u64,
+    known: Arc<[String]>,
+}
+
+/// Why reading a 2xx answer failed.
+enum BodyError {
+    /// The connection failed while reading: tried again.
+    Read(reqwest::Error),
+    /// Over `upstream.max_body_bytes`: fails the request for good.
+    TooLarge,
+    /// Not what was asked for: the message (with a redacted excerpt).
+    Decode(String),
+}
+
+/// Why [`read_capped`] stopped.
+enum Capped {
+    Read(reqwest::Error),
+    TooLarge,
+}
+
+impl From<Capped> for BodyError {
+    fn from(c: Capped) -> Self {
+        match c {
+            Capped::Read(e) => BodyError::Read(e),
+            Capped::TooLarge => BodyError::TooLarge,
+        }
+    }
+}
+
+/// The whole body of `response` if it is at most `limit` bytes. A larger `Content-Length` is
+/// refused before reading; a body that grows past `limit` is dropped there (the rest never read).
+async fn read_capped(mut response: Response, limit: u64) -> Result<Vec<u8>, Capped> {
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Capped::TooLarge);
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Read)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(Capped::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The first `limit` bytes of `response`'s body (an error answer's, for its excerpt); the rest is
+/// never read.
+async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+            _ => break,
+        }
+    }
+    body
+}
+
+/// The policy's refusal of an address, when that is what failed the connection (the resolver's
+/// error, somewhere down `e`'s causes).
+fn non_public_cause(e: &reqwest::Error) -> Option<NonPublicAddress> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<NonPublicAddress>() {
+            return Some(refused.clone());
+        }
+        cause = c.source();
+    }
+    None
 }
 
 impl HttpClient {
@@ -248,14 +470,42 @@ impl HttpClient {
         &self.upstream
     }
 
+    /// The deployment's `[secrets]` policy, under which a connector reads its integration's
+    /// credentials (`syncfleet_sdk::secrets`); an error when the process set none
+    /// ([`HttpClients::with_secrets`]).
+    pub fn secrets(&self) -> Result<&crate::secrets::SecretPolicy, String> {
+        self.secrets.as_deref().ok_or_else(|| "this process's HTTP clients have no secrets policy ([secrets])".into())
+    }
+
+    /// Counts the pages of one read of a list ([`Pages`]) under `upstream.max_pages`: every paging
+    /// loop takes one per read.
+    pub fn pages(&self) -> Pages {
+        Pages::new(self.policy.max_pages)
+    }
+
     /// Sends with budget, concurrency cap, timeout and retries; `build` makes the request for each try.
-    /// Returns the response when 2xx. `cancel` stops waiting or retrying at once.
+    /// Returns the response when 2xx; read its body with [`HttpClient::read_json`] (under the body
+    /// cap). `cancel` stops waiting or retrying at once.
     pub async fn send(
         &self,
         build: impl Fn(&Client) -> RequestBuilder,
         cancel: &CancellationToken,
     ) -> Result<Response, HttpError> {
-        self.run(&build, |response| async move { Ok(response) }, cancel).await
+        self.run(&build, |response, _| async move { Ok(response) }, cancel).await
+    }
+
+    /// Reads the JSON body of an answer [`HttpClient::send`] returned, at most
+    /// `upstream.max_body_bytes` of it ([`HttpError::TooLarge`] beyond).
+    pub async fn read_json(&self, response: Response) -> Result<serde_json::Value, HttpError> {
+        let url = redact::url(response.url());
+        let body = read_capped(response, self.policy.max_body_bytes).await.map_err(|e| match e {
+            Capped::TooLarge => HttpError::TooLarge { url: url.clone(), limit: self.policy.max_body_bytes },
+            Capped::Read(e) => {
+                HttpError::Decode { url: url.clone(), message: format!("reading the answer: {}", error_chain(&e)) }
+            }
+        })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::Decode { url, message: format!("not JSON ({e}): {}", redact::excerpt(&body, &[])) })
     }
 
     /// GETs `url` and parses the body as JSON; a body that does not parse is [`HttpError::Decode`].
@@ -277,15 +527,12 @@ impl HttpClient {
             header_map.append(name, value);
         }
         let build = |http: &Client| http.get(url).query(query).headers(header_map.clone());
-        let read = |response: Response| async move {
-            let url = response.url().clone();
-            response.bytes().await.map(|body| (url, body))
+        let read = |response: Response, reading: Reading| async move {
+            let body = read_capped(response, reading.limit).await.map_err(BodyError::from)?;
+            serde_json::from_slice(&body)
+                .map_err(|e| BodyError::Decode(format!("not JSON ({e}): {}", redact::excerpt(&body, &reading.known))))
         };
-        let (url, body) = self.run(&build, read, cancel).await?;
-        serde_json::from_slice(&body).map_err(|e| HttpError::Decode {
-            url: redact(&url),
-            message: format!("not JSON ({e}): {}", truncate(&String::from_utf8_lossy(&body), DECODE_BODY_CHARS)),
-        })
+        self.run(&build, read, cancel).await
     }
 
     /// Tries until `finish` (reading the 2xx answer) succeeds, a failure is permanent, the retries run
@@ -297,8 +544,8 @@ impl HttpClient {
         cancel: &CancellationToken,
     ) -> Result<T, HttpError>
     where
-        F: Fn(Response) -> Fut,
-        Fut: Future<Output = Result<T, reqwest::Error>>,
+        F: Fn(Response, Reading) -> Fut,
+        Fut: Future<Output = Result<T, BodyError>>,
     {
         tokio::select! {
             biased;
@@ -309,8 +556,8 @@ impl HttpClient {
 
     async fn tries<T, F, Fut>(&self, build: &impl Fn(&Client) -> RequestBuilder, finish: &F) -> Result<T, HttpError>
     where
-        F: Fn(Response) -> Fut,
-        Fut: Future<Output = Result<T, reqwest::Error>>,
+        F: Fn(Response, Reading) -> Fut,
+        Fut: Future<Output = Result<T, BodyError>>,
     {
         let mut backoff = self.limits.backoff();
         let mut attempts = 0;
@@ -319,7 +566,12 @@ impl HttpClient {
                 .timeout(Duration::from_millis(self.limits.timeout_ms))
                 .build()
                 .map_err(|e| HttpError::Build(error_chain(&e.without_url())))?;
-            let target = Target { method: request.method().to_string(), url: redact(request.url()) };
+            let target = Target {
+                method: request.method().to_string(),
+                url: redact::url(request.url()),
+                known: redact::sensitive_values(&request).into(),
+            };
+            self.check_target(request.url(), &target)?;
             attempts += 1;
             let retry = match self.try_once(request, &target, attempts, finish).await? {
                 Outcome::Done(value) => return Ok(value),
@@ -328,6 +580,7 @@ impl HttpClient {
             let Some(backoff_delay) = backoff.next() else {
                 return Err(HttpError::Exhausted { url: target.url, attempts, last: retry.reason });
             };
+            // A hint is at most `upstream.max_retry_after_secs` here: a longer one failed the request.
             let delay = retry.retry_after.unwrap_or(backoff_delay);
             if retry.throttled
                 && let (Some(hint), Some(budget)) = (retry.retry_after, &self.budget)
@@ -348,6 +601,34 @@ impl HttpClient {
         }
     }
 
+    /// The policy's checks before sending: the integration's origin, and a literal address in an
+    /// allowed network (names are checked by the resolver as the connection is made).
+    fn check_target(&self, url: &Url, target: &Target) -> Result<(), HttpError> {
+        let origin = self.origin.as_ref().map_err(|m| HttpError::Build(m.clone()))?;
+        if url.origin() != *origin {
+            let host = url.host_str().unwrap_or("(none)");
+            let host = match url.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            return Err(HttpError::OffOrigin {
+                method: target.method.clone(),
+                url: target.url.clone(),
+                host,
+                origin: origin.ascii_serialization(),
+            });
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        match literal {
+            Some(ip) => self.policy.check(ip).map_err(HttpError::NonPublic),
+            None => Ok(()),
+        }
+    }
+
     /// One try: gate, budget, then the request (a client span) and its answer.
     async fn try_once<T, F, Fut>(
         &self,
@@ -357,8 +638,8 @@ impl HttpClient {
         finish: &F,
     ) -> Result<Outcome<T>, HttpError>
     where
-        F: Fn(Response) -> Fut,
-        Fut: Future<Output = Result<T, reqwest::Error>>,
+        F: Fn(Response, Reading) -> Fut,
+        Fut: Future<Output = Result<T, BodyError>>,
     {
         let _permit = self.gate.acquire().await.expect("the gate is never closed");
         self.wait_for_budget().await?;
@@ -397,12 +678,16 @@ impl HttpClient {
         span: &tracing::Span,
     ) -> Result<Outcome<T>, HttpError>
     where
-        F: Fn(Response) -> Fut,
-        Fut: Future<Output = Result<T, reqwest::Error>>,
+        F: Fn(Response, Reading) -> Fut,
+        Fut: Future<Output = Result<T, BodyError>>,
     {
         let response = match self.http.execute(request).await {
             Ok(response) => response,
             Err(e) => {
+                if let Some(refused) = non_public_cause(&e) {
+                    span.record("error.type", "non_public_address");
+                    return Err(HttpError::NonPublic(refused));
+                }
                 let transient = e.is_connect() || e.is_timeout() || e.is_request();
                 let kind = if e.is_timeout() {
                     "timeout"
@@ -412,7 +697,7 @@ impl HttpClient {
                     "request"
                 };
                 span.record("error.type", kind);
-                let reason = error_chain(&e.without_url());
+                let reason = redact::scrub(&error_chain(&e.without_url()), &target.known);
                 return if transient {
                     Ok(Outcome::Retry(Retry { reason, retry_after: None, throttled: false }))
                 } else {
@@ -423,16 +708,40 @@ impl HttpClient {
         let status = response.status();
         span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
-            return Ok(match finish(response).await {
-                Ok(value) => Outcome::Done(value),
-                Err(e) => Outcome::Retry(Retry {
-                    reason: format!("reading the body: {}", error_chain(&e.without_url())),
+            let reading = Reading { limit: self.policy.max_body_bytes, known: target.known.clone() };
+            return match finish(response, reading).await {
+                Ok(value) => Ok(Outcome::Done(value)),
+                Err(BodyError::Read(e)) => Ok(Outcome::Retry(Retry {
+                    reason: format!(
+                        "reading the body: {}",
+                        redact::scrub(&error_chain(&e.without_url()), &target.known)
+                    ),
                     retry_after: None,
                     throttled: false,
-                }),
-            });
+                })),
+                Err(BodyError::TooLarge) => {
+                    span.record("error.type", "too_large");
+                    Err(HttpError::TooLarge { url: target.url.clone(), limit: self.policy.max_body_bytes })
+                }
+                Err(BodyError::Decode(message)) => Err(HttpError::Decode { url: target.url.clone(), message }),
+            };
         }
         span.record("error.type", status.as_str());
+        if status.is_redirection() {
+            // Not followed by the redirect policy: to another origin, or one too many.
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| response.url().join(l).map(|u| redact::url(&u)).unwrap_or_else(|_| redact::link(l)))
+                .unwrap_or_else(|| "no location".into());
+            return Err(HttpError::Redirect {
+                method: target.method.clone(),
+                url: target.url.clone(),
+                status: status.as_u16(),
+                location,
+            });
+        }
         let throttled = status == StatusCode::TOO_MANY_REQUESTS;
         if throttled {
             CallStats::add(&self.stats.throttled, 1);
@@ -447,16 +756,29 @@ impl HttpClient {
         } else {
             None
         };
-        let body = response.text().await.unwrap_or_default();
+        if let Some(wait) = retry_after
+            && wait > self.policy.max_retry_after
+        {
+            // Neither waited for nor shared as a cool-down: the step comes back after the cap.
+            return Err(HttpError::RetryAfterTooLong {
+                method: target.method.clone(),
+                url: target.url.clone(),
+                status: status.as_u16(),
+                wait_secs: wait.as_secs(),
+                max_secs: self.policy.max_retry_after.as_secs(),
+            });
+        }
+        let body = read_prefix(response, ERROR_BODY_BYTES).await;
+        let excerpt = redact::excerpt(&body, &target.known);
         if throttled || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
-            let reason = format!("{status}: {}", truncate(&body, RETRY_BODY_CHARS));
+            let reason = format!("{status}: {excerpt}");
             return Ok(Outcome::Retry(Retry { reason, retry_after, throttled }));
         }
         Err(HttpError::Status {
             method: target.method.clone(),
             url: target.url.clone(),
             status: status.as_u16(),
-            body: truncate(&body, STATUS_BODY_CHARS),
+            body: excerpt,
         })
     }
 
@@ -517,31 +839,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     (!wait.is_zero()).then_some(wait)
 }
 
-/// The URL without credentials: user info dropped, values of secret-looking query parameters masked.
-fn redact(url: &Url) -> String {
-    let secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        SECRET_PARAMS.iter().any(|s| name.contains(s))
-    };
-    let mut shown = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        // Only fails for URLs that cannot have credentials, which then have none.
-        shown.set_username("").ok();
-        shown.set_password(None).ok();
-    }
-    if url.query_pairs().any(|(name, _)| secret(&name)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if secret(&name) { "***".to_string() } else { value.into_owned() };
-                (name.into_owned(), value)
-            })
-            .collect();
-        shown.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    shown.to_string()
-}
-
 /// An error and its causes, each once.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -555,13 +852,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-fn truncate(s: &str, chars: usize) -> String {
-    match s.char_indices().nth(chars) {
-        Some((end, _)) => format!("{}…", &s[..end]),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -628,14 +918,139 @@ mod tests {
     #[test]
     fn urls_in_logs_hide_secrets() {
         let url = Url::parse("https://u:pw@lms.example.com/ws?wstoken=abc&page=2&api_key=k").unwrap();
-        assert_eq!(redact(&url), "https://lms.example.com/ws?wstoken=***&page=2&api_key=***");
-        let plain = Url::parse("https://erp.example.com/api/items?limit=1&q=a%20b").unwrap();
-        assert_eq!(redact(&plain), plain.as_str());
+        assert_eq!(redact::url(&url), "https://lms.example.com/ws?wstoken=***&page=***&api_key=***");
+        let plain = Url::parse("https://erp.example.com/api/items").unwrap();
+        assert_eq!(redact::url(&plain), plain.as_str());
     }
 
-    #[test]
-    fn truncation_keeps_whole_characters() {
-        assert_eq!(truncate("héllo", 2), "hé…");
-        assert_eq!(truncate("hi", 5), "hi");
+    /// A server on 127.0.0.1 answering each request (one per connection) with `answer(path)`;
+    /// counts the requests it got.
+    async fn serve(answer: fn(&str, u16) -> Vec<u8>) -> (u16, Arc<AtomicI64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicI64::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    let head = String::from_utf8_lossy(&head);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    socket.write_all(&answer(&path, port)).await.ok();
+                    socket.shutdown().await.ok();
+                });
+            }
+        });
+        (port, count)
+    }
+
+    fn loopback(max_body_bytes: u64) -> HttpClients {
+        let config =
+            UpstreamConfig { allow_networks: vec!["127.0.0.0/8".into()], max_body_bytes, ..Default::default() };
+        HttpClients::new(None, &config)
+    }
+
+    fn quick() -> Limits {
+        Limits { max_retries: 1, backoff_base_ms: 10, backoff_max_ms: 20, timeout_ms: 5_000, ..Limits::default() }
+    }
+
+    fn answers(path: &str, port: u16) -> Vec<u8> {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+        let text = match path {
+            "/ok" => ok.to_owned(),
+            "/same" => "HTTP/1.1 302 Found\r\nlocation: /ok\r\ncontent-length: 0\r\n\r\n".to_owned(),
+            // `localhost` is another origin than `127.0.0.1`, on the same server.
+            "/away" => {
+                format!("HTTP/1.1 302 Found\r\nlocation: http://localhost:{port}/ok?key=k\r\ncontent-length: 0\r\n\r\n")
+            }
+            "/declared" => "HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\n{}".to_owned(),
+            "/big" => format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n[{}]", " ".repeat(100_000)),
+            "/slow" => "HTTP/1.1 429 Too Many Requests\r\nretry-after: 86400\r\ncontent-length: 0\r\n\r\n".to_owned(),
+            _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        };
+        text.into_bytes()
+    }
+
+    #[tokio::test]
+    async fn requests_and_redirects_stay_on_the_integration_origin() {
+        let (port, count) = serve(answers).await;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = loopback(1 << 20).client("t", &format!("{base}/api"), &quick());
+        let cancel = CancellationToken::new();
+        let ok = client.get_json(&format!("{base}/same"), &[], &[], &cancel).await.unwrap();
+        assert_eq!(ok["ok"], true, "a redirect on the origin is followed");
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+
+        let e = client.get_json(&format!("http://localhost:{port}/ok?key=k"), &[], &[], &cancel).await.unwrap_err();
+        assert!(matches!(e, HttpError::OffOrigin { .. }) && e.is_permanent(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refused GET http://localhost:{port}/ok?key=***: host localhost:{port} is not the integration's \
+                 origin {base} (requests, paging links and redirects stay on it); nothing was sent"
+            )
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 2, "nothing was sent");
+
+        let e = client.get_json(&format!("{base}/away"), &[], &[], &cancel).await.unwrap_err();
+        assert!(matches!(e, HttpError::Redirect { status: 302, .. }) && e.is_permanent(), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!("redirecting to http://localhost:{port}/ok?key=***: not followed")),
+            "{e}"
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 3, "the redirect was not followed");
+    }
+
+    #[tokio::test]
+    async fn non_public_addresses_are_refused_before_connecting() {
+        let (port, count) = serve(answers).await;
+        let clients = HttpClients::new(None, &UpstreamConfig::default());
+        let cancel = CancellationToken::new();
+        for host in ["127.0.0.1", "localhost"] {
+            let base = format!("http://{host}:{port}");
+            let e = clients.client("t", &base, &quick()).get_json(&format!("{base}/ok"), &[], &[], &cancel).await;
+            let e = e.unwrap_err();
+            assert!(matches!(e, HttpError::NonPublic(_)) && e.is_permanent(), "{host}: {e:?}");
+            assert!(
+                e.to_string().contains("is in a non-public network (loopback); allow it with upstream.allow_networks")
+            );
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_body_cap_are_not_read() {
+        let (port, _) = serve(answers).await;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = loopback(4096).client("t", &base, &quick());
+        let cancel = CancellationToken::new();
+        for path in ["/declared", "/big"] {
+            let e = client.get_json(&format!("{base}{path}"), &[], &[], &cancel).await.unwrap_err();
+            assert!(matches!(e, HttpError::TooLarge { limit: 4096, .. }) && e.is_permanent(), "{path}: {e:?}");
+        }
+        assert_eq!(client.stats().retries.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_over_the_cap_fails_at_once_without_a_cool_down() {
+        let (port, count) = serve(answers).await;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = loopback(4096).client("t", &base, &quick());
+        let started = Instant::now();
+        let e = client.get_json(&format!("{base}/slow"), &[], &[], &CancellationToken::new()).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(matches!(e, HttpError::RetryAfterTooLong { wait_secs: 86400, max_secs: 900, .. }), "{e:?}");
+        assert_eq!(e.verdict(), Verdict { permanent: false, after: Some(Duration::from_secs(900)) });
+        assert_eq!(count.load(Ordering::Relaxed), 1);
     }
 }

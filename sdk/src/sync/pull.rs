@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     chain::Mode,
-    http::HttpError,
+    http::{HttpError, Verdict},
     ids::RunId,
     metrics,
     step::{AttemptFence, PhaseResult, StepContext, StepError},
@@ -45,14 +45,41 @@ impl PullSpec {
     }
 }
 
+impl Verdict {
+    /// The [`StepError`] of a failure reported as `source` (the [`HttpError`] itself, or a
+    /// connector's own error wrapping it): permanent, or transient with the upstream's wait as the
+    /// retry hint.
+    pub fn step_error<E>(self, source: E) -> StepError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if self.permanent {
+            return StepError::permanent(source);
+        }
+        let error = StepError::transient(source);
+        match self.after {
+            Some(after) => error.after(after),
+            None => error,
+        }
+    }
+}
+
+impl From<HttpError> for StepError {
+    /// Permanent or transient as [`HttpError::is_permanent`] says, with the upstream's wait as the
+    /// retry hint.
+    fn from(e: HttpError) -> Self {
+        e.verdict().step_error(e)
+    }
+}
+
 impl From<SourceError> for StepError {
+    /// An HTTP failure is permanent or transient as [`HttpError::is_permanent`] says (a request the
+    /// upstream refuses, one the upstream policy refuses, an answer too large, a looping list will
+    /// not get better), with the upstream's wait as the retry hint; a wrong shape is transient.
     fn from(e: SourceError) -> Self {
         match &e {
-            // A request the upstream refuses (bad credentials, unknown path) will not get better.
-            SourceError::Http(HttpError::Status { status, .. }) if (400..500).contains(status) && *status != 429 => {
-                StepError::permanent(e)
-            }
-            _ => StepError::transient(e),
+            SourceError::Http(http) => http.verdict().step_error(e),
+            SourceError::Shape(_) => StepError::transient(e),
         }
     }
 }
@@ -87,9 +114,11 @@ pub async fn analyze_after_write(pool: &sqlx::PgPool, table: &str, written: i64)
     }
 }
 
-/// `ANALYZE table`; a failure is logged, never returned.
+/// `ANALYZE table` through `syncfleet_analyze` (migration `0014`: the runtime role owns no table,
+/// and only a table's owner may analyze it); a failure is logged, never returned.
 async fn analyze(pool: &sqlx::PgPool, table: &str) {
-    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}"))).execute(pool).await {
+    let analyze = sqlx::query("SELECT syncfleet_analyze($1::regclass)").bind(super::table::quote_ident(table));
+    if let Err(error) = analyze.execute(pool).await {
         tracing::warn!(%error, table, "ANALYZE failed.");
     }
 }
@@ -122,15 +151,44 @@ pub async fn analyze_if_stale(pool: &sqlx::PgPool, tables: &[&str]) {
 
 /// Runs one pull of `spec` from `source` for the step in `ctx` and returns its counts. Batches commit
 /// as they go (upserts are idempotent, so a retried attempt converges); the cursor and the sweep
-/// commit with the step's completion.
+/// commit with the step's completion. A step that pulls several entities calls [`fetch`] for each
+/// and [`Fetched::complete`] for all at its end instead, so its completion transaction is not held
+/// open while the later entities are read.
 pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Source) -> Result<PhaseResult, StepError> {
+    let fetched = fetch(ctx, spec, source).await?;
+    fetched.complete(ctx.tx().await?).await
+}
+
+/// One entity's read, its pages written, waiting for the step's completion transaction: the
+/// cursor, the deletion guard and the sweep ([`Fetched::complete`]).
+#[derive(Debug)]
+pub struct Fetched {
+    spec: PullSpec,
+    integration: String,
+    integration_id: i64,
+    run: RunId,
+    mode: Mode,
+    force: bool,
+    /// The database's time when the read began ([`sweep::database_now`]): rows written since are
+    /// spared by the sweep.
+    fetch_started: DateTime<Utc>,
+    cursor_before: Option<DateTime<Utc>>,
+    cursor_after: Option<DateTime<Utc>>,
+    fetch: Fetch,
+    result: PhaseResult,
+}
+
+/// Reads every page of `spec` from `source` and writes each in its own fenced transaction, as
+/// [`pull`] does, leaving the cursor and the sweep to [`Fetched::complete`]. Holds no transaction
+/// open between pages.
+pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) -> Result<Fetched, StepError> {
     let integration_id = ctx.integration.id;
     let cursor_before = load_cursor(&ctx.pool, integration_id, &spec.entity).await?;
     let since = match ctx.mode {
         Mode::Incremental => cursor_before.map(|c| c - spec.lookback),
         Mode::Full => None,
     };
-    let fetch_started = Utc::now();
+    let fetch_started = sweep::database_now(&ctx.pool).await?;
     let integration = ctx.integration.name.clone();
     let writer = Writer {
         pool: &ctx.pool,
@@ -158,37 +216,67 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
     result.cursor_before = cursor_before.map(fmt_cursor);
     let cursor_after = next_cursor(&fetch, cursor_before, fetch_started - spec.margin);
     result.cursor_after = cursor_after.map(fmt_cursor);
-    let run = ctx.run_id;
-    let force = ctx.force_sweep;
-    let mode = ctx.mode;
     analyze_after_write(&ctx.pool, &spec.table.name, result.inserted + result.updated).await;
-    let conn = ctx.tx().await?;
-    if cursor_after != cursor_before
-        && let Some(c) = cursor_after
-    {
-        save_cursor(conn, integration_id, &spec.entity, c, run).await?;
-    }
-    result.guard = Some(match mode {
-        Mode::Incremental => "not run: incremental".to_owned(),
-        Mode::Full => {
-            let (guard, deactivated) =
-                guard_and_sweep(conn, spec, integration_id, run, fetch_started, &fetch, force).await?;
-            result.deactivated = deactivated;
-            // Counted when swept; the sweep commits with the step.
-            metrics::records(&integration, &spec.entity, "deactivated", deactivated);
-            guard
+    Ok(Fetched {
+        spec: spec.clone(),
+        integration,
+        integration_id,
+        run: ctx.run_id,
+        mode: ctx.mode,
+        force: ctx.force_sweep,
+        fetch_started,
+        cursor_before,
+        cursor_after,
+        fetch,
+        result,
+    })
+}
+
+impl Fetched {
+    /// Writes the read's cursor, runs the deletion guard and the sweep (full mode) and resolves the
+    /// item errors the read did not repeat, on `conn`: the step's completion transaction
+    /// ([`StepContext::tx`]), opened at the end of the step. Returns the entity's counts.
+    pub async fn complete(self, conn: &mut PgConnection) -> Result<PhaseResult, StepError> {
+        let Fetched {
+            spec,
+            integration,
+            integration_id,
+            run,
+            mode,
+            force,
+            fetch_started,
+            cursor_before,
+            cursor_after,
+            fetch,
+            mut result,
+        } = self;
+        if cursor_after != cursor_before
+            && let Some(c) = cursor_after
+        {
+            save_cursor(conn, integration_id, &spec.entity, c, run).await?;
         }
-    });
-    if mode == Mode::Full && fetch.short_pages.is_empty() && fetch.unreadable_ids == 0 {
-        // Every item was read again: open errors this run did not repeat are gone upstream or fixed.
-        resolve_unrepeated(conn, integration_id, &spec.entity, run).await?;
+        result.guard = Some(match mode {
+            Mode::Incremental => "not run: incremental".to_owned(),
+            Mode::Full => {
+                let (guard, deactivated) =
+                    guard_and_sweep(conn, &spec, integration_id, run, fetch_started, &fetch, force).await?;
+                result.deactivated = deactivated;
+                // Counted when swept; the sweep commits with the step.
+                metrics::records(&integration, &spec.entity, "deactivated", deactivated);
+                guard
+            }
+        });
+        if mode == Mode::Full && fetch.short_pages.is_empty() && fetch.unreadable_ids == 0 {
+            // Every item was read again: open errors this run did not repeat are gone upstream or fixed.
+            resolve_unrepeated(conn, integration_id, &spec.entity, run).await?;
+        }
+        tracing::info!(
+            entity = %spec.entity, fetched = result.fetched, inserted = result.inserted, updated = result.updated,
+            unchanged = result.unchanged, deactivated = result.deactivated, errors = result.errors,
+            guard = result.guard.as_deref().unwrap_or(""), "Pull finished."
+        );
+        Ok(result)
     }
-    tracing::info!(
-        entity = %spec.entity, fetched = result.fetched, inserted = result.inserted, updated = result.updated,
-        unchanged = result.unchanged, deactivated = result.deactivated, errors = result.errors,
-        guard = result.guard.as_deref().unwrap_or(""), "Pull finished."
-    );
-    Ok(result)
 }
 
 /// The new cursor: the latest change seen, but never past `ceiling` nor past an item that failed;

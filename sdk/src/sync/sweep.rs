@@ -5,11 +5,23 @@
 //! ([`deactivate_ids`]) and the rows of scopes that are gone ([`deactivate_scopes`]).
 //!
 //! Rows are soft-deleted (`is_active = FALSE`, `deleted_at = now()`), never deleted.
+//!
+//! **One clock.** A sweep spares rows written since its read began (`updated_at`, set by the
+//! database's `now()`), so the read's start comes from the database too ([`database_now`]), never
+//! from the worker's clock, which may be seconds or minutes off.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgExecutor};
 
-use super::table::Table;
+use super::table::{Table, quote_ident};
+
+/// The database's current time (`statement_timestamp()`), for comparisons with the `updated_at`
+/// the database itself writes: when a read began ([`ScopedSweep::written_before`],
+/// [`super::pull`]'s full sweep). On a transaction's connection it is the time of this statement,
+/// not of the transaction's start.
+pub async fn database_now(conn: impl PgExecutor<'_>) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT statement_timestamp()").fetch_one(conn).await
+}
 
 /// The share rule applies to a scope only when more than this many of its rows would go: a course
 /// of 8 enrollments that loses 2 (25 %) is a course, not an outage. An empty answer while the scope
@@ -167,7 +179,7 @@ impl<'a> ScopedSweep<'a> {
         }
         let scopes: Vec<&str> = reads.iter().map(|r| r.scope).collect();
         let listed: Vec<&str> = reads.iter().flat_map(|r| r.listed.iter().map(String::as_str)).collect();
-        let (table, column) = (&self.table.name, self.column);
+        let (table, column) = (self.table.ident(), quote_ident(self.column));
         // A join, not `<> ALL(…)`: that compares each row with every listed id (a group of thousands).
         // One scope (a course, a user) is the common call, thousands of times a step: its scope is
         // compared with `=` as a scalar, which the planner always answers from the scope's index;
@@ -321,7 +333,7 @@ pub async fn deactivate_ids(
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
          WHERE integration_id = $1 AND is_active AND external_id = ANY($2)",
-        table.name
+        table.ident()
     )))
     .bind(integration_id)
     .bind(ids)
@@ -351,8 +363,9 @@ pub async fn deactivate_scopes(
     }
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
-         WHERE integration_id = $1 AND is_active AND {column} = ANY($2)",
-        table.name
+         WHERE integration_id = $1 AND is_active AND {} = ANY($2)",
+        table.ident(),
+        quote_ident(column)
     )))
     .bind(integration_id)
     .bind(scopes)

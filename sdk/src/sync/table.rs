@@ -1,13 +1,15 @@
 //! A synced table: its mapped columns and the statements the engine runs on it. One upsert statement
 //! per batch (`INSERT … SELECT FROM UNNEST … ON CONFLICT … DO UPDATE … WHERE … IS DISTINCT FROM …`)
 //! counts inserted / updated / unchanged from what it returns; the sweep and the guard's counts are
-//! one statement each.
+//! one statement each. Every table and column name is checked ([`is_identifier`]) and quoted
+//! ([`quote_ident`]) where a statement names it, so a column called `select` or a table called
+//! `order` is a column and a table like any other.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tracing::Instrument;
 
 use crate::ids::RunId;
@@ -120,8 +122,16 @@ fn short(v: &Value) -> String {
     if s.len() > 60 { format!("{}…", &s[..s.floor_char_boundary(60)]) } else { s }
 }
 
-/// Whether `name` is a plain (optionally schema-qualified) lower-case SQL identifier, so it can be
-/// spliced into statements unquoted.
+/// The SQL form of an identifier: `name` in double quotes, each `"` doubled; a schema-qualified
+/// `schema.table` is quoted part by part (`"schema"."table"`). Every table and column name a
+/// statement is built from goes through here, whatever checked it before.
+pub fn quote_ident(name: &str) -> String {
+    name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+/// Whether `name` is a plain (optionally schema-qualified) lower-case SQL identifier: what a synced
+/// table or column may be called. Statements still quote it ([`quote_ident`]): a reserved word
+/// (`select`, `order`) passes this check.
 pub fn is_identifier(name: &str) -> bool {
     let part = |p: &str| {
         !p.is_empty()
@@ -164,6 +174,8 @@ pub enum RowOutcome {
 pub struct Table {
     pub name: String,
     pub columns: Vec<Column>,
+    /// `name` quoted for statements ([`quote_ident`]).
+    ident: String,
     upsert_sql: String,
 }
 
@@ -177,7 +189,7 @@ pub enum TableError {
     MissingColumn { table: String, column: String },
     #[error("column `{table}.{column}` is {found}, which cannot hold {wanted}")]
     WrongType { table: String, column: String, found: String, wanted: &'static str },
-    #[error("table `{0}` does not exist (set create_table = true to create it)")]
+    #[error("table `{0}` does not exist (create it, or let the config file create it: create_table = true)")]
     Missing(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -197,29 +209,37 @@ impl Table {
             }
         }
         let upsert_sql = upsert_sql(name, &columns);
-        Ok(Table { name: name.to_owned(), columns, upsert_sql })
+        Ok(Table { name: name.to_owned(), columns, ident: quote_ident(name), upsert_sql })
+    }
+
+    /// The table's name as statements write it: quoted ([`quote_ident`]), `"schema"."table"` when
+    /// qualified. Whoever builds SQL on a [`Table`] names it with this, never with `name`.
+    pub fn ident(&self) -> &str {
+        &self.ident
     }
 
     /// Checks the table exists with every mapped column of a compatible type, creating it when it is
-    /// missing and `create` is set.
-    pub async fn ensure(&self, pool: &PgPool, create: bool) -> Result<(), TableError> {
+    /// missing and `create` is set. Runs on `conn`, the transaction that registers the integration,
+    /// so a table created for an integration whose registration fails is not kept. An unqualified
+    /// name is looked up in the connection's current schema, where statements will find it.
+    pub async fn ensure(&self, conn: &mut PgConnection, create: bool) -> Result<(), TableError> {
         let (schema, table) = match self.name.split_once('.') {
-            Some((s, t)) => (s.to_owned(), t.to_owned()),
-            None => ("public".to_owned(), self.name.clone()),
+            Some((s, t)) => (Some(s.to_owned()), t.to_owned()),
+            None => (None, self.name.clone()),
         };
         let found: Vec<(String, String)> = sqlx::query_as(
             "SELECT column_name::text, udt_name::text FROM information_schema.columns
-             WHERE table_schema = $1 AND table_name = $2",
+             WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2",
         )
         .bind(&schema)
         .bind(&table)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         if found.is_empty() {
             if !create {
                 return Err(TableError::Missing(self.name.clone()));
             }
-            sqlx::query(sqlx::AssertSqlSafe(self.create_sql())).execute(pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(self.create_sql())).execute(&mut *conn).await?;
             tracing::info!(table = %self.name, "Created synced table.");
             return Ok(());
         }
@@ -251,10 +271,10 @@ impl Table {
             "CREATE TABLE IF NOT EXISTS {} (\n    id BIGSERIAL PRIMARY KEY,\n    \
              integration_id BIGINT NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,\n    \
              external_id TEXT NOT NULL,\n",
-            self.name
+            self.ident
         );
         for c in &self.columns {
-            let _ = writeln!(sql, "    {} {},", c.name, c.ty.sql());
+            let _ = writeln!(sql, "    {} {},", quote_ident(&c.name), c.ty.sql());
         }
         sql.push_str(
             "    is_active BOOLEAN NOT NULL DEFAULT TRUE,\n    deleted_at TIMESTAMPTZ,\n    last_seen_run UUID,\n    \
@@ -345,7 +365,7 @@ impl Table {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FILTER (WHERE is_active), count(*) FILTER (WHERE {SWEEPABLE})
              FROM {} WHERE integration_id = $1",
-            self.name
+            self.ident
         )))
         .bind(integration_id)
         .bind(run.0)
@@ -365,7 +385,7 @@ impl Table {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {} SET is_active = FALSE, deleted_at = now(), updated_at = now()
              WHERE integration_id = $1 AND {SWEEPABLE}",
-            self.name
+            self.ident
         )))
         .bind(integration_id)
         .bind(run.0)
@@ -385,9 +405,11 @@ const SWEEPABLE: &str = "is_active AND last_seen_run IS DISTINCT FROM $2 AND upd
 /// rows this run already saw with the same data are not written at all. `xmax = 0` tells a fresh
 /// insert from an update; `updated_at = now()` tells a data change from a seen-mark.
 fn upsert_sql(table: &str, columns: &[Column]) -> String {
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let table = quote_ident(table);
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let names: Vec<&str> = quoted.iter().map(String::as_str).collect();
     let unnest_args: Vec<String> = (0..=columns.len()).map(|i| format!("${}::text[]", i + 3)).collect();
-    let casts: Vec<String> = columns.iter().map(|c| format!("i.{}::{}", c.name, c.ty.sql())).collect();
+    let casts: Vec<String> = columns.iter().zip(&names).map(|(c, n)| format!("i.{n}::{}", c.ty.sql())).collect();
     let sets: Vec<String> = names.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect();
     let old: Vec<String> = names.iter().map(|n| format!("t.{n}")).chain(["t.is_active".into()]).collect();
     let new: Vec<String> = names.iter().map(|n| format!("EXCLUDED.{n}")).chain(["TRUE".into()]).collect();
@@ -441,5 +463,19 @@ mod tests {
         assert!(!is_identifier("erp_items; drop table x"));
         assert!(!is_identifier("Items"));
         assert!(Table::new("erp_items", vec![Column { name: "is_active".into(), ty: ColumnType::Boolean }]).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_in_every_statement() {
+        assert_eq!(quote_ident("select"), "\"select\"");
+        assert_eq!(quote_ident("sync.order"), "\"sync\".\"order\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        let t = Table::new("order", vec![Column { name: "select".into(), ty: ColumnType::Text }]).unwrap();
+        assert_eq!(t.ident(), "\"order\"");
+        assert!(t.upsert_sql.starts_with("INSERT INTO \"order\" AS t (integration_id, external_id, \"select\","));
+        assert!(t.upsert_sql.contains("i.\"select\"::text"), "{}", t.upsert_sql);
+        assert!(t.upsert_sql.contains("\"select\" = EXCLUDED.\"select\""), "{}", t.upsert_sql);
+        assert!(t.create_sql().contains("    \"select\" text,"), "{}", t.create_sql());
+        assert!(t.create_sql().starts_with("CREATE TABLE IF NOT EXISTS \"order\" ("));
     }
 }

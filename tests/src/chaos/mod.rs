@@ -24,7 +24,7 @@ use std::{
 
 use rand::Rng;
 use syncfleet_shared::config::Config;
-use syncfleet_store::{self as store, queue::QueueClient};
+use syncfleet_store::queue::QueueClient;
 
 pub use checks::*;
 pub use servers::*;
@@ -43,22 +43,7 @@ pub fn size(bounded: usize, long_form: usize) -> usize {
 /// A test env whose PostgreSQL is `database_base` (`postgres://…:PORT`) and Redis `redis_url`, with
 /// the harness's settings (see [`TestEnv::new`]); for tests that restart PostgreSQL.
 pub async fn env_on(database_base: &str, redis_url: &str, extra_toml: &str) -> TestEnv {
-    // Built from the harness's own config, so both stay the same but for the servers.
-    let template = TestEnv::with_redis(redis_url, "").await;
-    let text = std::fs::read_to_string(&template.config_path).unwrap();
-    let id = template.id.clone();
-    let registry = template.registry.clone();
-    template.finish().await;
-    let database = format!("sf_test_{id}");
-    let text =
-        text.replace(&format!("postgres://postgres@127.0.0.1:5432/{database}"), &format!("{database_base}/{database}"));
-    let toml = format!("{text}\n{extra_toml}\n");
-    let config = registry.config_from_toml(&toml).expect("test config is valid");
-    let config_path = std::env::temp_dir().join(format!("syncfleet-test-{id}.toml"));
-    std::fs::write(&config_path, &toml).unwrap();
-    let ops = syncfleet_producer::connect(&config, registry.clone()).await.expect("connect to the private PostgreSQL");
-    let pool = ops.pool.clone();
-    TestEnv { id, config, config_path, ops, pool, registry }
+    TestEnv::build_on(database_base, syncfleet_registry::builtin(), redis_url, "", "", extra_toml).await
 }
 
 /// Drops the test's database and Redis keys and kills nothing else: armed until [`Cleanup::disarm`],
@@ -90,7 +75,7 @@ impl Drop for Cleanup {
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let drop_db = store::drop_database(&config.database);
+                let drop_db = crate::drop_test_database(&config.database);
                 tokio::time::timeout(Duration::from_secs(10), drop_db).await.ok();
                 if let Ok(Ok(q)) = tokio::time::timeout(
                     Duration::from_secs(5),
