@@ -80,7 +80,7 @@ async fn deliver(config: &AlertsConfig, alert: &Alert) -> Vec<String> {
     if let Some(url) = &config.webhook_url
         && wanted("webhook")
     {
-        let sent = reqwest::Client::new().post(url).timeout(WEBHOOK_TIMEOUT).json(alert).send().await;
+        let sent = reqwest::Client::new().post(url.expose()).timeout(WEBHOOK_TIMEOUT).json(alert).send().await;
         if let Err(error) = sent.and_then(|r| r.error_for_status()) {
             // The webhook URL holds its own secret (often in its path): never in the log.
             let error = error.without_url();

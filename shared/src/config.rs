@@ -202,7 +202,8 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    pub webhook_url: Option<String>,
+    /// Often carries its own secret (in its path): never printed.
+    pub webhook_url: Option<Secret>,
     pub smtp: Option<crate::mail::SmtpServer>,
     pub to: Vec<String>,
     pub retry_secs: Option<u64>,
@@ -230,7 +231,7 @@ impl AlertsConfig {
             return Err(invalid("alerts.max_attempts", "must be at least 1"));
         }
         if let Some(url) = &self.webhook_url
-            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            && !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {
             return Err(invalid("alerts.webhook_url", "must be an absolute http(s) URL"));
         }
