@@ -281,3 +281,18 @@ fn the_producer_and_the_cli_run_no_sql_of_their_own() {
     }
     assert!(offenders.is_empty(), "SQL belongs in store/src/: {offenders:?}");
 }
+
+/// Crates with a RustSec advisory that the build must not link (`paste`, unmaintained:
+/// RUSTSEC-2024-0436, came in through `utoipa-axum`).
+const REFUSED_CRATES: &[&str] = &["paste"];
+
+#[test]
+fn the_lockfile_holds_no_crate_with_an_advisory_we_refuse() {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock");
+    let names: BTreeSet<&str> =
+        lock.lines().filter_map(|l| l.strip_prefix("name = \"")).filter_map(|l| l.strip_suffix('"')).collect();
+    assert!(names.contains("utoipa"), "the lockfile parses: {} package names", names.len());
+    for refused in REFUSED_CRATES {
+        assert!(!names.contains(refused), "Cargo.lock holds `{refused}`; `cargo tree -i {refused}` shows who pulls it in");
+    }
+}
