@@ -83,6 +83,10 @@ enum Command {
         /// (`--step-mode impartner_sync=incremental`; repeatable).
         #[arg(long = "step-mode", value_name = "STEP=MODE", value_parser = parse_step_mode)]
         step_mode: Vec<(String, Mode)>,
+        /// While another chain of this chain's exclusion group runs for the integration, create
+        /// the run queued (it starts when the other ends) instead of refusing.
+        #[arg(long)]
+        queue: bool,
         /// Wait for the run to end; exit 0 completed, 3 partial, 1 failed or cancelled.
         #[arg(long)]
         wait: bool,
@@ -114,6 +118,15 @@ enum Command {
     },
     /// Stop scheduling further steps of an active run.
     Cancel { run_id: String },
+    /// What CHAIN is doing for an integration: idle, active (run id, steps running) or queued
+    /// (run id, and the run it waits behind).
+    Status {
+        chain: String,
+        #[arg(long)]
+        integration: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Depth of every queue by state, read from Redis (and paused / blocked from PostgreSQL).
     Queues {
         #[arg(long)]
@@ -147,6 +160,50 @@ enum Command {
         #[command(subcommand)]
         action: TokensCommand,
     },
+    /// Data repair: what a full run's sweep would deactivate now (`sweep preview`).
+    Sweep {
+        #[command(subcommand)]
+        action: SweepCommand,
+    },
+    /// Data repair: move an entity's incremental cursor (`cursor reset`).
+    Cursor {
+        #[command(subcommand)]
+        action: CursorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// The rows a full run of CHAIN would deactivate now for an integration (those the last full
+    /// read did not see, nor any run since; no upstream is read) and the deletion guard's decision,
+    /// before anyone uses `--force-sweep`. Recorded in the audit trail.
+    Preview {
+        chain: String,
+        #[arg(long)]
+        integration: String,
+        /// Only this entity (its table), or a synced table by name.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Ids listed per table.
+        #[arg(long, default_value_t = syncfleet_producer::api::repair::DEFAULT_LIMIT)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CursorCommand {
+    /// Make the next incremental run of INTEGRATION's ENTITY read changes from --since (RFC 3339,
+    /// minus the entity's lookback); without --since, read everything. Recorded in the audit trail.
+    Reset {
+        integration: String,
+        entity: String,
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,15 +224,28 @@ enum ScheduleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Store a schedule (overrides the config): `--interval-secs N`, `--cron EXPR` or `--disable`.
+    /// Store a schedule of one mode (overrides the config and the pack's default of that mode):
+    /// `--interval-secs N`, `--cron EXPR [--tz ZONE]` or `--disable`.
     Set {
         chain: String,
         #[arg(long)]
         integration: String,
+        /// The mode of the runs it fires (one schedule per mode); with `--disable` and no mode,
+        /// every schedule of the chain for the integration is switched off.
+        #[arg(long, value_parser = ["full", "incremental"])]
+        mode: Option<String>,
         #[arg(long, conflicts_with_all = ["cron", "disable"])]
         interval_secs: Option<u64>,
+        /// Crontab expression: `0 2 * * *` (5 fields, 0 or 7 is Sunday), or 6 with seconds first.
         #[arg(long, conflicts_with = "disable")]
         cron: Option<String>,
+        /// IANA time zone the cron expression is read in (default UTC).
+        #[arg(long, requires = "cron")]
+        tz: Option<String>,
+        /// A step's own mode in the runs it fires (`--step-mode sync_enrollments=incremental`;
+        /// repeatable).
+        #[arg(long = "step-mode", value_name = "STEP=MODE", value_parser = parse_step_mode)]
+        step_mode: Vec<(String, Mode)>,
         #[arg(long)]
         disable: bool,
     },
@@ -214,7 +284,8 @@ enum RunsCommand {
     },
 }
 
-/// Exit code 1: an error; 3: a waited-for run ended `partial`.
+/// Exit code 1: an error; 3: a waited-for run ended `partial`; 4: a trigger refused because another
+/// chain of its exclusion group runs.
 /// Connects to PostgreSQL and Redis as the producer does (the config file's integrations
 /// registered with `registry`'s packs).
 async fn connect(config: &Config, registry: &Registry) -> anyhow::Result<syncfleet_producer::Ops> {
@@ -245,22 +316,29 @@ async fn run(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
         Command::Demo { json, workers, chain, scale } => {
             demo::demo(config, registry, json, workers, &chain, &scale).await
         }
-        Command::Trigger { chain, integration, mode, force_sweep, step, step_mode, wait, json } => {
+        Command::Trigger { chain, integration, mode, force_sweep, step, step_mode, queue, wait, json } => {
             let ops = connect(&config, registry).await?;
             let mode = Mode::parse(&mode).unwrap_or_default();
-            let run_id = ops
-                .trigger(Trigger {
-                    chain,
-                    integration,
-                    mode,
-                    kind: TriggerKind::Manual,
-                    triggered_by: actor(),
-                    tick_key: None,
-                    force_sweep,
-                    step,
-                    step_modes: step_mode.into_iter().collect(),
-                })
-                .await?;
+            let trigger = Trigger {
+                chain,
+                integration,
+                mode,
+                kind: TriggerKind::Manual,
+                triggered_by: actor(),
+                tick_key: None,
+                force_sweep,
+                step,
+                step_modes: step_mode.into_iter().collect(),
+            };
+            let run_id = match ops.trigger_or_queue(trigger, queue).await {
+                Ok(run_id) => run_id,
+                // Exit 4: another chain of the exclusion group runs (`--queue` waits for it).
+                Err(e @ StoreError::Excluded { .. }) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(4));
+                }
+                Err(e) => return Err(e.into()),
+            };
             finish_or_print(&ops, run_id, wait, json).await
         }
         Command::Runs { show: Some(RunsCommand::Show { run_id, json, watch }), .. } => {
@@ -308,6 +386,32 @@ async fn run(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             let ops = connect(&config, registry).await?;
             ops.cancel(run_id.parse()?, &actor()).await?;
             println!("run {run_id} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { chain, integration, json } => {
+            let ops = connect(&config, registry).await?;
+            if ops.chains.get(&chain).is_none() {
+                anyhow::bail!("unknown chain `{chain}`");
+            }
+            let s = views::chain_status(&ops.pool, &chain, &integration).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let mut line = format!("{} for {}: {}", s.chain, s.integration, s.status);
+                if let Some(run) = &s.run_id {
+                    line.push_str(&format!(", run {run}"));
+                }
+                if !s.steps.is_empty() {
+                    line.push_str(&format!(", running {}", s.steps.join(", ")));
+                }
+                if let Some(w) = &s.waiting_for {
+                    line.push_str(&format!(", waiting for run {w}"));
+                }
+                if let Some(last) = &s.last_run {
+                    line.push_str(&format!("; last run {} {}", last.run_id, last.status));
+                }
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queues { json, watch } => {
@@ -389,7 +493,64 @@ async fn run(cli: Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens { action } => tokens(&config, registry, action).await,
+        Command::Sweep { action } => sweep(&config, registry, action).await,
+        Command::Cursor { action } => cursor(&config, registry, action).await,
     }
+}
+
+async fn sweep(config: &Config, registry: &Registry, action: SweepCommand) -> anyhow::Result<ExitCode> {
+    let SweepCommand::Preview { chain, integration, entity, limit, json } = action;
+    if !(1..=100_000).contains(&limit) {
+        anyhow::bail!("--limit must be between 1 and 100000");
+    }
+    let ops = connect(config, registry).await?;
+    let p = ops.sweep_preview(&chain, &integration, entity.as_deref(), limit, &actor()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(read) = &p.last_full_read {
+        println!(
+            "last full read: run {} ({}), guard: {}",
+            read["run_id"].as_str().unwrap_or("?"),
+            read["status"].as_str().unwrap_or("?"),
+            read["guard"].as_str().unwrap_or("–")
+        );
+    }
+    for t in &p.tables {
+        let decision = match &t.reason {
+            Some(reason) => format!("{} ({reason})", t.decision),
+            None => t.decision.clone(),
+        };
+        println!(
+            "{}: {} of {} active rows would be deactivated; guard: {decision}",
+            t.table, t.would_deactivate, t.active
+        );
+        if !t.external_ids.is_empty() {
+            let more = t.would_deactivate - t.external_ids.len() as i64;
+            let tail = if more > 0 { format!(" … and {more} more") } else { String::new() };
+            println!("  {}{tail}", t.external_ids.join(" "));
+        }
+    }
+    println!("{}", p.note);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cursor(config: &Config, registry: &Registry, action: CursorCommand) -> anyhow::Result<ExitCode> {
+    let CursorCommand::Reset { integration, entity, since, json } = action;
+    let ops = connect(config, registry).await?;
+    let r = ops.reset_cursor(&integration, &entity, since, &actor()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        match &r.value {
+            Some(v) => println!("cursor of {integration}/{entity}: {} → {v}", r.previous),
+            None => {
+                println!("cursor of {integration}/{entity} removed (was {}): the next run reads everything", r.previous)
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn schedule(config: &Config, registry: &Registry, action: ScheduleCommand) -> anyhow::Result<ExitCode> {
@@ -415,37 +576,61 @@ async fn schedule(config: &Config, registry: &Registry, action: ScheduleCommand)
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                let mut t = table(&["chain", "integration", "every", "source", "enabled", "next run", "set by"]);
+                let mut t =
+                    table(&["chain", "integration", "mode", "every", "tz", "source", "enabled", "next run", "set by"]);
                 for s in all {
                     let every = match (s.interval_secs, &s.cron) {
                         (Some(i), _) => format!("{i}s"),
                         (None, Some(c)) => format!("cron {c}"),
                         _ => "–".into(),
                     };
+                    let mode = if s.step_modes.is_empty() {
+                        s.mode
+                    } else {
+                        let steps: Vec<String> = s.step_modes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!("{} ({})", s.mode, steps.join(", "))
+                    };
                     t.add_row(vec![
                         s.chain,
                         s.integration,
+                        mode,
                         every,
+                        s.tz,
                         s.source,
                         s.enabled.to_string(),
-                        s.next_at.map(|t| t.format("%F %T UTC").to_string()).unwrap_or_default(),
+                        s.next_run.unwrap_or_default(),
                         s.updated_by.unwrap_or_default(),
                     ]);
                 }
                 println!("{t}");
             }
         }
-        ScheduleCommand::Set { chain, integration, interval_secs, cron, disable } => {
+        ScheduleCommand::Set { chain, integration, mode, interval_secs, cron, tz, step_mode, disable } => {
             if interval_secs.is_none() && cron.is_none() && !disable {
                 anyhow::bail!("give --interval-secs, --cron or --disable");
             }
-            let spec = syncfleet_shared::config::ScheduleSpec { interval_secs, cron };
-            ops.set_schedule(&chain, &integration, &spec, !disable, &actor()).await?;
-            let s = ops.schedules().await?.into_iter().find(|s| s.chain == chain && s.integration == integration);
-            match s.and_then(|s| s.next_at) {
-                Some(next) => {
-                    println!("schedule of {chain} for {integration} stored; next run {}", next.format("%F %T UTC"))
-                }
+            let mode = mode.as_deref().and_then(Mode::parse);
+            let spec = syncfleet_shared::config::ScheduleSpec {
+                interval_secs,
+                cron,
+                mode,
+                tz,
+                step_modes: step_mode.into_iter().collect(),
+                enabled: Some(!disable),
+            };
+            ops.set_schedule(&chain, &integration, &spec, &actor()).await?;
+            let shown = match mode {
+                Some(m) => m.as_str(),
+                None if disable => syncfleet_store::schedules::ALL_MODES,
+                None => Mode::Incremental.as_str(),
+            };
+            let s = ops
+                .schedules()
+                .await?
+                .into_iter()
+                .find(|s| s.chain == chain && s.integration == integration && s.mode == shown);
+            match s.and_then(|s| s.next_run.map(|n| (s.mode, n))) {
+                Some((mode, next)) => println!("{mode} schedule of {chain} for {integration} stored; next run {next}"),
                 None => println!("schedule of {chain} for {integration} disabled"),
             }
         }

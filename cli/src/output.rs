@@ -133,6 +133,9 @@ pub(super) fn print_run(run: &views::RunView, json: bool) {
     if let Some(e) = &run.error {
         println!("error: {e}");
     }
+    if let Some(hint) = &run.unapplied_deletions {
+        println!("{hint}");
+    }
     let mut t = table(&[
         "step",
         "status",

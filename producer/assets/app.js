@@ -547,14 +547,28 @@ function renderDetail() {
   );
 }
 
+// A schedule's mode, with the steps it runs in another mode.
+function modeCell(s) {
+  const steps = Object.entries(s.step_modes || {}).map(([step, mode]) => `${step}=${mode}`);
+  return steps.length ? `${show(s.mode)} (${steps.join(', ')})` : show(s.mode);
+}
+
 function renderSchedules() {
   const columns = [
     { label: 'Chain', cell: (s) => show(s.chain) },
     { label: 'Integration', cell: (s) => show(s.integration) },
+    { label: 'Mode', cell: (s) => modeCell(s) },
     { label: 'When', cell: (s) => (s.cron ? h('code', null, s.cron) : every(s.interval_secs)) },
+    { label: 'Time zone', cell: (s) => show(s.tz) },
     { label: 'Source', cell: (s) => show(s.source) },
     { label: 'Enabled', cell: (s) => (s.enabled === true ? 'yes' : s.enabled === false ? badge('disabled') : DASH) },
-    { label: 'Next run', cell: (s) => (s.next_at ? `${time(s.next_at)} (${relative(s.next_at)})` : DASH) },
+    {
+      label: 'Next run',
+      cell: (s) =>
+        s.next_at
+          ? `${time(s.next_at)} (${relative(s.next_at)})${s.next_run && s.tz !== 'UTC' ? ` · ${s.next_run} ${s.tz}` : ''}`
+          : DASH,
+    },
   ];
   fill('#schedules', table(columns, state.schedules, { empty: 'No schedules.' }));
 }

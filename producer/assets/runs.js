@@ -26,6 +26,7 @@ export function runHeader(run, tag, ctx) {
     { class: 'run-head' },
     h(tag, null, show(run.chain), h('span', { class: 'muted' }, ' for '), show(run.integration)),
     badge(run.status),
+    run.waiting_for ? h('span', { class: 'muted' }, ` waiting for run ${shortId(run.waiting_for)}`) : null,
     h('span', { class: 'tag' }, show(run.mode)),
     h(
       'span',
@@ -130,6 +131,8 @@ export function stepNotes(run) {
   const steps = list(run.steps).filter((s) => s.cursor_before || s.cursor_after || s.guard || s.error);
   if (!steps.length) return null;
   return [
+    // Which deletions the guard held back and how to apply them (`RunView.unapplied_deletions`).
+    run.unapplied_deletions ? h('p', { class: 'error', dataset: { hint: 'unapplied-deletions' } }, run.unapplied_deletions) : null,
     h('h3', null, 'Cursors, guards and errors'),
     table(
       [

@@ -66,6 +66,12 @@ impl IntoResponse for ApiError {
                 StoreError::ActiveRun { run_id, .. } => {
                     (StatusCode::CONFLICT, "active_run", e.to_string(), json!({ "run_id": run_id }))
                 }
+                StoreError::Excluded { running_chain, running_run, .. } => (
+                    StatusCode::CONFLICT,
+                    "exclusive_run",
+                    e.to_string(),
+                    json!({ "running_chain": running_chain, "run_id": running_run }),
+                ),
                 StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state", e.to_string(), json!({})),
                 StoreError::DuplicateTick(_) => (StatusCode::CONFLICT, "duplicate_tick", e.to_string(), json!({})),
                 StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict", e.to_string(), json!({})),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod hooks;
 pub mod metrics;
 pub mod ops;
 pub mod reconciler;

@@ -4,11 +4,13 @@
 //!    ([`syncfleet_shared::retry::decide`], the engine's decision too);
 //! 2. re-pushes dispatched ready steps that Redis no longer holds (lost message, flushed Redis),
 //!    under the same task id, or a new one if Redis already spent the old id;
-//! 3. dispatches due ready steps into every queue, up to the dispatch cap;
+//! 3. starts waiting runs whose exclusion group's runs ended (`runs::promote_waiting`), and
+//!    dispatches due ready steps into every queue, up to the dispatch cap;
 //! 4. vacuums finished tasks out of Redis.
 //!
 //! After step 1 it also sends the alerts of required steps that failed since the last pass
-//! ([`crate::alerts`]).
+//! ([`crate::alerts`]), and starts delivering the due run lifecycle hooks in the background
+//! ([`crate::hooks`]: a slow receiver never holds up a pass).
 //!
 //! Every action is idempotent (fenced updates, fixed task ids, `SKIP LOCKED`), so several
 //! producers may reconcile at once.
@@ -36,11 +38,12 @@ pub struct PassReport {
 
 pub struct Reconciler {
     ops: Ops,
+    hooks: crate::hooks::Deliverer,
 }
 
 impl Reconciler {
     pub fn new(ops: Ops) -> Self {
-        Reconciler { ops }
+        Reconciler { ops, hooks: Default::default() }
     }
 
     pub async fn pass(&self) -> anyhow::Result<PassReport> {
@@ -48,7 +51,14 @@ impl Reconciler {
         if let Err(error) = crate::alerts::send_new(&self.ops).await {
             tracing::warn!(%error, "Failure alerts could not be claimed.");
         }
+        self.hooks.spawn_due(&self.ops);
         report.redelivered = self.redeliver_lost_messages().await?;
+        // Waiting runs whose exclusion group's runs all ended (a cancelled run, a missed
+        // promotion) start here; step 3 dispatches their root steps.
+        let promoted = runs::promote_waiting(&self.ops.pool).await?;
+        if !promoted.is_empty() {
+            tracing::info!(steps = promoted.len(), "Waiting runs started.");
+        }
         for queue in self.ops.chains.queues() {
             report.dispatched += dispatch::dispatch(
                 &self.ops.pool,

@@ -1,19 +1,27 @@
-//! The scheduler: fires each (chain, integration) schedule once per tick. A tick's identity is
-//! `{chain}:{integration}:{tick}` (the run's unique `tick_key`), so any number of producer
-//! replicas firing the same tick create one run.
+//! The scheduler: fires each schedule (chain, integration, mode) once per tick, in its mode and
+//! with its step modes. A tick's identity is `{chain}:{integration}:{tick}` for an incremental
+//! schedule and `{chain}:{integration}:{tick}:{mode}` otherwise (the run's unique `tick_key`), so any
+//! number of producer replicas firing the same tick create one run, and two schedules of one chain
+//! with different modes each have their own ticks.
 //!
-//! Resolution order: value stored through the API (`schedules` table) > environment > config
-//! file (both already merged into `Config::schedules`) > the pack's defaults
-//! (`Pack::default_schedules`, for every enabled integration of the pack). A schedule is keyed by
-//! (chain, integration, mode): configured and stored schedules run incremental and replace the pack
-//! default of the same chain and mode; a stored schedule switched off stops every schedule of its
-//! (chain, integration). The minimum interval is enforced at every
-//! layer: config validation, the store, and here again for stored values; a pack may raise it for its
-//! chains (`Pack::min_interval`: 30 minutes for the Moodle chains), and may derive interval
-//! defaults from the configuration (`Pack::interval_schedules`: the Moodle interval per environment
-//! or `MOODLE_SYNC_INTERVAL_MINUTES`).
+//! What is in force comes from [`Ops::resolve_schedules`] (stored > environment > config file >
+//! the packs' defaults, per (chain, integration, mode); see `ops/schedules.rs`). A cron schedule's
+//! ticks are the times its crontab expression names in its time zone; an interval's are aligned to
+//! the epoch. The minimum interval is enforced at every layer: config validation, the store, and
+//! here again for stored values; a pack may raise it for its chains (`Pack::min_interval`: 30
+//! minutes for the Moodle chains), and may derive interval defaults from the configuration
+//! (`Pack::interval_schedules`: the Moodle interval per environment or
+//! `MOODLE_SYNC_INTERVAL_MINUTES`).
+//!
+//! When a full and an incremental schedule of one (chain, integration) share a tick, the full one
+//! fires first and the incremental one finds it active. A full tick that finds a run of its chain
+//! still active is tried again on each pass until that run ends or the next tick comes: the sweep
+//! that finds deletions is not skipped for an incremental run that happened to be running.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use syncfleet_shared::{
@@ -40,11 +48,13 @@ pub enum Fired {
 pub struct Scheduler {
     ops: Ops,
     last: HashMap<(String, String, &'static str), i64>,
+    /// Full ticks waiting for an active run of their chain to end (logged once).
+    waiting: HashSet<(String, String, &'static str)>,
 }
 
 impl Scheduler {
     pub fn new(ops: Ops) -> Self {
-        Scheduler { ops, last: HashMap::new() }
+        Scheduler { ops, last: HashMap::new(), waiting: HashSet::new() }
     }
 
     /// Every schedule in force, resolved ([`Ops::resolve_schedules`]).
@@ -72,20 +82,41 @@ impl Scheduler {
         kind: TriggerKind,
         mode: Mode,
     ) -> Result<Fired, StoreError> {
+        self.fire_with(chain, integration, tick, kind, mode, &BTreeMap::new()).await
+    }
+
+    /// Fires one tick of a resolved schedule: its mode and its step modes.
+    pub async fn fire_schedule(&self, s: &ResolvedSchedule, tick: i64, kind: TriggerKind) -> Result<Fired, StoreError> {
+        self.fire_with(&s.chain, &s.integration, tick, kind, s.mode, &s.step_modes).await
+    }
+
+    async fn fire_with(
+        &self,
+        chain: &str,
+        integration: &str,
+        tick: i64,
+        kind: TriggerKind,
+        mode: Mode,
+        step_modes: &BTreeMap<String, Mode>,
+    ) -> Result<Fired, StoreError> {
         let (c, i) = (
             ChainName::parse(chain).map_err(|_| StoreError::UnknownChain(chain.into()))?,
             IntegrationName::parse(integration).map_err(|_| StoreError::UnknownIntegration(integration.into()))?,
         );
+        let tick_key = match mode {
+            Mode::Incremental => tick_id(&c, &i, tick),
+            other => format!("{}:{}", tick_id(&c, &i, tick), other.as_str()),
+        };
         let trigger = Trigger {
             chain: chain.into(),
             integration: integration.into(),
             mode,
             kind,
             triggered_by: format!("{}:{tick}", kind.as_str()),
-            tick_key: Some(tick_id(&c, &i, tick)),
+            tick_key: Some(tick_key),
             force_sweep: false,
             step: None,
-            step_modes: Default::default(),
+            step_modes: step_modes.iter().map(|(s, m)| (s.clone(), *m)).collect(),
         };
         match self.ops.trigger(trigger).await {
             Ok(run) => Ok(Fired::Created(run.to_string())),
@@ -111,12 +142,23 @@ impl Scheduler {
                 Some(last) if *last >= tick => continue,
                 Some(_) => TriggerKind::Schedule,
             };
-            self.last.insert(key, tick);
-            match self.fire_in(&s.chain, &s.integration, tick, kind, s.mode).await {
+            let before = self.last.insert(key.clone(), tick);
+            match self.fire_schedule(&s, tick, kind).await {
                 Ok(f) => {
                     if f == Fired::PreviousActive {
-                        tracing::info!(chain = %s.chain, integration = %s.integration, tick, "Tick skipped: previous run still active.");
+                        if s.mode == Mode::Full && kind == TriggerKind::Schedule {
+                            // Tried again on the next pass (same tick, same key).
+                            if self.waiting.insert(key.clone()) {
+                                tracing::info!(chain = %s.chain, integration = %s.integration, tick, "Full run waits: a run of its chain is still active.");
+                            }
+                            if let Some(before) = before {
+                                self.last.insert(key, before);
+                            }
+                            continue;
+                        }
+                        tracing::info!(chain = %s.chain, integration = %s.integration, mode = s.mode.as_str(), tick, "Tick skipped: previous run still active.");
                     }
+                    self.waiting.remove(&key);
                     fired.push(f);
                 }
                 Err(error) => {

@@ -137,6 +137,30 @@ pub struct FaultSettings {
     /// (`/transcripts/{person id}`, `/groups/{id}/memberships`). `[]` = none.
     #[serde(default)]
     pub empty_answers: Vec<String>,
+    /// List pages (1-based page numbers; Impartner: `skip / take + 1`) that answer the previous
+    /// page's items again, with links and totals as usual: the paging bug that serves some records
+    /// twice and never serves others. `[]` = none.
+    #[serde(default)]
+    pub repeat_pages: Vec<u32>,
+    /// Values served odd in records (Northpass lists and course properties, Impartner searches): a
+    /// NUL inside a value, a 3,000-character value, a byte that is not UTF-8, a lone surrogate
+    /// escape, a boolean as `"True"` / `"False"`. `[]` = none.
+    #[serde(default)]
+    pub odd_values: Vec<OddValue>,
+    /// Northpass only: lists answered 500 in the API's error envelope on every call, whatever the
+    /// other faults say: one broken record upstream (a person's `/transcripts/{person id}`). Named
+    /// by the list's path under the API, as in `empty_answers`. `[]` = none.
+    #[serde(default)]
+    pub failing_answers: Vec<String>,
+    /// Moodle only: calls (named as in `exceptions`) answered with the envelope Moodle sends when the
+    /// token's user lacks the capability the function checks: `required_capability_exception`
+    /// (`nopermissions`), "Sorry, but you do not currently have permissions to do that (…)".
+    #[serde(default)]
+    pub capability_exceptions: Vec<String>,
+    /// Moodle only: `core_enrol_get_enrolled_users` leaves out every user's `groups` key, as Moodle
+    /// does when the token's user lacks `moodle/site:accessallgroups`.
+    #[serde(default)]
+    pub no_groups: bool,
 }
 
 impl FaultSettings {
@@ -145,9 +169,19 @@ impl FaultSettings {
         names_call(&self.exceptions, function, pairs)
     }
 
+    /// Whether a Moodle call of `function` with `pairs` is refused for a missing capability.
+    pub fn moodle_capability(&self, function: &str, pairs: &[(String, String)]) -> bool {
+        names_call(&self.capability_exceptions, function, pairs)
+    }
+
     /// Whether a Moodle call of `function` with `pairs` is answered with nothing to list.
     pub fn moodle_empty(&self, function: &str, pairs: &[(String, String)]) -> bool {
         names_call(&self.empty_answers, function, pairs)
+    }
+
+    /// Whether the list at `path` (under the API) fails on every call.
+    pub fn fails(&self, path: &str) -> bool {
+        self.failing_answers.iter().any(|p| p == path)
     }
 
     /// Whether the list at `path` (under the API) answers nothing.
@@ -168,6 +202,45 @@ impl FaultSettings {
             Api::Erp => 0x0065_7270,
         };
         self.malformed_share > 0.0 && crate::util::unit(seed ^ salt, id) < self.malformed_share
+    }
+}
+
+/// One odd value: `{"id": "42", "field": "attributes.email", "kind": "long"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OddValue {
+    /// The record's id as served (`"*"`: every record).
+    pub id: String,
+    /// Where the value is in the served record, keys joined by dots (`attributes.properties.name`,
+    /// Impartner `isActive`).
+    pub field: String,
+    pub kind: OddKind,
+}
+
+/// How a value is served odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OddKind {
+    /// A NUL character inside the value (`"An\u0000n"`), in a text or inside a JSON value.
+    Nul,
+    /// The value made 3,000 characters long (an email keeps its `@domain`).
+    Long,
+    /// One Latin-1 byte (`0xE9`, `é`) in the value: the body is no longer valid UTF-8.
+    Latin1,
+    /// A lone surrogate escape (`\ud800`) in the value.
+    Surrogate,
+    /// A boolean served as the string `"True"` / `"False"`.
+    StringBool,
+}
+
+impl FaultSettings {
+    /// Whether list page `page` (1-based) answers the previous page's items.
+    pub fn repeats(&self, page: usize) -> bool {
+        page > 1 && self.repeat_pages.iter().any(|p| *p as usize == page)
+    }
+
+    /// The odd values of the record with id `id`.
+    pub fn odd_values_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a OddValue> + 'a {
+        self.odd_values.iter().filter(move |o| o.id == "*" || o.id == id)
     }
 }
 
@@ -196,6 +269,11 @@ impl Default for FaultSettings {
             routes: Vec::new(),
             exceptions: Vec::new(),
             empty_answers: Vec::new(),
+            repeat_pages: Vec::new(),
+            odd_values: Vec::new(),
+            failing_answers: Vec::new(),
+            capability_exceptions: Vec::new(),
+            no_groups: false,
         }
     }
 }

@@ -20,6 +20,7 @@ mod config;
 mod data;
 mod error;
 mod mutate;
+mod odd;
 mod state;
 mod util;
 

@@ -28,6 +28,13 @@ pub struct MutateRequest {
     pub delete: usize,
     #[serde(default)]
     pub add: usize,
+    /// Northpass people: the change time the changed records get (Unix seconds) instead of the
+    /// clock's, e.g. a change that lands behind a reader's cursor (a late commit upstream).
+    #[serde(default)]
+    pub updated_at: Option<i64>,
+    /// Northpass people: change exactly these records (by id) instead of `change_percent` of them.
+    #[serde(default)]
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -65,11 +72,18 @@ pub fn mutate(data: &mut Dataset, seed: u64, round: u64, req: &MutateRequest) ->
     match (req.api, resource.as_str()) {
         (Api::Northpass, "people") => {
             let np = &mut data.northpass;
-            let (ch, del) = pick(&mut rng, np.people.len(), req.change_percent, req.delete);
+            let (ch, del) = if req.ids.is_empty() {
+                pick(&mut rng, np.people.len(), req.change_percent, req.delete)
+            } else {
+                (
+                    np.people.iter().enumerate().filter(|(_, p)| req.ids.contains(&p.id)).map(|(i, _)| i).collect(),
+                    vec![],
+                )
+            };
             for &i in &ch {
                 // A profile edit: the record changes, the person's learning activity does not.
                 let p = &mut np.people[i];
-                p.updated_at = bump(p.updated_at, now);
+                p.updated_at = req.updated_at.unwrap_or_else(|| bump(p.updated_at, now));
                 out.changed.push(Value::from(p.id.clone()));
             }
             let keys: HashSet<u32> = del.iter().map(|&i| np.people[i].key).collect();

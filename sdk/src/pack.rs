@@ -61,7 +61,7 @@ pub trait Pack: Send + Sync + 'static {
     }
 
     /// Cron schedules run for every enabled integration of the pack unless a configured or
-    /// stored schedule of the same chain and mode replaces them.
+    /// stored schedule of the same chain and mode replaces them (or switches them off).
     fn default_schedules(&self) -> Vec<DefaultSchedule> {
         Vec::new()
     }
@@ -75,6 +75,14 @@ pub trait Pack: Send + Sync + 'static {
     /// The shortest schedule interval the pack allows for `chain`, above the deployment's.
     fn min_interval(&self, _chain: &str) -> Option<Duration> {
         None
+    }
+
+    /// Groups of the pack's chains that must not run at the same time for one integration (e.g.
+    /// every chain that writes the same tables). A scheduled run of a group waits, queued, while
+    /// another run of the group is active for its integration, and starts when that one ends; a
+    /// manual trigger is refused (409) unless it asks to queue. A chain is in at most one group.
+    fn exclusive_chains(&self) -> Vec<Vec<&'static str>> {
+        Vec::new()
     }
 
     /// Prepares what an integration needs in the database (its tables, or a check that the
@@ -127,16 +135,40 @@ impl PackConfig<'_> {
     }
 }
 
-/// A cron schedule a pack runs for each of its enabled integrations.
+/// A cron schedule a pack runs for each of its enabled integrations: the chain in `mode`, with
+/// `step_modes` over the chain's pinned modes, at the times of `cron` read in `tz`. A chain may have
+/// one default per mode (e.g. incremental through the day, full every night).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DefaultSchedule {
     pub chain: &'static str,
-    /// Cron expression with seconds, UTC (`0 0 2 * * *`).
+    /// Crontab expression, 5 fields (`0 2 * * *`; 0 or 7 is Sunday), or 6 with seconds first.
     pub cron: &'static str,
     pub mode: Mode,
+    /// IANA time zone of `cron` (`UTC` unless [`DefaultSchedule::in_tz`]).
+    pub tz: &'static str,
+    /// Per-step modes of the runs it fires.
+    pub step_modes: &'static [(&'static str, Mode)],
 }
 
-/// An interval schedule a pack derives from the configuration; it runs incremental.
+impl DefaultSchedule {
+    /// `chain` in `mode` at the times of `cron`, in UTC, with no step modes.
+    pub const fn new(chain: &'static str, cron: &'static str, mode: Mode) -> DefaultSchedule {
+        DefaultSchedule { chain, cron, mode, tz: "UTC", step_modes: &[] }
+    }
+
+    /// The same, with `cron` read in the IANA time zone `tz`.
+    pub const fn in_tz(self, tz: &'static str) -> DefaultSchedule {
+        DefaultSchedule { tz, ..self }
+    }
+
+    /// The same, with these steps run in their own mode.
+    pub const fn with_step_modes(self, step_modes: &'static [(&'static str, Mode)]) -> DefaultSchedule {
+        DefaultSchedule { step_modes, ..self }
+    }
+}
+
+/// An interval schedule a pack derives from the configuration; it runs incremental (intervals are
+/// counted in UTC, from the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntervalSchedule {
     pub chain: &'static str,

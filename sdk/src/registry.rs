@@ -13,7 +13,7 @@ use syncfleet_store::{Origin, PackCatalog};
 use crate::{
     Pack, PackConfig,
     chain::{ChainDef, ChainError, ChainRegistry},
-    config::{Config, ConfigError, Schedule},
+    config::{Config, ConfigError, check_specs},
     secrets::{SecretPolicy, check_secret_ref, check_settings_secrets},
     step::HandlerRegistry,
 };
@@ -43,6 +43,9 @@ impl Registry {
     /// to one name is a build error.
     pub fn with(mut self, pack: impl Pack) -> Self {
         assert!(self.pack(pack.name()).is_none(), "pack `{}` is registered twice", pack.name());
+        if let Err(e) = check_exclusive_chains(&pack) {
+            panic!("pack `{}`: {e}", pack.name());
+        }
         self.packs.push(Arc::new(pack));
         self
     }
@@ -112,6 +115,17 @@ impl Registry {
         Ok(config)
     }
 
+    /// The exclusion group of `chain` ([`Pack::exclusive_chains`]): `{pack}:{chains of the group
+    /// joined by ","}`, or `None` when the chain may run beside every other.
+    pub fn exclusion_group(&self, chain: &str) -> Option<String> {
+        self.packs.iter().find_map(|p| {
+            p.exclusive_chains()
+                .into_iter()
+                .find(|group| group.contains(&chain))
+                .map(|group| format!("{}:{}", p.name(), group.join(",")))
+        })
+    }
+
     /// The shortest schedule interval of `chain`: the deployment's, or its pack's when larger.
     pub fn min_interval_for(&self, config: &Config, chain: &str) -> Duration {
         let pack = self.packs.iter().filter_map(|p| p.min_interval(chain)).max().unwrap_or_default();
@@ -139,9 +153,18 @@ impl Registry {
             })?;
         }
         for (chain, by_integration) in &config.schedules {
-            for (integration, spec) in by_integration {
-                Schedule::from_spec(spec, self.min_interval_for(config, chain))
-                    .map_err(|m| invalid(format!("schedules.{chain}.{integration}"), m))?;
+            for (integration, specs) in by_integration {
+                let key = format!("schedules.{chain}.{integration}");
+                check_specs(specs, self.min_interval_for(config, chain)).map_err(|m| invalid(key.clone(), m))?;
+                let known = self.packs.iter().flat_map(|p| p.chains()).find(|c| c.name.as_str() == chain);
+                for (step, _) in specs.iter().flat_map(|s| &s.step_modes) {
+                    if known.as_ref().is_some_and(|c| c.step(step).is_none()) {
+                        return Err(invalid(
+                            format!("{key}.step_modes"),
+                            format!("chain `{chain}` has no step `{step}`"),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -159,6 +182,21 @@ pub fn with_declared_settings(config: &Config, mut integration: crate::Integrati
         syncfleet_shared::secret::restore_redacted(&mut integration.settings, &Value::Object(spec.settings.clone()));
     }
     integration
+}
+
+/// A pack's exclusion groups name only its own chains, each chain in one group at most.
+fn check_exclusive_chains(pack: &impl Pack) -> Result<(), String> {
+    let chains: Vec<String> = pack.chains().iter().map(|c| c.name.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for chain in pack.exclusive_chains().into_iter().flatten() {
+        if !chains.iter().any(|c| c == chain) {
+            return Err(format!("exclusive_chains names `{chain}`, which is not one of its chains"));
+        }
+        if !seen.insert(chain) {
+            return Err(format!("exclusive_chains names `{chain}` in more than one group"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `settings` name a secret anywhere (`secret_env`, `secret_file` or an inline `secret`).

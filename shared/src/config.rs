@@ -3,7 +3,7 @@
 //! Validated at load; a bad value fails start-up naming its key. Passed explicitly, never read
 //! from globals.
 
-use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use figment::{
     Figment,
@@ -63,8 +63,10 @@ pub struct Config {
     pub producer: ProducerConfig,
     /// Smallest schedule interval accepted from any layer; default per environment.
     pub min_interval_secs: Option<u64>,
-    /// `[schedules.<chain>.<integration>]` with `interval_secs` or `cron`.
-    pub schedules: BTreeMap<String, BTreeMap<String, ScheduleSpec>>,
+    /// `[schedules.<chain>.<integration>]` (one schedule) or `[[schedules.<chain>.<integration>]]`
+    /// (several, e.g. incremental hourly and full nightly), each with `interval_secs` or `cron`, and
+    /// optionally `mode`, `tz`, `step_modes` and `enabled` ([`ScheduleSpec`]).
+    pub schedules: BTreeMap<String, BTreeMap<String, ScheduleSpecs>>,
     /// `[chains.<chain>.steps.<step>]` overrides of the chains declared in code.
     pub chains: BTreeMap<String, ChainOverride>,
     /// `[integrations.<name>]`: the systems this deployment syncs, registered in the database at
@@ -84,6 +86,91 @@ pub struct Config {
     /// `[upstream]`: what every upstream request of every pack may do.
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// `[hooks]`: the fleet-wide run lifecycle hook (an integration's `hooks_url` replaces it).
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+/// `[hooks]`: a signed `POST` of the run record when a run starts (`run.started`) and ends
+/// (`run.ended`), delivered by the producer's reconciler, never holding up the run. An
+/// integration's own `hooks_url` / `hooks_secret_ref` replace the fleet-wide hook for its runs.
+///
+/// Signed as our incoming webhooks are (`X-Syncfleet-Timestamp`, `X-Syncfleet-Signature: v2=…`)
+/// with the secret named by `secret_env` or `secret_file` (`[secrets]`). A delivery that fails is
+/// tried again after `retry_secs` to twice it (random jitter), doubling (one `retry::Backoff`),
+/// up to `max_attempts` deliveries (defaults 5 s and 8).
+///
+/// ```toml
+/// [hooks]
+/// url = "https://hooks.example.com/syncfleet"
+/// secret_file = "hooks-key"
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// May carry its own secret (in its path or query): never logged with its query or user info.
+    pub url: Option<Secret>,
+    /// The environment variable holding the HMAC key (its name starts with `secrets.env_prefix`).
+    pub secret_env: Option<String>,
+    /// The file holding the HMAC key, under `secrets.dir`.
+    pub secret_file: Option<String>,
+    pub retry_secs: Option<u64>,
+    pub max_attempts: Option<u32>,
+    /// Per delivery, connection to the answer (default 10 s).
+    pub timeout_secs: Option<u64>,
+}
+
+impl HooksConfig {
+    /// Delay before the second delivery of a hook that failed.
+    pub fn retry_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retry_secs.unwrap_or(5))
+    }
+
+    /// Deliveries of one hook, the first included.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(8)
+    }
+
+    /// How long one delivery may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.unwrap_or(10))
+    }
+
+    fn validate(&self, policy: &crate::secret::SecretPolicy) -> Result<(), ConfigError> {
+        for (key, v) in [("hooks.retry_secs", self.retry_secs), ("hooks.timeout_secs", self.timeout_secs)] {
+            if v == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_attempts == Some(0) {
+            return Err(invalid("hooks.max_attempts", "must be at least 1"));
+        }
+        if let Some(url) = &self.url {
+            check_hook_url("hooks.url", url)?;
+        }
+        match (&self.secret_env, &self.secret_file) {
+            (Some(_), Some(_)) => return Err(invalid("hooks", "set one of secret_env and secret_file, not both")),
+            (None, None) if self.url.is_some() => {
+                return Err(invalid("hooks", "name the HMAC key of hooks.url with secret_env or secret_file"));
+            }
+            (Some(name), None) => {
+                policy.env(name).map_err(|m| invalid("hooks.secret_env", m))?;
+            }
+            (None, Some(name)) => {
+                policy.file(name).map_err(|m| invalid("hooks.secret_file", m))?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+/// A hook URL: absolute http(s).
+fn check_hook_url(key: &str, url: &Secret) -> Result<(), ConfigError> {
+    if !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+        return Err(invalid(key, "must be an absolute http(s) URL"));
+    }
+    Ok(())
 }
 
 /// `[secrets]`: a secret is only ever a reference (`env:NAME`, `file:NAME`), and a reference may
@@ -259,6 +346,12 @@ pub struct IntegrationSpec {
     /// Where the webhook HMAC secret lives: `env:NAME` or `file:NAME` (`[secrets]`).
     #[serde(default)]
     pub webhook_secret_ref: Option<String>,
+    /// This integration's run lifecycle hook, replacing `[hooks] url` for its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_url: Option<Secret>,
+    /// Where the HMAC key of `hooks_url` lives: `env:NAME` or `file:NAME` (`[secrets]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_secret_ref: Option<String>,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
@@ -371,11 +464,75 @@ fn default_shutdown_timeout_secs() -> u64 {
     20
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One schedule of a chain for an integration: every `interval_secs` seconds, or at the times of a
+/// crontab expression (`cron`, read in `tz`), firing runs in `mode` (default incremental) with
+/// `step_modes` overriding single steps' modes. `enabled = false` switches off the schedule of the
+/// same (chain, integration, mode) a pack would add, and needs no time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_secs: Option<u64>,
+    /// Crontab syntax, 5 fields (`0 2 * * *`; 0 or 7 is Sunday), or 6 with seconds first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// The mode of the runs it fires (default incremental).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::chain::Mode>,
+    /// IANA time zone the cron expression is read in (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// Per-step modes of the runs it fires, over the chain's pinned modes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub step_modes: BTreeMap<String, crate::chain::Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl ScheduleSpec {
+    /// The mode of the runs it fires.
+    pub fn run_mode(&self) -> crate::chain::Mode {
+        self.mode.unwrap_or_default()
+    }
+
+    /// False when the spec switches a schedule off.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// The schedules of one (chain, integration) in the config: one table or an array of tables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ScheduleSpecs {
+    One(ScheduleSpec),
+    Many(Vec<ScheduleSpec>),
+}
+
+impl ScheduleSpecs {
+    pub fn iter(&self) -> std::slice::Iter<'_, ScheduleSpec> {
+        match self {
+            ScheduleSpecs::One(s) => std::slice::from_ref(s).iter(),
+            ScheduleSpecs::Many(v) => v.iter(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ScheduleSpecs {
+    // Read through a value so that an error names the field (an untagged enum would only say that
+    // no form matched).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<Vec<ScheduleSpec>, _>>()
+                .map(ScheduleSpecs::Many)
+                .map_err(D::Error::custom),
+            v => serde_json::from_value(v).map(ScheduleSpecs::One).map_err(D::Error::custom),
+        }
+    }
 }
 
 impl Default for Config {
@@ -422,6 +579,7 @@ impl Default for Config {
             packs: BTreeMap::new(),
             secrets: SecretsConfig::default(),
             upstream: UpstreamConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -526,10 +684,19 @@ impl Config {
                 crate::secret::check_secret_ref(r, &policy)
                     .map_err(|m| invalid(&format!("{key}.webhook_secret_ref"), m))?;
             }
+            if let Some(url) = &spec.hooks_url {
+                check_hook_url(&format!("{key}.hooks_url"), url)?;
+                let Some(r) = &spec.hooks_secret_ref else {
+                    return Err(invalid(&format!("{key}.hooks_secret_ref"), "name the HMAC key of hooks_url"));
+                };
+                crate::secret::check_secret_ref(r, &policy)
+                    .map_err(|m| invalid(&format!("{key}.hooks_secret_ref"), m))?;
+            }
             crate::secret::check_settings_secrets(&serde_json::Value::Object(spec.settings.clone()), &policy)
                 .map_err(|(k, m)| invalid(&format!("{key}.{k}"), m))?;
         }
         self.alerts.validate()?;
+        self.hooks.validate(&self.secrets.policy())?;
         self.secrets.validate()?;
         self.upstream.validate()?;
         let d = &self.database;
@@ -553,30 +720,69 @@ impl Config {
             }
         }
         for (chain, by_integration) in &self.schedules {
-            for (integration, spec) in by_integration {
+            for (integration, specs) in by_integration {
                 let key = format!("schedules.{chain}.{integration}");
-                Schedule::from_spec(spec, self.min_interval()).map_err(|m| invalid(&key, m))?;
+                check_specs(specs, self.min_interval()).map_err(|m| invalid(&key, m))?;
             }
         }
         Ok(())
     }
 }
 
+/// Checks the schedules of one (chain, integration): each spec, and no two of one mode.
+pub fn check_specs(specs: &ScheduleSpecs, min: Duration) -> Result<(), String> {
+    let mut modes = Vec::new();
+    for spec in specs.iter() {
+        if spec.is_enabled() || spec.interval_secs.is_some() || spec.cron.is_some() {
+            Schedule::from_spec(spec, min)?;
+        }
+        if modes.contains(&spec.run_mode()) {
+            return Err(format!("two schedules of mode `{}`: give each mode one", spec.run_mode().as_str()));
+        }
+        modes.push(spec.run_mode());
+    }
+    Ok(())
+}
+
+/// Parses a crontab expression: 5 fields (minute first, as crontab reads it; 0 or 7 is Sunday), or
+/// 6 with a seconds field first.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("bad cron `{expr}`: {e}"))
+}
+
+/// Parses an IANA time zone name (`Europe/Berlin`, `UTC`).
+pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone `{name}` (an IANA name, e.g. Europe/Berlin)"))
+}
+
 /// A resolved schedule: every N seconds (aligned to the epoch, so every producer agrees on the
-/// tick) or a cron expression (seconds field first, as the `cron` crate reads it).
+/// tick) or a crontab expression read in an IANA time zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
     Interval(Duration),
-    Cron(String),
+    Cron { expr: String, tz: chrono_tz::Tz },
 }
 
 impl Schedule {
+    /// A cron schedule in UTC.
+    pub fn cron_utc(expr: &str) -> Result<Schedule, String> {
+        parse_cron(expr)?;
+        Ok(Schedule::Cron { expr: expr.to_owned(), tz: chrono_tz::Tz::UTC })
+    }
+
     /// Validates a spec against the minimum interval.
     pub fn from_spec(spec: &ScheduleSpec, min: Duration) -> Result<Schedule, String> {
         match (spec.interval_secs, &spec.cron) {
             (Some(_), Some(_)) => Err("set either interval_secs or cron, not both".into()),
             (None, None) => Err("set interval_secs or cron".into()),
             (Some(secs), None) => {
+                if spec.tz.as_deref().is_some_and(|tz| tz != "UTC") {
+                    return Err("tz: applies to a cron expression only (intervals are counted in UTC)".into());
+                }
                 if Duration::from_secs(secs) < min {
                     Err(format!("interval {secs}s is below the minimum of {}s", min.as_secs()))
                 } else {
@@ -584,20 +790,33 @@ impl Schedule {
                 }
             }
             (None, Some(expr)) => {
-                let parsed = cron::Schedule::from_str(expr).map_err(|e| format!("bad cron `{expr}`: {e}"))?;
-                let mut upcoming = parsed.upcoming(chrono::Utc).take(2);
-                if let (Some(a), Some(b)) = (upcoming.next(), upcoming.next()) {
-                    let gap = (b - a).to_std().unwrap_or_default();
-                    if gap < min {
-                        return Err(format!(
-                            "cron `{expr}` fires every {}s, below the minimum of {}s",
-                            gap.as_secs(),
-                            min.as_secs()
-                        ));
-                    }
+                let tz = spec.tz.as_deref().map(parse_tz).transpose()?.unwrap_or(chrono_tz::Tz::UTC);
+                let parsed = parse_cron(expr)?;
+                // The shortest gap over the next occurrences (a day's worth of a `*/5 2 * * *` too).
+                let start = chrono::Utc::now().with_timezone(&tz);
+                let times: Vec<_> = parsed.iter_after(start).take(64).collect();
+                if times.is_empty() {
+                    return Err(format!("cron `{expr}` never fires"));
                 }
-                Ok(Schedule::Cron(expr.clone()))
+                if let Some(gap) = times.windows(2).map(|w| (w[1] - w[0]).to_std().unwrap_or_default()).min()
+                    && gap < min
+                {
+                    return Err(format!(
+                        "cron `{expr}` fires every {}s, below the minimum of {}s",
+                        gap.as_secs(),
+                        min.as_secs()
+                    ));
+                }
+                Ok(Schedule::Cron { expr: expr.clone(), tz })
             }
+        }
+    }
+
+    /// The time zone its times are read in (`UTC` for an interval).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        match self {
+            Schedule::Interval(_) => chrono_tz::Tz::UTC,
+            Schedule::Cron { tz, .. } => *tz,
         }
     }
 
@@ -608,27 +827,20 @@ impl Schedule {
                 let secs = d.as_secs().max(1) as i64;
                 Some(now.timestamp().div_euclid(secs) * secs)
             }
-            Schedule::Cron(expr) => {
-                let parsed = cron::Schedule::from_str(expr).ok()?;
-                // Look back over growing windows; the first window holding a fire time wins.
-                for days in [0i64, 1, 8, 32, 366] {
-                    let from = now - chrono::Duration::hours(1) - chrono::Duration::days(days);
-                    let last = parsed.after(&from).take_while(|t| *t <= now).last();
-                    if let Some(t) = last {
-                        return Some(t.timestamp());
-                    }
-                }
-                None
+            Schedule::Cron { expr, tz } => {
+                let parsed = parse_cron(expr).ok()?;
+                let at = chrono::DateTime::from_timestamp(now.timestamp(), 0)?.with_timezone(tz);
+                parsed.find_previous_occurrence(&at, true).ok().map(|t| t.timestamp())
             }
         }
     }
 
     /// The cron expression firing at the same ticks: a cron schedule's own; for an interval, the
     /// equivalent when one exists (a whole number of minutes dividing an hour, or of hours dividing
-    /// a day — interval ticks are aligned to the epoch, so to UTC midnight).
+    /// a day — interval ticks are aligned to the epoch, so to UTC midnight), with a seconds field.
     pub fn as_cron(&self) -> Option<String> {
         match self {
-            Schedule::Cron(c) => Some(c.clone()),
+            Schedule::Cron { expr, .. } => Some(expr.clone()),
             Schedule::Interval(d) => {
                 let secs = d.as_secs();
                 if secs % 60 != 0 || secs == 0 {
@@ -653,7 +865,10 @@ impl Schedule {
                 let next = (now.timestamp().div_euclid(secs) + 1) * secs;
                 chrono::DateTime::from_timestamp(next, 0)
             }
-            Schedule::Cron(expr) => cron::Schedule::from_str(expr).ok()?.after(&now).next(),
+            Schedule::Cron { expr, tz } => {
+                let at = chrono::DateTime::from_timestamp(now.timestamp(), 0)?.with_timezone(tz);
+                parse_cron(expr).ok()?.find_next_occurrence(&at, false).ok().map(|t| t.with_timezone(&chrono::Utc))
+            }
         }
     }
 }
@@ -734,7 +949,7 @@ mod tests {
     #[test]
     fn cron_ticks() {
         let s = Schedule::from_spec(
-            &ScheduleSpec { interval_secs: None, cron: Some("0 */5 * * * *".into()) },
+            &ScheduleSpec { cron: Some("0 */5 * * * *".into()), ..Default::default() },
             Duration::from_secs(60),
         )
         .unwrap();
@@ -742,5 +957,56 @@ mod tests {
         let tick = s.tick_at_or_before(t).unwrap();
         assert_eq!(tick % 300, 0);
         assert!(tick <= 1_000_030 && 1_000_030 - tick < 300);
+    }
+
+    #[test]
+    fn crontab_fields_and_time_zones() {
+        let spec = |cron: &str, tz: Option<&str>| ScheduleSpec {
+            cron: Some(cron.into()),
+            tz: tz.map(str::to_owned),
+            ..Default::default()
+        };
+        let min = Duration::from_secs(60);
+        // 5 fields, read in Berlin: 02:00 local is 01:00 UTC in winter, 00:00 UTC in summer.
+        let berlin = Schedule::from_spec(&spec("0 2 * * *", Some("Europe/Berlin")), min).unwrap();
+        let winter = chrono::DateTime::parse_from_rfc3339("2026-12-05T12:00:00Z").unwrap().to_utc();
+        assert_eq!(berlin.next_after(winter).unwrap().to_rfc3339(), "2026-12-06T01:00:00+00:00");
+        let summer = chrono::DateTime::parse_from_rfc3339("2026-07-05T12:00:00Z").unwrap().to_utc();
+        assert_eq!(berlin.next_after(summer).unwrap().to_rfc3339(), "2026-07-06T00:00:00+00:00");
+        let tick = chrono::DateTime::parse_from_rfc3339("2026-12-05T01:00:00Z").unwrap().timestamp();
+        assert_eq!(berlin.tick_at_or_before(winter), Some(tick));
+        // 0 and 7 are Sunday; 2026-12-06 is a Sunday.
+        for dow in ["0", "7", "SUN"] {
+            let s = Schedule::from_spec(&spec(&format!("30 4 * * {dow}"), None), min).unwrap();
+            assert_eq!(s.next_after(winter).unwrap().to_rfc3339(), "2026-12-06T04:30:00+00:00", "{dow}");
+        }
+        // Six fields: seconds first.
+        let s = Schedule::from_spec(&spec("15 30 4 * * *", None), min).unwrap();
+        assert_eq!(s.next_after(winter).unwrap().to_rfc3339(), "2026-12-06T04:30:15+00:00");
+        let err = Schedule::from_spec(&spec("0 2 * * *", Some("Mars/Olympus")), min).unwrap_err();
+        assert!(err.contains("unknown time zone"), "{err}");
+        let err = Schedule::from_spec(&spec("*/10 * * * * *", None), min).unwrap_err();
+        assert!(err.contains("fires every 10s"), "{err}");
+    }
+
+    #[test]
+    fn several_schedules_per_chain_and_integration() {
+        let text = "[[schedules.daily.acme]]\ninterval_secs = 3600\n\n[[schedules.daily.acme]]\ncron = \"0 2 * * *\"\nmode = \"full\"\ntz = \"Europe/Berlin\"\nstep_modes = { push = \"incremental\" }\n\n[schedules.weekly.acme]\ncron = \"0 3 * * 0\"\n";
+        let c = Config::from_toml(text).unwrap();
+        let daily: Vec<&ScheduleSpec> = c.schedules["daily"]["acme"].iter().collect();
+        assert_eq!(daily.len(), 2);
+        assert_eq!(
+            (daily[0].run_mode(), daily[1].run_mode()),
+            (crate::chain::Mode::Incremental, crate::chain::Mode::Full)
+        );
+        assert_eq!(daily[1].step_modes["push"], crate::chain::Mode::Incremental);
+        assert_eq!(c.schedules["weekly"]["acme"].iter().count(), 1);
+        let twice = "[[schedules.daily.acme]]\ninterval_secs = 3600\n[[schedules.daily.acme]]\ninterval_secs = 7200\n";
+        let err = Config::from_toml(twice).unwrap_err().to_string();
+        assert!(err.contains("schedules.daily.acme") && err.contains("two schedules of mode"), "{err}");
+        let err = Config::from_toml("[schedules.daily.acme]\ncron = \"0 2 * * *\"\nmode = \"often\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("often"), "{err}");
     }
 }

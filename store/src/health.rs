@@ -64,11 +64,17 @@ pub async fn run_ended_in_tx(
     conn: &mut PgConnection,
     step_run_id: i64,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT r.chain, r.status FROM chain_runs r
+    let ended: Option<(String, String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT r.chain, r.status, r.id FROM chain_runs r
           WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) AND r.finished_at = now()",
     )
     .bind(step_run_id)
-    .fetch_optional(conn)
-    .await
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((chain, status, run_id)) = ended else {
+        return Ok(None);
+    };
+    // The run's `run.ended` hook, delivered by the producer: committed with the end.
+    crate::hooks::run_ended_in_tx(conn, run_id).await?;
+    Ok(Some((chain, status)))
 }

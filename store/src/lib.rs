@@ -14,9 +14,11 @@ pub mod alerts;
 pub mod audit;
 pub mod dispatch;
 pub mod health;
+pub mod hooks;
 pub mod integrations;
 pub mod queue;
 pub mod queues;
+pub mod repair;
 pub mod reports;
 pub mod roles;
 pub mod runs;
@@ -108,6 +110,12 @@ pub enum StoreError {
     PackMismatch { chain: String, chain_pack: String, integration: String, integration_pack: String },
     #[error("a run of `{chain}` for `{integration}` is already active: {run_id}")]
     ActiveRun { chain: String, integration: String, run_id: String },
+    /// The chain must not run while another chain of its exclusion group is active for the
+    /// integration (`Pack::exclusive_chains`); a trigger that asks to queue waits instead.
+    #[error(
+        "`{chain}` must not run while `{running_chain}` is {running_status} for `{integration}`: run {running_run} (trigger with queue to start it after that run ends)"
+    )]
+    Excluded { chain: String, integration: String, running_chain: String, running_run: String, running_status: String },
     #[error("tick `{0}` already has a run")]
     DuplicateTick(String),
     /// Bad input; the message starts with the field at fault (`name: …`).

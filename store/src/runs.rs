@@ -52,6 +52,13 @@ pub struct TriggerRequest<'a> {
     /// Per-step modes that replace the chain's pinned mode and the run's mode for those steps
     /// (names the chain does not have are refused by the caller).
     pub step_modes: std::collections::BTreeMap<String, Mode>,
+    /// The chain's exclusion group (`Pack::exclusive_chains`): no two runs of the group run at the
+    /// same time for one integration.
+    pub exclusion_group: Option<String>,
+    /// While another run of the group is active: wait behind it (`true`: the run is created
+    /// `queued` with `waiting_for` and starts when the other ends), or refuse
+    /// ([`StoreError::Excluded`]).
+    pub queue: bool,
 }
 
 /// A step row made ready by a transition, to be pushed to Redis.
@@ -76,9 +83,29 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     }
     let run_id = RunId::new();
     let mut tx = pool.begin().await?;
+    // The group's lock serializes the check and the insert below with every other creation and
+    // promotion in the group; the unique index `chain_runs_one_active_exclusive` backs it.
+    let mut waiting_for = None;
+    if let Some(group) = &req.exclusion_group {
+        lock_group(&mut tx, req.integration.id, group).await?;
+        if let Some(blocker) = group_blocker(&mut tx, req.integration.id, group).await? {
+            // A second run of the same chain is the one-active-run rule's to refuse (below).
+            if !req.queue && blocker.chain != req.chain.name.as_str() {
+                return Err(StoreError::Excluded {
+                    chain: req.chain.name.to_string(),
+                    integration: req.integration.name.clone(),
+                    running_chain: blocker.chain,
+                    running_run: blocker.id.to_string(),
+                    running_status: blocker.status,
+                });
+            }
+            waiting_for = Some(blocker.id);
+        }
+    }
     let inserted = sqlx::query(
-        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep, trace_context)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9)",
+        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep, trace_context,
+                                 exclusion_group, waiting_for)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)",
     )
     .bind(run_id)
     .bind(req.chain.name.as_str())
@@ -89,6 +116,8 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&req.tick_key)
     .bind(req.force_sweep)
     .bind(crate::telemetry::current_traceparent())
+    .bind(&req.exclusion_group)
+    .bind(waiting_for)
     .execute(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -149,9 +178,116 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&max_lost)
     .execute(&mut *tx)
     .await?;
-    let ready = promote_ready(&mut tx, run_id).await?;
+    // A waiting run's steps stay pending until it is promoted.
+    let ready = if waiting_for.is_none() { promote_ready(&mut tx, run_id).await? } else { vec![] };
     tx.commit().await?;
     Ok((run_id, ready))
+}
+
+/// The run another run of an exclusion group waits behind.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Blocker {
+    id: uuid::Uuid,
+    chain: String,
+    status: String,
+}
+
+/// Takes the transaction-scoped lock of an integration's exclusion group: creations and
+/// promotions in one group are serialized, so two triggers at one instant never both start.
+async fn lock_group(conn: &mut PgConnection, integration_id: i64, group: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('run-exclusion:' || $1::text || ':' || $2, 0))")
+        .bind(integration_id)
+        .bind(group)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What a new run of the group must wait behind: the group's active run that is not waiting
+/// itself, else a run of the group with a step still running (a cancelled run's running steps
+/// finish), else the oldest waiting run (waiting runs start in the order they were created).
+async fn group_blocker(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    group: &str,
+) -> Result<Option<Blocker>, sqlx::Error> {
+    sqlx::query_as::<_, Blocker>(
+        "SELECT id, chain, status FROM (
+             SELECT r.id, r.chain, r.status, 0 AS rank, r.created_at FROM chain_runs r
+              WHERE r.integration_id = $1 AND r.exclusion_group = $2
+                AND r.status IN ('queued', 'running') AND r.waiting_for IS NULL
+             UNION ALL
+             SELECT r.id, r.chain, r.status, 1, r.created_at FROM step_runs s JOIN chain_runs r ON r.id = s.run_id
+              WHERE s.status = 'running' AND r.integration_id = $1 AND r.exclusion_group = $2
+             UNION ALL
+             SELECT r.id, r.chain, r.status, 2, r.created_at FROM chain_runs r
+              WHERE r.integration_id = $1 AND r.exclusion_group = $2
+                AND r.status = 'queued' AND r.waiting_for IS NOT NULL
+         ) b ORDER BY rank, created_at LIMIT 1",
+    )
+    .bind(integration_id)
+    .bind(group)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Starts the oldest waiting run of the group when nothing of the group runs any more: its
+/// `waiting_for` is cleared and its root steps become ready (returned, to be pushed); the other
+/// waiting runs now wait behind it. Call in the transaction that ended a run of the group (after
+/// its run row is locked), or on its own (the reconciler).
+pub async fn promote_waiting_in(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    group: &str,
+) -> Result<Vec<ReadyStep>, sqlx::Error> {
+    lock_group(conn, integration_id, group).await?;
+    let next: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT w.id FROM chain_runs w
+          WHERE w.integration_id = $1 AND w.exclusion_group = $2 AND w.status = 'queued' AND w.waiting_for IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM chain_runs r
+                             WHERE r.integration_id = $1 AND r.exclusion_group = $2
+                               AND r.status IN ('queued', 'running') AND r.waiting_for IS NULL)
+            AND NOT EXISTS (SELECT 1 FROM step_runs s JOIN chain_runs r ON r.id = s.run_id
+                             WHERE s.status = 'running' AND r.integration_id = $1 AND r.exclusion_group = $2)
+          ORDER BY w.created_at LIMIT 1
+          FOR UPDATE OF w",
+    )
+    .bind(integration_id)
+    .bind(group)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(next) = next else {
+        return Ok(vec![]);
+    };
+    sqlx::query("UPDATE chain_runs SET waiting_for = NULL WHERE id = $1").bind(next).execute(&mut *conn).await?;
+    sqlx::query(
+        "UPDATE chain_runs SET waiting_for = $3
+          WHERE integration_id = $1 AND exclusion_group = $2 AND status = 'queued' AND waiting_for IS NOT NULL",
+    )
+    .bind(integration_id)
+    .bind(group)
+    .bind(next)
+    .execute(&mut *conn)
+    .await?;
+    promote_ready(conn, RunId(next)).await
+}
+
+/// Promotes waiting runs of every group whose runs all ended (the reconciler's safety net: a
+/// cancelled run, a run whose ending transaction promoted nothing). Returns the steps made ready.
+pub async fn promote_waiting(pool: &PgPool) -> Result<Vec<ReadyStep>, sqlx::Error> {
+    let groups: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT integration_id, exclusion_group FROM chain_runs
+          WHERE status = 'queued' AND waiting_for IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut ready = Vec::new();
+    for (integration_id, group) in groups {
+        let mut tx = pool.begin().await?;
+        ready.extend(promote_waiting_in(&mut tx, integration_id, &group).await?);
+        tx.commit().await?;
+    }
+    Ok(ready)
 }
 
 /// The `ActiveRun` error naming the run that is active for this chain and integration.
@@ -169,6 +305,40 @@ async fn active_run_error(pool: &PgPool, chain: &str, integration_id: i64) -> St
             let (integration, run_id) = found.map(|(i, r)| (i, r.to_string())).unwrap_or_default();
             StoreError::ActiveRun { chain: chain.to_owned(), integration, run_id }
         }
+        Err(e) => StoreError::Db(e),
+    }
+}
+
+/// The `Excluded` error for `run_id`, naming the active run of its exclusion group.
+async fn excluded_error(pool: &PgPool, run_id: RunId) -> StoreError {
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        chain: String,
+        integration: String,
+        running_chain: String,
+        running_run: uuid::Uuid,
+        running_status: String,
+    }
+    let found: Result<Option<Found>, _> = sqlx::query_as(
+        "SELECT r.chain, i.name AS integration, a.chain AS running_chain, a.id AS running_run,
+                a.status AS running_status
+           FROM chain_runs r JOIN integrations i ON i.id = r.integration_id
+           JOIN chain_runs a ON a.integration_id = r.integration_id AND a.exclusion_group = r.exclusion_group
+                            AND a.status IN ('queued', 'running') AND a.waiting_for IS NULL AND a.id <> r.id
+          WHERE r.id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await;
+    match found {
+        Ok(Some(f)) => StoreError::Excluded {
+            chain: f.chain,
+            integration: f.integration,
+            running_chain: f.running_chain,
+            running_run: f.running_run.to_string(),
+            running_status: f.running_status,
+        },
+        Ok(None) => StoreError::Conflict(format!("run {run_id}: another run of its exclusion group is active")),
         Err(e) => StoreError::Db(e),
     }
 }
@@ -289,13 +459,17 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 /// the run row (`queued` → `running`).
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let started: Option<uuid::Uuid> = sqlx::query_scalar(
         "UPDATE chain_runs SET status = 'running', started_at = now()
-          WHERE id = (SELECT run_id FROM step_runs WHERE id = $1) AND status = 'queued'",
+          WHERE id = (SELECT run_id FROM step_runs WHERE id = $1) AND status = 'queued' RETURNING id",
     )
     .bind(step_run_id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(run_id) = started {
+        // The run's `run.started` hook, delivered by the producer: committed with the start.
+        crate::hooks::run_started_in_tx(&mut tx, run_id).await?;
+    }
     let run = sqlx::query(
         "SELECT r.id, r.status, r.chain, r.mode, r.force_sweep,
                 i.id AS integration_id, i.name, i.pack, i.enabled, i.settings
@@ -522,9 +696,29 @@ pub async fn finish_step(
             .execute(&mut *conn)
             .await?;
     }
-    let ready = if run_status == "running" && status != "ready" { promote_ready(conn, run_id).await? } else { vec![] };
+    let mut ready =
+        if run_status == "running" && status != "ready" { promote_ready(conn, run_id).await? } else { vec![] };
     finalize_run(conn, run_id).await?;
+    if status != "ready" {
+        ready.extend(promote_after_end(conn, run_id).await?);
+    }
     Ok(Some(ready))
+}
+
+/// When the run is no longer active and belongs to an exclusion group, starts the group's next
+/// waiting run (see [`promote_waiting_in`]); its ready steps are returned.
+async fn promote_after_end(conn: &mut PgConnection, run_id: RunId) -> Result<Vec<ReadyStep>, sqlx::Error> {
+    let ended: Option<(i64, String)> = sqlx::query_as(
+        "SELECT integration_id, exclusion_group FROM chain_runs
+          WHERE id = $1 AND exclusion_group IS NOT NULL AND status NOT IN ('queued', 'running')",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match ended {
+        Some((integration_id, group)) => promote_waiting_in(conn, integration_id, &group).await,
+        None => Ok(vec![]),
+    }
 }
 
 /// Resumes a failed, partial or cancelled run: its failed, skipped and cancelled steps run again
@@ -558,6 +752,12 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
     {
         drop(tx);
         return Err(active_run_error(pool, &chain, integration_id).await);
+    }
+    if let Err(sqlx::Error::Database(e)) = &updated
+        && e.constraint() == Some("chain_runs_one_active_exclusive")
+    {
+        drop(tx);
+        return Err(excluded_error(pool, run_id).await);
     }
     updated?;
     // A partial step's downstream steps read what it wrote while part of it was missing: they run
@@ -613,6 +813,8 @@ pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
     .bind(run_id)
     .execute(&mut *tx)
     .await?;
+    // The run's `run.ended` hook, delivered by the producer: committed with the cancel.
+    crate::hooks::run_ended_in_tx(&mut tx, run_id.0).await?;
     tx.commit().await?;
     Ok(())
 }

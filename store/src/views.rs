@@ -21,6 +21,14 @@ pub struct RunView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// While the run is `queued` behind a run of its exclusion group: that run's id (it starts
+    /// when the group's runs end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// One line when the deletion guard refused a sweep (or a read was cut short): which deletions
+    /// were not applied and how to apply them ([`unapplied_deletions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unapplied_deletions: Option<String>,
     pub steps: Vec<StepView>,
 }
 
@@ -76,12 +84,14 @@ struct RunRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    waiting_for: Option<uuid::Uuid>,
 }
 
 macro_rules! run_select {
     () => {
         "SELECT r.id, r.chain, i.name AS integration, r.mode, r.status, r.trigger_kind, r.triggered_by,
-        r.error, r.created_at, r.started_at, r.finished_at
+        r.error, r.created_at, r.started_at, r.finished_at,
+        CASE WHEN r.status = 'queued' THEN r.waiting_for END AS waiting_for
    FROM chain_runs r JOIN integrations i ON i.id = r.integration_id"
     };
 }
@@ -97,6 +107,7 @@ pub async fn run(pool: &PgPool, id: RunId) -> Result<RunView, StoreError> {
 }
 
 fn view(r: RunRow, steps: Vec<StepView>) -> RunView {
+    let unapplied = unapplied_deletions(&r.chain, &r.integration, &steps);
     RunView {
         id: r.id.to_string(),
         chain: r.chain,
@@ -109,8 +120,32 @@ fn view(r: RunRow, steps: Vec<StepView>) -> RunView {
         created_at: r.created_at,
         started_at: r.started_at,
         finished_at: r.finished_at,
+        waiting_for: r.waiting_for.map(|w| w.to_string()),
+        unapplied_deletions: unapplied,
         steps,
     }
+}
+
+/// The one line `runs show` and the dashboard print for a run whose deletion guard refused a sweep
+/// (a step's `guard` holds `blocked: …`) or whose read was cut short: the steps and the guard's
+/// reasons, then how to look at the rows held back and how to apply the deletions. `None` when
+/// every sweep ran.
+pub fn unapplied_deletions(chain: &str, integration: &str, steps: &[StepView]) -> Option<String> {
+    let held: Vec<String> = steps
+        .iter()
+        .filter_map(|s| {
+            let guard = s.guard.as_deref()?;
+            (guard.contains("blocked: ") || guard.contains("read cut short")).then(|| format!("{} ({guard})", s.step))
+        })
+        .collect();
+    if held.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "deletions not applied: {}; review them with `syncfleet sweep preview {chain} --integration {integration}`, \
+         apply them with `syncfleet trigger {chain} --integration {integration} --mode full --force-sweep`",
+        held.join("; ")
+    ))
 }
 
 /// Steps in declaration order (first id), shards summed.
@@ -266,4 +301,102 @@ pub async fn runs(pool: &PgPool, f: &RunFilter) -> Result<Vec<RunView>, StoreErr
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| view(r, vec![])).collect())
+}
+
+/// What a chain is doing for one integration now: the `GET /api/chains/{chain}/status` and
+/// `syncfleet status` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ChainStatus {
+    pub chain: String,
+    pub integration: String,
+    /// `idle` (no run open), `active` (a run has started: `run_id`, the steps running now in
+    /// `steps`) or `queued` (a run is open whose first step has not started: `run_id`).
+    pub status: String,
+    /// The open run.
+    pub run_id: Option<String>,
+    /// The open run's own status (`running`, `queued`).
+    pub run_status: Option<String>,
+    /// The run of another chain a `queued` run waits behind (chains that must not run at the same
+    /// time for one integration).
+    pub waiting_for: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The steps of the open run running now, in chain order (a fanned-out step once).
+    pub steps: Vec<String>,
+    /// The steps of the open run ready and waiting for a worker.
+    pub ready: Vec<String>,
+    /// The last run of the chain for the integration that ended.
+    pub last_run: Option<LastRun>,
+}
+
+/// A run that ended, as [`ChainStatus`] names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
+pub struct LastRun {
+    pub run_id: String,
+    pub status: String,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The run states of a run that ended.
+const ENDED: [&str; 4] = ["completed", "partial", "failed", "cancelled"];
+
+/// What `chain` is doing for `integration` (an unknown integration is
+/// [`StoreError::UnknownIntegration`]). A run is `active` once it is `running` (a step was
+/// claimed); any other open run (created and not started, or waiting its turn) is `queued`.
+pub async fn chain_status(pool: &PgPool, chain: &str, integration: &str) -> Result<ChainStatus, StoreError> {
+    let integration_id = crate::integration_by_name(pool, integration).await?.id;
+    type Open = (uuid::Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<uuid::Uuid>);
+    let open: Option<Open> = sqlx::query_as(
+        "SELECT id, status, created_at, started_at, waiting_for FROM chain_runs
+          WHERE chain = $1 AND integration_id = $2 AND status <> ALL($3)
+          ORDER BY (status = 'running') DESC, created_at LIMIT 1",
+    )
+    .bind(chain)
+    .bind(integration_id)
+    .bind(&ENDED[..])
+    .fetch_optional(pool)
+    .await?;
+    let last_run: Option<LastRun> = sqlx::query_as(
+        "SELECT id::text AS run_id, status, finished_at FROM chain_runs
+          WHERE chain = $1 AND integration_id = $2 AND status = ANY($3)
+          ORDER BY finished_at DESC NULLS LAST, created_at DESC LIMIT 1",
+    )
+    .bind(chain)
+    .bind(integration_id)
+    .bind(&ENDED[..])
+    .fetch_optional(pool)
+    .await?;
+    let mut view = ChainStatus {
+        chain: chain.to_owned(),
+        integration: integration.to_owned(),
+        status: "idle".into(),
+        run_id: None,
+        run_status: None,
+        waiting_for: None,
+        created_at: None,
+        started_at: None,
+        steps: vec![],
+        ready: vec![],
+        last_run,
+    };
+    let Some((id, run_status, created_at, started_at, waiting_for)) = open else {
+        return Ok(view);
+    };
+    let steps: Vec<(String, String)> = sqlx::query_as(
+        "SELECT step, status FROM step_runs WHERE run_id = $1 AND status IN ('running', 'ready')
+          GROUP BY step, status ORDER BY min(id)",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    view.status = if run_status == "running" { "active" } else { "queued" }.into();
+    view.run_id = Some(id.to_string());
+    view.run_status = Some(run_status);
+    view.waiting_for = waiting_for.map(|w| w.to_string());
+    view.created_at = Some(created_at);
+    view.started_at = started_at;
+    for (step, status) in steps {
+        if status == "running" { view.steps.push(step) } else { view.ready.push(step) }
+    }
+    Ok(view)
 }

@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/whoami", "viewer"),
     ("GET", "/api/chains", "viewer"),
     ("POST", "/api/chains/{chain}/runs", "operator"),
+    ("GET", "/api/chains/{chain}/status", "viewer"),
     ("GET", "/api/runs", "viewer"),
     ("GET", "/api/runs/{id}", "viewer"),
     ("GET", "/api/runs/{id}/errors", "viewer"),
@@ -39,6 +40,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/audit", "admin"),
     ("GET", "/api/reports", "viewer"),
     ("GET", "/api/reports/{id}", "viewer"),
+    ("GET", "/api/chains/{chain}/sweep-preview", "admin"),
+    ("POST", "/api/integrations/{name}/cursors/{entity}/reset", "admin"),
 ];
 
 fn method(m: &str) -> reqwest::Method {

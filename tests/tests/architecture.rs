@@ -293,6 +293,9 @@ fn the_lockfile_holds_no_crate_with_an_advisory_we_refuse() {
         lock.lines().filter_map(|l| l.strip_prefix("name = \"")).filter_map(|l| l.strip_suffix('"')).collect();
     assert!(names.contains("utoipa"), "the lockfile parses: {} package names", names.len());
     for refused in REFUSED_CRATES {
-        assert!(!names.contains(refused), "Cargo.lock holds `{refused}`; `cargo tree -i {refused}` shows who pulls it in");
+        assert!(
+            !names.contains(refused),
+            "Cargo.lock holds `{refused}`; `cargo tree -i {refused}` shows who pulls it in"
+        );
     }
 }

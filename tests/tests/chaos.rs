@@ -482,8 +482,8 @@ async fn a_misbehaving_upstream_never_deactivates_a_row_wrongly() {
     failed += assert_completed_or_failed_cleanly(&sync_all(env, erps, Mode::Incremental).await);
     assert_eq!(wrongly_inactive(env, &sandbox).await, 0);
 
-    // Full runs against a truncated page, an empty list and malformed items: they complete, the
-    // guard refuses every sweep, nothing is deactivated. After a short or empty read the cursor
+    // Full runs against a truncated page, an empty list and malformed items: they end `partial`,
+    // the guard refuses every sweep, nothing is deactivated. After a short or empty read the cursor
     // stays; after malformed items it may only move back, to just before the earliest failed one.
     let faults = [
         (json!({ "truncate_page": true }), "blocked: page at offset", true),
@@ -495,7 +495,7 @@ async fn a_misbehaving_upstream_never_deactivates_a_row_wrongly() {
         sandbox.faults("erp", fault.clone()).await;
         for v in sync_all(env, erps, Mode::Full).await {
             let s = &v.steps[0];
-            assert_eq!(v.status, "completed", "{fault}: {v:#?}");
+            assert_eq!(v.status, "partial", "{fault}: a refused sweep ends the run partial: {v:#?}");
             assert!(s.guard.as_deref().unwrap_or("").starts_with(guard), "{fault}: {v:#?}");
             assert_eq!(s.deactivated, 0, "{fault}: {v:#?}");
             if cursor_stays {

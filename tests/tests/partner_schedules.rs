@@ -46,14 +46,15 @@ async fn partner_integrations_get_the_default_schedules_unless_overridden() {
     let got = schedules(&admin).await;
     let reports = got.contains_key(&("partner_weekly_reports".into(), "incremental".into()));
     let mut want: Vec<(&str, &str, &str, &str)> = vec![
-        ("partner_daily", "incremental", "0 0 2 * * *", "pack"),
-        ("partner_enrollments", "incremental", "0 0 6,10,14,18,22 * * *", "pack"),
-        ("partner_leads", "incremental", "0 0 8,14,20 * * *", "pack"),
-        ("partner_leads", "full", "0 0 3 * * Sun", "pack"),
+        ("partner_daily", "full", "0 2 * * *", "pack"),
+        ("partner_daily", "incremental", "30 5-21/4 * * *", "pack"),
+        ("partner_enrollments", "incremental", "0 6,10,14,18,22 * * *", "pack"),
+        ("partner_leads", "incremental", "0 8,14,20 * * *", "pack"),
+        ("partner_leads", "full", "0 3 * * 0", "pack"),
         ("partner_cleanup", "incremental", "0 30 5 * * Sun", "config"),
     ];
     if reports {
-        want.push(("partner_weekly_reports", "incremental", "0 0 8 * * Mon", "pack"));
+        want.push(("partner_weekly_reports", "incremental", "0 8 * * 1", "pack"));
     }
     let listed: Vec<(String, String, String, String)> =
         got.iter().map(|((c, m), (cron, source, _))| (c.clone(), m.clone(), cron.clone(), source.clone())).collect();
@@ -64,7 +65,7 @@ async fn partner_integrations_get_the_default_schedules_unless_overridden() {
 
     // Next runs: within a day (a week for the weekly ones), at the hours, in UTC.
     let next = |chain: &str, mode: &str| got[&(chain.to_owned(), mode.to_owned())].2;
-    let daily = next("partner_daily", "incremental");
+    let daily = next("partner_daily", "full");
     assert!(daily > now && daily <= now + chrono::Duration::days(1), "{daily}");
     assert_eq!((daily.hour(), daily.minute(), daily.second()), (2, 0, 0));
     let enrollments = next("partner_enrollments", "incremental");
@@ -86,7 +87,7 @@ async fn partner_integrations_get_the_default_schedules_unless_overridden() {
     let leads = &got[&("partner_leads".into(), "incremental".into())];
     assert_eq!((leads.0.as_str(), leads.1.as_str(), leads.2.hour()), ("0 0 9 * * *", "stored", 9));
     let full = &got[&("partner_leads".into(), "full".into())];
-    assert_eq!((full.0.as_str(), full.1.as_str()), ("0 0 3 * * Sun", "pack"));
+    assert_eq!((full.0.as_str(), full.1.as_str()), ("0 3 * * 0", "pack"));
     assert_eq!(got.len(), want.len(), "{got:?}");
 
     // Switched off, the chain has no schedule for acme at all.

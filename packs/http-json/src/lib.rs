@@ -27,8 +27,8 @@ use source::JsonSource;
 
 pub use syncfleet_sdk::pack::{ItemInput, ItemSyncError};
 use syncfleet_sdk::{
-    Integration, Pack,
-    chain::{ChainDef, StepDef, StepKind},
+    DefaultSchedule, Integration, Pack,
+    chain::{ChainDef, Mode, StepDef, StepKind},
     http::HttpClients,
     ids::ChainName,
     pack::ItemSync,
@@ -67,6 +67,13 @@ impl Pack for HttpJsonPack {
 
     fn chains(&self) -> Vec<ChainDef> {
         chains()
+    }
+
+    /// A full `http_json_sync` every night at 03:00 UTC, so deletions upstream are swept at least
+    /// daily; a configured or stored full schedule of the chain replaces it (`enabled = false`
+    /// switches it off).
+    fn default_schedules(&self) -> Vec<DefaultSchedule> {
+        vec![DefaultSchedule::new("http_json_sync", "0 3 * * *", Mode::Full)]
     }
 
     fn handlers(&self) -> Vec<(&'static str, Arc<dyn StepHandler>)> {

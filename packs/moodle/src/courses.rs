@@ -6,7 +6,9 @@
 //! the decisions). A program that fails (an error envelope, a timeout) leaves the others synced: its
 //! error is recorded (item error `program:{id}`), its rows are left as they were, and the step
 //! reports it in `errors` and `guard` (`partial: …`) and ends partial, so the run ends `partial`.
-//! The step fails only when every program failed. Courses of programs no longer active are
+//! The step fails only when every program failed: at once, with Moodle's message, when every failure
+//! was Moodle's own answer (an error envelope, which asking again does not change), else retried.
+//! Courses of programs no longer active are
 //! deactivated with the step.
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
@@ -153,6 +155,7 @@ impl StepHandler for SyncCourses {
             ctx.record_calls(&[&client]);
 
             let mut failed: Vec<(String, String)> = Vec::new();
+            let mut transport_failures = 0usize;
             let mut bad: Vec<(String, String)> = Vec::new();
             let mut sweeps = Sweeps::default();
             let r = &mut ctx.result;
@@ -170,6 +173,9 @@ impl StepHandler for SyncCourses {
                     Err(MoodleOrDb::Step(e)) => return Err(e),
                     Err(MoodleOrDb::Moodle(e)) => {
                         tracing::warn!(%program, error = %e, "Program's courses failed; the others go on.");
+                        if !matches!(e, MoodleError::Exception { .. }) {
+                            transport_failures += 1;
+                        }
                         failed.push((format!("program:{program}"), e.to_string()));
                     }
                 }
@@ -180,6 +186,13 @@ impl StepHandler for SyncCourses {
                 let all: Vec<(String, String)> = failed.iter().chain(bad.iter()).cloned().collect();
                 pull::record_errors(&mut tx, Some(run), ctx.step.name.as_str(), integration_id, ENTITY, &all).await?;
                 tx.commit().await?;
+            }
+            if !programs.is_empty() && failed.len() == programs.len() && transport_failures == 0 {
+                return Err(StepError::abort(format!(
+                    "every program's courses failed ({}), with Moodle's own answer: {}",
+                    failed.len(),
+                    failed[0].1
+                )));
             }
             if !programs.is_empty() && failed.len() == programs.len() {
                 return Err(StepError::retry(format!(

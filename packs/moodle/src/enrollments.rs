@@ -15,6 +15,13 @@
 //!
 //! A course whose read failed is recorded (item error `course:{id}`) and left as it was. Enrollments
 //! and sections of courses no longer active are deactivated with the step.
+//!
+//! Moodle sends a user's `groups` only to a token with `moodle/site:accessallgroups`. A course whose
+//! answer left the key out says nothing about its groups: its sections are neither written nor swept
+//! and its enrollments keep their section, and the step's result says so. When every course's read
+//! failed with Moodle's own answer (an error envelope such as `required_capability_exception`), the
+//! step fails at once with that answer: asking again gets the same one. Transport failures of every
+//! course are retried.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +29,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
-use super::{Rows, client::Moodle, concurrency_of, epoch, settings_of, shard, shard_of, tables};
+use super::{Rows, client::Moodle, client::MoodleError, concurrency_of, epoch, settings_of, shard, shard_of, tables};
 use syncfleet_sdk::{
     ids::RunId,
     step::{AttemptFence, StepContext, StepError, StepHandler},
@@ -39,8 +46,9 @@ pub struct Enrolled {
     pub user_id: String,
     /// The user's columns, or why they cannot be written.
     pub user: Result<Map<String, Value>, String>,
-    /// (group id, name) in Moodle's order.
-    pub groups: Vec<(String, String)>,
+    /// (group id, name) in Moodle's order; `None` when Moodle left the `groups` key out (the token
+    /// lacks `moodle/site:accessallgroups`), which says nothing about the user's groups.
+    pub groups: Option<Vec<(String, String)>>,
     /// Role shortnames in Moodle's order.
     pub roles: Vec<String>,
     pub lastcourseaccess: Value,
@@ -64,16 +72,17 @@ pub fn user_fields(raw: &Value) -> Result<Map<String, Value>, String> {
 pub fn read_enrolled(raw: &Value) -> Result<Enrolled, String> {
     let user_id = raw.get("id").and_then(Value::as_i64).ok_or("no readable `id`")?.to_string();
     let user = user_fields(raw);
-    let groups = raw
-        .get("groups")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|g| {
-            let id = g.get("id").and_then(Value::as_i64)?;
-            Some((id.to_string(), g.get("name").and_then(Value::as_str).unwrap_or_default().to_owned()))
-        })
-        .collect();
+    let groups = raw.get("groups").map(|groups| {
+        groups
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| {
+                let id = g.get("id").and_then(Value::as_i64)?;
+                Some((id.to_string(), g.get("name").and_then(Value::as_str).unwrap_or_default().to_owned()))
+            })
+            .collect()
+    });
     let roles = raw
         .get("roles")
         .and_then(Value::as_array)
@@ -92,6 +101,13 @@ struct CourseRead {
     unreadable: usize,
 }
 
+impl CourseRead {
+    /// Whether the answer told the users' groups: Moodle sent the `groups` key for every user.
+    fn groups_known(&self) -> bool {
+        self.users.iter().all(|u| u.groups.is_some())
+    }
+}
+
 /// How phase 3 sweeps: the guard's share limit and the run's `force_sweep`.
 #[derive(Clone, Copy)]
 struct SweepPolicy {
@@ -108,6 +124,8 @@ struct Phase3 {
     deactivated: i64,
     sections: i64,
     sections_new: i64,
+    /// Courses whose answer left out the users' `groups`: sections untouched.
+    groups_missing: Vec<String>,
     /// The guard's decisions per course: enrollments, then sections.
     enrollment_sweeps: Sweeps,
     section_sweeps: Sweeps,
@@ -171,9 +189,16 @@ async fn write_course(
 ) -> Result<Vec<(String, String)>, StepError> {
     let (sections_t, enrollments_t) = (tables::sections(), tables::enrollments());
     let course = &read.course;
+    // Without `groups` nothing is known of the course's sections: none written, none swept, and the
+    // enrollments are written without their section, which keeps what it was.
+    let groups_known = read.groups_known();
+    let upsert_t = if groups_known { tables::enrollments() } else { tables::enrollments_keeping_sections() };
+    if !groups_known {
+        totals.groups_missing.push(course.clone());
+    }
     let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
     for u in &read.users {
-        for (id, name) in &u.groups {
+        for (id, name) in u.groups.iter().flatten() {
             sections.entry(id).or_insert(name);
         }
     }
@@ -184,12 +209,13 @@ async fn write_course(
         f.insert("name".into(), Value::from(*name));
         srows.push((*id).to_owned(), &f);
     }
-    let mut erows = Rows::new(&enrollments_t);
+    let mut erows = Rows::new(&upsert_t);
     for u in &read.users {
         let mut f = Map::new();
         f.insert("course_id".into(), Value::from(course.as_str()));
         f.insert("user_id".into(), Value::from(u.user_id.as_str()));
-        f.insert("section_id".into(), u.groups.first().map_or(Value::Null, |(g, _)| Value::from(g.as_str())));
+        let first_group = u.groups.as_ref().and_then(|g| g.first());
+        f.insert("section_id".into(), first_group.map_or(Value::Null, |(g, _)| Value::from(g.as_str())));
         f.insert("role".into(), u.roles.first().map_or(Value::Null, |r| Value::from(r.as_str())));
         f.insert("roles".into(), Value::from(u.roles.clone()));
         f.insert("lastcourseaccess".into(), u.lastcourseaccess.clone());
@@ -202,7 +228,7 @@ async fn write_course(
         totals.sections_new += c.inserted;
     }
     if !erows.ids.is_empty() {
-        let c = enrollments_t.upsert(&mut tx, integration_id, Some(run), &erows.ids, &erows.columns).await?;
+        let c = upsert_t.upsert(&mut tx, integration_id, Some(run), &erows.ids, &erows.columns).await?;
         totals.inserted += c.inserted;
         totals.updated += c.updated;
         totals.unchanged += c.unchanged;
@@ -215,10 +241,12 @@ async fn write_course(
     let enrollments = ScopeRead { scope: course, answered, listed: &keep, unreadable };
     let sweep = ScopedSweep::new(&enrollments_t, integration_id, "course_id", policy.max_share, policy.force);
     totals.enrollment_sweeps.add(sweep.sweep(&mut tx, &[enrollments]).await?);
-    let keep: Vec<String> = srows.ids.iter().chain(srows.failed.iter().map(|(id, _)| id)).cloned().collect();
-    let sections = ScopeRead { scope: course, answered, listed: &keep, unreadable };
-    let sweep = ScopedSweep::new(&sections_t, integration_id, "course_id", policy.max_share, policy.force);
-    totals.section_sweeps.add(sweep.sweep(&mut tx, &[sections]).await?);
+    if groups_known {
+        let keep: Vec<String> = srows.ids.iter().chain(srows.failed.iter().map(|(id, _)| id)).cloned().collect();
+        let sections = ScopeRead { scope: course, answered, listed: &keep, unreadable };
+        let sweep = ScopedSweep::new(&sections_t, integration_id, "course_id", policy.max_share, policy.force);
+        totals.section_sweeps.add(sweep.sweep(&mut tx, &[sections]).await?);
+    }
     pull::resolve(&mut tx, integration_id, "enrollments", &[format!("course:{course}")]).await?;
     tx.commit().await?;
     Ok(erows.failed.into_iter().chain(srows.failed).collect())
@@ -258,6 +286,9 @@ impl StepHandler for SyncEnrollments {
             ctx.record_calls(&[&client]);
             let mut errors: Vec<(&'static str, String, String)> = Vec::new();
             let mut failed_courses = 0usize;
+            // The failures that were Moodle's own answer (an error envelope), each message once.
+            let mut answers: Vec<String> = Vec::new();
+            let mut transport_failures = 0usize;
             let mut reads = Vec::with_capacity(fetched.len());
             for (course, answer) in fetched {
                 match answer {
@@ -282,6 +313,15 @@ impl StepHandler for SyncEnrollments {
                     Err(e) => {
                         tracing::warn!(%course, error = %e, "Course's enrolled users failed; the others go on.");
                         failed_courses += 1;
+                        match &e {
+                            MoodleError::Exception { .. } => {
+                                let text = e.to_string();
+                                if !answers.contains(&text) {
+                                    answers.push(text);
+                                }
+                            }
+                            _ => transport_failures += 1,
+                        }
                         errors.push(("enrollments", format!("course:{course}"), e.to_string()));
                     }
                 }
@@ -349,7 +389,7 @@ impl StepHandler for SyncEnrollments {
                 tx.commit().await?;
             }
             if !courses.is_empty() && failed_courses == courses.len() {
-                return Err(StepError::retry(format!("every course's enrolled users failed ({failed_courses})")));
+                return Err(every_course_failed(failed_courses, &answers, transport_failures, &errors));
             }
             let r = &mut ctx.result;
             r.inserted = totals.inserted;
@@ -366,7 +406,20 @@ impl StepHandler for SyncEnrollments {
                 users.len(),
                 reads.iter().map(|r| r.users.len()).sum::<usize>()
             );
-            let sections_text = format!("sections: {} from groups ({} new)", totals.sections, totals.sections_new);
+            let mut sections_text = format!("sections: {} from groups ({} new)", totals.sections, totals.sections_new);
+            if !totals.groups_missing.is_empty() {
+                let n = totals.groups_missing.len();
+                tracing::warn!(
+                    courses = n,
+                    "Moodle left out the users' `groups` (no moodle/site:accessallgroups); sections left as they were."
+                );
+                sections_text = format!(
+                    "{sections_text}; groups not read for {n} of {} course(s): Moodle left out the users' `groups` \
+                     (the token lacks moodle/site:accessallgroups), so their sections and the enrollments' sections \
+                     were left as they were",
+                    reads.len()
+                );
+            }
             let courses_text = if failed_courses == 0 {
                 format!("courses: {} read", courses.len())
             } else {
@@ -390,6 +443,29 @@ impl StepHandler for SyncEnrollments {
     }
 }
 
+/// The error of a step whose every course's read failed. When every failure was Moodle's own
+/// answer (an error envelope: a missing capability, a bad token), asking again gets the same answer:
+/// the step fails at once, with Moodle's message. Otherwise it is retried.
+fn every_course_failed(
+    failed: usize,
+    answers: &[String],
+    transport_failures: usize,
+    errors: &[(&'static str, String, String)],
+) -> StepError {
+    if transport_failures == 0 && !answers.is_empty() {
+        let more = match answers.len() {
+            1 => String::new(),
+            n => format!(" (and {} other answer(s))", n - 1),
+        };
+        return StepError::abort(format!(
+            "every course's enrolled users failed ({failed}), with Moodle's own answer: {}{more}",
+            answers[0]
+        ));
+    }
+    let example = errors.iter().find(|e| e.1.starts_with("course:")).map_or("", |e| e.2.as_str());
+    StepError::retry(format!("every course's enrolled users failed ({failed}), e.g. {example}"))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -404,15 +480,17 @@ mod tests {
             "roles": [{"roleid": 5, "shortname": "student"}]});
         let u = read_enrolled(&raw).unwrap();
         assert_eq!(u.user_id, "57");
-        assert_eq!(u.groups[0], ("8".into(), "Tutorial 1".into()));
+        assert_eq!(u.groups.as_ref().unwrap()[0], ("8".into(), "Tutorial 1".into()));
         assert_eq!(u.roles, ["student"]);
         let f = u.user.unwrap();
         assert_eq!(f["username"], "northgate-100001");
         assert_eq!(f["lastaccess"], Value::Null, "0 means never");
         assert_eq!(f["idnumber"], Value::Null, "omitted fields are NULL");
-        // Missing `groups` (no accessallgroups) is no groups.
+        // Missing `groups` (no accessallgroups) says nothing of the groups; `[]` is no groups.
         let u = read_enrolled(&json!({"id": 3, "username": "a", "roles": []})).unwrap();
-        assert!(u.groups.is_empty());
+        assert_eq!(u.groups, None);
+        let u = read_enrolled(&json!({"id": 3, "username": "a", "roles": [], "groups": []})).unwrap();
+        assert_eq!(u.groups, Some(vec![]));
         assert!(read_enrolled(&json!({"username": "a"})).is_err());
         let bad = read_enrolled(&json!({"id": 4, "username": "b", "lastaccess": "yesterday"})).unwrap();
         assert!(bad.user.unwrap_err().contains("lastaccess"));

@@ -80,6 +80,15 @@ pub fn enrollments() -> Table {
     )
 }
 
+/// [`enrollments`] without `section_id`: the upsert of a course whose answer left out the users'
+/// `groups` (a token without `moodle/site:accessallgroups`) keeps each enrollment's section as it
+/// was; a new enrollment has none until groups are read.
+pub fn enrollments_keeping_sections() -> Table {
+    let mut columns = enrollments().columns;
+    columns.retain(|c| c.name != "section_id");
+    Table::new("moodle_enrollments", columns).expect("the pack's table declarations are valid")
+}
+
 /// Every synced table of the pack.
 pub fn all() -> Vec<Table> {
     vec![categories(), courses(), users(), sections(), enrollments()]

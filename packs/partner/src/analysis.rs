@@ -4,18 +4,30 @@
 //! (not deactivated in the LMS, not the user of a deleted contact) whose email domain belongs to a
 //! partner with a linked group, and who is not a confirmed member of one of that partner's groups,
 //! is listed in `partner_group_analysis` (migration `0009`) with the partner's group (the smallest
-//! linked group id). With `analysis.add_pending`, each listed user also gets a pending membership in
-//! that group, which `group_members_sync` later confirms or removes. Reads only PostgreSQL.
+//! linked group id). Reads PostgreSQL only, unless `analysis.add_pending` is on.
+//!
+//! With `analysis.add_pending`, each listed user is added to that group in Northpass
+//! (`POST /groups/{id}/relationships/people`, [`ADDS_PER_REQUEST`] people a request; Northpass
+//! ignores people already in the group, so a retried step adds nothing twice) and, once Northpass
+//! accepted, gets a pending membership locally. The next `group_members_sync` reads the group (a
+//! group with pending memberships is always read) and confirms it; the user is then a member and no
+//! longer listed. A pending membership is never created for what Northpass was not asked to hold, so
+//! nothing is removed and added again on every run. A person Northpass does not know (422 on their
+//! own) gets nothing; a group gone (404) gets nothing.
 
 use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{replace_derived, settings_of};
+use super::{offboarding::LmsWrites, replace_derived, settings_of};
 use syncfleet_sdk::{
     step::{StepContext, StepError, StepHandler},
     sync::table::{Column, ColumnType, Table},
 };
+
+/// People added to one group per request.
+pub const ADDS_PER_REQUEST: usize = 50;
 
 /// Mail providers whose domain says nothing about the employer.
 pub const PUBLIC_MAIL_DOMAINS: &[&str] = &[
@@ -113,24 +125,18 @@ impl StepHandler for GroupAnalysis {
                 .map(|d| (*d).to_owned())
                 .chain(settings.filters.internal_domains.iter().map(|d| d.trim().to_lowercase()))
                 .collect();
-            let conn = ctx.tx().await?;
             let mut findings: Vec<Finding> =
-                sqlx::query_as(FINDINGS).bind(integration_id).bind(&excluded).fetch_all(&mut *conn).await?;
+                sqlx::query_as(FINDINGS).bind(integration_id).bind(&excluded).fetch_all(&ctx.pool).await?;
             let mut added = 0;
+            let mut unknown = 0;
             if settings.analysis.add_pending {
-                let (groups, people): (Vec<String>, Vec<String>) =
-                    findings.iter().filter(|f| !f.6).map(|f| (f.5.clone(), f.0.clone())).unzip();
-                added = sqlx::query(ADD_PENDING)
-                    .bind(integration_id)
-                    .bind(&groups)
-                    .bind(&people)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                for f in &mut findings {
-                    f.6 = true;
-                }
+                let client = settings.northpass_client(&ctx.http);
+                let lms = LmsWrites::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
+                let outcome = add_in_lms(&ctx.pool, integration_id, &lms, &mut findings).await;
+                ctx.record_calls(&[&client]);
+                (added, unknown) = outcome?;
             }
+            let conn = ctx.tx().await?;
             let listed = findings.len();
             let partners = findings.iter().map(|f| f.3.as_str()).collect::<std::collections::BTreeSet<_>>().len();
             let rows = findings
@@ -148,12 +154,76 @@ impl StepHandler for GroupAnalysis {
                 .collect();
             let (_, gone) = replace_derived(conn, &table(), integration_id, run, rows).await?;
             ctx.result.deactivated += gone;
+            ctx.result.updated += added as i64;
+            ctx.result.errors += unknown;
             ctx.note(format!(
                 "domain matching: {listed} user(s) of {partners} partner(s) not in the partner's group, \
                      {added} pending membership(s) added, {gone} no longer listed"
             ));
+            if unknown > 0 {
+                ctx.note(format!("{unknown} person(s) unknown to the LMS not added"));
+            }
             Ok(())
         }
         .boxed()
     }
+}
+
+/// Adds the listed users without a pending membership to their partner's group in Northpass, group
+/// by group, and records a pending membership for each one Northpass accepted (on the pool, right
+/// after the request). Marks every finding Northpass holds as pending. Returns (pending memberships
+/// added, people unknown to the LMS).
+async fn add_in_lms(
+    pool: &sqlx::PgPool,
+    integration_id: i64,
+    lms: &LmsWrites<'_>,
+    findings: &mut [Finding],
+) -> Result<(u64, i64), StepError> {
+    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in findings.iter().filter(|f| !f.6) {
+        by_group.entry(f.5.clone()).or_default().push(f.0.clone());
+    }
+    let (mut added, mut unknown) = (0, 0);
+    let mut held: BTreeSet<(String, String)> = BTreeSet::new();
+    for (group, people) in by_group {
+        for batch in people.chunks(ADDS_PER_REQUEST) {
+            let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let accepted: Vec<String> = match lms.add_people(&group, &ids).await {
+                Ok(()) => batch.to_vec(),
+                Err(e) if e.status() == Some(404) => {
+                    tracing::warn!(group = %group, "Group gone from the LMS; nobody added to it.");
+                    break;
+                }
+                // One unknown person makes the whole request 422: add one by one.
+                Err(e) if e.status() == Some(422) => {
+                    let mut one_by_one = vec![];
+                    for person in batch {
+                        match lms.add_people(&group, &[person.as_str()]).await {
+                            Ok(()) => one_by_one.push(person.clone()),
+                            Err(e) if e.status() == Some(422) => {
+                                tracing::warn!(group = %group, person = %person, "Person unknown to the LMS; not added.");
+                                unknown += 1;
+                            }
+                            Err(e) => return Err(StepError::retry(e.to_string())),
+                        }
+                    }
+                    one_by_one
+                }
+                Err(e) => return Err(StepError::retry(e.to_string())),
+            };
+            let groups = vec![group.clone(); accepted.len()];
+            added += sqlx::query(ADD_PENDING)
+                .bind(integration_id)
+                .bind(&groups)
+                .bind(&accepted)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            held.extend(accepted.into_iter().map(|p| (group.clone(), p)));
+        }
+    }
+    for f in findings.iter_mut() {
+        f.6 = f.6 || held.contains(&(f.5.clone(), f.0.clone()));
+    }
+    Ok((added, unknown))
 }

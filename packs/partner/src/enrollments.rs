@@ -16,6 +16,12 @@
 //! decisions; a user whose sweep was refused is not marked read. Enrollments of users of the shard
 //! who are no longer partner users are soft-deleted with the step's completion.
 //!
+//! A transcript that cannot be read (any failure but 404, after the client's retries) is an item
+//! error of the user (external id the person id): the shard goes on, and the user's rows and read
+//! mark stay as they were (the next run reads the user again; a later read resolves the error).
+//! When every transcript the shard tried failed, the upstream is failing, not one user: the step
+//! fails with its error.
+//!
 //! Incremental mode reads only the users whose transcript was never read (new partner users) or who
 //! were active on the LMS (`last_active_at`, from `sync_users`) within [`INCREMENTAL_LOOKBACK`]
 //! before their last read (`partner_lms_users.transcript_read_at`, written with the batch that read
@@ -33,6 +39,7 @@ use sqlx::PgConnection;
 use super::{northpass::Northpass, settings_of};
 use syncfleet_sdk::{
     chain::Mode,
+    http::HttpError,
     step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{
         Item, Record, Source, SourceError,
@@ -147,6 +154,7 @@ impl StepHandler for SyncEnrollments {
                 force: ctx.force_sweep,
             };
             let mut totals = Totals::default();
+            let (mut users_read, mut first_failure) = (0, None::<SourceError>);
             for batch in to_read.chunks(USERS_PER_BATCH) {
                 if ctx.cancel.is_cancelled() {
                     ctx.record_calls(&[&client]);
@@ -163,18 +171,31 @@ impl StepHandler for SyncEnrollments {
                     .collect()
                     .await;
                 let mut transcripts = Vec::with_capacity(read.len());
+                let mut unread = vec![];
                 for (user, items) in read {
                     match items {
                         Ok(items) => transcripts.push((user, items)),
-                        Err(e) => {
+                        Err(SourceError::Http(HttpError::Cancelled)) => {
                             ctx.record_calls(&[&client]);
-                            return Err(e.into());
+                            return Err(StepError::retry("stopped while reading transcripts"));
+                        }
+                        Err(e) => {
+                            let message = format!("user {user}: transcript not read: {e}");
+                            first_failure.get_or_insert(e);
+                            unread.push((user, message));
                         }
                     }
                 }
-                writer.write(&mut totals, transcripts, read_started).await?;
+                users_read += transcripts.len();
+                writer.write(&mut totals, transcripts, unread, read_started).await?;
             }
             ctx.record_calls(&[&client]);
+            // One user's transcript failing is an item error; every one failing is the upstream's.
+            if users_read == 0
+                && let Some(e) = first_failure
+            {
+                return Err(e.into());
+            }
 
             // Users of this shard who are no longer partner users keep no enrollments.
             let conn = ctx.tx().await?;
@@ -296,16 +317,19 @@ struct UserRead {
 impl Writer<'_> {
     /// Writes the transcripts of one batch of users in one transaction: their rows, the guarded
     /// sweep of their rows no longer listed, the read mark of the users written in full whose sweep
-    /// went through, and item errors.
+    /// went through, and item errors. `unread` are the users whose transcript could not be read
+    /// (with the reason): an item error each (external id the user's), their rows and read mark
+    /// untouched.
     async fn write(
         &self,
         totals: &mut Totals,
         transcripts: Vec<(String, Vec<Item>)>,
+        unread: Vec<(String, String)>,
         read_started: DateTime<Utc>,
     ) -> Result<(), StepError> {
         let mut rows: HashMap<String, Vec<Option<String>>> = HashMap::new();
         let mut order = vec![];
-        let mut failed = vec![];
+        let mut failed = unread;
         let mut reads = Vec::with_capacity(transcripts.len());
         for (user, items) in transcripts {
             let mut read =
@@ -379,6 +403,8 @@ impl Writer<'_> {
         .bind(read_started)
         .execute(&mut *tx)
         .await?;
+        let read_users: Vec<String> = reads.iter().map(|r| r.user.clone()).collect();
+        syncfleet_sdk::sync::pull::resolve(&mut tx, self.integration_id, ENTITY, &read_users).await?;
         if !failed.is_empty() {
             syncfleet_sdk::sync::pull::record_errors(
                 &mut tx,

@@ -42,6 +42,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
+pub use enrollments::shard_of;
 pub use settings::Settings;
 
 use syncfleet_sdk::{
@@ -72,7 +73,7 @@ pub fn chains() -> Vec<ChainDef> {
                 s("group_members_sync", StepKind::Pull).after(&["sync_groups"]).optional(),
                 s("group_analysis", StepKind::Derive).after(&["group_members_sync"]).optional(),
                 enrollments_step(s("sync_enrollments", StepKind::Pull)).after(&["group_members_sync"]),
-                s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
+                push_step(s("sync_to_impartner", StepKind::Push)).after(&["sync_enrollments"]).optional(),
             ],
         },
         ChainDef {
@@ -106,16 +107,36 @@ pub fn chains() -> Vec<ChainDef> {
             description: "Partner users' enrollments, then the counts pushed to Impartner, in the run's mode.".into(),
             steps: vec![
                 enrollments_step(s("sync_enrollments", StepKind::Pull)),
-                s("sync_to_impartner", StepKind::Push).after(&["sync_enrollments"]).optional(),
+                push_step(s("sync_to_impartner", StepKind::Push)).after(&["sync_enrollments"]).optional(),
             ],
         },
     ]
 }
 
-/// `sync_enrollments` fans out in [`enrollments::SHARDS`] shards, one entity per shard.
+/// `sync_enrollments` fans out in [`enrollments::SHARDS`] shards, one entity per shard. It reads the
+/// transcripts of partner users only, so it needs them ([`PARTNER_DATA`]).
 fn enrollments_step(step: StepDef) -> StepDef {
-    step.shards(enrollments::SHARDS)
+    step.shards(enrollments::SHARDS).precondition(PARTNER_DATA_MISSING, PARTNER_DATA)
 }
+
+/// `sync_to_impartner` counts per partner through users and matched groups ([`PARTNER_DATA`]).
+fn push_step(step: StepDef) -> StepDef {
+    step.precondition(PARTNER_DATA_MISSING, PARTNER_DATA)
+}
+
+/// The precondition of the enrollment and push steps (`$1` the integration): LMS users linked to a
+/// partner's contact (`sync_users`) and LMS groups matched to a partner (`sync_groups`). Without
+/// them the enrollment shards would read nothing and the push would zero every partner's counts.
+pub const PARTNER_DATA: &str = "
+    SELECT EXISTS (SELECT 1 FROM partner_lms_users
+                   WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)
+       AND EXISTS (SELECT 1 FROM partner_group_links
+                   WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)";
+
+/// What the step says when [`PARTNER_DATA`] does not hold.
+pub const PARTNER_DATA_MISSING: &str = "no partner users (LMS users linked to a partner's contact, from \
+     `sync_users`) or no matched groups (LMS groups linked to a partner, from `sync_groups`): run \
+     `partner_daily` first";
 
 /// The pack: its chains and their steps, the settings check, the tables check at registration
 /// and the default schedules.
@@ -128,6 +149,11 @@ impl Pack for PartnerPack {
 
     fn chains(&self) -> Vec<ChainDef> {
         chains()
+    }
+
+    /// Every chain that writes the partner tables: none reads what another is half-way writing.
+    fn exclusive_chains(&self) -> Vec<Vec<&'static str>> {
+        vec![vec!["partner_daily", "partner_enrollments", "partner_impartner", "partner_leads"]]
     }
 
     fn handlers(&self) -> Vec<(&'static str, Arc<dyn StepHandler>)> {

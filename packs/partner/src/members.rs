@@ -12,9 +12,9 @@
 //! has active memberships, an unreadable membership, or a share above `max_deactivate_share` is
 //! refused unless the run forces the sweep; a refused group is not marked read).
 //!
-//! Pending memberships (asked for on this side, `status = 'pending'`) are confirmed when the LMS lists
-//! them (the upsert sets `confirmed`) and removed (soft-deleted) when it does not, once their group
-//! was read completely.
+//! Pending memberships (`status = 'pending'`: `group_analysis` added them to the group in Northpass,
+//! which accepted) are confirmed when the LMS lists them (the upsert sets `confirmed`) and removed
+//! (soft-deleted) when it does not, once their group was read completely.
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, future::BoxFuture};

@@ -6,7 +6,11 @@
 //!
 //! Every removal is a row of `partner_offboarding_removals` (external_id
 //! `membership:{group}:{person}` or `group:{group}`), written on the pool right after Northpass
-//! accepted it, so a retried or repeated step never removes the same thing twice.
+//! accepted it, so a retried or repeated step never removes the same thing twice. A record expires
+//! (is deleted at the start of the step) once what it was owed for is undone: the person is a partner
+//! person again (an active contact of an active partner has their email; nothing is owed for such a
+//! person, whatever older contacts with the email were deleted), or the deleted partner is active
+//! again. A person deleted, re-added and deleted again is removed again.
 
 use std::collections::BTreeMap;
 
@@ -37,8 +41,36 @@ struct Removal {
     reason: String,
 }
 
+/// Whether LMS person `u` has an active contact of an active partner (a correlated condition).
+macro_rules! active_contact {
+    () => {
+        "SELECT 1 FROM partner_contacts ac
+         JOIN partner_partners ap ON ap.integration_id = ac.integration_id AND ap.external_id = ac.partner_id
+             AND ap.is_active
+         WHERE ac.integration_id = u.integration_id AND ac.is_active AND lower(ac.email) = lower(u.email)"
+    };
+}
+
+/// Expires the records of removals no longer owed because the person or the partner is active again
+/// (`$1` the integration): a membership removal once the person is a partner person again (an active
+/// contact of an active partner has their email), a removal for a deleted partner once the partner is
+/// active again. Should they be offboarded again, the removal is owed, planned and done again.
+const EXPIRE: &str = concat!(
+    "DELETE FROM partner_offboarding_removals r
+     WHERE r.integration_id = $1 AND (
+         (r.kind = 'membership' AND EXISTS (
+             SELECT 1 FROM partner_lms_users u
+             WHERE u.integration_id = r.integration_id AND u.external_id = r.person_id AND EXISTS (",
+    active_contact!(),
+    ")))
+         OR (r.reason = 'partner deleted' AND EXISTS (
+             SELECT 1 FROM partner_partners p
+             WHERE p.integration_id = r.integration_id AND p.external_id = r.partner_id AND p.is_active)))"
+);
+
 /// Removals owed and not yet recorded: memberships first (grouped by group), then group deletions.
-const PLAN: &str = "
+const PLAN: &str = concat!(
+    "
 WITH
 all_partners AS (
     SELECT external_id FROM partner_lms_groups
@@ -54,11 +86,21 @@ partner_groups AS (
     WHERE l.integration_id = $1 AND l.partner_id IS NOT NULL
       AND (l.is_active OR p.is_active IS NOT TRUE)
 ),
+-- LMS people who are partner people (again): an active contact of an active partner has their email.
+-- Nothing is owed for them, whatever older contacts with their email were deleted.
+active_people AS (
+    SELECT u.external_id AS person_id
+    FROM partner_lms_users u
+    WHERE u.integration_id = $1 AND u.is_active AND EXISTS (",
+    active_contact!(),
+    ")
+),
 gone_contacts AS (
     SELECT c.external_id AS contact_id, c.partner_id, u.external_id AS person_id
     FROM partner_contacts c
     JOIN partner_lms_users u ON u.integration_id = c.integration_id AND u.is_active AND lower(u.email) = lower(c.email)
     WHERE c.integration_id = $1 AND NOT c.is_active AND c.email IS NOT NULL
+      AND u.external_id NOT IN (SELECT person_id FROM active_people)
 ),
 gone_partner_people AS (
     SELECT DISTINCT p.external_id AS partner_id, u.external_id AS person_id
@@ -66,6 +108,7 @@ gone_partner_people AS (
     JOIN partner_contacts c ON c.integration_id = p.integration_id AND c.partner_id = p.external_id
     JOIN partner_lms_users u ON u.integration_id = p.integration_id AND u.is_active AND lower(u.email) = lower(c.email)
     WHERE p.integration_id = $1 AND NOT p.is_active
+      AND u.external_id NOT IN (SELECT person_id FROM active_people)
 ),
 owed AS (
     SELECT 'membership' AS kind, pg.group_id, gc.person_id, gc.partner_id, gc.contact_id,
@@ -96,7 +139,8 @@ FROM keyed k
 WHERE NOT EXISTS (
     SELECT 1 FROM partner_offboarding_removals r WHERE r.integration_id = $1 AND r.external_id = k.external_id
 )
-ORDER BY kind DESC, group_id, person_id";
+ORDER BY kind DESC, group_id, person_id"
+);
 
 impl StepHandler for LmsOffboarding {
     fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
@@ -108,8 +152,9 @@ impl StepHandler for LmsOffboarding {
             ctx.record_calls(&[&client]);
             let done = outcome?;
             ctx.note(format!(
-                "offboarding: {} membership(s) removed, {} group(s) deleted, {} person(s) unknown to the LMS",
-                done.memberships, done.groups, done.unknown
+                "offboarding: {} membership(s) removed, {} group(s) deleted, {} person(s) unknown to the LMS, \
+                 {} record(s) expired (active again)",
+                done.memberships, done.groups, done.unknown, done.expired
             ));
             Ok(())
         }
@@ -122,14 +167,17 @@ struct Done {
     memberships: i64,
     groups: i64,
     unknown: i64,
+    /// Records of earlier removals expired: the person or partner is active again.
+    expired: i64,
 }
 
 async fn offboard(ctx: &mut StepContext, lms: &LmsWrites<'_>, settings: &Settings) -> Result<Done, StepError> {
     let (pool, integration_id, run) = (ctx.pool.clone(), ctx.integration.id, ctx.run_id);
+    let expired = sqlx::query(EXPIRE).bind(integration_id).execute(&pool).await?;
     let owed: Vec<Removal> =
         sqlx::query_as(PLAN).bind(integration_id).bind(&settings.groups.all_partners_group).fetch_all(&pool).await?;
     ctx.result.fetched = owed.len() as i64;
-    let mut done = Done::default();
+    let mut done = Done { expired: expired.rows_affected() as i64, ..Done::default() };
     let (memberships, groups): (Vec<Removal>, Vec<Removal>) = owed.into_iter().partition(|r| r.kind == "membership");
     let mut by_group: BTreeMap<String, Vec<Removal>> = BTreeMap::new();
     for r in memberships {
@@ -204,8 +252,9 @@ async fn record(
     Ok(())
 }
 
-/// The Northpass writes offboarding makes: membership removals and group deletions.
-struct LmsWrites<'a> {
+/// The Northpass writes of the pack: membership removals and group deletions (offboarding), and
+/// membership additions (`group_analysis` with `analysis.add_pending`).
+pub(super) struct LmsWrites<'a> {
     client: &'a HttpClient,
     base_url: String,
     key: String,
@@ -213,7 +262,7 @@ struct LmsWrites<'a> {
 }
 
 impl<'a> LmsWrites<'a> {
-    fn new(settings: &Settings, client: &'a HttpClient, cancel: CancellationToken) -> Result<Self, String> {
+    pub(super) fn new(settings: &Settings, client: &'a HttpClient, cancel: CancellationToken) -> Result<Self, String> {
         Ok(LmsWrites {
             client,
             base_url: settings.northpass.base_url.trim_end_matches('/').to_owned(),
@@ -233,6 +282,17 @@ impl<'a> LmsWrites<'a> {
             Err(e) if e.status() == Some(404) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `POST /groups/{id}/relationships/people`: Northpass ignores people already in the group, and
+    /// answers 422 when an id is not a person's, 404 when the group is gone.
+    pub(super) async fn add_people(&self, group: &str, people: &[&str]) -> Result<(), HttpError> {
+        let url = format!("{}/groups/{}/relationships/people", self.base_url, escape(group));
+        let body = json!({"data": people.iter().map(|id| json!({"type": "people", "id": id})).collect::<Vec<_>>()});
+        self.client
+            .send(|http| http.post(&url).header("X-Api-Key", &self.key).json(&body), &self.cancel)
+            .await
+            .map(|_| ())
     }
 
     /// `DELETE /groups/{id}`; a group already gone is deleted.

@@ -41,6 +41,18 @@ pub(super) async fn list_schedules(_: Viewer, State(ops): State<Ops>) -> ApiResu
 pub struct ScheduleQuery {
     /// The integration whose schedule of this chain to read.
     integration: String,
+    /// `incremental` or `full`: which of the chain's schedules (default: the incremental one when
+    /// there is one, else the first).
+    mode: Option<String>,
+}
+
+fn mode_param(mode: Option<&str>) -> Result<Option<syncfleet_shared::chain::Mode>, ApiError> {
+    mode.map(|m| {
+        syncfleet_shared::chain::Mode::parse(m).ok_or_else(|| {
+            ApiError::from(StoreError::Invalid(format!("mode: `{m}` is neither `incremental` nor `full`")))
+        })
+    })
+    .transpose()
 }
 
 fn known_chain(ops: &Ops, chain: &str) -> Result<(), ApiError> {
@@ -59,10 +71,18 @@ pub(super) async fn get_schedule(
 ) -> ApiResult<ScheduleView> {
     let Query(q) = q?;
     known_chain(&ops, &chain)?;
+    let mode = mode_param(q.mode.as_deref())?;
     store::integration_by_name(&ops.pool, &q.integration).await?;
     let all = ops.schedules().await.map_err(ApiError::Internal)?;
-    all.into_iter().find(|s| s.chain == chain && s.integration == q.integration).map(Json).ok_or_else(|| {
-        ApiError::NotFound(format!("chain `{chain}` has no schedule for integration `{}`", q.integration))
+    let mut of: Vec<ScheduleView> =
+        all.into_iter().filter(|s| s.chain == chain && s.integration == q.integration).collect();
+    match mode {
+        Some(m) => of.retain(|s| s.mode == m.as_str()),
+        None => of.sort_by_key(|s| s.mode != "incremental"),
+    }
+    of.into_iter().next().map(Json).ok_or_else(|| {
+        let mode = mode.map(|m| format!(" {}", m.as_str())).unwrap_or_default();
+        ApiError::NotFound(format!("chain `{chain}` has no{mode} schedule for integration `{}`", q.integration))
     })
 }
 
@@ -70,11 +90,21 @@ pub(super) async fn get_schedule(
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
     integration: String,
+    /// `incremental` (default) or `full`: the mode of the runs it fires. A chain has one schedule
+    /// per mode for an integration.
+    mode: Option<String>,
+    /// Per-step modes of the runs it fires (`{"sync_enrollments": "incremental"}`).
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    step_modes: Option<std::collections::BTreeMap<String, String>>,
     /// Run every this many seconds (at least the deployment's minimum interval).
     interval_secs: Option<u64>,
-    /// Or a cron expression with seconds (`0 0 2 * * *`), firing no more often than the minimum.
+    /// Or a crontab expression (`0 2 * * *`: 5 fields, 0 or 7 is Sunday; or 6 with seconds first),
+    /// firing no more often than the minimum.
     cron: Option<String>,
-    /// False switches the schedule off (default true).
+    /// IANA time zone the cron expression is read in (default `UTC`).
+    tz: Option<String>,
+    /// False switches the schedule off (default true): the given mode's, or without a mode every
+    /// schedule of the chain for the integration.
     enabled: Option<bool>,
 }
 
@@ -92,12 +122,31 @@ pub(super) async fn put_schedule(
 ) -> ApiResult<ScheduleView> {
     let Json(b) = body?;
     known_chain(&ops, &chain)?;
-    let enabled = b.enabled.unwrap_or(true);
-    let spec = ScheduleSpec { interval_secs: b.interval_secs, cron: b.cron.clone() };
-    ops.set_schedule(&chain, &b.integration, &spec, enabled, &who.actor()).await?;
+    let mode = mode_param(b.mode.as_deref())?;
+    let mut step_modes = std::collections::BTreeMap::new();
+    for (step, m) in b.step_modes.unwrap_or_default() {
+        let parsed = mode_param(Some(&m)).map_err(|_| {
+            ApiError::from(StoreError::Invalid(format!("step_modes: `{m}` is neither `incremental` nor `full`")))
+        })?;
+        step_modes.insert(step, parsed.unwrap_or_default());
+    }
+    let spec = ScheduleSpec {
+        interval_secs: b.interval_secs,
+        cron: b.cron.clone(),
+        mode,
+        tz: b.tz.clone(),
+        step_modes,
+        enabled: b.enabled,
+    };
+    ops.set_schedule(&chain, &b.integration, &spec, &who.actor()).await?;
+    let shown = match mode {
+        Some(m) => m.as_str(),
+        None if !spec.is_enabled() => store::schedules::ALL_MODES,
+        None => "incremental",
+    };
     let all = ops.schedules().await.map_err(ApiError::Internal)?;
     all.into_iter()
-        .find(|s| s.chain == chain && s.integration == b.integration)
+        .find(|s| s.chain == chain && s.integration == b.integration && s.mode == shown)
         .map(Json)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored schedule not found after writing it")))
 }

@@ -17,7 +17,7 @@
 //!
 //! Handlers: `runs.rs` (chains, runs, queues, workers), `admin.rs` (schedules, integrations, tokens,
 //! audit), `webhook.rs` (single-item sync), `packs.rs` (each pack's own routes, e.g. a Moodle user's hydration and scope
-//! sources), `crate::reports` (weekly reports).
+//! sources), `crate::reports` (weekly reports), `repair.rs` (sweep preview, cursor reset).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -43,6 +43,7 @@ use utoipa::{
 
 mod admin;
 mod packs;
+pub mod repair;
 mod reports;
 mod runs;
 mod webhook;
@@ -57,7 +58,7 @@ use crate::{auth::Viewer, ops::Ops};
     paths(
         whoami,
         runs::list_chains, runs::trigger, runs::list_runs, runs::show_run, runs::run_errors, runs::resume,
-        runs::cancel, runs::queues, runs::pause_queue, runs::resume_queue,
+        runs::cancel, runs::queues, runs::pause_queue, runs::resume_queue, runs::chain_status,
         admin::list_schedules, admin::get_schedule, admin::put_schedule,
         admin::list_integrations, admin::create_integration, admin::get_integration, admin::update_integration,
         admin::disable_integration,
@@ -65,6 +66,7 @@ use crate::{auth::Viewer, ops::Ops};
         runs::workers,
         admin::list_tokens, admin::create_token, admin::revoke_token, admin::audit_log,
         reports::list_reports, reports::show_report,
+        repair::sweep_preview, repair::reset_cursor,
     ),
     tags(
         (name = "runs", description = "Chain runs and their steps"),
@@ -73,6 +75,7 @@ use crate::{auth::Viewer, ops::Ops};
         (name = "integrations", description = "Configured upstreams"),
         (name = "fleet", description = "Workers, tokens and the audit trail"),
         (name = "reports", description = "Stored reports"),
+        (name = "repair", description = "Data repair: sweep previews and cursor resets"),
     )
 )]
 struct ApiDoc;
@@ -154,6 +157,7 @@ fn handler(operation: &str, method: MethodFilter) -> Option<MethodRouter<Ops>> {
         "pause_queue" => on(method, runs::pause_queue),
         "resume_queue" => on(method, runs::resume_queue),
         "workers" => on(method, runs::workers),
+        "chain_status" => on(method, runs::chain_status),
         "list_schedules" => on(method, admin::list_schedules),
         "get_schedule" => on(method, admin::get_schedule),
         "put_schedule" => on(method, admin::put_schedule),
@@ -169,6 +173,8 @@ fn handler(operation: &str, method: MethodFilter) -> Option<MethodRouter<Ops>> {
         "audit_log" => on(method, admin::audit_log),
         "list_reports" => on(method, reports::list_reports),
         "show_report" => on(method, reports::show_report),
+        "sweep_preview" => on(method, repair::sweep_preview),
+        "reset_cursor" => on(method, repair::reset_cursor),
         _ => return None,
     })
 }
@@ -241,7 +247,7 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 27);
+        assert_eq!(count, 30);
         let _ = api_routes(&doc);
     }
 }

@@ -13,7 +13,7 @@ use syncfleet_shared::chain::Mode;
 use syncfleet_store::{
     queue::QueueDepth,
     runs::TriggerKind,
-    views::{self, ItemErrorView, RunFilter, RunPage, RunView},
+    views::{self, ChainStatus, ItemErrorView, RunFilter, RunPage, RunView},
 };
 use utoipa::ToSchema;
 
@@ -84,11 +84,22 @@ pub struct TriggerBody {
     /// `mode` for those steps.
     #[serde(default)]
     step_modes: std::collections::BTreeMap<String, String>,
+    /// While another chain of this chain's exclusion group runs for the integration: `true` creates
+    /// the run `queued` (it starts when the other ends), `false` (default) answers 409 naming the
+    /// running chain and run.
+    #[serde(default)]
+    queue: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RunCreated {
     pub run_id: String,
+    /// `queued` (waiting behind a run of its exclusion group, or not yet claimed) or `running`.
+    #[serde(default)]
+    pub status: String,
+    /// The run this one waits behind, while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// Starts a run of a chain (or of one of its steps) for an integration.
@@ -99,7 +110,9 @@ pub struct RunCreated {
         (status = 201, body = RunCreated),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "Unknown chain or integration"),
-        (status = 409, body = ErrorBody, description = "A run of this chain for this integration is active"),
+        (status = 409, body = ErrorBody, description = "A run of this chain for this integration is active \
+            (`active_run`), or a run of another chain of its exclusion group (`exclusive_run`, with `running_chain` and \
+            `run_id`) and the body did not ask to queue"),
         (status = 422, body = ErrorBody, description = "Integration disabled or of another pack"),
     ))]
 pub(super) async fn trigger(
@@ -122,19 +135,51 @@ pub(super) async fn trigger(
         step_modes.insert(step.clone(), m);
     }
     let run_id = ops
-        .trigger(Trigger {
-            chain: chain.clone(),
-            integration: body.integration.clone(),
-            mode,
-            kind: TriggerKind::Manual,
-            triggered_by: who.actor(),
-            tick_key: None,
-            force_sweep: body.force_sweep,
-            step: body.step.clone(),
-            step_modes,
-        })
+        .trigger_or_queue(
+            Trigger {
+                chain: chain.clone(),
+                integration: body.integration.clone(),
+                mode,
+                kind: TriggerKind::Manual,
+                triggered_by: who.actor(),
+                tick_key: None,
+                force_sweep: body.force_sweep,
+                step: body.step.clone(),
+                step_modes,
+            },
+            body.queue,
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(RunCreated { run_id: run_id.to_string() })))
+    let run = views::run(&ops.pool, run_id).await?;
+    let created = RunCreated { run_id: run_id.to_string(), status: run.status, waiting_for: run.waiting_for };
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// The integration (name).
+    integration: String,
+}
+
+/// What a chain is doing for an integration: `idle`, `active` (run id, the steps running now) or
+/// `queued` (run id, and the run it waits behind), with the last run that ended.
+#[utoipa::path(get, path = "/api/chains/{chain}/status", tag = "runs", security(("bearer" = [])),
+    params(("chain" = String, Path, description = "Chain name"), StatusQuery),
+    responses((status = 200, body = ChainStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "Unknown chain or integration")))]
+pub(super) async fn chain_status(
+    _: Viewer,
+    State(ops): State<Ops>,
+    Path(chain): Path<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> ApiResult<ChainStatus> {
+    let Query(query) = query?;
+    if ops.chains.get(&chain).is_none() {
+        return Err(ApiError::NotFound(format!("unknown chain `{chain}`")));
+    }
+    Ok(Json(views::chain_status(&ops.pool, &chain, &query.integration).await?))
 }
 
 fn check_filter(f: &RunFilter) -> Result<(), ApiError> {

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use syncfleet_sdk::{Registry, http::HttpClients};
 use syncfleet_shared::{
     chain::{ChainDef, ChainRegistry, Mode},
-    config::{Config, Schedule, ScheduleSpec},
+    config::Config,
     ids::RunId,
 };
 use syncfleet_store::{
@@ -19,7 +19,7 @@ use syncfleet_store::{
     runs::{self, TriggerKind, TriggerRequest},
 };
 
-pub use schedules::ResolvedSchedule;
+pub use schedules::{ResolvedSchedule, ScheduleView};
 
 /// What every operation needs.
 #[derive(Clone)]
@@ -65,34 +65,26 @@ pub struct WorkerView {
     pub current: Vec<queues::RunningStep>,
 }
 
-/// A schedule after resolution, with its next execution.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ScheduleView {
-    pub chain: String,
-    pub integration: String,
-    pub interval_secs: Option<u64>,
-    pub cron: Option<String>,
-    /// The cron expression firing at the same ticks (an interval's equivalent, when one exists).
-    pub resolved_cron: Option<String>,
-    /// `stored` (set through the API or the CLI), `config` (file or environment) or `pack` (the
-    /// pack's default).
-    pub source: String,
-    /// `incremental` or `full`: the mode of the runs it fires.
-    pub mode: String,
-    pub enabled: bool,
-    pub next_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub updated_by: Option<String>,
-}
-
 impl Ops {
-    /// The root span of the run's trace: the run stores its context, and every step job carries it.
+    /// Triggers a run. While another chain of its exclusion group (`Pack::exclusive_chains`) is
+    /// active for the integration, a scheduled, start-up or webhook run waits queued behind it;
+    /// a manual one is refused ([`StoreError::Excluded`], 409) — [`Ops::trigger_or_queue`] lets it
+    /// wait.
+    pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
+        let queue = t.kind != TriggerKind::Manual;
+        self.trigger_or_queue(t, queue).await
+    }
+
+    /// Triggers a run; `queue`: wait behind an active run of the chain's exclusion group instead of
+    /// refusing. The root span of the run's trace: the run stores its context, and every step job
+    /// carries it.
     #[tracing::instrument(
         name = "trigger",
         parent = None,
         skip_all,
         fields(chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str())
     )]
-    pub async fn trigger(&self, t: Trigger) -> Result<RunId, StoreError> {
+    pub async fn trigger_or_queue(&self, t: Trigger, queue: bool) -> Result<RunId, StoreError> {
         let full = self.chains.get(&t.chain).ok_or_else(|| StoreError::UnknownChain(t.chain.clone()))?;
         if let Some(unknown) = t.step_modes.keys().find(|s| full.step(s).is_none()) {
             let known: Vec<&str> = full.steps.iter().map(|s| s.name.as_str()).collect();
@@ -120,7 +112,7 @@ impl Ops {
         let integration = store::integration_by_name(&self.pool, &t.integration).await?;
         let detail = serde_json::json!({
             "chain": t.chain, "integration": t.integration, "mode": t.mode.as_str(), "step": t.step,
-            "force_sweep": t.force_sweep, "step_modes": t.step_modes,
+            "force_sweep": t.force_sweep, "step_modes": t.step_modes, "queue": queue,
         });
         let actor = t.triggered_by.clone();
         let (run_id, ready) = runs::create_run(
@@ -134,11 +126,14 @@ impl Ops {
                 tick_key: t.tick_key,
                 force_sweep: t.force_sweep,
                 step_modes: t.step_modes,
+                exclusion_group: self.registry.exclusion_group(&t.chain),
+                queue,
             },
         )
         .await?;
         self.push_ready(&ready).await;
-        tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), "Run created.");
+        let waiting = ready.is_empty() && self.registry.exclusion_group(&t.chain).is_some();
+        tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), waiting, "Run created.");
         // Someone asked for it (API, CLI): audited. Scheduled runs are recorded as runs only.
         if t.kind == TriggerKind::Manual {
             self.audit(&actor, "run.trigger", &run_id.to_string(), detail).await;
@@ -260,92 +255,5 @@ impl Ops {
             }
         }
         Ok(by_name.into_values().collect())
-    }
-
-    /// Every schedule (configured and stored) with its next execution.
-    pub async fn schedules(&self) -> anyhow::Result<Vec<ScheduleView>> {
-        let resolved = self.resolve_schedules().await?;
-        let stored = store::schedules::list(&self.pool).await?;
-        let now = chrono::Utc::now();
-        let mut out: Vec<ScheduleView> = resolved
-            .into_iter()
-            .map(|r| {
-                let (interval_secs, cron) = match &r.schedule {
-                    Schedule::Interval(d) => (Some(d.as_secs()), None),
-                    Schedule::Cron(c) => (None, Some(c.clone())),
-                };
-                let updated_by = stored
-                    .iter()
-                    .find(|s| s.chain == r.chain && s.integration == r.integration)
-                    .map(|s| s.updated_by.clone());
-                ScheduleView {
-                    next_at: r.schedule.next_after(now),
-                    resolved_cron: r.schedule.as_cron(),
-                    chain: r.chain,
-                    integration: r.integration,
-                    interval_secs,
-                    cron,
-                    source: r.source.to_owned(),
-                    mode: r.mode.as_str().to_owned(),
-                    enabled: true,
-                    updated_by,
-                }
-            })
-            .collect();
-        // Stored schedules switched off still show, as disabled.
-        for store::schedules::StoredSchedule { chain, integration, enabled, updated_by: by, .. } in stored {
-            if !enabled && !out.iter().any(|s| s.chain == chain && s.integration == integration) {
-                out.push(ScheduleView {
-                    chain,
-                    integration,
-                    interval_secs: None,
-                    cron: None,
-                    resolved_cron: None,
-                    source: "stored".into(),
-                    mode: "incremental".into(),
-                    enabled: false,
-                    next_at: None,
-                    updated_by: Some(by),
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.chain, &a.integration).cmp(&(&b.chain, &b.integration)));
-        Ok(out)
-    }
-
-    /// Stores a schedule for (chain, integration); the minimum interval is enforced.
-    pub async fn set_schedule(
-        &self,
-        chain: &str,
-        integration: &str,
-        spec: &ScheduleSpec,
-        enabled: bool,
-        actor: &str,
-    ) -> Result<(), StoreError> {
-        let def = self.chains.get(chain).ok_or_else(|| StoreError::UnknownChain(chain.into()))?;
-        let i = store::integration_by_name(&self.pool, integration).await?;
-        if def.pack != i.pack {
-            return Err(StoreError::Invalid(format!(
-                "integration: `{integration}` is a `{}` integration; chain `{chain}` needs `{}`",
-                i.pack, def.pack
-            )));
-        }
-        if enabled || spec.interval_secs.is_some() || spec.cron.is_some() {
-            Schedule::from_spec(spec, self.min_interval_for(chain)).map_err(|m| {
-                let field = if spec.cron.is_some() && spec.interval_secs.is_none() { "cron" } else { "interval_secs" };
-                StoreError::Invalid(format!("{field}: {m}"))
-            })?;
-        }
-        // A disabled schedule keeps its last spec (or a placeholder interval satisfying the table's check).
-        let (interval, cron) = match (spec.interval_secs, &spec.cron) {
-            (None, None) => (Some(self.config.min_interval().as_secs().max(1) as i32), None),
-            (i, c) => (i.map(|v| v.min(i32::MAX as u64) as i32), c.clone()),
-        };
-        // The schedule and its audit row commit together.
-        let mut tx = store::audit::Audited::begin(&self.pool).await?;
-        store::schedules::put(tx.conn(), chain, i.id, interval, cron.as_deref(), enabled, actor).await?;
-        let detail = serde_json::json!({ "interval_secs": spec.interval_secs, "cron": spec.cron, "enabled": enabled });
-        tx.commit(actor, "schedule.set", &format!("{chain}/{integration}"), detail).await?;
-        Ok(())
     }
 }

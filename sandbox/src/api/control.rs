@@ -171,6 +171,16 @@ struct FaultPatch {
     exceptions: Option<Vec<String>>,
     /// Replaces the list of calls answered with nothing to list; `[]` clears it.
     empty_answers: Option<Vec<String>>,
+    /// Replaces the list of pages that repeat the previous page; `[]` clears it.
+    repeat_pages: Option<Vec<u32>>,
+    /// Replaces the list of odd values; `[]` clears it.
+    odd_values: Option<Vec<crate::config::OddValue>>,
+    /// Northpass: replaces the list of lists that fail on every call; `[]` clears it.
+    failing_answers: Option<Vec<String>>,
+    /// Moodle: replaces the list of calls refused for a missing capability; `[]` clears it.
+    capability_exceptions: Option<Vec<String>>,
+    /// Moodle: enrolled users come without their `groups` key.
+    no_groups: Option<bool>,
 }
 
 fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -221,6 +231,21 @@ async fn put_faults(State(st): State<Arc<AppState>>, Path(api): Path<String>, bo
         }
         if let Some(v) = patch.empty_answers {
             f.empty_answers = v;
+        }
+        if let Some(v) = patch.repeat_pages {
+            f.repeat_pages = v;
+        }
+        if let Some(v) = patch.odd_values {
+            f.odd_values = v;
+        }
+        if let Some(v) = patch.failing_answers {
+            f.failing_answers = v;
+        }
+        if let Some(v) = patch.capability_exceptions {
+            f.capability_exceptions = v;
+        }
+        if let Some(v) = patch.no_groups {
+            f.no_groups = v;
         }
         f.clone()
     };

@@ -2,7 +2,9 @@
 //! `core_course_get_categories`, `core_course_get_courses_by_field`, `core_enrol_get_enrolled_users`,
 //! `core_user_get_users_by_field`. Errors are HTTP 200 with `{exception, errorcode, message}`; the
 //! `exceptions` fault answers chosen calls (a function, or a function with one parameter) that way,
-//! the `empty_answers` fault with a valid answer that lists nothing.
+//! the `empty_answers` fault with a valid answer that lists nothing, the `capability_exceptions` fault
+//! with `required_capability_exception`; `no_groups` leaves enrolled users' `groups` key out (a token
+//! without `moodle/site:accessallgroups`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,6 +93,16 @@ fn handle(st: &AppState, pairs: Pairs) -> Response {
         let mut e = err("moodle_exception", "generalexceptionmessage", "Injected failure: the site answered an error.");
         e.debuginfo = Some(format!("{function} refused by the sandbox's `exceptions` fault"));
         return respond(&error_body(&e));
+    }
+    if faults.moodle_capability(&function, &pairs) {
+        // What Moodle answers when `require_capability` fails for the token's user.
+        let capability = match function.as_str() {
+            "core_enrol_get_enrolled_users" => "View participants",
+            "core_course_get_courses_by_field" => "View courses without participation",
+            _ => "Access all groups",
+        };
+        let message = format!("Sorry, but you do not currently have permissions to do that ({capability}).");
+        return respond(&error_body(&err("required_capability_exception", "nopermissions", message)));
     }
     if faults.moodle_empty(&function, &pairs) {
         // What Moodle answers when there is nothing to list.
@@ -366,7 +378,10 @@ fn enrolled_users(
                 .filter(|(gid, _)| e.groups.contains(gid))
                 .map(|(gid, name)| json!({"id": gid, "name": name, "description": "", "descriptionformat": 1}))
                 .collect();
-            o.insert("groups".into(), Value::Array(groups));
+            // Without `moodle/site:accessallgroups` Moodle leaves the key out.
+            if !faults.no_groups {
+                o.insert("groups".into(), Value::Array(groups));
+            }
             o.insert(
                 "roles".into(),
                 json!([{"roleid": e.roleid, "name": "", "shortname": role_shortname(e.roleid), "sortorder": 0}]),

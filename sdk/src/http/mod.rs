@@ -44,6 +44,7 @@
 //!   anything that looks like a secret masked.
 
 pub mod budget;
+mod decode;
 mod pages;
 pub mod policy;
 pub mod redact;
@@ -66,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use budget::{RateBudget, Reservation};
+pub use decode::decode_json;
 pub use pages::Pages;
 pub use policy::{NonPublicAddress, UpstreamPolicy};
 
@@ -504,7 +506,7 @@ impl HttpClient {
                 HttpError::Decode { url: url.clone(), message: format!("reading the answer: {}", error_chain(&e)) }
             }
         })?;
-        serde_json::from_slice(&body)
+        decode::decode_json(&body)
             .map_err(|e| HttpError::Decode { url, message: format!("not JSON ({e}): {}", redact::excerpt(&body, &[])) })
     }
 
@@ -529,7 +531,7 @@ impl HttpClient {
         let build = |http: &Client| http.get(url).query(query).headers(header_map.clone());
         let read = |response: Response, reading: Reading| async move {
             let body = read_capped(response, reading.limit).await.map_err(BodyError::from)?;
-            serde_json::from_slice(&body)
+            decode::decode_json(&body)
                 .map_err(|e| BodyError::Decode(format!("not JSON ({e}): {}", redact::excerpt(&body, &reading.known))))
         };
         self.run(&build, read, cancel).await

@@ -2,7 +2,10 @@
 //! keep the cursor, sweep behind the deletion guard. Memory is bounded by two pages (the one being
 //! written and the next one being fetched), not by the size of the data.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -10,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{
     Item, Page, Record, Source, SourceError, sweep,
-    table::{RowOutcome, Table, UpsertCounts},
+    table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text},
 };
 use crate::{
     chain::Mode,
@@ -99,6 +102,15 @@ struct Fetch {
     short_pages: Vec<String>,
     total: Option<i64>,
     open_errors: bool,
+    /// Every external id the read listed, written or not: an id listed twice means the upstream's
+    /// paging repeated records (and may have skipped others), so the read cannot vouch for what it
+    /// did not list. Ids only, never records: memory stays two pages plus the ids.
+    seen: HashSet<String>,
+    /// Ids listed more than once, and the first of them.
+    repeated: i64,
+    first_repeated: Option<String>,
+    /// Per mapped column, whether an index covers it ([`Table::indexed_columns`]).
+    indexed: Vec<bool>,
 }
 
 /// Rows a step must have written to a table before the table's planner statistics are refreshed.
@@ -200,7 +212,8 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
         table: &spec.table,
         fence: ctx.fence.clone(),
     };
-    let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, ..Fetch::default() };
+    let indexed = spec.table.indexed_columns(&mut *ctx.pool.acquire().await?).await?;
+    let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, indexed, ..Fetch::default() };
 
     let mut current = source.next_page(since).await?;
     while let Some(page) = current.take() {
@@ -258,15 +271,26 @@ impl Fetched {
         result.guard = Some(match mode {
             Mode::Incremental => "not run: incremental".to_owned(),
             Mode::Full => {
-                let (guard, deactivated) =
+                let (guard, deactivated, refused) =
                     guard_and_sweep(conn, &spec, integration_id, run, fetch_started, &fetch, force).await?;
                 result.deactivated = deactivated;
                 // Counted when swept; the sweep commits with the step.
                 metrics::records(&integration, &spec.entity, "deactivated", deactivated);
+                // A refused sweep leaves rows the upstream may have deleted: the run says so
+                // (`partial`) instead of passing for a complete sync.
+                result.partial |= refused;
                 guard
             }
         });
-        if mode == Mode::Full && fetch.short_pages.is_empty() && fetch.unreadable_ids == 0 {
+        if let Some(short) = fetch.short_pages.first() {
+            // The read was cut short: what it did not read is neither written nor swept.
+            result.partial = true;
+            if mode == Mode::Incremental {
+                let n = fetch.short_pages.len();
+                result.guard = Some(format!("read cut short: {short} ({n} short page(s)); cursor kept"));
+            }
+        }
+        if mode == Mode::Full && fetch.short_pages.is_empty() && fetch.unreadable_ids == 0 && fetch.repeated == 0 {
             // Every item was read again: open errors this run did not repeat are gone upstream or fixed.
             resolve_unrepeated(conn, integration_id, &spec.entity, run).await?;
         }
@@ -305,7 +329,7 @@ async fn guard_and_sweep(
     fetch_started: DateTime<Utc>,
     fetch: &Fetch,
     force: bool,
-) -> Result<(String, i64), sqlx::Error> {
+) -> Result<(String, i64, bool), sqlx::Error> {
     let (active, missing) = spec.table.sweep_counts(conn, integration_id, run, fetch_started).await?;
     let facts = sweep::Facts {
         fetched: fetch.result.fetched,
@@ -314,17 +338,18 @@ async fn guard_and_sweep(
         unreadable_ids: fetch.unreadable_ids,
         short_pages: &fetch.short_pages,
         total: fetch.total,
+        repeated: fetch.first_repeated.as_deref().map(|id| (id, fetch.repeated)),
     };
     match sweep::decide(sweep::refusal(&facts, sweep::Limits::full(spec.max_deactivate_share)), force) {
         Err(reason) => {
             tracing::warn!(entity = %spec.entity, %reason, "Deletion guard refused the sweep.");
-            Ok((format!("blocked: {reason}"), 0))
+            Ok((format!("blocked: {reason}"), 0, true))
         }
         Ok(overridden) => {
             let n = spec.table.sweep(conn, integration_id, run, fetch_started).await?;
             let forced = if force { "forced: " } else { "" };
             let overridden = overridden.map(|r| format!(" (guard: {r})")).unwrap_or_default();
-            Ok((format!("{forced}swept: {n} of {active} active rows deactivated{overridden}"), n))
+            Ok((format!("{forced}swept: {n} of {active} active rows deactivated{overridden}"), n, false))
         }
     }
 }
@@ -348,6 +373,9 @@ struct Prepared {
     ids: Vec<String>,
     columns: Vec<Vec<Option<String>>>,
     failed: Vec<(String, String)>,
+    /// Of `failed`, the ids that are real external ids (not `?position`): still upstream, so their
+    /// rows are marked seen and spared by the sweep.
+    spared: Vec<String>,
 }
 
 impl Writer<'_> {
@@ -392,6 +420,9 @@ impl Writer<'_> {
                 .await?;
             fetch.open_errors = true;
         }
+        if !prepared.spared.is_empty() {
+            self.table.mark_seen(&mut tx, self.integration_id, self.run, &prepared.spared).await?;
+        }
         tx.commit().await?;
         // Counted as the page commits, so the counters follow the table even if the step fails later.
         let (integration, entity) = (self.integration, self.entity);
@@ -413,9 +444,19 @@ fn prepare(table: &Table, fetch: &mut Fetch, items: Vec<Item>) -> Prepared {
         fetch.position += 1;
         fetch.result.fetched += 1;
         let (cursor, outcome) = match item {
-            Item::Record(record) => (record.cursor, convert(table, record)),
-            Item::Bad { external_id, cursor, message } => (cursor, Err((external_id, message))),
+            Item::Record(record) => (record.cursor, convert(table, &fetch.indexed, record)),
+            Item::Bad { external_id, cursor, message } => (cursor, Err((checked_id(external_id), message))),
         };
+        let listed = match &outcome {
+            Ok((id, _)) | Err((Some(id), _)) => Some(id),
+            Err((None, _)) => None,
+        };
+        if let Some(id) = listed
+            && !fetch.seen.insert(id.clone())
+        {
+            fetch.repeated += 1;
+            fetch.first_repeated.get_or_insert_with(|| id.clone());
+        }
         match cursor {
             Some(c) => fetch.max_cursor = fetch.max_cursor.max(Some(c)),
             None => fetch.without_cursor += 1,
@@ -457,20 +498,39 @@ fn prepare(table: &Table, fetch: &mut Fetch, items: Vec<Item>) -> Prepared {
     }
     // An id that failed and also synced within the page keeps only its success.
     out.failed.retain(|(k, _)| !index.contains_key(k));
+    out.spared = out.failed.iter().filter(|(k, _)| !k.starts_with('?')).map(|(k, _)| k.clone()).collect();
     out
 }
 
 type Failure = (Option<String>, String);
 
-fn convert(table: &Table, record: Record) -> Result<(String, Vec<Option<String>>), Failure> {
+/// An external id that can be stored (and named by an item error), `None` otherwise: empty, too
+/// long for the unique index, or holding a NUL or undecodable text.
+fn checked_id(id: Option<String>) -> Option<String> {
+    id.filter(|id| !id.is_empty() && id.len() <= INDEXED_VALUE_MAX_BYTES && check_text(id).is_ok())
+}
+
+/// A record's values in column order, each checked ([`ColumnType::convert_checked`], `indexed`
+/// per column; empty for none known). The first bad value makes the record an item error naming
+/// the field and the reason.
+fn convert(table: &Table, indexed: &[bool], record: Record) -> Result<(String, Vec<Option<String>>), Failure> {
     let id = record.external_id;
+    if let Err(reason) = check_text(&id) {
+        return Err((None, format!("external id: {reason}")));
+    }
     if id.is_empty() {
         return Err((None, "empty external id".into()));
     }
+    if id.len() > INDEXED_VALUE_MAX_BYTES {
+        return Err((
+            None,
+            format!("external id is {} bytes, over the {INDEXED_VALUE_MAX_BYTES}-byte limit", id.len()),
+        ));
+    }
     let mut values = Vec::with_capacity(table.columns.len());
-    for c in &table.columns {
+    for (i, c) in table.columns.iter().enumerate() {
         let v = record.fields.get(&c.name).unwrap_or(&Value::Null);
-        match c.ty.convert(v) {
+        match c.ty.convert_checked(v, indexed.get(i).copied().unwrap_or(false)) {
             Ok(v) => values.push(v),
             Err(m) => return Err((Some(id), format!("field `{}`: {m}", c.name))),
         }
@@ -487,11 +547,12 @@ pub async fn sync_one(
     table: &Table,
     item: Item,
 ) -> Result<Result<(String, RowOutcome), String>, sqlx::Error> {
-    let converted = match item {
-        Item::Record(r) => convert(table, r),
-        Item::Bad { external_id, message, .. } => Err((external_id, message)),
-    };
     let mut tx = pool.begin().await?;
+    let indexed = table.indexed_columns(&mut tx).await?;
+    let converted = match item {
+        Item::Record(r) => convert(table, &indexed, r),
+        Item::Bad { external_id, message, .. } => Err((checked_id(external_id), message)),
+    };
     let answer = match converted {
         Ok((id, values)) => {
             let columns: Vec<Vec<Option<String>>> = values.into_iter().map(|v| vec![v]).collect();
@@ -619,6 +680,7 @@ pub fn merge(into: &mut PhaseResult, entity: &str, r: PhaseResult, entities: usi
     into.unchanged += r.unchanged;
     into.deactivated += r.deactivated;
     into.errors += r.errors;
+    into.partial |= r.partial;
     into.api_calls += r.api_calls;
     into.throttled += r.throttled;
     let label = |v: Option<String>| if entities > 1 { v.map(|v| format!("{entity}={v}")) } else { v };

@@ -43,6 +43,9 @@ pub struct Facts<'a> {
     pub short_pages: &'a [String],
     /// The total the upstream reported for the read, when it reports one.
     pub total: Option<i64>,
+    /// The first external id the read listed more than once, and how many ids it repeated: the
+    /// upstream's paging served some records twice, so others may not have been served at all.
+    pub repeated: Option<(&'a str, i64)>,
 }
 
 /// The guard's limits.
@@ -67,12 +70,15 @@ impl Limits {
 }
 
 /// The deletion guard: why this sweep must not run, or `None` when it may. In order: a short page,
-/// an unreadable id, an empty answer while rows are active, a total that disagrees with the count
+/// an id read twice, an unreadable id, an empty answer while rows are active, a total that disagrees with the count
 /// read, a deactivation above the share limit.
 pub fn refusal(f: &Facts<'_>, limits: Limits) -> Option<String> {
     let share = if f.active > 0 { f.missing as f64 / f.active as f64 } else { 0.0 };
     if let Some(short) = f.short_pages.first() {
         Some(format!("{short} ({} short page(s))", f.short_pages.len()))
+    } else if let Some((id, ids)) = f.repeated {
+        let more = if ids > 1 { format!(" ({ids} ids repeated)") } else { String::new() };
+        Some(format!("id {id} seen twice in one read: the upstream's paging repeated records{more}"))
     } else if f.unreadable_ids > 0 {
         Some(format!("{} item(s) had no readable id", f.unreadable_ids))
     } else if f.fetched == 0 && f.active > 0 {
@@ -414,6 +420,15 @@ mod tests {
         assert_eq!(
             refusal(&Facts { short_pages: &short, ..facts(0, 5, 5) }, full).as_deref(),
             Some("page 2 held 3 of 10 (1 short page(s))")
+        );
+        // An id read twice: the paging cannot be trusted, whatever the share.
+        assert_eq!(
+            refusal(&Facts { repeated: Some(("17", 1)), ..facts(10, 10, 0) }, full).as_deref(),
+            Some("id 17 seen twice in one read: the upstream's paging repeated records")
+        );
+        assert!(
+            refusal(&Facts { repeated: Some(("17", 50)), ..facts(500, 500, 50) }, full)
+                .is_some_and(|r| r.ends_with("records (50 ids repeated)"))
         );
     }
 

@@ -61,14 +61,21 @@ impl ColumnType {
         )
     }
 
-    /// The value as PostgreSQL text input for this type, `None` for SQL NULL.
+    /// The value as PostgreSQL text input for this type, `None` for SQL NULL. Every value is checked
+    /// here, before any statement: text holding a NUL (PostgreSQL's text cannot) or U+FFFD (bytes the
+    /// upstream sent that were not UTF-8, or a lone surrogate, see [`crate::http::decode_json`]), JSON
+    /// holding either in any string or key. A boolean may come as a string, `"true"` / `"false"` in
+    /// any case (Impartner answers `"True"`).
     pub fn convert(self, v: &Value) -> Result<Option<String>, String> {
         if v.is_null() {
             return Ok(None);
         }
         let wrong = || format!("expected {}, got {}", self.sql(), short(v));
         let text = match (self, v) {
-            (ColumnType::Jsonb, v) => v.to_string(),
+            (ColumnType::Jsonb, v) => {
+                check_json(v, &mut String::from("$"))?;
+                v.to_string()
+            }
             (ColumnType::Text, Value::String(s)) => s.clone(),
             (ColumnType::Text, Value::Number(n)) => n.to_string(),
             (ColumnType::Text, Value::Bool(b)) => b.to_string(),
@@ -90,7 +97,10 @@ impl ColumnType {
                 _ => return Err(wrong()),
             },
             (ColumnType::Boolean, Value::Bool(b)) => b.to_string(),
-            (ColumnType::Boolean, Value::String(s)) if matches!(s.as_str(), "true" | "false") => s.clone(),
+            (ColumnType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                b @ ("true" | "false") => b.to_owned(),
+                _ => return Err(wrong()),
+            },
             (ColumnType::Timestamptz, Value::String(s)) => {
                 parse_timestamp(s).ok_or_else(wrong)?.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             }
@@ -99,10 +109,72 @@ impl ColumnType {
             }
             _ => return Err(wrong()),
         };
-        if text.contains('\0') {
-            return Err("text contains a NUL character".into());
+        if self != ColumnType::Jsonb {
+            check_text(&text)?;
         }
         Ok(Some(text))
+    }
+
+    /// [`ColumnType::convert`], and for a column an index covers (`indexed`), a size the index can
+    /// hold: at most [`INDEXED_VALUE_MAX_BYTES`].
+    pub fn convert_checked(self, v: &Value, indexed: bool) -> Result<Option<String>, String> {
+        let text = self.convert(v)?;
+        if indexed
+            && let Some(t) = &text
+            && t.len() > INDEXED_VALUE_MAX_BYTES
+        {
+            return Err(format!(
+                "value is {} bytes, over the {INDEXED_VALUE_MAX_BYTES}-byte limit of an indexed column",
+                t.len()
+            ));
+        }
+        Ok(text)
+    }
+}
+
+/// The largest value written to a column an index covers. A B-tree index entry must fit in a third
+/// of a page (2,704 bytes); above it PostgreSQL fails the whole statement ("index row size exceeds
+/// maximum"), so the value is refused in Rust first, as one item error. External ids are held to it
+/// too (every synced table has a unique index on them).
+pub const INDEXED_VALUE_MAX_BYTES: usize = 2000;
+
+/// Why `text` cannot be written as PostgreSQL text: a NUL, or U+FFFD (undecodable upstream bytes).
+pub fn check_text(text: &str) -> Result<(), String> {
+    if let Some(at) = text.find('\0') {
+        return Err(format!("text contains a NUL character (at byte {at})"));
+    }
+    if let Some(at) = text.find('\u{FFFD}') {
+        return Err(format!(
+            "undecodable text at byte {at}: the upstream sent bytes that are not UTF-8 or a lone surrogate"
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_text`] on every string and key of a JSON value; `path` names the place (`$.a[2].b`).
+fn check_json(v: &Value, path: &mut String) -> Result<(), String> {
+    match v {
+        Value::String(s) => check_text(s).map_err(|e| format!("JSON value at {path}: {e}")),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                check_json(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                check_text(k).map_err(|e| format!("JSON key {k:?} at {path}: {e}"))?;
+                let len = path.len();
+                let _ = write!(path, ".{k}");
+                check_json(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -396,6 +468,53 @@ impl Table {
     }
 }
 
+impl Table {
+    /// For each mapped column (in order), whether an index of the table covers it (a key column, an
+    /// expression over it, or an `INCLUDE` column): its values must fit an index entry
+    /// ([`ColumnType::convert_checked`]). Read from the catalog, so indexes a deployment adds count.
+    pub async fn indexed_columns(&self, conn: &mut PgConnection) -> Result<Vec<bool>, sqlx::Error> {
+        let defs: Vec<String> = sqlx::query_scalar(
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              JOIN pg_am am ON am.oid = c.relam
+             WHERE i.indrelid = to_regclass($1) AND am.amname <> 'hash'",
+        )
+        .bind(&self.ident)
+        .fetch_all(conn)
+        .await?;
+        let mut covered = std::collections::HashSet::new();
+        for def in &defs {
+            let keys = def.split_once(" USING ").map_or(def.as_str(), |(_, k)| k);
+            let keys = keys.split_once(" WHERE ").map_or(keys, |(k, _)| k);
+            for token in keys.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                covered.insert(token.to_owned());
+            }
+        }
+        Ok(self.columns.iter().map(|c| covered.contains(&c.name)).collect())
+    }
+
+    /// Marks rows seen by `run` without writing their data: the items the read listed that could not
+    /// be written (a bad value). They are still upstream, so the run's sweep must spare them.
+    pub async fn mark_seen(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: RunId,
+        external_ids: &[String],
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET last_seen_run = $2
+             WHERE integration_id = $1 AND external_id = ANY($3) AND last_seen_run IS DISTINCT FROM $2",
+            self.ident
+        )))
+        .bind(integration_id)
+        .bind(run.0)
+        .bind(external_ids)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
 /// Rows a sweep by run `$2` deactivates: active, not seen by the run, not written since the fetch
 /// began at `$3`.
 const SWEEPABLE: &str = "is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3";
@@ -454,6 +573,28 @@ mod tests {
         assert!(ColumnType::Timestamptz.convert(&json!("yesterday")).is_err());
         assert_eq!(ColumnType::Jsonb.convert(&json!({"a": 1})).unwrap().as_deref(), Some("{\"a\":1}"));
         assert!(ColumnType::Numeric.convert(&json!("NaN")).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_any_statement() {
+        for (v, want) in [("True", "true"), ("FALSE", "false"), (" true ", "true")] {
+            assert_eq!(ColumnType::Boolean.convert(&json!(v)).unwrap().as_deref(), Some(want));
+        }
+        assert!(ColumnType::Boolean.convert(&json!("maybe")).is_err());
+        assert!(ColumnType::Text.convert(&json!("Ann\0e")).unwrap_err().contains("NUL character (at byte 3)"));
+        assert!(ColumnType::Text.convert(&json!("caf\u{FFFD}")).unwrap_err().starts_with("undecodable text"));
+        let nul_value = json!({"a": [1, {"b": "x\0"}]});
+        assert_eq!(
+            ColumnType::Jsonb.convert(&nul_value).unwrap_err(),
+            "JSON value at $.a[1].b: text contains a NUL character (at byte 1)"
+        );
+        assert!(ColumnType::Jsonb.convert(&json!({"k\0": 1})).unwrap_err().starts_with("JSON key \"k\\0\" at $"));
+        let long = json!("x".repeat(3000));
+        assert!(ColumnType::Text.convert_checked(&long, false).is_ok());
+        assert_eq!(
+            ColumnType::Text.convert_checked(&long, true).unwrap_err(),
+            "value is 3000 bytes, over the 2000-byte limit of an indexed column"
+        );
     }
 
     #[test]

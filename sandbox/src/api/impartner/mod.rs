@@ -122,7 +122,9 @@ fn run_search(st: &AppState, object: &str, s: Search) -> Response {
         sel.clear();
     }
     let count = sel.len();
-    let start = s.skip.min(count);
+    // A repeated page serves the previous page's items again.
+    let skip = if faults.repeats(s.skip / s.take + 1) { s.skip.saturating_sub(s.take) } else { s.skip };
+    let start = skip.min(count);
     let mut end = (start + s.take).min(count);
     if faults.truncate_page && end > start {
         end = start + (end - start).div_ceil(2);
@@ -132,6 +134,18 @@ fn run_search(st: &AppState, object: &str, s: Search) -> Response {
         .iter()
         .map(|r| RecordView { schema, rec: r, fields: &fields, malformed: is_malformed(&faults, seed, r.id()) })
         .collect();
+    if crate::odd::any(&faults) {
+        let results: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                crate::odd::apply(&faults, &crate::odd::id_of(&v), &mut v);
+                v
+            })
+            .collect();
+        let data = serde_json::json!({ "count": count, "entity": schema.entity, "results": results });
+        return crate::odd::respond(&serde_json::json!({ "success": true, "data": data }));
+    }
     ok(&SearchResult { success: true, data: SearchData { count, entity: schema.entity, results } })
 }
 

@@ -87,7 +87,12 @@ pub async fn one_property(State(st): State<Arc<AppState>>, Path(id): Path<String
             "forbidden",
             "You are not allowed to access this course's properties.",
         ),
-        Some(&i) => ok(&json!({"data": properties_view(&np.courses[i])})),
+        Some(&i) => {
+            let mut view = properties_view(&np.courses[i]);
+            let faults = st.faults(Api::Northpass);
+            crate::odd::apply(&faults, &id, &mut view);
+            crate::odd::respond(&json!({ "data": view }))
+        }
         None => np_not_found("Course"),
     }
 }

@@ -300,9 +300,19 @@ pub fn page<T: NpItem>(
     faults: &FaultSettings,
     seed: u64,
 ) -> Response {
+    if faults.fails(path) {
+        return crate::api::envelope::api_error(
+            Api::Northpass,
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Internal server error.",
+        );
+    }
     let selected = if faults.empties(path) { &[] } else { selected };
     let total = selected.len();
-    let start = (q.page - 1).saturating_mul(q.limit).min(total);
+    // A repeated page serves the previous page's items again (links unchanged).
+    let served = if faults.repeats(q.page) { q.page - 1 } else { q.page };
+    let start = (served - 1).saturating_mul(q.limit).min(total);
     let mut end = (start + q.limit).min(total);
     if faults.truncate_page && end > start {
         end = start + (end - start).div_ceil(2);
@@ -314,15 +324,16 @@ pub fn page<T: NpItem>(
         next: (q.page * q.limit < total).then(|| format!("{url}{}", q.with_page(q.page + 1))),
     };
     let items = &selected[start..end];
-    if items.iter().any(|it| is_malformed(faults, seed, it.key())) {
+    if items.iter().any(|it| is_malformed(faults, seed, it.key())) || crate::odd::any(faults) {
         let data: Vec<Value> = items
             .iter()
             .map(|it| {
-                let v = serde_json::to_value(it.view(np, base)).unwrap_or(Value::Null);
+                let mut v = serde_json::to_value(it.view(np, base)).unwrap_or(Value::Null);
+                crate::odd::apply(faults, &crate::odd::id_of(&v), &mut v);
                 if is_malformed(faults, seed, it.key()) { break_item(v, it.key()) } else { v }
             })
             .collect();
-        ok(&Page { data, links })
+        crate::odd::respond(&Page { data, links })
     } else {
         let data: Vec<T::View<'_>> = items.iter().map(|it| it.view(np, base)).collect();
         ok(&Page { data, links })
