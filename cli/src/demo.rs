@@ -238,7 +238,34 @@ async fn demo_partner(
         !json,
     )
     .await?;
-    Ok(vec![full, incremental])
+    // The pack's nightly schedule reads in full, so its sweep finds what Northpass deleted.
+    let nightly = ops
+        .schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.chain == "partner_daily" && s.integration == "demo-partner" && s.mode == "full" && s.enabled);
+    let deleted = sb.mutate_json(serde_json::json!({ "api": "northpass", "resource": "people", "delete": 1 }))?;
+    let deleted = deleted["deleted"].as_array().map_or(0, Vec::len);
+    let Some(nightly) = nightly else {
+        return Ok(vec![full, incremental]);
+    };
+    let when = nightly
+        .cron
+        .clone()
+        .map_or_else(|| format!("every {}s", nightly.interval_secs.unwrap_or(0)), |c| format!("`{c}` {}", nightly.tz));
+    say(format!(
+        "\nthe sandbox's Northpass deleted {deleted} person; the nightly full partner_daily (the pack's {} schedule {when})",
+        nightly.source
+    ));
+    let step_modes: Vec<(String, Mode)> =
+        nightly.step_modes.iter().filter_map(|(s, m)| Some((s.clone(), Mode::parse(m)?))).collect();
+    let step_modes: Vec<(&str, Mode)> = step_modes.iter().map(|(s, m)| (s.as_str(), *m)).collect();
+    let night = demo_run(ops, "partner_daily", "demo-partner", Mode::Full, &step_modes, !json).await?;
+    let swept = night.steps.iter().find(|s| s.step == "sync_users").map_or(0, |s| s.deactivated);
+    say(format!(
+        "the nightly run found the deletion: sync_users deactivated {swept} of the people Northpass no longer lists"
+    ));
+    Ok(vec![full, incremental, night])
 }
 
 const MOODLE_INTEGRATION: &str = "demo-moodle";

@@ -49,7 +49,9 @@ impl Mode {
 }
 
 /// A check on data that must hold before a step runs, e.g. "courses exist before enrollments".
-/// `sql` is a query returning one boolean; `$1` is the integration id.
+/// `sql` is a query returning one value, `$1` being the integration id: a boolean (`false` fails
+/// the step with `description`), or text naming what is missing (NULL when nothing is), which the
+/// step's error shows before `description`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Precondition {
     pub description: String,

@@ -1,6 +1,7 @@
 //! The README's first command, `syncfleet demo`, at `small` scale: the partner sync in full, a 1 %
 //! change upstream, then incrementally — both runs complete, the data is in the tables, and the
-//! incremental run reads a small share of what the full run read.
+//! incremental run reads a small share of what the full run read; then a person is deleted
+//! upstream and the pack's nightly full run finds it.
 
 use serde_json::Value;
 use syncfleet_tests::TestEnv;
@@ -12,7 +13,7 @@ async fn the_demo_runs_the_partner_sync_in_full_then_incrementally() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(runs.len(), 2, "a full and an incremental run");
+    assert_eq!(runs.len(), 3, "a full, an incremental and the nightly run");
     let calls =
         |r: &Value| r["steps"].as_array().unwrap().iter().map(|s| s["api_calls"].as_i64().unwrap()).sum::<i64>();
     for (run, mode) in runs.iter().zip(["full", "incremental"]) {
@@ -31,6 +32,17 @@ async fn the_demo_runs_the_partner_sync_in_full_then_incrementally() {
     .await
     .unwrap();
     assert!(enrollments > 0 && users > 0, "{enrollments} enrollments, {users} users");
+
+    // The nightly run: full, as the pack's default schedule says, and its sweep found the deletion.
+    let night = &runs[2];
+    assert_eq!((night["mode"].as_str(), night["status"].as_str()), (Some("full"), Some("completed")), "{night:#}");
+    let sync_users = night["steps"].as_array().unwrap().iter().find(|s| s["step"] == "sync_users").unwrap();
+    assert_eq!(sync_users["deactivated"], 1, "{sync_users:#}");
+    let inactive: i64 = sqlx::query_scalar("SELECT count(*) FROM partner_lms_users WHERE NOT is_active")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(inactive >= 1, "the person deleted in Northpass is inactive");
     env.finish().await;
 }
 

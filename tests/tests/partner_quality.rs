@@ -129,9 +129,10 @@ async fn enrollment_and_push_steps_need_partner_users_and_matched_groups() {
     .unwrap();
     assert!(!failed.is_empty(), "{run:#?}");
     for (error, attempts) in &failed {
-        for named in ["precondition not met", "no partner users", "no matched groups", "partner_daily"] {
+        for named in ["precondition not met", "no partner users", "partner_daily"] {
             assert!(error.contains(named), "{named}: {error}");
         }
+        assert!(!error.contains("no matched groups"), "only what is missing first is named: {error}");
         assert_eq!(*attempts, 1, "a missing precondition is not retried");
     }
     assert_eq!(step(&run, "sync_to_impartner").status, "skipped");
@@ -150,6 +151,12 @@ async fn enrollment_and_push_steps_need_partner_users_and_matched_groups() {
     assert_eq!(step(&run, "sync_enrollments").status, "succeeded");
     let run = env.run_to_end(ENROLLMENTS, "acme", Mode::Incremental, false).await;
     assert_eq!(run.status, "completed", "{run:#?}");
+
+    // With partner users but no matched group, the step names the groups.
+    sqlx::query("UPDATE partner_group_links SET is_active = false").execute(&env.pool).await.unwrap();
+    let push = run_step(&env, ENROLLMENTS, "sync_to_impartner", Mode::Full).await;
+    let error = step(&push, "sync_to_impartner").error.clone().unwrap_or_default();
+    assert!(error.contains("no matched groups") && !error.contains("no partner users"), "{error}");
     worker.stop().await;
     env.finish().await;
 }

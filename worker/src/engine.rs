@@ -292,13 +292,19 @@ impl Engine {
     /// Checks the step's data precondition, then runs the handler under the step's timeout.
     async fn run_handler(&self, ctx: &mut StepContext, handler: &dyn StepHandler) -> Result<(), StepError> {
         if let Some(p) = ctx.step.precondition.clone() {
-            let holds = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(p.sql))
+            // One value: a boolean, or the text of what is missing (NULL when nothing is).
+            let sql = format!("SELECT q.v::text FROM ({}) AS q(v)", p.sql);
+            let answer = sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql))
                 .bind(ctx.integration.id)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(|e| StepError::retry(format!("precondition check failed: {e}")).with_source(e))?;
-            if !holds {
-                return Err(StepError::abort(format!("precondition not met: {}", p.description)));
+            match answer.as_deref() {
+                None | Some("true") => {}
+                Some("false") => return Err(StepError::abort(format!("precondition not met: {}", p.description))),
+                Some(missing) => {
+                    return Err(StepError::abort(format!("precondition not met: {missing} ({})", p.description)));
+                }
             }
         }
         let timeout = ctx.step.timeout;

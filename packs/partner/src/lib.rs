@@ -127,16 +127,19 @@ fn push_step(step: StepDef) -> StepDef {
 /// The precondition of the enrollment and push steps (`$1` the integration): LMS users linked to a
 /// partner's contact (`sync_users`) and LMS groups matched to a partner (`sync_groups`). Without
 /// them the enrollment shards would read nothing and the push would zero every partner's counts.
+/// Answers which of the two is missing (NULL when both are there).
 pub const PARTNER_DATA: &str = "
-    SELECT EXISTS (SELECT 1 FROM partner_lms_users
-                   WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)
-       AND EXISTS (SELECT 1 FROM partner_group_links
-                   WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)";
+    SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM partner_lms_users
+                         WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)
+            THEN 'no partner users (LMS users linked to a partner''s contact, from `sync_users`)'
+        WHEN NOT EXISTS (SELECT 1 FROM partner_group_links
+                         WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL)
+            THEN 'no matched groups (LMS groups linked to a partner, from `sync_groups`)'
+    END";
 
-/// What the step says when [`PARTNER_DATA`] does not hold.
-pub const PARTNER_DATA_MISSING: &str = "no partner users (LMS users linked to a partner's contact, from \
-     `sync_users`) or no matched groups (LMS groups linked to a partner, from `sync_groups`): run \
-     `partner_daily` first";
+/// What the step adds when [`PARTNER_DATA`] names missing data.
+pub const PARTNER_DATA_MISSING: &str = "run `partner_daily` first";
 
 /// The pack: its chains and their steps, the settings check, the tables check at registration
 /// and the default schedules.

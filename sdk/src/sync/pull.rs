@@ -111,6 +111,8 @@ struct Fetch {
     first_repeated: Option<String>,
     /// Per mapped column, whether an index covers it ([`Table::indexed_columns`]).
     indexed: Vec<bool>,
+    /// The first item error of the read (external id, message): the run error when every item failed.
+    first_error: Option<(String, String)>,
 }
 
 /// Rows a step must have written to a table before the table's planner statistics are refreshed.
@@ -225,6 +227,10 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
         current = next?;
     }
 
+    if let Some(message) = every_item_failed(&spec.entity, &fetch) {
+        // Retrying reads the same records again: fail now, with the reason in the run error.
+        return Err(StepError::abort(message));
+    }
     let mut result = fetch.result.clone();
     result.cursor_before = cursor_before.map(fmt_cursor);
     let cursor_after = next_cursor(&fetch, cursor_before, fetch_started - spec.margin);
@@ -415,6 +421,11 @@ impl Writer<'_> {
                 resolve(&mut tx, self.integration_id, self.entity, &prepared.ids).await?;
             }
         }
+        if fetch.first_error.is_none()
+            && let Some(first) = prepared.failed.first()
+        {
+            fetch.first_error = Some(first.clone());
+        }
         if !prepared.failed.is_empty() {
             record_errors(&mut tx, Some(self.run), self.step, self.integration_id, self.entity, &prepared.failed)
                 .await?;
@@ -432,6 +443,21 @@ impl Writer<'_> {
         metrics::records(integration, entity, "error", fetch.result.errors - errors_before);
         Ok(())
     }
+}
+
+/// When a read listed items and wrote none of them, every one an item error, the step's error:
+/// retrying cannot fix what the upstream sends (a changed format, a value every record carries),
+/// so the step fails at once, naming the first record and its reason.
+fn every_item_failed(entity: &str, fetch: &Fetch) -> Option<String> {
+    let r = &fetch.result;
+    if r.errors == 0 || r.inserted + r.updated + r.unchanged > 0 {
+        return None;
+    }
+    let first = fetch.first_error.as_ref().map(|(id, m)| format!("; the first, `{id}`: {m}")).unwrap_or_default();
+    Some(format!(
+        "every item of `{entity}` the upstream sent failed ({} item errors), none was written{first}",
+        r.errors
+    ))
 }
 
 /// Converts a page's records to column values; items that cannot be written become failures.
