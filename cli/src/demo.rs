@@ -253,9 +253,13 @@ async fn demo_partner(
         .cron
         .clone()
         .map_or_else(|| format!("every {}s", nightly.interval_secs.unwrap_or(0)), |c| format!("`{c}` {}", nightly.tz));
+    let whose = match nightly.source.as_str() {
+        "pack" => "the pack's default schedule",
+        "config" => "the configured schedule",
+        _ => "the stored schedule",
+    };
     say(format!(
-        "\nthe sandbox's Northpass deleted {deleted} person; the nightly full partner_daily (the pack's {} schedule {when})",
-        nightly.source
+        "\nthe sandbox's Northpass deleted {deleted} person; the nightly full partner_daily ({whose}, {when})"
     ));
     let step_modes: Vec<(String, Mode)> =
         nightly.step_modes.iter().filter_map(|(s, m)| Some((s.clone(), Mode::parse(m)?))).collect();
