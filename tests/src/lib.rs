@@ -241,6 +241,27 @@ impl TestEnv {
         self.wait(run, Duration::from_secs(60)).await
     }
 
+    /// Triggers one step of `chain` on its own (`syncfleet trigger --step`) and waits for the run
+    /// to end (up to two minutes).
+    pub async fn run_step(&self, chain: &str, integration: &str, step: &str, mode: Mode) -> RunView {
+        let run = self
+            .ops
+            .trigger(Trigger {
+                chain: chain.into(),
+                integration: integration.into(),
+                mode,
+                kind: TriggerKind::Manual,
+                triggered_by: "test".into(),
+                tick_key: None,
+                force_sweep: false,
+                step: Some(step.into()),
+                step_modes: Default::default(),
+            })
+            .await
+            .expect("trigger");
+        self.wait(run, Duration::from_secs(120)).await
+    }
+
     pub async fn wait(&self, run: RunId, limit: Duration) -> RunView {
         wait_for(&self.ops, run, false, limit).await.expect("run ends in time")
     }

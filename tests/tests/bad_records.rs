@@ -3,12 +3,11 @@
 //! are not UTF-8, string booleans, and a guard refusal that ends the run `partial` with the CLI's
 //! partial exit code and a one-line hint. Every case asserts the rows against the sandbox.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::chain::Mode;
-use syncfleet_store::{runs::TriggerKind, views::RunView};
+use syncfleet_store::views::RunView;
 use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv, erp_integration_toml};
 
@@ -23,22 +22,7 @@ async fn partner_env(sandbox: &Sandbox) -> (TestEnv, Running) {
 
 /// Runs one step of the daily chain on its own, in full mode, and waits for the run to end.
 async fn full_step(env: &TestEnv, name: &str) -> RunView {
-    let run = env
-        .ops
-        .trigger(Trigger {
-            chain: DAILY.into(),
-            integration: "acme".into(),
-            mode: Mode::Full,
-            kind: TriggerKind::Manual,
-            triggered_by: "test".into(),
-            tick_key: None,
-            force_sweep: false,
-            step: Some(name.into()),
-            step_modes: Default::default(),
-        })
-        .await
-        .expect("trigger");
-    env.wait(run, Duration::from_secs(90)).await
+    env.run_step(DAILY, "acme", name, Mode::Full).await
 }
 
 /// `partner_lms_users`: external id → is_active.

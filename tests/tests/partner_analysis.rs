@@ -3,37 +3,18 @@
 //! from PostgreSQL; `partner_pack.rs` checks them), and `analysis.add_pending` adds them as pending
 //! memberships of the partner's group.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::chain::Mode;
-use syncfleet_store::{runs::TriggerKind, views::RunView};
+use syncfleet_store::views::RunView;
 use syncfleet_tests::partner::{acme_toml, impartner_all, northpass_all, s};
 use syncfleet_tests::{Sandbox, TestEnv};
 
 const PUBLIC: &[&str] = &["gmail.com", "outlook.com", "yahoo.com", "hotmail.com"];
 
 async fn run_step(env: &TestEnv, step: &str, mode: Mode) -> RunView {
-    let run = env
-        .ops
-        .trigger(Trigger {
-            chain: "partner_daily".into(),
-            integration: "acme".into(),
-            mode,
-            kind: TriggerKind::Manual,
-            triggered_by: "test".into(),
-            tick_key: None,
-            force_sweep: false,
-            step: Some(step.into()),
-            step_modes: Default::default(),
-        })
-        .await
-        .expect("trigger");
-    let view = env.wait(run, Duration::from_secs(120)).await;
+    let view = env.run_step("partner_daily", "acme", step, mode).await;
     assert_eq!(view.status, "completed", "{step}: {view:#?}");
     view
 }

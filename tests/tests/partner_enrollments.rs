@@ -3,15 +3,11 @@
 //! shards) and `sync_to_impartner` (counts pushed with the push engine, read back from the sandbox's
 //! write log). Expectations are computed from the sandbox's own APIs, independently of the pack.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
-use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::chain::Mode;
-use syncfleet_store::{runs::TriggerKind, views::RunView};
+use syncfleet_store::views::RunView;
 use syncfleet_tests::partner::{acme_toml, get, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
@@ -29,22 +25,7 @@ async fn env_for(sandbox: &Sandbox) -> (TestEnv, Running) {
 
 /// Runs one step of `chain` on its own and waits for the run to end.
 async fn run_step(env: &TestEnv, chain: &str, step: &str, mode: Mode) -> RunView {
-    let run = env
-        .ops
-        .trigger(Trigger {
-            chain: chain.into(),
-            integration: "acme".into(),
-            mode,
-            kind: TriggerKind::Manual,
-            triggered_by: "test".into(),
-            tick_key: None,
-            force_sweep: false,
-            step: Some(step.into()),
-            step_modes: Default::default(),
-        })
-        .await
-        .expect("trigger");
-    env.wait(run, Duration::from_secs(60)).await
+    env.run_step(chain, "acme", step, mode).await
 }
 
 /// The sandbox's world as the issue defines it, computed from its APIs (and the group links whose

@@ -3,12 +3,11 @@
 //! without cycling, offboarding records that expire once the person is active again, a failed
 //! transcript read as an item error, and the look-back window reading a change behind the cursor.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::chain::Mode;
-use syncfleet_store::{runs::TriggerKind, views::RunView};
+use syncfleet_store::views::RunView;
 use syncfleet_tests::partner::{acme_toml, get, impartner_all, northpass_all, s, step};
 use syncfleet_tests::{Running, Sandbox, TestEnv};
 
@@ -23,22 +22,7 @@ async fn env_with(sandbox: &Sandbox, northpass_extra: &str, settings: &str) -> (
 
 /// Runs one step of `chain` on its own and waits for the run to end.
 async fn run_step(env: &TestEnv, chain: &str, step: &str, mode: Mode) -> RunView {
-    let run = env
-        .ops
-        .trigger(Trigger {
-            chain: chain.into(),
-            integration: "acme".into(),
-            mode,
-            kind: TriggerKind::Manual,
-            triggered_by: "test".into(),
-            tick_key: None,
-            force_sweep: false,
-            step: Some(step.into()),
-            step_modes: Default::default(),
-        })
-        .await
-        .expect("trigger");
-    env.wait(run, Duration::from_secs(90)).await
+    env.run_step(chain, "acme", step, mode).await
 }
 
 async fn daily(env: &TestEnv) -> RunView {
