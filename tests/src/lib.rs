@@ -219,6 +219,18 @@ impl TestEnv {
     }
 
     pub async fn trigger_with(&self, chain: &str, integration: &str, mode: Mode, force_sweep: bool) -> RunId {
+        self.trigger_manual(chain, integration, mode, force_sweep, None).await
+    }
+
+    /// A manual trigger of the whole chain, or of `step` alone.
+    async fn trigger_manual(
+        &self,
+        chain: &str,
+        integration: &str,
+        mode: Mode,
+        force_sweep: bool,
+        step: Option<&str>,
+    ) -> RunId {
         self.ops
             .trigger(Trigger {
                 chain: chain.into(),
@@ -228,7 +240,7 @@ impl TestEnv {
                 triggered_by: "test".into(),
                 tick_key: None,
                 force_sweep,
-                step: None,
+                step: step.map(Into::into),
                 step_modes: Default::default(),
             })
             .await
@@ -244,21 +256,7 @@ impl TestEnv {
     /// Triggers one step of `chain` on its own (`syncfleet trigger --step`) and waits for the run
     /// to end (up to two minutes).
     pub async fn run_step(&self, chain: &str, integration: &str, step: &str, mode: Mode) -> RunView {
-        let run = self
-            .ops
-            .trigger(Trigger {
-                chain: chain.into(),
-                integration: integration.into(),
-                mode,
-                kind: TriggerKind::Manual,
-                triggered_by: "test".into(),
-                tick_key: None,
-                force_sweep: false,
-                step: Some(step.into()),
-                step_modes: Default::default(),
-            })
-            .await
-            .expect("trigger");
+        let run = self.trigger_manual(chain, integration, mode, false, Some(step)).await;
         self.wait(run, Duration::from_secs(120)).await
     }
 
