@@ -14,4 +14,5 @@ pub mod job;
 pub mod mail;
 pub mod phase;
 pub mod retry;
+pub mod schedule;
 pub mod secret;
