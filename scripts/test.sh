@@ -3,7 +3,8 @@
 # it (.ci/run calls this script). Safe to run again: each step skips what is already there.
 #   - PostgreSQL and Redis up (scripts/start-postgres-redis.sh);
 #   - cargo-nextest; Debian's Chromium and tests/e2e's npm packages (the dashboard browser test);
-#   - schemathesis in target/fuzz-venv (the API fuzz test);
+#   - schemathesis in target/fuzz-venv (the API fuzz test), aiosmtpd in target/smtp-venv (mail over
+#     STARTTLS with AUTH);
 #   - the deploy tools in target/deploy-venv, and the offline deploy checks (deploy/check/run.sh);
 #   - then the binaries and every test of the workspace.
 set -euo pipefail
@@ -20,6 +21,11 @@ command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 if [ ! -x target/fuzz-venv/bin/schemathesis ]; then
   python3 -m venv target/fuzz-venv
   target/fuzz-venv/bin/pip install -q "schemathesis==4.32.5"
+fi
+# The managed-services test delivers mail to aiosmtpd (from PyPI) with STARTTLS and AUTH.
+if [ ! -x target/smtp-venv/bin/python ] || ! target/smtp-venv/bin/python -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m venv target/smtp-venv
+  target/smtp-venv/bin/pip install -q "aiosmtpd==1.4.6"
 fi
 export CI="${CI:-true}"
 

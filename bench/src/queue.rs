@@ -7,6 +7,14 @@
 //!   (the release `syncfleet-worker` binary) and the producer in this process.
 //! - `start_latency_*`: trigger → step start of a one-step chain on an idle fleet.
 //! - `engine_w4_vs_w1`: the engine's steps/s on 4 processes ÷ on 1, within each run.
+//! - `pg_floor_steps_per_s_c{8,32}`: what PostgreSQL alone needs per step, in the same run: the two
+//!   transactions every step must commit (its claim and its finish, one `UPDATE` each, autocommit) on
+//!   copies of `step_runs` and `chain_runs` (`LIKE … INCLUDING ALL`: the same columns, defaults and
+//!   indexes, filled with the rows of a real `demo_fanout` run), from as many connections at once as
+//!   the fleet runs steps (8 = one worker process of concurrency 8, 32 = four). `engine_vs_pg_floor`
+//!   is the engine's steps/s on 1 process ÷ the floor at 8, `engine_w4_vs_pg_floor` on 4 ÷ at 32.
+//! - `start_latency_floor_*`: one PostgreSQL commit plus one Redis round trip, back to back, the
+//!   least a trigger → start can cost (the trigger commits, the worker hears of it through Redis).
 
 use std::{
     sync::{
@@ -125,7 +133,7 @@ async fn engine(workers: usize, shards: u32) -> anyhow::Result<f64> {
 
 /// Trigger → step start of `demo_ping` on an idle fleet of one process: (p50, p99) in ms.
 async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
-    let mut ms = with_fleet(1, 1, async |r| {
+    let ms = with_fleet(1, 1, async |r| {
         let mut ms = Vec::new();
         for _ in 0..samples {
             let run = r.trigger("demo_ping", INTEGRATION, Mode::Full, &[]).await?;
@@ -142,9 +150,124 @@ async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
         Ok(ms)
     })
     .await?;
+    Ok(percentiles(ms))
+}
+
+/// Steps the floor runs at each concurrency.
+const FLOOR_STEPS: u32 = 2_000;
+
+/// What PostgreSQL alone needs per step: (steps/s at 8 connections, at 32, commit + Redis round
+/// trip p50 ms, p99 ms), on a scratch database of the engine's schema.
+async fn pg_floor(samples: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let config = format!("[chains.demo_fanout.steps.fan]\nshards = {FLOOR_STEPS}\n");
+    round::with_scratch(&round::PgServer::Tcp, &config, async |scratch| {
+        let ops = &scratch.ops;
+        store::upsert_integration(&ops.pool, INTEGRATION, "demo", &json!({ "step_ms": 0 })).await?;
+        // Real rows of the shape the engine claims and finishes: a demo_fanout run, never executed
+        // (no worker runs in this scratch).
+        let run = ops
+            .trigger(syncfleet_producer::ops::Trigger {
+                chain: "demo_fanout".into(),
+                integration: INTEGRATION.into(),
+                mode: Mode::Full,
+                kind: store::runs::TriggerKind::Manual,
+                triggered_by: "bench".into(),
+                tick_key: None,
+                force_sweep: false,
+                step: None,
+                step_modes: Default::default(),
+            })
+            .await?;
+        sqlx::raw_sql(
+            "CREATE TABLE floor_runs (LIKE chain_runs INCLUDING ALL);
+             CREATE TABLE floor_steps (LIKE step_runs INCLUDING ALL);
+             CREATE TABLE floor_commits (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now());",
+        )
+        .execute(&ops.pool)
+        .await?;
+        let mut floors = Vec::new();
+        for concurrency in [8usize, 32] {
+            floors.push(floor_round(scratch, run, concurrency).await?);
+        }
+        // The start latency's floor: a commit, then a Redis round trip.
+        let mut ms = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            sqlx::query("INSERT INTO floor_commits DEFAULT VALUES").execute(&ops.pool).await?;
+            ops.queues.ping().await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (p50, p99) = percentiles(ms);
+        Ok((floors[0], floors[1], p50, p99))
+    })
+    .await
+}
+
+/// One floor measurement: `run`'s rows copied into the floor tables with every `fan` shard ready,
+/// then each claimed and finished, `concurrency` connections at once. Steps per second.
+async fn floor_round(scratch: &round::Scratch, run: RunId, concurrency: usize) -> anyhow::Result<f64> {
+    let ops = &scratch.ops;
+    sqlx::raw_sql("TRUNCATE floor_runs, floor_steps").execute(&ops.pool).await?;
+    for sql in [
+        "INSERT INTO floor_runs SELECT * FROM chain_runs WHERE id = $1",
+        "INSERT INTO floor_steps SELECT * FROM step_runs WHERE run_id = $1 AND step = 'fan'",
+    ] {
+        sqlx::query(sql).bind(run.0).execute(&ops.pool).await?;
+    }
+    sqlx::raw_sql("UPDATE floor_steps SET status = 'ready' WHERE status <> 'ready'").execute(&ops.pool).await?;
+    // VACUUM cannot run inside the implicit transaction of a multi-statement string.
+    sqlx::raw_sql("VACUUM ANALYZE floor_steps").execute(&ops.pool).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM floor_steps ORDER BY id").fetch_all(&ops.pool).await?;
+    anyhow::ensure!(ids.len() == FLOOR_STEPS as usize, "the floor found {} of {FLOOR_STEPS} shards", ids.len());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(concurrency as u32)
+        .min_connections(concurrency as u32)
+        .connect(ops.config.database.url.expose())
+        .await?;
+    let (ids, next) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (pool, ids, next) = (pool.clone(), ids.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(&id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                // The claim: the step row from ready to running under this worker.
+                sqlx::query(
+                    "UPDATE floor_steps SET status = 'running', attempts = attempts + 1, worker = 'floor',
+                            started_at = now(), heartbeat_at = now()
+                      WHERE id = $1 AND status = 'ready'",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await?;
+                // The finish: running to succeeded.
+                sqlx::query(
+                    "UPDATE floor_steps SET status = 'succeeded', finished_at = now(), duration_ms = 0
+                      WHERE id = $1 AND status = 'running' AND worker = 'floor'",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = FLOOR_STEPS as f64 / t.elapsed().as_secs_f64();
+    let done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM floor_steps WHERE status = 'succeeded'").fetch_one(&pool).await?;
+    anyhow::ensure!(done == FLOOR_STEPS as i64, "the floor finished {done} of {FLOOR_STEPS} steps");
+    pool.close().await;
+    Ok(rate)
+}
+
+/// (p50, p99) of `ms`.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
-    Ok((pct(0.5), pct(0.99)))
+    (pct(0.5), pct(0.99))
 }
 
 pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
@@ -157,8 +280,10 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
         let e1 = engine(1, 2_000).await?;
         let e4 = engine(4, 2_000).await?;
         let (p50, p99) = latency(100).await?;
+        let (floor8, floor32, floor_p50, floor_p99) = pg_floor(100).await?;
         eprintln!(
-            "queue round {}: {consume50:.0} jobs/s, engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4, start p50 {p50:.1} ms",
+            "queue round {}: {consume50:.0} jobs/s, engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 \
+             (PostgreSQL floor {floor8:.0} at 8, {floor32:.0} at 32), start p50 {p50:.1} ms (floor {floor_p50:.1})",
             round + 1
         );
         s.figure("queue_jobs_per_s", consume50);
@@ -169,11 +294,26 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
         s.figure("engine_w4_vs_w1", e4 / e1);
         s.figure("start_latency_p50_ms", p50);
         s.figure("start_latency_p99_ms", p99);
+        s.figure("pg_floor_steps_per_s_c8", floor8);
+        s.figure("pg_floor_steps_per_s_c32", floor32);
+        s.figure("engine_vs_pg_floor", e1 / floor8);
+        s.figure("engine_w4_vs_pg_floor", e4 / floor32);
+        s.figure("start_latency_floor_p50_ms", floor_p50);
+        s.figure("start_latency_floor_p99_ms", floor_p99);
     }
     s.ratio_from_median("engine_w4_vs_w1");
+    s.ratio_from_median("engine_vs_pg_floor");
+    s.ratio_from_median("engine_w4_vs_pg_floor");
+    s.goal("start_latency_p50_ms", "<= 2.0");
+    s.goal("start_latency_p99_ms", "<= 10");
+    s.goal("engine_vs_pg_floor", ">= 0.5");
+    s.goal("engine_w4_vs_w1", ">= 1.0");
     s.note("queue_*: no-op jobs through QueueClient::push and one apalis-redis worker (6,000 at concurrency 50, 3,000 at 1)");
     s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8");
     s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
     s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs");
+    s.note("pg_floor_*: per step, the claim and the finish as two autocommit UPDATEs on copies of step_runs (LIKE … INCLUDING ALL, rows of a real 2,000-shard demo_fanout), 8 and 32 connections at once (the step slots of 1 and 4 worker processes)");
+    s.note("engine_vs_pg_floor: engine steps/s on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: on 4 ÷ at 32; each within one run");
+    s.note("start_latency_floor_*: one PostgreSQL commit plus one Redis PING, back to back, 100 times");
     Ok(s)
 }

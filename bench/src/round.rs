@@ -155,7 +155,7 @@ impl Round {
     /// Starts everything and waits until every worker process has registered.
     pub async fn start(setup: Setup) -> anyhow::Result<Round> {
         let body = format!(
-            "[worker]\npoll_interval_ms = 5\nconcurrency = {}\nlisten = \"\"\n\
+            "[worker]\nconcurrency = {}\nlisten = \"\"\n\
              [producer]\nreconcile_interval_ms = {}\nscheduler_enabled = false\n{}",
             setup.concurrency, setup.reconcile_interval_ms, setup.config
         );
@@ -280,6 +280,27 @@ impl Round {
         .bind(run.0)
         .fetch_all(&self.ops().pool)
         .await?)
+    }
+
+    /// The longest idle hand-over in `run`, in seconds, and the step it delayed: for each step, the
+    /// wait from its last prerequisite's end (every shard of it; a step without prerequisites: the
+    /// run's creation) to its first shard's start. Retries and lease waits of the step itself
+    /// count, since the chain waits for them too.
+    pub async fn idle_gap_max_s(&self, run: &str) -> anyhow::Result<(f64, String)> {
+        let row: Option<(f64, String)> = sqlx::query_as(
+            "WITH steps AS (
+                 SELECT step, min(started_at) AS started, max(finished_at) AS finished,
+                        min(prerequisites) AS prerequisites
+                   FROM step_runs WHERE run_id = $1::uuid AND started_at IS NOT NULL GROUP BY step)
+             SELECT extract(epoch FROM (s.started - coalesce(
+                        (SELECT max(p.finished) FROM steps p WHERE p.step = ANY(s.prerequisites)),
+                        (SELECT created_at FROM chain_runs WHERE id = $1::uuid))))::float8 AS gap, s.step
+               FROM steps s ORDER BY gap DESC LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(&self.ops().pool)
+        .await?;
+        row.context("the run started no step")
     }
 
     /// The largest peak RSS (`VmHWM`) of the worker processes, in MiB.

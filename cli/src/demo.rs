@@ -9,7 +9,10 @@ use syncfleet_store::{self as store, StoreError, runs::TriggerKind, views};
 use syncfleet_worker::{Engine, worker_name};
 use tokio_util::sync::CancellationToken;
 
-use super::output::{exit_for, print_run, wait_for};
+use crate::{
+    exit::for_status as exit_for,
+    output::{print_run, wait_for},
+};
 
 /// The packs and chain the demo drives by name: the demo shows this build's sandbox upstreams, so
 /// it knows which packs sync them.

@@ -402,7 +402,7 @@ function renderQueues() {
   const columns = [
     { label: 'Queue', cell: (q) => h('strong', null, show(q.queue)) },
     { label: 'State', cell: (q) => (q.paused === true ? badge('paused') : q.paused === false ? badge('active') : DASH) },
-    ...['ready', 'scheduled', 'inflight', 'blocked', 'dead', 'done', 'workers'].map((k) => ({
+    ...['ready', 'runnable', 'scheduled', 'inflight', 'blocked', 'dead', 'done', 'workers'].map((k) => ({
       label: k === 'inflight' ? 'in flight' : k,
       num: true,
       cell: (q) => num(q[k]),

@@ -138,7 +138,8 @@ export function stepNotes(run) {
       [
         { label: 'Step', cell: (s) => show(s.step) },
         { label: 'Cursor before → after', cell: (s) => (s.cursor_before || s.cursor_after ? `${show(s.cursor_before)} → ${show(s.cursor_after)}` : DASH) },
-        { label: 'Guard', cell: (s) => show(s.guard) },
+        // A sharded step's guard has one `shard N: …` line per shard: kept as lines (text, CSS).
+        { label: 'Guard', cell: (s) => (s.guard ? h('span', { class: 'guard' }, s.guard) : DASH) },
         { label: 'Error', cell: (s) => (s.error ? h('span', { class: 'error' }, s.error) : DASH) },
       ],
       steps,

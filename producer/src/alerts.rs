@@ -47,8 +47,9 @@ pub async fn send_new(ops: &Ops) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let alerts = store::alerts::claim_due(&ops.pool, BATCH).await?;
+    let secrets = ops.config.secrets.policy();
     for alert in &alerts {
-        let failed = deliver(config, alert).await;
+        let failed = deliver(config, &secrets, alert).await;
         if failed.is_empty() {
             continue;
         }
@@ -70,7 +71,7 @@ pub async fn send_new(ops: &Ops) -> anyhow::Result<usize> {
 }
 
 /// Sends the alert on its pending channels; returns the channels that failed.
-async fn deliver(config: &AlertsConfig, alert: &Alert) -> Vec<String> {
+async fn deliver(config: &AlertsConfig, secrets: &syncfleet_sdk::secrets::SecretPolicy, alert: &Alert) -> Vec<String> {
     let wanted = |channel: &str| alert.alert_pending.as_ref().is_none_or(|p| p.iter().any(|c| c == channel));
     if alert.alert_attempts <= 1 {
         tracing::warn!(chain = %alert.chain, integration = %alert.integration, run_id = %alert.run_id,
@@ -90,7 +91,8 @@ async fn deliver(config: &AlertsConfig, alert: &Alert) -> Vec<String> {
     }
     if let Some(smtp) = &config.smtp
         && wanted("mail")
-        && let Err(error) = syncfleet_sdk::mail::send(smtp, &config.to, &subject(alert), text(alert), false).await
+        && let Err(error) =
+            syncfleet_sdk::mail::send(smtp, Some(secrets), &config.to, &subject(alert), text(alert), false).await
     {
         tracing::error!(%error, run_id = %alert.run_id, step = %alert.step, "Alert mail failed.");
         failed.push("mail".to_owned());

@@ -36,7 +36,7 @@ pub async fn connect(config: &Config, registry: Registry) -> anyhow::Result<Ops>
     // The API's settings and webhook references are checked, and secrets read, under `[secrets]`.
     let registry = registry.with_secrets(config.secrets.policy());
     let pool = store::roles::start(config, &registry).await?;
-    let queues = QueueClient::connect(config.redis.url.expose(), &config.redis.namespace).await?;
+    let queues = QueueClient::connect_to(&config.redis).await?;
     let chains = Arc::new(registry.chains(config)?);
     let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())), &config.upstream)
         .with_secrets(config.secrets.policy());

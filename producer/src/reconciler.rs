@@ -145,14 +145,19 @@ impl Reconciler {
         let mut every = tokio::time::interval(Duration::from_millis(self.ops.config.producer.reconcile_interval_ms));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Shutdown first: after a slow pass the next tick is due at once too.
             tokio::select! {
-                _ = every.tick() => {}
+                biased;
                 _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
             }
             match self.pass().await {
                 Ok(r) if r.reaped + r.redelivered > 0 => tracing::info!(?r, "Reconciled."),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "Reconcile pass failed."),
+                Err(error) => {
+                    metrics::reconciler_error();
+                    tracing::warn!(%error, "Reconcile pass failed.");
+                }
             }
         }
     }

@@ -162,6 +162,7 @@ impl Scheduler {
                     fired.push(f);
                 }
                 Err(error) => {
+                    syncfleet_runtime::metrics::scheduler_error();
                     tracing::warn!(chain = %s.chain, integration = %s.integration, %error, "Scheduled trigger failed.")
                 }
             }
@@ -173,12 +174,15 @@ impl Scheduler {
         let mut first = true;
         let mut every = tokio::time::interval(Duration::from_millis(500));
         loop {
+            // Shutdown first: after a slow pass the next tick is due at once too.
             tokio::select! {
-                _ = every.tick() => {}
+                biased;
                 _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
             }
             let startup = first && self.ops.config.producer.startup_trigger;
             if let Err(error) = self.tick_once(Utc::now(), startup).await {
+                syncfleet_runtime::metrics::scheduler_error();
                 tracing::warn!(%error, "Scheduler pass failed.");
             }
             first = false;

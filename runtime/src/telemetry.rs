@@ -8,25 +8,30 @@
 //! `span_id`.
 //!
 //! **Traces**: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set,
-//! the producer and the workers export spans over OTLP/HTTP with protobuf bodies
-//! (`{endpoint}/v1/traces`) from a background thread. The standard variables apply
+//! the producer and the workers export spans over OTLP from a background thread: over HTTP with
+//! protobuf bodies (`{endpoint}/v1/traces`) by default, over gRPC when
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL` is `grpc` (`http/protobuf`
+//! names the default; anything else turns export off with a message). The standard variables apply
 //! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_SCHEDULE_DELAY`, …). Without them there is no exporter and no
-//! OpenTelemetry layer: spans cost what tracing costs.
+//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_SCHEDULE_DELAY`, …). The resource carries `service.name` (the
+//! binary's) and `service.version` (the build's) unless those variables set them. Without an
+//! endpoint there is no exporter and no OpenTelemetry layer: spans cost what tracing costs.
 //!
-//! One trace per run: the producer's `trigger` span is its root. Its W3C `traceparent` is stored
-//! with the run (`chain_runs.trace_context`) and carried in every step job's payload; the worker's
-//! `process` span (messaging attributes, kind consumer) continues it, and the step's upstream HTTP
-//! tries and upsert batches are its descendants. Pushes to Redis are `send` spans (kind producer).
-//! Spans made only for tracing use the target [`OTEL_TARGET`] and stay out of the logs.
+//! A trace per run, and one per step job linked to it: the producer's `trigger` span is the root
+//! of the run's trace. Its W3C `traceparent` is stored with the run (`chain_runs.trace_context`)
+//! and carried in every step job's payload. The worker's `process` span (messaging attributes, kind
+//! consumer) starts a trace of its own with a span link to the run's `trigger`, so a long full sync
+//! is many small traces rather than one huge one; the step's upstream HTTP tries, upsert batches
+//! and pushes of the next steps are its descendants. Pushes to Redis are `send` spans (kind
+//! producer). Spans made only for tracing use the target [`OTEL_TARGET`] and stay out of the logs.
 
 use std::{collections::HashMap, io::IsTerminal};
 
 use opentelemetry::{
-    global,
+    KeyValue, global,
     trace::{Status, TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -85,7 +90,8 @@ pub fn init_service(service: &'static str, json: bool) -> Telemetry {
     };
     install(json, SERVICE_FILTER, provider.as_ref());
     if provider.is_some() {
-        tracing::info!(service, "Exporting traces over OTLP/HTTP.");
+        let protocol = protocol().map(Protocol::name).unwrap_or_default();
+        tracing::info!(service, protocol, "Exporting traces over OTLP.");
     }
     Telemetry { provider }
 }
@@ -106,18 +112,75 @@ impl Drop for Telemetry {
     }
 }
 
-fn tracer_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+/// The variables naming the OTLP protocol, the more specific first.
+const PROTOCOL_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"];
+
+/// The OTLP transports this build exports over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf` (the default).
+    HttpProtobuf,
+    /// `grpc`.
+    Grpc,
+}
+
+impl Protocol {
+    /// The name the OpenTelemetry variables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    /// Reads a protocol variable's value; the error names the values this build takes.
+    pub fn parse(value: &str) -> Result<Protocol, String> {
+        match value.trim() {
+            "" | "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "grpc" => Ok(Protocol::Grpc),
+            other => Err(format!("OTLP protocol `{other}` is not supported: use `http/protobuf` or `grpc`")),
+        }
+    }
+}
+
+/// The protocol the environment asks for (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`).
+pub fn protocol() -> Result<Protocol, String> {
+    let set =
+        PROTOCOL_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|v| !v.trim().is_empty()).map(|x| (*v, x)));
+    match set {
+        Some((var, value)) => Protocol::parse(&value).map_err(|m| format!("{var}: {m}")),
+        None => Ok(Protocol::HttpProtobuf),
+    }
+}
+
+fn tracer_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
     let configured = ENDPOINT_VARS.iter().any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
     if !configured {
         return Ok(None);
     }
-    let exporter =
-        opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).build()?;
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match protocol()? {
+        Protocol::HttpProtobuf => builder.with_http().with_protocol(opentelemetry_otlp::Protocol::HttpBinary).build(),
+        // tonic's channel runs on the tokio runtime current here (the service's).
+        Protocol::Grpc => builder.with_tonic().build(),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource(service)).build()))
+}
+
+/// The resource of a service's spans: the standard detectors (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`), then `service.name` and `service.version` where they set none.
+fn resource(service: &'static str) -> Resource {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service);
     }
-    Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build()))
+    let attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    if !attributes.split(',').any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == "service.version")) {
+        resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    resource.build()
 }
 
 fn install(json: bool, default_filter: &str, provider: Option<&SdkTracerProvider>) {
@@ -192,11 +255,20 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
-/// The span of processing one step job taken from `queue` (kind consumer). It continues the trace
-/// the job carries: the run's.
+/// The span context a W3C `traceparent` names, when it names one.
+fn remote_span_context(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = global::get_text_map_propagator(|p| p.extract(&carrier));
+    let span_context = cx.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// The span of processing one step job taken from `queue` (kind consumer): the root of a trace of
+/// its own, linked to the span the job's `traceparent` names (the run's `trigger`).
 pub fn process_span(queue: &str, job_id: &str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(
         target: OTEL_TARGET,
+        parent: None,
         "process",
         otel.name = %format_args!("process {queue}"),
         otel.kind = "consumer",
@@ -206,8 +278,10 @@ pub fn process_span(queue: &str, job_id: &str, traceparent: Option<&str>) -> tra
         messaging.operation.name = "process",
         messaging.message.id = job_id,
     );
-    if !span.is_disabled() {
-        continue_trace(&span, traceparent);
+    if !span.is_disabled()
+        && let Some(run) = traceparent.and_then(remote_span_context)
+    {
+        span.add_link_with_attributes(run, vec![KeyValue::new("syncfleet.link", "run")]);
     }
     span
 }
@@ -261,6 +335,15 @@ mod tests {
         assert_eq!(current_traceparent(), None);
         continue_trace(&span, Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         continue_trace(&span, Some("not a traceparent"));
+    }
+
+    #[test]
+    fn the_protocol_is_read_as_the_specification_names_it() {
+        assert_eq!(Protocol::parse("grpc"), Ok(Protocol::Grpc));
+        assert_eq!(Protocol::parse("http/protobuf"), Ok(Protocol::HttpProtobuf));
+        assert_eq!(Protocol::parse(""), Ok(Protocol::HttpProtobuf));
+        let err = Protocol::parse("http/json").unwrap_err();
+        assert!(err.contains("`http/json`") && err.contains("grpc"), "{err}");
     }
 
     #[test]

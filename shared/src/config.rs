@@ -3,7 +3,11 @@
 //! Validated at load; a bad value fails start-up naming its key. Passed explicitly, never read
 //! from globals.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -287,6 +291,10 @@ impl Default for UpstreamConfig {
 /// to = ["oncall@example.com"]
 /// smtp = { host = "127.0.0.1", port = 25, from = "syncfleet@example.com" }
 /// ```
+///
+/// A mail provider takes mail over TLS with AUTH
+/// (`smtp = { host = "smtp.example.com", tls = "starttls", username = "syncfleet", secret_env = "SYNCFLEET_SECRET_SMTP", from = "…" }`,
+/// [`crate::mail::SmtpServer`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
@@ -311,7 +319,7 @@ impl AlertsConfig {
 }
 
 impl AlertsConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, policy: &crate::secret::SecretPolicy) -> Result<(), ConfigError> {
         if self.retry_secs == Some(0) {
             return Err(invalid("alerts.retry_secs", "must be at least 1"));
         }
@@ -327,6 +335,12 @@ impl AlertsConfig {
         match &self.smtp {
             Some(smtp) => {
                 smtp.check().map_err(|(k, m)| invalid(&format!("alerts.smtp.{k}"), m))?;
+                if let Some(name) = &smtp.secret_env {
+                    policy.env(name).map_err(|m| invalid("alerts.smtp.secret_env", m))?;
+                }
+                if let Some(name) = &smtp.secret_file {
+                    policy.file(name).map_err(|m| invalid("alerts.smtp.secret_file", m))?;
+                }
                 if self.to.is_empty() {
                     return Err(invalid("alerts.to", "list at least one address when alerts.smtp is set"));
                 }
@@ -336,6 +350,33 @@ impl AlertsConfig {
         }
         Ok(())
     }
+}
+
+/// Reads a secret file named by the configuration key `key`: a regular file of at most
+/// [`crate::secret::MAX_SECRET_BYTES`], UTF-8, not empty once trailing white space is dropped.
+fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    use std::io::Read;
+    let shown = path.display();
+    let fail = |e: std::io::Error| invalid(key, format!("cannot read {shown}: {}", e.kind()));
+    // Checked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).map_err(fail)?.is_file() {
+        return Err(invalid(key, format!("{shown} is not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(fail)?
+        .take(crate::secret::MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > crate::secret::MAX_SECRET_BYTES {
+        return Err(invalid(key, format!("{shown} is larger than {} KiB", crate::secret::MAX_SECRET_BYTES / 1024)));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid(key, format!("{shown} is not UTF-8 text")))?;
+    let value = text.trim_end();
+    if value.is_empty() {
+        return Err(invalid(key, format!("{shown} is empty")));
+    }
+    Ok(Secret::new(value))
 }
 
 /// One integration: its pack and the pack's settings (every other key of the table).
@@ -366,10 +407,17 @@ fn enabled_by_default() -> bool {
 pub struct DatabaseConfig {
     /// The runtime role's connection (producers, workers, the CLI): not a superuser, owning no table.
     pub url: Secret,
+    /// A file holding `url` (a mounted secret, e.g. `SYNCFLEET__DATABASE__URL_FILE=/run/secrets/db-url`):
+    /// read at load, replacing `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
     /// The owner role's connection, used only to create the database and run migrations
     /// (`syncfleet migrate`); unset = this process migrates nothing and expects a migrated schema.
     #[serde(default)]
     pub owner_url: Option<Secret>,
+    /// A file holding `owner_url`, read at load, replacing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_url_file: Option<PathBuf>,
     pub max_connections: u32,
     /// `statement_timeout` of every connection, in milliseconds.
     #[serde(default = "default_statement_timeout_ms")]
@@ -395,7 +443,16 @@ fn default_idle_in_transaction_ms() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://…`, or `rediss://…` for TLS (managed Redis), verified against the system's roots
+    /// or `ca_file`. There is no switch to skip verification.
     pub url: Secret,
+    /// A file holding `url` (a mounted secret), read at load, replacing `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) a `rediss://` server's certificate is verified against, instead of the
+    /// system's roots (a private Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every Redis key we own, queues included (`{namespace}:{queue}:…`).
     pub namespace: String,
 }
@@ -471,13 +528,20 @@ impl Default for Config {
             environment: Environment::Development,
             database: DatabaseConfig {
                 url: Secret::new(DEFAULT_DATABASE_URL),
+                url_file: None,
                 owner_url: None,
+                owner_url_file: None,
                 max_connections: 16,
                 statement_timeout_ms: default_statement_timeout_ms(),
                 lock_timeout_ms: default_lock_timeout_ms(),
                 idle_in_transaction_ms: default_idle_in_transaction_ms(),
             },
-            redis: RedisConfig { url: Secret::new(DEFAULT_REDIS_URL), namespace: "syncfleet".into() },
+            redis: RedisConfig {
+                url: Secret::new(DEFAULT_REDIS_URL),
+                url_file: None,
+                ca_file: None,
+                namespace: "syncfleet".into(),
+            },
             worker: WorkerConfig {
                 concurrency: 4,
                 poll_interval_ms: 50,
@@ -547,17 +611,41 @@ impl Config {
                 format!("packs.{pack}.{key}").into()
             }));
         }
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.read_url_files()?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Replaces each connection URL whose `*_file` key is set with the file's contents (trailing
+    /// white space dropped). The error names the key and the file, never what the file holds.
+    pub fn read_url_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.database.url_file {
+            self.database.url = read_secret_file("database.url_file", path)?;
+        }
+        if let Some(path) = &self.database.owner_url_file {
+            self.database.owner_url = Some(read_secret_file("database.owner_url_file", path)?);
+        }
+        if let Some(path) = &self.redis.url_file {
+            self.redis.url = read_secret_file("redis.url_file", path)?;
+        }
+        if let Some(path) = &self.redis.ca_file {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| invalid("redis.ca_file", format!("cannot read {}: {}", path.display(), e.kind())))?;
+            if !meta.is_file() {
+                return Err(invalid("redis.ca_file", format!("{} is not a regular file", path.display())));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses a TOML document over the defaults (tests and embedded use).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(Box::new)?;
+        config.read_url_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -625,7 +713,7 @@ impl Config {
             crate::secret::check_settings_secrets(&serde_json::Value::Object(spec.settings.clone()), &policy)
                 .map_err(|(k, m)| invalid(&format!("{key}.{k}"), m))?;
         }
-        self.alerts.validate()?;
+        self.alerts.validate(&self.secrets.policy())?;
         self.hooks.validate(&self.secrets.policy())?;
         self.secrets.validate()?;
         self.upstream.validate()?;
@@ -705,7 +793,52 @@ mod tests {
         assert!(err.contains("alerts.to"), "{err}");
         let ok = "[alerts]\nwebhook_url = \"http://127.0.0.1:9/x\"\nto = [\"a@example.com\"]\nsmtp = { host = \"127.0.0.1\", port = 2525, from = \"sf@example.com\" }\n";
         let c = Config::from_toml(ok).unwrap();
-        assert_eq!(c.alerts.smtp.unwrap().port, 2525);
+        assert_eq!(c.alerts.smtp.unwrap().port(), 2525);
+        let auth = "[alerts]\nto = [\"a@example.com\"]\nsmtp = { host = \"h\", tls = \"starttls\", username = \"u\", secret_env = \"OTHER_PASSWORD\", from = \"sf@example.com\" }\n";
+        let err = Config::from_toml(auth).unwrap_err().to_string();
+        assert!(err.contains("alerts.smtp.secret_env") && err.contains("SYNCFLEET_SECRET_"), "{err}");
+        let clear = auth.replace("starttls", "none").replace("OTHER_PASSWORD", "SYNCFLEET_SECRET_SMTP");
+        let err = Config::from_toml(&clear).unwrap_err().to_string();
+        assert!(err.contains("alerts.smtp.tls"), "{err}");
+        Config::from_toml(&auth.replace("OTHER_PASSWORD", "SYNCFLEET_SECRET_SMTP")).unwrap();
+    }
+
+    #[test]
+    fn connection_urls_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("syncfleet-url-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (db, owner, redis) = (dir.join("db-url"), dir.join("owner-url"), dir.join("redis-url"));
+        std::fs::write(&db, "postgres://app:s3cret-db@db.internal/sf\n").unwrap();
+        std::fs::write(&owner, "postgres://owner:s3cret-owner@db.internal/sf").unwrap();
+        std::fs::write(&redis, "rediss://:s3cret-redis@redis.internal:6380\r\n").unwrap();
+        let text = format!(
+            "[database]\nurl_file = \"{}\"\nowner_url_file = \"{}\"\n[redis]\nurl_file = \"{}\"\n",
+            db.display(),
+            owner.display(),
+            redis.display()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://app:s3cret-db@db.internal/sf");
+        assert_eq!(c.database.owner_url.as_ref().unwrap().expose(), "postgres://owner:s3cret-owner@db.internal/sf");
+        assert_eq!(c.redis.url.expose(), "rediss://:s3cret-redis@redis.internal:6380");
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        // A missing, empty or non-regular file fails naming the key and the file, never the value.
+        let missing = text.replace("redis-url", "no-such-file");
+        let err = Config::from_toml(&missing).unwrap_err().to_string();
+        assert!(err.contains("redis.url_file") && err.contains("no-such-file") && err.contains("not found"), "{err}");
+        std::fs::write(&db, "\n").unwrap();
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("database.url_file") && err.contains("is empty"), "{err}");
+        let err = Config::from_toml(&text.replace("owner-url", "")).unwrap_err().to_string();
+        assert!(err.contains("database.url_file"), "the first bad key is named: {err}");
+        std::fs::write(&db, "postgres://app:s3cret-db@db.internal/sf").unwrap();
+        let err = Config::from_toml(&text.replace("owner-url\"", "\"")).unwrap_err().to_string();
+        assert!(err.contains("database.owner_url_file") && err.contains("not a regular file"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = Config::from_toml("[redis]\nca_file = \"/no/such/ca.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("redis.ca_file"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

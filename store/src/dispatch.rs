@@ -43,12 +43,13 @@ pub async fn dispatch(
         .bind(crate::queues::dispatch_lock_key(&queues.queue_name(queue)))
         .execute(&mut *tx)
         .await?;
-    // A paused queue gets nothing new; its ready steps stay in PostgreSQL until it resumes.
-    if crate::queues::is_paused(&mut tx, queue).await? {
+    // A paused queue gets nothing new; its ready steps stay in PostgreSQL until it resumes. (Its
+    // depth in Redis is read meanwhile.)
+    let (paused, waiting) = tokio::join!(crate::queues::is_paused(&mut tx, queue), queues.waiting(queue));
+    if paused? {
         return Ok(0);
     }
-    let waiting = queues.waiting(queue).await?;
-    let room = cap.saturating_sub(waiting);
+    let room = cap.saturating_sub(waiting?);
     if room == 0 {
         return Ok(0);
     }
@@ -74,13 +75,12 @@ pub async fn dispatch(
             ))
         })
         .collect();
-    // Push before the commit: a crash in between leaves the steps undispatched, and the next push
-    // under the same task ids is a no-op in Redis.
+    // Push before the commit (the steps were marked dispatched by `take_due`, in this transaction):
+    // a crash in between leaves the steps undispatched, and the next push under the same task ids
+    // is a no-op in Redis.
     queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
-    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
-    mark_dispatched(&mut tx, &ids).await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(due.len())
 }
 
 /// Dispatches steps a transition just made ready, grouped by queue.
@@ -102,27 +102,32 @@ pub async fn dispatch_ready(
 }
 
 /// Ready steps to push to Redis: undispatched and due, oldest first. Locks them (skip locked) in
-/// the caller's transaction so concurrent dispatchers take disjoint sets.
+/// the caller's transaction so concurrent dispatchers take disjoint sets, and marks them
+/// dispatched there (committed only after the push).
 async fn take_due(
     conn: &mut PgConnection,
     queue: &str,
     only: Option<&[i64]>,
     limit: i64,
 ) -> Result<Vec<DueStep>, sqlx::Error> {
-    sqlx::query_as::<_, DueStep>(
-        "SELECT id, run_id, step, shard, job_id, not_before,
-                (SELECT r.trace_context FROM chain_runs r WHERE r.id = step_runs.run_id) AS trace_context
-           FROM step_runs
-          WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
-            AND ($2::bigint[] IS NULL OR id = ANY($2))
-          ORDER BY not_before, id LIMIT $3
-          FOR UPDATE SKIP LOCKED",
+    let mut due = sqlx::query_as::<_, DueStep>(
+        "WITH due AS (
+             SELECT id FROM step_runs
+              WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
+                AND ($2::bigint[] IS NULL OR id = ANY($2))
+              ORDER BY not_before, id LIMIT $3
+              FOR UPDATE SKIP LOCKED)
+         UPDATE step_runs s SET dispatched_at = now() FROM due WHERE s.id = due.id
+         RETURNING s.id, s.run_id, s.step, s.shard, s.job_id, s.not_before,
+                   (SELECT r.trace_context FROM chain_runs r WHERE r.id = s.run_id) AS trace_context",
     )
     .bind(queue)
     .bind(only)
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    due.sort_by_key(|a| (a.not_before, a.id));
+    Ok(due)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -136,11 +141,6 @@ pub struct DueStep {
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
     /// The run's W3C `traceparent`, carried in the job.
     pub trace_context: Option<String>,
-}
-
-async fn mark_dispatched(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE step_runs SET dispatched_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
-    Ok(())
 }
 
 /// Dispatched ready steps older than `age`: candidates for a lost Redis message.

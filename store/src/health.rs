@@ -1,11 +1,10 @@
 //! What the producer's and the workers' probes and scrapes (and the CLI's `healthcheck`) read from
-//! PostgreSQL and Redis: readiness, a plain ping, the queue depth gauges, and which run a
-//! transaction just ended.
+//! PostgreSQL and Redis: readiness, a plain ping, the latest successful runs, and which run a
+//! transaction just ended. (The queue depth is `Ops::queue_depths`, with `queues::DepthFacts`.)
 
 use sqlx::{PgConnection, PgPool};
-use syncfleet_runtime::metrics::QUEUE_DEPTH;
 
-use crate::queue::{QueueClient, QueueDepth};
+use crate::queue::QueueClient;
 
 /// Readiness of a producer or worker: PostgreSQL answers and holds every migration this build
 /// knows, and Redis answers. `Err` says what is missing.
@@ -43,18 +42,29 @@ pub async fn ping(pool: &PgPool) -> Result<(), crate::StoreError> {
     Ok(())
 }
 
-/// Sets the depth gauges of one queue (what autoscaling reads).
-pub fn set_queue_depth(d: &QueueDepth) {
-    let states = [
-        ("ready", d.ready),
-        ("scheduled", d.scheduled),
-        ("inflight", d.inflight),
-        ("dead", d.dead),
-        ("blocked", d.blocked),
-    ];
-    for (state, n) in states {
-        metrics::gauge!(QUEUE_DEPTH, "queue" => d.queue.clone(), "state" => state).set(n as f64);
-    }
+/// At most this many (chain, integration) pairs are reported by [`last_successes`].
+pub const LAST_SUCCESSES_MAX: i64 = 10_000;
+
+/// The finish time (epoch s) of the latest completed run of each of `chains` for each integration
+/// that has one: one index lookup per pair (`chain_runs_last_success`), at most
+/// [`LAST_SUCCESSES_MAX`] pairs. Freshness alerts read it.
+pub async fn last_successes(pool: &PgPool, chains: &[String]) -> Result<Vec<(String, String, f64)>, crate::StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT c.chain, i.name, extract(epoch FROM r.finished_at)::float8
+           FROM unnest($1::text[]) AS c(chain)
+          CROSS JOIN integrations i
+          CROSS JOIN LATERAL (
+                SELECT finished_at FROM chain_runs
+                 WHERE chain = c.chain AND integration_id = i.id AND status = 'completed'
+                   AND finished_at IS NOT NULL
+                 ORDER BY finished_at DESC LIMIT 1) r
+          ORDER BY 1, 2
+          LIMIT $2",
+    )
+    .bind(chains)
+    .bind(LAST_SUCCESSES_MAX)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The chain and status of the run of step `step_run_id` when the caller's transaction just ended

@@ -10,6 +10,7 @@
 //! | `q:meta:<id>` | HASH | status, attempts, times |
 //! | `q:done`, `q:dead` | SET | finished / dead ids (vacuumed by the producer) |
 //! | `q:workers` | ZSET | worker name → last heartbeat (epoch s) |
+//! | `core:apalis:queues:list` | ZSET, global | `q:workers` of every queue a worker ever registered on, any namespace ([`APALIS_QUEUES_LIST`]; ours are removed with the namespace and when their queue is gone) |
 //!
 //! (A paused queue is a row of `queue_pauses` in PostgreSQL, checked under the dispatch lock.)
 //!
@@ -18,6 +19,9 @@
 //! |---|---|---|---|
 //! | `{namespace}:lease:{entity_key}` | STRING, PX ttl | task id of the job holding the entity | worker |
 //! | `{namespace}:webhook-seen:{signature}` | STRING, EX ttl | a webhook signature accepted within its window | producer |
+//!
+//! Channels we own: `{namespace}:wake:{queue}` (pub/sub), published by every [`QueueClient::push`]
+//! after the jobs are in; a worker subscribed to it fetches at once instead of at its next poll.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,9 +58,42 @@ pub struct QueueDepth {
     /// Ready steps waiting for an entity lease held by a running step (from PostgreSQL).
     #[serde(default)]
     pub blocked: i64,
+    /// Due now and not lease-blocked: `ready` minus the due jobs whose step is `blocked`; what
+    /// adding workers can run (never negative).
+    #[serde(default)]
+    pub runnable: i64,
     /// Nothing new is dispatched to a paused queue (from PostgreSQL).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// The client `[redis]` describes: `url` (`rediss://` for TLS, verified against the system's roots,
+/// or against `ca_file`'s CA when set). The error names `redis.ca_file` when that file cannot be read.
+pub fn redis_client(redis: &syncfleet_shared::config::RedisConfig) -> Result<redis::Client, QueueError> {
+    let Some(path) = &redis.ca_file else {
+        return Ok(redis::Client::open(redis.url.expose())?);
+    };
+    let root_cert = std::fs::read(path).map_err(|e| {
+        redis::RedisError::from(std::io::Error::new(
+            e.kind(),
+            format!("redis.ca_file: cannot read {}: {}", path.display(), e.kind()),
+        ))
+    })?;
+    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+    Ok(redis::Client::build_with_tls(redis.url.expose(), certs)?)
+}
+
+/// Subscribes (a connection of its own, made as [`QueueClient::connect_to`] makes its own) to the
+/// wake-up channels of the namespace's queues; yields the channel of each wake-up. The stream ends
+/// when the connection drops.
+pub async fn subscribe_wake(
+    redis: &syncfleet_shared::config::RedisConfig,
+) -> Result<impl futures::Stream<Item = String> + Send + Unpin + use<>, QueueError> {
+    let client = redis_client(redis)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    // Glob characters in the namespace match only themselves.
+    pubsub.psubscribe(format!("{}*", redis_glob_escape(&QueueClient::wake_prefix(&redis.namespace)))).await?;
+    Ok(futures::StreamExt::map(pubsub.into_on_message(), |m| m.get_channel_name().to_owned()))
 }
 
 /// Where a task id stands in Redis.
@@ -137,6 +174,22 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
+/// apalis-redis's global set of queues (outside every namespace): each consumer's registration
+/// adds its `{namespace}:{queue}:workers` key.
+pub const APALIS_QUEUES_LIST: &str = "core:apalis:queues:list";
+
+/// `text` with the glob characters of a `MATCH` pattern escaped.
+fn redis_glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// One Redis connection (multiplexed, reconnecting) and our key naming.
 #[derive(Clone)]
 pub struct QueueClient {
@@ -148,6 +201,13 @@ impl QueueClient {
     pub async fn connect(url: &str, namespace: &str) -> Result<QueueClient, QueueError> {
         let conn = apalis_redis::connect(url).await?;
         Ok(QueueClient { conn, namespace: namespace.to_owned() })
+    }
+
+    /// Connects as `[redis]` says: `url` (`rediss://` for TLS, verified against the system's roots,
+    /// or against `ca_file`'s CA when set), `namespace`.
+    pub async fn connect_to(redis: &syncfleet_shared::config::RedisConfig) -> Result<QueueClient, QueueError> {
+        let conn = redis_client(redis)?.get_connection_manager().await?;
+        Ok(QueueClient { conn, namespace: redis.namespace.clone() })
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -184,7 +244,18 @@ impl QueueClient {
         for chunk in tasks.chunks(500) {
             apalis_redis::queries::push_tasks(&mut conn, &config, chunk).await?;
         }
+        // Idle workers of the queue fetch now (their poll remains the fallback).
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("{}{queue}", Self::wake_prefix(&self.namespace)))
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
+    }
+
+    /// The prefix of the wake-up channels of `namespace`'s queues (`{namespace}:wake:`).
+    pub fn wake_prefix(namespace: &str) -> String {
+        format!("{namespace}:wake:")
     }
 
     pub async fn depth(&self, queue: &str) -> Result<QueueDepth, QueueError> {
@@ -315,9 +386,67 @@ impl QueueClient {
             }
             cursor = next;
             if cursor == 0 {
+                self.forget_registrations(|_| true).await?;
                 return Ok(deleted);
             }
         }
+    }
+
+    /// Removes from [`APALIS_QUEUES_LIST`] this namespace's queues that no longer exist: no
+    /// registered worker and no task (a queue dropped from the config, a namespace deleted by
+    /// other means). A worker calls it as it starts; apalis-redis adds its own queues back as their
+    /// consumers register. Returns how many were removed.
+    pub async fn forget_stale_registrations(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut stale = Vec::new();
+        for member in self.registrations().await? {
+            let queue = member.strip_suffix(":workers").unwrap_or(&member);
+            let exists: u64 = redis::cmd("EXISTS")
+                .arg(&member)
+                .arg(format!("{queue}:data"))
+                .arg(format!("{queue}:scheduled"))
+                .arg(format!("{queue}:active"))
+                .query_async(&mut conn)
+                .await?;
+            if exists == 0 {
+                stale.push(member);
+            }
+        }
+        self.forget_registrations(|m| stale.iter().any(|s| s == m)).await
+    }
+
+    /// This namespace's members of [`APALIS_QUEUES_LIST`] (`{namespace}:{queue}:workers`).
+    pub async fn registrations(&self) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (mut cursor, mut members) = (0u64, Vec::new());
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(APALIS_QUEUES_LIST)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", redis_glob_escape(&self.namespace)))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            // ZSCAN answers member, score, member, score, …
+            members.extend(page.into_iter().step_by(2));
+            cursor = next;
+            if cursor == 0 {
+                members.sort();
+                members.dedup();
+                return Ok(members);
+            }
+        }
+    }
+
+    async fn forget_registrations(&self, which: impl Fn(&str) -> bool) -> Result<u64, QueueError> {
+        let members: Vec<String> = self.registrations().await?.into_iter().filter(|m| which(m)).collect();
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("ZREM").arg(APALIS_QUEUES_LIST).arg(&members).query_async(&mut conn).await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {

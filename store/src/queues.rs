@@ -1,13 +1,16 @@
 //! Queue state kept in PostgreSQL: pauses (checked by every dispatcher under the queue's dispatch
-//! lock), steps blocked behind a busy entity lease, and what each worker is running.
+//! lock), steps blocked behind a busy entity lease, and what each worker is running; and what it
+//! adds to a queue's depth in Redis ([`DepthFacts`]: paused, blocked, runnable).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use redis::Script;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
+use crate::queue::{QueueClient, QueueDepth, QueueError};
 
 /// Pauses `queue` (`namespaced_queue` is its Redis name, which keys the dispatch lock); false if it
 /// was paused already.
@@ -48,17 +51,86 @@ pub async fn paused(pool: &PgPool) -> Result<BTreeSet<String>, StoreError> {
     Ok(v.into_iter().collect())
 }
 
-/// Ready steps per queue whose entity is held by a running step (they wait for its lease).
-pub async fn blocked_by_lease(pool: &PgPool) -> Result<BTreeMap<String, i64>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT queue, count(*) FROM step_runs
+/// At most this many job ids of lease-blocked steps per queue are looked up in Redis; past it,
+/// `runnable` counts the rest as runnable (it may overstate, never understate, what workers can run).
+pub const BLOCKED_JOBS_MAX: i64 = 5_000;
+
+/// What PostgreSQL adds to the depth of the queues in Redis, read in one statement per part.
+#[derive(Debug, Clone, Default)]
+pub struct DepthFacts {
+    pub paused: BTreeSet<String>,
+    /// Ready steps per queue whose entity a running step holds (they wait for its lease).
+    pub blocked: BTreeMap<String, i64>,
+    /// The task ids of those blocked steps that were dispatched to Redis, per queue (at most
+    /// [`BLOCKED_JOBS_MAX`]).
+    pub blocked_jobs: BTreeMap<String, Vec<String>>,
+}
+
+/// Pauses and lease-blocked ready steps of every queue.
+pub async fn depth_facts(pool: &PgPool) -> Result<DepthFacts, StoreError> {
+    let paused = paused(pool).await?;
+    let rows: Vec<(String, i64, Vec<String>)> = sqlx::query_as(
+        "SELECT queue, count(*),
+                coalesce((array_agg(job_id) FILTER (WHERE dispatched_at IS NOT NULL AND job_id IS NOT NULL))[1:$1],
+                         '{}')
+           FROM step_runs
           WHERE status = 'ready'
             AND entity_key IN (SELECT entity_key FROM step_runs WHERE status = 'running')
           GROUP BY queue",
     )
+    .bind(BLOCKED_JOBS_MAX as i32)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    let mut facts = DepthFacts { paused, ..DepthFacts::default() };
+    for (queue, n, jobs) in rows {
+        facts.blocked.insert(queue.clone(), n);
+        facts.blocked_jobs.insert(queue, jobs);
+    }
+    Ok(facts)
+}
+
+/// How many of `ids` are due now in queue `q`: scheduled with run-at ≤ `now` (epoch s), or in the
+/// active list; the same "ready" as `QueueClient::depth`.
+const DUE_AMONG_LUA: &str = r#"
+local q = ARGV[1]
+local now = tonumber(ARGV[2])
+local active = {}
+for _, id in ipairs(redis.call('LRANGE', q .. ':active', 0, 99999)) do
+  active[id] = true
+end
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', q .. ':scheduled', id)
+  if active[id] or (score and tonumber(score) <= now) then
+    n = n + 1
+  end
+end
+return n
+"#;
+
+impl DepthFacts {
+    /// Completes `d`, one queue's depth as Redis holds it: `paused`, `blocked`, and `runnable` =
+    /// `ready` less the due jobs of blocked steps (looked up in Redis), never negative.
+    pub async fn complete(&self, queues: &QueueClient, mut d: QueueDepth) -> Result<QueueDepth, QueueError> {
+        d.paused = self.paused.contains(&d.queue);
+        d.blocked = self.blocked.get(&d.queue).copied().unwrap_or(0);
+        let jobs = self.blocked_jobs.get(&d.queue).map(Vec::as_slice).unwrap_or_default();
+        let due_blocked = if jobs.is_empty() || d.ready == 0 {
+            0
+        } else {
+            let lua = Script::new(DUE_AMONG_LUA);
+            let mut script = lua.prepare_invoke();
+            script.arg(queues.queue_name(&d.queue)).arg(Utc::now().timestamp());
+            for id in jobs {
+                script.arg(id);
+            }
+            let n: i64 = script.invoke_async(&mut queues.connection()).await?;
+            n
+        };
+        d.runnable = (d.ready - due_blocked).max(0);
+        Ok(d)
+    }
 }
 
 /// A step a worker is running now.

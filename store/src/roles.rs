@@ -232,10 +232,11 @@ async fn ownership_warnings(conn: &mut PgConnection) -> Result<Vec<String>, Stor
     Ok(warnings)
 }
 
-/// Every service's start-up (producer, worker, the CLI's commands): the owner path when
-/// `database.owner_url` is set, then the runtime role's pool, refused when that role is a superuser
-/// in production or staging (a warning elsewhere), and refused when the schema lacks a migration
-/// of this build.
+/// Every service's start-up (producer, worker) and the CLI's direct connection: the owner path when
+/// `database.owner_url` is set (a producer's or worker's config; the CLI clears `owner_url` before
+/// calling this, so of its commands only `syncfleet migrate`, through [`migrate_as_owner`], takes the
+/// owner path), then the runtime role's pool, refused when that role is a superuser in production or
+/// staging (a warning elsewhere), and refused when the schema lacks a migration of this build.
 pub async fn start(config: &Config, packs: &dyn PackCatalog) -> Result<PgPool, SetupError> {
     if config.database.owner_url.is_some() {
         migrate_as_owner(&config.database, packs, &config.integrations).await?;

@@ -455,95 +455,70 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 /// Takes the step for this worker: `ready` → `running`, one more attempt counted.
 ///
 /// Claims of one run do not wait on each other: the run row is locked `FOR SHARE` (finishes,
-/// which lock it `FOR UPDATE`, still exclude them), and only the first claim of a run writes
-/// the run row (`queued` → `running`).
+/// which lock it `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
+/// the run, reads the integration and claims the step; the first claim of a run also starts it
+/// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let started: Option<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE chain_runs SET status = 'running', started_at = now()
-          WHERE id = (SELECT run_id FROM step_runs WHERE id = $1) AND status = 'queued' RETURNING id",
-    )
-    .bind(step_run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(run_id) = started {
-        // The run's `run.started` hook, delivered by the producer: committed with the start.
-        crate::hooks::run_started_in_tx(&mut tx, run_id).await?;
-    }
-    let run = sqlx::query(
-        "SELECT r.id, r.status, r.chain, r.mode, r.force_sweep,
-                i.id AS integration_id, i.name, i.pack, i.enabled, i.settings
-           FROM chain_runs r JOIN integrations i ON i.id = r.integration_id
-          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1)
-            FOR SHARE OF r",
-    )
-    .bind(step_run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(run) = run else {
-        return Ok(Claim::Stale);
-    };
-    let status: String = run.get("status");
-    if status != "running" {
-        let n = sqlx::query(
-            "UPDATE step_runs SET status = 'cancelled', finished_at = now()
-              WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'ready')",
-        )
+    let row = sqlx::query("SELECT * FROM step_claim($1, $2, $3)")
         .bind(step_run_id)
         .bind(job_id)
-        .execute(&mut *tx)
+        .bind(worker)
+        .fetch_one(pool)
         .await?;
-        tx.commit().await?;
-        return Ok(if n.rows_affected() > 0 { Claim::RunInactive } else { Claim::Stale });
+    match row.get::<&str, _>("outcome") {
+        "claimed" => Ok(Claim::Claimed(Box::new(ClaimedStep {
+            run_id: RunId(row.get("run_id")),
+            chain: row.get("chain"),
+            integration: Integration {
+                id: row.get("integration_id"),
+                name: row.get("integration_name"),
+                pack: row.get("pack"),
+                enabled: row.get("enabled"),
+                settings: row.get("settings"),
+            },
+            mode: Mode::parse(row.get::<&str, _>("run_mode")).unwrap_or_default(),
+            step_mode: row.get::<Option<&str>, _>("step_mode").and_then(Mode::parse),
+            force_sweep: row.get("force_sweep"),
+            step: row.get("step"),
+            shard: row.get("shard"),
+            attempt: row.get("attempts"),
+            max_attempts: row.get("max_attempts"),
+            lost_attempts: row.get("lost_attempts"),
+            max_lost_attempts: row.get("max_lost_attempts"),
+            entity_key: row.get("entity_key"),
+        }))),
+        "inactive" => Ok(Claim::RunInactive),
+        _ => Ok(Claim::Stale),
     }
-    let row = sqlx::query(
-        "UPDATE step_runs s
-            SET status = 'running', attempts = attempts + 1, worker = $3, started_at = now(),
-                heartbeat_at = now(), finished_at = NULL
-          WHERE id = $1 AND job_id = $2 AND status = 'ready'
-          RETURNING step, shard, attempts, max_attempts, lost_attempts, max_lost_attempts, entity_key, mode",
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The step is still this job's and its run is active.
+    Alive,
+    /// The step is no longer this job's (the reconciler took it away).
+    TakenAway,
+    /// The step is still this job's but its run was cancelled (or ended): the step should stop.
+    RunCancelled,
+}
+
+/// Records that the running step is alive, and says whether its run still is.
+pub async fn heartbeat(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<Beat, sqlx::Error> {
+    let run_status: Option<String> = sqlx::query_scalar(
+        "UPDATE step_runs s SET heartbeat_at = now() FROM chain_runs r
+          WHERE s.id = $1 AND s.job_id = $2 AND s.status = 'running' AND r.id = s.run_id
+          RETURNING r.status",
     )
     .bind(step_run_id)
     .bind(job_id)
-    .bind(worker)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await?;
-    let Some(row) = row else {
-        return Ok(Claim::Stale);
-    };
-    tx.commit().await?;
-    Ok(Claim::Claimed(Box::new(ClaimedStep {
-        run_id: RunId(run.get("id")),
-        chain: run.get("chain"),
-        integration: Integration {
-            id: run.get("integration_id"),
-            name: run.get("name"),
-            pack: run.get("pack"),
-            enabled: run.get("enabled"),
-            settings: run.get("settings"),
-        },
-        mode: Mode::parse(run.get::<&str, _>("mode")).unwrap_or_default(),
-        step_mode: row.get::<Option<&str>, _>("mode").and_then(Mode::parse),
-        force_sweep: run.get("force_sweep"),
-        step: row.get("step"),
-        shard: row.get("shard"),
-        attempt: row.get("attempts"),
-        max_attempts: row.get("max_attempts"),
-        lost_attempts: row.get("lost_attempts"),
-        max_lost_attempts: row.get("max_lost_attempts"),
-        entity_key: row.get("entity_key"),
-    })))
-}
-
-/// Records that the running step is alive. `false`: the step is no longer this job's.
-pub async fn heartbeat(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<bool, sqlx::Error> {
-    let n =
-        sqlx::query("UPDATE step_runs SET heartbeat_at = now() WHERE id = $1 AND job_id = $2 AND status = 'running'")
-            .bind(step_run_id)
-            .bind(job_id)
-            .execute(pool)
-            .await?;
-    Ok(n.rows_affected() == 1)
+    Ok(match run_status.as_deref() {
+        None => Beat::TakenAway,
+        Some("queued" | "running") => Beat::Alive,
+        Some(_) => Beat::RunCancelled,
+    })
 }
 
 /// The entity lease was busy: deliver the step again later under a new task id, without counting
@@ -583,6 +558,12 @@ pub enum Outcome {
         decision: Decision,
         result: PhaseResult,
     },
+    /// The run was cancelled while the step ran and the step stopped: recorded `cancelled`, with
+    /// no retry; the attempt's writes rolled back.
+    Cancelled {
+        message: String,
+        result: PhaseResult,
+    },
 }
 
 impl Outcome {
@@ -613,11 +594,24 @@ pub async fn finish_step(
     fence: &Fence<'_>,
     outcome: &Outcome,
 ) -> Result<Option<Vec<ReadyStep>>, sqlx::Error> {
+    if one_statement(outcome) {
+        return Ok(finish_one(conn, fence, outcome, false).await?.map(|done| done.ready));
+    }
+    finish_step_multi(conn, fence, outcome).await
+}
+
+/// [`finish_step`] of a step failing for good, statement by statement.
+async fn finish_step_multi(
+    conn: &mut PgConnection,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+) -> Result<Option<Vec<ReadyStep>>, sqlx::Error> {
     let Some((run_id, run_status)) = lock_run_of_step(conn, fence.step_run_id).await? else {
         return Ok(None);
     };
     let (status, message, retry_in, lost, stop, r) = match outcome {
         Outcome::Succeeded(r) => ("succeeded", None, None, false, None, r),
+        Outcome::Cancelled { message, result } => ("cancelled", Some(message.as_str()), None, false, None, result),
         Outcome::Failed { message, lost, decision, result } => match decision {
             Decision::FailForGood(stop) => ("failed", Some(message.as_str()), None, *lost, Some(*stop), result),
             retry => ("ready", Some(message.as_str()), retry.retry_in(), *lost, None, result),
@@ -705,6 +699,146 @@ pub async fn finish_step(
     Ok(Some(ready))
 }
 
+/// An outcome [`finish_step_in`] records in one statement: every outcome but a step failing for
+/// good (whose run error and skipped steps the multi-statement path writes).
+fn one_statement(outcome: &Outcome) -> bool {
+    !matches!(outcome, Outcome::Failed { decision: Decision::FailForGood(_), .. })
+}
+
+/// A finish recorded by [`finish_step_in`] or [`finish_step_alone`].
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// Steps that became ready, to be pushed.
+    pub ready: Vec<ReadyStep>,
+    /// The chain and status of the run when this finish ended it (its `run.ended` hook is
+    /// written in the same transaction); count it once the commit succeeded.
+    pub run_ended: Option<(String, String)>,
+}
+
+/// [`finish_step_alone`] could not record the finish on its own: it ends the run or starts an
+/// exclusion group's waiting run. Nothing was written; record it in a transaction.
+#[derive(Debug)]
+pub enum Alone {
+    Db(sqlx::Error),
+    NeedsTransaction,
+}
+
+impl From<sqlx::Error> for Alone {
+    fn from(e: sqlx::Error) -> Alone {
+        Alone::Db(e)
+    }
+}
+
+/// The `step_finish` statement (`0021`) for an outcome other than a step failing for good.
+async fn step_finish(
+    conn: &mut PgConnection,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+    alone: bool,
+) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+    let (status, message, retry_in, lost, r) = match outcome {
+        Outcome::Succeeded(r) => ("succeeded", None, None, false, r),
+        Outcome::Cancelled { message, result } => ("cancelled", Some(message.as_str()), None, false, result),
+        Outcome::Failed { message, lost, decision, result } => {
+            ("ready", Some(message.as_str()), decision.retry_in(), *lost, result)
+        }
+    };
+    let row = sqlx::query(
+        "SELECT * FROM step_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                                   $19, $20)",
+    )
+    .bind(fence.step_run_id)
+    .bind(fence.job_id)
+    .bind(fence.worker)
+    .bind(status)
+    .bind(message)
+    .bind(retry_in.map(|d| d.as_secs_f64()).unwrap_or(0.0))
+    .bind(r.fetched)
+    .bind(r.inserted)
+    .bind(r.updated)
+    .bind(r.unchanged)
+    .bind(r.deactivated)
+    .bind(r.errors)
+    .bind(r.api_calls)
+    .bind(r.throttled)
+    .bind(&r.cursor_before)
+    .bind(&r.cursor_after)
+    .bind(&r.guard)
+    .bind(r.partial)
+    .bind(lost)
+    .bind(alone)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.get::<bool, _>("finished").then_some(row))
+}
+
+fn ready_of(row: &sqlx::postgres::PgRow) -> Vec<ReadyStep> {
+    let ids: Vec<i64> = row.get("ready_ids");
+    let queues: Vec<String> = row.get("ready_queues");
+    ids.into_iter().zip(queues).map(|(id, queue)| ReadyStep { id, queue }).collect()
+}
+
+/// Records the end of an attempt and the downstream transitions inside the caller's transaction,
+/// as [`finish_step`], and tells whether this finish ended the run (writing its `run.ended` hook).
+/// `None` when the fence no longer holds (the caller must roll back).
+pub async fn finish_step_in(
+    conn: &mut PgConnection,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+) -> Result<Option<Finished>, sqlx::Error> {
+    if !one_statement(outcome) {
+        let Some(ready) = finish_step_multi(conn, fence, outcome).await? else {
+            return Ok(None);
+        };
+        let run_ended =
+            if ready.is_empty() { crate::health::run_ended_in_tx(conn, fence.step_run_id).await? } else { None };
+        return Ok(Some(Finished { ready, run_ended }));
+    }
+    finish_one(conn, fence, outcome, true).await
+}
+
+/// The one-statement finish inside the caller's transaction; `hook` writes the `run.ended` hook of
+/// a run it ended (else the caller does, through `health::run_ended_in_tx`).
+async fn finish_one(
+    conn: &mut PgConnection,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+    hook: bool,
+) -> Result<Option<Finished>, sqlx::Error> {
+    let Some(row) = step_finish(conn, fence, outcome, false).await? else {
+        return Ok(None);
+    };
+    let mut done = Finished { ready: ready_of(&row), run_ended: None };
+    let run_id = RunId(row.get("run_id"));
+    if row.get::<bool, _>("run_ended") {
+        if hook {
+            crate::hooks::run_ended_in_tx(conn, run_id.0).await?;
+        }
+        done.run_ended = Some((row.get("chain"), row.get("run_status")));
+    }
+    if row.get::<bool, _>("group_check") {
+        done.ready.extend(promote_after_end(conn, run_id).await?);
+    }
+    Ok(Some(done))
+}
+
+/// The worker engine's common finish in one statement that is its own transaction (no effects of
+/// the step to commit with it): a success, a retry or a cancelled step whose finish neither ends
+/// the run nor starts a waiting run. [`Alone::NeedsTransaction`] otherwise (nothing written).
+/// `Ok(None)` when the fence no longer holds.
+pub async fn finish_step_alone(pool: &PgPool, fence: &Fence<'_>, outcome: &Outcome) -> Result<Option<Finished>, Alone> {
+    if !one_statement(outcome) {
+        return Err(Alone::NeedsTransaction);
+    }
+    let mut conn = pool.acquire().await?;
+    match step_finish(&mut conn, fence, outcome, true).await {
+        Ok(Some(row)) => Ok(Some(Finished { ready: ready_of(&row), run_ended: None })),
+        Ok(None) => Ok(None),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("SF001") => Err(Alone::NeedsTransaction),
+        Err(e) => Err(Alone::Db(e)),
+    }
+}
+
 /// When the run is no longer active and belongs to an exclusion group, starts the group's next
 /// waiting run (see [`promote_waiting_in`]); its ready steps are returned.
 async fn promote_after_end(conn: &mut PgConnection, run_id: RunId) -> Result<Vec<ReadyStep>, sqlx::Error> {
@@ -787,7 +921,8 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
     Ok(ready)
 }
 
-/// Cancels an active run: no further step is scheduled; running steps finish.
+/// Cancels an active run: no further step is scheduled; its running steps stop at their worker's
+/// next heartbeat ([`heartbeat`] answers [`Beat::RunCancelled`]) and are recorded `cancelled`.
 pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM chain_runs WHERE id = $1 FOR UPDATE")

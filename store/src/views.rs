@@ -62,6 +62,8 @@ pub struct StepView {
     /// The incremental cursor before and after the step (pull steps).
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
+    /// The deletion guard's decisions; of a fanned-out step, one line per shard that has one
+    /// (`shard 2: …`).
     pub guard: Option<String>,
     /// The step succeeded only in part (some of its work failed; see its errors): its run ends
     /// `partial`.
@@ -135,7 +137,8 @@ pub fn unapplied_deletions(chain: &str, integration: &str, steps: &[StepView]) -
         .iter()
         .filter_map(|s| {
             let guard = s.guard.as_deref()?;
-            (guard.contains("blocked: ") || guard.contains("read cut short")).then(|| format!("{} ({guard})", s.step))
+            (guard.contains("blocked: ") || guard.contains("read cut short"))
+                .then(|| format!("{} ({})", s.step, guard.replace('\n', "; ")))
         })
         .collect();
     if held.is_empty() {
@@ -181,7 +184,8 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
                 sum(fetched)::bigint AS fetched, sum(inserted)::bigint AS inserted, sum(updated)::bigint AS updated,
                 sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
                 sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
-                min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, max(guard) AS guard, bool_or(partial) AS partial, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
+                min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, CASE WHEN count(*) = 1 THEN max(guard)
+                     ELSE string_agg('shard ' || shard || ': ' || guard, chr(10) ORDER BY shard) END AS guard, bool_or(partial) AS partial, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
            FROM step_runs WHERE run_id = ANY($1)
           GROUP BY run_id, step ORDER BY run_id, min(id)",
     )

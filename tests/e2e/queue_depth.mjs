@@ -3,7 +3,7 @@
 //
 //   node tests/e2e/queue_depth.mjs BASE_URL TOKEN
 //
-// Prints one JSON array: [{queue, ready, scheduled, inflight, blocked, dead}, …].
+// Prints one JSON array: [{queue, ready, runnable, scheduled, inflight, blocked, dead}, …].
 
 import { chromium } from 'playwright-core';
 
@@ -28,6 +28,7 @@ try {
     return [...table.querySelectorAll('tbody tr[data-queue]')].map((row) => ({
       queue: row.dataset.queue,
       ready: Number(at(row, 'ready')),
+      runnable: Number(at(row, 'runnable')),
       scheduled: Number(at(row, 'scheduled')),
       inflight: Number(at(row, 'in flight')),
       blocked: Number(at(row, 'blocked')),

@@ -302,3 +302,107 @@ async fn a_step_slower_than_its_timeout_fails_with_a_message_that_says_so() {
     producer.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_a_running_step_within_seconds_and_frees_its_worker() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 10, "slow": { "ping": 120_000 } })).await;
+    env.demo_integration("other", json!({ "step_ms": 10 })).await;
+    let producer = env.spawn_producer().await;
+    // One step at a time: the worker can take the next step only once the cancelled one stopped.
+    let name = format!("cancel-{}", env.id);
+    let mut worker =
+        env.worker_process(&name).env("SYNCFLEET__WORKER__CONCURRENCY", "1").spawn().expect("spawn syncfleet-worker");
+
+    let run = env.trigger("demo_ping", "acme").await;
+    env.eventually(Duration::from_secs(20), "the slow step to run", || async {
+        let v = syncfleet_store::views::run(&env.pool, run).await.ok()?;
+        (v.steps[0].status == "running").then_some(())
+    })
+    .await;
+    let cancelled = std::time::Instant::now();
+    env.ops.cancel(run, "test").await.unwrap();
+    let step = env
+        .eventually(Duration::from_secs(15), "the running step to stop", || async {
+            let v = syncfleet_store::views::run(&env.pool, run).await.ok()?;
+            (v.steps[0].status != "running").then(|| v.steps[0].clone())
+        })
+        .await;
+    let stopped_after = cancelled.elapsed();
+    assert_eq!(step.status, "cancelled", "{step:#?}");
+    assert_eq!(step.attempts, 1, "the cancelled attempt is not retried");
+    assert!(stopped_after < Duration::from_secs(5), "the step stopped {stopped_after:?} after the cancel");
+    assert!(env.effects(run).await.is_empty(), "the cancelled attempt wrote nothing");
+    let view = env.wait(run, Duration::from_secs(5)).await;
+    assert_eq!(view.status, "cancelled");
+    let (lost, budget): (i32, i32) =
+        sqlx::query_as("SELECT lost_attempts, max_attempts FROM step_runs WHERE run_id = $1")
+            .bind(run.0)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(lost, 0, "a cancel is not an infrastructure loss");
+    assert!(budget >= 1);
+
+    // The worker is free again: the next step starts on it at once.
+    let next = env.trigger("demo_ping", "other").await;
+    let done = env.wait(next, Duration::from_secs(10)).await;
+    assert_eq!(done.status, "completed", "{done:#?}");
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(10),
+        "the worker took {:?} to run the next step",
+        cancelled.elapsed()
+    );
+    let ran_on: String = env.scalar("SELECT worker FROM step_runs WHERE run_id = $1", next).await;
+    assert!(ran_on.starts_with(&name), "{ran_on}");
+
+    worker.kill().await.ok();
+    producer.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_worker_starts_a_pushed_step_at_once_not_at_its_next_poll() {
+    let env = TestEnv::new("").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    let producer = env.spawn_producer().await;
+    // A poll every 10 s: only the wake-up on push can start the steps within the bound below.
+    let mut worker = env
+        .worker_process(&format!("wake-{}", env.id))
+        .env("SYNCFLEET__WORKER__POLL_INTERVAL_MS", "10000")
+        .spawn()
+        .expect("spawn syncfleet-worker");
+    // The first run also waits for the worker to subscribe.
+    let first = env.trigger("demo_ping", "acme").await;
+    assert_eq!(env.wait(first, Duration::from_secs(30)).await.status, "completed");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let run = env.trigger("demo_ping", "acme").await;
+        assert_eq!(env.wait(run, Duration::from_secs(30)).await.status, "completed");
+        let ms: f64 = env
+            .scalar(
+                "SELECT extract(epoch FROM (s.started_at - r.created_at))::float8 * 1000
+                   FROM step_runs s JOIN chain_runs r ON r.id = s.run_id WHERE r.id = $1",
+                run,
+            )
+            .await;
+        assert!(ms < 2_000.0, "trigger to start took {ms:.0} ms with a 10 s poll");
+    }
+    // A downstream step made ready by a finish is pushed and woken the same way.
+    let run = env.trigger("demo_diamond", "acme").await;
+    assert_eq!(env.wait(run, Duration::from_secs(30)).await.status, "completed");
+    let gap: f64 = env
+        .scalar(
+            "SELECT extract(epoch FROM (j.started_at - greatest(l.finished_at, r.finished_at)))::float8 * 1000
+               FROM step_runs j, step_runs l, step_runs r
+              WHERE j.run_id = $1 AND l.run_id = $1 AND r.run_id = $1
+                AND j.step = 'join' AND l.step = 'left' AND r.step = 'right'",
+            run,
+        )
+        .await;
+    assert!(gap < 2_000.0, "join started {gap:.0} ms after its prerequisites with a 10 s poll");
+
+    worker.kill().await.ok();
+    producer.stop().await;
+    env.finish().await;
+}

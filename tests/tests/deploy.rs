@@ -1,12 +1,15 @@
 //! The deployment material (deploy/, docker-compose.yml) against the real binaries, so neither can
 //! drift from the other:
 //!
-//! - the producer, the workers and the migration Job start with exactly the environment the
-//!   rendered Kubernetes manifests give them (and the compose file gives its services), only the
-//!   database and Redis URLs, the listen ports and the Redis namespace replaced by this test's own,
-//!   and come up ready;
+//! - the producer's `migrate` init container, the producer and the workers start with exactly the
+//!   environment the rendered Kubernetes manifests give them (and the compose file gives its
+//!   services), only the database and Redis URLs, the listen ports and the Redis namespace
+//!   replaced by this test's own, and come up ready;
+//! - the dev overlay's KEDA metrics-api triggers read a number from the real producer's API with
+//!   their URL path, bearer token and GJSON path, and are refused without the token;
 //! - every metric the alert rules, the KEDA trigger and the Grafana dashboard name appears in a real
-//!   `/metrics` scrape of a producer and a worker after some work.
+//!   `/metrics` scrape of a producer and a worker after some work, and the runnable depth series
+//!   the KEDA trigger selects is among them.
 //!
 //! The manifests are rendered here with the pinned `kubectl kustomize` that `deploy/check/run.sh`
 //! installs into `target/deploy-venv` (with the compose binary and PyYAML, which turns the
@@ -26,13 +29,15 @@ use syncfleet_shared::chain::Mode;
 use syncfleet_tests::{REDIS_URL, Sandbox, TestEnv, binary, erp_integration_toml, signal};
 use tokio::process::{Child, Command};
 
-/// Alerts the issue asks for; each must exist in the rules.
-const REQUIRED_ALERTS: [&str; 6] = [
+/// Alerts every deployment needs; each must exist in the rules.
+const REQUIRED_ALERTS: [&str; 8] = [
     "SyncfleetRunFailed",
     "SyncfleetRequiredStepFailed",
+    "SyncfleetNoRecentSuccess",
     "SyncfleetDeadJobsGrowing",
     "SyncfleetQueueDepthHigh",
     "SyncfleetNoWorkerHeartbeat",
+    "SyncfleetDependencyDown",
     "SyncfleetUpstreamThrottled",
 ];
 
@@ -107,8 +112,25 @@ struct Process {
 }
 
 fn container_process(docs: &[Value], workload: &Value, secrets: &BTreeMap<(&str, &str), String>) -> Process {
-    let pod = &workload["spec"]["template"];
-    let container = &pod["spec"]["containers"][0];
+    process_of(docs, workload, &workload["spec"]["template"]["spec"]["containers"][0], secrets)
+}
+
+/// The init container `name` of `workload`.
+fn init_container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no init container {name} in {}", workload["metadata"]["name"]))
+}
+
+fn process_of(
+    docs: &[Value],
+    workload: &Value,
+    container: &Value,
+    secrets: &BTreeMap<(&str, &str), String>,
+) -> Process {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array().map(|a| a.iter().map(|s| s.as_str().expect("a string").to_owned()).collect()).unwrap_or_default()
     };
@@ -225,9 +247,59 @@ async fn stop(mut child: Child, what: &str) {
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "{what}: clean exit after SIGTERM: {status:?}");
 }
 
-/// The migration Job, the producer and the worker of `overlay`, each with its manifest environment.
+/// The value KEDA's metrics-api scaler reads with `location` from `body`: the GJSON paths the
+/// triggers use, `#(queue=="Q").field` (the array element whose `queue` is Q, then its field).
+fn gjson_queue_field(body: &Value, location: &str) -> Option<f64> {
+    let rest = location.strip_prefix("#(queue==\"")?;
+    let (queue, field) = rest.split_once("\").")?;
+    body.as_array()?.iter().find(|q| q["queue"] == queue)?[field].as_f64()
+}
+
+/// What the dev overlay's KEDA triggers read from the running producer on `port`: each
+/// metrics-api trigger's URL path with its TriggerAuthentication's bearer token (a viewer token,
+/// as deploy/README.md creates it) gives a number at its GJSON path; without the token the API
+/// refuses. Jobs queued before any worker runs show as runnable at the same path.
+async fn keda_triggers_read_runnable(docs: &[Value], env: &TestEnv, port: u16) {
+    let scaled = object(docs, "ScaledObject", "syncfleet-worker");
+    let triggers = scaled["spec"]["triggers"].as_array().unwrap();
+    assert!(triggers.iter().all(|t| t["type"] == "metrics-api"), "dev scales without Prometheus: {triggers:?}");
+    let auth = object(docs, "TriggerAuthentication", triggers[0]["authenticationRef"]["name"].as_str().unwrap());
+    let secret = &auth["spec"]["secretTargetRef"][0];
+    assert_eq!((secret["parameter"].as_str(), secret["name"].as_str()), (Some("token"), Some("syncfleet-keda")));
+    let token = env.token("viewer").await;
+    let http = reqwest::Client::new();
+    let mut location = String::new();
+    for t in triggers {
+        let url = reqwest::Url::parse(t["metadata"]["url"].as_str().unwrap()).expect("the trigger's url");
+        let local = format!("http://127.0.0.1:{port}{}", url.path());
+        let refused = http.get(&local).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{local} without KEDA's token");
+        assert_eq!(t["metadata"]["authMode"], "bearer");
+        let body: Value = http.get(&local).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        location = t["metadata"]["valueLocation"].as_str().unwrap().to_owned();
+        assert!(location.ends_with(".runnable"), "{location}");
+        let value = gjson_queue_field(&body, &location);
+        assert!(value.is_some_and(|v| v >= 0.0), "{location} reads no number from {body}");
+    }
+    // A demo run queued while no worker runs: its jobs are runnable at the triggers' path (the
+    // demo pack is in this test build, not in the production image the triggers list).
+    env.demo_integration("keda", json!({ "step_ms": 5 })).await;
+    env.trigger("demo_fanout", "keda").await;
+    let field = location.rsplit('.').next().unwrap();
+    let demo = format!("#(queue==\"demo\").{field}");
+    env.eventually(Duration::from_secs(20), "runnable demo jobs at the trigger's path", || async {
+        let r = http.get(format!("http://127.0.0.1:{port}/api/queues")).bearer_auth(&token).send().await.ok()?;
+        let body: Value = r.json().await.ok()?;
+        gjson_queue_field(&body, &demo).filter(|v| *v >= 1.0)
+    })
+    .await;
+}
+
+/// The producer (its `migrate` init container first) and the worker of `overlay`, each with its
+/// manifest environment.
 async fn overlay_comes_up_ready(overlay: &str) {
     let docs = render(overlay).await;
+    assert!(!docs.iter().any(|d| d["kind"] == "Job"), "{overlay}: migrations run in the producer's init container");
     let env = TestEnv::new("").await;
     let secrets = BTreeMap::from([
         (("syncfleet-secrets", "database-url"), "postgres://placeholder".to_owned()),
@@ -235,11 +307,12 @@ async fn overlay_comes_up_ready(overlay: &str) {
         (("syncfleet-secrets", "redis-url"), "redis://placeholder".to_owned()),
     ]);
 
-    let mut migrate = container_process(&docs, object(&docs, "Job", "syncfleet-migrate"), &secrets);
+    let producer_object = object(&docs, "Deployment", "syncfleet-producer");
+    let mut migrate = process_of(&docs, producer_object, init_container(producer_object, "migrate"), &secrets);
     localize(&mut migrate, &env, &BTreeMap::new());
     assert_eq!(migrate.argv, ["syncfleet", "migrate"]);
     let status = command(&migrate).status().await.expect("syncfleet migrate runs");
-    assert!(status.success(), "{overlay}: the migration Job's command failed: {status}");
+    assert!(status.success(), "{overlay}: the migrate init container's command failed: {status}");
 
     let producer_port = free_port();
     let mut producer = container_process(&docs, object(&docs, "Deployment", "syncfleet-producer"), &secrets);
@@ -260,6 +333,9 @@ async fn overlay_comes_up_ready(overlay: &str) {
     assert!(grace > drain, "{overlay}: grace period {grace} s must exceed the drain bound {drain} s");
 
     let p = start_ready(&producer, producer_port).await;
+    if docs.iter().any(|d| d["kind"] == "TriggerAuthentication") {
+        keda_triggers_read_runnable(&docs, &env, producer_port).await;
+    }
     let w = start_ready(&worker, worker_port).await;
     // The worker registered in this test's Redis namespace under its pod-derived name.
     let name = worker.env["SYNCFLEET__WORKER__NAME"].clone();
@@ -374,9 +450,16 @@ async fn expressions() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
                 }
                 "ScaledObject" => {
                     for t in d["spec"]["triggers"].as_array().unwrap() {
-                        let query = t["metadata"]["query"].as_str().unwrap().to_owned();
-                        assert!(query.contains(r#"state="ready""#), "{overlay}: scale on ready depth only: {query}");
-                        others.insert(format!("{overlay} KEDA trigger"), query);
+                        let Some(query) = t["metadata"]["query"].as_str() else {
+                            // metrics-api: read from a running producer in overlay_comes_up_ready.
+                            assert_eq!(t["type"], "metrics-api", "{overlay}: {t}");
+                            continue;
+                        };
+                        assert!(
+                            query.contains(r#"state="runnable""#),
+                            "{overlay}: scale on runnable depth only: {query}"
+                        );
+                        others.insert(format!("{overlay} KEDA trigger"), query.to_owned());
                     }
                 }
                 "ConfigMap" if d["metadata"]["labels"]["grafana_dashboard"] == "1" => {
@@ -451,6 +534,11 @@ async fn alert_rules_and_dashboard_name_only_metrics_the_binaries_export() {
         })
         .await;
     names.extend(scraped_names(&producer_text));
+    // The series KEDA's Prometheus trigger sums: the runnable depth of each queue.
+    assert!(
+        producer_text.lines().any(|l| l.starts_with("syncfleet_queue_depth{") && l.contains(r#"state="runnable""#)),
+        "no runnable depth series in the producer's scrape:\n{producer_text}"
+    );
     let declared: BTreeSet<&str> = [
         metrics::QUEUE_DEPTH,
         metrics::JOB_WAIT,

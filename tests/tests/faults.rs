@@ -1,10 +1,15 @@
-//! Faults: a worker killed mid-step, Redis flushed mid-chain, SIGTERM during a step.
+//! Faults: a worker killed mid-step, Redis flushed mid-chain (and what the worker logs about it),
+//! SIGTERM during a step, queue registrations left behind by a deleted namespace.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use serde_json::json;
-use syncfleet_store::views;
+use syncfleet_store::{queue::APALIS_QUEUES_LIST, views};
 use syncfleet_tests::{PrivateRedis, TestEnv, signal};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn step_state(
     env: &TestEnv,
@@ -96,6 +101,102 @@ async fn redis_flushed_in_the_middle_of_a_chain_the_run_still_completes() {
     producer.stop().await;
     env.finish().await;
     drop(redis);
+}
+
+/// After a Redis flush a worker says so once: one line naming what happened and that it
+/// re-registered, not a block of apalis errors per queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_flush_is_one_warning_per_worker_saying_it_re_registered() {
+    let redis = PrivateRedis::start();
+    let env = TestEnv::with_redis(&redis.url(), "").await;
+    env.demo_integration("acme", json!({ "step_ms": 300, "fail": { "right": "never" } })).await;
+    let producer = env.spawn_producer().await;
+    let name = format!("flushed-{}", env.id);
+    let mut worker = env.worker_process(&name).stderr(Stdio::piped()).spawn().expect("spawn syncfleet-worker");
+    let stderr = worker.stderr.take().unwrap();
+    let lines = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    let run = env.trigger("demo_diamond", "acme").await;
+    wait_running_on(&env, run, "left", &name).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+
+    let view = env.wait(run, Duration::from_secs(90)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    // Every queue's consumer registered again (the incident is reported once they have).
+    let queues = env.registry.build(&env.config).unwrap().0.queues();
+    for queue in &queues {
+        env.eventually(Duration::from_secs(30), &format!("`{queue}` to be registered again"), || async {
+            let workers = env.ops.queues.workers(queue).await.ok()?;
+            workers.iter().any(|(w, _)| w.starts_with(&name)).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&worker, "TERM");
+    tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("the worker exits").unwrap();
+    let lines = lines.await.unwrap();
+
+    let said: Vec<&String> = lines.iter().filter(|l| l.contains("re-registered")).collect();
+    assert_eq!(said.len(), 1, "one line says the worker re-registered: {lines:#?}");
+    assert!(said[0].contains("WARN") && said[0].contains("flushed or restarted"), "{}", said[0]);
+    for queue in &queues {
+        assert!(said[0].contains(queue.as_str()), "the line names queue `{queue}`: {}", said[0]);
+    }
+    for noise in ["Cant fetch next", "Queue worker failed", "WorkerError", "Heartbeat failed", "script:"] {
+        assert!(!lines.iter().any(|l| l.contains(noise)), "`{noise}` is logged: {lines:#?}");
+    }
+    let consumer_lines: Vec<&String> = lines.iter().filter(|l| l.contains("Queue consumer")).collect();
+    assert!(consumer_lines.is_empty(), "no other line about the queue consumers: {consumer_lines:#?}");
+    println!("after the flush the worker logged:\n{}", lines.join("\n"));
+
+    producer.stop().await;
+    env.finish().await;
+    drop(redis);
+}
+
+/// apalis-redis's global `core:apalis:queues:list` holds this namespace's queues while they
+/// exist: a worker registers exactly its own queues there and drops those that no longer exist, and
+/// deleting the namespace leaves none behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_namespace_leaves_no_queue_registration_behind() {
+    let env = TestEnv::new("").await;
+    let ns = env.config.redis.namespace.clone();
+    let queues = env.ops.queues.clone();
+    let mut conn = queues.connection();
+    // A queue this namespace no longer has (dropped from the config), registered long ago.
+    let retired = format!("{ns}:retired:workers");
+    let _: i64 = redis::cmd("ZADD").arg(APALIS_QUEUES_LIST).arg(1).arg(&retired).query_async(&mut conn).await.unwrap();
+    // Another namespace's queue is none of ours.
+    let other = format!("{ns}x:demo:workers");
+    let _: i64 = redis::cmd("ZADD").arg(APALIS_QUEUES_LIST).arg(1).arg(&other).query_async(&mut conn).await.unwrap();
+
+    let worker = env.spawn_worker("registrations").await;
+    let mut expected: Vec<String> =
+        env.registry.build(&env.config).unwrap().0.queues().iter().map(|q| format!("{ns}:{q}:workers")).collect();
+    expected.sort();
+    let members = env
+        .eventually(Duration::from_secs(30), "the worker's queues to be registered", || async {
+            let members = queues.registrations().await.ok()?;
+            (members == expected).then_some(members)
+        })
+        .await;
+    assert!(!members.contains(&retired), "the retired queue was dropped: {members:?}");
+    worker.stop().await;
+    env.finish().await;
+
+    assert_eq!(queues.registrations().await.unwrap(), Vec::<String>::new(), "the deleted namespace left members");
+    let score: Option<f64> =
+        redis::cmd("ZSCORE").arg(APALIS_QUEUES_LIST).arg(&other).query_async(&mut conn).await.unwrap();
+    assert!(score.is_some(), "another namespace's registration is left alone");
+    let _: i64 = redis::cmd("ZREM").arg(APALIS_QUEUES_LIST).arg(&other).query_async(&mut conn).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,11 +1,12 @@
 //! The Moodle pack's user scopes and roles: the derivation rules each shown on the sandbox's data
 //! (majority, the alphabetical tie-break, the manual source skipping the user whole, no-op writes,
-//! campus filled only when empty), roles granted by hand surviving a sync, and login-time hydration
-//! deciding as the chain does.
+//! campus filled only when empty), roles granted by hand surviving a sync, login-time hydration
+//! deciding as the chain does, and the derivations fanned out by user deciding as one step does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::json;
+use syncfleet_pack_moodle::{roles, scope, scope::Users};
 use syncfleet_producer::ops::Trigger;
 use syncfleet_shared::chain::Mode;
 use syncfleet_store::runs::TriggerKind;
@@ -348,6 +349,98 @@ async fn hand_granted_roles_survive_and_hydration_decides_as_the_chain_does() {
     let viewer = env.api(&producer, "viewer").await;
     assert_eq!(viewer.post(&format!("/api/integrations/uni/users/{username}/hydrate"), json!({})).await.0, 403);
     producer.stop().await;
+    worker.stop().await;
+    env.finish().await;
+}
+
+/// Every active user's sync-granted roles as the integration's default map gives them, written out
+/// independently of the pack: (user id, role).
+async fn expected_roles(env: &TestEnv) -> BTreeSet<(String, String)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT e.user_id, r FROM moodle_enrollments e
+         JOIN moodle_courses c ON c.external_id = e.course_id AND c.is_active
+         JOIN moodle_users u ON u.external_id = e.user_id AND u.is_active,
+         jsonb_array_elements_text(e.roles) AS r
+         WHERE e.is_active",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let map = |r: &str| match r {
+        "student" => Some("STUDENT"),
+        "teacher" | "editingteacher" => Some("INSTRUCTOR"),
+        "manager" => Some("PROGRAM_MANAGER"),
+        _ => None,
+    };
+    rows.into_iter().filter_map(|(u, r)| map(&r).map(|role| (u, role.to_owned()))).collect()
+}
+
+async fn sync_roles(env: &TestEnv) -> BTreeSet<(String, String)> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, role FROM moodle_user_roles WHERE granted_by = 'sync'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn derivations_in_shards_decide_as_one_step_over_every_user() {
+    let sandbox = Sandbox::start().await;
+    let toml = format!(
+        "{}\n[packs.moodle]\ndisable_sync_category_on_startup = true\n\
+         [chains.{CHAIN}.steps.user_scope_backfill]\nshards = 3\n[chains.{CHAIN}.steps.role_derivation]\nshards = 3\n",
+        uni_toml(&sandbox, "")
+    );
+    let env = TestEnv::new(&toml).await;
+    let worker = env.spawn_worker("w").await;
+    let run = env.run_to_end(CHAIN, "uni", Mode::Full, false).await;
+    assert_eq!(run.status, "completed", "{run:#?}");
+
+    // The chain, each derivation in 3 shards: every user decided once, as the rules say.
+    let expected = expected_scopes(&env).await;
+    assert_eq!(expected.len(), 150);
+    assert_eq!(scopes(&env).await, expected);
+    let b = step(&run, "user_scope_backfill");
+    assert_eq!((b.shards, b.shards_done, b.fetched, b.updated), (3, 3, 150, 150), "{b:#?}");
+    let r = step(&run, "role_derivation");
+    assert_eq!((r.shards, r.fetched), (3, 150), "{r:#?}");
+    let roles = expected_roles(&env).await;
+    assert!(roles.iter().any(|(_, r)| r == "STUDENT") && roles.iter().any(|(_, r)| r == "INSTRUCTOR"));
+    assert_eq!(sync_roles(&env).await, roles);
+
+    // Each shard, 7 users a page: its own users only, and together everything again.
+    let integration: i64 = env.value("SELECT id FROM integrations WHERE name = 'uni'").await;
+    sqlx::query("UPDATE moodle_users SET campus_id = NULL, department_id = NULL, program_id = NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM moodle_user_roles").execute(&env.pool).await.unwrap();
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT external_id FROM moodle_users WHERE is_active").fetch_all(&env.pool).await.unwrap();
+    // The integration's roles map: the pack's default.
+    let map: BTreeMap<String, String> = [
+        ("student", "STUDENT"),
+        ("teacher", "INSTRUCTOR"),
+        ("editingteacher", "INSTRUCTOR"),
+        ("manager", "PROGRAM_MANAGER"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
+    let mut conn = env.pool.acquire().await.unwrap();
+    for k in 0..3 {
+        let users = Users::shard(k, 3).paged(7);
+        let mine = ids.iter().filter(|id| syncfleet_pack_moodle::shard_of(id, 3) == k).count() as i64;
+        assert!(mine > 7, "shard {k} spans pages");
+        let s = scope::backfill(&mut conn, integration, users).await.unwrap();
+        assert_eq!((s.users, s.updated), (mine, mine), "shard {k}");
+        let r = roles::apply(&mut conn, integration, &map, users).await.unwrap();
+        assert_eq!(r.users, mine, "shard {k}");
+    }
+    assert_eq!(scopes(&env).await, expected);
+    assert_eq!(sync_roles(&env).await, roles);
+    drop(conn);
     worker.stop().await;
     env.finish().await;
 }

@@ -257,6 +257,32 @@ async fn members_confirmed_and_partner_users_enrollments_equal_the_sandbox_in_sh
     assert!(shards.iter().all(|(_, status, calls)| status == "succeeded" && *calls > 0), "{shards:?}");
     let e = step(&run, "sync_enrollments");
     assert_eq!((e.shards, e.shards_done, e.status.as_str()), (4, 4, "succeeded"), "{e:#?} {shards:?}");
+    // Each shard read its own users only (the shard of a person id is PostgreSQL's): what each
+    // shard inserted is exactly the rows of its users, and every shard has some.
+    let mut rows_of_shard = [0i64; 4];
+    let rows_per_person: Vec<(String, i64)> =
+        sqlx::query_as("SELECT person_id, count(*) FROM partner_enrollments GROUP BY person_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for (person, rows) in rows_per_person {
+        let shard: i32 = sqlx::query_scalar(syncfleet_pack_partner::SHARD_OF_SQL)
+            .bind(&person)
+            .bind(4)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        rows_of_shard[shard as usize] += rows;
+    }
+    let inserted: Vec<i64> = sqlx::query_scalar(
+        "SELECT inserted FROM step_runs WHERE run_id = $1::text::uuid AND step = 'sync_enrollments' ORDER BY shard",
+    )
+    .bind(run.id.to_string())
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let per_shard: Vec<(i64, i64)> = inserted.into_iter().zip(rows_of_shard).collect();
+    assert!(per_shard.iter().all(|(inserted, rows)| inserted == rows && *rows > 0), "{per_shard:?}");
     let partner_users = world.partner_of.len() as i64;
     assert_eq!(e.api_calls, partner_users, "one transcript call per partner user: {e:#?}");
     assert_eq!(transcript_calls, partner_users, "the sandbox saw the same calls");

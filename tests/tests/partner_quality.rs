@@ -309,13 +309,19 @@ async fn a_failed_transcript_read_is_an_item_error_and_the_shard_goes_on() {
     .await
     .unwrap();
     let person = holders[0].0.clone();
-    let shard = syncfleet_pack_partner::shard_of(&person, 4);
+    let shard_of = async |id: &str| -> i32 {
+        sqlx::query_scalar(syncfleet_pack_partner::SHARD_OF_SQL).bind(id).bind(4).fetch_one(&env.pool).await.unwrap()
+    };
+    let shard = shard_of(&person).await;
     // Another partner user of the same shard, whose rows the run must write again.
-    let other = holders[1..]
-        .iter()
-        .map(|(p, _)| p.clone())
-        .find(|p| syncfleet_pack_partner::shard_of(p, 4) == shard)
-        .expect("another user with enrollments in the shard");
+    let mut other = None;
+    for (p, _) in &holders[1..] {
+        if shard_of(p).await == shard {
+            other = Some(p.clone());
+            break;
+        }
+    }
+    let other = other.expect("another user with enrollments in the shard");
     sqlx::query("DELETE FROM partner_enrollments WHERE person_id = $1").bind(&other).execute(&env.pool).await.unwrap();
     let before = ids(&env, ROWS, &person).await;
     assert!(!before.is_empty());

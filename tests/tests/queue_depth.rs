@@ -1,6 +1,8 @@
 //! Queue depth is read the same way everywhere: `/metrics` (what autoscaling reads), `syncfleet
 //! queues --json`, the API, the dashboard as Chromium renders it, and Redis itself, read
-//! independently here from apalis-redis's keys, agree at one moment.
+//! independently here from apalis-redis's keys, agree at one moment; and `runnable` (what
+//! autoscaling reads) is `ready` less the due jobs of lease-blocked steps, read independently here
+//! from Redis's due ids and PostgreSQL's steps.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -10,6 +12,8 @@ use syncfleet_tests::TestEnv;
 type Depths = BTreeMap<(String, String), i64>;
 
 const STATES: [&str; 4] = ["ready", "scheduled", "inflight", "dead"];
+/// States that join PostgreSQL to Redis.
+const DERIVED: [&str; 2] = ["blocked", "runnable"];
 
 /// Depth per (queue, state) straight from the keys apalis-redis writes.
 async fn from_redis(env: &TestEnv, queues: &[&str]) -> Depths {
@@ -49,15 +53,50 @@ async fn from_redis(env: &TestEnv, queues: &[&str]) -> Depths {
     out
 }
 
-fn from_json(queues: &Value, with_blocked: bool) -> Depths {
+fn from_json(queues: &Value) -> Depths {
     let mut out = Depths::new();
     for q in queues.as_array().unwrap() {
         let name = q["queue"].as_str().unwrap().to_owned();
-        for state in STATES.iter().chain(with_blocked.then_some(&"blocked")) {
-            out.insert((name.clone(), state.to_string()), q[*state].as_i64().unwrap());
+        for state in STATES.iter().chain(&DERIVED) {
+            let n = q[*state].as_i64().unwrap_or_else(|| panic!("{state} of {name}: {q}"));
+            out.insert((name.clone(), state.to_string()), n);
         }
     }
     out
+}
+
+/// The due task ids of `queue` in Redis (scheduled with run-at ≤ now, or in the active list).
+async fn due_ids(env: &TestEnv, queue: &str) -> Vec<String> {
+    let client = redis::Client::open(env.config.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:{queue}", env.config.redis.namespace);
+    let now = chrono::Utc::now().timestamp();
+    let mut ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(format!("{key}:scheduled"))
+        .arg("-inf")
+        .arg(now)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let active: Vec<String> =
+        redis::cmd("LRANGE").arg(format!("{key}:active")).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    ids.extend(active);
+    ids
+}
+
+/// Waits until the depth in Redis is the same twice in a row with something in flight on `demo`.
+async fn settle(env: &TestEnv, names: &[&str]) -> Depths {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = Depths::new();
+    loop {
+        let now = from_redis(env, names).await;
+        if now == last && now[&("demo".into(), "inflight".into())] >= 1 {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "queue depth never settled: {now:?}");
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// `syncfleet_queue_depth{queue="…",state="…"} N` lines.
@@ -74,8 +113,9 @@ fn from_metrics(text: &str) -> Depths {
     out
 }
 
-fn without_blocked(d: &Depths) -> Depths {
-    d.iter().filter(|((_, s), _)| s != "blocked").map(|(k, v)| (k.clone(), *v)).collect()
+/// The states read from Redis alone.
+fn redis_states(d: &Depths) -> Depths {
+    d.iter().filter(|((_, s), _)| !DERIVED.contains(&s.as_str())).map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// The queue table as the dashboard renders it in headless Chromium; `None` (skipped) only when
@@ -117,18 +157,16 @@ async fn metrics_cli_api_and_redis_agree_on_queue_depth() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(status, 201, "{created}");
 
-    // Wait for a settled state: the slow shard in flight and the same depth twice in a row.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut last = Depths::new();
-    let settled = loop {
-        let now = from_redis(&env, &names).await;
-        if now == last && now[&("demo".into(), "inflight".into())] >= 1 {
-            break now;
-        }
-        assert!(std::time::Instant::now() < deadline, "queue depth never settled: {now:?}");
-        last = now;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    // Wait for a settled state: the slow shard in flight and the same depth twice in a row. Then
+    // three one-step runs of other integrations on the same queue: nothing blocks them, but the
+    // worker's one slot is taken, so they wait in Redis as runnable work.
+    settle(&env, &names).await;
+    for name in ["p1", "p2", "p3"] {
+        env.demo_integration(name, json!({ "step_ms": 0 })).await;
+        let (status, body) = op.post("/api/chains/demo_ping/runs", json!({ "integration": name })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let settled = settle(&env, &names).await;
 
     let redis_before = from_redis(&env, &names).await;
     let (status, api_queues) = api.get("/api/queues").await;
@@ -139,26 +177,44 @@ async fn metrics_cli_api_and_redis_agree_on_queue_depth() {
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let cli_queues: Value = serde_json::from_slice(&cli.stdout).unwrap();
     let dashboard = dashboard_depth(&producer, &api).await;
+    let due = due_ids(&env, "demo").await;
     let redis_after = from_redis(&env, &names).await;
     assert_eq!(redis_before, redis_after, "Redis changed while the readers read");
     assert_eq!(redis_before, settled);
 
-    let (api_d, cli_d, metrics_d) =
-        (from_json(&api_queues, true), from_json(&cli_queues, true), from_metrics(&metrics));
-    assert_eq!(without_blocked(&api_d), redis_before, "the API (and the dashboard it feeds) against Redis");
-    assert_eq!(without_blocked(&cli_d), redis_before, "syncfleet queues against Redis");
-    assert_eq!(without_blocked(&metrics_d), redis_before, "/metrics against Redis");
+    let (api_d, cli_d, metrics_d) = (from_json(&api_queues), from_json(&cli_queues), from_metrics(&metrics));
+    assert_eq!(redis_states(&api_d), redis_before, "the API (and the dashboard it feeds) against Redis");
+    assert_eq!(redis_states(&cli_d), redis_before, "syncfleet queues against Redis");
+    assert_eq!(redis_states(&metrics_d), redis_before, "/metrics against Redis");
     assert_eq!(api_d, cli_d);
     assert_eq!(api_d, metrics_d);
     if let Some(dashboard) = dashboard {
-        assert_eq!(from_json(&dashboard, true), api_d, "the dashboard against the API: {dashboard}");
+        assert_eq!(from_json(&dashboard), api_d, "the dashboard against the API: {dashboard}");
     }
     // The figures are not all zero: something is ready, one step is in flight, and the waiting
     // shards are blocked behind its lease.
-    let ready = redis_before[&("demo".into(), "ready".into())];
-    let inflight = redis_before[&("demo".into(), "inflight".into())];
-    assert!(ready >= 18 && inflight >= 1, "{redis_before:?}");
-    assert_eq!(api_d[&("demo".into(), "blocked".into())], 19, "{api_queues}");
+    let at = |state: &str| api_d[&("demo".to_owned(), state.to_owned())];
+    let (ready, inflight, blocked, runnable) = (at("ready"), at("inflight"), at("blocked"), at("runnable"));
+    assert!(ready >= 18 + 3 && inflight >= 1, "{redis_before:?}");
+    assert_eq!(blocked, 19, "{api_queues}");
+    // Runnable, read independently: the due jobs in Redis whose step no running step blocks.
+    let (due_blocked, due_pings): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE entity_key IN (SELECT entity_key FROM step_runs WHERE status = 'running')),
+                count(*) FILTER (WHERE step = 'ping')
+           FROM step_runs WHERE status = 'ready' AND job_id = ANY($1)",
+    )
+    .bind(&due)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(due.len() as i64, ready, "{due:?}");
+    assert_eq!(runnable, ready - due_blocked, "runnable = ready less the due lease-blocked jobs: {api_queues}");
+    assert_eq!(runnable, 3, "the three pings and nothing else can run now: {api_queues}");
+    assert_eq!(due_pings, 3);
+    for q in &names {
+        let d = |state: &str| api_d[&(q.to_string(), state.to_owned())];
+        assert!(d("runnable") >= 0 && d("runnable") <= d("ready"), "{q}: {api_queues}");
+    }
 
     let run_id = created["run_id"].as_str().unwrap();
     assert_eq!(op.post(&format!("/api/runs/{run_id}/cancel"), json!({})).await.0, 200);

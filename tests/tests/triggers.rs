@@ -68,8 +68,9 @@ async fn manual_trigger_while_a_run_is_active_answers_409_and_the_cli_says_why()
     assert_eq!(body["error"], "active_run");
     assert_eq!(body["run_id"], run_id.as_str());
 
+    // Exit 4: refused, a run is active.
     let out = env.cli().args(["trigger", "demo_diamond", "--integration", "acme"]).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already active") && stderr.contains(&run_id), "{stderr}");
 

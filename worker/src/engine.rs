@@ -1,7 +1,9 @@
 //! The step engine: one entry point, [`Engine::execute`], used by the apalis handler and by tests.
-//! Phases: check the job is current → take the entity lease → claim in PostgreSQL → run the
-//! handler under a timeout with heartbeats → record the outcome and downstream transitions in one
-//! transaction → push the steps that became ready.
+//! Phases: check the job is current → take the entity lease → claim in PostgreSQL (one statement)
+//! → run the handler under a timeout with heartbeats → record the outcome and downstream
+//! transitions in one transaction (one statement when the step has no effects to commit and the
+//! finish does not end its run) → release the lease → push the steps that became ready (which
+//! wakes idle workers at once). A heartbeat that finds the run cancelled stops the step, which is recorded `cancelled`.
 //!
 //! Each delivery is a `process` span (messaging attributes) continuing the trace of the run the job
 //! carries, with the `step` span inside; the engine records the job wait, the step duration, lease
@@ -25,12 +27,15 @@ use syncfleet_shared::{
     retry::{self, Backoff, Decision, Failure},
 };
 use syncfleet_store::{
-    dispatch, health,
+    dispatch,
     queue::{QueueClient, QueueError},
-    runs::{self, Claim, ClaimedStep, Fence, Outcome},
+    runs::{self, Alone, Beat, Claim, ClaimedStep, Fence, Finished, Outcome},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+
+/// How long a handler may take to stop once the drain's hard stop cancelled it.
+const HANDLER_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// One delivery of a step job.
 struct Delivery<'a> {
@@ -41,11 +46,12 @@ struct Delivery<'a> {
 }
 
 /// The `outcome` label of the step duration.
-fn outcome_label(executed: &Result<Executed, EngineError>) -> &'static str {
-    match executed {
-        Ok(Executed::Succeeded) => "succeeded",
-        Ok(Executed::Retrying) => "retrying",
-        Ok(Executed::Fenced) => "fenced",
+fn outcome_label<T>(recorded: &Result<(Executed, T), EngineError>) -> &'static str {
+    match recorded {
+        Ok((Executed::Succeeded, _)) => "succeeded",
+        Ok((Executed::Retrying, _)) => "retrying",
+        Ok((Executed::Fenced, _)) => "fenced",
+        Ok((Executed::Cancelled, _)) => "cancelled",
         Ok(_) | Err(_) => "failed",
     }
 }
@@ -60,6 +66,8 @@ enum Interruption {
     TakenAway,
     /// The worker is stopping and its drain time ran out.
     WorkerStopping,
+    /// The step's run was cancelled (`syncfleet cancel`): the step is recorded `cancelled`.
+    RunCancelled,
 }
 
 /// A step error as recorded: its message, then each cause the message does not already say.
@@ -101,6 +109,8 @@ pub enum Executed {
     Failed,
     /// The step was taken away while running (lost heartbeat); its result was discarded.
     Fenced,
+    /// The run was cancelled while the step ran; the step stopped and was recorded cancelled.
+    Cancelled,
 }
 
 pub struct Engine {
@@ -116,6 +126,8 @@ pub struct Engine {
     pub tracker: TaskTracker,
     /// Cancelled when the drain timeout passes: handlers should stop at once.
     pub hard_stop: CancellationToken,
+    /// Wake-ups of this process's queue workers on push ([`crate::wake`]).
+    pub wake: crate::wake::Hub,
 }
 
 impl Engine {
@@ -131,6 +143,12 @@ impl Engine {
         let http = HttpClients::new(Some(RateBudget::new(queues.connection(), queues.namespace())), &config.upstream)
             .with_secrets(config.secrets.policy());
         metrics::install();
+        metrics::preregister_runs(chains.all().map(|c| c.name.as_str()));
+        let observed = pool.clone();
+        metrics::observe_db_pool(move || {
+            (observed.size(), observed.num_idle(), observed.options().get_max_connections())
+        });
+        let wake = crate::wake::Hub::new(&config.redis);
         Engine {
             config,
             pool,
@@ -141,6 +159,7 @@ impl Engine {
             name,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            wake,
         }
     }
 
@@ -174,18 +193,35 @@ impl Engine {
             return Ok(Executed::LeaseBusy);
         }
         let result = self.run_leased(d, &entity).await;
+        let ready = match &result {
+            Ok((_, ready)) => ready.as_slice(),
+            Err(_) => &[],
+        };
+        // The lease goes before the downstream steps are pushed: a woken worker taking one of them
+        // on the same entity finds it free.
         if let Err(error) = self.queues.lease_release(&entity, job_id).await {
             tracing::warn!(%error, %entity, "Lease release failed; it expires on its own.");
         }
-        result
+        if !ready.is_empty()
+            && let Err(error) =
+                dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, ready).await
+        {
+            tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
+        }
+        result.map(|(executed, _)| executed)
     }
 
-    async fn run_leased(&self, d: &Delivery<'_>, entity: &str) -> Result<Executed, EngineError> {
+    /// Claims and runs a leased step; returns what it did and the steps its finish made ready.
+    async fn run_leased(
+        &self,
+        d: &Delivery<'_>,
+        entity: &str,
+    ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
         let (id, job_id) = (d.id, d.job_id);
         let claimed = match runs::claim(&self.pool, id, job_id, &self.name).await? {
             Claim::Claimed(c) => c,
-            Claim::Stale => return Ok(Executed::Stale),
-            Claim::RunInactive => return Ok(Executed::RunInactive),
+            Claim::Stale => return Ok((Executed::Stale, vec![])),
+            Claim::RunInactive => return Ok((Executed::RunInactive, vec![])),
         };
         let started = Instant::now();
         if let Some(due) = d.due_at_ms {
@@ -197,9 +233,9 @@ impl Engine {
             Err(message) => {
                 let decision = retry::decide(Failure::Permanent, claimed.tally(), &Backoff::STEP);
                 let outcome = Outcome::failed(message, Failure::Permanent, decision, Default::default());
-                let executed = self.record(&fence, outcome, None).await;
-                metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&executed), started);
-                return executed;
+                let recorded = self.record(&fence, outcome, None).await;
+                metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
+                return recorded;
             }
         };
         tracing::info!(attempt = claimed.attempt, "Step started.");
@@ -214,12 +250,27 @@ impl Engine {
             stopped.set(Interruption::WorkerStopping).ok();
             cancel.cancel();
         });
-        let result = self.run_handler(&mut ctx, handler.as_ref()).await;
+        // A handler that does not heed its cancelled token is dropped `HANDLER_STOP_GRACE` after the
+        // hard stop: the worker is exiting, and the attempt is lost either way.
+        let result = tokio::select! {
+            result = self.run_handler(&mut ctx, handler.as_ref()) => result,
+            () = async {
+                self.hard_stop.cancelled().await;
+                tokio::time::sleep(HANDLER_STOP_GRACE).await;
+            } => Err(StepError::retry("stopped: the worker is exiting")),
+        };
         heartbeat.abort();
         stop_link.abort();
 
         let outcome = match result {
             Ok(()) => Outcome::Succeeded(ctx.result.clone()),
+            Err(error) if interrupted.get() == Some(&Interruption::RunCancelled) => {
+                tracing::info!(error = %error_text(&error), "Step stopped: its run was cancelled.");
+                Outcome::Cancelled {
+                    message: "cancelled with its run while running".into(),
+                    result: ctx.result.clone(),
+                }
+            }
             Err(error) => {
                 // A step stopped because its lease went or its worker is stopping did not fail by
                 // its own error: the attempt is lost to the infrastructure.
@@ -243,10 +294,11 @@ impl Engine {
                 telemetry::mark_error(&tracing::Span::current(), message);
                 None // the attempt's writes roll back
             }
+            Outcome::Cancelled { .. } => None, // the attempt's writes roll back
         };
-        let executed = self.record(&fence, outcome, tx).await;
-        metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&executed), started);
-        executed
+        let recorded = self.record(&fence, outcome, tx).await;
+        metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
+        recorded
     }
 
     /// Builds the context of a claimed step, fenced on this attempt, and finds its handler. `Err`
@@ -336,10 +388,14 @@ impl Engine {
                 loop {
                     tick.tick().await;
                     match runs::heartbeat(&pool, id, &job_id).await {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(Beat::Alive) => {}
+                        Ok(Beat::TakenAway) => {
                             tracing::warn!("Step was taken away from this worker; stopping it.");
                             return Interruption::TakenAway;
+                        }
+                        Ok(Beat::RunCancelled) => {
+                            tracing::info!("The step's run was cancelled; stopping the step.");
+                            return Interruption::RunCancelled;
                         }
                         Err(error) => tracing::warn!(%error, "Heartbeat failed."),
                     }
@@ -375,39 +431,53 @@ impl Engine {
         })
     }
 
-    /// Records the outcome (with the handler's writes on success) and pushes what became ready.
+    /// Records the outcome (with the handler's writes on success); returns the steps that became
+    /// ready, for the caller to push. A finish with no writes of the step's to commit is one
+    /// statement unless it ends the run (then it is repeated in a transaction, with the run's hook).
     async fn record(
         &self,
         fence: &Fence<'_>,
         outcome: Outcome,
         tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
-    ) -> Result<Executed, EngineError> {
-        let mut tx = match tx {
-            Some(tx) => tx,
-            None => self.pool.begin().await?,
+    ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
+        let alone = match tx {
+            Some(_) => Err(Alone::NeedsTransaction),
+            None => runs::finish_step_alone(&self.pool, fence, &outcome).await,
         };
-        let Some(ready) = runs::finish_step(&mut tx, fence, &outcome).await? else {
-            tx.rollback().await.ok();
+        let finished: Option<Finished> = match alone {
+            Ok(finished) => finished,
+            Err(Alone::Db(e)) => return Err(e.into()),
+            Err(Alone::NeedsTransaction) => {
+                let mut tx = match tx {
+                    Some(tx) => tx,
+                    None => self.pool.begin().await?,
+                };
+                match runs::finish_step_in(&mut tx, fence, &outcome).await? {
+                    Some(finished) => {
+                        tx.commit().await?;
+                        Some(finished)
+                    }
+                    None => {
+                        tx.rollback().await.ok();
+                        None
+                    }
+                }
+            }
+        };
+        let Some(Finished { ready, run_ended }) = finished else {
             tracing::warn!("Step result discarded: the step is no longer this worker's.");
-            return Ok(Executed::Fenced);
+            return Ok((Executed::Fenced, vec![]));
         };
-        // A run can end only when this finish made nothing ready.
-        let ended = if ready.is_empty() { health::run_ended_in_tx(&mut tx, fence.step_run_id).await? } else { None };
-        tx.commit().await?;
-        if let Some((chain, status)) = ended {
+        if let Some((chain, status)) = run_ended {
             metrics::run_ended(&chain, &status);
         }
         let executed = match &outcome {
             Outcome::Succeeded(_) => Executed::Succeeded,
+            Outcome::Cancelled { .. } => Executed::Cancelled,
             Outcome::Failed { decision: Decision::FailForGood(_), .. } => Executed::Failed,
             Outcome::Failed { .. } => Executed::Retrying,
         };
         tracing::info!(outcome = ?executed, next = ready.len(), "Step finished.");
-        if let Err(error) =
-            dispatch::dispatch_ready(&self.pool, &self.queues, self.config.producer.dispatch_cap, &ready).await
-        {
-            tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
-        }
-        Ok(executed)
+        Ok((executed, ready))
     }
 }

@@ -5,10 +5,11 @@
 //! 2. **Users**: every user read, deduplicated by id, upserted in one batch statement (rows in id
 //!    order, so two shards lock shared rows in the same order). If the batch fails (a username taken
 //!    by another active row, say), each row is written alone and only the failing ones are item errors.
-//! 3. **Per course, sequentially**, one transaction each: sections upserted from the users' groups (no
-//!    extra Moodle call), enrollments upserted with the section of the user's first group, and the
-//!    course's enrollments and sections missing from Moodle soft-deactivated by the SDK's scoped
-//!    sweep, behind the deletion guard decided for that course: an empty answer while the course has
+//! 3. **Per batch of courses, sequentially** (up to 5,000 enrollment rows or 100 courses, a course never
+//!    split), one transaction and a fixed number of statements each: sections upserted from the users'
+//!    groups (no extra Moodle call), enrollments upserted with the section of the user's first group,
+//!    and each course's enrollments and sections missing from Moodle soft-deactivated by the SDK's
+//!    scoped sweep, behind the deletion guard decided for each course: an empty answer while the course has
 //!    active enrollments, a user without a readable id (the read is not complete), or a share above
 //!    `max_deactivate_share` is refused unless the run forces the sweep. The step's `guard` records
 //!    the decisions.
@@ -106,6 +107,16 @@ impl CourseRead {
     fn groups_known(&self) -> bool {
         self.users.iter().all(|u| u.groups.is_some())
     }
+
+    /// The course's read for a scoped sweep that keeps the rows `listed`.
+    fn scope<'a>(&'a self, listed: &'a [String]) -> ScopeRead<'a> {
+        ScopeRead {
+            scope: &self.course,
+            answered: (self.users.len() + self.unreadable) as i64,
+            listed,
+            unreadable: self.unreadable as i64,
+        }
+    }
 }
 
 /// How phase 3 sweeps: the guard's share limit and the run's `force_sweep`.
@@ -177,79 +188,141 @@ async fn upsert_users(
     }
 }
 
-/// Phase 3 for one course, in one transaction.
-async fn write_course(
+/// Phase 3 writes courses in batches of this many enrollment rows (a course is never split; a
+/// batch holds at most [`BATCH_COURSES`] courses).
+const BATCH_ROWS: usize = 5_000;
+const BATCH_COURSES: usize = 100;
+
+/// Splits the reads (in course order) into phase 3's batches.
+fn batches(reads: &[CourseRead]) -> Vec<&[CourseRead]> {
+    let mut out = vec![];
+    let (mut start, mut rows) = (0, 0);
+    for (i, read) in reads.iter().enumerate() {
+        rows += read.users.len();
+        if rows >= BATCH_ROWS || i + 1 - start == BATCH_COURSES {
+            out.push(&reads[start..=i]);
+            (start, rows) = (i + 1, 0);
+        }
+    }
+    if start < reads.len() {
+        out.push(&reads[start..]);
+    }
+    out
+}
+
+/// A course's rows for phase 3.
+struct CourseRows<'r, 't> {
+    read: &'r CourseRead,
+    sections: Rows<'t>,
+    enrollments: Rows<'t>,
+}
+
+/// Phase 3 for one batch of courses, in one transaction and a fixed number of statements whatever
+/// the number of courses: the sections, the enrollments (those of courses whose answer left out the
+/// `groups` in a second statement that keeps their section), the enrollments' and the sections'
+/// scoped sweeps (decided per course), and the courses' item errors resolved.
+async fn write_courses(
     pool: &PgPool,
     fence: Option<&AttemptFence>,
     integration_id: i64,
     run: RunId,
     policy: SweepPolicy,
-    read: &CourseRead,
+    reads: &[CourseRead],
     totals: &mut Phase3,
 ) -> Result<Vec<(String, String)>, StepError> {
-    let (sections_t, enrollments_t) = (tables::sections(), tables::enrollments());
-    let course = &read.course;
-    // Without `groups` nothing is known of the course's sections: none written, none swept, and the
-    // enrollments are written without their section, which keeps what it was.
-    let groups_known = read.groups_known();
-    let upsert_t = if groups_known { tables::enrollments() } else { tables::enrollments_keeping_sections() };
-    if !groups_known {
-        totals.groups_missing.push(course.clone());
-    }
-    let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
-    for u in &read.users {
-        for (id, name) in u.groups.iter().flatten() {
-            sections.entry(id).or_insert(name);
+    let (sections_t, enrollments_t, keeping_t) =
+        (tables::sections(), tables::enrollments(), tables::enrollments_keeping_sections());
+    let mut courses = Vec::with_capacity(reads.len());
+    for read in reads {
+        let course = &read.course;
+        // Without `groups` nothing is known of the course's sections: none written, none swept, and
+        // the enrollments are written without their section, which keeps what it was.
+        let groups_known = read.groups_known();
+        if !groups_known {
+            totals.groups_missing.push(course.clone());
         }
-    }
-    let mut srows = Rows::new(&sections_t);
-    for (id, name) in &sections {
-        let mut f = Map::new();
-        f.insert("course_id".into(), Value::from(course.as_str()));
-        f.insert("name".into(), Value::from(*name));
-        srows.push((*id).to_owned(), &f);
-    }
-    let mut erows = Rows::new(&upsert_t);
-    for u in &read.users {
-        let mut f = Map::new();
-        f.insert("course_id".into(), Value::from(course.as_str()));
-        f.insert("user_id".into(), Value::from(u.user_id.as_str()));
-        let first_group = u.groups.as_ref().and_then(|g| g.first());
-        f.insert("section_id".into(), first_group.map_or(Value::Null, |(g, _)| Value::from(g.as_str())));
-        f.insert("role".into(), u.roles.first().map_or(Value::Null, |r| Value::from(r.as_str())));
-        f.insert("roles".into(), Value::from(u.roles.clone()));
-        f.insert("lastcourseaccess".into(), u.lastcourseaccess.clone());
-        erows.push(format!("{course}:{}", u.user_id), &f);
+        let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
+        for u in &read.users {
+            for (id, name) in u.groups.iter().flatten() {
+                sections.entry(id).or_insert(name);
+            }
+        }
+        let mut srows = Rows::new(&sections_t);
+        for (id, name) in &sections {
+            let mut f = Map::new();
+            f.insert("course_id".into(), Value::from(course.as_str()));
+            f.insert("name".into(), Value::from(*name));
+            srows.push((*id).to_owned(), &f);
+        }
+        let mut erows = Rows::new(if groups_known { &enrollments_t } else { &keeping_t });
+        for u in &read.users {
+            let mut f = Map::new();
+            f.insert("course_id".into(), Value::from(course.as_str()));
+            f.insert("user_id".into(), Value::from(u.user_id.as_str()));
+            let first_group = u.groups.as_ref().and_then(|g| g.first());
+            f.insert("section_id".into(), first_group.map_or(Value::Null, |(g, _)| Value::from(g.as_str())));
+            f.insert("role".into(), u.roles.first().map_or(Value::Null, |r| Value::from(r.as_str())));
+            f.insert("roles".into(), Value::from(u.roles.clone()));
+            f.insert("lastcourseaccess".into(), u.lastcourseaccess.clone());
+            erows.push(format!("{course}:{}", u.user_id), &f);
+        }
+        courses.push(CourseRows { read, sections: srows, enrollments: erows });
     }
     let mut tx = AttemptFence::begin(fence, pool).await?;
-    if !srows.ids.is_empty() {
-        let c = sections_t.upsert(&mut tx, integration_id, Some(run), &srows.ids, &srows.columns).await?;
-        totals.sections += srows.ids.len() as i64;
+    // Sections of every course in one statement (a group id once: the last course's, as writing the
+    // courses one after the other would leave it).
+    let mut section_rows: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (c, course) in courses.iter().enumerate() {
+        for (i, id) in course.sections.ids.iter().enumerate() {
+            section_rows.insert(id, (c, i));
+        }
+    }
+    if !section_rows.is_empty() {
+        let ids: Vec<String> = section_rows.keys().map(|id| (*id).to_owned()).collect();
+        let columns: Vec<Vec<Option<String>>> = (0..sections_t.columns.len())
+            .map(|k| section_rows.values().map(|&(c, i)| courses[c].sections.columns[k][i].clone()).collect())
+            .collect();
+        let c = sections_t.upsert(&mut tx, integration_id, Some(run), &ids, &columns).await?;
+        totals.sections += ids.len() as i64;
         totals.sections_new += c.inserted;
     }
-    if !erows.ids.is_empty() {
-        let c = upsert_t.upsert(&mut tx, integration_id, Some(run), &erows.ids, &erows.columns).await?;
+    for (table, groups_known) in [(&enrollments_t, true), (&keeping_t, false)] {
+        let these: Vec<&CourseRows<'_, '_>> =
+            courses.iter().filter(|c| c.read.groups_known() == groups_known && !c.enrollments.ids.is_empty()).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = these.iter().flat_map(|c| c.enrollments.ids.iter().cloned()).collect();
+        let columns: Vec<Vec<Option<String>>> = (0..table.columns.len())
+            .map(|k| these.iter().flat_map(|c| c.enrollments.columns[k].iter().cloned()).collect())
+            .collect();
+        let c = table.upsert(&mut tx, integration_id, Some(run), &ids, &columns).await?;
         totals.inserted += c.inserted;
         totals.updated += c.updated;
         totals.unchanged += c.unchanged;
     }
     // Rows that failed to convert keep their last state rather than being deactivated. Sections come
     // from the same answer as the enrollments: an empty answer refuses both.
-    let answered = (read.users.len() + read.unreadable) as i64;
-    let unreadable = read.unreadable as i64;
-    let keep: Vec<String> = erows.ids.iter().chain(erows.failed.iter().map(|(id, _)| id)).cloned().collect();
-    let enrollments = ScopeRead { scope: course, answered, listed: &keep, unreadable };
+    let keep = |rows: &Rows<'_>| -> Vec<String> {
+        rows.ids.iter().chain(rows.failed.iter().map(|(id, _)| id)).cloned().collect()
+    };
+    let enrollment_keep: Vec<Vec<String>> = courses.iter().map(|c| keep(&c.enrollments)).collect();
+    let section_keep: Vec<Vec<String>> = courses.iter().map(|c| keep(&c.sections)).collect();
+    let enrollments: Vec<ScopeRead> = courses.iter().zip(&enrollment_keep).map(|(c, k)| c.read.scope(k)).collect();
     let sweep = ScopedSweep::new(&enrollments_t, integration_id, "course_id", policy.max_share, policy.force);
-    totals.enrollment_sweeps.add(sweep.sweep(&mut tx, &[enrollments]).await?);
-    if groups_known {
-        let keep: Vec<String> = srows.ids.iter().chain(srows.failed.iter().map(|(id, _)| id)).cloned().collect();
-        let sections = ScopeRead { scope: course, answered, listed: &keep, unreadable };
-        let sweep = ScopedSweep::new(&sections_t, integration_id, "course_id", policy.max_share, policy.force);
-        totals.section_sweeps.add(sweep.sweep(&mut tx, &[sections]).await?);
-    }
-    pull::resolve(&mut tx, integration_id, "enrollments", &[format!("course:{course}")]).await?;
+    totals.enrollment_sweeps.add(sweep.sweep(&mut tx, &enrollments).await?);
+    let sections: Vec<ScopeRead> = courses
+        .iter()
+        .zip(&section_keep)
+        .filter(|(c, _)| c.read.groups_known())
+        .map(|(c, k)| c.read.scope(k))
+        .collect();
+    let sweep = ScopedSweep::new(&sections_t, integration_id, "course_id", policy.max_share, policy.force);
+    totals.section_sweeps.add(sweep.sweep(&mut tx, &sections).await?);
+    let resolved: Vec<String> = courses.iter().map(|c| format!("course:{}", c.read.course)).collect();
+    pull::resolve(&mut tx, integration_id, "enrollments", &resolved).await?;
     tx.commit().await?;
-    Ok(erows.failed.into_iter().chain(srows.failed).collect())
+    Ok(courses.into_iter().flat_map(|c| c.enrollments.failed.into_iter().chain(c.sections.failed)).collect())
 }
 
 pub struct SyncEnrollments;
@@ -350,11 +423,11 @@ impl StepHandler for SyncEnrollments {
             pull::resolve(&mut tx, integration_id, "users", &written).await?;
             tx.commit().await?;
 
-            // Phase 3: per course, sequentially.
+            // Phase 3: batches of courses, sequentially.
             let mut totals = Phase3::default();
-            for read in &reads {
-                let bad =
-                    write_course(&ctx.pool, ctx.fence.as_ref(), integration_id, run, policy, read, &mut totals).await?;
+            for batch in batches(&reads) {
+                let bad = write_courses(&ctx.pool, ctx.fence.as_ref(), integration_id, run, policy, batch, &mut totals)
+                    .await?;
                 errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
             }
 
@@ -494,5 +567,27 @@ mod tests {
         assert!(read_enrolled(&json!({"username": "a"})).is_err());
         let bad = read_enrolled(&json!({"id": 4, "username": "b", "lastaccess": "yesterday"})).unwrap();
         assert!(bad.user.unwrap_err().contains("lastaccess"));
+    }
+
+    #[test]
+    fn phase_3_batches_courses_by_rows_and_never_splits_one() {
+        let user = read_enrolled(&json!({"id": 1, "username": "a", "groups": []})).unwrap();
+        let course = |id: usize, users: usize| CourseRead {
+            course: id.to_string(),
+            users: vec![user.clone(); users],
+            unreadable: 0,
+        };
+        let sizes = |reads: &[CourseRead]| -> Vec<usize> { batches(reads).iter().map(|b| b.len()).collect() };
+        assert_eq!(sizes(&[]), Vec::<usize>::new());
+        // 2,000 rows a course: a batch closes at the course that reaches 5,000 rows.
+        let big: Vec<CourseRead> = (0..5).map(|i| course(i, 2_000)).collect();
+        assert_eq!(sizes(&big), [3, 2]);
+        // A course above the limit closes its batch whole.
+        assert_eq!(sizes(&[course(1, 10), course(2, 9_000), course(3, 10)]), [2, 1]);
+        // Small courses: at most 100 a batch, every course exactly once, in order.
+        let small: Vec<CourseRead> = (0..250).map(|i| course(i, 1)).collect();
+        assert_eq!(sizes(&small), [100, 100, 50]);
+        let order: Vec<&str> = batches(&small).iter().flat_map(|b| b.iter().map(|r| r.course.as_str())).collect();
+        assert_eq!(order, small.iter().map(|r| r.course.as_str()).collect::<Vec<_>>());
     }
 }

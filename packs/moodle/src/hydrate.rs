@@ -140,8 +140,8 @@ pub async fn hydrate(
     }
     let mut tx = pool.begin().await?;
     table.upsert(&mut tx, integration.id, None, &[id.to_string()], &columns).await?;
-    let report = scope::backfill(&mut tx, integration.id, Some(username)).await?;
-    roles::apply(&mut tx, integration.id, &settings.roles, Some(username)).await?;
+    let report = scope::backfill(&mut tx, integration.id, scope::Users::named(username)).await?;
+    roles::apply(&mut tx, integration.id, &settings.roles, scope::Users::named(username)).await?;
     tx.commit().await?;
     let mut view = view(pool, integration.id, username).await?;
     if let Some((_, plan)) = report.plans.first() {

@@ -6,13 +6,15 @@
 //! - `moodle_institutional`: `sync_categories` (the hierarchy Campus → Semester → Department →
 //!   Program, full, behind the deletion guard) → `sync_courses` (per program, bounded concurrency, one
 //!   transaction per program) → `sync_enrollments` (three phases: concurrent fetch per course, one
-//!   deduplicated user batch, then sections and enrollments per course) → `user_scope_backfill`
+//!   deduplicated user batch, then sections and enrollments per batch of courses) → `user_scope_backfill`
 //!   (optional) → `role_derivation` (optional).
 //! - `moodle_enrollments`: the same without `sync_categories` (start-up with
 //!   `DISABLE_SYNC_CATEGORY_ON_STARTUP`, intra-day runs).
 //!
-//! `sync_courses` and `sync_enrollments` may fan out (`shards` of the step in the config): shard `k`
-//! of `n` takes the programs / courses whose id modulo `n` is `k`. What a step found that is not a
+//! `sync_courses`, `sync_enrollments`, `user_scope_backfill` and `role_derivation` may fan out
+//! (`shards` of the step in the config): shard `k` of `n` takes the programs / courses / users whose
+//! id modulo `n` is `k` ([`shard_of`]). The derivations decide per user, so their shards never share a
+//! row, and they read the users a page at a time ([`scope::Users`]). What a step found that is not a
 //! count (failed programs, users upserted once, sections) follows the guard's decision in `guard`.
 //!
 //! [`MoodlePack`] is the pack: besides its chains and handlers it checks the integrations' settings
@@ -57,7 +59,7 @@ pub const ENROLLMENTS: &str = "moodle_enrollments";
 /// The first step of [`INSTITUTIONAL`], run alone at start-up unless disabled.
 pub const CATEGORIES_STEP: &str = "sync_categories";
 
-/// The tables scope backfill and role derivation read whole; their statistics are refreshed first
+/// The tables scope backfill and role derivation read; their statistics are refreshed first
 /// when stale ([`syncfleet_sdk::sync::pull::analyze_if_stale`]).
 const DERIVATION_INPUTS: [&str; 5] =
     ["moodle_users", "moodle_enrollments", "moodle_courses", "moodle_categories", "moodle_user_roles"];

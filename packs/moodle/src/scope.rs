@@ -1,7 +1,8 @@
 //! User scopes: each user's campus, department and program. One pure function ([`plan`]) decides
-//! for one user from their enrollments; [`backfill`] loads what it needs, plans every user (or one) and
-//! writes the changes. `user_scope_backfill` and the hydrate endpoint both go through [`backfill`],
-//! so a chain run and a login-time hydration cannot decide differently.
+//! for one user from their enrollments; [`backfill`] loads what it needs, plans the users it is given
+//! (every user, a shard of them, or one; a page at a time) and writes the changes.
+//! `user_scope_backfill` and the hydrate endpoint both go through [`backfill`], so a chain run and a
+//! login-time hydration cannot decide differently.
 //!
 //! Rules (issue #6):
 //! - Department: the department most of the user's active enrollments are in; program: the program
@@ -125,32 +126,77 @@ pub struct Report {
     pub plans: Vec<(UserScope, Plan)>,
 }
 
-/// Plans every active user of the integration (or the one named `only`) and writes the changes in
-/// one statement on `conn`. A user made `manual` since the read is not written (checked in SQL).
-pub async fn backfill(conn: &mut PgConnection, integration_id: i64, only: Option<&str>) -> Result<Report, sqlx::Error> {
-    let users: Vec<UserScope> = sqlx::query_as(
-        "SELECT external_id AS user_id, username, campus_id, department_id, program_id, department_source,
-                program_source
-         FROM moodle_users WHERE integration_id = $1 AND is_active AND ($2::text IS NULL OR username = $2)
-         ORDER BY external_id",
-    )
-    .bind(integration_id)
-    .bind(only)
-    .fetch_all(&mut *conn)
-    .await?;
-    let placements: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT e.user_id, p.external_id, p.parent_id
-         FROM moodle_enrollments e
-         JOIN moodle_courses c ON c.integration_id = e.integration_id AND c.external_id = e.course_id AND c.is_active
-         JOIN moodle_categories p ON p.integration_id = c.integration_id AND p.external_id = c.program_id
-              AND p.is_active AND p.kind = 'program'
-         JOIN moodle_users u ON u.integration_id = e.integration_id AND u.external_id = e.user_id AND u.is_active
-         WHERE e.integration_id = $1 AND e.is_active AND ($2::text IS NULL OR u.username = $2)",
-    )
-    .bind(integration_id)
-    .bind(only)
-    .fetch_all(&mut *conn)
-    .await?;
+/// Users a derivation reads at once by default: it pages through them by external id (keyset), so its memory
+/// stays flat however many users the integration has.
+pub const PAGE: i64 = 5_000;
+
+/// The users a derivation takes: the active users of shard `shard` of `shards` (by user id,
+/// [`super::shard_of`], as the fan-out steps split their work), or the one named `only`.
+#[derive(Debug, Clone, Copy)]
+pub struct Users<'a> {
+    pub only: Option<&'a str>,
+    pub shard: u32,
+    pub shards: u32,
+    /// Users read at once ([`PAGE`] unless set).
+    pub page: i64,
+}
+
+impl<'a> Users<'a> {
+    /// Every active user.
+    pub const ALL: Users<'static> = Users { only: None, shard: 0, shards: 1, page: PAGE };
+
+    /// The active user named `username`.
+    pub fn named(username: &'a str) -> Self {
+        Users { only: Some(username), ..Users::ALL }
+    }
+
+    /// The active users of shard `shard` of `shards`.
+    pub fn shard(shard: u32, shards: u32) -> Users<'static> {
+        Users { shard, shards: shards.max(1), ..Users::ALL }
+    }
+
+    /// The same users, `rows` (at least 1) at a time.
+    pub fn paged(self, rows: i64) -> Self {
+        Users { page: rows.max(1), ..self }
+    }
+
+    /// The next page of these users after external id `after` (`""` for the first), in external id
+    /// order, and the cursor of the page after it (`None` after the last). PostgreSQL narrows by the
+    /// numeric ids' remainder; the shard of every row read is then decided by [`super::shard_of`].
+    pub(crate) async fn read_page(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        after: &str,
+    ) -> Result<(Vec<UserScope>, Option<String>), sqlx::Error> {
+        let rows: Vec<UserScope> = sqlx::query_as(
+            "SELECT external_id AS user_id, username, campus_id, department_id, program_id, department_source,
+                    program_source
+             FROM moodle_users
+             WHERE integration_id = $1 AND is_active AND ($2::text IS NULL OR username = $2) AND external_id > $3
+               AND ($5::bigint = 1
+                    OR CASE WHEN external_id ~ '^[0-9]{1,18}$' THEN external_id::bigint % $5 = $4 ELSE TRUE END)
+             ORDER BY external_id
+             LIMIT $6",
+        )
+        .bind(integration_id)
+        .bind(self.only)
+        .bind(after)
+        .bind(i64::from(self.shard))
+        .bind(i64::from(self.shards))
+        .bind(self.page)
+        .fetch_all(&mut *conn)
+        .await?;
+        let next = if rows.len() as i64 == self.page { rows.last().map(|u| u.user_id.clone()) } else { None };
+        let rows = rows.into_iter().filter(|u| super::shard_of(&u.user_id, self.shards) == self.shard).collect();
+        Ok((rows, next))
+    }
+}
+
+/// Plans the users `users` names (every active user of the integration, a shard of them, or one),
+/// a page at a time, and writes each page's changes in one statement on `conn`. A user made
+/// `manual` since the read is not written (checked in SQL).
+pub async fn backfill(conn: &mut PgConnection, integration_id: i64, users: Users<'_>) -> Result<Report, sqlx::Error> {
     let campuses: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
         "SELECT upper(code), external_id FROM moodle_categories
          WHERE integration_id = $1 AND is_active AND kind = 'campus' AND code IS NOT NULL ORDER BY external_id DESC",
@@ -160,14 +206,53 @@ pub async fn backfill(conn: &mut PgConnection, integration_id: i64, only: Option
     .await?
     .into_iter()
     .collect();
+    let mut report = Report::default();
+    let mut after = String::new();
+    loop {
+        let (page, next) = users.read_page(conn, integration_id, &after).await?;
+        backfill_page(conn, integration_id, page, &campuses, users.only.is_some(), &mut report).await?;
+        match next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
+/// Plans one page of users from their placements and writes the changes; `keep_plans` keeps each
+/// user's plan in the report.
+async fn backfill_page(
+    conn: &mut PgConnection,
+    integration_id: i64,
+    users: Vec<UserScope>,
+    campuses: &HashMap<String, String>,
+    keep_plans: bool,
+    report: &mut Report,
+) -> Result<(), sqlx::Error> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let user_ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+    let placements: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.user_id, p.external_id, p.parent_id
+         FROM moodle_enrollments e
+         JOIN moodle_courses c ON c.integration_id = e.integration_id AND c.external_id = e.course_id AND c.is_active
+         JOIN moodle_categories p ON p.integration_id = c.integration_id AND p.external_id = c.program_id
+              AND p.is_active AND p.kind = 'program'
+         WHERE e.integration_id = $1 AND e.is_active AND e.user_id = ANY($2)",
+    )
+    .bind(integration_id)
+    .bind(&user_ids)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut by_user: HashMap<String, Vec<Placement>> = HashMap::new();
     for (user, program_id, department_id) in placements {
         by_user.entry(user).or_default().push(Placement { program_id, department_id });
     }
-    let mut report = Report { users: users.len() as i64, ..Report::default() };
+    report.users += users.len() as i64;
     let (mut ids, mut campus, mut department, mut program) = (vec![], vec![], vec![], vec![]);
     for user in users {
-        let p = plan(&user, by_user.get(&user.user_id).map_or(&[][..], Vec::as_slice), &campuses);
+        let p = plan(&user, by_user.get(&user.user_id).map_or(&[][..], Vec::as_slice), campuses);
         match p.outcome {
             Outcome::Derived => report.derived += 1,
             Outcome::ManualSkipped => report.manual_skipped += 1,
@@ -180,12 +265,12 @@ pub async fn backfill(conn: &mut PgConnection, integration_id: i64, only: Option
             department.push(d.clone());
             program.push(pr.clone());
         }
-        if only.is_some() {
+        if keep_plans {
             report.plans.push((user, p));
         }
     }
     if !ids.is_empty() {
-        report.updated = sqlx::query(
+        report.updated += sqlx::query(
             "UPDATE moodle_users u SET campus_id = n.campus, department_id = n.department, program_id = n.program,
                     scope_updated_at = now(), updated_at = now()
              FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS n(id, campus, department, program)
@@ -202,7 +287,7 @@ pub async fn backfill(conn: &mut PgConnection, integration_id: i64, only: Option
         .await?
         .rows_affected() as i64;
     }
-    Ok(report)
+    Ok(())
 }
 
 pub struct UserScopeBackfill;
@@ -211,8 +296,9 @@ impl StepHandler for UserScopeBackfill {
     fn run<'a>(&'a self, ctx: &'a mut StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let integration_id = ctx.integration.id;
+            let (shard, shards) = super::shard(ctx);
             syncfleet_sdk::sync::pull::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
-            let r = backfill(ctx.tx().await?, integration_id, None).await?;
+            let r = backfill(ctx.tx().await?, integration_id, Users::shard(shard, shards)).await?;
             tracing::info!(
                 users = r.users,
                 derived = r.derived,

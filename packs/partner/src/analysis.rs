@@ -18,9 +18,8 @@
 use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
-use std::collections::{BTreeMap, BTreeSet};
 
-use super::{offboarding::LmsWrites, replace_derived, settings_of};
+use super::{for_cursor, offboarding::LmsWrites, settings_of, write_derived};
 use syncfleet_sdk::{
     step::{StepContext, StepError, StepHandler},
     sync::table::{Column, ColumnType, Table},
@@ -72,7 +71,10 @@ pub fn table() -> Table {
 /// (person id, email, domain, partner id, partner name, group id, has a pending membership there).
 type Finding = (String, String, String, String, Option<String>, String, bool);
 
-const FINDINGS: &str = "
+/// The users to list (`$1` the integration, `$2` the domains left out), as [`Finding`]s, unordered.
+macro_rules! findings {
+    () => {
+        "
 WITH contact_domains AS (
     SELECT DISTINCT lower(split_part(c.email, '@', 2)) AS domain, c.partner_id
     FROM partner_contacts c
@@ -87,10 +89,10 @@ partner_group AS (
     SELECT partner_id, min(external_id) AS group_id FROM partner_group_links
     WHERE integration_id = $1 AND is_active AND partner_id IS NOT NULL GROUP BY partner_id
 )
-SELECT u.external_id, u.email, o.domain, o.partner_id, p.name, g.group_id,
+SELECT u.external_id, u.email, o.domain, o.partner_id, p.name AS partner_name, g.group_id,
        EXISTS (SELECT 1 FROM partner_group_memberships m
                WHERE m.integration_id = $1 AND m.is_active AND m.status = 'pending'
-                 AND m.group_id = g.group_id AND m.person_id = u.external_id)
+                 AND m.group_id = g.group_id AND m.person_id = u.external_id) AS pending
 FROM partner_lms_users u
 JOIN owned o ON o.domain = lower(split_part(u.email, '@', 2))
 JOIN partner_group g ON g.partner_id = o.partner_id
@@ -102,8 +104,27 @@ WHERE u.integration_id = $1 AND u.is_active AND u.deactivated_at IS NULL
                   JOIN partner_group_links l
                     ON l.integration_id = m.integration_id AND l.external_id = m.group_id AND l.is_active
                   WHERE m.integration_id = $1 AND m.is_active AND m.status = 'confirmed'
-                    AND m.person_id = u.external_id AND l.partner_id = o.partner_id)
-ORDER BY u.external_id";
+                    AND m.person_id = u.external_id AND l.partner_id = o.partner_id)"
+    };
+}
+
+/// Every finding, in person order, as a cursor of the completion transaction: the step holds one
+/// `FETCH` of them at a time.
+const FINDINGS_CURSOR: &str =
+    concat!("DECLARE partner_findings NO SCROLL CURSOR FOR ", findings!(), "\nORDER BY u.external_id");
+/// The findings the step holds at once: one `FETCH` of [`FINDINGS_CURSOR`].
+const FINDINGS_FETCH: &str = "FETCH 1000 FROM partner_findings";
+
+/// One page (`$5` rows) of the findings without a pending membership, by (group, person) after
+/// (`$3`, `$4`): the people to add to their partner's group in the LMS.
+const TO_ADD: &str = concat!(
+    "SELECT f.group_id, f.external_id FROM (",
+    findings!(),
+    ") f\nWHERE NOT f.pending AND (f.group_id, f.external_id) > ($3, $4)\nORDER BY f.group_id, f.external_id LIMIT $5"
+);
+
+/// People to add read per page.
+const TO_ADD_PER_PAGE: i64 = 5000;
 
 /// Adds pending memberships (a removed one comes back as pending; an active one is left alone).
 const ADD_PENDING: &str = "
@@ -125,34 +146,49 @@ impl StepHandler for GroupAnalysis {
                 .map(|d| (*d).to_owned())
                 .chain(settings.filters.internal_domains.iter().map(|d| d.trim().to_lowercase()))
                 .collect();
-            let mut findings: Vec<Finding> =
-                sqlx::query_as(FINDINGS).bind(integration_id).bind(&excluded).fetch_all(&ctx.pool).await?;
-            let mut added = 0;
-            let mut unknown = 0;
+            let (mut added, mut unknown) = (0, 0);
             if settings.analysis.add_pending {
                 let client = settings.northpass_client(&ctx.http);
                 let lms = LmsWrites::new(&settings, &client, ctx.cancel.clone()).map_err(StepError::abort)?;
-                let outcome = add_in_lms(&ctx.pool, integration_id, &lms, &mut findings).await;
+                let outcome = add_in_lms(&ctx.pool, integration_id, &excluded, &lms).await;
                 ctx.record_calls(&[&client]);
                 (added, unknown) = outcome?;
             }
+            // The list as it now is (pending memberships included), a page at a time.
+            let table = table();
             let conn = ctx.tx().await?;
-            let listed = findings.len();
-            let partners = findings.iter().map(|f| f.3.as_str()).collect::<std::collections::BTreeSet<_>>().len();
-            let rows = findings
-                .into_iter()
-                .map(|(person, email, domain, partner, name, group, pending)| {
-                    let mut row = Map::new();
-                    row.insert("email".into(), json!(email));
-                    row.insert("domain".into(), json!(domain));
-                    row.insert("partner_id".into(), json!(partner));
-                    row.insert("partner_name".into(), json!(name));
-                    row.insert("group_id".into(), json!(group));
-                    row.insert("membership".into(), json!(if pending { "pending" } else { "none" }));
-                    (person, row)
-                })
-                .collect();
-            let (_, gone) = replace_derived(conn, &table(), integration_id, run, rows).await?;
+            let started = syncfleet_sdk::sync::sweep::database_now(&mut *conn).await?;
+            for_cursor(conn).await?;
+            sqlx::query(FINDINGS_CURSOR).bind(integration_id).bind(&excluded).execute(&mut *conn).await?;
+            loop {
+                let page: Vec<Finding> = sqlx::query_as(FINDINGS_FETCH).persistent(false).fetch_all(&mut *conn).await?;
+                if page.is_empty() {
+                    break;
+                }
+                let rows = page
+                    .into_iter()
+                    .map(|(person, email, domain, partner, name, group, pending)| {
+                        let mut row = Map::new();
+                        row.insert("email".into(), json!(email));
+                        row.insert("domain".into(), json!(domain));
+                        row.insert("partner_id".into(), json!(partner));
+                        row.insert("partner_name".into(), json!(name));
+                        row.insert("group_id".into(), json!(group));
+                        row.insert("membership".into(), json!(if pending { "pending" } else { "none" }));
+                        (person, row)
+                    })
+                    .collect();
+                write_derived(conn, &table, integration_id, run, rows).await?;
+            }
+            sqlx::query("CLOSE partner_findings").execute(&mut *conn).await?;
+            let gone = table.sweep(conn, integration_id, run, started).await?;
+            let (listed, partners): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(DISTINCT partner_id) FROM partner_group_analysis
+                 WHERE integration_id = $1 AND is_active",
+            )
+            .bind(integration_id)
+            .fetch_one(&mut *conn)
+            .await?;
             ctx.result.deactivated += gone;
             ctx.result.updated += added as i64;
             ctx.result.errors += unknown;
@@ -170,60 +206,75 @@ impl StepHandler for GroupAnalysis {
 }
 
 /// Adds the listed users without a pending membership to their partner's group in Northpass, group
-/// by group, and records a pending membership for each one Northpass accepted (on the pool, right
-/// after the request). Marks every finding Northpass holds as pending. Returns (pending memberships
+/// by group (read a page at a time, by group and person), and records a pending membership for each
+/// one Northpass accepted (on the pool, right after the request). Returns (pending memberships
 /// added, people unknown to the LMS).
 async fn add_in_lms(
     pool: &sqlx::PgPool,
     integration_id: i64,
+    excluded: &[String],
     lms: &LmsWrites<'_>,
-    findings: &mut [Finding],
 ) -> Result<(u64, i64), StepError> {
-    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in findings.iter().filter(|f| !f.6) {
-        by_group.entry(f.5.clone()).or_default().push(f.0.clone());
-    }
     let (mut added, mut unknown) = (0, 0);
-    let mut held: BTreeSet<(String, String)> = BTreeSet::new();
-    for (group, people) in by_group {
-        for batch in people.chunks(ADDS_PER_REQUEST) {
-            let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
-            let accepted: Vec<String> = match lms.add_people(&group, &ids).await {
-                Ok(()) => batch.to_vec(),
-                Err(e) if e.status() == Some(404) => {
-                    tracing::warn!(group = %group, "Group gone from the LMS; nobody added to it.");
-                    break;
-                }
-                // One unknown person makes the whole request 422: add one by one.
-                Err(e) if e.status() == Some(422) => {
-                    let mut one_by_one = vec![];
-                    for person in batch {
-                        match lms.add_people(&group, &[person.as_str()]).await {
-                            Ok(()) => one_by_one.push(person.clone()),
-                            Err(e) if e.status() == Some(422) => {
-                                tracing::warn!(group = %group, person = %person, "Person unknown to the LMS; not added.");
-                                unknown += 1;
-                            }
-                            Err(e) => return Err(StepError::retry(e.to_string())),
-                        }
+    let mut after = (String::new(), String::new());
+    // A group the LMS no longer has (404): nobody more is added to it.
+    let mut gone: Option<String> = None;
+    loop {
+        let page: Vec<(String, String)> = sqlx::query_as(TO_ADD)
+            .bind(integration_id)
+            .bind(excluded)
+            .bind(&after.0)
+            .bind(&after.1)
+            .bind(TO_ADD_PER_PAGE)
+            .fetch_all(pool)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.clone();
+        let more = page.len() as i64 == TO_ADD_PER_PAGE;
+        for group_page in page.chunk_by(|a, b| a.0 == b.0) {
+            let group = &group_page[0].0;
+            if gone.as_ref() == Some(group) {
+                continue;
+            }
+            let people: Vec<&str> = group_page.iter().map(|(_, p)| p.as_str()).collect();
+            for batch in people.chunks(ADDS_PER_REQUEST) {
+                let accepted: Vec<&str> = match lms.add_people(group, batch).await {
+                    Ok(()) => batch.to_vec(),
+                    Err(e) if e.status() == Some(404) => {
+                        tracing::warn!(group = %group, "Group gone from the LMS; nobody added to it.");
+                        gone = Some(group.clone());
+                        break;
                     }
-                    one_by_one
-                }
-                Err(e) => return Err(StepError::retry(e.to_string())),
-            };
-            let groups = vec![group.clone(); accepted.len()];
-            added += sqlx::query(ADD_PENDING)
-                .bind(integration_id)
-                .bind(&groups)
-                .bind(&accepted)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            held.extend(accepted.into_iter().map(|p| (group.clone(), p)));
+                    // One unknown person makes the whole request 422: add one by one.
+                    Err(e) if e.status() == Some(422) => {
+                        let mut one_by_one = vec![];
+                        for person in batch {
+                            match lms.add_people(group, &[person]).await {
+                                Ok(()) => one_by_one.push(*person),
+                                Err(e) if e.status() == Some(422) => {
+                                    tracing::warn!(group = %group, person = %person, "Person unknown to the LMS; not added.");
+                                    unknown += 1;
+                                }
+                                Err(e) => return Err(StepError::retry(e.to_string())),
+                            }
+                        }
+                        one_by_one
+                    }
+                    Err(e) => return Err(StepError::retry(e.to_string())),
+                };
+                let groups = vec![group.as_str(); accepted.len()];
+                added += sqlx::query(ADD_PENDING)
+                    .bind(integration_id)
+                    .bind(&groups)
+                    .bind(&accepted)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+            }
         }
-    }
-    for f in findings.iter_mut() {
-        f.6 = f.6 || held.contains(&(f.5.clone(), f.0.clone()));
+        if !more {
+            break;
+        }
     }
     Ok((added, unknown))
 }

@@ -36,43 +36,63 @@ impl StepHandler for ImpartnerSync {
                 ("partners", &ACCOUNT, tables::partners(), &keep_partner),
                 ("contacts", &USER, tables::contacts(), &keep_contact),
             ];
+            // Both entities are read first (their pages commit as they go); their cursors, sweeps and
+            // deletions then commit with the step, in a completion transaction opened only now, so
+            // no transaction stays open while Impartner is read.
+            let mut read = Vec::with_capacity(entities.len());
             let mut outcome = Ok(());
             for (entity, object, table, keep) in entities {
                 let spec = pull_spec(&settings, entity, table);
-                if let Err(e) = sync_entity(ctx, &api, &spec, object, keep).await {
-                    outcome = Err(e);
-                    break;
+                match read_entity(ctx, &api, &spec, object, keep).await {
+                    Ok((fetched, gone)) => read.push((spec, fetched, gone)),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
             }
             ctx.record_calls(&[&client]);
-            outcome
+            outcome?;
+            let integration_id = ctx.integration.id;
+            for (spec, fetched, gone) in read {
+                let mut result = fetched.complete(ctx.tx().await?).await?;
+                if !gone.is_empty() {
+                    result.deactivated +=
+                        sweep::deactivate_ids(ctx.tx().await?, &spec.table, integration_id, &gone).await?;
+                }
+                pull::merge(&mut ctx.result, &spec.entity, result, 2);
+            }
+            Ok(())
         }
         .boxed()
     }
 }
 
-async fn sync_entity(
-    ctx: &mut StepContext,
+/// Reads one entity (its pages written as they come) and, in incremental mode, the ids to
+/// deactivate with the step's completion: changed records the filters now leave out, and records
+/// Impartner lists deleted since the read's cursor.
+async fn read_entity(
+    ctx: &StepContext,
     api: &Impartner<'_>,
     spec: &pull::PullSpec,
     object: &Object,
     keep: Keep<'_>,
-) -> Result<(), StepError> {
+) -> Result<(pull::Fetched, Vec<String>), StepError> {
+    let cursor_before = match ctx.mode {
+        Mode::Incremental => super::enrollments::load_cursor(&ctx.pool, ctx.integration.id, &spec.entity).await?,
+        Mode::Full => None,
+    };
     let mut list = api.list(object);
     let mut source = Filtered { inner: &mut list, keep, excluded: vec![] };
-    let mut result = pull::pull(ctx, spec, &mut source).await?;
-    let excluded = source.excluded;
+    let fetched = pull::fetch(ctx, spec, &mut source).await?;
+    let mut gone = vec![];
     if ctx.mode == Mode::Incremental {
-        // Changed records the filters leave out, and records deleted since the read's start.
-        let mut gone = excluded;
-        if let Some(since) = result.cursor_before.as_deref().and_then(syncfleet_sdk::sync::table::parse_timestamp) {
+        gone = source.excluded;
+        if let Some(since) = cursor_before {
             gone.extend(api.deleted(object, since - spec.lookback).await?);
         }
-        let integration_id = ctx.integration.id;
-        result.deactivated += sweep::deactivate_ids(ctx.tx().await?, &spec.table, integration_id, &gone).await?;
     }
-    pull::merge(&mut ctx.result, &spec.entity, result, 2);
-    Ok(())
+    Ok((fetched, gone))
 }
 
 fn listed(list: &[String], value: Option<&str>) -> bool {

@@ -4,8 +4,13 @@
 //! (external id `{person id}:{course id}`).
 //!
 //! Fan-out: the step runs as `shards` jobs over the fleet; shard `k` of `n` takes the users whose
-//! [`shard_of`] is `k`. Every shard's Northpass client reserves from the one `northpass` rate budget,
-//! so the fleet together stays within the upstream's rate.
+//! shard ([`SHARD_OF_SQL`], computed by PostgreSQL) is `k`, and reads only those from the database.
+//! Every shard's Northpass client reserves from the one `northpass` rate budget, so the fleet
+//! together stays within the upstream's rate.
+//!
+//! Memory stays flat in the data: the shard's partner users are read in keyset pages of
+//! [`USERS_PER_PAGE`] (by external id), their transcripts in batches of [`USERS_PER_BATCH`], and the
+//! former partner users whose enrollments the shard clears in pages too.
 //!
 //! A user's transcript is the whole truth about that user: the rows of the users a batch read are
 //! written with the contract's upsert and the user's rows the transcript no longer lists are
@@ -82,26 +87,55 @@ pub fn table() -> Table {
     Table::new("partner_enrollments", columns).expect("a valid table declaration")
 }
 
-/// The shard (of `shards`) that reads user `id`: FNV-1a of the id, modulo the shard count. Stable
-/// across processes, releases and runs.
-pub fn shard_of(id: &str, shards: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(shards.max(1))) as u32
-}
+/// The shard (of `$2`) that reads user `$1`: PostgreSQL's `hashtext` of the id, made non-negative,
+/// modulo the shard count. Stable across processes, releases and runs (it is the server's own
+/// function), and computed where the users are, so a shard reads only its own. The step's queries
+/// use the same expression on their id column.
+pub const SHARD_OF_SQL: &str = "SELECT (hashtext($1) & 2147483647) % $2";
 
-/// Partner users of an integration with their last activity and last transcript read.
+/// Partner users read per page (keyset by external id).
+pub const USERS_PER_PAGE: i64 = 1000;
+
+/// One page of the partner users of one shard (`$2` shards, `$3` this one) after external id `$4`
+/// (`$5` rows at most), with their last activity and last transcript read. A partner user is an
+/// active LMS user linked to a partner's contact, or a confirmed member of a partner-linked group.
+/// The scan follows the `(integration_id, external_id)` key, so every page costs its own rows: the
+/// membership test is one index probe per user without a partner (`OFFSET 0` keeps the planner
+/// from hashing every membership of the integration for each page instead), and the page runs
+/// with JIT off ([`NO_JIT`]; the planner's estimate of the probes, far above the real cost,
+/// otherwise compiles each page: 50 ms idle, over a second under load, for a 20 ms page).
 pub const PARTNER_USERS_SQL: &str = "
     SELECT u.external_id, u.last_active_at, u.transcript_read_at FROM partner_lms_users u
-    WHERE u.integration_id = $1 AND u.is_active
+    WHERE u.integration_id = $1 AND u.is_active AND u.external_id > $4
+      AND (hashtext(u.external_id) & 2147483647) % $2 = $3
       AND (u.partner_id IS NOT NULL OR EXISTS (
           SELECT 1 FROM partner_group_memberships m
           JOIN partner_group_links l ON l.integration_id = m.integration_id AND l.external_id = m.group_id AND l.is_active
           WHERE m.integration_id = u.integration_id AND m.person_id = u.external_id AND m.is_active
-            AND m.status = 'confirmed'))";
+            AND m.status = 'confirmed' OFFSET 0))
+    ORDER BY u.external_id
+    LIMIT $5";
+
+/// Statements of a page of users: without JIT compilation (see [`PARTNER_USERS_SQL`]).
+const NO_JIT: &str = "SET LOCAL jit = off";
+
+/// One page of the people of one shard (as [`PARTNER_USERS_SQL`]) after person id `$4` who hold
+/// active enrollments but are no longer partner users.
+const FORMER_PARTNER_USERS_SQL: &str = "
+    SELECT DISTINCT e.person_id FROM partner_enrollments e
+    WHERE e.integration_id = $1 AND e.is_active AND e.person_id > $4
+      AND (hashtext(e.person_id) & 2147483647) % $2 = $3
+      AND NOT EXISTS (
+          SELECT 1 FROM partner_lms_users u
+          WHERE u.integration_id = e.integration_id AND u.external_id = e.person_id AND u.is_active
+            AND (u.partner_id IS NOT NULL OR EXISTS (
+                SELECT 1 FROM partner_group_memberships m
+                JOIN partner_group_links l
+                  ON l.integration_id = m.integration_id AND l.external_id = m.group_id AND l.is_active
+                WHERE m.integration_id = u.integration_id AND m.person_id = u.external_id AND m.is_active
+                  AND m.status = 'confirmed' OFFSET 0)))
+    ORDER BY e.person_id
+    LIMIT $5";
 
 type UserRow = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
@@ -127,20 +161,18 @@ impl StepHandler for SyncEnrollments {
             let cursor_entity = format!("{ENTITY}:{shard}/{shards}");
             let started = Utc::now();
 
-            let partner_users: Vec<UserRow> =
-                sqlx::query_as(PARTNER_USERS_SQL).bind(integration_id).fetch_all(&ctx.pool).await?;
-            let partner_users: Vec<UserRow> =
-                partner_users.into_iter().filter(|(id, _, _)| shard_of(id, shards) == shard).collect();
-            let mine: HashSet<&str> = partner_users.iter().map(|(id, _, _)| id.as_str()).collect();
             let last_run: Option<DateTime<Utc>> = match ctx.mode {
                 Mode::Full => None,
                 Mode::Incremental => load_cursor(&ctx.pool, integration_id, &cursor_entity).await?,
             };
-            let to_read: Vec<String> = partner_users
-                .iter()
-                .filter(|(_, active, read_at)| ctx.mode == Mode::Full || due(*active, *read_at))
-                .map(|(id, _, _)| id.clone())
-                .collect();
+            let page_of = |after: String| {
+                sqlx::query_as::<_, UserRow>(PARTNER_USERS_SQL)
+                    .bind(integration_id)
+                    .bind(shards as i32)
+                    .bind(shard as i32)
+                    .bind(after)
+                    .bind(USERS_PER_PAGE)
+            };
 
             let table = table();
             let writer = Writer {
@@ -155,39 +187,60 @@ impl StepHandler for SyncEnrollments {
             };
             let mut totals = Totals::default();
             let (mut users_read, mut first_failure) = (0, None::<SourceError>);
-            for batch in to_read.chunks(USERS_PER_BATCH) {
-                if ctx.cancel.is_cancelled() {
-                    ctx.record_calls(&[&client]);
-                    return Err(StepError::retry("stopped between batches"));
-                }
-                let read_started = sweep::database_now(&ctx.pool).await?;
-                let api = &api;
-                let read: Vec<(String, Result<Vec<Item>, SourceError>)> = futures::stream::iter(batch.to_vec())
-                    .map(|user| async move {
-                        let items = transcript(api, &user).await;
-                        (user, items)
-                    })
-                    .buffered(TRANSCRIPTS_IN_FLIGHT)
-                    .collect()
-                    .await;
-                let mut transcripts = Vec::with_capacity(read.len());
-                let mut unread = vec![];
-                for (user, items) in read {
-                    match items {
-                        Ok(items) => transcripts.push((user, items)),
-                        Err(SourceError::Http(HttpError::Cancelled)) => {
-                            ctx.record_calls(&[&client]);
-                            return Err(StepError::retry("stopped while reading transcripts"));
-                        }
-                        Err(e) => {
-                            let message = format!("user {user}: transcript not read: {e}");
-                            first_failure.get_or_insert(e);
-                            unread.push((user, message));
+            let (mut partner_users, mut to_read) = (0usize, 0usize);
+            let mut after = String::new();
+            loop {
+                let mut tx = ctx.pool.begin().await?;
+                sqlx::query(NO_JIT).execute(&mut *tx).await?;
+                let page: Vec<UserRow> = page_of(std::mem::take(&mut after)).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                let Some((last, _, _)) = page.last() else { break };
+                after = last.clone();
+                let more = page.len() as i64 == USERS_PER_PAGE;
+                partner_users += page.len();
+                let owed: Vec<String> = page
+                    .into_iter()
+                    .filter(|(_, active, read_at)| ctx.mode == Mode::Full || due(*active, *read_at))
+                    .map(|(id, _, _)| id)
+                    .collect();
+                to_read += owed.len();
+                for batch in owed.chunks(USERS_PER_BATCH) {
+                    if ctx.cancel.is_cancelled() {
+                        ctx.record_calls(&[&client]);
+                        return Err(StepError::retry("stopped between batches"));
+                    }
+                    let read_started = sweep::database_now(&ctx.pool).await?;
+                    let api = &api;
+                    let read: Vec<(String, Result<Vec<Item>, SourceError>)> = futures::stream::iter(batch.to_vec())
+                        .map(|user| async move {
+                            let items = transcript(api, &user).await;
+                            (user, items)
+                        })
+                        .buffered(TRANSCRIPTS_IN_FLIGHT)
+                        .collect()
+                        .await;
+                    let mut transcripts = Vec::with_capacity(read.len());
+                    let mut unread = vec![];
+                    for (user, items) in read {
+                        match items {
+                            Ok(items) => transcripts.push((user, items)),
+                            Err(SourceError::Http(HttpError::Cancelled)) => {
+                                ctx.record_calls(&[&client]);
+                                return Err(StepError::retry("stopped while reading transcripts"));
+                            }
+                            Err(e) => {
+                                let message = format!("user {user}: transcript not read: {e}");
+                                first_failure.get_or_insert(e);
+                                unread.push((user, message));
+                            }
                         }
                     }
+                    users_read += transcripts.len();
+                    writer.write(&mut totals, transcripts, unread, read_started).await?;
                 }
-                users_read += transcripts.len();
-                writer.write(&mut totals, transcripts, unread, read_started).await?;
+                if !more {
+                    break;
+                }
             }
             ctx.record_calls(&[&client]);
             // One user's transcript failing is an item error; every one failing is the upstream's.
@@ -199,24 +252,35 @@ impl StepHandler for SyncEnrollments {
 
             // Users of this shard who are no longer partner users keep no enrollments.
             let conn = ctx.tx().await?;
-            let holders: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT person_id FROM partner_enrollments WHERE integration_id = $1 AND is_active",
-            )
-            .bind(integration_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            let former: Vec<String> =
-                holders.into_iter().filter(|p| shard_of(p, shards) == shard && !mine.contains(p.as_str())).collect();
-            let dropped = sweep::deactivate_scopes(conn, &table, integration_id, "person_id", &former).await?;
-            // Should they become partner users again, their transcript is read in full again.
-            sqlx::query(
-                "UPDATE partner_lms_users SET transcript_read_at = NULL
-                 WHERE integration_id = $1 AND external_id = ANY($2) AND transcript_read_at IS NOT NULL",
-            )
-            .bind(integration_id)
-            .bind(&former)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(NO_JIT).execute(&mut *conn).await?;
+            let (mut former, mut dropped) = (0usize, 0i64);
+            let mut after = String::new();
+            loop {
+                let page: Vec<String> = sqlx::query_scalar(FORMER_PARTNER_USERS_SQL)
+                    .bind(integration_id)
+                    .bind(shards as i32)
+                    .bind(shard as i32)
+                    .bind(std::mem::take(&mut after))
+                    .bind(USERS_PER_PAGE)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.clone();
+                former += page.len();
+                dropped += sweep::deactivate_scopes(conn, &table, integration_id, "person_id", &page).await?;
+                // Should they become partner users again, their transcript is read in full again.
+                sqlx::query(
+                    "UPDATE partner_lms_users SET transcript_read_at = NULL
+                     WHERE integration_id = $1 AND external_id = ANY($2) AND transcript_read_at IS NOT NULL",
+                )
+                .bind(integration_id)
+                .bind(&page)
+                .execute(&mut *conn)
+                .await?;
+                if (page.len() as i64) < USERS_PER_PAGE {
+                    break;
+                }
+            }
             save_cursor(conn, integration_id, &cursor_entity, started, run).await?;
 
             let r = &mut ctx.result;
@@ -229,10 +293,8 @@ impl StepHandler for SyncEnrollments {
             r.cursor_before = last_run.map(|c| c.to_rfc3339());
             r.cursor_after = Some(started.to_rfc3339());
             ctx.note(format!(
-                "shard {shard}/{shards}: {} partner user(s), {} transcript(s) read, {} former partner user(s) cleared",
-                partner_users.len(),
-                to_read.len(),
-                former.len()
+                "shard {shard}/{shards}: {partner_users} partner user(s), {to_read} transcript(s) read, \
+                 {former} former partner user(s) cleared"
             ));
             ctx.note(totals.sweeps.note("enrollments", "user"));
             let written = ctx.result.inserted + ctx.result.updated + ctx.result.deactivated;
@@ -433,7 +495,7 @@ fn columns(table: &Table, fields: &Map<String, Value>) -> Result<Vec<Option<Stri
         .collect()
 }
 
-async fn load_cursor(
+pub(super) async fn load_cursor(
     pool: &sqlx::PgPool,
     integration_id: i64,
     entity: &str,
@@ -472,19 +534,6 @@ async fn save_cursor(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_are_stable_and_spread() {
-        assert_eq!(shard_of("9a8b7c6d-0000-4000-8000-000000000001", 1), 0);
-        let ids: Vec<String> = (0..1000).map(|i| format!("person-{i}")).collect();
-        let mut counts = [0usize; 4];
-        for id in &ids {
-            let s = shard_of(id, 4);
-            assert_eq!(s, shard_of(id, 4));
-            counts[s as usize] += 1;
-        }
-        assert!(counts.iter().all(|c| *c > 200), "{counts:?}");
-    }
 
     #[test]
     fn transcript_items_map_to_columns() {

@@ -50,6 +50,46 @@ pub fn table() -> Table {
     Table::new("partner_group_memberships", columns).expect("a valid table declaration")
 }
 
+/// The groups whose members the step reads (`$1` integration, `$2` the "All Partners" group's name,
+/// `$3` a full run, `$4` the look-back), after group id `$5`, `$6` at most, in id order: every
+/// partner-linked group and the "All Partners" group; in an incremental run only those never read,
+/// changed since their last complete read, or holding pending memberships.
+macro_rules! groups_sql {
+    () => {
+        "SELECT g.external_id FROM partner_lms_groups g
+         WHERE g.integration_id = $1 AND g.is_active
+           AND (g.name = $2 OR EXISTS (SELECT 1 FROM partner_group_links l
+                WHERE l.integration_id = g.integration_id AND l.external_id = g.external_id AND l.is_active))
+           AND ($3 OR g.members_read_at IS NULL OR g.source_updated_at >= g.members_read_at - $4::interval
+                OR EXISTS (SELECT 1 FROM partner_group_memberships m
+                    WHERE m.integration_id = g.integration_id AND m.group_id = g.external_id
+                      AND m.is_active AND m.status = 'pending'))
+           AND g.external_id > $5
+         ORDER BY g.external_id
+         LIMIT $6"
+    };
+}
+
+/// Groups read from the database per page.
+const GROUPS_PER_PAGE: i64 = 500;
+
+/// A full run marks every group it selected read at `$7`, but those in `$8` (an unreadable
+/// membership); `$5` and `$6` of [`groups_sql`] are `''` and no limit.
+const MARK_ALL_READ: &str = concat!(
+    "UPDATE partner_lms_groups SET members_read_at = $7
+     WHERE integration_id = $1 AND NOT external_id = ANY($8) AND external_id IN (",
+    groups_sql!(),
+    ")"
+);
+
+/// What selects the groups to read ([`groups_sql`]'s parameters).
+struct Selection {
+    integration_id: i64,
+    all_partners_group: String,
+    full: bool,
+    lookback: chrono::Duration,
+}
+
 pub struct GroupMembersSync;
 
 impl StepHandler for GroupMembersSync {
@@ -61,23 +101,6 @@ impl StepHandler for GroupMembersSync {
             let integration_id = ctx.integration.id;
             let full = ctx.mode == Mode::Full;
             let lookback = chrono::Duration::seconds(settings.lookback_secs as i64);
-            let groups: Vec<String> = sqlx::query_scalar(
-                "SELECT g.external_id FROM partner_lms_groups g
-                 WHERE g.integration_id = $1 AND g.is_active
-                   AND (g.name = $2 OR EXISTS (SELECT 1 FROM partner_group_links l
-                        WHERE l.integration_id = g.integration_id AND l.external_id = g.external_id AND l.is_active))
-                   AND ($3 OR g.members_read_at IS NULL OR g.source_updated_at >= g.members_read_at - $4::interval
-                        OR EXISTS (SELECT 1 FROM partner_group_memberships m
-                            WHERE m.integration_id = g.integration_id AND m.group_id = g.external_id
-                              AND m.is_active AND m.status = 'pending'))
-                 ORDER BY g.external_id",
-            )
-            .bind(integration_id)
-            .bind(&settings.groups.all_partners_group)
-            .bind(full)
-            .bind(lookback)
-            .fetch_all(&ctx.pool)
-            .await?;
             let pending: Vec<String> = sqlx::query_scalar(
                 "SELECT external_id FROM partner_group_memberships
                  WHERE integration_id = $1 AND is_active AND status = 'pending'",
@@ -88,55 +111,86 @@ impl StepHandler for GroupMembersSync {
 
             let started = syncfleet_sdk::sync::sweep::database_now(&ctx.pool).await?;
             let spec = pull_spec(&settings, ENTITY, table());
-            let group_count = groups.len();
+            let selection = Selection {
+                integration_id,
+                all_partners_group: settings.groups.all_partners_group.clone(),
+                full,
+                lookback,
+            };
+            let pool = ctx.pool.clone();
             let mut source = GroupMemberships {
                 api: &api,
-                groups: groups.iter().rev().cloned().collect(),
+                pool: &pool,
+                selection: &selection,
+                after: String::new(),
+                page: vec![],
+                exhausted: false,
                 current: None,
+                read_count: 0,
+                unreadable: Default::default(),
                 reads: Default::default(),
-                keep_ids: !full,
+                keep_reads: !full,
             };
             let outcome = pull::pull(ctx, &spec, &mut source).await;
             ctx.record_calls(&[&client]);
             pull::merge(&mut ctx.result, ENTITY, outcome?, 1);
-            let unreadable = |g: &str| source.reads.get(g).is_some_and(|r| r.unreadable > 0);
+            let group_count = source.read_count;
 
             let force = ctx.force_sweep;
             let conn = ctx.tx().await?;
             let mut sweeps = Sweeps::default();
-            let mut refused = std::collections::HashSet::new();
-            if !full {
-                // The full run's guarded sweep does this for every group at once.
-                let none = GroupRead::default();
-                let reads: Vec<ScopeRead<'_>> = groups
+            if full {
+                // Every selected group was read (the full run's guarded sweep covers them all at
+                // once); those with an unreadable membership are not marked read.
+                let unreadable: Vec<&str> = source.unreadable.iter().map(String::as_str).collect();
+                sqlx::query(MARK_ALL_READ)
+                .bind(integration_id)
+                .bind(&selection.all_partners_group)
+                .bind(true)
+                .bind(lookback)
+                .bind("")
+                .bind(i64::MAX)
+                .bind(started)
+                .bind(&unreadable)
+                .execute(&mut *conn)
+                .await?;
+            } else {
+                let scopes: Vec<ScopeRead<'_>> = source
+                    .reads
                     .iter()
-                    .map(|g| {
-                        let r = source.reads.get(g).unwrap_or(&none);
-                        ScopeRead { scope: g, answered: r.answered, listed: &r.listed, unreadable: r.unreadable }
+                    .map(|(g, r)| ScopeRead {
+                        scope: g,
+                        answered: r.answered,
+                        listed: &r.listed,
+                        unreadable: r.unreadable,
                     })
                     .collect();
                 let table = table();
                 let sweeper = ScopedSweep::new(&table, integration_id, "group_id", spec.max_deactivate_share, force)
                     .written_before(started);
-                let decisions = sweeper.sweep(conn, &reads).await?;
-                refused.extend(
-                    decisions
-                        .iter()
-                        .filter(|d| matches!(d.decision, Decision::Refused { .. }))
-                        .map(|d| d.scope.clone()),
-                );
+                let decisions = sweeper.sweep(conn, &scopes).await?;
+                let refused: std::collections::HashSet<String> = decisions
+                    .iter()
+                    .filter(|d| matches!(d.decision, Decision::Refused { .. }))
+                    .map(|d| d.scope.clone())
+                    .collect();
                 sweeps.add(decisions);
+                let read: Vec<&str> = source
+                    .reads
+                    .iter()
+                    .filter(|(g, r)| r.unreadable == 0 && !refused.contains(*g))
+                    .map(|(g, _)| g.as_str())
+                    .collect();
+                sqlx::query(
+                    "UPDATE partner_lms_groups SET members_read_at = $3
+                     WHERE integration_id = $1 AND external_id = ANY($2)",
+                )
+                .bind(integration_id)
+                .bind(&read)
+                .bind(started)
+                .execute(&mut *conn)
+                .await?;
             }
-            let read: Vec<String> =
-                groups.into_iter().filter(|g| !unreadable(g) && !refused.contains(g)).collect();
-            sqlx::query(
-                "UPDATE partner_lms_groups SET members_read_at = $3 WHERE integration_id = $1 AND external_id = ANY($2)",
-            )
-            .bind(integration_id)
-            .bind(&read)
-            .bind(started)
-            .execute(&mut *conn)
-            .await?;
             ctx.result.deactivated += sweeps.deactivated;
 
             let (confirmed, removed): (i64, i64) = sqlx::query_as(
@@ -162,18 +216,25 @@ impl StepHandler for GroupMembersSync {
     }
 }
 
-/// The memberships of several groups, one group's pages after the other. A group gone since it was
-/// listed (404) has no members.
+/// The memberships of several groups, one group's pages after the other, the groups read from the
+/// database a page at a time. A group gone since it was listed (404) has no members.
 struct GroupMemberships<'a> {
     api: &'a Northpass<'a>,
-    /// Groups still to read, served from the end.
-    groups: Vec<String>,
+    pool: &'a sqlx::PgPool,
+    selection: &'a Selection,
+    /// The last group id read from the database, and the rest of its page (served from the end).
+    after: String,
+    page: Vec<String>,
+    exhausted: bool,
     current: Option<(String, NorthpassList<'a>)>,
-    /// What each group answered. A group with an unreadable membership is not marked read, and its
-    /// sweep is refused unless the run forces it.
-    reads: std::collections::HashMap<String, GroupRead>,
-    /// Whether to keep the ids each group listed (for an incremental run's scoped sweeps).
-    keep_ids: bool,
+    /// Groups read.
+    read_count: usize,
+    /// Groups with an unreadable membership: not marked read, and their sweep is refused unless
+    /// the run forces it.
+    unreadable: std::collections::BTreeSet<String>,
+    /// What each group answered, with the ids it listed (an incremental run's scoped sweeps).
+    reads: std::collections::BTreeMap<String, GroupRead>,
+    keep_reads: bool,
 }
 
 /// One group's answer.
@@ -181,33 +242,69 @@ struct GroupMemberships<'a> {
 struct GroupRead {
     answered: i64,
     unreadable: i64,
-    /// The membership ids it listed (only when the source keeps them).
+    /// The membership ids it listed.
     listed: Vec<String>,
 }
 
 impl GroupMemberships<'_> {
+    /// The next group to read, reading the next page of them when the last one is done.
+    async fn next_group(&mut self) -> Result<Option<String>, sqlx::Error> {
+        if self.page.is_empty() && !self.exhausted {
+            let s = self.selection;
+            let page: Vec<String> = sqlx::query_scalar(groups_sql!())
+                .bind(s.integration_id)
+                .bind(&s.all_partners_group)
+                .bind(s.full)
+                .bind(s.lookback)
+                .bind(&self.after)
+                .bind(GROUPS_PER_PAGE)
+                .fetch_all(self.pool)
+                .await?;
+            self.exhausted = (page.len() as i64) < GROUPS_PER_PAGE;
+            if let Some(last) = page.last() {
+                self.after = last.clone();
+            }
+            self.page = page.into_iter().rev().collect();
+        }
+        Ok(self.page.pop())
+    }
+
     async fn fetch(&mut self) -> Result<Option<Page>, SourceError> {
         loop {
             let Some((group, list)) = &mut self.current else {
-                let Some(group) = self.groups.pop() else {
+                let next = self.next_group().await;
+                let Some(group) = next.map_err(|e| SourceError::Shape(format!("the groups to read: {e}")))? else {
                     return Ok(None);
                 };
+                self.read_count += 1;
+                if self.keep_reads {
+                    self.reads.entry(group.clone()).or_default();
+                }
                 let list = self.api.list(&format!("/groups/{group}/memberships"), membership_item);
                 self.current = Some((group, list));
                 continue;
             };
             match list.next_page(None).await {
                 Ok(Some(mut page)) => {
-                    let read = self.reads.entry(group.clone()).or_default();
+                    let mut read = GroupRead::default();
                     for item in &mut page.items {
                         read.answered += 1;
                         if matches!(item, Item::Bad { .. }) {
                             read.unreadable += 1;
                         }
                         in_group(item, group);
-                        if let (true, Item::Record(r)) = (self.keep_ids, &*item) {
+                        if let (true, Item::Record(r)) = (self.keep_reads, &*item) {
                             read.listed.push(r.external_id.clone());
                         }
+                    }
+                    if read.unreadable > 0 {
+                        self.unreadable.insert(group.clone());
+                    }
+                    if self.keep_reads {
+                        let entry = self.reads.entry(group.clone()).or_default();
+                        entry.answered += read.answered;
+                        entry.unreadable += read.unreadable;
+                        entry.listed.append(&mut read.listed);
                     }
                     return Ok(Some(page));
                 }

@@ -370,7 +370,7 @@ async fn deliver(ctx: &mut StepContext, smtp: Option<&SmtpServer>, reports: Vec<
         } else if let Some(smtp) = smtp
             && !r.to.is_empty()
         {
-            match mail::send(smtp, &r.to, &r.subject, r.html.clone(), true).await {
+            match mail::send(smtp, ctx.http.secrets().ok(), &r.to, &r.subject, r.html.clone(), true).await {
                 Ok(()) => {
                     sent += 1;
                     sent_to = r.to.clone();

@@ -104,7 +104,8 @@ pub fn router(ops: Ops) -> Router {
         .merge(api)
         .merge(packs::router(&ops.registry))
         .merge(crate::dashboard::router())
-        .merge(crate::metrics::router())
+        .merge(crate::metrics::router(&ops))
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_request))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(ops);
     server::with_request_timeout(app, limit, late).layer(axum::middleware::map_response(answer_headers))

@@ -171,16 +171,12 @@ impl Ops {
     }
 
     /// Depth of every queue the chains use: Redis's states, plus what PostgreSQL knows (paused,
-    /// blocked behind an entity lease).
+    /// blocked behind an entity lease, and so runnable).
     pub async fn queue_depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
-        let paused = queues::paused(&self.pool).await?;
-        let blocked = queues::blocked_by_lease(&self.pool).await?;
+        let facts = queues::depth_facts(&self.pool).await?;
         let mut out = Vec::new();
         for q in self.chains.queues() {
-            let mut d = self.queues.depth(&q).await?;
-            d.paused = paused.contains(&q);
-            d.blocked = blocked.get(&q).copied().unwrap_or(0);
-            out.push(d);
+            out.push(facts.complete(&self.queues, self.queues.depth(&q).await?).await?);
         }
         Ok(out)
     }

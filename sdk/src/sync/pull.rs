@@ -104,8 +104,10 @@ struct Fetch {
     open_errors: bool,
     /// Every external id the read listed, written or not: an id listed twice means the upstream's
     /// paging repeated records (and may have skipped others), so the read cannot vouch for what it
-    /// did not list. Ids only, never records: memory stays two pages plus the ids.
-    seen: HashSet<String>,
+    /// did not list. 128-bit digests of the ids, never the ids: memory stays two pages plus 16 bytes
+    /// an id (a read of 400,000 contacts held 30 MiB of id strings), and two ids share a digest with
+    /// a chance of about n² / 2¹²⁹.
+    seen: HashSet<u128>,
     /// Ids listed more than once, and the first of them.
     repeated: i64,
     first_repeated: Option<String>,
@@ -142,8 +144,27 @@ async fn analyze(pool: &sqlx::PgPool, table: &str) {
 /// about to read whole tables: planned on a never-analyzed table's guesses, role derivation at
 /// 8,000 users joined 174 million row pairs (20 s) instead of hashing 21,760 enrollments. A failure
 /// is logged; it never fails the step.
+///
+/// Shards of one step start together and find the same tables stale: each table is analyzed under
+/// a transaction-level advisory lock of its own, and a shard that waited for it looks again (with a
+/// fresh statistics snapshot) before analyzing, so a table is analyzed once, not once per shard.
 pub async fn analyze_if_stale(pool: &sqlx::PgPool, tables: &[&str]) {
-    let stale: Result<Vec<String>, _> = sqlx::query_scalar(
+    let names: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+    match stale_tables(pool, &names).await {
+        Ok(stale) => {
+            for table in stale {
+                if let Err(error) = analyze_once(pool, &table).await {
+                    tracing::warn!(%error, table, "ANALYZE failed.");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, ?tables, "Reading the tables' statistics failed."),
+    }
+}
+
+/// Of `tables`, those never analyzed or changed by more than a tenth since.
+async fn stale_tables<'c, E: sqlx::PgExecutor<'c>>(executor: E, tables: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
         "SELECT relname::text FROM pg_stat_user_tables
           WHERE schemaname = current_schema() AND relname = ANY($1)
             AND (coalesce(last_analyze, last_autoanalyze) IS NULL
@@ -151,16 +172,27 @@ pub async fn analyze_if_stale(pool: &sqlx::PgPool, tables: &[&str]) {
     )
     .bind(tables)
     .bind(ANALYZE_AFTER_ROWS)
-    .fetch_all(pool)
-    .await;
-    match stale {
-        Ok(stale) => {
-            for table in stale {
-                analyze(pool, &table).await;
-            }
-        }
-        Err(error) => tracing::warn!(%error, ?tables, "Reading the tables' statistics failed."),
+    .fetch_all(executor)
+    .await
+}
+
+/// Analyzes `table` unless, once this caller holds the table's analyze lock, it is no longer stale
+/// (another shard analyzed it while this one waited).
+async fn analyze_once(pool: &sqlx::PgPool, table: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('syncfleet.analyze:' || $1))")
+        .bind(table)
+        .execute(&mut *tx)
+        .await?;
+    // The statistics views keep one snapshot per transaction: read them anew after the wait.
+    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut *tx).await?;
+    if !stale_tables(&mut *tx, &[table.to_owned()]).await?.is_empty() {
+        sqlx::query("SELECT syncfleet_analyze($1::regclass)")
+            .bind(super::table::quote_ident(table))
+            .execute(&mut *tx)
+            .await?;
     }
+    tx.commit().await
 }
 
 /// Runs one pull of `spec` from `source` for the step in `ctx` and returns its counts. Batches commit
@@ -217,13 +249,20 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
     let indexed = spec.table.indexed_columns(&mut *ctx.pool.acquire().await?).await?;
     let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, indexed, ..Fetch::default() };
 
-    let mut current = source.next_page(since).await?;
+    // Page n is written while page n + 1 is read, parsed and converted: the database's work on one
+    // page overlaps the worker's on the next, and nothing the write needs is computed while it waits.
+    let mut current = source.next_page(since).await?.map(|page| fetch.prepare(&spec.table, page));
     while let Some(page) = current.take() {
         if ctx.cancel.is_cancelled() {
             return Err(StepError::retry("stopped between pages"));
         }
-        let (next, written) = tokio::join!(source.next_page(since), writer.write(&mut fetch, page));
-        written?;
+        let open_errors = fetch.open_errors;
+        let read = async {
+            let next = source.next_page(since).await?;
+            Ok::<_, StepError>(next.map(|next| fetch.prepare(&spec.table, next)))
+        };
+        let (written, next) = tokio::join!(writer.write(open_errors, &page), read);
+        fetch.written(&writer, &page, written?);
         current = next?;
     }
 
@@ -382,6 +421,8 @@ struct Prepared {
     /// Of `failed`, the ids that are real external ids (not `?position`): still upstream, so their
     /// rows are marked seen and spared by the sweep.
     spared: Vec<String>,
+    /// Item errors of the page (failed items, before duplicates within the page merged).
+    errors: i64,
 }
 
 impl Writer<'_> {
@@ -396,52 +437,59 @@ impl Writer<'_> {
         .await
     }
 
-    /// Writes one page in one transaction: the upsert, the page's item errors, and the resolution of
-    /// earlier errors of items that now synced.
-    async fn write(&self, fetch: &mut Fetch, page: Page) -> Result<(), StepError> {
-        if let Some(total) = page.total {
-            fetch.total = Some(total);
-        }
-        if let Some(short) = page.short {
-            fetch.short_pages.push(short);
-        }
-        let errors_before = fetch.result.errors;
-        let prepared = prepare(self.table, fetch, page.items);
+    /// Writes one prepared page in one transaction: the upsert, the page's item errors, and the
+    /// resolution of earlier errors of items that now synced (when `open_errors`).
+    async fn write(&self, open_errors: bool, page: &Prepared) -> Result<UpsertCounts, StepError> {
         let mut tx = AttemptFence::begin(self.fence.as_ref(), self.pool).await?;
         let mut counts = UpsertCounts::default();
-        if !prepared.ids.is_empty() {
-            counts = self
-                .table
-                .upsert(&mut tx, self.integration_id, Some(self.run), &prepared.ids, &prepared.columns)
-                .await?;
-            fetch.result.inserted += counts.inserted;
-            fetch.result.updated += counts.updated;
-            fetch.result.unchanged += counts.unchanged;
-            if fetch.open_errors {
-                resolve(&mut tx, self.integration_id, self.entity, &prepared.ids).await?;
+        if !page.ids.is_empty() {
+            counts = self.table.upsert(&mut tx, self.integration_id, Some(self.run), &page.ids, &page.columns).await?;
+            if open_errors {
+                resolve(&mut tx, self.integration_id, self.entity, &page.ids).await?;
             }
         }
-        if fetch.first_error.is_none()
-            && let Some(first) = prepared.failed.first()
-        {
-            fetch.first_error = Some(first.clone());
+        if !page.failed.is_empty() {
+            record_errors(&mut tx, Some(self.run), self.step, self.integration_id, self.entity, &page.failed).await?;
         }
-        if !prepared.failed.is_empty() {
-            record_errors(&mut tx, Some(self.run), self.step, self.integration_id, self.entity, &prepared.failed)
-                .await?;
-            fetch.open_errors = true;
-        }
-        if !prepared.spared.is_empty() {
-            self.table.mark_seen(&mut tx, self.integration_id, self.run, &prepared.spared).await?;
+        if !page.spared.is_empty() {
+            self.table.mark_seen(&mut tx, self.integration_id, self.run, &page.spared).await?;
         }
         tx.commit().await?;
-        // Counted as the page commits, so the counters follow the table even if the step fails later.
-        let (integration, entity) = (self.integration, self.entity);
+        Ok(counts)
+    }
+}
+
+impl Fetch {
+    /// Takes one page's bookkeeping (total, short page) and converts its records.
+    fn prepare(&mut self, table: &Table, page: Page) -> Prepared {
+        if let Some(total) = page.total {
+            self.total = Some(total);
+        }
+        if let Some(short) = page.short {
+            self.short_pages.push(short);
+        }
+        let errors_before = self.result.errors;
+        let mut prepared = prepare(table, self, page.items);
+        prepared.errors = self.result.errors - errors_before;
+        prepared
+    }
+
+    /// Counts a page that committed, so the counters follow the table even if the step fails later.
+    fn written(&mut self, writer: &Writer<'_>, page: &Prepared, counts: UpsertCounts) {
+        self.result.inserted += counts.inserted;
+        self.result.updated += counts.updated;
+        self.result.unchanged += counts.unchanged;
+        if self.first_error.is_none()
+            && let Some(first) = page.failed.first()
+        {
+            self.first_error = Some(first.clone());
+        }
+        self.open_errors |= !page.failed.is_empty();
+        let (integration, entity) = (writer.integration, writer.entity);
         metrics::records(integration, entity, "inserted", counts.inserted);
         metrics::records(integration, entity, "updated", counts.updated);
         metrics::records(integration, entity, "unchanged", counts.unchanged);
-        metrics::records(integration, entity, "error", fetch.result.errors - errors_before);
-        Ok(())
+        metrics::records(integration, entity, "error", page.errors);
     }
 }
 
@@ -478,7 +526,7 @@ fn prepare(table: &Table, fetch: &mut Fetch, items: Vec<Item>) -> Prepared {
             Err((None, _)) => None,
         };
         if let Some(id) = listed
-            && !fetch.seen.insert(id.clone())
+            && !fetch.seen.insert(id_digest(id))
         {
             fetch.repeated += 1;
             fetch.first_repeated.get_or_insert_with(|| id.clone());
@@ -529,6 +577,16 @@ fn prepare(table: &Table, fetch: &mut Fetch, items: Vec<Item>) -> Prepared {
 }
 
 type Failure = (Option<String>, String);
+
+/// A 128-bit digest of an external id: two SipHash-1-3 values of it under different fixed keys.
+fn id_digest(id: &str) -> u128 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher};
+    let low = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+    let mut high = DefaultHasher::new();
+    0x5f3c_9d1e_u32.hash(&mut high);
+    id.hash(&mut high);
+    (u128::from(high.finish()) << 64) | u128::from(low)
+}
 
 /// An external id that can be stored (and named by an item error), `None` otherwise: empty, too
 /// long for the unique index, or holding a NUL or undecodable text.

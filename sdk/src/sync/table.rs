@@ -249,6 +249,8 @@ pub struct Table {
     /// `name` quoted for statements ([`quote_ident`]).
     ident: String,
     upsert_sql: String,
+    /// The upsert answering only its counts (inserted, updated): a page's rows never travel back.
+    count_sql: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -281,7 +283,10 @@ impl Table {
             }
         }
         let upsert_sql = upsert_sql(name, &columns);
-        Ok(Table { name: name.to_owned(), columns, ident: quote_ident(name), upsert_sql })
+        let count_sql = format!(
+            "WITH w AS ({upsert_sql}) SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted AND changed) FROM w"
+        );
+        Ok(Table { name: name.to_owned(), columns, ident: quote_ident(name), upsert_sql, count_sql })
     }
 
     /// The table's name as statements write it: quoted ([`quote_ident`]), `"schema"."table"` when
@@ -368,17 +373,19 @@ impl Table {
         external_ids: &[String],
         values: &[Vec<Option<String>>],
     ) -> Result<UpsertCounts, sqlx::Error> {
-        let rows = self.upsert_rows(conn, integration_id, run, external_ids, values).await?;
-        let mut counts = UpsertCounts::default();
-        for (_, outcome) in &rows {
-            match outcome {
-                RowOutcome::Inserted => counts.inserted += 1,
-                RowOutcome::Updated => counts.updated += 1,
-                RowOutcome::Unchanged => {}
-            }
+        debug_assert_eq!(values.len(), self.columns.len());
+        let mut q = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(self.count_sql.as_str()))
+            .bind(integration_id)
+            .bind(run.map(|r| r.0))
+            .bind(external_ids);
+        for column in values {
+            q = q.bind(column);
         }
-        counts.unchanged = external_ids.len() as i64 - counts.inserted - counts.updated;
-        Ok(counts)
+        let span = self.upsert_span(external_ids.len());
+        let (inserted, updated) = q.fetch_one(conn).instrument(span.clone()).await?;
+        span.record("db.response.returned_rows", inserted + updated);
+        let unchanged = external_ids.len() as i64 - inserted - updated;
+        Ok(UpsertCounts { inserted, updated, unchanged })
     }
 
     /// Like [`Table::upsert`], returning the rows the statement wrote (rows already seen by this run
@@ -399,17 +406,7 @@ impl Table {
         for column in values {
             q = q.bind(column);
         }
-        let span = tracing::info_span!(
-            target: crate::telemetry::OTEL_TARGET,
-            "upsert",
-            otel.name = %format_args!("INSERT {}", self.name),
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = %self.name,
-            db.operation.batch.size = external_ids.len(),
-            db.response.returned_rows = tracing::field::Empty,
-        );
+        let span = self.upsert_span(external_ids.len());
         let rows = q.fetch_all(conn).instrument(span.clone()).await?;
         span.record("db.response.returned_rows", rows.len());
         Ok(rows
@@ -423,6 +420,21 @@ impl Table {
                 (id, outcome)
             })
             .collect())
+    }
+
+    /// The client span of one upsert statement of `batch` rows.
+    fn upsert_span(&self, batch: usize) -> tracing::Span {
+        tracing::info_span!(
+            target: crate::telemetry::OTEL_TARGET,
+            "upsert",
+            otel.name = %format_args!("INSERT {}", self.name),
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = %self.name,
+            db.operation.batch.size = batch,
+            db.response.returned_rows = tracing::field::Empty,
+        )
     }
 
     /// Active rows, and those a sweep by `run` would deactivate: active, not seen by the run, and
@@ -543,7 +555,7 @@ fn upsert_sql(table: &str, columns: &[Column]) -> String {
              {sets}is_active = TRUE, deleted_at = NULL, last_seen_run = {seen},
              updated_at = CASE WHEN ({old}) IS DISTINCT FROM ({new}) THEN now() ELSE t.updated_at END
          WHERE ({old}, t.last_seen_run) IS DISTINCT FROM ({new}, {seen})
-         RETURNING t.external_id, (xmax = 0), (t.updated_at = now())",
+         RETURNING t.external_id, (xmax = 0) AS inserted, (t.updated_at = now()) AS changed",
         cols = lead(&names),
         casts = casts.iter().map(|c| format!(", {c}")).collect::<String>(),
         unnest = comma(&unnest_args),
