@@ -49,6 +49,10 @@ pub async fn claim_due(pool: &PgPool, limit: i64) -> Result<Vec<Alert>, StoreErr
          ), locked AS (
              SELECT s.id, (s.alerted_at IS NULL OR s.alerted_at < s.finished_at) AS fresh FROM step_runs s
              WHERE s.id IN (SELECT id FROM due) AND s.status = 'failed'
+               -- Again on the row as locked: `due` read an older snapshot, and a producer that
+               -- claimed the row since (and committed) must not have it claimed twice.
+               AND ((s.required AND (s.alerted_at IS NULL OR s.alerted_at < s.finished_at))
+                    OR s.alert_retry_at <= now())
              ORDER BY s.id LIMIT $1 FOR UPDATE SKIP LOCKED
          ), claimed AS (
              UPDATE step_runs s SET alerted_at = now(), alert_retry_at = NULL,
