@@ -636,28 +636,10 @@ async fn finish_step_multi(
                           ELSE job_id END
           WHERE id = $1 AND job_id = $2 AND status = 'running' AND ($3::text IS NULL OR worker = $3)
           RETURNING step, required, attempts, lost_attempts",
-    )
-    .bind(fence.step_run_id)
-    .bind(fence.job_id)
-    .bind(fence.worker)
-    .bind(status)
-    .bind(message)
-    .bind(retry_in.map(|d| d.as_secs_f64()).unwrap_or(0.0))
-    .bind(r.fetched)
-    .bind(r.inserted)
-    .bind(r.updated)
-    .bind(r.unchanged)
-    .bind(r.deactivated)
-    .bind(r.errors)
-    .bind(r.api_calls)
-    .bind(r.throttled)
-    .bind(&r.cursor_before)
-    .bind(&r.cursor_after)
-    .bind(&r.guard)
-    .bind(r.partial)
-    .bind(lost)
-    .fetch_optional(&mut *conn)
-    .await?;
+    );
+    let row = bind_finish(row, fence, &FinishValues { status, message, retry_in, lost, result: r })
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -746,30 +728,50 @@ async fn step_finish(
     let row = sqlx::query(
         "SELECT * FROM step_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
                                    $19, $20)",
-    )
-    .bind(fence.step_run_id)
-    .bind(fence.job_id)
-    .bind(fence.worker)
-    .bind(status)
-    .bind(message)
-    .bind(retry_in.map(|d| d.as_secs_f64()).unwrap_or(0.0))
-    .bind(r.fetched)
-    .bind(r.inserted)
-    .bind(r.updated)
-    .bind(r.unchanged)
-    .bind(r.deactivated)
-    .bind(r.errors)
-    .bind(r.api_calls)
-    .bind(r.throttled)
-    .bind(&r.cursor_before)
-    .bind(&r.cursor_after)
-    .bind(&r.guard)
-    .bind(r.partial)
-    .bind(lost)
-    .bind(alone)
-    .fetch_one(&mut *conn)
-    .await?;
+    );
+    let row = bind_finish(row, fence, &FinishValues { status, message, retry_in, lost, result: r })
+        .bind(alone)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.get::<bool, _>("finished").then_some(row))
+}
+
+/// What a finish writes into the step row: `$4` … `$19` of both finish statements.
+struct FinishValues<'a> {
+    status: &'a str,
+    message: Option<&'a str>,
+    retry_in: Option<Duration>,
+    lost: bool,
+    result: &'a PhaseResult,
+}
+
+/// Binds the fence (`$1` … `$3`) and the step's result (`$4` … `$19`), in the order both finish
+/// statements (the multi-statement path and `step_finish`) read them.
+fn bind_finish<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    fence: &Fence<'q>,
+    v: &FinishValues<'q>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let r = v.result;
+    q.bind(fence.step_run_id)
+        .bind(fence.job_id.to_owned())
+        .bind(fence.worker.map(str::to_owned))
+        .bind(v.status)
+        .bind(v.message)
+        .bind(v.retry_in.map(|d| d.as_secs_f64()).unwrap_or(0.0))
+        .bind(r.fetched)
+        .bind(r.inserted)
+        .bind(r.updated)
+        .bind(r.unchanged)
+        .bind(r.deactivated)
+        .bind(r.errors)
+        .bind(r.api_calls)
+        .bind(r.throttled)
+        .bind(r.cursor_before.clone())
+        .bind(r.cursor_after.clone())
+        .bind(r.guard.clone())
+        .bind(r.partial)
+        .bind(v.lost)
 }
 
 fn ready_of(row: &sqlx::postgres::PgRow) -> Vec<ReadyStep> {

@@ -63,7 +63,7 @@ pub struct StepView {
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
     /// The deletion guard's decisions; of a fanned-out step, one line per shard that has one
-    /// (`shard 2: …`).
+    /// (`shard 2: …`, unless the shard's own text already begins with its shard).
     pub guard: Option<String>,
     /// The step succeeded only in part (some of its work failed; see its errors): its run ends
     /// `partial`.
@@ -185,7 +185,7 @@ async fn steps_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, 
                 sum(unchanged)::bigint AS unchanged, sum(deactivated)::bigint AS deactivated,
                 sum(errors)::bigint AS errors, sum(api_calls)::bigint AS api_calls, sum(throttled)::bigint AS throttled,
                 min(cursor_before) AS cursor_before, max(cursor_after) AS cursor_after, CASE WHEN count(*) = 1 THEN max(guard)
-                     ELSE string_agg('shard ' || shard || ': ' || guard, chr(10) ORDER BY shard) END AS guard, bool_or(partial) AS partial, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
+                     ELSE string_agg(CASE WHEN guard LIKE 'shard %' THEN guard ELSE 'shard ' || shard || ': ' || guard END, chr(10) ORDER BY shard) END AS guard, bool_or(partial) AS partial, max(error) AS error, min(started_at) AS started_at, max(finished_at) AS finished_at
            FROM step_runs WHERE run_id = ANY($1)
           GROUP BY run_id, step ORDER BY run_id, min(id)",
     )

@@ -373,14 +373,7 @@ impl Table {
         external_ids: &[String],
         values: &[Vec<Option<String>>],
     ) -> Result<UpsertCounts, sqlx::Error> {
-        debug_assert_eq!(values.len(), self.columns.len());
-        let mut q = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(self.count_sql.as_str()))
-            .bind(integration_id)
-            .bind(run.map(|r| r.0))
-            .bind(external_ids);
-        for column in values {
-            q = q.bind(column);
-        }
+        let q = self.bind_upsert(&self.count_sql, integration_id, run, external_ids, values);
         let span = self.upsert_span(external_ids.len());
         let (inserted, updated) = q.fetch_one(conn).instrument(span.clone()).await?;
         span.record("db.response.returned_rows", inserted + updated);
@@ -398,14 +391,7 @@ impl Table {
         external_ids: &[String],
         values: &[Vec<Option<String>>],
     ) -> Result<Vec<(String, RowOutcome)>, sqlx::Error> {
-        debug_assert_eq!(values.len(), self.columns.len());
-        let mut q = sqlx::query_as::<_, (String, bool, bool)>(sqlx::AssertSqlSafe(self.upsert_sql.as_str()))
-            .bind(integration_id)
-            .bind(run.map(|r| r.0))
-            .bind(external_ids);
-        for column in values {
-            q = q.bind(column);
-        }
+        let q = self.bind_upsert(&self.upsert_sql, integration_id, run, external_ids, values);
         let span = self.upsert_span(external_ids.len());
         let rows = q.fetch_all(conn).instrument(span.clone()).await?;
         span.record("db.response.returned_rows", rows.len());
@@ -420,6 +406,30 @@ impl Table {
                 (id, outcome)
             })
             .collect())
+    }
+
+    /// `sql` (the upsert or its counting form) with its parameters: integration, run, external ids,
+    /// then one text array per column.
+    fn bind_upsert<'q, O>(
+        &self,
+        sql: &'q str,
+        integration_id: i64,
+        run: Option<RunId>,
+        external_ids: &'q [String],
+        values: &'q [Vec<Option<String>>],
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        debug_assert_eq!(values.len(), self.columns.len());
+        let mut q = sqlx::query_as::<_, O>(sqlx::AssertSqlSafe(sql))
+            .bind(integration_id)
+            .bind(run.map(|r| r.0))
+            .bind(external_ids);
+        for column in values {
+            q = q.bind(column);
+        }
+        q
     }
 
     /// The client span of one upsert statement of `batch` rows.
