@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
+use super::item_errors::resolve_unrepeated;
+pub use super::item_errors::{record_errors, resolve};
 use super::{
     Item, Page, Record, Source, SourceError, sweep,
     table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text},
@@ -653,72 +655,6 @@ pub async fn sync_one(
     };
     tx.commit().await?;
     Ok(answer)
-}
-
-/// Records item errors of `entity`: one open row per item, a repeat counts an occurrence. For
-/// packs whose steps write outside [`pull`] (per-program or per-course transactions).
-pub async fn record_errors(
-    conn: &mut PgConnection,
-    run: Option<RunId>,
-    step: &str,
-    integration_id: i64,
-    entity: &str,
-    failed: &[(String, String)],
-) -> Result<(), sqlx::Error> {
-    let (ids, messages): (Vec<&str>, Vec<&str>) = failed.iter().map(|(i, m)| (i.as_str(), m.as_str())).unzip();
-    sqlx::query(
-        "INSERT INTO item_errors (run_id, step, integration_id, entity, external_id, message)
-         SELECT $1, $2, $3, $4, e, m FROM UNNEST($5::text[], $6::text[]) AS x(e, m)
-         ON CONFLICT (integration_id, entity, external_id) WHERE resolved_at IS NULL DO UPDATE SET
-             run_id = EXCLUDED.run_id, step = EXCLUDED.step, message = EXCLUDED.message,
-             occurrences = item_errors.occurrences + 1, last_seen_at = now()",
-    )
-    .bind(run.map(|r| r.0))
-    .bind(step)
-    .bind(integration_id)
-    .bind(entity)
-    .bind(ids)
-    .bind(messages)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Resolves the open item errors of `entity` for the items written successfully (`ids`).
-pub async fn resolve(
-    conn: &mut PgConnection,
-    integration_id: i64,
-    entity: &str,
-    ids: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE item_errors SET resolved_at = now()
-         WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL AND external_id = ANY($3)",
-    )
-    .bind(integration_id)
-    .bind(entity)
-    .bind(ids)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn resolve_unrepeated(
-    conn: &mut PgConnection,
-    integration_id: i64,
-    entity: &str,
-    run: RunId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE item_errors SET resolved_at = now()
-         WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL AND run_id IS DISTINCT FROM $3",
-    )
-    .bind(integration_id)
-    .bind(entity)
-    .bind(run.0)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 fn fmt_cursor(c: DateTime<Utc>) -> String {
