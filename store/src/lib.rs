@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod dispatch;
+pub mod exclusion;
 pub mod health;
 pub mod hooks;
 pub mod integrations;
