@@ -131,15 +131,27 @@ async fn engine(workers: usize, shards: u32) -> anyhow::Result<f64> {
     .await
 }
 
-/// Trigger → step start of `demo_ping` on an idle fleet of one process: (p50, p99) in ms.
-async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
+/// Trigger → step start of `demo_ping` on an idle fleet of one process, in ms.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    /// The run's creation to its step's dispatch (the trigger's transaction, its commit, the
+    /// dispatch's start), p50.
+    dispatch_p50: f64,
+    /// The step's dispatch to its start (the push, the dispatch's commit, the wake-up, the fetch,
+    /// the lease and the claim), p50.
+    pickup_p50: f64,
+}
+
+async fn latency(samples: usize) -> anyhow::Result<Latency> {
     let ms = with_fleet(1, 1, async |r| {
         let mut ms = Vec::new();
         for _ in 0..samples {
             let run = r.trigger("demo_ping", INTEGRATION, Mode::Full, &[]).await?;
             r.completed(run, Duration::from_secs(30)).await?;
-            let v: f64 = sqlx::query_scalar(
-                "SELECT extract(epoch FROM (s.started_at - r.created_at))::float8 * 1000
+            let v: (f64, f64) = sqlx::query_as(
+                "SELECT extract(epoch FROM (s.started_at - r.created_at))::float8 * 1000,
+                        extract(epoch FROM (s.dispatched_at - r.created_at))::float8 * 1000
                    FROM step_runs s JOIN chain_runs r ON r.id = s.run_id WHERE r.id = $1",
             )
             .bind(run.0)
@@ -150,7 +162,10 @@ async fn latency(samples: usize) -> anyhow::Result<(f64, f64)> {
         Ok(ms)
     })
     .await?;
-    Ok(percentiles(ms))
+    let (p50, p99) = percentiles(ms.iter().map(|m| m.0).collect());
+    let (dispatch_p50, _) = percentiles(ms.iter().map(|m| m.1).collect());
+    let (pickup_p50, _) = percentiles(ms.iter().map(|m| m.0 - m.1).collect());
+    Ok(Latency { p50, p99, dispatch_p50, pickup_p50 })
 }
 
 /// Steps the floor runs at each concurrency.
@@ -279,7 +294,7 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
         let (_, consume1) = queue_layer(3_000, 1).await?;
         let e1 = engine(1, 2_000).await?;
         let e4 = engine(4, 2_000).await?;
-        let (p50, p99) = latency(100).await?;
+        let Latency { p50, p99, dispatch_p50, pickup_p50 } = latency(100).await?;
         let (floor8, floor32, floor_p50, floor_p99) = pg_floor(100).await?;
         eprintln!(
             "queue round {}: {consume50:.0} jobs/s, engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 \
@@ -294,6 +309,8 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
         s.figure("engine_w4_vs_w1", e4 / e1);
         s.figure("start_latency_p50_ms", p50);
         s.figure("start_latency_p99_ms", p99);
+        s.figure("start_latency_to_dispatch_p50_ms", dispatch_p50);
+        s.figure("start_latency_dispatch_to_start_p50_ms", pickup_p50);
         s.figure("pg_floor_steps_per_s_c8", floor8);
         s.figure("pg_floor_steps_per_s_c32", floor32);
         s.figure("engine_vs_pg_floor", e1 / floor8);
@@ -312,6 +329,7 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
     s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8");
     s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
     s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs");
+    s.note("start_latency_to_dispatch_p50_ms: the run's created_at (its trigger transaction's start) to its step's dispatched_at (the dispatch transaction's start); start_latency_dispatch_to_start_p50_ms: from there to the claim");
     s.note("pg_floor_*: per step, the claim and the finish as two autocommit UPDATEs on copies of step_runs (LIKE … INCLUDING ALL, rows of a real 2,000-shard demo_fanout), 8 and 32 connections at once (the step slots of 1 and 4 worker processes)");
     s.note("engine_vs_pg_floor: engine steps/s on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: on 4 ÷ at 32; each within one run");
     s.note("start_latency_floor_*: one PostgreSQL commit plus one Redis PING, back to back, 100 times");

@@ -4,8 +4,10 @@
 //!    ([`syncfleet_shared::retry::decide`], the engine's decision too);
 //! 2. re-pushes dispatched ready steps that Redis no longer holds (lost message, flushed Redis),
 //!    under the same task id, or a new one if Redis already spent the old id;
-//! 3. starts waiting runs whose exclusion group's runs ended (`runs::promote_waiting`), and
-//!    dispatches due ready steps into every queue, up to the dispatch cap;
+//! 3. settles runs whose last finish was not followed by its settle (`runs::settle_stranded`: a
+//!    worker killed between the two), starts waiting runs whose exclusion group's runs ended
+//!    (`runs::promote_waiting`), and dispatches due ready steps into every queue, up to the
+//!    dispatch cap;
 //! 4. vacuums finished tasks out of Redis.
 //!
 //! After step 1 it also sends the alerts of required steps that failed since the last pass
@@ -20,7 +22,7 @@ use std::{collections::BTreeMap, time::Duration};
 use syncfleet_runtime::metrics;
 use syncfleet_shared::retry::{self, Failure};
 use syncfleet_store::{
-    dispatch, health,
+    dispatch,
     queue::JobState,
     runs::{self, Fence, Outcome},
 };
@@ -53,6 +55,17 @@ impl Reconciler {
         }
         self.hooks.spawn_due(&self.ops);
         report.redelivered = self.redeliver_lost_messages().await?;
+        // A finish commits its step row, then settles its run; a worker killed between the two
+        // leaves a step that could run still pending, or a run with nothing open still running.
+        // Settled here; step 3 dispatches what became ready.
+        let settled = runs::settle_stranded(&self.ops.pool).await?;
+        for (chain, status) in settled.iter().filter_map(|f| f.run_ended.as_ref()) {
+            metrics::run_ended(chain, status);
+        }
+        let made_ready: usize = settled.iter().map(|f| f.ready.len()).sum();
+        if made_ready > 0 || settled.iter().any(|f| f.run_ended.is_some()) {
+            tracing::debug!(runs = settled.len(), steps = made_ready, "Runs settled.");
+        }
         // Waiting runs whose exclusion group's runs all ended (a cancelled run, a missed
         // promotion) start here; step 3 dispatches their root steps.
         let promoted = runs::promote_waiting(&self.ops.pool).await?;
@@ -92,10 +105,10 @@ impl Reconciler {
             let outcome = Outcome::failed(message.clone(), Failure::Lost, decision, Default::default());
             let mut tx = self.ops.pool.begin().await?;
             let fence = Fence { step_run_id: s.id, job_id: &s.job_id, worker: None };
-            if let Some(ready) = runs::finish_step(&mut tx, &fence, &outcome).await? {
-                let ended = health::run_ended_in_tx(&mut tx, s.id).await?;
+            if let Some(finished) = runs::finish_step_in(&mut tx, &fence, &outcome).await? {
                 tx.commit().await?;
-                if let Some((chain, status)) = ended {
+                let runs::Finished { ready, run_ended, .. } = runs::settled(&self.ops.pool, finished).await?;
+                if let Some((chain, status)) = run_ended {
                     metrics::run_ended(&chain, &status);
                 }
                 reaped += 1;

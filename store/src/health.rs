@@ -4,6 +4,7 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::ids::RunId;
 use crate::queue::QueueClient;
 
 /// Readiness of a producer or worker: PostgreSQL answers and holds every migration this build
@@ -68,23 +69,37 @@ pub async fn last_successes(pool: &PgPool, chains: &[String]) -> Result<Vec<(Str
 }
 
 /// The chain and status of the run of step `step_run_id` when the caller's transaction just ended
-/// it (`finished_at` is this transaction's `now()`). Call after `finish_step`, before the commit,
-/// and count the run with `syncfleet_runtime::metrics::run_ended` once the commit succeeded.
+/// it (`finished_at` is this transaction's `now()`), with its `run.ended` hook written. Call after
+/// the finish, before the commit, and count the run with `syncfleet_runtime::metrics::run_ended`
+/// once the commit succeeded.
 pub async fn run_ended_in_tx(
     conn: &mut PgConnection,
     step_run_id: i64,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    let ended: Option<(String, String, uuid::Uuid)> = sqlx::query_as(
-        "SELECT r.chain, r.status, r.id FROM chain_runs r
-          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) AND r.finished_at = now()",
-    )
-    .bind(step_run_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((chain, status, run_id)) = ended else {
+    let run_id: Option<uuid::Uuid> = sqlx::query_scalar("SELECT run_id FROM step_runs WHERE id = $1")
+        .bind(step_run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match run_id {
+        Some(run_id) => run_ended_of_run_in_tx(conn, RunId(run_id)).await,
+        None => Ok(None),
+    }
+}
+
+/// [`run_ended_in_tx`] by the run's id.
+pub async fn run_ended_of_run_in_tx(
+    conn: &mut PgConnection,
+    run_id: RunId,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let ended: Option<(String, String)> =
+        sqlx::query_as("SELECT chain, status FROM chain_runs WHERE id = $1 AND finished_at = now()")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((chain, status)) = ended else {
         return Ok(None);
     };
     // The run's `run.ended` hook, delivered by the producer: committed with the end.
-    crate::hooks::run_ended_in_tx(conn, run_id).await?;
+    crate::hooks::run_ended_in_tx(conn, run_id.0).await?;
     Ok(Some((chain, status)))
 }

@@ -1,7 +1,10 @@
-//! Run and step state transitions. Every transition locks the run row before any step row:
-//! finishes, resume and cancel `FOR UPDATE` (concurrent completions of one run are serialized, so
-//! a join step is promoted exactly once), claims `FOR SHARE` (claims of one run run side by side).
-//! With one lock order, no two transactions can wait on each other in a cycle.
+//! Run and step state transitions. A transition that locks the run row locks it before any step
+//! row: a step failing for good, resume, cancel and a run's end `FOR UPDATE`; claims and settles
+//! `FOR SHARE` (side by side). Any other finish writes only its own step row and commits; the
+//! steps it makes ready are promoted after the commit by a settle (`step_settle`, `0023`), which
+//! sees every finish committed before it, so of the finishes a step waits on, the last one to
+//! commit promotes it; `UPDATE … WHERE status = 'pending'` promotes it once. With one lock order,
+//! no two transactions can wait on each other in a cycle.
 //!
 //! Run states: `queued → running → completed | partial | failed | cancelled`.
 //! Step states: `pending → ready → running → succeeded | failed | skipped | cancelled`.
@@ -374,8 +377,9 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 
 /// Takes the step for this worker: `ready` → `running`, one more attempt counted.
 ///
-/// Claims of one run do not wait on each other: the run row is locked `FOR SHARE` (finishes,
-/// which lock it `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
+/// Claims of one run do not wait on each other, nor on finishes: the run row is locked `FOR SHARE`
+/// (a step failing for good, resume, cancel and a run's end, which lock it `FOR UPDATE`, still
+/// exclude them). One statement (`step_claim`, `0021`) checks
 /// the run, reads the integration and claims the step; the first claim of a run also starts it
 /// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
@@ -502,25 +506,8 @@ pub struct Fence<'a> {
     pub worker: Option<&'a str>,
 }
 
-/// Records the end of an attempt and the downstream transitions, inside the caller's transaction.
-/// The end time is the statement's (`clock_timestamp()`), not the transaction's start: a step that
-/// does its work inside that transaction would otherwise end when it began. A lost attempt counts in
-/// `lost_attempts` (not against the error budget). A required step that fails for good sets the
-/// run's error: the step's error, the attempts spent and lost (the row's counts), and that
-/// `syncfleet resume <run>` continues the run. Returns `None` when the fence no longer holds (the
-/// caller must roll back), otherwise the steps that became ready.
-pub async fn finish_step(
-    conn: &mut PgConnection,
-    fence: &Fence<'_>,
-    outcome: &Outcome,
-) -> Result<Option<Vec<ReadyStep>>, sqlx::Error> {
-    if one_statement(outcome) {
-        return Ok(finish_one(conn, fence, outcome, false).await?.map(|done| done.ready));
-    }
-    finish_step_multi(conn, fence, outcome).await
-}
-
-/// [`finish_step`] of a step failing for good, statement by statement.
+/// [`finish_step_in`] of a step failing for good, statement by statement, under the run row's
+/// `FOR UPDATE` (its downstream transitions are made here, not by a settle).
 async fn finish_step_multi(
     conn: &mut PgConnection,
     fence: &Fence<'_>,
@@ -607,7 +594,7 @@ fn one_statement(outcome: &Outcome) -> bool {
     !matches!(outcome, Outcome::Failed { decision: Decision::FailForGood(_), .. })
 }
 
-/// A finish recorded by [`finish_step_in`] or [`finish_step_alone`].
+/// A finish recorded by [`finish_step_in`], [`finish_step_alone`] or [`settle`].
 #[derive(Debug, Clone, Default)]
 pub struct Finished {
     /// Steps that became ready, to be pushed.
@@ -615,45 +602,49 @@ pub struct Finished {
     /// The chain and status of the run when this finish ended it (its `run.ended` hook is
     /// written in the same transaction); count it once the commit succeeded.
     pub run_ended: Option<(String, String)>,
+    /// The run to settle once the finish committed ([`settled`]): a finish in one statement
+    /// writes only its own step row.
+    pub settle: Option<RunId>,
 }
 
-/// [`finish_step_alone`] could not record the finish on its own: it ends the run or starts an
-/// exclusion group's waiting run. Nothing was written; record it in a transaction.
-#[derive(Debug)]
-pub enum Alone {
-    Db(sqlx::Error),
-    NeedsTransaction,
-}
-
-impl From<sqlx::Error> for Alone {
-    fn from(e: sqlx::Error) -> Alone {
-        Alone::Db(e)
+impl Finished {
+    fn merge(mut self, later: Finished) -> Finished {
+        self.ready.extend(later.ready);
+        self.run_ended = self.run_ended.or(later.run_ended);
+        self.settle = later.settle;
+        self
     }
 }
 
-/// The `step_finish` statement (`0021`) for an outcome other than a step failing for good.
+/// The `step_finish` statement (`0023`) for an outcome other than a step failing for good: the
+/// step row only. `None` when the fence no longer holds.
 async fn step_finish(
     conn: &mut PgConnection,
     fence: &Fence<'_>,
     outcome: &Outcome,
-    alone: bool,
-) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
-    let (status, message, retry_in, lost, r) = match outcome {
+) -> Result<Option<Finished>, sqlx::Error> {
+    let q = sqlx::query(
+        "SELECT * FROM step_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                                   $19)",
+    );
+    let row = bind_finish(q, fence, &finish_values(outcome)).fetch_one(&mut *conn).await?;
+    if !row.get::<bool, _>("finished") {
+        return Ok(None);
+    }
+    let settle = row.get::<bool, _>("settle").then(|| RunId(row.get("run_id")));
+    Ok(Some(Finished { settle, ..Finished::default() }))
+}
+
+/// What `step_finish` writes for an outcome other than a step failing for good.
+fn finish_values(outcome: &Outcome) -> FinishValues<'_> {
+    let (status, message, retry_in, lost, result) = match outcome {
         Outcome::Succeeded(r) => ("succeeded", None, None, false, r),
         Outcome::Cancelled { message, result } => ("cancelled", Some(message.as_str()), None, false, result),
         Outcome::Failed { message, lost, decision, result } => {
             ("ready", Some(message.as_str()), decision.retry_in(), *lost, result)
         }
     };
-    let row = sqlx::query(
-        "SELECT * FROM step_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                                   $19, $20)",
-    );
-    let row = bind_finish(row, fence, &FinishValues { status, message, retry_in, lost, result: r })
-        .bind(alone)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.get::<bool, _>("finished").then_some(row))
+    FinishValues { status, message, retry_in, lost, result }
 }
 
 /// What a finish writes into the step row: `$4` … `$19` of both finish statements.
@@ -700,9 +691,15 @@ fn ready_of(row: &sqlx::postgres::PgRow) -> Vec<ReadyStep> {
     ids.into_iter().zip(queues).map(|(id, queue)| ReadyStep { id, queue }).collect()
 }
 
-/// Records the end of an attempt and the downstream transitions inside the caller's transaction,
-/// as [`finish_step`], and tells whether this finish ended the run (writing its `run.ended` hook).
-/// `None` when the fence no longer holds (the caller must roll back).
+/// Records the end of an attempt inside the caller's transaction (with the step's effects). The end
+/// time is the statement's (`clock_timestamp()`), not the transaction's start: a step that does its
+/// work inside that transaction would otherwise end when it began. A lost attempt counts in
+/// `lost_attempts` (not against the error budget). A required step that fails for good sets the
+/// run's error: the step's error, the attempts spent and lost (the row's counts), and that
+/// `syncfleet resume <run>` continues the run; that finish makes its downstream transitions in the
+/// transaction, under the run row's `FOR UPDATE`. Any other finish writes its step row only and
+/// names the run to settle: call [`settled`] once the transaction committed. `None` when the fence
+/// no longer holds (the caller must roll back).
 pub async fn finish_step_in(
     conn: &mut PgConnection,
     fence: &Fence<'_>,
@@ -714,51 +711,106 @@ pub async fn finish_step_in(
         };
         let run_ended =
             if ready.is_empty() { crate::health::run_ended_in_tx(conn, fence.step_run_id).await? } else { None };
-        return Ok(Some(Finished { ready, run_ended }));
+        return Ok(Some(Finished { ready, run_ended, settle: None }));
     }
-    finish_one(conn, fence, outcome, true).await
+    step_finish(conn, fence, outcome).await
 }
 
-/// The one-statement finish inside the caller's transaction; `hook` writes the `run.ended` hook of
-/// a run it ended (else the caller does, through `health::run_ended_in_tx`).
-async fn finish_one(
-    conn: &mut PgConnection,
+/// Settles the run a committed finish named ([`Finished::settle`]), adding what the settle made
+/// ready and whether it ended the run.
+pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx::Error> {
+    match finished.settle {
+        Some(run_id) => Ok(finished.merge(settle(pool, run_id).await?)),
+        None => Ok(finished),
+    }
+}
+
+/// The worker engine's finish when the step has no effects to commit with it. A success, a retry
+/// or a cancelled step is one round trip: `CALL step_finish_settle` commits the step row, then
+/// settles the run in a transaction of its own. A step failing for good is recorded in a
+/// transaction ([`finish_step_in`]). `Ok(None)` when the fence no longer holds.
+pub async fn finish_step_alone(
+    pool: &PgPool,
     fence: &Fence<'_>,
     outcome: &Outcome,
-    hook: bool,
 ) -> Result<Option<Finished>, sqlx::Error> {
-    let Some(row) = step_finish(conn, fence, outcome, false).await? else {
+    if !one_statement(outcome) {
+        let mut tx = pool.begin().await?;
+        let Some(finished) = finish_step_in(&mut tx, fence, outcome).await? else {
+            tx.rollback().await.ok();
+            return Ok(None);
+        };
+        tx.commit().await?;
+        return settled(pool, finished).await.map(Some);
+    }
+    let q = sqlx::query(
+        "CALL step_finish_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                                 $19, NULL, NULL, NULL, NULL, NULL)",
+    );
+    let row = bind_finish(q, fence, &finish_values(outcome)).fetch_one(pool).await?;
+    if !row.get::<bool, _>("finished") {
         return Ok(None);
-    };
-    let mut done = Finished { ready: ready_of(&row), run_ended: None };
-    let run_id = RunId(row.get("run_id"));
-    if row.get::<bool, _>("run_ended") {
-        if hook {
-            crate::hooks::run_ended_in_tx(conn, run_id.0).await?;
-        }
-        done.run_ended = Some((row.get("chain"), row.get("run_status")));
     }
-    if row.get::<bool, _>("group_check") {
-        done.ready.extend(promote_after_end(conn, run_id).await?);
+    let finished = Finished { ready: ready_of(&row), ..Finished::default() };
+    if !row.get::<bool, _>("needs_end") {
+        return Ok(Some(finished));
     }
-    Ok(Some(done))
+    Ok(Some(finished.merge(end_run(pool, RunId(row.get("run_id"))).await?)))
 }
 
-/// The worker engine's common finish in one statement that is its own transaction (no effects of
-/// the step to commit with it): a success, a retry or a cancelled step whose finish neither ends
-/// the run nor starts a waiting run. [`Alone::NeedsTransaction`] otherwise (nothing written).
-/// `Ok(None)` when the fence no longer holds.
-pub async fn finish_step_alone(pool: &PgPool, fence: &Fence<'_>, outcome: &Outcome) -> Result<Option<Finished>, Alone> {
-    if !one_statement(outcome) {
-        return Err(Alone::NeedsTransaction);
+/// Promotes what the run's ended steps make ready (`step_settle`, `0023`), after their commits;
+/// ends the run when nothing in it is open any more ([`end_run`]).
+pub async fn settle(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM step_settle($1)").bind(run_id).fetch_one(pool).await?;
+    let finished = Finished { ready: ready_of(&row), ..Finished::default() };
+    if !row.get::<bool, _>("needs_end") {
+        return Ok(finished);
     }
-    let mut conn = pool.acquire().await?;
-    match step_finish(&mut conn, fence, outcome, true).await {
-        Ok(Some(row)) => Ok(Some(Finished { ready: ready_of(&row), run_ended: None })),
-        Ok(None) => Ok(None),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("SF001") => Err(Alone::NeedsTransaction),
-        Err(e) => Err(Alone::Db(e)),
+    Ok(finished.merge(end_run(pool, run_id).await?))
+}
+
+/// Ends an active run with nothing open, in a transaction under its row's `FOR UPDATE`, with its
+/// `run.ended` hook; then (it, or an inactive run, being of an exclusion group) starts the group's
+/// next waiting run. Of concurrent callers, one ends the run.
+pub async fn end_run(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: Option<String> = sqlx::query_scalar("SELECT status FROM chain_runs WHERE id = $1 FOR UPDATE")
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if locked.is_none() {
+        return Ok(Finished::default());
     }
+    finalize_run(&mut tx, run_id).await?;
+    let run_ended = crate::health::run_ended_of_run_in_tx(&mut tx, run_id).await?;
+    let ready = promote_after_end(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(Finished { ready, run_ended, settle: None })
+}
+
+/// The reconciler's safety net for a settle that never ran (its worker killed between the finish's
+/// commit and the settle): every running run with a pending step whose prerequisites are all met,
+/// or with nothing open, is settled. Returns each settle's result.
+pub async fn settle_stranded(pool: &PgPool) -> Result<Vec<Finished>, sqlx::Error> {
+    let runs: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT c.id FROM chain_runs c
+          WHERE c.status = 'running'
+            AND (EXISTS (SELECT 1 FROM step_runs s
+                          WHERE s.run_id = c.id AND s.status = 'pending'
+                            AND NOT EXISTS (
+                                SELECT 1 FROM step_runs p
+                                 WHERE p.run_id = s.run_id AND p.step = ANY(s.prerequisites)
+                                   AND NOT (p.status = 'succeeded' OR (p.status = 'failed' AND NOT p.required))))
+                 OR NOT EXISTS (SELECT 1 FROM step_runs s
+                                 WHERE s.run_id = c.id AND s.status IN ('pending', 'ready', 'running')))",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut settled = Vec::with_capacity(runs.len());
+    for run in runs {
+        settled.push(settle(pool, RunId(run)).await?);
+    }
+    Ok(settled)
 }
 
 /// When the run is no longer active and belongs to an exclusion group, starts the group's next

@@ -406,3 +406,62 @@ async fn an_idle_worker_starts_a_pushed_step_at_once_not_at_its_next_poll() {
     producer.stop().await;
     env.finish().await;
 }
+
+/// Finishes a step as a worker that dies right after its finish commits would: claimed, the step
+/// row committed `succeeded`, and no settle after it.
+async fn finish_without_settle(env: &TestEnv, run: syncfleet_shared::ids::RunId, step: &str) {
+    use syncfleet_store::runs::{self, Claim, Fence, Outcome};
+    let (id, job): (i64, String) =
+        sqlx::query_as("SELECT id, job_id FROM step_runs WHERE run_id = $1 AND step = $2 AND status = 'ready'")
+            .bind(run.0)
+            .bind(step)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(matches!(runs::claim(&env.pool, id, &job, "gone").await.unwrap(), Claim::Claimed(_)));
+    let mut tx = env.pool.begin().await.unwrap();
+    let fence = Fence { step_run_id: id, job_id: &job, worker: Some("gone") };
+    let finished =
+        runs::finish_step_in(&mut tx, &fence, &Outcome::Succeeded(Default::default())).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(finished.settle, Some(run), "the finish names its run to settle");
+    assert!(finished.ready.is_empty(), "a finish writes its own row only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finish_whose_worker_died_before_the_settle_is_settled_by_the_reconciler() {
+    let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 3\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+
+    // `plan` finished, its settle never ran: the shards it unblocks are still pending.
+    let run = env.trigger("demo_fanout", "acme").await;
+    finish_without_settle(&env, run, "plan").await;
+    let pending: i64 = env
+        .scalar("SELECT count(*) FROM step_runs WHERE run_id = $1 AND step = 'fan' AND status = 'pending'", run)
+        .await;
+    assert_eq!(pending, 3);
+
+    // The producer's reconciler settles the run; a worker runs the rest, each step once.
+    let producer = env.spawn_producer().await;
+    let worker = env.spawn_worker("w").await;
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let effects = env.effects(run).await;
+    let names: Vec<(&str, i32, i64)> = effects.iter().map(|(s, shard, n)| (s.as_str(), *shard, *n)).collect();
+    assert_eq!(names, vec![("collect", 0, 1), ("fan", 0, 1), ("fan", 1, 1), ("fan", 2, 1)]);
+
+    // The last step finished, its settle never ran: the run has nothing open and is still
+    // running until the reconciler ends it, with one `run.ended` hook.
+    worker.stop().await;
+    let ping = env.trigger("demo_ping", "acme").await;
+    finish_without_settle(&env, ping, "ping").await;
+    let status: String = env.scalar("SELECT status FROM chain_runs WHERE id = $1", ping).await;
+    assert_eq!(status, "running");
+    let view = env.wait(ping, Duration::from_secs(30)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let hooks: i64 = env.scalar("SELECT count(*) FROM run_hooks WHERE run_id = $1 AND event = 'run.ended'", ping).await;
+    assert_eq!(hooks, 1);
+
+    producer.stop().await;
+    env.finish().await;
+}

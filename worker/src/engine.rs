@@ -1,9 +1,10 @@
 //! The step engine: one entry point, [`Engine::execute`], used by the apalis handler and by tests.
-//! Phases: check the job is current → take the entity lease → claim in PostgreSQL (one statement)
-//! → run the handler under a timeout with heartbeats → record the outcome and downstream
-//! transitions in one transaction (one statement when the step has no effects to commit and the
-//! finish does not end its run) → release the lease → push the steps that became ready (which
-//! wakes idle workers at once). A heartbeat that finds the run cancelled stops the step, which is recorded `cancelled`.
+//! Phases: check the job is current → take the entity lease → claim in PostgreSQL (one statement, fenced on the job id) →
+//! run the handler under a timeout with heartbeats → record the outcome (the step row, with the
+//! step's effects when it has some) and settle the run after that commit (one round trip when the
+//! step has no effects: `CALL step_finish_settle`) → release the lease → push the steps that
+//! became ready (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
+//! the step, which is recorded `cancelled`.
 //!
 //! Each delivery is a `process` span (messaging attributes) continuing the trace of the run the job
 //! carries, with the `step` span inside; the engine records the job wait, the step duration, lease
@@ -29,7 +30,7 @@ use syncfleet_shared::{
 use syncfleet_store::{
     dispatch,
     queue::{QueueClient, QueueError},
-    runs::{self, Alone, Beat, Claim, ClaimedStep, Fence, Finished, Outcome},
+    runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -432,39 +433,29 @@ impl Engine {
     }
 
     /// Records the outcome (with the handler's writes on success); returns the steps that became
-    /// ready, for the caller to push. A finish with no writes of the step's to commit is one
-    /// statement unless it ends the run (then it is repeated in a transaction, with the run's hook).
+    /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
+    /// trip (the step row commits, then the run is settled); with writes, the step row commits with
+    /// them and the run is settled after the commit.
     async fn record(
         &self,
         fence: &Fence<'_>,
         outcome: Outcome,
         tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
-        let alone = match tx {
-            Some(_) => Err(Alone::NeedsTransaction),
-            None => runs::finish_step_alone(&self.pool, fence, &outcome).await,
-        };
-        let finished: Option<Finished> = match alone {
-            Ok(finished) => finished,
-            Err(Alone::Db(e)) => return Err(e.into()),
-            Err(Alone::NeedsTransaction) => {
-                let mut tx = match tx {
-                    Some(tx) => tx,
-                    None => self.pool.begin().await?,
-                };
-                match runs::finish_step_in(&mut tx, fence, &outcome).await? {
-                    Some(finished) => {
-                        tx.commit().await?;
-                        Some(finished)
-                    }
-                    None => {
-                        tx.rollback().await.ok();
-                        None
-                    }
+        let finished: Option<Finished> = match tx {
+            None => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
+            Some(mut tx) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {
+                Some(finished) => {
+                    tx.commit().await?;
+                    Some(runs::settled(&self.pool, finished).await?)
                 }
-            }
+                None => {
+                    tx.rollback().await.ok();
+                    None
+                }
+            },
         };
-        let Some(Finished { ready, run_ended }) = finished else {
+        let Some(Finished { ready, run_ended, .. }) = finished else {
             tracing::warn!("Step result discarded: the step is no longer this worker's.");
             return Ok((Executed::Fenced, vec![]));
         };
