@@ -50,7 +50,20 @@ const RUN_LIMIT: Duration = Duration::from_secs(3600);
 pub enum Part {
     Fleet,
     Institution,
+    /// The institution on 1 and 4 workers only (`workers4_vs_1` without the 2-worker round).
+    #[value(name = "institution-1-4")]
+    InstitutionOneFour,
     All,
+}
+
+impl Part {
+    /// The worker counts this part's institution rounds run on.
+    fn institution_workers(self) -> &'static [usize] {
+        match self {
+            Part::InstitutionOneFour => &[1, 4],
+            _ => &WORKER_COUNTS,
+        }
+    }
 }
 
 /// The `moodle` integration `name` on the sandbox at `moodle_url`, reading `DEFAULT_CONCURRENCY`
@@ -165,10 +178,10 @@ async fn fleet_part(s: &mut Scenario, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn institution_part(s: &mut Scenario, runs: usize) -> anyhow::Result<()> {
+async fn institution_part(s: &mut Scenario, runs: usize, workers: &[usize]) -> anyhow::Result<()> {
     for cycle in 0..runs {
         let mut walls = Vec::new();
-        for w in WORKER_COUNTS {
+        for &w in workers {
             let (view, wall, spans) = institution(w).await?;
             let shown: Vec<String> = spans.iter().map(|(step, secs)| format!("{step} {secs:.1}")).collect();
             eprintln!("scale institution cycle {}: {w} worker(s) {wall:.1} s ({})", cycle + 1, shown.join(", "));
@@ -186,7 +199,7 @@ async fn institution_part(s: &mut Scenario, runs: usize) -> anyhow::Result<()> {
             s.figure(format!("workers{w}_vs_1"), walls[0].1 / wall);
         }
     }
-    for w in &WORKER_COUNTS[1..] {
+    for w in &workers[1..] {
         s.ratio_from_median(&format!("workers{w}_vs_1"));
     }
     s.goal("workers4_vs_1", ">= 3.0");
@@ -205,7 +218,7 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
         "ratios: wall on 1 worker ÷ wall on N, computed within each cycle of 1, 2, 4 workers (run back to back), \
          then the median over the cycles",
     );
-    if part != Part::Institution {
+    if part == Part::Fleet || part == Part::All {
         fleet_part(&mut s, runs).await?;
         s.note(format!(
             "fleet: {FLEET_INTEGRATIONS} moodle integrations on one small sandbox, moodle_institutional \
@@ -213,7 +226,7 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
         ));
     }
     if part != Part::Fleet {
-        institution_part(&mut s, runs).await?;
+        institution_part(&mut s, runs, part.institution_workers()).await?;
         s.note(format!(
             "institution: one moodle_institutional at large scale (480 programs, 2,400 courses, \
              80,000 users), sync_courses, sync_enrollments, user_scope_backfill and role_derivation in {SHARDS} \

@@ -1,18 +1,24 @@
-//! `sync_enrollments`, in three phases so that concurrent writers never deadlock on shared user rows:
+//! `sync_enrollments`, in three phases so that concurrent writers never deadlock on shared user rows.
+//! Phase 1 reads the courses; phases 2 and 3 write them a batch of courses at a time as the answers
+//! come in ([`Writer`]), so the writes of one batch overlap the reads of the next and the step takes
+//! about the time of its reads, not of its reads and then its writes.
 //!
 //! 1. **Fetch**: the enrolled users of every active course, `concurrency` courses at once; each user
 //!    comes with their groups and roles in that course.
-//! 2. **Users**: every user read, deduplicated by id, upserted in one batch statement (rows in id
-//!    order, so two shards lock shared rows in the same order). If the batch fails (a username taken
-//!    by another active row, say), each row is written alone and only the failing ones are item errors.
+//! 2. **Users**, per batch of courses: the batch's users the step has not written yet, deduplicated
+//!    by id, upserted in one statement (up to 5,000 rows a statement), each statement its own
+//!    transaction, rows in id order: two shards lock shared rows in the same order, and a shard waits
+//!    for another only while one statement of it runs. If a statement fails (a username taken by
+//!    another active row, say), each of its rows is written alone and only the failing ones are item
+//!    errors; a user is written once per step.
 //! 3. **Per batch of courses, sequentially** (up to 5,000 enrollment rows or 100 courses, a course never
-//!    split), one transaction and a fixed number of statements each: sections upserted from the users'
-//!    groups (no extra Moodle call), enrollments upserted with the section of the user's first group,
-//!    and each course's enrollments and sections missing from Moodle soft-deactivated by the SDK's
-//!    scoped sweep, behind the deletion guard decided for each course: an empty answer while the course has
-//!    active enrollments, a user without a readable id (the read is not complete), or a share above
-//!    `max_deactivate_share` is refused unless the run forces the sweep. The step's `guard` records
-//!    the decisions.
+//!    split, in the order their answers came), one transaction and a fixed number of statements each:
+//!    sections upserted from the users' groups (no extra Moodle call), enrollments upserted with the
+//!    section of the user's first group, and each course's enrollments and sections missing from
+//!    Moodle soft-deactivated by the SDK's scoped sweep, behind the deletion guard decided for each
+//!    course: an empty answer while the course has active enrollments, a user without a readable id
+//!    (the read is not complete), or a share above `max_deactivate_share` is refused unless the run
+//!    forces the sweep. The step's `guard` records the decisions.
 //!
 //! A course whose read failed is recorded (item error `course:{id}`) and left as it was. Enrollments
 //! and sections of courses no longer active are deactivated with the step.
@@ -24,7 +30,7 @@
 //! step fails at once with that answer: asking again gets the same one. Transport failures of every
 //! course are retried.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde_json::{Map, Value};
@@ -142,8 +148,38 @@ struct Phase3 {
     section_sweeps: Sweeps,
 }
 
-/// Phase 2: one batch of every user, each once; on failure every row alone. Returns (inserted,
-/// updated, failed rows, the batch's error if it failed).
+/// Phase 2 writes users in statements of at most this many rows (in id order), each its own
+/// transaction: shards that read the same users wait for each other's statement, not for each
+/// other's whole phase.
+const USER_BATCH: usize = 5_000;
+
+/// What phase 2 did.
+#[derive(Default)]
+struct UsersWritten {
+    inserted: i64,
+    updated: i64,
+    /// Batch statements run.
+    batches: usize,
+    /// Rows refused when written alone.
+    failed: Vec<(String, String)>,
+    /// The error of the first batch that failed (its rows were then written one by one).
+    batch_error: Option<String>,
+}
+
+impl UsersWritten {
+    fn add(&mut self, other: UsersWritten) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.batches += other.batches;
+        self.failed.extend(other.failed);
+        if self.batch_error.is_none() {
+            self.batch_error = other.batch_error;
+        }
+    }
+}
+
+/// Phase 2 for `rows` (each user once, in id order): statements of at most [`USER_BATCH`] rows, each
+/// in its own transaction; a statement that fails has each of its rows written alone.
 async fn upsert_users(
     pool: &PgPool,
     fence: Option<&AttemptFence>,
@@ -151,41 +187,47 @@ async fn upsert_users(
     integration_id: i64,
     run: RunId,
     rows: &Rows<'_>,
-) -> Result<(i64, i64, Vec<(String, String)>, Option<String>), StepError> {
-    if rows.ids.is_empty() {
-        return Ok((0, 0, vec![], None));
-    }
-    let mut tx = AttemptFence::begin(fence, pool).await?;
-    let batch = table.upsert(&mut tx, integration_id, Some(run), &rows.ids, &rows.columns).await;
-    match batch {
-        Ok(c) => {
-            tx.commit().await?;
-            Ok((c.inserted, c.updated, vec![], None))
-        }
-        Err(sqlx::Error::Database(e)) => {
-            tx.rollback().await?;
-            let why = e.message().to_owned();
-            tracing::warn!(error = %why, users = rows.ids.len(), "User batch failed; writing each row alone.");
-            let (mut inserted, mut updated, mut failed) = (0, 0, vec![]);
-            for (i, id) in rows.ids.iter().enumerate() {
-                let mut tx = AttemptFence::begin(fence, pool).await?;
-                match table.upsert(&mut tx, integration_id, Some(run), std::slice::from_ref(id), &rows.row(i)).await {
-                    Ok(c) => {
-                        tx.commit().await?;
-                        inserted += c.inserted;
-                        updated += c.updated;
+) -> Result<UsersWritten, StepError> {
+    let mut out = UsersWritten::default();
+    for start in (0..rows.ids.len()).step_by(USER_BATCH) {
+        let end = (start + USER_BATCH).min(rows.ids.len());
+        let ids = &rows.ids[start..end];
+        let columns: Vec<Vec<Option<String>>> = rows.columns.iter().map(|c| c[start..end].to_vec()).collect();
+        out.batches += 1;
+        let mut tx = AttemptFence::begin(fence, pool).await?;
+        match table.upsert(&mut tx, integration_id, Some(run), ids, &columns).await {
+            Ok(c) => {
+                tx.commit().await?;
+                out.inserted += c.inserted;
+                out.updated += c.updated;
+            }
+            Err(sqlx::Error::Database(e)) => {
+                tx.rollback().await?;
+                let why = e.message().to_owned();
+                tracing::warn!(error = %why, users = ids.len(), "User batch failed; writing each row alone.");
+                out.batch_error.get_or_insert(why);
+                for i in start..end {
+                    let id = &rows.ids[i];
+                    let mut tx = AttemptFence::begin(fence, pool).await?;
+                    match table.upsert(&mut tx, integration_id, Some(run), std::slice::from_ref(id), &rows.row(i)).await
+                    {
+                        Ok(c) => {
+                            tx.commit().await?;
+                            out.inserted += c.inserted;
+                            out.updated += c.updated;
+                        }
+                        Err(sqlx::Error::Database(e)) => {
+                            tx.rollback().await?;
+                            out.failed.push((id.clone(), e.message().to_owned()));
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(sqlx::Error::Database(e)) => {
-                        tx.rollback().await?;
-                        failed.push((id.clone(), e.message().to_owned()));
-                    }
-                    Err(e) => return Err(e.into()),
                 }
             }
-            Ok((inserted, updated, failed, Some(why)))
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(out)
 }
 
 /// Phase 3 writes courses in batches of this many enrollment rows (a course is never split; a
@@ -193,21 +235,10 @@ async fn upsert_users(
 const BATCH_ROWS: usize = 5_000;
 const BATCH_COURSES: usize = 100;
 
-/// Splits the reads (in course order) into phase 3's batches.
-fn batches(reads: &[CourseRead]) -> Vec<&[CourseRead]> {
-    let mut out = vec![];
-    let (mut start, mut rows) = (0, 0);
-    for (i, read) in reads.iter().enumerate() {
-        rows += read.users.len();
-        if rows >= BATCH_ROWS || i + 1 - start == BATCH_COURSES {
-            out.push(&reads[start..=i]);
-            (start, rows) = (i + 1, 0);
-        }
-    }
-    if start < reads.len() {
-        out.push(&reads[start..]);
-    }
-    out
+/// Whether a batch of `courses` courses holding `rows` enrollment rows is full: it closes at the
+/// course that reaches [`BATCH_ROWS`] rows, or at the [`BATCH_COURSES`]th course.
+fn batch_full(rows: usize, courses: usize) -> bool {
+    rows >= BATCH_ROWS || courses == BATCH_COURSES
 }
 
 /// A course's rows for phase 3.
@@ -325,6 +356,144 @@ async fn write_courses(
     Ok(courses.into_iter().flat_map(|c| c.enrollments.failed.into_iter().chain(c.sections.failed)).collect())
 }
 
+/// The users of a step, as its batches of courses go through phase 2.
+#[derive(Default)]
+struct StepUsers {
+    /// Every user id read (written or refused), each once.
+    seen: BTreeSet<String>,
+    /// The users given to the upsert, each once.
+    ids: Vec<String>,
+    /// Enrollment rows read (a user once per course).
+    rows: usize,
+    /// Users whose columns could not be written: (id, why).
+    refused: Vec<(String, String)>,
+    written: UsersWritten,
+}
+
+/// Phases 2 and 3 of one step, fed the courses' answers as phase 1 gets them: every full batch of
+/// courses ([`batch_full`]) has its users not written yet upserted, then its sections and
+/// enrollments written, while the next courses are read.
+struct Writer<'c> {
+    pool: &'c PgPool,
+    fence: Option<&'c AttemptFence>,
+    integration_id: i64,
+    run: RunId,
+    policy: SweepPolicy,
+    users_t: Table,
+    /// The batch being filled, and its enrollment rows.
+    pending: Vec<CourseRead>,
+    pending_rows: usize,
+    errors: Vec<(&'static str, String, String)>,
+    failed_courses: usize,
+    /// The failures that were Moodle's own answer (an error envelope), each message once.
+    answers: Vec<String>,
+    transport_failures: usize,
+    /// Users read, including those without a readable id.
+    fetched: i64,
+    users: StepUsers,
+    totals: Phase3,
+}
+
+impl<'c> Writer<'c> {
+    fn new(ctx: &'c StepContext, policy: SweepPolicy) -> Self {
+        Writer {
+            pool: &ctx.pool,
+            fence: ctx.fence.as_ref(),
+            integration_id: ctx.integration.id,
+            run: ctx.run_id,
+            policy,
+            users_t: tables::users(),
+            pending: vec![],
+            pending_rows: 0,
+            errors: vec![],
+            failed_courses: 0,
+            answers: vec![],
+            transport_failures: 0,
+            fetched: 0,
+            users: StepUsers::default(),
+            totals: Phase3::default(),
+        }
+    }
+
+    /// One course's answer: read into the batch (written once full), or recorded as failed.
+    async fn take(&mut self, course: String, answer: Result<Vec<Value>, MoodleError>) -> Result<(), StepError> {
+        match answer {
+            Ok(raw) => {
+                let mut read = CourseRead { course, users: Vec::with_capacity(raw.len()), unreadable: 0 };
+                for r in &raw {
+                    match read_enrolled(r) {
+                        Ok(u) => read.users.push(u),
+                        Err(m) => {
+                            read.unreadable += 1;
+                            self.errors.push((
+                                "enrollments",
+                                format!("course:{}:?{}", read.course, read.unreadable),
+                                m,
+                            ));
+                        }
+                    }
+                }
+                self.fetched += raw.len() as i64;
+                self.pending_rows += read.users.len();
+                self.pending.push(read);
+                if batch_full(self.pending_rows, self.pending.len()) {
+                    self.flush().await?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%course, error = %e, "Course's enrolled users failed; the others go on.");
+                self.failed_courses += 1;
+                match &e {
+                    MoodleError::Exception { .. } => {
+                        let text = e.to_string();
+                        if !self.answers.contains(&text) {
+                            self.answers.push(text);
+                        }
+                    }
+                    _ => self.transport_failures += 1,
+                }
+                self.errors.push(("enrollments", format!("course:{course}"), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the batch being filled: phase 2 for its users not written yet (in id order), then
+    /// phase 3 for its courses (in course order).
+    async fn flush(&mut self) -> Result<(), StepError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut reads = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        reads.sort_by(|a, b| a.course.cmp(&b.course));
+        let mut new: BTreeMap<&str, &Enrolled> = BTreeMap::new();
+        for u in reads.iter().flat_map(|r| &r.users) {
+            self.users.rows += 1;
+            if !self.users.seen.contains(&u.user_id) {
+                new.entry(u.user_id.as_str()).or_insert(u);
+            }
+        }
+        let mut rows = Rows::new(&self.users_t);
+        for (id, u) in &new {
+            self.users.seen.insert((*id).to_owned());
+            match &u.user {
+                Ok(f) => rows.push((*id).to_owned(), f),
+                Err(m) => rows.failed.push(((*id).to_owned(), m.clone())),
+            }
+        }
+        let written = upsert_users(self.pool, self.fence, &self.users_t, self.integration_id, self.run, &rows).await?;
+        self.users.written.add(written);
+        self.users.ids.extend(rows.ids.iter().cloned());
+        self.users.refused.append(&mut rows.failed);
+        let bad =
+            write_courses(self.pool, self.fence, self.integration_id, self.run, self.policy, &reads, &mut self.totals)
+                .await?;
+        self.errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
+        Ok(())
+    }
+}
+
 pub struct SyncEnrollments;
 
 impl StepHandler for SyncEnrollments {
@@ -346,90 +515,43 @@ impl StepHandler for SyncEnrollments {
             .await?;
             let courses: Vec<String> = courses.into_iter().filter(|c| shard_of(c, shards) == me).collect();
 
-            // Phase 1: fetch, bounded.
+            // Phase 1, bounded, while each batch of the courses read goes through phases 2 and 3.
             let api_ref = &api;
-            let fetched: Vec<_> = futures::stream::iter(courses.clone())
-                .map(move |c| async move {
-                    let answer = api_ref.enrolled_users(&c).await;
-                    (c, answer)
-                })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
+            let (sender, receiver) = futures::channel::mpsc::unbounded();
+            let to_fetch = courses.clone();
+            let fetch = async move {
+                let mut answers = futures::stream::iter(to_fetch)
+                    .map(move |c| async move {
+                        let answer = api_ref.enrolled_users(&c).await;
+                        (c, answer)
+                    })
+                    .buffer_unordered(concurrency);
+                while let Some(answer) = answers.next().await {
+                    if sender.unbounded_send(answer).is_err() {
+                        break; // The writer stopped on an error.
+                    }
+                }
+            };
+            let mut w = Writer::new(ctx, policy);
+            let write = async {
+                let mut receiver = receiver;
+                while let Some((course, answer)) = receiver.next().await {
+                    w.take(course, answer).await?;
+                }
+                w.flush().await
+            };
+            let ((), written) = futures::future::join(fetch, write).await;
+            written?;
+            let Writer { mut errors, failed_courses, answers, transport_failures, fetched, users, mut totals, .. } = w;
+            let UsersWritten { inserted, updated, batches: user_batches, failed, batch_error } = users.written;
             ctx.record_calls(&[&client]);
-            let mut errors: Vec<(&'static str, String, String)> = Vec::new();
-            let mut failed_courses = 0usize;
-            // The failures that were Moodle's own answer (an error envelope), each message once.
-            let mut answers: Vec<String> = Vec::new();
-            let mut transport_failures = 0usize;
-            let mut reads = Vec::with_capacity(fetched.len());
-            for (course, answer) in fetched {
-                match answer {
-                    Ok(raw) => {
-                        let mut read = CourseRead { course, users: Vec::with_capacity(raw.len()), unreadable: 0 };
-                        for r in &raw {
-                            match read_enrolled(r) {
-                                Ok(u) => read.users.push(u),
-                                Err(m) => {
-                                    read.unreadable += 1;
-                                    errors.push((
-                                        "enrollments",
-                                        format!("course:{}:?{}", read.course, read.unreadable),
-                                        m,
-                                    ));
-                                }
-                            }
-                        }
-                        ctx.result.fetched += raw.len() as i64;
-                        reads.push(read);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%course, error = %e, "Course's enrolled users failed; the others go on.");
-                        failed_courses += 1;
-                        match &e {
-                            MoodleError::Exception { .. } => {
-                                let text = e.to_string();
-                                if !answers.contains(&text) {
-                                    answers.push(text);
-                                }
-                            }
-                            _ => transport_failures += 1,
-                        }
-                        errors.push(("enrollments", format!("course:{course}"), e.to_string()));
-                    }
-                }
-            }
-            reads.sort_by(|a, b| a.course.cmp(&b.course));
-
-            // Phase 2: every user once, in one batch (ordered by id).
-            let users_t = tables::users();
-            let mut users: BTreeMap<&str, &Enrolled> = BTreeMap::new();
-            for u in reads.iter().flat_map(|r| &r.users) {
-                users.entry(u.user_id.as_str()).or_insert(u);
-            }
-            let mut rows = Rows::new(&users_t);
-            for (id, u) in &users {
-                match &u.user {
-                    Ok(f) => rows.push((*id).to_owned(), f),
-                    Err(m) => rows.failed.push(((*id).to_owned(), m.clone())),
-                }
-            }
-            let (inserted, updated, failed, batch_error) =
-                upsert_users(&ctx.pool, ctx.fence.as_ref(), &users_t, integration_id, run, &rows).await?;
-            errors.extend(rows.failed.iter().chain(failed.iter()).map(|(id, m)| ("users", id.clone(), m.clone())));
+            ctx.result.fetched += fetched;
+            let failed_users: BTreeSet<&String> = users.refused.iter().chain(failed.iter()).map(|(id, _)| id).collect();
+            errors.extend(users.refused.iter().chain(failed.iter()).map(|(id, m)| ("users", id.clone(), m.clone())));
             let mut tx = ctx.begin().await?;
-            let failed_users: Vec<&String> = rows.failed.iter().chain(failed.iter()).map(|(id, _)| id).collect();
-            let written: Vec<String> = rows.ids.iter().filter(|id| !failed_users.contains(id)).cloned().collect();
+            let written: Vec<String> = users.ids.iter().filter(|id| !failed_users.contains(id)).cloned().collect();
             pull::resolve(&mut tx, integration_id, "users", &written).await?;
             tx.commit().await?;
-
-            // Phase 3: batches of courses, sequentially.
-            let mut totals = Phase3::default();
-            for batch in batches(&reads) {
-                let bad = write_courses(&ctx.pool, ctx.fence.as_ref(), integration_id, run, policy, batch, &mut totals)
-                    .await?;
-                errors.extend(bad.into_iter().map(|(id, m)| ("enrollments", id, m)));
-            }
 
             // Enrollments and sections of courses that are no longer active.
             let gone: Vec<String> = sqlx::query_scalar(
@@ -470,14 +592,15 @@ impl StepHandler for SyncEnrollments {
             r.unchanged = totals.unchanged;
             r.deactivated = totals.deactivated + totals.enrollment_sweeps.deactivated;
             r.errors = errors.len() as i64;
-            let batch = match &batch_error {
-                None => "in one batch".to_owned(),
-                Some(e) => format!("per row after the batch failed ({e}), {} row(s) refused", failed.len()),
+            let batch = match (&batch_error, user_batches) {
+                (None, 0 | 1) => "in one batch".to_owned(),
+                (None, n) => format!("in {n} batches (one per batch of courses)"),
+                (Some(e), _) => format!("per row after the batch failed ({e}), {} row(s) refused", failed.len()),
             };
             let users_text = format!(
                 "users: {} distinct of {} enrollment row(s), upserted {batch} ({inserted} inserted, {updated} updated)",
-                users.len(),
-                reads.iter().map(|r| r.users.len()).sum::<usize>()
+                users.seen.len(),
+                users.rows
             );
             let mut sections_text = format!("sections: {} from groups ({} new)", totals.sections, totals.sections_new);
             if !totals.groups_missing.is_empty() {
@@ -490,7 +613,7 @@ impl StepHandler for SyncEnrollments {
                     "{sections_text}; groups not read for {n} of {} course(s): Moodle left out the users' `groups` \
                      (the token lacks moodle/site:accessallgroups), so their sections and the enrollments' sections \
                      were left as they were",
-                    reads.len()
+                    courses.len() - failed_courses
                 );
             }
             let courses_text = if failed_courses == 0 {
@@ -567,6 +690,23 @@ mod tests {
         assert!(read_enrolled(&json!({"username": "a"})).is_err());
         let bad = read_enrolled(&json!({"id": 4, "username": "b", "lastaccess": "yesterday"})).unwrap();
         assert!(bad.user.unwrap_err().contains("lastaccess"));
+    }
+
+    /// Splits the reads (in arrival order) into phase 3's batches, as [`Writer::take`] closes them.
+    fn batches(reads: &[CourseRead]) -> Vec<&[CourseRead]> {
+        let mut out = vec![];
+        let (mut start, mut rows) = (0, 0);
+        for (i, read) in reads.iter().enumerate() {
+            rows += read.users.len();
+            if batch_full(rows, i + 1 - start) {
+                out.push(&reads[start..=i]);
+                (start, rows) = (i + 1, 0);
+            }
+        }
+        if start < reads.len() {
+            out.push(&reads[start..]);
+        }
+        out
     }
 
     #[test]

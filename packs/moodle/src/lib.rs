@@ -5,8 +5,8 @@
 //! Chains:
 //! - `moodle_institutional`: `sync_categories` (the hierarchy Campus → Semester → Department →
 //!   Program, full, behind the deletion guard) → `sync_courses` (per program, bounded concurrency, one
-//!   transaction per program) → `sync_enrollments` (three phases: concurrent fetch per course, one
-//!   deduplicated user batch, then sections and enrollments per batch of courses) → `user_scope_backfill`
+//!   transaction per program) → `sync_enrollments` (concurrent fetch per course; as the answers come,
+//!   per batch of courses, its users deduplicated, then its sections and enrollments) → `user_scope_backfill`
 //!   (optional) → `role_derivation` (optional).
 //! - `moodle_enrollments`: the same without `sync_categories` (start-up with
 //!   `DISABLE_SYNC_CATEGORY_ON_STARTUP`, intra-day runs).

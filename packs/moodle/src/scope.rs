@@ -162,7 +162,9 @@ impl<'a> Users<'a> {
 
     /// The next page of these users after external id `after` (`""` for the first), in external id
     /// order, and the cursor of the page after it (`None` after the last). PostgreSQL narrows by the
-    /// numeric ids' remainder; the shard of every row read is then decided by [`super::shard_of`].
+    /// numeric ids' remainder (an id of 1 to 18 digits, told by `ltrim`, which costs a third of a
+    /// regular expression on the rows a shard skips); the shard of every row read is then decided by
+    /// [`super::shard_of`].
     pub(crate) async fn read_page(
         &self,
         conn: &mut PgConnection,
@@ -175,7 +177,8 @@ impl<'a> Users<'a> {
              FROM moodle_users
              WHERE integration_id = $1 AND is_active AND ($2::text IS NULL OR username = $2) AND external_id > $3
                AND ($5::bigint = 1
-                    OR CASE WHEN external_id ~ '^[0-9]{1,18}$' THEN external_id::bigint % $5 = $4 ELSE TRUE END)
+                    OR CASE WHEN length(external_id) BETWEEN 1 AND 18 AND ltrim(external_id, '0123456789') = ''
+                            THEN external_id::bigint % $5 = $4 ELSE TRUE END)
              ORDER BY external_id
              LIMIT $6",
         )
@@ -233,16 +236,22 @@ async fn backfill_page(
         return Ok(());
     }
     let user_ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+    // The page is a range of user ids (in the order the page was read): the range narrows the
+    // enrollments read through their user index, where `= ANY` of thousands alone is a scan of
+    // every enrollment of the integration, page after page.
+    let (first, last) = (users[0].user_id.clone(), users[users.len() - 1].user_id.clone());
     let placements: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT e.user_id, p.external_id, p.parent_id
          FROM moodle_enrollments e
          JOIN moodle_courses c ON c.integration_id = e.integration_id AND c.external_id = e.course_id AND c.is_active
          JOIN moodle_categories p ON p.integration_id = c.integration_id AND p.external_id = c.program_id
               AND p.is_active AND p.kind = 'program'
-         WHERE e.integration_id = $1 AND e.is_active AND e.user_id = ANY($2)",
+         WHERE e.integration_id = $1 AND e.is_active AND e.user_id >= $3 AND e.user_id <= $4 AND e.user_id = ANY($2)",
     )
     .bind(integration_id)
     .bind(&user_ids)
+    .bind(&first)
+    .bind(&last)
     .fetch_all(&mut *conn)
     .await?;
     let mut by_user: HashMap<String, Vec<Placement>> = HashMap::new();
@@ -274,7 +283,7 @@ async fn backfill_page(
             "UPDATE moodle_users u SET campus_id = n.campus, department_id = n.department, program_id = n.program,
                     scope_updated_at = now(), updated_at = now()
              FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS n(id, campus, department, program)
-             WHERE u.integration_id = $1 AND u.external_id = n.id
+             WHERE u.integration_id = $1 AND u.external_id = n.id AND u.external_id >= $6 AND u.external_id <= $7
                AND u.department_source = 'auto' AND u.program_source = 'auto'
                AND (u.campus_id, u.department_id, u.program_id) IS DISTINCT FROM (n.campus, n.department, n.program)",
         )
@@ -283,6 +292,8 @@ async fn backfill_page(
         .bind(&campus)
         .bind(&department)
         .bind(&program)
+        .bind(&first)
+        .bind(&last)
         .execute(&mut *conn)
         .await?
         .rows_affected() as i64;
