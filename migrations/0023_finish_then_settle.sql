@@ -9,8 +9,12 @@
 --   writes nothing. A run ends by `UPDATE … WHERE status IN ('queued', 'running')` the same way.
 -- - Never missed: a settle runs after its finish committed, in a new snapshot. Of the finishes a
 --   step waits on, the one that commits last settles after every other one committed, so it sees
---   them all. A settle takes the run row `FOR SHARE`: a transition holding it `FOR UPDATE` (a step
---   failing for good, resume, cancel, a run's end) is waited for, and seen, as before.
+--   them all. A settle holds the run's advisory lock shared, which a transition holding the run
+--   row `FOR UPDATE` (a step failing for good, resume, cancel, a run's end) holds exclusively: it
+--   is waited for, and seen, as before. A settle with nothing to promote takes no row lock and
+--   writes nothing. Settles that promote take turns (a second advisory lock), so a settle never
+--   re-reads rows another has just promoted: PostgreSQL would lock each such row, under claims
+--   waiting for it, until that settle's end.
 -- - A crash between the commit and the settle (the worker killed between two statements, or
 --   PostgreSQL between the two commits of `step_finish_settle`) leaves a step pending that could run,
 --   or a run with nothing open still `running`: the reconciler settles such runs
@@ -24,6 +28,14 @@ DROP FUNCTION step_finish(BIGINT, TEXT, TEXT, TEXT, TEXT, FLOAT8, BIGINT, BIGINT
 -- A step failing for good goes through the multi-statement path (the run's error text is built
 -- there). `finished`: false when the fence no longer holds (nothing was written). `settle`: the
 -- step ended (not a retry), so `step_settle(run_id)` must run once this commits.
+-- The advisory lock keys of a run: settles hold the first shared; a step failing for good, resume,
+-- cancel and a run's end hold it exclusively (after the run row). Settles that promote hold the
+-- second.
+CREATE FUNCTION run_settle_key(p_run UUID) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('settle:' || p_run::text, 0) $$;
+CREATE FUNCTION run_promote_key(p_run UUID) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('promote:' || p_run::text, 0) $$;
+
 CREATE FUNCTION step_finish(
     p_id BIGINT, p_job TEXT, p_worker TEXT, p_status TEXT, p_error TEXT, p_retry_secs FLOAT8,
     p_fetched BIGINT, p_inserted BIGINT, p_updated BIGINT, p_unchanged BIGINT, p_deactivated BIGINT,
@@ -75,9 +87,14 @@ RETURNS TABLE (ready_ids BIGINT[], ready_queues TEXT[], needs_end BOOLEAN)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    r RECORD;
+    status TEXT;
+    grp TEXT;
 BEGIN
-    SELECT c.status, c.exclusion_group INTO r FROM chain_runs c WHERE c.id = p_run FOR SHARE;
+    -- Settles of one run share this lock; the transitions that hold the run row `FOR UPDATE`
+    -- take it exclusively (`run_settle_key`), so a settle waits for them and sees what they wrote.
+    -- A settle with nothing to promote writes nothing: its commit costs no flush.
+    PERFORM pg_advisory_xact_lock_shared(run_settle_key(p_run));
+    SELECT c.status, c.exclusion_group INTO status, grp FROM chain_runs c WHERE c.id = p_run;
     needs_end := false;
     IF NOT FOUND THEN
         ready_ids := '{}';
@@ -85,7 +102,16 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    IF r.status = 'running' THEN
+    IF status = 'running' AND EXISTS (
+        SELECT 1 FROM step_runs s
+         WHERE s.run_id = p_run AND s.status = 'pending'
+           AND NOT EXISTS (
+               SELECT 1 FROM step_runs p
+                WHERE p.run_id = s.run_id AND p.step = ANY(s.prerequisites)
+                  AND NOT (p.status = 'succeeded' OR (p.status = 'failed' AND NOT p.required)))) THEN
+        -- Settles that promote take turns: each one's promotion reads the steps after the
+        -- previous one committed, so none re-reads (and locks) rows another just promoted.
+        PERFORM pg_advisory_xact_lock(run_promote_key(p_run));
         WITH promoted AS (
             UPDATE step_runs s
                SET status = 'ready', ready_at = now(), not_before = now(), dispatched_at = NULL,
@@ -98,12 +124,12 @@ BEGIN
             RETURNING s.id, s.queue)
         SELECT array_agg(id ORDER BY id), array_agg(queue ORDER BY id) INTO ready_ids, ready_queues FROM promoted;
     END IF;
-    IF r.status IN ('queued', 'running') THEN
+    IF status IN ('queued', 'running') THEN
         needs_end := ready_ids IS NULL
             AND NOT EXISTS (SELECT 1 FROM step_runs s
                              WHERE s.run_id = p_run AND s.status IN ('pending', 'ready', 'running'));
     ELSE
-        needs_end := r.exclusion_group IS NOT NULL;
+        needs_end := grp IS NOT NULL;
     END IF;
     ready_ids := coalesce(ready_ids, '{}');
     ready_queues := coalesce(ready_queues, '{}');

@@ -1,6 +1,7 @@
 //! Run and step state transitions. A transition that locks the run row locks it before any step
-//! row: a step failing for good, resume, cancel and a run's end `FOR UPDATE`; claims and settles
-//! `FOR SHARE` (side by side). Any other finish writes only its own step row and commits; the
+//! row: a step failing for good, resume, cancel and a run's end `FOR UPDATE` (then the run's
+//! settle lock, exclusively), claims `FOR SHARE` (side by side). Settles hold the run's settle
+//! lock (an advisory lock) shared. Any other finish writes only its own step row and commits; the
 //! steps it makes ready are promoted after the commit by a settle (`step_settle`, `0023`), which
 //! sees every finish committed before it, so of the finishes a step waits on, the last one to
 //! commit promotes it; `UPDATE … WHERE status = 'pending'` promotes it once. With one lock order,
@@ -311,6 +312,13 @@ async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx
     Ok(())
 }
 
+/// Keeps settles of the run out until the caller's transaction ends (the run row is locked
+/// `FOR UPDATE` first): a settle that starts meanwhile waits, then sees what this transaction wrote.
+async fn exclude_settles(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(run_settle_key($1))").bind(run_id).execute(conn).await?;
+    Ok(())
+}
+
 /// Locks the run of a step row; returns the run id and status.
 async fn lock_run_of_step(conn: &mut PgConnection, step_run_id: i64) -> Result<Option<(RunId, String)>, sqlx::Error> {
     let row = sqlx::query(
@@ -318,9 +326,14 @@ async fn lock_run_of_step(conn: &mut PgConnection, step_run_id: i64) -> Result<O
           WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) FOR UPDATE",
     )
     .bind(step_run_id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.map(|r| (RunId(r.get("id")), r.get("status"))))
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let run_id = RunId(row.get("id"));
+    exclude_settles(conn, run_id).await?;
+    Ok(Some((run_id, row.get("status"))))
 }
 
 /// What a worker needs to run a claimed step.
@@ -377,9 +390,9 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 
 /// Takes the step for this worker: `ready` → `running`, one more attempt counted.
 ///
-/// Claims of one run do not wait on each other, nor on finishes: the run row is locked `FOR SHARE`
-/// (a step failing for good, resume, cancel and a run's end, which lock it `FOR UPDATE`, still
-/// exclude them). One statement (`step_claim`, `0021`) checks
+/// Claims of one run do not wait on each other, nor on finishes or settles: the run row is locked
+/// `FOR SHARE` (a step failing for good, resume, cancel and a run's end, which lock it
+/// `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
 /// the run, reads the integration and claims the step; the first claim of a run also starts it
 /// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
@@ -781,6 +794,7 @@ pub async fn end_run(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Err
     if locked.is_none() {
         return Ok(Finished::default());
     }
+    exclude_settles(&mut tx, run_id).await?;
     finalize_run(&mut tx, run_id).await?;
     let run_ended = crate::health::run_ended_of_run_in_tx(&mut tx, run_id).await?;
     let ready = promote_after_end(&mut tx, run_id).await?;
@@ -840,6 +854,7 @@ pub async fn resume(pool: &PgPool, run_id: RunId) -> Result<Vec<ReadyStep>, Stor
             .fetch_optional(&mut *tx)
             .await?;
     let (status, chain, integration_id) = run.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+    exclude_settles(&mut tx, run_id).await?;
     if !matches!(status.as_str(), "failed" | "partial" | "cancelled") {
         return Err(StoreError::WrongState {
             run_id: run_id.to_string(),
@@ -904,6 +919,7 @@ pub async fn cancel(pool: &PgPool, run_id: RunId) -> Result<(), StoreError> {
         .fetch_optional(&mut *tx)
         .await?;
     let status = status.ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+    exclude_settles(&mut tx, run_id).await?;
     if !matches!(status.as_str(), "queued" | "running") {
         return Err(StoreError::WrongState {
             run_id: run_id.to_string(),
