@@ -43,7 +43,7 @@ use syncfleet_sdk::{
     sync::{
         pull,
         sweep::{self, ScopeRead, ScopedSweep, Sweeps},
-        table::Table,
+        table::{Table, UpsertCounts},
     },
 };
 
@@ -167,6 +167,11 @@ struct UsersWritten {
 }
 
 impl UsersWritten {
+    fn count(&mut self, c: UpsertCounts) {
+        self.inserted += c.inserted;
+        self.updated += c.updated;
+    }
+
     fn add(&mut self, other: UsersWritten) {
         self.inserted += other.inserted;
         self.updated += other.updated;
@@ -189,45 +194,55 @@ async fn upsert_users(
     rows: &Rows<'_>,
 ) -> Result<UsersWritten, StepError> {
     let mut out = UsersWritten::default();
+    let write = |ids: &[String], columns: &[Vec<Option<String>>]| {
+        upsert_fenced(pool, fence, table, integration_id, run, ids.to_vec(), columns.to_vec())
+    };
     for start in (0..rows.ids.len()).step_by(USER_BATCH) {
         let end = (start + USER_BATCH).min(rows.ids.len());
         let ids = &rows.ids[start..end];
         let columns: Vec<Vec<Option<String>>> = rows.columns.iter().map(|c| c[start..end].to_vec()).collect();
         out.batches += 1;
-        let mut tx = AttemptFence::begin(fence, pool).await?;
-        match table.upsert(&mut tx, integration_id, Some(run), ids, &columns).await {
-            Ok(c) => {
-                tx.commit().await?;
-                out.inserted += c.inserted;
-                out.updated += c.updated;
-            }
-            Err(sqlx::Error::Database(e)) => {
-                tx.rollback().await?;
-                let why = e.message().to_owned();
+        match write(ids, &columns).await? {
+            Ok(c) => out.count(c),
+            Err(why) => {
                 tracing::warn!(error = %why, users = ids.len(), "User batch failed; writing each row alone.");
                 out.batch_error.get_or_insert(why);
                 for i in start..end {
                     let id = &rows.ids[i];
-                    let mut tx = AttemptFence::begin(fence, pool).await?;
-                    match table.upsert(&mut tx, integration_id, Some(run), std::slice::from_ref(id), &rows.row(i)).await
-                    {
-                        Ok(c) => {
-                            tx.commit().await?;
-                            out.inserted += c.inserted;
-                            out.updated += c.updated;
-                        }
-                        Err(sqlx::Error::Database(e)) => {
-                            tx.rollback().await?;
-                            out.failed.push((id.clone(), e.message().to_owned()));
-                        }
-                        Err(e) => return Err(e.into()),
+                    match write(std::slice::from_ref(id), &rows.row(i)).await? {
+                        Ok(c) => out.count(c),
+                        Err(why) => out.failed.push((id.clone(), why)),
                     }
                 }
             }
-            Err(e) => return Err(e.into()),
         }
     }
     Ok(out)
+}
+
+/// One fenced transaction of [`Table::upsert`]: its counts, or PostgreSQL's message when the
+/// database refused the rows (nothing of them written).
+async fn upsert_fenced(
+    pool: &PgPool,
+    fence: Option<&AttemptFence>,
+    table: &Table,
+    integration_id: i64,
+    run: RunId,
+    ids: Vec<String>,
+    columns: Vec<Vec<Option<String>>>,
+) -> Result<Result<UpsertCounts, String>, StepError> {
+    let mut tx = AttemptFence::begin(fence, pool).await?;
+    match table.upsert(&mut tx, integration_id, Some(run), &ids, &columns).await {
+        Ok(c) => {
+            tx.commit().await?;
+            Ok(Ok(c))
+        }
+        Err(sqlx::Error::Database(e)) => {
+            tx.rollback().await?;
+            Ok(Err(e.message().to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Phase 3 writes courses in batches of this many enrollment rows (a course is never split; a
