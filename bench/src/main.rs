@@ -2,6 +2,7 @@
 //! [`report::Scenario`] (medians, spread, ratios, goals). Results and the commands that produced
 //! them are recorded in `bench/RESULTS.md`.
 
+mod cpu;
 mod partner;
 mod queue;
 mod report;
@@ -32,7 +33,13 @@ struct Runs {
 #[derive(Subcommand)]
 enum Command {
     /// Queue layer (no-op jobs) and whole-engine throughput and start latency.
-    Queue(Runs),
+    Queue {
+        #[command(flatten)]
+        runs: Runs,
+        /// Only the engine's throughput or only the start latency (each with the PostgreSQL floor).
+        #[arg(long, value_enum, default_value_t = queue::Part::All)]
+        part: queue::Part,
+    },
     /// Pages and records per second served by the sandbox upstreams.
     Sandbox {
         /// Runs of the scenario; figures are medians over them.
@@ -79,7 +86,7 @@ enum Command {
 fn expand(command: Command) -> Vec<Command> {
     match command {
         Command::All => vec![
-            Command::Queue(Runs { runs: 3 }),
+            Command::Queue { runs: Runs { runs: 3 }, part: queue::Part::All },
             Command::Sandbox { runs: 1 },
             Command::Upsert { runs: Runs { runs: 3 }, rows: 100_000, pg_socket: None },
             Command::PartnerDaily(Runs { runs: 3 }),
@@ -93,7 +100,7 @@ fn expand(command: Command) -> Vec<Command> {
 
 async fn scenario(command: Command) -> anyhow::Result<report::Scenario> {
     match command {
-        Command::Queue(r) => queue::run(r.runs).await,
+        Command::Queue { runs, part } => queue::run(part, runs.runs).await,
         Command::Sandbox { runs } => sandbox::run(runs).await,
         Command::Upsert { runs, rows, pg_socket } => {
             let pg = pg_socket.map_or(upsert::PgServer::Tcp, upsert::PgServer::Socket);

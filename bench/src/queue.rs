@@ -36,6 +36,7 @@ use syncfleet_store::{self as store, queue::QueueClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cpu::{self, CpuSplit},
     report::Scenario,
     round::{self, Round},
 };
@@ -59,6 +60,7 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
                     job_id,
                     trace_context: None,
                     due_at_ms: None,
+                    entity: None,
                 },
             )
         })
@@ -98,15 +100,16 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
     Ok((push_rate, consume_rate))
 }
 
-/// A round of `workers` processes (concurrency 8) with the `demo` integration `bench` (empty steps)
-/// and `demo_fanout`'s fan step in `shards` shards.
+/// A round of `workers` processes of `concurrency` with the `demo` integration `bench` (empty
+/// steps) and `demo_fanout`'s fan step in `shards` shards.
 async fn with_fleet<T>(
     workers: usize,
+    concurrency: usize,
     shards: u32,
     body: impl AsyncFnOnce(&Round) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let config = format!("[chains.demo_fanout.steps.fan]\nshards = {shards}\n");
-    let setup = round::Setup { reconcile_interval_ms: 50, ..round::Setup::new(None, workers, 8, config) };
+    let setup = round::Setup { reconcile_interval_ms: 50, ..round::Setup::new(None, workers, concurrency, config) };
     round::with_round(setup, async |r| {
         let settings = json!({ "step_ms": 0, "fail": { "right": "never" } });
         store::upsert_integration(&r.ops().pool, INTEGRATION, "demo", &settings).await?;
@@ -115,20 +118,28 @@ async fn with_fleet<T>(
     .await
 }
 
-/// Steps per second of a `demo_fanout` of `shards` empty shards, first start to last finish.
-async fn engine(workers: usize, shards: u32) -> anyhow::Result<f64> {
-    with_fleet(workers, shards, async |r| {
+/// Steps per second of a `demo_fanout` of `shards` empty shards, first start to last finish, and
+/// the CPU milliseconds per step each class of process spent from the trigger to the run's end.
+async fn engine(workers: usize, concurrency: usize, shards: u32) -> anyhow::Result<(f64, CpuSplit)> {
+    with_fleet(workers, concurrency, shards, async |r| {
+        let cpu = cpu::Sampler::start();
         let run = r.trigger("demo_fanout", INTEGRATION, Mode::Full, &[]).await?;
         r.completed(run, Duration::from_secs(600)).await?;
+        let cpu = per_step_ms(cpu.stop(), shards);
         let secs: f64 = sqlx::query_scalar(
             "SELECT extract(epoch FROM (max(finished_at) - min(started_at)))::float8 FROM step_runs WHERE run_id = $1 AND step = 'fan'",
         )
         .bind(run.0)
         .fetch_one(&r.ops().pool)
         .await?;
-        Ok(shards as f64 / secs)
+        Ok((shards as f64 / secs, cpu))
     })
     .await
+}
+
+/// CPU seconds by class → milliseconds per step.
+fn per_step_ms(split: CpuSplit, steps: u32) -> CpuSplit {
+    split.into_iter().map(|(class, secs)| (class, secs * 1000.0 / steps as f64)).collect()
 }
 
 /// Trigger → step start of `demo_ping` on an idle fleet of one process, in ms.
@@ -144,7 +155,7 @@ struct Latency {
 }
 
 async fn latency(samples: usize) -> anyhow::Result<Latency> {
-    let ms = with_fleet(1, 1, async |r| {
+    let ms = with_fleet(1, 8, 1, async |r| {
         let mut ms = Vec::new();
         for _ in 0..samples {
             let run = r.trigger("demo_ping", INTEGRATION, Mode::Full, &[]).await?;
@@ -171,9 +182,19 @@ async fn latency(samples: usize) -> anyhow::Result<Latency> {
 /// Steps the floor runs at each concurrency.
 const FLOOR_STEPS: u32 = 2_000;
 
-/// What PostgreSQL alone needs per step: (steps/s at 8 connections, at 32, commit + Redis round
-/// trip p50 ms, p99 ms), on a scratch database of the engine's schema.
-async fn pg_floor(samples: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// What PostgreSQL alone needs per step, on a scratch database of the engine's schema.
+struct Floor {
+    /// Steps/s at 8 connections and at 32.
+    c8: f64,
+    c32: f64,
+    /// CPU ms per step by class of process, at 8 connections.
+    cpu_c8: CpuSplit,
+    /// A commit plus a Redis round trip, p50 and p99 ms.
+    p50: f64,
+    p99: f64,
+}
+
+async fn pg_floor(samples: usize) -> anyhow::Result<Floor> {
     let config = format!("[chains.demo_fanout.steps.fan]\nshards = {FLOOR_STEPS}\n");
     round::with_scratch(&round::PgServer::Tcp, &config, async |scratch| {
         let ops = &scratch.ops;
@@ -213,14 +234,15 @@ async fn pg_floor(samples: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let (p50, p99) = percentiles(ms);
-        Ok((floors[0], floors[1], p50, p99))
+        let [(c8, cpu_c8), (c32, _)] = <[_; 2]>::try_from(floors).expect("two floor rounds");
+        Ok(Floor { c8, c32, cpu_c8, p50, p99 })
     })
     .await
 }
 
 /// One floor measurement: `run`'s rows copied into the floor tables with every `fan` shard ready,
 /// then each claimed and finished, `concurrency` connections at once. Steps per second.
-async fn floor_round(scratch: &round::Scratch, run: RunId, concurrency: usize) -> anyhow::Result<f64> {
+async fn floor_round(scratch: &round::Scratch, run: RunId, concurrency: usize) -> anyhow::Result<(f64, CpuSplit)> {
     let ops = &scratch.ops;
     sqlx::raw_sql("TRUNCATE floor_runs, floor_steps").execute(&ops.pool).await?;
     for sql in [
@@ -234,12 +256,14 @@ async fn floor_round(scratch: &round::Scratch, run: RunId, concurrency: usize) -
     sqlx::raw_sql("VACUUM ANALYZE floor_steps").execute(&ops.pool).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM floor_steps ORDER BY id").fetch_all(&ops.pool).await?;
     anyhow::ensure!(ids.len() == FLOOR_STEPS as usize, "the floor found {} of {FLOOR_STEPS} shards", ids.len());
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    // The engine's pool options: no ping for a connection used a moment ago.
+    let pool = store::pool_options()
         .max_connections(concurrency as u32)
         .min_connections(concurrency as u32)
         .connect(ops.config.database.url.expose())
         .await?;
     let (ids, next) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)));
+    let cpu = cpu::Sampler::start();
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -271,11 +295,12 @@ async fn floor_round(scratch: &round::Scratch, run: RunId, concurrency: usize) -
         task.await??;
     }
     let rate = FLOOR_STEPS as f64 / t.elapsed().as_secs_f64();
+    let cpu = per_step_ms(cpu.stop(), FLOOR_STEPS);
     let done: i64 =
         sqlx::query_scalar("SELECT count(*) FROM floor_steps WHERE status = 'succeeded'").fetch_one(&pool).await?;
     anyhow::ensure!(done == FLOOR_STEPS as i64, "the floor finished {done} of {FLOOR_STEPS} steps");
     pool.close().await;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// (p50, p99) of `ms`.
@@ -285,38 +310,73 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     (pct(0.5), pct(0.99))
 }
 
-pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
+/// What a `queue` run measures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The engine on 1 and 4 workers, with the PostgreSQL floor.
+    Engine,
+    /// The start latency, with its floor.
+    Latency,
+    All,
+}
+
+pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
     let mut s = Scenario::new("queue", runs);
+    let (engine_part, latency_part) = (part != Part::Latency, part != Part::Engine);
     for round in 0..runs {
-        // apalis-redis 1.0 stops fetching with ~8,000 due tasks in a queue, so each measurement
-        // stays below that (the engine's dispatch cap exists for the same reason).
-        let (push50, consume50) = queue_layer(6_000, 50).await?;
-        let (_, consume1) = queue_layer(3_000, 1).await?;
-        let e1 = engine(1, 2_000).await?;
-        let e4 = engine(4, 2_000).await?;
-        let Latency { p50, p99, dispatch_p50, pickup_p50 } = latency(100).await?;
-        let (floor8, floor32, floor_p50, floor_p99) = pg_floor(100).await?;
-        eprintln!(
-            "queue round {}: {consume50:.0} jobs/s, engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 \
-             (PostgreSQL floor {floor8:.0} at 8, {floor32:.0} at 32), start p50 {p50:.1} ms (floor {floor_p50:.1})",
-            round + 1
-        );
-        s.figure("queue_jobs_per_s", consume50);
-        s.figure("queue_jobs_per_s_concurrency_1", consume1);
-        s.figure("queue_push_per_s", push50);
-        s.figure("engine_steps_per_s_1_worker", e1);
-        s.figure("engine_steps_per_s_4_workers", e4);
-        s.figure("engine_w4_vs_w1", e4 / e1);
-        s.figure("start_latency_p50_ms", p50);
-        s.figure("start_latency_p99_ms", p99);
-        s.figure("start_latency_to_dispatch_p50_ms", dispatch_p50);
-        s.figure("start_latency_dispatch_to_start_p50_ms", pickup_p50);
-        s.figure("pg_floor_steps_per_s_c8", floor8);
-        s.figure("pg_floor_steps_per_s_c32", floor32);
-        s.figure("engine_vs_pg_floor", e1 / floor8);
-        s.figure("engine_w4_vs_pg_floor", e4 / floor32);
-        s.figure("start_latency_floor_p50_ms", floor_p50);
-        s.figure("start_latency_floor_p99_ms", floor_p99);
+        if part == Part::All {
+            // apalis-redis 1.0 stops fetching with ~8,000 due tasks in a queue, so each measurement
+            // stays below that (the engine's dispatch cap exists for the same reason).
+            let (push50, consume50) = queue_layer(6_000, 50).await?;
+            let (_, consume1) = queue_layer(3_000, 1).await?;
+            eprintln!("queue round {}: {consume50:.0} jobs/s", round + 1);
+            s.figure("queue_jobs_per_s", consume50);
+            s.figure("queue_jobs_per_s_concurrency_1", consume1);
+            s.figure("queue_push_per_s", push50);
+        }
+        let engines = if engine_part {
+            Some((engine(1, 8, 2_000).await?, engine(4, 8, 2_000).await?, engine(1, 32, 2_000).await?))
+        } else {
+            None
+        };
+        let latency = if latency_part { Some(latency(100).await?) } else { None };
+        let floor = pg_floor(if latency_part { 100 } else { 1 }).await?;
+        if let Some(((e1, cpu1), (e4, cpu4), (e1c32, cpu1c32))) = engines {
+            eprintln!(
+                "queue round {}: engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 (PostgreSQL floor {:.0} at 8, \
+                 {:.0} at 32); CPU ms per step on 1 worker {cpu1:.2?}, on 4 {cpu4:.2?}, floor at 8 {:.2?}",
+                round + 1,
+                floor.c8,
+                floor.c32,
+                floor.cpu_c8
+            );
+            s.figure("engine_steps_per_s_1_worker", e1);
+            s.figure("engine_steps_per_s_4_workers", e4);
+            s.figure("engine_w4_vs_w1", e4 / e1);
+            s.figure("engine_steps_per_s_1_worker_concurrency_32", e1c32);
+            s.figure("engine_w1c32_vs_w1", e1c32 / e1);
+            s.figure("pg_floor_steps_per_s_c8", floor.c8);
+            s.figure("pg_floor_steps_per_s_c32", floor.c32);
+            s.figure("engine_vs_pg_floor", e1 / floor.c8);
+            s.figure("engine_w4_vs_pg_floor", e4 / floor.c32);
+            for (label, split) in
+                [("engine_w1", &cpu1), ("engine_w4", &cpu4), ("engine_w1c32", &cpu1c32), ("pg_floor_c8", &floor.cpu_c8)]
+            {
+                for (class, ms) in split {
+                    s.figure(format!("cpu_ms_per_step_{label}_{class}"), *ms);
+                }
+                s.figure(format!("cpu_ms_per_step_{label}_total"), split.values().sum());
+            }
+        }
+        if let Some(Latency { p50, p99, dispatch_p50, pickup_p50 }) = latency {
+            eprintln!("queue round {}: start p50 {p50:.2} ms (floor {:.2})", round + 1, floor.p50);
+            s.figure("start_latency_p50_ms", p50);
+            s.figure("start_latency_p99_ms", p99);
+            s.figure("start_latency_to_dispatch_p50_ms", dispatch_p50);
+            s.figure("start_latency_dispatch_to_start_p50_ms", pickup_p50);
+            s.figure("start_latency_floor_p50_ms", floor.p50);
+            s.figure("start_latency_floor_p99_ms", floor.p99);
+        }
     }
     s.ratio_from_median("engine_w4_vs_w1");
     s.ratio_from_median("engine_vs_pg_floor");
@@ -333,5 +393,7 @@ pub async fn run(runs: usize) -> anyhow::Result<Scenario> {
     s.note("pg_floor_*: per step, the claim and the finish as two autocommit UPDATEs on copies of step_runs (LIKE … INCLUDING ALL, rows of a real 2,000-shard demo_fanout), 8 and 32 connections at once (the step slots of 1 and 4 worker processes)");
     s.note("engine_vs_pg_floor: engine steps/s on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: on 4 ÷ at 32; each within one run");
     s.note("start_latency_floor_*: one PostgreSQL commit plus one Redis PING, back to back, 100 times");
+    s.note("engine_steps_per_s_1_worker_concurrency_32, engine_w1c32_vs_w1: one process running 32 steps at once (as many as 4 processes of 8), to tell the cost of more processes from the cost of more steps at once");
+    s.note("cpu_ms_per_step_{engine_w1,engine_w4,engine_w1c32,pg_floor_c8}_{class}: CPU time per step from /proc/<pid>/stat, by class of process (postgres: every PostgreSQL process; worker: the syncfleet-worker processes; redis; bench: this process, with the producer and the reconciler; other), over the engine's run from trigger to end and over the floor's round at 8 connections");
     Ok(s)
 }

@@ -33,7 +33,8 @@ pub fn tag() -> String {
 /// How the scratch reaches PostgreSQL.
 #[derive(Debug, Clone, Default)]
 pub enum PgServer {
-    /// `127.0.0.1:5432`, as deployed.
+    /// `127.0.0.1:5432`, as deployed; another port with `BENCH_PG_PORT` (e.g. a private server
+    /// started with `pg_stat_statements`, to see where a scenario's statements spend their time).
     #[default]
     Tcp,
     /// The Unix socket in this directory (no Nagle / delayed-ACK interplay on the connection).
@@ -43,17 +44,22 @@ pub enum PgServer {
 impl PgServer {
     fn url(&self, database: &str) -> String {
         match self {
-            PgServer::Tcp => format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            PgServer::Tcp => format!("postgres://postgres@127.0.0.1:{}/{database}", tcp_port()),
             PgServer::Socket(dir) => format!("postgres://postgres@localhost/{database}?host={}", dir.display()),
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
-            PgServer::Tcp => "tcp 127.0.0.1:5432".into(),
+            PgServer::Tcp => format!("tcp 127.0.0.1:{}", tcp_port()),
             PgServer::Socket(dir) => format!("unix socket {}", dir.display()),
         }
     }
+}
+
+/// PostgreSQL's TCP port: `BENCH_PG_PORT`, or 5432.
+fn tcp_port() -> String {
+    std::env::var("BENCH_PG_PORT").unwrap_or_else(|_| "5432".into())
 }
 
 /// A scratch database and Redis namespace, and the config file a worker process reads.

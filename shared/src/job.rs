@@ -32,6 +32,11 @@ pub enum JobPayload {
         /// for a worker. Absent in payloads of older producers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at_ms: Option<i64>,
+        /// The step's entity key, whose lease the worker takes before its claim (the claim is
+        /// fenced on `job_id`, so a stale delivery still does nothing). Absent in payloads of
+        /// older producers: the worker then reads it from PostgreSQL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
     },
 }
 
@@ -79,6 +84,7 @@ mod tests {
             job_id: step_job_id(run, "left", 0, false, 1, 0),
             trace_context: None,
             due_at_ms: None,
+            entity: None,
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(
@@ -89,7 +95,7 @@ mod tests {
     }
 
     #[test]
-    fn trace_context_and_due_time_are_optional_both_ways() {
+    fn trace_context_due_time_and_entity_are_optional_both_ways() {
         let run: RunId = "0190a3c4-1111-7222-8333-444455556666".parse().unwrap();
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let p = JobPayload::StepV1 {
@@ -100,9 +106,15 @@ mod tests {
             job_id: step_job_id(run, "left", 0, false, 1, 0),
             trace_context: Some(traceparent.into()),
             due_at_ms: Some(1_700_000_000_123),
+            entity: Some("acme:items".into()),
         };
         let json = serde_json::to_string(&p).unwrap();
-        assert!(json.ends_with(&format!(r#""trace_context":"{traceparent}","due_at_ms":1700000000123}}"#)), "{json}");
+        assert!(
+            json.ends_with(&format!(
+                r#""trace_context":"{traceparent}","due_at_ms":1700000000123,"entity":"acme:items"}}"#
+            )),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<JobPayload>(&json).unwrap(), p);
         // A worker of the previous version ignores the new fields: its payload type had none.
         #[derive(serde::Deserialize)]

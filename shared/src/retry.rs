@@ -31,6 +31,9 @@ pub struct Backoff {
     pub factor: u32,
 }
 
+/// Tries of a busy entity lease in one delivery ([`Backoff::LEASE_TRY`] between them).
+pub const LEASE_TRIES: u32 = 4;
+
 impl Backoff {
     /// A step's retry after a transient error ([`RetryPolicy::DEFAULT`]): 1–2 s, doubling, at most
     /// 5 minutes. A chain or the config sets `base` and `max` per step.
@@ -43,6 +46,10 @@ impl Backoff {
     /// `worker.lease_retry_ms` and twice it, every time. `base` and `max` come from the config.
     pub const LEASE_BUSY: Backoff =
         Backoff { base: Duration::from_millis(500), max: Duration::from_millis(500), factor: 1 };
+    /// A busy entity lease tried again in the same delivery before the step is delivered again
+    /// (the worker engine): 1–2 ms, doubling, at most 8 ms, [`LEASE_TRIES`] tries in all. A
+    /// stale delivery of another job of the entity holds its lease for one fenced claim only.
+    pub const LEASE_TRY: Backoff = Backoff { base: Duration::from_millis(2), max: Duration::from_millis(8), factor: 2 };
     /// A queue's apalis worker that stopped on its own, restarted by the worker's supervisor:
     /// 0.4–0.8 s, doubling, at most 10 s.
     pub const WORKER_RESTART: Backoff =

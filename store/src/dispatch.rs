@@ -36,24 +36,34 @@ pub async fn dispatch(
     cap: usize,
     only: Option<&[i64]>,
 ) -> Result<usize, DispatchError> {
-    let mut tx = pool.begin().await?;
     // One dispatcher per queue at a time (producers and workers alike): reading the depth and
     // pushing into the room it leaves must not interleave, or two dispatchers fill it twice.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(crate::queues::dispatch_lock_key(&queues.queue_name(queue)))
-        .execute(&mut *tx)
-        .await?;
-    // A paused queue gets nothing new; its ready steps stay in PostgreSQL until it resumes. (Its
-    // depth in Redis is read meanwhile.)
-    let (paused, waiting) = tokio::join!(crate::queues::is_paused(&mut tx, queue), queues.waiting(queue));
-    if paused? {
-        return Ok(0);
-    }
-    let room = cap.saturating_sub(waiting?);
-    if room == 0 {
-        return Ok(0);
-    }
-    let due = take_due(&mut tx, queue, only, room as i64).await?;
+    let mut tx = crate::queues::begin_dispatch(pool, &queues.queue_name(queue)).await?;
+    let due = match only {
+        // The few steps a transition or a trigger just made ready are taken while the depth is
+        // read, and what exceeds the room is given back: one round trip fewer before a worker
+        // hears of them. Nothing else pushes to the queue meanwhile (the lock).
+        Some(ids) => {
+            let (due, waiting) =
+                tokio::join!(take_due(&mut tx, queue, only, cap.min(ids.len()) as i64), queues.waiting(queue));
+            let (mut due, room) = (due?, cap.saturating_sub(waiting?));
+            if due.len() > room {
+                let back: Vec<i64> = due.split_off(room).iter().map(|d| d.id).collect();
+                sqlx::query("UPDATE step_runs SET dispatched_at = NULL WHERE id = ANY($1)")
+                    .bind(&back)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            due
+        }
+        None => {
+            let room = cap.saturating_sub(queues.waiting(queue).await?);
+            if room == 0 {
+                return Ok(0);
+            }
+            take_due(&mut tx, queue, None, room as i64).await?
+        }
+    };
     if due.is_empty() {
         return Ok(0);
     }
@@ -71,6 +81,7 @@ pub async fn dispatch(
                     job_id: d.job_id.clone(),
                     trace_context: d.trace_context.clone(),
                     due_at_ms: d.not_before.map(|t| t.timestamp_millis()),
+                    entity: Some(d.entity_key.clone()),
                 },
             ))
         })
@@ -101,9 +112,10 @@ pub async fn dispatch_ready(
     Ok(n)
 }
 
-/// Ready steps to push to Redis: undispatched and due, oldest first. Locks them (skip locked) in
-/// the caller's transaction so concurrent dispatchers take disjoint sets, and marks them
-/// dispatched there (committed only after the push).
+/// Ready steps to push to Redis: undispatched and due, oldest first; none while the queue is paused
+/// (its ready steps stay in PostgreSQL until it resumes). Locks them (skip locked) in the caller's
+/// transaction so concurrent dispatchers take disjoint sets, and marks them dispatched there
+/// (committed only after the push).
 async fn take_due(
     conn: &mut PgConnection,
     queue: &str,
@@ -115,10 +127,11 @@ async fn take_due(
              SELECT id FROM step_runs
               WHERE status = 'ready' AND dispatched_at IS NULL AND queue = $1 AND not_before <= now()
                 AND ($2::bigint[] IS NULL OR id = ANY($2))
+                AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)
               ORDER BY not_before, id LIMIT $3
               FOR UPDATE SKIP LOCKED)
          UPDATE step_runs s SET dispatched_at = now() FROM due WHERE s.id = due.id
-         RETURNING s.id, s.run_id, s.step, s.shard, s.job_id, s.not_before,
+         RETURNING s.id, s.run_id, s.step, s.shard, s.job_id, s.not_before, s.entity_key,
                    (SELECT r.trace_context FROM chain_runs r WHERE r.id = s.run_id) AS trace_context",
     )
     .bind(queue)
@@ -137,6 +150,8 @@ pub struct DueStep {
     pub step: String,
     pub shard: i32,
     pub job_id: String,
+    /// The entity whose lease the step's worker takes.
+    pub entity_key: String,
     /// When the step became due (its wait for a worker starts here).
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
     /// The run's W3C `traceparent`, carried in the job.

@@ -169,12 +169,30 @@ pub fn connect_options(
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 
+/// A pooled connection idle for longer than this is pinged before it is handed out. One in use a
+/// moment ago is not: sqlx's default, a ping at every acquire, costs a round trip more for every
+/// statement run on the pool (and the ping does not prove the next statement will work anyway: a
+/// statement's error is handled where it runs).
+pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn pool_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, StoreError> {
-    Ok(PgPoolOptions::new()
+    Ok(pool_options()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
         .await?)
+}
+
+/// Pool options that ping a connection before handing it out only after [`PING_IDLE_AFTER`] idle.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_IDLE_AFTER {
+                sqlx::Connection::ping(conn).await?;
+            }
+            Ok(true)
+        })
+    })
 }
 
 /// Creates the database of `options` when it does not exist, as the role of `options` (the owner

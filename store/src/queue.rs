@@ -23,7 +23,10 @@
 //! Channels we own: `{namespace}:wake:{queue}` (pub/sub), published by every [`QueueClient::push`]
 //! after the jobs are in; a worker subscribed to it fetches at once instead of at its next poll.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::LazyLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use apalis_core::task::{builder::TaskBuilder, task_id::TaskId};
 use redis::{Script, aio::ConnectionManager};
@@ -170,6 +173,14 @@ end
 return 0
 "#;
 
+// Each script's SHA-1 is computed once, not at every call.
+static DEPTH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DEPTH_LUA));
+static PENDING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PENDING_LUA));
+static JOB_STATES_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(JOB_STATES_LUA));
+static VACUUM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VACUUM_LUA));
+static LEASE_RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RENEW_LUA));
+static LEASE_RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RELEASE_LUA));
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
@@ -241,15 +252,14 @@ impl QueueClient {
             tasks.push(TaskBuilder::new(bytes).task_id(TaskId::from_string(id.clone())).build());
         }
         let mut conn = self.conn.clone();
+        // Idle workers of the queue fetch at once (their poll remains the fallback): each push is
+        // followed by the queue's wake-up in the same round trip.
+        let mut wake = redis::cmd("PUBLISH");
+        wake.arg(format!("{}{queue}", Self::wake_prefix(&self.namespace))).arg(1);
+        let mut conn = WakeBehind { conn: &mut conn, wake };
         for chunk in tasks.chunks(500) {
             apalis_redis::queries::push_tasks(&mut conn, &config, chunk).await?;
         }
-        // Idle workers of the queue fetch now (their poll remains the fallback).
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(format!("{}{queue}", Self::wake_prefix(&self.namespace)))
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
         Ok(())
     }
 
@@ -260,8 +270,7 @@ impl QueueClient {
 
     pub async fn depth(&self, queue: &str) -> Result<QueueDepth, QueueError> {
         let mut conn = self.conn.clone();
-        let v: Vec<i64> =
-            Script::new(DEPTH_LUA).arg(self.queue_name(queue)).arg(now_secs()).invoke_async(&mut conn).await?;
+        let v: Vec<i64> = DEPTH_SCRIPT.arg(self.queue_name(queue)).arg(now_secs()).invoke_async(&mut conn).await?;
         Ok(QueueDepth {
             queue: queue.to_owned(),
             ready: v[0],
@@ -284,7 +293,7 @@ impl QueueClient {
     /// Tasks waiting in Redis (due or later): what the dispatch cap bounds.
     pub async fn waiting(&self, queue: &str) -> Result<usize, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 = Script::new(PENDING_LUA).arg(self.queue_name(queue)).invoke_async(&mut conn).await?;
+        let n: i64 = PENDING_SCRIPT.arg(self.queue_name(queue)).invoke_async(&mut conn).await?;
         Ok(n.max(0) as usize)
     }
 
@@ -293,7 +302,7 @@ impl QueueClient {
             return Ok(vec![]);
         }
         let mut conn = self.conn.clone();
-        let lua = Script::new(JOB_STATES_LUA);
+        let lua = &*JOB_STATES_SCRIPT;
         let mut script = lua.prepare_invoke();
         script.arg(self.queue_name(queue));
         for id in ids {
@@ -312,7 +321,7 @@ impl QueueClient {
     /// Forgets up to `max` finished tasks (their data, meta and done entry).
     pub async fn vacuum(&self, queue: &str, max: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 = Script::new(VACUUM_LUA).arg(self.queue_name(queue)).arg(max).invoke_async(&mut conn).await?;
+        let n: i64 = VACUUM_SCRIPT.arg(self.queue_name(queue)).arg(max).invoke_async(&mut conn).await?;
         Ok(n as usize)
     }
 
@@ -337,7 +346,7 @@ impl QueueClient {
     /// Extends the lease while `holder` still holds it.
     pub async fn lease_renew(&self, entity: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 = Script::new(LEASE_RENEW_LUA)
+        let n: i64 = LEASE_RENEW_SCRIPT
             .key(self.lease_key(entity))
             .arg(holder)
             .arg(ttl.as_millis() as u64)
@@ -348,8 +357,7 @@ impl QueueClient {
 
     pub async fn lease_release(&self, entity: &str, holder: &str) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 =
-            Script::new(LEASE_RELEASE_LUA).key(self.lease_key(entity)).arg(holder).invoke_async(&mut conn).await?;
+        let n: i64 = LEASE_RELEASE_SCRIPT.key(self.lease_key(entity)).arg(holder).invoke_async(&mut conn).await?;
         Ok(n == 1)
     }
 
@@ -453,5 +461,41 @@ impl QueueClient {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+}
+
+/// A connection that sends `wake` right behind each command, pipelined: a push and the wake-up of
+/// the queue's idle workers reach Redis in one round trip, the wake-up second (after the push is
+/// visible). A script loaded again after `NOSCRIPT` wakes the workers once more, which costs an
+/// empty fetch.
+struct WakeBehind<'c> {
+    conn: &'c mut ConnectionManager,
+    wake: redis::Cmd,
+}
+
+impl redis::aio::ConnectionLike for WakeBehind<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone()).add_command(self.wake.clone());
+            let mut answers = self.conn.req_packed_commands(&pipe, 0, 2).await?;
+            match answers.swap_remove(0) {
+                redis::Value::ServerError(error) => Err(error.into()),
+                answer => Ok(answer),
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use redis::Script;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use super::StoreError;
 use crate::queue::{QueueClient, QueueDepth, QueueError};
@@ -16,11 +16,7 @@ use crate::queue::{QueueClient, QueueDepth, QueueError};
 /// was paused already.
 pub async fn pause(pool: &PgPool, queue: &str, namespaced_queue: &str, by: &str) -> Result<bool, StoreError> {
     // Taken under the dispatch lock: once this returns, no dispatcher pushes to the queue.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(dispatch_lock_key(namespaced_queue))
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_dispatch(pool, namespaced_queue).await?;
     let n = sqlx::query("INSERT INTO queue_pauses (queue, paused_by) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(queue)
         .bind(by)
@@ -37,13 +33,25 @@ pub async fn resume(pool: &PgPool, queue: &str) -> Result<bool, StoreError> {
     Ok(n == 1)
 }
 
-/// The key of the per-queue dispatch lock (`pg_advisory_xact_lock(hashtext(key))`).
-pub fn dispatch_lock_key(namespaced_queue: &str) -> String {
-    format!("syncfleet.dispatch:{namespaced_queue}")
+/// The per-queue dispatch lock's key (`pg_advisory_xact_lock`): FNV-1a of
+/// `syncfleet.dispatch:{namespaced_queue}`, so every process computes the same one.
+pub fn dispatch_lock_id(namespaced_queue: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "syncfleet.dispatch:".bytes().chain(namespaced_queue.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
-pub async fn is_paused(conn: &mut PgConnection, queue: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)").bind(queue).fetch_one(conn).await
+/// A transaction holding `namespaced_queue`'s dispatch lock, taken with its `BEGIN` in one round
+/// trip (the key is a number, written into the statement).
+pub async fn begin_dispatch(
+    pool: &PgPool,
+    namespaced_queue: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let id = dispatch_lock_id(namespaced_queue);
+    pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; SELECT pg_advisory_xact_lock({id})"))).await
 }
 
 pub async fn paused(pool: &PgPool) -> Result<BTreeSet<String>, StoreError> {
@@ -108,6 +116,7 @@ for i = 3, #ARGV do
 end
 return n
 "#;
+static DUE_AMONG_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(DUE_AMONG_LUA));
 
 impl DepthFacts {
     /// Completes `d`, one queue's depth as Redis holds it: `paused`, `blocked`, and `runnable` =
@@ -119,7 +128,7 @@ impl DepthFacts {
         let due_blocked = if jobs.is_empty() || d.ready == 0 {
             0
         } else {
-            let lua = Script::new(DUE_AMONG_LUA);
+            let lua = &*DUE_AMONG_SCRIPT;
             let mut script = lua.prepare_invoke();
             script.arg(queues.queue_name(&d.queue)).arg(Utc::now().timestamp());
             for id in jobs {

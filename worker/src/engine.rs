@@ -1,5 +1,6 @@
 //! The step engine: one entry point, [`Engine::execute`], used by the apalis handler and by tests.
-//! Phases: check the job is current → take the entity lease → claim in PostgreSQL (one statement, fenced on the job id) →
+//! Phases: take the entity lease (the payload names the entity) → claim in PostgreSQL (one
+//! statement, fenced on the job id: a stale delivery stops here and lets the lease go) →
 //! run the handler under a timeout with heartbeats → record the outcome (the step row, with the
 //! step's effects when it has some) and settle the run after that commit (one round trip when the
 //! step has no effects: `CALL step_finish_settle`) → release the lease → push the steps that
@@ -44,6 +45,7 @@ struct Delivery<'a> {
     id: i64,
     job_id: &'a str,
     due_at_ms: Option<i64>,
+    entity: Option<&'a str>,
 }
 
 /// The `outcome` label of the step duration.
@@ -167,12 +169,13 @@ impl Engine {
     /// Runs one delivery of `job`, taken from `queue`.
     pub async fn execute(&self, queue: &str, job: JobPayload) -> Result<Executed, EngineError> {
         match job {
-            JobPayload::StepV1 { run_id, step_run_id, step, shard, job_id, trace_context, due_at_ms } => {
+            JobPayload::StepV1 { run_id, step_run_id, step, shard, job_id, trace_context, due_at_ms, entity } => {
                 let process = telemetry::process_span(queue, &job_id, trace_context.as_deref());
                 let span = process.in_scope(
                     || tracing::info_span!("step", %run_id, %step, shard, job_id = %job_id, worker = %self.name),
                 );
-                let delivery = Delivery { queue, id: step_run_id, job_id: &job_id, due_at_ms };
+                let delivery =
+                    Delivery { queue, id: step_run_id, job_id: &job_id, due_at_ms, entity: entity.as_deref() };
                 self.execute_step(&delivery).instrument(span).instrument(process).await
             }
         }
@@ -180,15 +183,26 @@ impl Engine {
 
     async fn execute_step(&self, d: &Delivery<'_>) -> Result<Executed, EngineError> {
         let (id, job_id) = (d.id, d.job_id);
-        let Some(entity) = runs::ready_entity(&self.pool, id, job_id).await? else {
-            tracing::debug!("Stale delivery ignored.");
-            return Ok(Executed::Stale);
+        // The payload names the entity; the claim, fenced on the job id, drops a stale delivery
+        // after the lease. A payload of an older producer has no entity: it is read first.
+        let entity = match d.entity {
+            Some(entity) => entity.to_owned(),
+            None => match runs::ready_entity(&self.pool, id, job_id).await? {
+                Some(entity) => entity,
+                None => {
+                    tracing::debug!("Stale delivery ignored.");
+                    return Ok(Executed::Stale);
+                }
+            },
         };
-        let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
-        if !self.queues.lease_acquire(&entity, job_id, ttl).await? {
+        if !self.lease(&entity, job_id).await? {
             let low = Duration::from_millis(self.config.worker.lease_retry_ms.max(1));
             let delay = Backoff::from_low(low, low, Backoff::LEASE_BUSY.factor).delay(1);
-            runs::requeue_lease_busy(&self.pool, id, job_id, delay).await?;
+            // Fenced on the job id and `ready`: a stale delivery requeues nothing.
+            if !runs::requeue_lease_busy(&self.pool, id, job_id, delay).await? {
+                tracing::debug!("Stale delivery ignored.");
+                return Ok(Executed::Stale);
+            }
             metrics::lease_wait(d.queue);
             tracing::debug!(%entity, "Entity lease busy; delivering again later.");
             return Ok(Executed::LeaseBusy);
@@ -210,6 +224,21 @@ impl Engine {
             tracing::warn!(%error, "Downstream push failed; the producer will dispatch them.");
         }
         result.map(|(executed, _)| executed)
+    }
+
+    /// Takes the entity lease for this delivery, trying a busy one [`retry::LEASE_TRIES`] times: a
+    /// stale delivery of another job of the entity holds it only until its claim is refused.
+    async fn lease(&self, entity: &str, job_id: &str) -> Result<bool, QueueError> {
+        let ttl = Duration::from_secs(self.config.worker.lease_ttl_secs);
+        for retry in 0..retry::LEASE_TRIES {
+            if retry > 0 {
+                tokio::time::sleep(Backoff::LEASE_TRY.delay(retry)).await;
+            }
+            if self.queues.lease_acquire(entity, job_id, ttl).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Claims and runs a leased step; returns what it did and the steps its finish made ready.

@@ -211,10 +211,14 @@ async fn run_consumer(
 ) -> Ended {
     let consumer = consumers.get(queue);
     let wc = &engine.config.worker;
+    // No apalis task lock: a fetched job is already in this worker's in-flight set (re-enqueued
+    // if the worker dies), and PostgreSQL's fence and the entity lease decide what runs. The lock
+    // costs a Redis round trip (and a scan of the active list) before every step starts.
     let config = engine
         .queues
         .apalis_config(queue)
         .batch_size(1)
+        .lock_tasks(false)
         .heartbeat_interval(Duration::from_secs(wc.heartbeat_secs.max(1)))
         .missed_heartbeats(5);
     let polls = Watched::new(engine.wake.strategy(queue, Duration::from_millis(wc.poll_interval_ms)), consumer.clone());

@@ -77,7 +77,8 @@ pub struct ReadyStep {
     pub queue: String,
 }
 
-/// Creates a run with its step rows and makes the root steps ready, in one transaction.
+/// Creates a run with its step rows and makes the root steps ready: one statement, committed on
+/// its own unless the chain has an exclusion group (then in a transaction with the group's check).
 pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId, Vec<ReadyStep>), StoreError> {
     if req.chain.pack != req.integration.pack {
         return Err(StoreError::PackMismatch {
@@ -91,13 +92,16 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
         return Err(StoreError::IntegrationDisabled(req.integration.name.clone()));
     }
     let run_id = RunId::new();
-    let mut tx = pool.begin().await?;
     // The group's lock serializes the check and the insert below with every other creation and
     // promotion in the group; the unique index `chain_runs_one_active_exclusive` backs it.
+    let mut tx = match &req.exclusion_group {
+        Some(_) => Some(pool.begin().await?),
+        None => None,
+    };
     let mut waiting_for = None;
-    if let Some(group) = &req.exclusion_group {
-        lock_group(&mut tx, req.integration.id, group).await?;
-        if let Some(blocker) = group_blocker(&mut tx, req.integration.id, group).await? {
+    if let (Some(group), Some(tx)) = (&req.exclusion_group, &mut tx) {
+        lock_group(tx, req.integration.id, group).await?;
+        if let Some(blocker) = group_blocker(tx, req.integration.id, group).await? {
             // A second run of the same chain is the one-active-run rule's to refuse (below).
             if !req.queue && blocker.chain != req.chain.name.as_str() {
                 return Err(StoreError::Excluded {
@@ -111,38 +115,6 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
             waiting_for = Some(blocker.id);
         }
     }
-    let inserted = sqlx::query(
-        "INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status, force_sweep, trace_context,
-                                 exclusion_group, waiting_for)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)",
-    )
-    .bind(run_id)
-    .bind(req.chain.name.as_str())
-    .bind(req.integration.id)
-    .bind(req.mode.as_str())
-    .bind(req.kind.as_str())
-    .bind(&req.triggered_by)
-    .bind(&req.tick_key)
-    .bind(req.force_sweep)
-    .bind(crate::telemetry::current_traceparent())
-    .bind(&req.exclusion_group)
-    .bind(waiting_for)
-    .execute(&mut *tx)
-    .await;
-    if let Err(sqlx::Error::Database(e)) = &inserted {
-        match e.constraint() {
-            Some("chain_runs_one_active") => {
-                drop(tx);
-                return Err(active_run_error(pool, req.chain.name.as_str(), req.integration.id).await);
-            }
-            Some("chain_runs_tick_key_key") => {
-                return Err(StoreError::DuplicateTick(req.tick_key.clone().unwrap_or_default()));
-            }
-            _ => {}
-        }
-    }
-    inserted?;
-
     let integration = req.integration.name();
     let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -165,16 +137,48 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
             modes.push(mode.as_str());
         }
     }
-    sqlx::query(
-        "INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status, max_attempts, attempt_budget, mode,
-                                max_lost_attempts, lost_budget)
-         SELECT $1, t.step, t.shard, t.sharded, t.queue, t.entity, t.required,
-                CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END,
-                'pending', t.max_attempts, t.max_attempts, t.mode, t.max_lost, t.max_lost
-         FROM UNNEST($2::text[], $3::int[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::int[], $10::text[], $11::int[])
-              AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost)",
+    // The run and its steps in one statement. A step of a new run is ready when none of its
+    // prerequisites is a step of the run (nothing has ended yet: `promote_ready` on a new run);
+    // a waiting run's steps stay pending until it is promoted.
+    let inserted = sqlx::query_as::<_, ReadyStep>(
+        "WITH run AS (
+             INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status,
+                                     force_sweep, trace_context, exclusion_group, waiting_for)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)
+             RETURNING id),
+         input AS (
+             SELECT t.*, CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END AS prerequisites
+               FROM UNNEST($12::text[], $13::int[], $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],
+                           $19::int[], $20::text[], $21::int[])
+                    AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost)),
+         planned AS (
+             SELECT i.*, ($11::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM input p WHERE p.step = ANY(i.prerequisites)))
+                         AS ready
+               FROM input i),
+         steps AS (
+             INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status,
+                                    max_attempts, attempt_budget, mode, max_lost_attempts, lost_budget,
+                                    ready_at, not_before, job_id)
+             SELECT run.id, t.step, t.shard, t.sharded, t.queue, t.entity, t.required, t.prerequisites,
+                    CASE WHEN t.ready THEN 'ready' ELSE 'pending' END,
+                    t.max_attempts, t.max_attempts, t.mode, t.max_lost, t.max_lost,
+                    CASE WHEN t.ready THEN now() END, CASE WHEN t.ready THEN now() END,
+                    CASE WHEN t.ready THEN step_job_id(run.id, t.step, t.shard, t.sharded, 1, 0) END
+               FROM run, planned t
+             RETURNING id, queue, status)
+         SELECT id, queue FROM steps WHERE status = 'ready' ORDER BY id",
     )
     .bind(run_id)
+    .bind(req.chain.name.as_str())
+    .bind(req.integration.id)
+    .bind(req.mode.as_str())
+    .bind(req.kind.as_str())
+    .bind(&req.triggered_by)
+    .bind(&req.tick_key)
+    .bind(req.force_sweep)
+    .bind(crate::telemetry::current_traceparent())
+    .bind(&req.exclusion_group)
+    .bind(waiting_for)
     .bind(&steps)
     .bind(&shards)
     .bind(&sharded)
@@ -184,12 +188,24 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
     .bind(&prereqs)
     .bind(&max_attempts)
     .bind(&modes)
-    .bind(&max_lost)
-    .execute(&mut *tx)
-    .await?;
-    // A waiting run's steps stay pending until it is promoted.
-    let ready = if waiting_for.is_none() { promote_ready(&mut tx, run_id).await? } else { vec![] };
-    tx.commit().await?;
+    .bind(&max_lost);
+    let inserted = match &mut tx {
+        Some(tx) => inserted.fetch_all(&mut **tx).await,
+        None => inserted.fetch_all(pool).await,
+    };
+    let ready = match inserted {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("chain_runs_one_active") => {
+            drop(tx);
+            return Err(active_run_error(pool, req.chain.name.as_str(), req.integration.id).await);
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("chain_runs_tick_key_key") => {
+            return Err(StoreError::DuplicateTick(req.tick_key.clone().unwrap_or_default()));
+        }
+        other => other?,
+    };
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
     Ok((run_id, ready))
 }
 
