@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod hostile;
 pub mod moodle;
 pub mod partner;
+pub mod processes;
 
 use std::{
     path::PathBuf,
