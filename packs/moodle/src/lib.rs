@@ -60,7 +60,7 @@ pub const ENROLLMENTS: &str = "moodle_enrollments";
 pub const CATEGORIES_STEP: &str = "sync_categories";
 
 /// The tables scope backfill and role derivation read; their statistics are refreshed first
-/// when stale ([`syncfleet_sdk::sync::pull::analyze_if_stale`]).
+/// when stale ([`syncfleet_sdk::sync::analyze::analyze_if_stale`]).
 const DERIVATION_INPUTS: [&str; 5] =
     ["moodle_users", "moodle_enrollments", "moodle_courses", "moodle_categories", "moodle_user_roles"];
 

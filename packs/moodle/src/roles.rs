@@ -146,7 +146,7 @@ impl StepHandler for RoleDerivation {
             let settings = settings_of(&ctx.integration)?;
             let integration_id = ctx.integration.id;
             let (shard, shards) = super::shard(ctx);
-            syncfleet_sdk::sync::pull::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
+            syncfleet_sdk::sync::analyze::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
             let r = apply(ctx.tx().await?, integration_id, &settings.roles, Users::shard(shard, shards)).await?;
             tracing::info!(users = r.users, granted = r.granted, revoked = r.revoked, "Roles derived.");
             ctx.result.fetched = r.users;

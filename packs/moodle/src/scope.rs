@@ -308,7 +308,7 @@ impl StepHandler for UserScopeBackfill {
         async move {
             let integration_id = ctx.integration.id;
             let (shard, shards) = super::shard(ctx);
-            syncfleet_sdk::sync::pull::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
+            syncfleet_sdk::sync::analyze::analyze_if_stale(&ctx.pool, &super::DERIVATION_INPUTS).await;
             let r = backfill(ctx.tx().await?, integration_id, Users::shard(shard, shards)).await?;
             tracing::info!(
                 users = r.users,

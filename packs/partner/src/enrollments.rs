@@ -298,7 +298,7 @@ impl StepHandler for SyncEnrollments {
             ));
             ctx.note(totals.sweeps.note("enrollments", "user"));
             let written = ctx.result.inserted + ctx.result.updated + ctx.result.deactivated;
-            syncfleet_sdk::sync::pull::analyze_after_write(&ctx.pool, "partner_enrollments", written).await;
+            syncfleet_sdk::sync::analyze::analyze_after_write(&ctx.pool, "partner_enrollments", written).await;
             Ok(())
         }
         .boxed()

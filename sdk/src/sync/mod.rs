@@ -12,6 +12,7 @@
 //! - A [`push::Sink`] takes changes; [`push::push`] diffs against what was last pushed and sends only
 //!   changed values, in bulk, recording each item's outcome.
 
+pub mod analyze;
 pub mod item_errors;
 pub mod pull;
 pub mod push;
