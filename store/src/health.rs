@@ -76,14 +76,14 @@ pub async fn run_ended_in_tx(
     conn: &mut PgConnection,
     step_run_id: i64,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    let run_id: Option<uuid::Uuid> = sqlx::query_scalar("SELECT run_id FROM step_runs WHERE id = $1")
-        .bind(step_run_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match run_id {
-        Some(run_id) => run_ended_of_run_in_tx(conn, RunId(run_id)).await,
-        None => Ok(None),
-    }
+    let ended: Option<(String, String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT r.chain, r.status, r.id FROM chain_runs r
+          WHERE r.id = (SELECT run_id FROM step_runs WHERE id = $1) AND r.finished_at = now()",
+    )
+    .bind(step_run_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    hook_ended(conn, ended).await
 }
 
 /// [`run_ended_in_tx`] by the run's id.
@@ -91,15 +91,23 @@ pub async fn run_ended_of_run_in_tx(
     conn: &mut PgConnection,
     run_id: RunId,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    let ended: Option<(String, String)> =
-        sqlx::query_as("SELECT chain, status FROM chain_runs WHERE id = $1 AND finished_at = now()")
+    let ended: Option<(String, String, uuid::Uuid)> =
+        sqlx::query_as("SELECT chain, status, id FROM chain_runs WHERE id = $1 AND finished_at = now()")
             .bind(run_id)
             .fetch_optional(&mut *conn)
             .await?;
-    let Some((chain, status)) = ended else {
+    hook_ended(conn, ended).await
+}
+
+/// Writes the `run.ended` hook of a run this transaction ended (delivered by the producer,
+/// committed with the end); returns its chain and status.
+async fn hook_ended(
+    conn: &mut PgConnection,
+    ended: Option<(String, String, uuid::Uuid)>,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let Some((chain, status, run_id)) = ended else {
         return Ok(None);
     };
-    // The run's `run.ended` hook, delivered by the producer: committed with the end.
-    crate::hooks::run_ended_in_tx(conn, run_id.0).await?;
+    crate::hooks::run_ended_in_tx(conn, run_id).await?;
     Ok(Some((chain, status)))
 }
