@@ -149,11 +149,12 @@ fn per_step_ms(split: CpuSplit, steps: u32) -> CpuSplit {
 struct Latency {
     p50: f64,
     p99: f64,
-    /// The run's creation to its step's dispatch (the trigger's transaction, its commit, the
-    /// dispatch's start), p50.
+    /// The run's creation to its step's dispatch, p50: 0 when the statement that creates the run
+    /// also marks its step dispatched (a trigger's usual path, `dispatch::create_and_push`); else
+    /// the trigger's statement, its commit and the dispatch transaction's start.
     dispatch_p50: f64,
-    /// The step's dispatch to its start (the push, the dispatch's commit, the wake-up, the fetch,
-    /// the lease and the claim), p50.
+    /// The step's dispatch to its start, p50: on the usual path the creating statement's run and
+    /// commit, the depth read, the push with its wake-up, the fetch, the lease and the claim.
     pickup_p50: f64,
 }
 
@@ -392,7 +393,7 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
     s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8");
     s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
     s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs");
-    s.note("start_latency_to_dispatch_p50_ms: the run's created_at (its trigger transaction's start) to its step's dispatched_at (the dispatch transaction's start); start_latency_dispatch_to_start_p50_ms: from there to the claim");
+    s.note("start_latency_to_dispatch_p50_ms: the run's created_at (its trigger statement's start) to its step's dispatched_at (0 when that statement marked it dispatched, the trigger's usual path); start_latency_dispatch_to_start_p50_ms: from there to the claim's start (started_at)");
     s.note("pg_floor_*: per step, the claim and the finish as two autocommit UPDATEs on copies of step_runs (LIKE … INCLUDING ALL, rows of a real 2,000-shard demo_fanout), 8 and 32 connections at once (the step slots of 1 and 4 worker processes)");
     s.note("engine_vs_pg_floor: engine steps/s on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: on 4 ÷ at 32; each within one run");
     s.note("start_latency_floor_*: one PostgreSQL commit plus one Redis PING, back to back, 100 times");

@@ -67,8 +67,18 @@ pub async fn dispatch(
     if due.is_empty() {
         return Ok(0);
     }
-    let jobs: Vec<(String, JobPayload)> = due
-        .iter()
+    let jobs = jobs(&due);
+    // Push before the commit (the steps were marked dispatched by `take_due`, in this transaction):
+    // a crash in between leaves the steps undispatched, and the next push under the same task ids
+    // is a no-op in Redis.
+    queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
+    tx.commit().await?;
+    Ok(due.len())
+}
+
+/// The step jobs of `due`, under their fixed task ids.
+fn jobs(due: &[DueStep]) -> Vec<(String, JobPayload)> {
+    due.iter()
         .filter_map(|d| {
             let step = StepName::parse(&d.step).ok()?;
             Some((
@@ -85,13 +95,136 @@ pub async fn dispatch(
                 },
             ))
         })
-        .collect();
-    // Push before the commit (the steps were marked dispatched by `take_due`, in this transaction):
-    // a crash in between leaves the steps undispatched, and the next push under the same task ids
-    // is a no-op in Redis.
-    queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
-    tx.commit().await?;
-    Ok(due.len())
+        .collect()
+}
+
+/// A trigger's outcome: the run, and how its root steps reached Redis.
+#[derive(Debug)]
+pub struct Triggered {
+    pub run_id: RunId,
+    /// Root steps made ready (none while the run waits behind another run of its group).
+    pub ready: usize,
+    /// Why pushing them failed, if it did: the producer's loop or the reconciler pushes them later.
+    pub push_error: Option<DispatchError>,
+}
+
+/// Creates a run and pushes its root steps. When they are on one queue and the chain has no
+/// exclusion group (the common case), the statement that creates the run also tries to take the
+/// queue's dispatch lock for the session; with it, it marks the root steps dispatched, and they
+/// are pushed right after its commit, the lock held until then so the cap stays exact: one commit
+/// stands between a trigger and a worker. A crash between the commit and the push leaves them
+/// dispatched and missing from Redis: the reconciler's lost-message healing pushes them again.
+/// When another dispatcher holds the lock (a burst of triggers), or the chain is of another
+/// shape, the run is created, then its ready steps dispatched as any transition's.
+pub async fn create_and_push(
+    pool: &PgPool,
+    queues: &QueueClient,
+    cap: usize,
+    req: runs::TriggerRequest<'_>,
+) -> Result<Triggered, crate::StoreError> {
+    let roots = runs::root_queues(&req);
+    let (true, Some(&queue)) = (req.exclusion_group.is_none() && roots.len() == 1, roots.first()) else {
+        let (run_id, ready) = runs::create_run(pool, req).await?;
+        let push_error = dispatch_ready(pool, queues, cap, &ready).await.err();
+        return Ok(Triggered { run_id, ready: ready.len(), push_error });
+    };
+    let mut lock = SessionLock::new(pool, &queues.queue_name(queue)).await?;
+    let key = lock.id;
+    let new = match runs::create_run_dispatching(lock.conn(), &req, queue, key).await {
+        Ok(new) => new,
+        Err(e) => {
+            lock.release().await;
+            return Err(match e {
+                runs::CreateError::Refused(e) => e,
+                runs::CreateError::Insert(e) => runs::insert_error(pool, &req, e).await,
+            });
+        }
+    };
+    let ready = new.ready.len() + new.due.len();
+    if !new.locked() {
+        lock.never_taken();
+        let push_error = dispatch_ready(pool, queues, cap, &new.ready).await.err();
+        return Ok(Triggered { run_id: new.id, ready, push_error });
+    }
+    // Under the lock: the room is read and filled by no one else.
+    let mut due = new.due;
+    let mut push_error = None;
+    let room = match queues.waiting(queue).await {
+        Ok(waiting) => cap.saturating_sub(waiting),
+        Err(e) => {
+            push_error = Some(DispatchError::from(e));
+            0
+        }
+    };
+    let mut back = due.split_off(room.min(due.len()));
+    if !due.is_empty() {
+        let jobs = jobs(&due);
+        if let Err(e) = queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await {
+            push_error = Some(e.into());
+            back.append(&mut due);
+        }
+    }
+    if !back.is_empty() {
+        // Undispatched again for the producer's loop, rather than left to the reconciler's wait; a
+        // job that did reach Redis is not pushed twice (same task id). Should this fail too, the
+        // reconciler finds them missing from Redis.
+        give_back(lock.conn(), &back).await.ok();
+    }
+    lock.release().await;
+    Ok(Triggered { run_id: new.id, ready, push_error })
+}
+
+/// Clears the dispatch marks of steps that were not pushed.
+async fn give_back(conn: &mut PgConnection, due: &[DueStep]) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+    sqlx::query("UPDATE step_runs SET dispatched_at = NULL WHERE id = ANY($1) AND status = 'ready'")
+        .bind(&ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A pooled connection that may hold a queue's dispatch lock as a session lock. Released by
+/// [`SessionLock::release`] (or given back untouched by [`SessionLock::never_taken`]); dropped
+/// otherwise (an error, a cancelled future), the connection leaves the pool and closes, and
+/// PostgreSQL releases the lock with its session.
+struct SessionLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    id: i64,
+}
+
+impl SessionLock {
+    /// A connection for the lock of `namespaced_queue`, not taken yet: the caller's statement
+    /// takes it.
+    async fn new(pool: &PgPool, namespaced_queue: &str) -> Result<SessionLock, sqlx::Error> {
+        let id = crate::queues::dispatch_lock_id(namespaced_queue);
+        Ok(SessionLock { conn: Some(pool.acquire().await?), id })
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_deref_mut().expect("held until released")
+    }
+
+    /// Releases the lock if this session holds it, and gives the connection back to the pool.
+    async fn release(mut self) {
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.id).execute(self.conn()).await;
+        if unlocked.is_ok() {
+            drop(self.conn.take());
+        }
+    }
+
+    /// The statement did not take the lock: the connection goes back to the pool as it is.
+    fn never_taken(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
 }
 
 /// Dispatches steps a transition just made ready, grouped by queue.

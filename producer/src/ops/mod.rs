@@ -115,8 +115,12 @@ impl Ops {
             "force_sweep": t.force_sweep, "step_modes": t.step_modes, "queue": queue,
         });
         let actor = t.triggered_by.clone();
-        let (run_id, ready) = runs::create_run(
+        let exclusion_group = self.registry.exclusion_group(&t.chain);
+        let waits_its_turn = exclusion_group.is_some();
+        let triggered = dispatch::create_and_push(
             &self.pool,
+            &self.queues,
+            self.config.producer.dispatch_cap,
             TriggerRequest {
                 chain: &chain,
                 integration: &integration,
@@ -126,18 +130,20 @@ impl Ops {
                 tick_key: t.tick_key,
                 force_sweep: t.force_sweep,
                 step_modes: t.step_modes,
-                exclusion_group: self.registry.exclusion_group(&t.chain),
+                exclusion_group,
                 queue,
+                // Someone asked for it (API, CLI): audited, in the run's own statement. Scheduled
+                // runs are recorded as runs only.
+                audit: (t.kind == TriggerKind::Manual).then_some((actor, detail)),
             },
         )
         .await?;
-        self.push_ready(&ready).await;
-        let waiting = ready.is_empty() && self.registry.exclusion_group(&t.chain).is_some();
-        tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), waiting, "Run created.");
-        // Someone asked for it (API, CLI): audited. Scheduled runs are recorded as runs only.
-        if t.kind == TriggerKind::Manual {
-            self.audit(&actor, "run.trigger", &run_id.to_string(), detail).await;
+        let run_id = triggered.run_id;
+        if let Some(error) = &triggered.push_error {
+            tracing::warn!(%error, "Push of ready steps failed; the reconciler will dispatch them.");
         }
+        let waiting = triggered.ready == 0 && waits_its_turn;
+        tracing::info!(%run_id, chain = %t.chain, integration = %t.integration, trigger = t.kind.as_str(), waiting, "Run created.");
         Ok(run_id)
     }
 

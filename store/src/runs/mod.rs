@@ -16,12 +16,16 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::StoreError;
 use crate::Integration;
-use crate::exclusion::{excluded_error, group_blocker, lock_group};
+use crate::exclusion::{excluded_error, lock_group};
 use crate::{
     chain::{ChainDef, Mode},
     ids::RunId,
 };
+mod create;
+use create::active_run_error;
 mod finish;
+
+pub use create::{CreateError, NewRun, RootStep, create_run, create_run_dispatching, insert_error, root_queues};
 
 pub use finish::{Finished, end_run, finish_step_alone, finish_step_in, settle, settle_stranded, settled};
 
@@ -68,6 +72,9 @@ pub struct TriggerRequest<'a> {
     /// `queued` with `waiting_for` and starts when the other ends), or refuse
     /// ([`StoreError::Excluded`]).
     pub queue: bool,
+    /// The actor and detail of the `run.trigger` audit row, written by the statement that creates
+    /// the run (someone asked for it); `None` for a run that is recorded as a run only (scheduled).
+    pub audit: Option<(String, serde_json::Value)>,
 }
 
 /// A step row made ready by a transition, to be pushed to Redis.
@@ -75,138 +82,6 @@ pub struct TriggerRequest<'a> {
 pub struct ReadyStep {
     pub id: i64,
     pub queue: String,
-}
-
-/// Creates a run with its step rows and makes the root steps ready: one statement, committed on
-/// its own unless the chain has an exclusion group (then in a transaction with the group's check).
-pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId, Vec<ReadyStep>), StoreError> {
-    if req.chain.pack != req.integration.pack {
-        return Err(StoreError::PackMismatch {
-            chain: req.chain.name.to_string(),
-            chain_pack: req.chain.pack.clone(),
-            integration: req.integration.name.clone(),
-            integration_pack: req.integration.pack.clone(),
-        });
-    }
-    if !req.integration.enabled {
-        return Err(StoreError::IntegrationDisabled(req.integration.name.clone()));
-    }
-    let run_id = RunId::new();
-    // The group's lock serializes the check and the insert below with every other creation and
-    // promotion in the group; the unique index `chain_runs_one_active_exclusive` backs it.
-    let mut tx = match &req.exclusion_group {
-        Some(_) => Some(pool.begin().await?),
-        None => None,
-    };
-    let mut waiting_for = None;
-    if let (Some(group), Some(tx)) = (&req.exclusion_group, &mut tx) {
-        lock_group(tx, req.integration.id, group).await?;
-        if let Some(blocker) = group_blocker(tx, req.integration.id, group).await? {
-            // A second run of the same chain is the one-active-run rule's to refuse (below).
-            if !req.queue && blocker.chain != req.chain.name.as_str() {
-                return Err(StoreError::Excluded {
-                    chain: req.chain.name.to_string(),
-                    integration: req.integration.name.clone(),
-                    running_chain: blocker.chain,
-                    running_run: blocker.id.to_string(),
-                    running_status: blocker.status,
-                });
-            }
-            waiting_for = Some(blocker.id);
-        }
-    }
-    let integration = req.integration.name();
-    let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut modes, mut max_lost) = (vec![], vec![]);
-    for s in &req.chain.steps {
-        for shard in 0..s.shards as i32 {
-            let is_sharded = s.shards > 1;
-            steps.push(s.name.to_string());
-            shards.push(shard);
-            sharded.push(is_sharded);
-            queues.push(s.queue.clone());
-            let entity_shard = (is_sharded && !s.shared_entity).then_some(shard);
-            entities.push(crate::ids::EntityKey::new(&integration, &s.entity, entity_shard).as_str().to_owned());
-            required.push(s.required);
-            // Arrays of arrays must be rectangular in PostgreSQL: pass prerequisites joined.
-            prereqs.push(s.prerequisites.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","));
-            max_attempts.push(s.retry.max_attempts as i32);
-            max_lost.push(s.retry.max_lost_attempts as i32);
-            let mode = req.step_modes.get(s.name.as_str()).copied().or(s.mode).unwrap_or(req.mode);
-            modes.push(mode.as_str());
-        }
-    }
-    // The run and its steps in one statement. A step of a new run is ready when none of its
-    // prerequisites is a step of the run (nothing has ended yet: `promote_ready` on a new run);
-    // a waiting run's steps stay pending until it is promoted.
-    let inserted = sqlx::query_as::<_, ReadyStep>(
-        "WITH run AS (
-             INSERT INTO chain_runs (id, chain, integration_id, mode, trigger_kind, triggered_by, tick_key, status,
-                                     force_sweep, trace_context, exclusion_group, waiting_for)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)
-             RETURNING id),
-         input AS (
-             SELECT t.*, CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END AS prerequisites
-               FROM UNNEST($12::text[], $13::int[], $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],
-                           $19::int[], $20::text[], $21::int[])
-                    AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost)),
-         planned AS (
-             SELECT i.*, ($11::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM input p WHERE p.step = ANY(i.prerequisites)))
-                         AS ready
-               FROM input i),
-         steps AS (
-             INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status,
-                                    max_attempts, attempt_budget, mode, max_lost_attempts, lost_budget,
-                                    ready_at, not_before, job_id)
-             SELECT run.id, t.step, t.shard, t.sharded, t.queue, t.entity, t.required, t.prerequisites,
-                    CASE WHEN t.ready THEN 'ready' ELSE 'pending' END,
-                    t.max_attempts, t.max_attempts, t.mode, t.max_lost, t.max_lost,
-                    CASE WHEN t.ready THEN now() END, CASE WHEN t.ready THEN now() END,
-                    CASE WHEN t.ready THEN step_job_id(run.id, t.step, t.shard, t.sharded, 1, 0) END
-               FROM run, planned t
-             RETURNING id, queue, status)
-         SELECT id, queue FROM steps WHERE status = 'ready' ORDER BY id",
-    )
-    .bind(run_id)
-    .bind(req.chain.name.as_str())
-    .bind(req.integration.id)
-    .bind(req.mode.as_str())
-    .bind(req.kind.as_str())
-    .bind(&req.triggered_by)
-    .bind(&req.tick_key)
-    .bind(req.force_sweep)
-    .bind(crate::telemetry::current_traceparent())
-    .bind(&req.exclusion_group)
-    .bind(waiting_for)
-    .bind(&steps)
-    .bind(&shards)
-    .bind(&sharded)
-    .bind(&queues)
-    .bind(&entities)
-    .bind(&required)
-    .bind(&prereqs)
-    .bind(&max_attempts)
-    .bind(&modes)
-    .bind(&max_lost);
-    let inserted = match &mut tx {
-        Some(tx) => inserted.fetch_all(&mut **tx).await,
-        None => inserted.fetch_all(pool).await,
-    };
-    let ready = match inserted {
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("chain_runs_one_active") => {
-            drop(tx);
-            return Err(active_run_error(pool, req.chain.name.as_str(), req.integration.id).await);
-        }
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("chain_runs_tick_key_key") => {
-            return Err(StoreError::DuplicateTick(req.tick_key.clone().unwrap_or_default()));
-        }
-        other => other?,
-    };
-    if let Some(tx) = tx {
-        tx.commit().await?;
-    }
-    Ok((run_id, ready))
 }
 
 /// Starts the oldest waiting run of the group when nothing of the group runs any more: its
@@ -266,25 +141,6 @@ pub async fn promote_waiting(pool: &PgPool) -> Result<Vec<ReadyStep>, sqlx::Erro
         tx.commit().await?;
     }
     Ok(ready)
-}
-
-/// The `ActiveRun` error naming the run that is active for this chain and integration.
-async fn active_run_error(pool: &PgPool, chain: &str, integration_id: i64) -> StoreError {
-    let found: Result<Option<(String, uuid::Uuid)>, _> = sqlx::query_as(
-        "SELECT i.name, a.id FROM chain_runs a JOIN integrations i ON i.id = a.integration_id
-          WHERE a.chain = $1 AND a.integration_id = $2 AND a.status IN ('queued', 'running')",
-    )
-    .bind(chain)
-    .bind(integration_id)
-    .fetch_optional(pool)
-    .await;
-    match found {
-        Ok(found) => {
-            let (integration, run_id) = found.map(|(i, r)| (i, r.to_string())).unwrap_or_default();
-            StoreError::ActiveRun { chain: chain.to_owned(), integration, run_id }
-        }
-        Err(e) => StoreError::Db(e),
-    }
 }
 
 /// Makes every pending step of the run whose prerequisites are all met `ready`. A prerequisite is
