@@ -32,6 +32,14 @@ async fn lock_is_free(env: &TestEnv, queue: &str) -> bool {
     free
 }
 
+/// Each run completes, its one step run once.
+async fn complete_once(env: &TestEnv, runs: &[RunId]) {
+    for &run in runs {
+        assert_eq!(env.wait(run, Duration::from_secs(60)).await.status, "completed");
+        assert_eq!(env.effects(run).await.len(), 1, "the step ran once");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trigger_commits_its_step_dispatched_then_pushes_it_and_lets_the_lock_go() {
     let env = TestEnv::new("").await;
@@ -47,9 +55,7 @@ async fn a_trigger_commits_its_step_dispatched_then_pushes_it_and_lets_the_lock_
     env.ops.resume_queue("demo", "test").await.unwrap();
 
     let worker = env.spawn_worker("w").await;
-    let view = env.wait(run, Duration::from_secs(30)).await;
-    assert_eq!(view.status, "completed");
-    assert_eq!(env.effects(run).await.len(), 1, "the step ran once");
+    complete_once(&env, &[run]).await;
     worker.stop().await;
     env.finish().await;
 }
@@ -98,7 +104,7 @@ async fn a_trigger_while_another_dispatcher_holds_the_lock_commits_then_waits_it
     assert_eq!(env.ops.queues.waiting("demo").await.unwrap(), 1);
     drop(holder);
     let worker = env.spawn_worker("w").await;
-    assert_eq!(env.wait(RunId(run), Duration::from_secs(30)).await.status, "completed");
+    complete_once(&env, &[RunId(run)]).await;
     worker.stop().await;
     env.finish().await;
 }
@@ -118,10 +124,7 @@ async fn a_trigger_into_a_full_queue_gives_its_step_back_to_postgres() {
     // The producer's loop dispatches it once the first has left the queue.
     let producer = env.spawn_producer().await;
     let worker = env.spawn_worker("w").await;
-    for run in [first, second] {
-        assert_eq!(env.wait(run, Duration::from_secs(30)).await.status, "completed");
-        assert_eq!(env.effects(run).await.len(), 1);
-    }
+    complete_once(&env, &[first, second]).await;
     worker.stop().await;
     producer.stop().await;
     env.finish().await;
@@ -142,8 +145,7 @@ async fn a_trigger_into_a_paused_queue_leaves_its_step_in_postgres_until_the_res
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(root(&env, run).await, ("ready".into(), false, false), "still paused");
     assert!(env.ops.resume_queue("demo", "test").await.unwrap());
-    assert_eq!(env.wait(run, Duration::from_secs(30)).await.status, "completed");
-    assert_eq!(env.effects(run).await.len(), 1);
+    complete_once(&env, &[run]).await;
     worker.stop().await;
     producer.stop().await;
     env.finish().await;
@@ -168,8 +170,7 @@ async fn a_trigger_while_redis_is_down_records_the_run_and_it_runs_once_redis_is
         .unwrap();
     let producer = env.spawn_producer().await;
     let worker = env.spawn_worker("w").await;
-    assert_eq!(env.wait(run, Duration::from_secs(60)).await.status, "completed");
-    assert_eq!(env.effects(run).await.len(), 1, "the step ran once");
+    complete_once(&env, &[run]).await;
     worker.stop().await;
     producer.stop().await;
     env.finish().await;
