@@ -133,7 +133,7 @@ pub async fn create_and_push(
     let new = match runs::create_run_dispatching(lock.conn(), &req, queue, key).await {
         Ok(new) => new,
         Err(e) => {
-            lock.release().await;
+            lock.release(false).await;
             return Err(match e {
                 runs::CreateError::Refused(e) => e,
                 runs::CreateError::Insert(e) => runs::insert_error(pool, &req, e).await,
@@ -170,7 +170,7 @@ pub async fn create_and_push(
         // reconciler finds them missing from Redis.
         give_back(lock.conn(), &back).await.ok();
     }
-    lock.release().await;
+    lock.release(true).await;
     Ok(Triggered { run_id: new.id, ready, push_error })
 }
 
@@ -206,10 +206,22 @@ impl SessionLock {
     }
 
     /// Releases the lock if this session holds it, and gives the connection back to the pool.
-    async fn release(mut self) {
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.id).execute(self.conn()).await;
-        if unlocked.is_ok() {
-            drop(self.conn.take());
+    /// `held`: the lock was taken (else it may or may not have been, as after a failed statement).
+    async fn release(mut self, held: bool) {
+        let unlocked =
+            sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)").bind(self.id).fetch_one(self.conn()).await;
+        match unlocked {
+            Ok(false) if held => {
+                // Only a proxy that hands each transaction its own server connection (PgBouncer's
+                // transaction pooling) does this: the lock stays on another session. Dropped, this
+                // connection closes; the lock goes when that other session does.
+                tracing::error!(
+                    "The queue's dispatch lock was not held at its release: syncfleet needs session-level \
+                     connections to PostgreSQL, not a transaction-pooling proxy."
+                );
+            }
+            Ok(_) => drop(self.conn.take()),
+            Err(_) => {}
         }
     }
 
