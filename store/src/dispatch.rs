@@ -16,7 +16,7 @@ use crate::{
     ids::{RunId, StepName},
     job::JobPayload,
     queue::{QueueClient, QueueError},
-    runs,
+    runs::{self, DueStep},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -286,21 +286,6 @@ async fn take_due(
     .await?;
     due.sort_by_key(|a| (a.not_before, a.id));
     Ok(due)
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DueStep {
-    pub id: i64,
-    pub run_id: uuid::Uuid,
-    pub step: String,
-    pub shard: i32,
-    pub job_id: String,
-    /// The entity whose lease the step's worker takes.
-    pub entity_key: String,
-    /// When the step became due (its wait for a worker starts here).
-    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
-    /// The run's W3C `traceparent`, carried in the job.
-    pub trace_context: Option<String>,
 }
 
 /// Dispatched ready steps older than `age`: candidates for a lost Redis message.

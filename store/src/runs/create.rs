@@ -4,8 +4,7 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{ReadyStep, StoreError, TriggerRequest};
-use crate::dispatch::DueStep;
+use super::{DueStep, ReadyStep, StoreError, TriggerRequest};
 use crate::exclusion::{group_blocker, lock_group};
 use crate::ids::RunId;
 

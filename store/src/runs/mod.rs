@@ -77,6 +77,23 @@ pub struct TriggerRequest<'a> {
     pub audit: Option<(String, serde_json::Value)>,
 }
 
+/// A ready step to push to Redis, marked dispatched (by `dispatch::take_due`, or by the statement
+/// that created its run), with what its job carries.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueStep {
+    pub id: i64,
+    pub run_id: uuid::Uuid,
+    pub step: String,
+    pub shard: i32,
+    pub job_id: String,
+    /// The entity whose lease the step's worker takes.
+    pub entity_key: String,
+    /// When the step became due (its wait for a worker starts here).
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's W3C `traceparent`, carried in the job.
+    pub trace_context: Option<String>,
+}
+
 /// A step row made ready by a transition, to be pushed to Redis.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReadyStep {
