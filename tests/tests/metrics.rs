@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use syncfleet_shared::chain::Mode;
 use syncfleet_store::views::{RunView, StepView};
 use syncfleet_tests::{
-    PrivateRedis, REDIS_URL, Sandbox, TestEnv,
+    Api, PrivateRedis, REDIS_URL, Sandbox, TestEnv,
     chaos::PrivatePostgres,
     erp_integration_toml,
     processes::{producer_process, spawn_until, stop, worker_process},
@@ -256,22 +256,12 @@ async fn metrics_answer_with_redis_stopped_leaving_out_only_what_redis_holds() {
     let metrics_url = format!("http://{addr}/metrics");
 
     // A run the producer process ends itself (cancelled, no worker), so its counter is 1.
-    let token = env.token("operator").await;
-    let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("http://{addr}/api/chains/demo_ping/runs"))
-        .bearer_auth(&token)
-        .json(&json!({ "integration": "acme" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api =
+        Api { base: format!("http://{addr}"), token: Some(env.token("operator").await), http: Default::default() };
+    let (_, created) = api.post("/api/chains/demo_ping/runs", json!({ "integration": "acme" })).await;
     let run_id = created["run_id"].as_str().unwrap_or_else(|| panic!("{created}"));
-    let cancel =
-        client.post(format!("http://{addr}/api/runs/{run_id}/cancel")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(cancel.status().as_u16(), 200);
+    let (cancel, _) = api.post(&format!("/api/runs/{run_id}/cancel"), json!({})).await;
+    assert_eq!(cancel, 200);
 
     let (status, before) = get(&metrics_url).await;
     assert_eq!(status, 200);
