@@ -152,6 +152,12 @@ impl ChainDef {
         self.steps.iter().map(|s| s.queue.as_str())
     }
 
+    /// The steps a new run makes ready at once: none of their prerequisites is a step of this
+    /// chain (a one-step trigger's chain keeps its step and drops its prerequisites).
+    pub fn roots(&self) -> impl Iterator<Item = &StepDef> {
+        self.steps.iter().filter(|s| !s.prerequisites.iter().any(|p| self.step(p.as_str()).is_some()))
+    }
+
     /// Checks prerequisites name steps of this chain and that there is no cycle.
     pub fn validate(&self) -> Result<(), ChainError> {
         let names: HashSet<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
@@ -369,6 +375,20 @@ mod tests {
             StepDef::new("d", StepKind::Derive, "q").after(&["b", "c"]),
         ]);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn roots_are_the_steps_waiting_on_no_step_of_the_chain() {
+        let names = |c: &ChainDef| c.roots().map(|s| s.name.to_string()).collect::<Vec<_>>();
+        let c = chain(vec![
+            StepDef::new("a", StepKind::Pull, "q"),
+            StepDef::new("b", StepKind::Pull, "q").after(&["a"]),
+            StepDef::new("e", StepKind::Pull, "r"),
+        ]);
+        assert_eq!(names(&c), ["a", "e"]);
+        // One step of a chain, triggered alone, keeps prerequisites the trigger dropped or not.
+        let alone = chain(vec![StepDef::new("b", StepKind::Pull, "q").after(&["a"])]);
+        assert_eq!(names(&alone), ["b"]);
     }
 
     #[test]

@@ -48,11 +48,7 @@ pub async fn dispatch(
                 tokio::join!(take_due(&mut tx, queue, only, cap.min(ids.len()) as i64), queues.waiting(queue));
             let (mut due, room) = (due?, cap.saturating_sub(waiting?));
             if due.len() > room {
-                let back: Vec<i64> = due.split_off(room).iter().map(|d| d.id).collect();
-                sqlx::query("UPDATE step_runs SET dispatched_at = NULL WHERE id = ANY($1)")
-                    .bind(&back)
-                    .execute(&mut *tx)
-                    .await?;
+                give_back(&mut tx, &due.split_off(room)).await?;
             }
             due
         }
@@ -122,7 +118,7 @@ pub async fn create_and_push(
     cap: usize,
     req: runs::TriggerRequest<'_>,
 ) -> Result<Triggered, crate::StoreError> {
-    let roots = runs::root_queues(&req);
+    let roots: std::collections::BTreeSet<&str> = req.chain.roots().map(|s| s.queue.as_str()).collect();
     let (true, Some(&queue)) = (req.exclusion_group.is_none() && roots.len() == 1, roots.first()) else {
         let (run_id, ready) = runs::create_run(pool, req).await?;
         let push_error = dispatch_ready(pool, queues, cap, &ready).await.err();

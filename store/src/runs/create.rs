@@ -29,23 +29,11 @@ impl NewRun {
 
 /// A root step of a new run, as its creation returned it.
 #[derive(Debug, sqlx::FromRow)]
-pub struct RootStep {
-    pub queue: String,
-    pub dispatched: bool,
+struct RootStep {
+    queue: String,
+    dispatched: bool,
     #[sqlx(flatten)]
-    pub step: DueStep,
-}
-
-/// The queues of the chain's root steps (those none of whose prerequisites is a step of the
-/// chain): the steps a new run makes ready, as the creating statement decides it.
-pub fn root_queues<'a>(req: &'a TriggerRequest<'_>) -> std::collections::BTreeSet<&'a str> {
-    let chain = req.chain;
-    chain
-        .steps
-        .iter()
-        .filter(|s| !s.prerequisites.iter().any(|p| chain.steps.iter().any(|o| o.name == *p)))
-        .map(|s| s.queue.as_str())
-        .collect()
+    step: DueStep,
 }
 
 /// Creates a run with its step rows and makes the root steps ready: one statement, committed on
@@ -158,8 +146,8 @@ fn split(id: RunId, created: Vec<RootStep>) -> NewRun {
     NewRun { id, ready, due }
 }
 
-/// The run and its steps in one statement. A step of a new run is ready when none of its
-/// prerequisites is a step of the run (nothing has ended yet: `promote_ready` on a new run); a
+/// The run and its steps in one statement. A step of a new run is ready when it is one of the
+/// chain's roots (`ChainDef::roots`: nothing has ended yet, so `promote_ready` on a new run); a
 /// waiting run's steps stay pending until it is promoted; the trigger's audit row is written with
 /// them (`req.audit`). With a `lock` (its key and its queue,
 /// the queue of every root step), the statement tries to take that dispatch lock for the
@@ -175,7 +163,8 @@ async fn insert<'e>(
     let integration = req.integration.name();
     let (mut steps, mut shards, mut sharded, mut queues, mut entities, mut required, mut prereqs, mut max_attempts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut modes, mut max_lost) = (vec![], vec![]);
+    let (mut modes, mut max_lost, mut roots) = (vec![], vec![], vec![]);
+    let root_names: Vec<&str> = req.chain.roots().map(|s| s.name.as_str()).collect();
     for s in &req.chain.steps {
         for shard in 0..s.shards as i32 {
             let is_sharded = s.shards > 1;
@@ -192,6 +181,7 @@ async fn insert<'e>(
             max_lost.push(s.retry.max_lost_attempts as i32);
             let mode = req.step_modes.get(s.name.as_str()).copied().or(s.mode).unwrap_or(req.mode);
             modes.push(mode.as_str());
+            roots.push(root_names.contains(&s.name.as_str()));
         }
     }
     sqlx::query_as::<_, RootStep>(
@@ -205,15 +195,12 @@ async fn insert<'e>(
                                      force_sweep, trace_context, exclusion_group, waiting_for)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)
              RETURNING id),
-         input AS (
-             SELECT t.*, CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END AS prerequisites
-               FROM UNNEST($12::text[], $13::int[], $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],
-                           $19::int[], $20::text[], $21::int[])
-                    AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost)),
          planned AS (
-             SELECT i.*, ($11::uuid IS NULL AND NOT EXISTS (SELECT 1 FROM input p WHERE p.step = ANY(i.prerequisites)))
-                         AS ready
-               FROM input i),
+             SELECT t.*, CASE WHEN t.prereqs = '' THEN '{}'::text[] ELSE string_to_array(t.prereqs, ',') END AS prerequisites,
+                    $11::uuid IS NULL AND t.root AS ready
+               FROM UNNEST($12::text[], $13::int[], $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],
+                           $19::int[], $20::text[], $21::int[], $26::bool[])
+                    AS t(step, shard, sharded, queue, entity, required, prereqs, max_attempts, mode, max_lost, root)),
          steps AS (
              INSERT INTO step_runs (run_id, step, shard, sharded, queue, entity_key, required, prerequisites, status,
                                     max_attempts, attempt_budget, mode, max_lost_attempts, lost_budget,
@@ -255,6 +242,7 @@ async fn insert<'e>(
     .bind(lock.map(|l| l.1))
     .bind(req.audit.as_ref().map(|a| &a.0))
     .bind(req.audit.as_ref().map(|a| &a.1))
+    .bind(&roots)
     .fetch_all(conn)
     .await
 }

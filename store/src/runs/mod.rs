@@ -25,7 +25,7 @@ mod create;
 use create::active_run_error;
 mod finish;
 
-pub use create::{CreateError, NewRun, RootStep, create_run, create_run_dispatching, insert_error, root_queues};
+pub use create::{CreateError, NewRun, create_run, create_run_dispatching, insert_error};
 
 pub use finish::{Finished, end_run, finish_step_alone, finish_step_in, settle, settle_stranded, settled};
 
