@@ -43,6 +43,7 @@
 //!   [`redact::EXCERPT_CHARS`] characters, with the request's own header and query values and
 //!   anything that looks like a secret masked.
 
+mod body;
 pub mod budget;
 mod decode;
 mod error;
@@ -66,6 +67,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use body::{BodyError, Capped, Reading, read_capped, read_prefix};
 pub use budget::{RateBudget, Reservation};
 pub use decode::decode_json;
 pub use error::{HttpError, Verdict};
@@ -209,67 +211,6 @@ struct Target {
     method: String,
     url: String,
     known: Arc<[String]>,
-}
-
-/// What reading a 2xx answer needs: the body cap and the request's own values (for excerpts).
-struct Reading {
-    limit: u64,
-    known: Arc<[String]>,
-}
-
-/// Why reading a 2xx answer failed.
-enum BodyError {
-    /// The connection failed while reading: tried again.
-    Read(reqwest::Error),
-    /// Over `upstream.max_body_bytes`: fails the request for good.
-    TooLarge,
-    /// Not what was asked for: the message (with a redacted excerpt).
-    Decode(String),
-}
-
-/// Why [`read_capped`] stopped.
-enum Capped {
-    Read(reqwest::Error),
-    TooLarge,
-}
-
-impl From<Capped> for BodyError {
-    fn from(c: Capped) -> Self {
-        match c {
-            Capped::Read(e) => BodyError::Read(e),
-            Capped::TooLarge => BodyError::TooLarge,
-        }
-    }
-}
-
-/// The whole body of `response` if it is at most `limit` bytes. A larger `Content-Length` is
-/// refused before reading; a body that grows past `limit` is dropped there (the rest never read).
-async fn read_capped(mut response: Response, limit: u64) -> Result<Vec<u8>, Capped> {
-    let declared = response.content_length();
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Capped::TooLarge);
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    while let Some(chunk) = response.chunk().await.map_err(Capped::Read)? {
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(Capped::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// The first `limit` bytes of `response`'s body (an error answer's, for its excerpt); the rest is
-/// never read.
-async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while body.len() < limit {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
-            _ => break,
-        }
-    }
-    body
 }
 
 /// The policy's refusal of an address, when that is what failed the connection (the resolver's
