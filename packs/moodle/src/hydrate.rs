@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::{
     Settings,
     client::Moodle,
-    enrollments::user_fields,
+    enrolled::user_fields,
     roles,
     scope::{self, Outcome},
     tables,

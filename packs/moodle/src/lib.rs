@@ -26,6 +26,7 @@
 mod categories;
 pub mod client;
 mod courses;
+mod enrolled;
 mod enrollments;
 pub mod hydrate;
 pub mod roles;
