@@ -303,20 +303,10 @@ pub async fn end_run(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Err
 /// commit and the settle): every running run with a pending step whose prerequisites are all met,
 /// or with nothing open, is settled. Returns each settle's result.
 pub async fn settle_stranded(pool: &PgPool) -> Result<Vec<Finished>, sqlx::Error> {
-    let runs: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT c.id FROM chain_runs c
-          WHERE c.status = 'running'
-            AND (EXISTS (SELECT 1 FROM step_runs s
-                          WHERE s.run_id = c.id AND s.status = 'pending'
-                            AND NOT EXISTS (
-                                SELECT 1 FROM step_runs p
-                                 WHERE p.run_id = s.run_id AND p.step = ANY(s.prerequisites)
-                                   AND NOT (p.status = 'succeeded' OR (p.status = 'failed' AND NOT p.required))))
-                 OR NOT EXISTS (SELECT 1 FROM step_runs s
-                                 WHERE s.run_id = c.id AND s.status IN ('pending', 'ready', 'running')))",
-    )
-    .fetch_all(pool)
-    .await?;
+    let runs: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT c.id FROM chain_runs c WHERE c.status = 'running' AND run_settle_due(c.id)")
+            .fetch_all(pool)
+            .await?;
     let mut settled = Vec::with_capacity(runs.len());
     for run in runs {
         settled.push(settle(pool, RunId(run)).await?);

@@ -161,22 +161,13 @@ pub async fn promote_waiting(pool: &PgPool) -> Result<Vec<ReadyStep>, sqlx::Erro
 }
 
 /// Makes every pending step of the run whose prerequisites are all met `ready`. A prerequisite is
-/// met when every row of it succeeded, or failed while optional.
+/// met when every row of it succeeded, or failed while optional (`run_promote`, `0026`: one probe
+/// per prerequisite named, so the promotion of a wide fan-out is linear in its shards).
 pub async fn promote_ready(conn: &mut PgConnection, run_id: RunId) -> Result<Vec<ReadyStep>, sqlx::Error> {
-    sqlx::query_as::<_, ReadyStep>(
-        "UPDATE step_runs s
-            SET status = 'ready', ready_at = now(), not_before = now(), dispatched_at = NULL,
-                job_id = step_job_id(s.run_id, s.step, s.shard, s.sharded, s.attempts + 1, s.lease_waits)
-          WHERE s.run_id = $1 AND s.status = 'pending'
-            AND NOT EXISTS (
-                SELECT 1 FROM step_runs p
-                 WHERE p.run_id = s.run_id AND p.step = ANY(s.prerequisites)
-                   AND NOT (p.status = 'succeeded' OR (p.status = 'failed' AND NOT p.required)))
-          RETURNING s.id, s.queue",
-    )
-    .bind(run_id)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as::<_, ReadyStep>("SELECT ready_id AS id, ready_queue AS queue FROM run_promote($1)")
+        .bind(run_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// Ends the run once no step is open: `failed` if a required step failed, `partial` if an
