@@ -4,7 +4,11 @@
 //!   task ids) and consumed by apalis-redis workers with a no-op handler, concurrency 50 and 1.
 //! - `engine_steps_per_s`: empty steps (a `demo_fanout` of N shards, step_ms 0) through the whole
 //!   engine (PostgreSQL claim/finish, entity lease, dispatch), with 1 and with 4 worker processes
-//!   (the release `syncfleet-worker` binary) and the producer in this process.
+//!   (the release `syncfleet-worker` binary) and the producer in this process. Each fleet runs the
+//!   fan-out twice: the second run is measured (`engine_*`), the first one is reported as `*_cold`.
+//!   A fleet's first run also pays for its PostgreSQL connections' start (about 26 for 1 process,
+//!   84 for 4: sessions, catalog caches, PL/pgSQL functions compiled, statements prepared and
+//!   planned), once per connection and not per step.
 //! - `start_latency_*`: trigger → step start of a one-step chain on an idle fleet.
 //! - `engine_w4_vs_w1`: the engine's steps/s on 4 processes ÷ on 1, within each run.
 //! - `pg_floor_steps_per_s_c{8,32}`: what PostgreSQL alone needs per step, in the same run: the two
@@ -121,23 +125,50 @@ async fn with_fleet<T>(
     .await
 }
 
-/// Steps per second of a `demo_fanout` of `shards` empty shards, first start to last finish, and
-/// the CPU milliseconds per step each class of process spent from the trigger to the run's end.
-async fn engine(workers: usize, concurrency: usize, shards: u32) -> anyhow::Result<(f64, CpuSplit)> {
+/// One `demo_fanout` run measured.
+struct FanRun {
+    /// Shards per second, first start to last finish.
+    steps_per_s: f64,
+    /// CPU milliseconds per step of each class of process, from the trigger to the run's end.
+    cpu: CpuSplit,
+    /// Milliseconds from the `plan` step's end to the first shard's start: the promotion of every
+    /// shard and the dispatch of the first ones.
+    fanout_gap_ms: f64,
+}
+
+/// One engine round: the fleet's first run (every PostgreSQL connection new: sessions started,
+/// functions compiled, statements prepared and planned) and the next one, measured.
+struct Engine {
+    cold: FanRun,
+    warm: FanRun,
+}
+
+/// Two `demo_fanout` runs of `shards` empty shards, one after the other, on `workers` processes of
+/// `concurrency`.
+async fn engine(workers: usize, concurrency: usize, shards: u32) -> anyhow::Result<Engine> {
     with_fleet(workers, concurrency, shards, async |r| {
-        let cpu = cpu::Sampler::start();
-        let run = r.trigger("demo_fanout", INTEGRATION, Mode::Full, &[]).await?;
-        r.completed(run, Duration::from_secs(600)).await?;
-        let cpu = per_step_ms(cpu.stop(), shards);
-        let secs: f64 = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (max(finished_at) - min(started_at)))::float8 FROM step_runs WHERE run_id = $1 AND step = 'fan'",
-        )
-        .bind(run.0)
-        .fetch_one(&r.ops().pool)
-        .await?;
-        Ok((shards as f64 / secs, cpu))
+        let cold = fan_run(r, shards).await?;
+        let warm = fan_run(r, shards).await?;
+        Ok(Engine { cold, warm })
     })
     .await
+}
+
+async fn fan_run(r: &Round, shards: u32) -> anyhow::Result<FanRun> {
+    let cpu = cpu::Sampler::start();
+    let run = r.trigger("demo_fanout", INTEGRATION, Mode::Full, &[]).await?;
+    r.completed(run, Duration::from_secs(600)).await?;
+    let cpu = per_step_ms(cpu.stop(), shards);
+    let (secs, fanout_gap_ms): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM (max(f.finished_at) - min(f.started_at)))::float8,
+                extract(epoch FROM (min(f.started_at) - max(p.finished_at)))::float8 * 1000
+           FROM step_runs f, step_runs p
+          WHERE f.run_id = $1 AND f.step = 'fan' AND p.run_id = $1 AND p.step = 'plan'",
+    )
+    .bind(run.0)
+    .fetch_one(&r.ops().pool)
+    .await?;
+    Ok(FanRun { steps_per_s: shards as f64 / secs, cpu, fanout_gap_ms })
 }
 
 /// CPU seconds by class → milliseconds per step.
@@ -345,7 +376,9 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
         };
         let latency = if latency_part { Some(latency(100).await?) } else { None };
         let floor = pg_floor(if latency_part { 100 } else { 1 }).await?;
-        if let Some(((e1, cpu1), (e4, cpu4), (e1c32, cpu1c32))) = engines {
+        if let Some((w1, w4, w1c32)) = engines {
+            let (e1, e4, e1c32) = (w1.warm.steps_per_s, w4.warm.steps_per_s, w1c32.warm.steps_per_s);
+            let (cpu1, cpu4, cpu1c32) = (w1.warm.cpu, w4.warm.cpu, w1c32.warm.cpu);
             eprintln!(
                 "queue round {}: engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 (PostgreSQL floor {:.0} at 8, \
                  {:.0} at 32); CPU ms per step on 1 worker {cpu1:.2?}, on 4 {cpu4:.2?}, floor at 8 {:.2?}",
@@ -362,6 +395,15 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
             s.figure("pg_floor_steps_per_s_c8", floor.c8);
             s.figure("pg_floor_steps_per_s_c32", floor.c32);
             s.figure("engine_vs_pg_floor", e1 / floor.c8);
+            s.figure("engine_fanout_gap_ms_1_worker", w1.warm.fanout_gap_ms);
+            s.figure("engine_fanout_gap_ms_1_worker_cold", w1.cold.fanout_gap_ms);
+            s.figure("engine_steps_per_s_1_worker_cold", w1.cold.steps_per_s);
+            s.figure("engine_steps_per_s_4_workers_cold", w4.cold.steps_per_s);
+            s.figure("engine_w4_vs_w1_cold", w4.cold.steps_per_s / w1.cold.steps_per_s);
+            for (label, run) in [("engine_w1_cold", &w1.cold), ("engine_w4_cold", &w4.cold)] {
+                s.figure(format!("cpu_ms_per_step_{label}_total"), run.cpu.values().sum());
+                s.figure(format!("cpu_ms_per_step_{label}_postgres"), run.cpu.get("postgres").copied().unwrap_or(0.0));
+            }
             s.figure("engine_w4_vs_pg_floor", e4 / floor.c32);
             for (label, split) in
                 [("engine_w1", &cpu1), ("engine_w4", &cpu4), ("engine_w1c32", &cpu1c32), ("pg_floor_c8", &floor.cpu_c8)]
@@ -390,7 +432,9 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
     s.goal("engine_vs_pg_floor", ">= 0.5");
     s.goal("engine_w4_vs_w1", ">= 1.0");
     s.note("queue_*: no-op jobs through QueueClient::push and one apalis-redis worker (6,000 at concurrency 50, 3,000 at 1)");
-    s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8");
+    s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8; the fleet's second such run (its first one, every connection new, is *_cold)");
+    s.note("*_cold: the fleet's first run, which also starts and warms every PostgreSQL connection of the processes (a cost per connection, not per step)");
+    s.note("engine_fanout_gap_ms_1_worker: from the end of demo_fanout's plan step to the start of its first shard (promoting the 2,000 shards, then dispatching), on 1 process");
     s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
     s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs");
     s.note("start_latency_to_dispatch_p50_ms: the run's created_at (its trigger statement's start) to its step's dispatched_at (0 when that statement marked it dispatched, the trigger's usual path); start_latency_dispatch_to_start_p50_ms: from there to the claim's start (started_at)");
