@@ -46,6 +46,14 @@ BEGIN
 END
 $$;
 
+-- Whether some step of the run is still to run or running.
+CREATE FUNCTION run_open(p_run UUID)
+RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM step_runs s
+                    WHERE s.run_id = p_run AND s.status IN ('pending', 'ready', 'running'))
+$$;
+
 -- Whether a running run is owed a settle: a pending step can be promoted, or nothing is open
 -- (`runs::settle_stranded`, the reconciler's net for a settle that never ran). Per run, with index
 -- probes; the query it replaces could hash every open step of every run instead.
@@ -53,9 +61,7 @@ CREATE FUNCTION run_settle_due(p_run UUID)
 RETURNS BOOLEAN
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN run_promotable(p_run)
-        OR NOT EXISTS (SELECT 1 FROM step_runs s
-                        WHERE s.run_id = p_run AND s.status IN ('pending', 'ready', 'running'));
+    RETURN run_promotable(p_run) OR NOT run_open(p_run);
 END
 $$;
 
@@ -109,9 +115,7 @@ BEGIN
           FROM run_promote(p_run) p;
     END IF;
     IF status IN ('queued', 'running') THEN
-        needs_end := ready_ids IS NULL
-            AND NOT EXISTS (SELECT 1 FROM step_runs s
-                             WHERE s.run_id = p_run AND s.status IN ('pending', 'ready', 'running'));
+        needs_end := ready_ids IS NULL AND NOT run_open(p_run);
     ELSE
         needs_end := grp IS NOT NULL;
     END IF;
