@@ -32,7 +32,13 @@ pub(crate) async fn finish_or_print(
 /// Polls the run until it ends. With `progress`, shows each step's progress: one bar per step
 /// on a terminal, else a line per state change (logs and CI).
 pub async fn wait_for(ops: &Ops, run_id: RunId, progress: bool, limit: Duration) -> anyhow::Result<views::RunView> {
-    poll(progress, limit, run_id, || async { Ok(views::run(&ops.pool, run_id).await?) }).await
+    if progress {
+        return poll(true, limit, run_id, || async { Ok(views::run(&ops.pool, run_id).await?) }).await;
+    }
+    // Nothing to show meanwhile: the run row alone until the run ends, then its steps once. Reading
+    // the steps ten times a second costs PostgreSQL an aggregate over every shard each time.
+    poll(false, limit, run_id, || async { Ok(views::run_alone(&ops.pool, run_id).await?) }).await?;
+    Ok(views::run(&ops.pool, run_id).await?)
 }
 
 /// [`wait_for`] through either backend.

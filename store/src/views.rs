@@ -99,13 +99,23 @@ macro_rules! run_select {
 }
 
 pub async fn run(pool: &PgPool, id: RunId) -> Result<RunView, StoreError> {
-    let row = sqlx::query_as::<_, RunRow>(concat!(run_select!(), " WHERE r.id = $1"))
+    let row = run_row(pool, id).await?;
+    let steps = steps(pool, id).await?;
+    Ok(view(row, steps))
+}
+
+/// The run without its steps (`steps` empty): what a wait for its end needs, without the
+/// aggregate over every shard that [`steps`] costs (about 15 ms at 2,000 shards).
+pub async fn run_alone(pool: &PgPool, id: RunId) -> Result<RunView, StoreError> {
+    Ok(view(run_row(pool, id).await?, vec![]))
+}
+
+async fn run_row(pool: &PgPool, id: RunId) -> Result<RunRow, StoreError> {
+    sqlx::query_as::<_, RunRow>(concat!(run_select!(), " WHERE r.id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(|| StoreError::RunNotFound(id.to_string()))?;
-    let steps = steps(pool, id).await?;
-    Ok(view(row, steps))
+        .ok_or_else(|| StoreError::RunNotFound(id.to_string()))
 }
 
 fn view(r: RunRow, steps: Vec<StepView>) -> RunView {
