@@ -33,6 +33,9 @@ pub(super) async fn demo(
     let partner = chain == "partner";
     let moodle = chain == "moodle";
     let mut config = config;
+    // The demo triggers its own runs, one after the other. A schedule firing meanwhile (the partner
+    // pack's hourly `partner_leads` shares `partner_daily`'s exclusion group) refused the next one.
+    config.producer.scheduler_enabled = false;
     if moodle {
         // The demo triggers its own runs; no start-up run of the demo integration gets in their way.
         let section = config.packs.entry(MOODLE_PACK.into()).or_insert_with(|| serde_json::json!({}));
