@@ -171,8 +171,8 @@ pub async fn promote_ready(conn: &mut PgConnection, run_id: RunId) -> Result<Vec
 }
 
 /// Ends the run once no step is open: `failed` if a required step failed, `partial` if an
-/// optional one did or a step succeeded only in part (`step_runs.partial`), else `completed`. A cancelled run stays cancelled. The open check is one
-/// probe of `step_runs_unsucceeded`; the failure checks run only when the run ends.
+/// optional one did or a step succeeded only in part (`step_runs.partial`), else `completed`. A cancelled run stays cancelled. The open check (`run_open`,
+/// `0026`) is one probe of `step_runs_unsucceeded`; the failure checks run only when the run ends.
 async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE chain_runs r
@@ -187,8 +187,7 @@ async fn finalize_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), sqlx
                 -- transaction ended the run.
                 finished_at = now()
           WHERE r.id = $1 AND r.status IN ('queued', 'running')
-            AND NOT EXISTS (SELECT 1 FROM step_runs s
-                             WHERE s.run_id = $1 AND s.status IN ('pending', 'ready', 'running'))",
+            AND NOT run_open($1)",
     )
     .bind(run_id)
     .execute(conn)
