@@ -3,7 +3,8 @@
 //! statement, fenced on the job id: a stale delivery stops here and lets the lease go) →
 //! run the handler under a timeout with heartbeats → record the outcome (the step row, with the
 //! step's effects when it has some) and settle the run after that commit (one round trip when the
-//! step has no effects: `CALL step_finish_settle`) → release the lease → push the steps that
+//! step has no effects: `CALL step_finish_settle`; a finish while its run is being settled on this
+//! process leaves the settle to that caller, [`crate::settles`]) → release the lease → push the steps that
 //! became ready (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
 //! the step, which is recorded `cancelled`.
 //!
@@ -25,6 +26,7 @@ use syncfleet_sdk::{
 use syncfleet_shared::{
     chain::ChainRegistry,
     config::Config,
+    ids::RunId,
     job::JobPayload,
     retry::{self, Backoff, Decision, Failure},
 };
@@ -35,6 +37,8 @@ use syncfleet_store::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+
+use crate::settles::{Lead, Settles};
 
 /// How long a handler may take to stop once the drain's hard stop cancelled it.
 const HANDLER_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -131,6 +135,8 @@ pub struct Engine {
     pub hard_stop: CancellationToken,
     /// Wake-ups of this process's queue workers on push ([`crate::wake`]).
     pub wake: crate::wake::Hub,
+    /// The runs this process is settling ([`crate::settles`]).
+    settles: Settles,
 }
 
 impl Engine {
@@ -163,6 +169,7 @@ impl Engine {
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             wake,
+            settles: Settles::default(),
         }
     }
 
@@ -263,7 +270,7 @@ impl Engine {
             Err(message) => {
                 let decision = retry::decide(Failure::Permanent, claimed.tally(), &Backoff::STEP);
                 let outcome = Outcome::failed(message, Failure::Permanent, decision, Default::default());
-                let recorded = self.record(&fence, outcome, None).await;
+                let recorded = self.record(&fence, claimed.run_id, outcome, None).await;
                 metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
                 return recorded;
             }
@@ -326,7 +333,7 @@ impl Engine {
             }
             Outcome::Cancelled { .. } => None, // the attempt's writes roll back
         };
-        let recorded = self.record(&fence, outcome, tx).await;
+        let recorded = self.record(&fence, claimed.run_id, outcome, tx).await;
         metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
         recorded
     }
@@ -461,22 +468,65 @@ impl Engine {
         })
     }
 
+    /// Settles the run a committed finish names ([`Finished::settle`]), unless a settle of it is
+    /// going on in this process: that one then settles again after it ([`crate::settles`]).
+    async fn settle_committed(&self, finished: Finished) -> Result<Finished, EngineError> {
+        let Some(run) = finished.settle else {
+            return Ok(finished);
+        };
+        let Some(lead) = self.settles.follow(run) else {
+            return Ok(Finished { settle: None, ..finished });
+        };
+        let finished = finished.merge(runs::settle(&self.pool, run).await?);
+        self.settle_while_marked(lead, finished).await
+    }
+
+    /// Settles the led run again while finishes committed during its last settle.
+    async fn settle_while_marked(&self, mut lead: Lead<'_>, mut finished: Finished) -> Result<Finished, EngineError> {
+        while lead.again() {
+            finished = finished.merge(runs::settle(&self.pool, lead.run()).await?);
+        }
+        Ok(finished)
+    }
+
     /// Records the outcome (with the handler's writes on success); returns the steps that became
     /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
     /// trip (the step row commits, then the run is settled); with writes, the step row commits with
-    /// them and the run is settled after the commit.
+    /// them and the run is settled after the commit. Finishes of one run on this process while it
+    /// is being settled leave their settle to the caller settling it ([`crate::settles`]).
     async fn record(
         &self,
         fence: &Fence<'_>,
+        run_id: RunId,
         outcome: Outcome,
         tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
+        // What settles of other finishes made ready when this one was fenced off.
+        let mut others_ready = vec![];
         let finished: Option<Finished> = match tx {
-            None => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
+            None => match self.settles.lead(run_id) {
+                // No settle of the run going on here: the finish and the settle in one round trip.
+                Some(lead) => {
+                    let finished = runs::finish_step_alone(&self.pool, fence, &outcome).await?;
+                    let fenced_off = finished.is_none();
+                    // Finishes that committed meanwhile are settled, this one fenced off or not.
+                    let settled = self.settle_while_marked(lead, finished.unwrap_or_default()).await?;
+                    if fenced_off {
+                        others_ready = settled.ready;
+                        None
+                    } else {
+                        Some(settled)
+                    }
+                }
+                None => match runs::finish_step_unsettled(&self.pool, fence, &outcome).await? {
+                    Some(finished) => Some(self.settle_committed(finished).await?),
+                    None => None,
+                },
+            },
             Some(mut tx) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {
                 Some(finished) => {
                     tx.commit().await?;
-                    Some(runs::settled(&self.pool, finished).await?)
+                    Some(self.settle_committed(finished).await?)
                 }
                 None => {
                     tx.rollback().await.ok();
@@ -486,7 +536,7 @@ impl Engine {
         };
         let Some(Finished { ready, run_ended, .. }) = finished else {
             tracing::warn!("Step result discarded: the step is no longer this worker's.");
-            return Ok((Executed::Fenced, vec![]));
+            return Ok((Executed::Fenced, others_ready));
         };
         if let Some((chain, status)) = run_ended {
             metrics::run_ended(&chain, &status);

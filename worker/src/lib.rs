@@ -11,6 +11,7 @@
 pub mod consumers;
 pub mod engine;
 pub mod http;
+mod settles;
 pub mod wake;
 
 use std::{

@@ -118,7 +118,9 @@ pub struct Finished {
 }
 
 impl Finished {
-    fn merge(mut self, later: Finished) -> Finished {
+    /// This finish followed by `later` (a settle after it): what both made ready, and the run's end if
+    /// either ended it.
+    pub fn merge(mut self, later: Finished) -> Finished {
         self.ready.extend(later.ready);
         self.run_ended = self.run_ended.or(later.run_ended);
         self.settle = later.settle;
@@ -235,6 +237,28 @@ pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx
     }
 }
 
+/// The finish of a step with no effects to commit with it, committed and not settled: call
+/// [`settled`] (or settle [`Finished::settle`] otherwise) after it. A success, a retry or a
+/// cancelled step is one statement; a step failing for good is recorded in a transaction
+/// ([`finish_step_in`]), its downstream transitions with it. `Ok(None)` when the fence no longer
+/// holds.
+pub async fn finish_step_unsettled(
+    pool: &PgPool,
+    fence: &Fence<'_>,
+    outcome: &Outcome,
+) -> Result<Option<Finished>, sqlx::Error> {
+    if one_statement(outcome) {
+        return step_finish(&mut *pool.acquire().await?, fence, outcome).await;
+    }
+    let mut tx = pool.begin().await?;
+    let Some(finished) = finish_step_in(&mut tx, fence, outcome).await? else {
+        tx.rollback().await.ok();
+        return Ok(None);
+    };
+    tx.commit().await?;
+    Ok(Some(finished))
+}
+
 /// The worker engine's finish when the step has no effects to commit with it. A success, a retry
 /// or a cancelled step is one round trip: `CALL step_finish_settle` commits the step row, then
 /// settles the run in a transaction of its own. A step failing for good is recorded in a
@@ -245,13 +269,10 @@ pub async fn finish_step_alone(
     outcome: &Outcome,
 ) -> Result<Option<Finished>, sqlx::Error> {
     if !one_statement(outcome) {
-        let mut tx = pool.begin().await?;
-        let Some(finished) = finish_step_in(&mut tx, fence, outcome).await? else {
-            tx.rollback().await.ok();
-            return Ok(None);
+        return match finish_step_unsettled(pool, fence, outcome).await? {
+            Some(finished) => settled(pool, finished).await.map(Some),
+            None => Ok(None),
         };
-        tx.commit().await?;
-        return settled(pool, finished).await.map(Some);
     }
     let q = sqlx::query(
         "CALL step_finish_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
