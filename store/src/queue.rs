@@ -173,6 +173,28 @@ end
 return 0
 "#;
 
+// A run's settle turn (`{namespace}:settle:{run}`): `0` while a caller settles the run, `1` once a
+// finish committed during that settle. A finish that finds the key marks it; one that finds none
+// takes the turn.
+const SETTLE_FOLLOW_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+  return 0
+end
+redis.call('SET', KEYS[1], '0', 'PX', ARGV[1])
+return 1
+"#;
+
+// After a settle: a mark calls for one more (cleared here); none gives the turn up.
+const SETTLE_AGAIN_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == '1' then
+  redis.call('SET', KEYS[1], '0', 'PX', ARGV[1])
+  return 1
+end
+redis.call('DEL', KEYS[1])
+return 0
+"#;
+
 // Each script's SHA-1 is computed once, not at every call.
 static DEPTH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DEPTH_LUA));
 static PENDING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PENDING_LUA));
@@ -180,6 +202,8 @@ static JOB_STATES_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(JOB_ST
 static VACUUM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VACUUM_LUA));
 static LEASE_RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RENEW_LUA));
 static LEASE_RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RELEASE_LUA));
+static SETTLE_FOLLOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_FOLLOW_LUA));
+static SETTLE_AGAIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_AGAIN_LUA));
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
@@ -358,6 +382,43 @@ impl QueueClient {
     pub async fn lease_release(&self, entity: &str, holder: &str) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
         let n: i64 = LEASE_RELEASE_SCRIPT.key(self.lease_key(entity)).arg(holder).invoke_async(&mut conn).await?;
+        Ok(n == 1)
+    }
+
+    fn settle_key(&self, run: &str) -> String {
+        format!("{}:settle:{run}", self.namespace)
+    }
+
+    /// Takes the run's settle turn if no caller in the fleet holds it; marks nothing otherwise.
+    /// The turn lapses after `ttl` if its holder dies.
+    pub async fn settle_take(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.settle_key(run))
+            .arg("0")
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// For a finish that committed: takes the run's settle turn if nobody holds it (`true`);
+    /// otherwise marks the turn, whose holder settles once more.
+    pub async fn settle_follow(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let n: i64 =
+            SETTLE_FOLLOW_SCRIPT.key(self.settle_key(run)).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await?;
+        Ok(n == 1)
+    }
+
+    /// For the holder of the run's settle turn, after a settle: `true` (the mark cleared) when a
+    /// finish committed meanwhile, so it settles again; `false` gives the turn up.
+    pub async fn settle_again(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let n: i64 =
+            SETTLE_AGAIN_SCRIPT.key(self.settle_key(run)).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await?;
         Ok(n == 1)
     }
 

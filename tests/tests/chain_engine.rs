@@ -465,3 +465,56 @@ async fn a_finish_whose_worker_died_before_the_settle_is_settled_by_the_reconcil
     producer.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_settle_turn_is_taken_marked_and_given_up_in_redis() {
+    let env = TestEnv::new("").await;
+    let (q, run, ttl) = (&env.ops.queues, syncfleet_shared::ids::RunId::new().to_string(), Duration::from_secs(10));
+
+    assert!(q.settle_take(&run, ttl).await.unwrap(), "nobody holds the turn: taken");
+    assert!(!q.settle_take(&run, ttl).await.unwrap(), "one holder at a time");
+    assert!(!q.settle_follow(&run, ttl).await.unwrap(), "a finish during the settle marks the turn");
+    assert!(!q.settle_follow(&run, ttl).await.unwrap());
+    assert!(q.settle_again(&run, ttl).await.unwrap(), "the marks call for one more settle");
+    assert!(!q.settle_again(&run, ttl).await.unwrap(), "no finish since: the turn is given up");
+    assert!(q.settle_follow(&run, ttl).await.unwrap(), "a finish after that takes the turn itself");
+    assert!(!q.settle_again(&run, ttl).await.unwrap());
+
+    // A holder that died: its turn lapses, and the next finish takes it.
+    assert!(q.settle_take(&run, Duration::from_millis(50)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(q.settle_follow(&run, ttl).await.unwrap(), "the lapsed turn is taken");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_reconciler() {
+    let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 6\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 20 })).await;
+
+    // A holder of the run's settle turn that died without giving it up: every finish only marks
+    // the turn and leaves its settle to the holder.
+    let run = env.trigger("demo_fanout", "acme").await;
+    let turn = run.to_string();
+    assert!(env.ops.queues.settle_take(&turn, Duration::from_secs(600)).await.unwrap());
+
+    let producer = env.spawn_producer().await;
+    let (w1, w2) = (env.spawn_worker("w1").await, env.spawn_worker("w2").await);
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let effects = env.effects(run).await;
+    let names: Vec<(&str, i32, i64)> = effects.iter().map(|(s, shard, n)| (s.as_str(), *shard, *n)).collect();
+    let mut want = vec![("collect", 0, 1)];
+    want.extend((0..6).map(|shard| ("fan", shard, 1)));
+    want.push(("plan", 0, 1));
+    assert_eq!(names, want, "every step once");
+    assert!(
+        env.ops.queues.settle_again(&turn, Duration::from_secs(1)).await.unwrap(),
+        "the finishes marked the turn rather than settling"
+    );
+
+    w1.stop().await;
+    w2.stop().await;
+    producer.stop().await;
+    env.finish().await;
+}

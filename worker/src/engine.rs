@@ -3,8 +3,8 @@
 //! statement, fenced on the job id: a stale delivery stops here and lets the lease go) →
 //! run the handler under a timeout with heartbeats → record the outcome (the step row, with the
 //! step's effects when it has some) and settle the run after that commit (one round trip when the
-//! step has no effects: `CALL step_finish_settle`; a finish while its run is being settled on this
-//! process leaves the settle to that caller, [`crate::settles`]) → release the lease → push the steps that
+//! step has no effects: `CALL step_finish_settle`; a finish while another caller holds its run's
+//! settle turn leaves the settle to that caller, [`crate::settles`]) → release the lease → push the steps that
 //! became ready (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
 //! the step, which is recorded `cancelled`.
 //!
@@ -135,7 +135,7 @@ pub struct Engine {
     pub hard_stop: CancellationToken,
     /// Wake-ups of this process's queue workers on push ([`crate::wake`]).
     pub wake: crate::wake::Hub,
-    /// The runs this process is settling ([`crate::settles`]).
+    /// The runs' settle turns ([`crate::settles`]).
     settles: Settles,
 }
 
@@ -158,6 +158,7 @@ impl Engine {
             (observed.size(), observed.num_idle(), observed.options().get_max_connections())
         });
         let wake = crate::wake::Hub::new(&config.redis);
+        let settles = Settles::new(queues.clone());
         Engine {
             config,
             pool,
@@ -169,7 +170,7 @@ impl Engine {
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             wake,
-            settles: Settles::default(),
+            settles,
         }
     }
 
@@ -468,13 +469,13 @@ impl Engine {
         })
     }
 
-    /// Settles the run a committed finish names ([`Finished::settle`]), unless a settle of it is
-    /// going on in this process: that one then settles again after it ([`crate::settles`]).
+    /// Settles the run a committed finish names ([`Finished::settle`]), unless another caller holds
+    /// the run's settle turn: that one then settles again after it ([`crate::settles`]).
     async fn settle_committed(&self, finished: Finished) -> Result<Finished, EngineError> {
         let Some(run) = finished.settle else {
             return Ok(finished);
         };
-        let Some(lead) = self.settles.follow(run) else {
+        let Some(lead) = self.settles.follow(run).await else {
             return Ok(Finished { settle: None, ..finished });
         };
         let finished = finished.merge(runs::settle(&self.pool, run).await?);
@@ -482,8 +483,8 @@ impl Engine {
     }
 
     /// Settles the led run again while finishes committed during its last settle.
-    async fn settle_while_marked(&self, mut lead: Lead<'_>, mut finished: Finished) -> Result<Finished, EngineError> {
-        while lead.again() {
+    async fn settle_while_marked(&self, mut lead: Lead, mut finished: Finished) -> Result<Finished, EngineError> {
+        while self.settles.again(&mut lead).await {
             finished = finished.merge(runs::settle(&self.pool, lead.run()).await?);
         }
         Ok(finished)
@@ -492,8 +493,8 @@ impl Engine {
     /// Records the outcome (with the handler's writes on success); returns the steps that became
     /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
     /// trip (the step row commits, then the run is settled); with writes, the step row commits with
-    /// them and the run is settled after the commit. Finishes of one run on this process while it
-    /// is being settled leave their settle to the caller settling it ([`crate::settles`]).
+    /// them and the run is settled after the commit. A finish while another caller holds its run's
+    /// settle turn leaves the settle to that caller ([`crate::settles`]).
     async fn record(
         &self,
         fence: &Fence<'_>,
@@ -504,8 +505,8 @@ impl Engine {
         // What settles of other finishes made ready when this one was fenced off.
         let mut others_ready = vec![];
         let finished: Option<Finished> = match tx {
-            None => match self.settles.lead(run_id) {
-                // No settle of the run going on here: the finish and the settle in one round trip.
+            None => match self.settles.take(run_id).await {
+                // The run's settle turn taken: the finish and the settle in one round trip.
                 Some(lead) => {
                     let finished = runs::finish_step_alone(&self.pool, fence, &outcome).await?;
                     let fenced_off = finished.is_none();
