@@ -1,4 +1,5 @@
-//! Redis access: step job queues (apalis-redis 1.0 layout), queue depth, and the entity lease.
+//! Redis access: step job queues (apalis-redis 1.0 layout), queue depth, the entity lease, and a
+//! run's settle turn.
 //!
 //! Keys of queue `q` = `{namespace}:{queue}` (written by apalis-redis's scripts; we read them):
 //! | key | type | holds |
@@ -18,6 +19,7 @@
 //! | key | type | holds | written by |
 //! |---|---|---|---|
 //! | `{namespace}:lease:{entity_key}` | STRING, PX ttl | task id of the job holding the entity | worker |
+//! | `{namespace}:settle:{run_id}` | STRING, PX ttl | `0` while a caller settles the run, `1` once a finish committed meanwhile (`worker/src/settles.rs`) | worker |
 //! | `{namespace}:webhook-seen:{signature}` | STRING, EX ttl | a webhook signature accepted within its window | producer |
 //!
 //! Channels we own: `{namespace}:wake:{queue}` (pub/sub), published by every [`QueueClient::push`]
