@@ -355,18 +355,23 @@ impl QueueClient {
         format!("{}:lease:{entity}", self.namespace)
     }
 
-    /// Takes the entity lease for `holder` if nobody holds it.
-    pub async fn lease_acquire(&self, entity: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+    /// `SET key value NX PX ttl`: whether the key was set (nobody held it).
+    async fn set_if_absent(&self, key: String, value: &str, ttl: Duration) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.lease_key(entity))
-            .arg(holder)
+            .arg(key)
+            .arg(value)
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Takes the entity lease for `holder` if nobody holds it.
+    pub async fn lease_acquire(&self, entity: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+        self.set_if_absent(self.lease_key(entity), holder, ttl).await
     }
 
     /// Extends the lease while `holder` still holds it.
@@ -394,16 +399,7 @@ impl QueueClient {
     /// Takes the run's settle turn if no caller in the fleet holds it; marks nothing otherwise.
     /// The turn lapses after `ttl` if its holder dies.
     pub async fn settle_take(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.settle_key(run))
-            .arg("0")
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
+        self.set_if_absent(self.settle_key(run), "0", ttl).await
     }
 
     /// For a finish that committed: takes the run's settle turn if nobody holds it (`true`);
