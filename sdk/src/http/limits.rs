@@ -79,3 +79,38 @@ impl Limits {
         (1..=self.max_retries).map(move |retry| backoff.delay(retry))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_defaults_and_validation() {
+        let limits: Limits = serde_json::from_str("{}").unwrap();
+        assert_eq!(limits, Limits::default());
+        assert_eq!((limits.burst, limits.concurrency, limits.timeout_ms), (1, 4, 30_000));
+        assert!(limits.validate().is_ok());
+        assert!(serde_json::from_str::<Limits>(r#"{"rate": 3}"#).is_err(), "unknown fields are refused");
+        let cases = [
+            (Limits { rate_per_sec: Some(0.0), ..Limits::default() }, "rate_per_sec"),
+            (Limits { rate_per_sec: Some(f64::NAN), ..Limits::default() }, "rate_per_sec"),
+            (Limits { burst: 0, ..Limits::default() }, "burst"),
+            (Limits { concurrency: 0, ..Limits::default() }, "concurrency"),
+            (Limits { timeout_ms: 0, ..Limits::default() }, "timeout_ms"),
+            (Limits { backoff_max_ms: 100, ..Limits::default() }, "backoff_max_ms"),
+        ];
+        for (limits, field) in cases {
+            let message = limits.validate().expect_err(field);
+            assert!(message.starts_with(field), "{message}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let limits = Limits { max_retries: 4, backoff_base_ms: 100, backoff_max_ms: 300, ..Limits::default() };
+        let delays: Vec<Duration> = limits.backoff().collect();
+        assert_eq!(delays.len(), 4);
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(300)), "{delays:?}");
+    }
+}

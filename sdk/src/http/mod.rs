@@ -52,6 +52,7 @@ mod limits;
 mod pages;
 pub mod policy;
 pub mod redact;
+mod retry_after;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -74,6 +75,7 @@ pub use error::{HttpError, Verdict};
 pub use limits::Limits;
 pub use pages::Pages;
 pub use policy::{NonPublicAddress, UpstreamPolicy};
+pub use retry_after::parse_retry_after;
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("syncfleet/", env!("CARGO_PKG_VERSION"));
@@ -519,18 +521,6 @@ fn spread(d: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=cap))
 }
 
-/// `Retry-After` as a wait from `now`: delta-seconds or an HTTP-date. Zero, past dates and anything
-/// unparsable are no hint.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(value.parse().ok()?)
-    } else {
-        httpdate::parse_http_date(value).ok()?.duration_since(now).ok()?
-    };
-    (!wait.is_zero()).then_some(wait)
-}
-
 /// An error and its causes, each once.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -550,71 +540,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use syncfleet_shared::config::UpstreamConfig;
-
-    #[test]
-    fn retry_after_delta_seconds() {
-        let now = SystemTime::now();
-        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("0", now), None);
-    }
-
-    #[test]
-    fn retry_after_http_date() {
-        let now = SystemTime::now();
-        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        let wait = parse_retry_after(&date, now).expect("a future date is a hint");
-        // HTTP dates have whole seconds.
-        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&past, now), None);
-    }
-
-    #[test]
-    fn retry_after_garbage_is_no_hint() {
-        let now = SystemTime::now();
-        for value in ["", "soon", "-1", "1.5", "Wed, 99 Foo 2026 00:00:00 GMT", "99999999999999999999999"] {
-            assert_eq!(parse_retry_after(value, now), None, "{value:?}");
-        }
-    }
-
-    #[test]
-    fn limits_defaults_and_validation() {
-        let limits: Limits = serde_json::from_str("{}").unwrap();
-        assert_eq!(limits, Limits::default());
-        assert_eq!((limits.burst, limits.concurrency, limits.timeout_ms), (1, 4, 30_000));
-        assert!(limits.validate().is_ok());
-        assert!(serde_json::from_str::<Limits>(r#"{"rate": 3}"#).is_err(), "unknown fields are refused");
-        let cases = [
-            (Limits { rate_per_sec: Some(0.0), ..Limits::default() }, "rate_per_sec"),
-            (Limits { rate_per_sec: Some(f64::NAN), ..Limits::default() }, "rate_per_sec"),
-            (Limits { burst: 0, ..Limits::default() }, "burst"),
-            (Limits { concurrency: 0, ..Limits::default() }, "concurrency"),
-            (Limits { timeout_ms: 0, ..Limits::default() }, "timeout_ms"),
-            (Limits { backoff_max_ms: 100, ..Limits::default() }, "backoff_max_ms"),
-        ];
-        for (limits, field) in cases {
-            let message = limits.validate().expect_err(field);
-            assert!(message.starts_with(field), "{message}");
-        }
-    }
-
-    #[test]
-    fn backoff_grows_within_bounds() {
-        let limits = Limits { max_retries: 4, backoff_base_ms: 100, backoff_max_ms: 300, ..Limits::default() };
-        let delays: Vec<Duration> = limits.backoff().collect();
-        assert_eq!(delays.len(), 4);
-        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200), "{delays:?}");
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(300)), "{delays:?}");
-    }
-
-    #[test]
-    fn urls_in_logs_hide_secrets() {
-        let url = Url::parse("https://u:pw@lms.example.com/ws?wstoken=abc&page=2&api_key=k").unwrap();
-        assert_eq!(redact::url(&url), "https://lms.example.com/ws?wstoken=***&page=***&api_key=***");
-        let plain = Url::parse("https://erp.example.com/api/items").unwrap();
-        assert_eq!(redact::url(&plain), plain.as_str());
-    }
 
     /// A server on 127.0.0.1 answering each request (one per connection) with `answer(path)`;
     /// counts the requests it got.
