@@ -191,17 +191,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_in_logs_hide_secrets() {
-        let with_secrets = Url::parse("https://u:pw@lms.example.com/ws?wstoken=abc&page=2&api_key=k").unwrap();
-        assert_eq!(url(&with_secrets), "https://lms.example.com/ws?wstoken=***&page=***&api_key=***");
-        let plain = Url::parse("https://erp.example.com/api/items").unwrap();
-        assert_eq!(url(&plain), plain.as_str());
-    }
-
-    #[test]
     fn urls_hide_user_info_and_every_query_value() {
         let u = Url::parse("https://u:pw@lms.example.com/ws?wstoken=abc&page=2&access=k&sig=s#frag").unwrap();
         assert_eq!(url(&u), "https://lms.example.com/ws?wstoken=***&page=***&access=***&sig=***");
+        let with_key = Url::parse("https://u:pw@lms.example.com/ws?wstoken=abc&page=2&api_key=k").unwrap();
+        assert_eq!(url(&with_key), "https://lms.example.com/ws?wstoken=***&page=***&api_key=***");
         let plain = Url::parse("https://erp.example.com/api/items").unwrap();
         assert_eq!(url(&plain), plain.as_str());
         assert_eq!(link("/items?cursor=abc"), "/items?cursor=***");
