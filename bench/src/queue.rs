@@ -2,9 +2,12 @@
 //!
 //! - `queue_jobs_per_s`: 6,000 no-op jobs pushed through our queue module (`QueueClient::push`, fixed
 //!   task ids) and consumed by apalis-redis workers with a no-op handler, concurrency 50 and 1.
-//! - `engine_steps_per_s`: empty steps (a `demo_fanout` of N shards, step_ms 0) through the whole
-//!   engine (PostgreSQL claim/finish, entity lease, dispatch), with 1 and with 4 worker processes
-//!   (the release `syncfleet-worker` binary) and the producer in this process. Each fleet runs the
+//! - `engine_steps_per_s_*`: steps of no duration (a `demo_fanout` of N shards, step_ms 0) through
+//!   the whole engine (PostgreSQL claim/finish, entity lease, dispatch), with 1 and with 4 worker
+//!   processes (the release `syncfleet-worker` binary) and the producer in this process. Each step
+//!   writes its `demo_effects` row in its finish's transaction (as a step with data does: `BEGIN`,
+//!   its write, the finish, `COMMIT`), except on `*_empty`: 1 process of empty steps, which write
+//!   nothing (their finish and settle are one round trip). Each fleet runs the
 //!   fan-out twice: the second run is measured (`engine_*`), the first one is reported as `*_cold`.
 //!   A fleet's first run also pays for its PostgreSQL connections' start (about 26 for 1 process,
 //!   84 for 4: sessions, catalog caches, PL/pgSQL functions compiled, statements prepared and
@@ -16,11 +19,14 @@
 //!   copies of `step_runs` and `chain_runs` (`LIKE … INCLUDING ALL`: the same columns, defaults and
 //!   indexes, filled with the rows of a real `demo_fanout` run), from as many connections at once as
 //!   the fleet runs steps (8 = one worker process of concurrency 8, 32 = four). `engine_vs_pg_floor`
-//!   is the engine's steps/s on 1 process ÷ the floor at 8, `engine_w4_vs_pg_floor` on 4 ÷ at 32.
+//!   is the engine's empty steps/s on 1 process ÷ the floor at 8 (both commit the same two
+//!   transactions per step); `engine_with_effect_vs_pg_floor` the same for steps writing their
+//!   effect, and `engine_w4_vs_pg_floor` those on 4 processes ÷ the floor at 32.
 //! - `start_latency_floor_*`: one PostgreSQL commit plus one Redis round trip, back to back, the
 //!   least a trigger → start can cost (the trigger commits, the worker hears of it through Redis).
 //! - `cpu_ms_per_step_*`: where the machine's cores go per step (`crate::cpu`, by class of
-//!   process), for the engine on 1 and 4 processes, on 1 process running 32 steps at once, and for
+//!   process), for the engine on 1 process (empty steps and steps with an effect) and 4, on 1
+//!   process running 32 steps at once, and for
 //!   the floor: with both cores busy, steps/s is about 2,000 ÷ the total.
 
 use std::{
@@ -107,18 +113,29 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
     Ok((push_rate, consume_rate))
 }
 
-/// A round of `workers` processes of `concurrency` with the `demo` integration `bench` (empty
-/// steps) and `demo_fanout`'s fan step in `shards` shards.
+/// What each step of the measured fan-out does besides taking no time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Steps {
+    /// Nothing: the engine's own cost, against the PostgreSQL floor.
+    Empty,
+    /// One `demo_effects` row, committed with the step's finish.
+    WithEffect,
+}
+
+/// A round of `workers` processes of `concurrency` with the `demo` integration `bench` (steps of
+/// no duration, empty or each writing its effect) and `demo_fanout`'s fan step in `shards` shards.
 async fn with_fleet<T>(
     workers: usize,
     concurrency: usize,
     shards: u32,
+    steps: Steps,
     body: impl AsyncFnOnce(&Round) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let config = format!("[chains.demo_fanout.steps.fan]\nshards = {shards}\n");
     let setup = round::Setup { reconcile_interval_ms: 50, ..round::Setup::new(None, workers, concurrency, config) };
     round::with_round(setup, async |r| {
-        let settings = json!({ "step_ms": 0, "fail": { "right": "never" } });
+        let effects = steps == Steps::WithEffect;
+        let settings = json!({ "step_ms": 0, "fail": { "right": "never" }, "effects": effects });
         store::upsert_integration(&r.ops().pool, INTEGRATION, "demo", &settings).await?;
         body(r).await
     })
@@ -143,10 +160,10 @@ struct Engine {
     warm: FanRun,
 }
 
-/// Two `demo_fanout` runs of `shards` empty shards, one after the other, on `workers` processes of
-/// `concurrency`.
-async fn engine(workers: usize, concurrency: usize, shards: u32) -> anyhow::Result<Engine> {
-    with_fleet(workers, concurrency, shards, async |r| {
+/// Two `demo_fanout` runs of `shards` shards of no duration, one after the other, on `workers`
+/// processes of `concurrency`.
+async fn engine(workers: usize, concurrency: usize, shards: u32, steps: Steps) -> anyhow::Result<Engine> {
+    with_fleet(workers, concurrency, shards, steps, async |r| {
         let cold = fan_run(r, shards).await?;
         let warm = fan_run(r, shards).await?;
         Ok(Engine { cold, warm })
@@ -201,7 +218,7 @@ const WARMUP_TRIGGERS: usize = 60;
 const PICKUP_QUIET: Duration = Duration::from_millis(20);
 
 async fn latency(samples: usize) -> anyhow::Result<Latency> {
-    let (cold, ms) = with_fleet(1, 8, 1, async |r| {
+    let (cold, ms) = with_fleet(1, 8, 1, Steps::WithEffect, async |r| {
         let mut ms = Vec::new();
         let mut cold = Vec::new();
         for i in 0..WARMUP_TRIGGERS + samples {
@@ -389,23 +406,33 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
             s.figure("queue_push_per_s", push50);
         }
         let engines = if engine_part {
-            Some((engine(1, 8, 2_000).await?, engine(4, 8, 2_000).await?, engine(1, 32, 2_000).await?))
+            Some((
+                engine(1, 8, 2_000, Steps::Empty).await?,
+                engine(1, 8, 2_000, Steps::WithEffect).await?,
+                engine(4, 8, 2_000, Steps::WithEffect).await?,
+                engine(1, 32, 2_000, Steps::WithEffect).await?,
+            ))
         } else {
             None
         };
         let latency = if latency_part { Some(latency(100).await?) } else { None };
         let floor = pg_floor(if latency_part { 100 } else { 1 }).await?;
-        if let Some((w1, w4, w1c32)) = engines {
+        if let Some((w1_empty, w1, w4, w1c32)) = engines {
             let (e1, e4, e1c32) = (w1.warm.steps_per_s, w4.warm.steps_per_s, w1c32.warm.steps_per_s);
             let (cpu1, cpu4, cpu1c32) = (w1.warm.cpu, w4.warm.cpu, w1c32.warm.cpu);
+            let (e1_empty, cpu1_empty) = (w1_empty.warm.steps_per_s, w1_empty.warm.cpu);
             eprintln!(
-                "queue round {}: engine {e1:.0} steps/s on 1 worker, {e4:.0} on 4 (PostgreSQL floor {:.0} at 8, \
-                 {:.0} at 32); CPU ms per step on 1 worker {cpu1:.2?}, on 4 {cpu4:.2?}, floor at 8 {:.2?}",
+                "queue round {}: engine {e1_empty:.0} empty steps/s on 1 worker; steps writing an effect {e1:.0} \
+                 on 1 worker, {e4:.0} on 4 (PostgreSQL floor {:.0} at 8, {:.0} at 32); CPU ms per step: empty on 1 \
+                 worker {cpu1_empty:.2?}, with an effect on 1 {cpu1:.2?}, on 4 {cpu4:.2?}, floor at 8 {:.2?}",
                 round + 1,
                 floor.c8,
                 floor.c32,
                 floor.cpu_c8
             );
+            s.figure("engine_steps_per_s_1_worker_empty", e1_empty);
+            s.figure("engine_vs_pg_floor", e1_empty / floor.c8);
+            s.figure("engine_with_effect_vs_pg_floor", e1 / floor.c8);
             s.figure("engine_steps_per_s_1_worker", e1);
             s.figure("engine_steps_per_s_4_workers", e4);
             s.figure("engine_w4_vs_w1", e4 / e1);
@@ -413,7 +440,6 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
             s.figure("engine_w1c32_vs_w1", e1c32 / e1);
             s.figure("pg_floor_steps_per_s_c8", floor.c8);
             s.figure("pg_floor_steps_per_s_c32", floor.c32);
-            s.figure("engine_vs_pg_floor", e1 / floor.c8);
             s.figure("engine_fanout_gap_ms_1_worker", w1.warm.fanout_gap_ms);
             s.figure("engine_fanout_gap_ms_1_worker_cold", w1.cold.fanout_gap_ms);
             s.figure("engine_steps_per_s_1_worker_cold", w1.cold.steps_per_s);
@@ -424,9 +450,13 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
                 s.figure(format!("cpu_ms_per_step_{label}_postgres"), run.cpu.get("postgres").copied().unwrap_or(0.0));
             }
             s.figure("engine_w4_vs_pg_floor", e4 / floor.c32);
-            for (label, split) in
-                [("engine_w1", &cpu1), ("engine_w4", &cpu4), ("engine_w1c32", &cpu1c32), ("pg_floor_c8", &floor.cpu_c8)]
-            {
+            for (label, split) in [
+                ("engine_w1_empty", &cpu1_empty),
+                ("engine_w1", &cpu1),
+                ("engine_w4", &cpu4),
+                ("engine_w1c32", &cpu1c32),
+                ("pg_floor_c8", &floor.cpu_c8),
+            ] {
                 for (class, ms) in split {
                     s.figure(format!("cpu_ms_per_step_{label}_{class}"), *ms);
                 }
@@ -446,20 +476,22 @@ pub async fn run(part: Part, runs: usize) -> anyhow::Result<Scenario> {
     }
     s.ratio_from_median("engine_w4_vs_w1");
     s.ratio_from_median("engine_vs_pg_floor");
+    s.ratio_from_median("engine_with_effect_vs_pg_floor");
     s.ratio_from_median("engine_w4_vs_pg_floor");
     s.goal("start_latency_p50_ms", "<= 2.0");
     s.goal("start_latency_p99_ms", "<= 10");
     s.goal("engine_vs_pg_floor", ">= 0.5");
     s.goal("engine_w4_vs_w1", ">= 1.0");
     s.note("queue_*: no-op jobs through QueueClient::push and one apalis-redis worker (6,000 at concurrency 50, 3,000 at 1)");
-    s.note("engine_*: a demo_fanout of 2,000 empty shards, first start to last finish, syncfleet-worker processes of concurrency 8; the fleet's second such run (its first one, every connection new, is *_cold)");
+    s.note("engine_*: a demo_fanout of 2,000 shards of no duration, each writing its demo_effects row with its finish, first start to last finish, syncfleet-worker processes of concurrency 8; the fleet's second such run (its first one, every connection new, is *_cold)");
+    s.note("engine_steps_per_s_1_worker_empty: the same on 1 process with empty shards (\"effects\": false: the step writes nothing, its finish and the run's settle are one round trip)");
     s.note("*_cold: the fleet's first run, which also starts and warms every PostgreSQL connection of the processes (a cost per connection, not per step)");
     s.note("engine_fanout_gap_ms_1_worker: from the end of demo_fanout's plan step to the start of its first shard (promoting the 2,000 shards, then dispatching), on 1 process");
     s.note("engine_w4_vs_w1: 4 worker processes against 1, both measured in the same run; the median of the per-run ratios");
     s.note("start_latency_*: trigger to step start of demo_ping on an idle fleet of one process, 100 sequential runs after 60 unmeasured ones (start_latency_p50_ms_cold: those 60, on a fleet just started); each run is read 20 ms after its trigger, so that reading it does not compete with its pickup");
     s.note("start_latency_to_dispatch_p50_ms: the run's created_at (its trigger statement's start) to its step's dispatched_at (0 when that statement marked it dispatched, the trigger's usual path); start_latency_dispatch_to_start_p50_ms: from there to the claim's start (started_at)");
     s.note("pg_floor_*: per step, the claim and the finish as two autocommit UPDATEs on copies of step_runs (LIKE … INCLUDING ALL, rows of a real 2,000-shard demo_fanout), 8 and 32 connections at once (the step slots of 1 and 4 worker processes)");
-    s.note("engine_vs_pg_floor: engine steps/s on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: on 4 ÷ at 32; each within one run");
+    s.note("engine_vs_pg_floor: empty steps/s on 1 process ÷ the floor at 8; engine_with_effect_vs_pg_floor: steps writing their effect on 1 process ÷ the floor at 8; engine_w4_vs_pg_floor: those on 4 ÷ the floor at 32; each within one run");
     s.note("start_latency_floor_*: one PostgreSQL commit plus one Redis PING, back to back, 100 times");
     s.note("engine_steps_per_s_1_worker_concurrency_32, engine_w1c32_vs_w1: one process running 32 steps at once (as many as 4 processes of 8), to tell the cost of more processes from the cost of more steps at once");
     s.note("cpu_ms_per_step_{engine_w1,engine_w4,engine_w1c32,pg_floor_c8}_{class}: CPU time per step from /proc/<pid>/stat, by class of process (postgres: every PostgreSQL process; worker: the syncfleet-worker processes; redis; bench: this process, with the producer and the reconciler; other), over the engine's run from trigger to end and over the floor's round at 8 connections");

@@ -518,3 +518,75 @@ async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_recon
     producer.stop().await;
     env.finish().await;
 }
+
+/// What one transaction of `step_settle` on `run` did: the steps it made ready, and the
+/// sequential scans of `step_runs` it made (this transaction's statistics).
+async fn settle_scans(env: &TestEnv, run: syncfleet_shared::ids::RunId) -> (Vec<i64>, bool, i64) {
+    let mut tx = env.pool.begin().await.unwrap();
+    let (ready, needs_end): (Vec<i64>, bool) = sqlx::query_as("SELECT ready_ids, needs_end FROM step_settle($1)")
+        .bind(run.0)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let due: bool = sqlx::query_scalar("SELECT run_settle_due($1)").bind(run.0).fetch_one(&mut *tx).await.unwrap();
+    assert!(!due, "a settle leaves nothing due");
+    let scans: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(seq_scan), 0)::bigint FROM pg_stat_xact_user_tables WHERE relname = 'step_runs'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    (ready, needs_end, scans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_of_a_large_fan_out_reads_its_steps_through_the_indexes() {
+    let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 2000\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+
+    // A fan-out half done, on a `step_runs` that holds this run only, with fresh statistics: the
+    // planner expects half the rows to be open, and the ended ones come first in the table.
+    let run = env.trigger("demo_fanout", "acme").await;
+    let owner = env.owner_pool().await;
+    for sql in [
+        "UPDATE chain_runs SET status = 'running', started_at = now() WHERE id = $1",
+        "UPDATE step_runs SET status = 'succeeded', finished_at = now() WHERE run_id = $1 AND step = 'plan'",
+        "UPDATE step_runs SET status = CASE WHEN shard < 1000 THEN 'succeeded' WHEN shard < 1008 THEN 'running'
+                                             ELSE 'ready' END
+          WHERE run_id = $1 AND step = 'fan'",
+    ] {
+        sqlx::query(sql).bind(run.0).execute(&owner).await.unwrap();
+    }
+    sqlx::raw_sql("VACUUM ANALYZE step_runs").execute(&owner).await.unwrap();
+
+    // Nothing to promote, the run open: found by index probes, without reading the table.
+    let (ready, needs_end, scans) = settle_scans(&env, run).await;
+    assert!(ready.is_empty() && !needs_end, "{ready:?} {needs_end}");
+    assert_eq!(scans, 0, "a settle read step_runs from its start");
+
+    // The last shard ended: the settle promotes `collect`, still by index.
+    sqlx::query("UPDATE step_runs SET status = 'succeeded', finished_at = now() WHERE run_id = $1 AND step = 'fan'")
+        .bind(run.0)
+        .execute(&owner)
+        .await
+        .unwrap();
+    let collect: i64 = env.scalar("SELECT id FROM step_runs WHERE run_id = $1 AND step = 'collect'", run).await;
+    let (ready, needs_end, scans) = settle_scans(&env, run).await;
+    assert_eq!((ready, needs_end), (vec![collect], false));
+    assert_eq!(scans, 0, "a settle read step_runs from its start");
+
+    // `collect` ended: nothing is open, and the settle says the run must end.
+    sqlx::query("UPDATE step_runs SET status = 'succeeded', finished_at = now() WHERE id = $1")
+        .bind(collect)
+        .execute(&owner)
+        .await
+        .unwrap();
+    let mut tx = env.pool.begin().await.unwrap();
+    let needs_end: bool =
+        sqlx::query_scalar("SELECT needs_end FROM step_settle($1)").bind(run.0).fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(needs_end, "a run with nothing open is ended");
+    owner.close().await;
+    env.finish().await;
+}

@@ -9,9 +9,10 @@
 //! - `demo_contention`: `fan` with 20 shards that all write one entity (one lease for all).
 //!
 //! Behaviour per integration, from its `settings` JSON:
-//! `{"step_ms": 100, "fail": {"left": "always" | "once" | "never"}, "slow": {"left": 5000}}`.
+//! `{"step_ms": 100, "fail": {"left": "always" | "once" | "never"}, "slow": {"left": 5000}, "effects": true}`.
 //! Every step inserts one `demo_effects` row in its completion transaction, so a doubled or lost
-//! step shows in the table.
+//! step shows in the table; with `"effects": false` the steps write nothing (empty steps, whose
+//! finish commits nothing of the step's: what the engine alone costs).
 
 use std::{sync::Arc, time::Duration};
 
@@ -118,6 +119,9 @@ impl StepHandler for DemoStep {
                     return Err(StepError::retry(format!("{step} fails on its first attempt")));
                 }
                 _ => {}
+            }
+            if settings.get("effects").and_then(|v| v.as_bool()) == Some(false) {
+                return Ok(());
             }
             ctx.result.fetched = 1;
             ctx.result.inserted = 1;

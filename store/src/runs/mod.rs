@@ -280,13 +280,19 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 /// `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
 /// the run, reads the integration and claims the step; the first claim of a run also starts it
 /// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
+///
+/// A claim in a running run, nearly every claim, is [`CLAIM_IN_RUNNING_RUN`]: the same lock, check
+/// and update as one SQL statement, without the function's call. It answers `again` for a run that
+/// is not running, which `step_claim` then starts or finds inactive.
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM step_claim($1, $2, $3)")
-        .bind(step_run_id)
-        .bind(job_id)
-        .bind(worker)
-        .fetch_one(pool)
-        .await?;
+    let bind = |sql| sqlx::query(sql).bind(step_run_id).bind(job_id).bind(worker);
+    let row = match bind(CLAIM_IN_RUNNING_RUN).fetch_optional(pool).await? {
+        None => return Ok(Claim::Stale),
+        Some(row) if row.get::<&str, _>("outcome") == "again" => {
+            bind("SELECT * FROM step_claim($1, $2, $3)").fetch_one(pool).await?
+        }
+        Some(row) => row,
+    };
     match row.get::<&str, _>("outcome") {
         "claimed" => Ok(Claim::Claimed(Box::new(ClaimedStep {
             run_id: RunId(row.get("run_id")),
@@ -313,6 +319,31 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
         _ => Ok(Claim::Stale),
     }
 }
+
+/// `step_claim` (`0021`) when the step's run is running, as one statement: the run row locked
+/// `FOR SHARE` with the integration read, then the step claimed if the run is running. No row when
+/// the step does not exist; `again` when the run is not running (nothing was written).
+const CLAIM_IN_RUNNING_RUN: &str = "WITH r AS (
+        SELECT c.id, c.status, c.chain, c.mode, c.force_sweep, i.id AS iid, i.name, i.pack, i.enabled, i.settings
+          FROM step_runs x
+          JOIN chain_runs c ON c.id = x.run_id
+          JOIN integrations i ON i.id = c.integration_id
+         WHERE x.id = $1
+           FOR SHARE OF c),
+     s AS (
+        UPDATE step_runs x
+           SET status = 'running', attempts = x.attempts + 1, worker = $3, started_at = now(),
+               heartbeat_at = now(), finished_at = NULL
+          FROM r
+         WHERE x.id = $1 AND x.job_id = $2 AND x.status = 'ready' AND r.status = 'running'
+        RETURNING x.step, x.shard, x.attempts, x.max_attempts, x.lost_attempts, x.max_lost_attempts,
+                  x.entity_key, x.mode)
+    SELECT CASE WHEN r.status <> 'running' THEN 'again' WHEN s.step IS NULL THEN 'stale' ELSE 'claimed' END
+               AS outcome,
+           r.id AS run_id, r.chain, r.mode AS run_mode, r.force_sweep, r.iid AS integration_id,
+           r.name AS integration_name, r.pack, r.enabled, r.settings, s.step, s.shard, s.attempts,
+           s.max_attempts, s.lost_attempts, s.max_lost_attempts, s.entity_key, s.mode AS step_mode
+      FROM r LEFT JOIN s ON true";
 
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
