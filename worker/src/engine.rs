@@ -46,6 +46,7 @@ const HANDLER_STOP_GRACE: Duration = Duration::from_secs(3);
 /// One delivery of a step job.
 struct Delivery<'a> {
     queue: &'a str,
+    run: RunId,
     id: i64,
     job_id: &'a str,
     due_at_ms: Option<i64>,
@@ -137,6 +138,31 @@ pub struct Engine {
     pub wake: crate::wake::Hub,
     /// The runs' settle turns ([`crate::settles`]).
     settles: Settles,
+    /// Runs this process claimed steps of lately.
+    running: RecentRuns,
+}
+
+/// The last [`RecentRuns::KEPT`] runs a process claimed steps of: they were running then, and a
+/// claim in such a run is one plain statement (`runs::claim_in_running_run`, which still checks).
+#[derive(Default)]
+struct RecentRuns(std::sync::Mutex<std::collections::VecDeque<RunId>>);
+
+impl RecentRuns {
+    const KEPT: usize = 64;
+
+    fn contains(&self, run: RunId) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&run)
+    }
+
+    fn insert(&self, run: RunId) {
+        let mut runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !runs.contains(&run) {
+            if runs.len() == Self::KEPT {
+                runs.pop_front();
+            }
+            runs.push_back(run);
+        }
+    }
 }
 
 impl Engine {
@@ -171,6 +197,7 @@ impl Engine {
             hard_stop: CancellationToken::new(),
             wake,
             settles,
+            running: RecentRuns::default(),
         }
     }
 
@@ -182,8 +209,14 @@ impl Engine {
                 let span = process.in_scope(
                     || tracing::info_span!("step", %run_id, %step, shard, job_id = %job_id, worker = %self.name),
                 );
-                let delivery =
-                    Delivery { queue, id: step_run_id, job_id: &job_id, due_at_ms, entity: entity.as_deref() };
+                let delivery = Delivery {
+                    queue,
+                    run: run_id,
+                    id: step_run_id,
+                    job_id: &job_id,
+                    due_at_ms,
+                    entity: entity.as_deref(),
+                };
                 self.execute_step(&delivery).instrument(span).instrument(process).await
             }
         }
@@ -256,8 +289,18 @@ impl Engine {
         entity: &str,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
         let (id, job_id) = (d.id, d.job_id);
-        let claimed = match runs::claim(&self.pool, id, job_id, &self.name).await? {
-            Claim::Claimed(c) => c,
+        // A run this process claimed a step of is claimed in one plain statement; a run it has
+        // not seen may still be queued, which only `step_claim` starts.
+        let claim = if self.running.contains(d.run) {
+            runs::claim_in_running_run(&self.pool, id, job_id, &self.name).await?
+        } else {
+            runs::claim(&self.pool, id, job_id, &self.name).await?
+        };
+        let claimed = match claim {
+            Claim::Claimed(c) => {
+                self.running.insert(d.run);
+                c
+            }
             Claim::Stale => return Ok((Executed::Stale, vec![])),
             Claim::RunInactive => return Ok((Executed::RunInactive, vec![])),
         };

@@ -280,21 +280,39 @@ pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Resu
 /// `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
 /// the run, reads the integration and claims the step; the first claim of a run also starts it
 /// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
-///
-/// A claim in a running run, nearly every claim, is [`CLAIM_IN_RUNNING_RUN`]: the same lock, check
-/// and update as one SQL statement, without the function's call. It answers `again` for a run that
-/// is not running, which `step_claim` then starts or finds inactive.
 pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
-    let bind = |sql| sqlx::query(sql).bind(step_run_id).bind(job_id).bind(worker);
-    let row = match bind(CLAIM_IN_RUNNING_RUN).fetch_optional(pool).await? {
-        None => return Ok(Claim::Stale),
-        Some(row) if row.get::<&str, _>("outcome") == "again" => {
-            bind("SELECT * FROM step_claim($1, $2, $3)").fetch_one(pool).await?
-        }
-        Some(row) => row,
-    };
+    let row = sqlx::query("SELECT * FROM step_claim($1, $2, $3)")
+        .bind(step_run_id)
+        .bind(job_id)
+        .bind(worker)
+        .fetch_one(pool)
+        .await?;
+    Ok(claim_of(&row))
+}
+
+/// [`claim`] for a step whose run the caller saw running (another of its steps claimed): the same
+/// lock, check and update as one SQL statement ([`CLAIM_IN_RUNNING_RUN`]), without the function's
+/// call. A run that is not running after all (cancelled, ended) goes to [`claim`], which cancels
+/// the step; so does a run still queued.
+pub async fn claim_in_running_run(
+    pool: &PgPool,
+    step_run_id: i64,
+    job_id: &str,
+    worker: &str,
+) -> Result<Claim, sqlx::Error> {
+    let row =
+        sqlx::query(CLAIM_IN_RUNNING_RUN).bind(step_run_id).bind(job_id).bind(worker).fetch_optional(pool).await?;
+    match row {
+        None => Ok(Claim::Stale),
+        Some(row) if row.get::<&str, _>("outcome") == "again" => claim(pool, step_run_id, job_id, worker).await,
+        Some(row) => Ok(claim_of(&row)),
+    }
+}
+
+/// The claim a row of `step_claim` (or [`CLAIM_IN_RUNNING_RUN`]) answers.
+fn claim_of(row: &sqlx::postgres::PgRow) -> Claim {
     match row.get::<&str, _>("outcome") {
-        "claimed" => Ok(Claim::Claimed(Box::new(ClaimedStep {
+        "claimed" => Claim::Claimed(Box::new(ClaimedStep {
             run_id: RunId(row.get("run_id")),
             chain: row.get("chain"),
             integration: Integration {
@@ -314,9 +332,9 @@ pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) 
             lost_attempts: row.get("lost_attempts"),
             max_lost_attempts: row.get("max_lost_attempts"),
             entity_key: row.get("entity_key"),
-        }))),
-        "inactive" => Ok(Claim::RunInactive),
-        _ => Ok(Claim::Stale),
+        })),
+        "inactive" => Claim::RunInactive,
+        _ => Claim::Stale,
     }
 }
 
