@@ -521,7 +521,7 @@ impl Engine {
         let Some(lead) = self.settles.follow(run).await else {
             return Ok(Finished { settle: None, ..finished });
         };
-        let finished = finished.merge(runs::settle(&self.pool, run).await?);
+        let finished = runs::settled(&self.pool, finished).await?;
         self.settle_while_marked(lead, finished).await
     }
 
