@@ -519,6 +519,64 @@ async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_recon
     env.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done() {
+    const SHARDS: i64 = 150;
+    let env = TestEnv::new(&format!("[chains.demo_fanout.steps.fan]\nshards = {SHARDS}\n")).await;
+    // Steps that write nothing: each finishes and settles in one round trip (`step_finish_settle`).
+    env.demo_integration("acme", json!({ "step_ms": 0, "effects": false })).await;
+    // The database's sessions count their PL/pgSQL calls (`pg_stat_user_functions`), a setting
+    // only a superuser may make.
+    let url = syncfleet_store::roles::with_user(env.config.database.url.expose(), "postgres");
+    let owner = sqlx::PgPool::connect(&url).await.unwrap();
+    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&owner).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" SET track_functions = 'pl'")))
+        .execute(&owner)
+        .await
+        .unwrap();
+
+    // Two worker processes (their sessions start after the setting) and no producer: a settle the
+    // finishes missed would leave the run running (the reconciler's safety net would settle it).
+    let mut w1 = env.spawn_worker_process(&format!("settle-a-{}", env.id));
+    let mut w2 = env.spawn_worker_process(&format!("settle-b-{}", env.id));
+    let run = env.trigger("demo_fanout", "acme").await;
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let (succeeded, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), sum(attempts)::bigint FROM step_runs WHERE run_id = $1",
+    )
+    .bind(run.0)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((succeeded, attempts), (SHARDS + 2, SHARDS + 2), "plan, every shard and collect, once each");
+    for w in [&mut w1, &mut w2] {
+        w.kill().await.ok();
+    }
+
+    // A session reports its calls when it ends or has been idle a while: read once every step's
+    // finish (`step_finish`, one per step) is counted.
+    let calls = async |function: &str| -> i64 {
+        sqlx::query_scalar("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1")
+            .bind(function)
+            .fetch_one(&owner)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while calls("step_finish").await < SHARDS + 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(calls("step_finish").await, SHARDS + 2, "every finish counted");
+    let settles = calls("step_settle").await;
+    // `plan`'s success settles (it makes the shards ready), and so do the shards that end once no
+    // other shard is open: at most as many as run at once (2 workers of 4), `collect`'s settle ends
+    // the run. Each of the 150 shards settling was one settle per shard.
+    assert!((3..=2 + 8).contains(&settles), "{settles} settles for {SHARDS} shards");
+    owner.close().await;
+    env.finish().await;
+}
+
 /// What one transaction of `step_settle` on `run` did: the steps it made ready, and the
 /// sequential scans of `step_runs` it made (this transaction's statistics).
 async fn settle_scans(env: &TestEnv, run: syncfleet_shared::ids::RunId) -> (Vec<i64>, bool, i64) {

@@ -3,9 +3,10 @@
 //! statement, fenced on the job id: a stale delivery stops here and lets the lease go) →
 //! run the handler under a timeout with heartbeats → record the outcome (the step row, with the
 //! step's effects when it has some) and settle the run after that commit (one round trip when the
-//! step has no effects: `CALL step_finish_settle`; a finish while another caller holds its run's
-//! settle turn leaves the settle to that caller, [`crate::settles`]) → release the lease → push the steps that
-//! became ready (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
+//! step has no effects: `CALL step_finish_settle`; after a finish with effects, a caller holding the
+//! run's settle turn settles for it, [`crate::settles`]; the success of a shard whose step has other
+//! rows still open settles nothing, `0028`) → release the lease → push the steps that became ready
+//! (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
 //! the step, which is recorded `cancelled`.
 //!
 //! Each delivery is a `process` span (messaging attributes) continuing the trace of the run the job
@@ -136,7 +137,7 @@ pub struct Engine {
     pub hard_stop: CancellationToken,
     /// Wake-ups of this process's queue workers on push ([`crate::wake`]).
     pub wake: crate::wake::Hub,
-    /// The runs' settle turns ([`crate::settles`]).
+    /// The runs' settle turns after finishes that commit a step's writes ([`crate::settles`]).
     settles: Settles,
     /// Runs this process claimed steps of lately.
     running: RecentRuns,
@@ -314,7 +315,7 @@ impl Engine {
             Err(message) => {
                 let decision = retry::decide(Failure::Permanent, claimed.tally(), &Backoff::STEP);
                 let outcome = Outcome::failed(message, Failure::Permanent, decision, Default::default());
-                let recorded = self.record(&fence, claimed.run_id, outcome, None).await;
+                let recorded = self.record(&fence, outcome, None).await;
                 metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
                 return recorded;
             }
@@ -377,7 +378,7 @@ impl Engine {
             }
             Outcome::Cancelled { .. } => None, // the attempt's writes roll back
         };
-        let recorded = self.record(&fence, claimed.run_id, outcome, tx).await;
+        let recorded = self.record(&fence, outcome, tx).await;
         metrics::step_finished(&claimed.chain, &claimed.step, outcome_label(&recorded), started);
         recorded
     }
@@ -536,37 +537,17 @@ impl Engine {
     /// Records the outcome (with the handler's writes on success); returns the steps that became
     /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
     /// trip (the step row commits, then the run is settled); with writes, the step row commits with
-    /// them and the run is settled after the commit. A finish while another caller holds its run's
-    /// settle turn leaves the settle to that caller ([`crate::settles`]).
+    /// them and the run is settled after the commit, unless another caller holds its run's settle
+    /// turn ([`crate::settles`]). The success of a shard whose step has other rows still open
+    /// settles nothing: the last of them settles (`step_settle_after`, `0028`).
     async fn record(
         &self,
         fence: &Fence<'_>,
-        run_id: RunId,
         outcome: Outcome,
         tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
-        // What settles of other finishes made ready when this one was fenced off.
-        let mut others_ready = vec![];
         let finished: Option<Finished> = match tx {
-            None => match self.settles.take(run_id).await {
-                // The run's settle turn taken: the finish and the settle in one round trip.
-                Some(lead) => {
-                    let finished = runs::finish_step_alone(&self.pool, fence, &outcome).await?;
-                    let fenced_off = finished.is_none();
-                    // Finishes that committed meanwhile are settled, this one fenced off or not.
-                    let settled = self.settle_while_marked(lead, finished.unwrap_or_default()).await?;
-                    if fenced_off {
-                        others_ready = settled.ready;
-                        None
-                    } else {
-                        Some(settled)
-                    }
-                }
-                None => match runs::finish_step_unsettled(&self.pool, fence, &outcome).await? {
-                    Some(finished) => Some(self.settle_committed(finished).await?),
-                    None => None,
-                },
-            },
+            None => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
             Some(mut tx) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {
                 Some(finished) => {
                     tx.commit().await?;
@@ -580,7 +561,7 @@ impl Engine {
         };
         let Some(Finished { ready, run_ended, .. }) = finished else {
             tracing::warn!("Step result discarded: the step is no longer this worker's.");
-            return Ok((Executed::Fenced, others_ready));
+            return Ok((Executed::Fenced, vec![]));
         };
         if let Some((chain, status)) = run_ended {
             metrics::run_ended(&chain, &status);

@@ -1,9 +1,12 @@
-//! A run's settles, taken in turn across the fleet.
+//! A run's settles after finishes that commit a step's writes, taken in turn across the fleet.
 //!
 //! After a finish commits, its run is settled: the steps the ended ones made ready are promoted,
-//! and a run with nothing open is ended (`runs::settle`). When many steps of one run end at once
-//! (the shards of a fan-out, on every worker process), their finishes need not each settle. The
-//! run's settle turn is a Redis key (`QueueClient::settle_follow`): a finish that commits while
+//! and a run with nothing open is ended (`runs::settle`). A finish with no writes of its step's
+//! finishes and settles in one round trip (`runs::finish_step_alone`) and takes no turn; the success
+//! of a shard whose step has other rows still open settles nothing (`0028`). A finish with writes
+//! commits them, and then needs a round trip of its own to settle; when many such steps of one run
+//! end at once (the shards of a fan-out, on every worker process), their finishes need not each
+//! settle. The run's settle turn is a Redis key (`QueueClient::settle_follow`): a finish that commits while
 //! another caller holds the turn only marks it; the holder, once its settle is done, settles again
 //! while the mark is set (clearing it in the same script that reads it), and pushes what each
 //! settle made ready. A burst of finishes costs about two settles, not one each.
@@ -42,16 +45,6 @@ pub(crate) struct Lead {
 impl Settles {
     pub(crate) fn new(queues: QueueClient) -> Settles {
         Settles { queues }
-    }
-
-    /// The run's turn if nobody holds it; `None` leaves nothing marked (the caller's finish has
-    /// not committed yet).
-    pub(crate) async fn take(&self, run: RunId) -> Option<Lead> {
-        match self.queues.settle_take(&run.to_string(), TURN_TTL).await {
-            Ok(true) => Some(Lead { run, held: true }),
-            Ok(false) => None,
-            Err(error) => Some(unheld(run, &error)),
-        }
     }
 
     /// For a finish that has committed: the run's turn if nobody holds it; otherwise the turn is

@@ -115,6 +115,9 @@ pub struct Finished {
     /// The run to settle once the finish committed ([`settled`]): a finish in one statement
     /// writes only its own step row.
     pub settle: Option<RunId>,
+    /// The step whose success this finish recorded: its settle is none while another row of the
+    /// step is still open (`step_settle_after`, `0028`).
+    pub succeeded: Option<i64>,
 }
 
 impl Finished {
@@ -124,6 +127,7 @@ impl Finished {
         self.ready.extend(later.ready);
         self.run_ended = self.run_ended.or(later.run_ended);
         self.settle = later.settle;
+        self.succeeded = later.succeeded;
         self
     }
 }
@@ -144,7 +148,8 @@ async fn step_finish(
         return Ok(None);
     }
     let settle = row.get::<bool, _>("settle").then(|| RunId(row.get("run_id")));
-    Ok(Some(Finished { settle, ..Finished::default() }))
+    let succeeded = matches!(outcome, Outcome::Succeeded(_)).then_some(fence.step_run_id);
+    Ok(Some(Finished { settle, succeeded, ..Finished::default() }))
 }
 
 /// What `step_finish` writes for an outcome other than a step failing for good.
@@ -223,18 +228,24 @@ pub async fn finish_step_in(
         };
         let run_ended =
             if ready.is_empty() { crate::health::run_ended_in_tx(conn, fence.step_run_id).await? } else { None };
-        return Ok(Some(Finished { ready, run_ended, settle: None }));
+        return Ok(Some(Finished { ready, run_ended, ..Finished::default() }));
     }
     step_finish(conn, fence, outcome).await
 }
 
 /// Settles the run a committed finish named ([`Finished::settle`]), adding what the settle made
-/// ready and whether it ended the run.
+/// ready and whether it ended the run. The success of a step with another row still open settles
+/// nothing (`step_settle_after`, `0028`): that row's end settles.
 pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx::Error> {
-    match finished.settle {
-        Some(run_id) => Ok(finished.merge(settle(pool, run_id).await?)),
-        None => Ok(finished),
-    }
+    let Some(run_id) = finished.settle else {
+        return Ok(finished);
+    };
+    let row = sqlx::query("SELECT * FROM step_settle_after($1, $2)")
+        .bind(run_id)
+        .bind(finished.succeeded)
+        .fetch_one(pool)
+        .await?;
+    Ok(finished.merge(settle_row(pool, run_id, &row).await?))
 }
 
 /// The finish of a step with no effects to commit with it, committed and not settled: call
@@ -282,18 +293,20 @@ pub async fn finish_step_alone(
     if !row.get::<bool, _>("finished") {
         return Ok(None);
     }
-    let finished = Finished { ready: ready_of(&row), ..Finished::default() };
-    if !row.get::<bool, _>("needs_end") {
-        return Ok(Some(finished));
-    }
-    Ok(Some(finished.merge(end_run(pool, RunId(row.get("run_id"))).await?)))
+    Ok(Some(settle_row(pool, RunId(row.get("run_id")), &row).await?))
 }
 
 /// Promotes what the run's ended steps make ready (`step_settle`, `0023`), after their commits;
 /// ends the run when nothing in it is open any more ([`end_run`]).
 pub async fn settle(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Error> {
     let row = sqlx::query("SELECT * FROM step_settle($1)").bind(run_id).fetch_one(pool).await?;
-    let finished = Finished { ready: ready_of(&row), ..Finished::default() };
+    settle_row(pool, run_id, &row).await
+}
+
+/// What a settle's row (`ready_ids`, `ready_queues`, `needs_end`) made ready, with the run's end when
+/// it needs one ([`end_run`]).
+async fn settle_row(pool: &PgPool, run_id: RunId, row: &sqlx::postgres::PgRow) -> Result<Finished, sqlx::Error> {
+    let finished = Finished { ready: ready_of(row), ..Finished::default() };
     if !row.get::<bool, _>("needs_end") {
         return Ok(finished);
     }
@@ -317,7 +330,7 @@ pub async fn end_run(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Err
     let run_ended = crate::health::run_ended_of_run_in_tx(&mut tx, run_id).await?;
     let ready = promote_after_end(&mut tx, run_id).await?;
     tx.commit().await?;
-    Ok(Finished { ready, run_ended, settle: None })
+    Ok(Finished { ready, run_ended, ..Finished::default() })
 }
 
 /// The reconciler's safety net for a settle that never ran (its worker killed between the finish's

@@ -4,7 +4,8 @@
 //! lock (an advisory lock) shared. Any other finish writes only its own step row and commits; the
 //! steps it makes ready are promoted after the commit by a settle (`step_settle`, `0023`), which
 //! sees every finish committed before it, so of the finishes a step waits on, the last one to
-//! commit promotes it; `UPDATE … WHERE status = 'pending'` promotes it once. With one lock order,
+//! commit promotes it; `UPDATE … WHERE status = 'pending'` promotes it once. A success whose step
+//! has another row still open settles nothing (`0028`): the last of those rows to commit settles. With one lock order,
 //! no two transactions can wait on each other in a cycle.
 //!
 //! Run states: `queued → running → completed | partial | failed | cancelled`.
