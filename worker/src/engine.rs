@@ -6,8 +6,8 @@
 //! step has no effects: `CALL step_finish_settle`; after a finish with effects, a caller holding the
 //! run's settle turn settles for it, [`crate::settles`]; the success of a shard whose step has other
 //! rows still open settles nothing, `0028`) → release the lease → push the steps that became ready
-//! (which wakes idle workers at once). A heartbeat that finds the run cancelled stops
-//! the step, which is recorded `cancelled`.
+//! (which wakes idle workers at once). A heartbeat that finds the run cancelled stops the step,
+//! which is recorded `cancelled`.
 //!
 //! Each delivery is a `process` span (messaging attributes) continuing the trace of the run the job
 //! carries, with the `step` span inside; the engine records the job wait, the step duration, lease

@@ -248,42 +248,25 @@ pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx
     Ok(finished.merge(settle_row(pool, run_id, &row).await?))
 }
 
-/// The finish of a step with no effects to commit with it, committed and not settled: call
-/// [`settled`] (or settle [`Finished::settle`] otherwise) after it. A success, a retry or a
-/// cancelled step is one statement; a step failing for good is recorded in a transaction
-/// ([`finish_step_in`]), its downstream transitions with it. `Ok(None)` when the fence no longer
-/// holds.
-pub async fn finish_step_unsettled(
-    pool: &PgPool,
-    fence: &Fence<'_>,
-    outcome: &Outcome,
-) -> Result<Option<Finished>, sqlx::Error> {
-    if one_statement(outcome) {
-        return step_finish(&mut *pool.acquire().await?, fence, outcome).await;
-    }
-    let mut tx = pool.begin().await?;
-    let Some(finished) = finish_step_in(&mut tx, fence, outcome).await? else {
-        tx.rollback().await.ok();
-        return Ok(None);
-    };
-    tx.commit().await?;
-    Ok(Some(finished))
-}
-
 /// The worker engine's finish when the step has no effects to commit with it. A success, a retry
 /// or a cancelled step is one round trip: `CALL step_finish_settle` commits the step row, then
-/// settles the run in a transaction of its own. A step failing for good is recorded in a
-/// transaction ([`finish_step_in`]). `Ok(None)` when the fence no longer holds.
+/// settles the run in a transaction of its own (none for the success of a shard whose step has
+/// other rows still open, `0028`). A step failing for good is recorded in a transaction
+/// ([`finish_step_in`]) with its downstream transitions, so nothing is left to settle. `Ok(None)`
+/// when the fence no longer holds.
 pub async fn finish_step_alone(
     pool: &PgPool,
     fence: &Fence<'_>,
     outcome: &Outcome,
 ) -> Result<Option<Finished>, sqlx::Error> {
     if !one_statement(outcome) {
-        return match finish_step_unsettled(pool, fence, outcome).await? {
-            Some(finished) => settled(pool, finished).await.map(Some),
-            None => Ok(None),
+        let mut tx = pool.begin().await?;
+        let Some(finished) = finish_step_in(&mut tx, fence, outcome).await? else {
+            tx.rollback().await.ok();
+            return Ok(None);
         };
+        tx.commit().await?;
+        return Ok(Some(finished));
     }
     let q = sqlx::query(
         "CALL step_finish_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,

@@ -5,8 +5,8 @@
 //! steps it makes ready are promoted after the commit by a settle (`step_settle`, `0023`), which
 //! sees every finish committed before it, so of the finishes a step waits on, the last one to
 //! commit promotes it; `UPDATE … WHERE status = 'pending'` promotes it once. A success whose step
-//! has another row still open settles nothing (`0028`): the last of those rows to commit settles. With one lock order,
-//! no two transactions can wait on each other in a cycle.
+//! has another row still open settles nothing (`0028`): the last of those rows to commit settles.
+//! With one lock order, no two transactions can wait on each other in a cycle.
 //!
 //! Run states: `queued → running → completed | partial | failed | cancelled`.
 //! Step states: `pending → ready → running → succeeded | failed | skipped | cancelled`.
@@ -28,9 +28,7 @@ mod finish;
 
 pub use create::{CreateError, NewRun, create_run, create_run_dispatching, insert_error};
 
-pub use finish::{
-    Finished, end_run, finish_step_alone, finish_step_in, finish_step_unsettled, settle, settle_stranded, settled,
-};
+pub use finish::{Finished, end_run, finish_step_alone, finish_step_in, settle, settle_stranded, settled};
 
 use syncfleet_shared::{
     phase::PhaseResult,
