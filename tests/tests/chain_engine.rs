@@ -428,6 +428,84 @@ async fn finish_without_settle(env: &TestEnv, run: syncfleet_shared::ids::RunId,
     assert!(finished.ready.is_empty(), "a finish writes its own row only");
 }
 
+/// Successes recorded together (`runs::finish_successes`, one call for several): each under its own
+/// fence, with its own counts; the run settled once its step is done, what the settle made ready and
+/// the run's end given with the first success of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn successes_recorded_together_keep_each_fence_and_settle_their_run_once_done() {
+    use syncfleet_shared::phase::PhaseResult;
+    use syncfleet_store::runs::{self, Claim, Success};
+    const WORKER: &str = "together";
+    let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 4\n").await;
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    // No worker runs: this test claims and finishes the steps itself.
+    let run = env.trigger("demo_fanout", "acme").await;
+    let ready = async |step: &str| -> Vec<(i64, String)> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, job_id FROM step_runs WHERE run_id = $1 AND step = $2 AND status = 'ready' ORDER BY shard",
+        )
+        .bind(run.0)
+        .bind(step)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        for (id, job) in &rows {
+            assert!(matches!(runs::claim(&env.pool, *id, job, WORKER).await.unwrap(), Claim::Claimed(_)));
+        }
+        rows
+    };
+    let success = |(id, job): &(i64, String), fetched: i64| Success {
+        step_run_id: *id,
+        job_id: job.clone(),
+        result: PhaseResult { fetched, ..Default::default() },
+    };
+    let ids = |finished: &Option<syncfleet_store::runs::Finished>| -> Vec<i64> {
+        finished.as_ref().map(|f| f.ready.iter().map(|r| r.id).collect()).unwrap_or_default()
+    };
+
+    let plan = ready("plan").await;
+    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&plan[0], 0)]).await.unwrap();
+    assert_eq!(ids(&answers[0]).len(), 4, "plan's settle made the four shards ready");
+
+    // Three shards and one delivery under a spent job id, in one call: the stale one writes nothing;
+    // the fourth shard still runs, so nothing settles.
+    let fan = ready("fan").await;
+    let stale = (fan[3].0, format!("{}:a9", fan[3].1));
+    let batch = [success(&fan[0], 10), success(&fan[1], 11), success(&stale, 99), success(&fan[2], 12)];
+    let answers = runs::finish_successes(&env.pool, Some(WORKER), &batch).await.unwrap();
+    let recorded: Vec<bool> = answers.iter().map(Option::is_some).collect();
+    assert_eq!(recorded, [true, true, false, true], "each success under its own fence");
+    assert!(answers.iter().flatten().all(|f| f.ready.is_empty() && f.run_ended.is_none()), "{answers:?}");
+    let rows: Vec<(i32, String, i64)> = sqlx::query_as(
+        "SELECT shard, status, fetched FROM step_runs WHERE run_id = $1 AND step = 'fan' ORDER BY shard",
+    )
+    .bind(run.0)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let want: Vec<(i32, String, i64)> = vec![
+        (0, "succeeded".into(), 10),
+        (1, "succeeded".into(), 11),
+        (2, "succeeded".into(), 12),
+        (3, "running".into(), 0),
+    ];
+    assert_eq!(rows, want);
+
+    // The last shard, under its own job id, and another worker's claim of it refused: its success
+    // settles the run, and `collect` is ready.
+    let another = runs::finish_successes(&env.pool, Some("another"), &[success(&fan[3], 13)]).await.unwrap();
+    assert!(another[0].is_none(), "another worker's success of the shard is refused");
+    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&fan[3], 13)]).await.unwrap();
+    let collect = ready("collect").await;
+    assert_eq!(ids(&answers[0]), vec![collect[0].0], "the last shard's success made collect ready");
+
+    // `collect` ends the run: its end goes with the success.
+    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&collect[0], 0)]).await.unwrap();
+    assert_eq!(answers[0].as_ref().and_then(|f| f.run_ended.clone()), Some(("demo_fanout".into(), "completed".into())));
+    assert_eq!(env.scalar::<String>("SELECT status FROM chain_runs WHERE id = $1", run).await, "completed");
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_finish_whose_worker_died_before_the_settle_is_settled_by_the_reconciler() {
     let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 3\n").await;
@@ -523,7 +601,8 @@ async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_recon
 async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done() {
     const SHARDS: i64 = 150;
     let env = TestEnv::new(&format!("[chains.demo_fanout.steps.fan]\nshards = {SHARDS}\n")).await;
-    // Steps that write nothing: each finishes and settles in one round trip (`step_finish_settle`).
+    // Steps that write nothing: their successes finish and settle in one round trip, several at once
+    // (`step_succeed_settle`).
     env.demo_integration("acme", json!({ "step_ms": 0, "effects": false })).await;
     // The database's sessions count their PL/pgSQL calls (`pg_stat_user_functions`), a setting
     // only a superuser may make.
@@ -554,8 +633,8 @@ async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done()
         w.kill().await.ok();
     }
 
-    // A session reports its calls when it ends or has been idle a while: read once every step's
-    // finish (`step_finish`, one per step) is counted.
+    // A session reports its calls when it ends or has been idle a while: read once every success's
+    // check of its step's other rows (`step_siblings_open`, one per step) is counted.
     let calls = async |function: &str| -> i64 {
         sqlx::query_scalar("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1")
             .bind(function)
@@ -564,10 +643,13 @@ async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done()
             .unwrap()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while calls("step_finish").await < SHARDS + 2 && std::time::Instant::now() < deadline {
+    while calls("step_siblings_open").await < SHARDS + 2 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(calls("step_finish").await, SHARDS + 2, "every finish counted");
+    assert_eq!(calls("step_siblings_open").await, SHARDS + 2, "every success's check counted");
+    // Each worker process records the successes waiting at once in one call (`0029`).
+    let calls_of_successes = calls("step_succeed_settle").await;
+    assert!(calls_of_successes < SHARDS + 2, "{calls_of_successes} calls for {} successes", SHARDS + 2);
     let settles = calls("step_settle").await;
     // `plan`'s success settles (it makes the shards ready), and so do the shards that end once no
     // other shard is open: at most as many as run at once (2 workers of 4), `collect`'s settle ends

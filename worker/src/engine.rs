@@ -34,12 +34,15 @@ use syncfleet_shared::{
 use syncfleet_store::{
     dispatch,
     queue::{QueueClient, QueueError},
-    runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome},
+    runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome, Success},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::settles::{Lead, Settles};
+use crate::{
+    finishes::Finishes,
+    settles::{Lead, Settles},
+};
 
 /// How long a handler may take to stop once the drain's hard stop cancelled it.
 const HANDLER_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -139,6 +142,8 @@ pub struct Engine {
     pub wake: crate::wake::Hub,
     /// The runs' settle turns after finishes that commit a step's writes ([`crate::settles`]).
     settles: Settles,
+    /// This process's successes without effects, recorded together ([`crate::finishes`]).
+    finishes: Finishes,
     /// Runs this process claimed steps of lately.
     running: RecentRuns,
 }
@@ -186,6 +191,7 @@ impl Engine {
         });
         let wake = crate::wake::Hub::new(&config.redis);
         let settles = Settles::new(queues.clone());
+        let finishes = Finishes::new(pool.clone(), name.clone());
         Engine {
             config,
             pool,
@@ -198,6 +204,7 @@ impl Engine {
             hard_stop: CancellationToken::new(),
             wake,
             settles,
+            finishes,
             running: RecentRuns::default(),
         }
     }
@@ -536,19 +543,25 @@ impl Engine {
 
     /// Records the outcome (with the handler's writes on success); returns the steps that became
     /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
-    /// trip (the step row commits, then the run is settled); with writes, the step row commits with
-    /// them and the run is settled after the commit, unless another caller holds its run's settle
-    /// turn ([`crate::settles`]). The success of a shard whose step has other rows still open
-    /// settles nothing: the last of them settles (`step_settle_after`, `0028`).
+    /// trip (the step row commits, then the run is settled), shared with this process's other
+    /// successes waiting at that moment when it is a success ([`crate::finishes`]); with writes,
+    /// the step row commits with them and the run is settled after the commit, unless another
+    /// caller holds its run's settle turn ([`crate::settles`]). The success of a shard whose step
+    /// has other rows still open settles nothing: the last of them settles (`0028`, `0029`).
     async fn record(
         &self,
         fence: &Fence<'_>,
         outcome: Outcome,
         tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
-        let finished: Option<Finished> = match tx {
-            None => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
-            Some(mut tx) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {
+        let finished: Option<Finished> = match (tx, &outcome) {
+            (None, Outcome::Succeeded(result)) => {
+                let success =
+                    Success { step_run_id: fence.step_run_id, job_id: fence.job_id.to_owned(), result: result.clone() };
+                self.finishes.succeed(success).await?
+            }
+            (None, _) => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
+            (Some(mut tx), _) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {
                 Some(finished) => {
                     tx.commit().await?;
                     Some(self.settle_committed(finished).await?)

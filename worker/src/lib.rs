@@ -10,6 +10,7 @@
 
 pub mod consumers;
 pub mod engine;
+mod finishes;
 pub mod http;
 mod settles;
 pub mod wake;

@@ -3,7 +3,7 @@
 //! reconciler's safety net for a settle that never ran. A step failing for good is the exception:
 //! it makes its downstream transitions in its own transaction, under the run row's `FOR UPDATE`.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -248,8 +248,9 @@ pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx
     Ok(finished.merge(settle_row(pool, run_id, &row).await?))
 }
 
-/// The worker engine's finish when the step has no effects to commit with it. A success, a retry
-/// or a cancelled step is one round trip: `CALL step_finish_settle` commits the step row, then
+/// A finish when the step has no effects to commit with it (the worker engine records its
+/// successes together instead, [`finish_successes`]). A success, a retry or a cancelled step is
+/// one round trip: `CALL step_finish_settle` commits the step row, then
 /// settles the run in a transaction of its own (none for the success of a shard whose step has
 /// other rows still open, `0028`). A step failing for good is recorded in a transaction
 /// ([`finish_step_in`]) with its downstream transitions, so nothing is left to settle. `Ok(None)`
@@ -277,6 +278,77 @@ pub async fn finish_step_alone(
         return Ok(None);
     }
     Ok(Some(settle_row(pool, RunId(row.get("run_id")), &row).await?))
+}
+
+/// A success without effects to record with others ([`finish_successes`]).
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub step_run_id: i64,
+    pub job_id: String,
+    pub result: PhaseResult,
+}
+
+/// Records several successes without effects of one worker in one round trip (`CALL
+/// step_succeed_settle`, `0029`): each step row as [`finish_step_alone`] writes a success, under its
+/// own fence, all in one commit; then each run with a success whose step has no other row still
+/// open is settled once, and ended when nothing in it is open any more ([`end_run`]). One answer
+/// per success, in order: `None` when its fence no longer held. What a run's settle made ready, and
+/// its end, go with the first of its successes.
+pub async fn finish_successes(
+    pool: &PgPool,
+    worker: Option<&str>,
+    successes: &[Success],
+) -> Result<Vec<Option<Finished>>, sqlx::Error> {
+    let counts = |count: fn(&PhaseResult) -> i64| successes.iter().map(|s| count(&s.result)).collect::<Vec<i64>>();
+    let texts = |text: fn(&PhaseResult) -> &Option<String>| {
+        successes.iter().map(|s| text(&s.result).clone()).collect::<Vec<Option<String>>>()
+    };
+    let row = sqlx::query(
+        "CALL step_succeed_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                  NULL, NULL, NULL, NULL, NULL, NULL)",
+    )
+    .bind(worker)
+    .bind(successes.iter().map(|s| s.step_run_id).collect::<Vec<i64>>())
+    .bind(successes.iter().map(|s| s.job_id.as_str()).collect::<Vec<&str>>())
+    .bind(counts(|r| r.fetched))
+    .bind(counts(|r| r.inserted))
+    .bind(counts(|r| r.updated))
+    .bind(counts(|r| r.unchanged))
+    .bind(counts(|r| r.deactivated))
+    .bind(counts(|r| r.errors))
+    .bind(counts(|r| r.api_calls))
+    .bind(counts(|r| r.throttled))
+    .bind(texts(|r| &r.cursor_before))
+    .bind(texts(|r| &r.cursor_after))
+    .bind(texts(|r| &r.guard))
+    .bind(successes.iter().map(|s| s.result.partial).collect::<Vec<bool>>())
+    .fetch_one(pool)
+    .await?;
+    let finished: Vec<i64> = row.get("finished");
+    let runs: Vec<uuid::Uuid> = row.get("runs");
+    let (ready_ids, ready_queues, ready_runs): (Vec<i64>, Vec<String>, Vec<uuid::Uuid>) =
+        (row.get("ready_ids"), row.get("ready_queues"), row.get("ready_runs"));
+    let mut by_run: HashMap<uuid::Uuid, Finished> = HashMap::new();
+    for ((id, queue), run) in ready_ids.into_iter().zip(ready_queues).zip(ready_runs) {
+        by_run.entry(run).or_default().ready.push(ReadyStep { id, queue });
+    }
+    for run in row.get::<Vec<uuid::Uuid>, _>("end_runs") {
+        // The steps are committed: a run left unended here is the reconciler's (`settle_stranded`).
+        match end_run(pool, RunId(run)).await {
+            Ok(ended) => {
+                let settled = by_run.remove(&run).unwrap_or_default();
+                by_run.insert(run, settled.merge(ended));
+            }
+            Err(error) => tracing::warn!(%error, %run, "Run end failed; the reconciler ends it."),
+        }
+    }
+    Ok(successes
+        .iter()
+        .map(|s| {
+            let at = finished.iter().position(|&id| id == s.step_run_id)?;
+            Some(by_run.remove(&runs[at]).unwrap_or_default())
+        })
+        .collect())
 }
 
 /// Promotes what the run's ended steps make ready (`step_settle`, `0023`), after their commits;

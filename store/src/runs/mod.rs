@@ -28,7 +28,9 @@ mod finish;
 
 pub use create::{CreateError, NewRun, create_run, create_run_dispatching, insert_error};
 
-pub use finish::{Finished, end_run, finish_step_alone, finish_step_in, settle, settle_stranded, settled};
+pub use finish::{
+    Finished, Success, end_run, finish_step_alone, finish_step_in, finish_successes, settle, settle_stranded, settled,
+};
 
 use syncfleet_shared::{
     phase::PhaseResult,
