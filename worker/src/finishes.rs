@@ -11,17 +11,14 @@
 //! When a call of several fails, each of its successes is recorded again on its own, so each gets
 //! its own answer (a fence that no longer holds, or its own error).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use sqlx::PgPool;
 use syncfleet_store::runs::{self, Finished, Success};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Successes one call carries at most.
 const CALL_MAX: usize = 64;
-
-/// Calls of the recorder in flight at once.
-const CALLS_AT_ONCE: usize = 1;
 
 type Answer = Result<Option<Finished>, sqlx::Error>;
 
@@ -59,24 +56,16 @@ impl Finishes {
     }
 }
 
-/// Takes the waiting successes into one call whenever a call may start.
+/// One call at a time, for every success waiting when the previous one returned.
 async fn record_in_turn(pool: PgPool, worker: String, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let calls = Arc::new(Semaphore::new(CALLS_AT_ONCE));
     while let Some(first) = requests.recv().await {
-        let Ok(turn) = calls.clone().acquire_owned().await else {
-            return;
-        };
         let mut batch = vec![first];
         while batch.len() < CALL_MAX
             && let Ok(more) = requests.try_recv()
         {
             batch.push(more);
         }
-        let (pool, worker) = (pool.clone(), worker.clone());
-        tokio::spawn(async move {
-            record(&pool, &worker, batch).await;
-            drop(turn);
-        });
+        record(&pool, &worker, batch).await;
     }
 }
 
