@@ -407,3 +407,88 @@ async fn an_idle_worker_starts_a_pushed_step_at_once_not_at_its_next_poll() {
     producer.stop().await;
     env.finish().await;
 }
+
+/// Claims made together (`runs::claim_in_running_runs`, one statement for several, as a worker makes
+/// the claims waiting at once in runs it saw running): each delivery under its own fence, a
+/// delivery named twice claimed once, and a step whose run is not running left to the full claim,
+/// which starts a queued run and refuses a cancelled one's step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_made_together_keep_each_fence_and_leave_other_runs_to_the_full_claim() {
+    use syncfleet_store::runs::{self, Claim, Success, ToClaim};
+    const WORKER: &str = "together";
+    let env = TestEnv::new("[chains.demo_fanout.steps.fan]\nshards = 4\n").await;
+    for name in ["acme", "beta", "gamma"] {
+        env.demo_integration(name, json!({ "step_ms": 0 })).await;
+    }
+    // No worker runs: this test claims the steps itself.
+    let ready = async |run: syncfleet_shared::ids::RunId, step: &str| -> Vec<(i64, String)> {
+        sqlx::query_as(
+            "SELECT id, job_id FROM step_runs WHERE run_id = $1 AND step = $2 AND status = 'ready' ORDER BY shard",
+        )
+        .bind(run.0)
+        .bind(step)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+    };
+    let run = env.trigger("demo_fanout", "acme").await;
+    let plan = ready(run, "plan").await;
+    assert!(matches!(runs::claim(&env.pool, plan[0].0, &plan[0].1, WORKER).await.unwrap(), Claim::Claimed(_)));
+    let success = Success { step_run_id: plan[0].0, job_id: plan[0].1.clone(), result: Default::default() };
+    runs::finish_successes(&env.pool, Some(WORKER), &[success]).await.unwrap();
+    let fan = ready(run, "fan").await;
+    assert_eq!(fan.len(), 4, "plan's settle made the four shards ready");
+    let queued = env.trigger("demo_fanout", "beta").await;
+    let queued_plan = ready(queued, "plan").await;
+    let cancelled = env.trigger("demo_fanout", "gamma").await;
+    let cancelled_plan = ready(cancelled, "plan").await;
+    env.ops.cancel(cancelled, "test").await.unwrap();
+
+    let to = |(id, job): &(i64, String)| ToClaim { step_run_id: *id, job_id: job.clone() };
+    let batch = [
+        to(&fan[0]),
+        to(&(fan[1].0, format!("{}:a9", fan[1].1))),
+        to(&fan[2]),
+        to(&fan[2]),
+        to(&queued_plan[0]),
+        to(&cancelled_plan[0]),
+        to(&fan[3]),
+    ];
+    let answer = |c: &Claim| match c {
+        Claim::Claimed(s) => format!("{} {}/{} #{} {}", s.integration.name, s.step, s.shard, s.attempt, s.run_id),
+        Claim::Stale => "stale".into(),
+        Claim::RunInactive => "inactive".into(),
+    };
+    let claims = runs::claim_in_running_runs(&env.pool, WORKER, &batch).await.unwrap();
+    let answers: Vec<Option<String>> = claims.iter().map(|c| c.as_ref().map(answer)).collect();
+    let want = [
+        Some(format!("acme fan/0 #1 {run}")),
+        Some("stale".into()),
+        Some(format!("acme fan/2 #1 {run}")),
+        Some("stale".into()),
+        None,
+        None,
+        Some(format!("acme fan/3 #1 {run}")),
+    ];
+    assert_eq!(answers, want, "each delivery under its own fence; the same delivery twice claimed once");
+    // The runs not running are left to the full claim, which wrote nothing yet.
+    for other in [queued, cancelled] {
+        let plan: String = env.scalar("SELECT status FROM step_runs WHERE run_id = $1 AND step = 'plan'", other).await;
+        assert_eq!(plan, if other == queued { "ready" } else { "cancelled" });
+    }
+    let full = runs::claim(&env.pool, queued_plan[0].0, &queued_plan[0].1, WORKER).await.unwrap();
+    assert_eq!(answer(&full), format!("beta plan/0 #1 {queued}"), "the full claim starts the queued run");
+    let full = runs::claim(&env.pool, cancelled_plan[0].0, &cancelled_plan[0].1, WORKER).await.unwrap();
+    assert_eq!(answer(&full), "stale", "the cancelled run's step is not claimed");
+    let rows: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT shard, status, attempts, worker FROM step_runs WHERE run_id = $1 AND step = 'fan' ORDER BY shard",
+    )
+    .bind(run.0)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let running = |shard| (shard, "running".to_owned(), 1, Some(WORKER.to_owned()));
+    assert_eq!(rows, vec![running(0), (1, "ready".into(), 0, None), running(2), running(3)]);
+    assert_eq!(env.scalar::<String>("SELECT status FROM chain_runs WHERE id = $1", queued).await, "running");
+    env.finish().await;
+}

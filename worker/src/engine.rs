@@ -34,14 +34,14 @@ use syncfleet_shared::{
 use syncfleet_store::{
     dispatch,
     queue::{QueueClient, QueueError},
-    runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome, Success},
+    runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome, Success, ToClaim},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    finishes::Finishes,
     settles::{Lead, Settles},
+    together::{Claims, Successes, Together},
 };
 
 /// How long a handler may take to stop once the drain's hard stop cancelled it.
@@ -142,14 +142,17 @@ pub struct Engine {
     pub wake: crate::wake::Hub,
     /// The runs' settle turns after finishes that commit a step's writes ([`crate::settles`]).
     settles: Settles,
-    /// This process's successes without effects, recorded together ([`crate::finishes`]).
-    finishes: Finishes,
+    /// This process's claims in runs it saw running, made together ([`crate::together`]).
+    claims: Together<Claims>,
+    /// This process's successes without effects, recorded together ([`crate::together`]).
+    successes: Together<Successes>,
     /// Runs this process claimed steps of lately.
     running: RecentRuns,
 }
 
 /// The last [`RecentRuns::KEPT`] runs a process claimed steps of: they were running then, and a
-/// claim in such a run is one plain statement (`runs::claim_in_running_run`, which still checks).
+/// claim in such a run is one plain statement, made together with this process's other claims
+/// waiting at that moment (`runs::claim_in_running_runs`, which still checks).
 #[derive(Default)]
 struct RecentRuns(std::sync::Mutex<std::collections::VecDeque<RunId>>);
 
@@ -191,7 +194,8 @@ impl Engine {
         });
         let wake = crate::wake::Hub::new(&config.redis);
         let settles = Settles::new(queues.clone());
-        let finishes = Finishes::new(pool.clone(), name.clone());
+        let claims = Together::new(Claims { pool: pool.clone(), worker: name.clone() });
+        let successes = Together::new(Successes { pool: pool.clone(), worker: name.clone() });
         Engine {
             config,
             pool,
@@ -204,7 +208,8 @@ impl Engine {
             hard_stop: CancellationToken::new(),
             wake,
             settles,
-            finishes,
+            claims,
+            successes,
             running: RecentRuns::default(),
         }
     }
@@ -297,12 +302,17 @@ impl Engine {
         entity: &str,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
         let (id, job_id) = (d.id, d.job_id);
-        // A run this process claimed a step of is claimed in one plain statement; a run it has
-        // not seen may still be queued, which only `step_claim` starts.
-        let claim = if self.running.contains(d.run) {
-            runs::claim_in_running_run(&self.pool, id, job_id, &self.name).await?
+        // A run this process claimed a step of is claimed in one plain statement, with the other
+        // claims waiting then; a run it has not seen may still be queued, which only `step_claim`
+        // starts.
+        let in_running_run = if self.running.contains(d.run) {
+            self.claims.make(ToClaim { step_run_id: id, job_id: job_id.to_owned() }).await?
         } else {
-            runs::claim(&self.pool, id, job_id, &self.name).await?
+            None
+        };
+        let claim = match in_running_run {
+            Some(claim) => claim,
+            None => runs::claim(&self.pool, id, job_id, &self.name).await?,
         };
         let claimed = match claim {
             Claim::Claimed(c) => {
@@ -544,7 +554,7 @@ impl Engine {
     /// Records the outcome (with the handler's writes on success); returns the steps that became
     /// ready, for the caller to push. A finish with no writes of the step's to commit is one round
     /// trip (the step row commits, then the run is settled), shared with this process's other
-    /// successes waiting at that moment when it is a success ([`crate::finishes`]); with writes,
+    /// successes waiting at that moment when it is a success ([`crate::together`]); with writes,
     /// the step row commits with them and the run is settled after the commit, unless another
     /// caller holds its run's settle turn ([`crate::settles`]). The success of a shard whose step
     /// has other rows still open settles nothing: the last of them settles (`0028`, `0029`).
@@ -558,7 +568,7 @@ impl Engine {
             (None, Outcome::Succeeded(result)) => {
                 let success =
                     Success { step_run_id: fence.step_run_id, job_id: fence.job_id.to_owned(), result: result.clone() };
-                self.finishes.succeed(success).await?
+                self.successes.make(success).await?
             }
             (None, _) => runs::finish_step_alone(&self.pool, fence, &outcome).await?,
             (Some(mut tx), _) => match runs::finish_step_in(&mut tx, fence, &outcome).await? {

@@ -10,9 +10,9 @@
 
 pub mod consumers;
 pub mod engine;
-mod finishes;
 pub mod http;
 mod settles;
+mod together;
 pub mod wake;
 
 use std::{

@@ -3,7 +3,7 @@
 //! After a finish commits, its run is settled: the steps the ended ones made ready are promoted,
 //! and a run with nothing open is ended (`runs::settle`). A finish with no writes of its step's
 //! finishes and settles in one round trip (`runs::finish_step_alone`, or with other successes,
-//! [`crate::finishes`]) and takes no turn; the success of a shard whose step has other rows still
+//! [`crate::together`]) and takes no turn; the success of a shard whose step has other rows still
 //! open settles nothing (`0028`). A finish with writes
 //! commits them, and then needs a round trip of its own to settle; when many such steps of one run
 //! end at once (the shards of a fan-out, on every worker process), their finishes need not each

@@ -22,10 +22,12 @@ use crate::{
     chain::{ChainDef, Mode},
     ids::RunId,
 };
+mod claim;
 mod create;
 use create::active_run_error;
 mod finish;
 
+pub use claim::{Claim, ClaimedStep, ToClaim, claim, claim_in_running_runs, ready_entity};
 pub use create::{CreateError, NewRun, create_run, create_run_dispatching, insert_error};
 
 pub use finish::{
@@ -222,147 +224,10 @@ async fn lock_run_of_step(conn: &mut PgConnection, step_run_id: i64) -> Result<O
     Ok(Some((run_id, row.get("status"))))
 }
 
-/// What a worker needs to run a claimed step.
-#[derive(Debug, Clone)]
-pub struct ClaimedStep {
-    pub run_id: RunId,
-    pub chain: String,
-    pub integration: Integration,
-    /// The run's mode.
-    pub mode: Mode,
-    /// The mode this step was given when the run was created (`None` for older rows).
-    pub step_mode: Option<Mode>,
-    pub force_sweep: bool,
-    pub step: String,
-    pub shard: i32,
-    pub attempt: i32,
-    /// The error budget: attempts that may fail by the step's own error.
-    pub max_attempts: i32,
-    /// Attempts before this one lost to the infrastructure (they spend no error budget).
-    pub lost_attempts: i32,
-    pub max_lost_attempts: i32,
-    pub entity_key: String,
-}
-
-impl ClaimedStep {
-    /// The step's counters for the retry decision.
-    pub fn tally(&self) -> Tally {
-        tally(self.attempt, self.lost_attempts, self.max_attempts, self.max_lost_attempts)
-    }
-}
-
 fn tally(attempts: i32, lost: i32, max_attempts: i32, max_lost: i32) -> Tally {
     let n = |v: i32| v.max(0) as u32;
     Tally { attempts: n(attempts), lost: n(lost), max_attempts: n(max_attempts), max_lost: n(max_lost) }
 }
-
-#[derive(Debug)]
-pub enum Claim {
-    Claimed(Box<ClaimedStep>),
-    /// The job is not (or no longer) this step's current job: another delivery, or already done.
-    Stale,
-    /// The run was cancelled or ended; the step was marked cancelled.
-    RunInactive,
-}
-
-/// Reads the step's entity key if the job is still the step's current ready job.
-pub async fn ready_entity(pool: &PgPool, step_run_id: i64, job_id: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT entity_key FROM step_runs WHERE id = $1 AND job_id = $2 AND status = 'ready'")
-        .bind(step_run_id)
-        .bind(job_id)
-        .fetch_optional(pool)
-        .await
-}
-
-/// Takes the step for this worker: `ready` → `running`, one more attempt counted.
-///
-/// Claims of one run do not wait on each other, nor on finishes or settles: the run row is locked
-/// `FOR SHARE` (a step failing for good, resume, cancel and a run's end, which lock it
-/// `FOR UPDATE`, still exclude them). One statement (`step_claim`, `0021`) checks
-/// the run, reads the integration and claims the step; the first claim of a run also starts it
-/// (`queued` → `running`, writing the run row first) and records its `run.started` hook.
-pub async fn claim(pool: &PgPool, step_run_id: i64, job_id: &str, worker: &str) -> Result<Claim, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM step_claim($1, $2, $3)")
-        .bind(step_run_id)
-        .bind(job_id)
-        .bind(worker)
-        .fetch_one(pool)
-        .await?;
-    Ok(claim_of(&row))
-}
-
-/// [`claim`] for a step whose run the caller saw running (another of its steps claimed): the same
-/// lock, check and update as one SQL statement ([`CLAIM_IN_RUNNING_RUN`]), without the function's
-/// call. A run that is not running after all (cancelled, ended) goes to [`claim`], which cancels
-/// the step; so does a run still queued.
-pub async fn claim_in_running_run(
-    pool: &PgPool,
-    step_run_id: i64,
-    job_id: &str,
-    worker: &str,
-) -> Result<Claim, sqlx::Error> {
-    let row =
-        sqlx::query(CLAIM_IN_RUNNING_RUN).bind(step_run_id).bind(job_id).bind(worker).fetch_optional(pool).await?;
-    match row {
-        None => Ok(Claim::Stale),
-        Some(row) if row.get::<&str, _>("outcome") == "again" => claim(pool, step_run_id, job_id, worker).await,
-        Some(row) => Ok(claim_of(&row)),
-    }
-}
-
-/// The claim a row of `step_claim` (or [`CLAIM_IN_RUNNING_RUN`]) answers.
-fn claim_of(row: &sqlx::postgres::PgRow) -> Claim {
-    match row.get::<&str, _>("outcome") {
-        "claimed" => Claim::Claimed(Box::new(ClaimedStep {
-            run_id: RunId(row.get("run_id")),
-            chain: row.get("chain"),
-            integration: Integration {
-                id: row.get("integration_id"),
-                name: row.get("integration_name"),
-                pack: row.get("pack"),
-                enabled: row.get("enabled"),
-                settings: row.get("settings"),
-            },
-            mode: Mode::parse(row.get::<&str, _>("run_mode")).unwrap_or_default(),
-            step_mode: row.get::<Option<&str>, _>("step_mode").and_then(Mode::parse),
-            force_sweep: row.get("force_sweep"),
-            step: row.get("step"),
-            shard: row.get("shard"),
-            attempt: row.get("attempts"),
-            max_attempts: row.get("max_attempts"),
-            lost_attempts: row.get("lost_attempts"),
-            max_lost_attempts: row.get("max_lost_attempts"),
-            entity_key: row.get("entity_key"),
-        })),
-        "inactive" => Claim::RunInactive,
-        _ => Claim::Stale,
-    }
-}
-
-/// `step_claim` (`0021`) when the step's run is running, as one statement: the run row locked
-/// `FOR SHARE` with the integration read, then the step claimed if the run is running. No row when
-/// the step does not exist; `again` when the run is not running (nothing was written).
-const CLAIM_IN_RUNNING_RUN: &str = "WITH r AS (
-        SELECT c.id, c.status, c.chain, c.mode, c.force_sweep, i.id AS iid, i.name, i.pack, i.enabled, i.settings
-          FROM step_runs x
-          JOIN chain_runs c ON c.id = x.run_id
-          JOIN integrations i ON i.id = c.integration_id
-         WHERE x.id = $1
-           FOR SHARE OF c),
-     s AS (
-        UPDATE step_runs x
-           SET status = 'running', attempts = x.attempts + 1, worker = $3, started_at = now(),
-               heartbeat_at = now(), finished_at = NULL
-          FROM r
-         WHERE x.id = $1 AND x.job_id = $2 AND x.status = 'ready' AND r.status = 'running'
-        RETURNING x.step, x.shard, x.attempts, x.max_attempts, x.lost_attempts, x.max_lost_attempts,
-                  x.entity_key, x.mode)
-    SELECT CASE WHEN r.status <> 'running' THEN 'again' WHEN s.step IS NULL THEN 'stale' ELSE 'claimed' END
-               AS outcome,
-           r.id AS run_id, r.chain, r.mode AS run_mode, r.force_sweep, r.iid AS integration_id,
-           r.name AS integration_name, r.pack, r.enabled, r.settings, s.step, s.shard, s.attempts,
-           s.max_attempts, s.lost_attempts, s.max_lost_attempts, s.entity_key, s.mode AS step_mode
-      FROM r LEFT JOIN s ON true";
 
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,137 @@
+//! Calls that carry several of this process's requests at once.
+//!
+//! A claim or a finish costs PostgreSQL far more than the row it writes: its round trip, its
+//! commit, the checks around it. So requests of one kind go through one caller per process: each
+//! waits its turn, and every request waiting when a call returns goes into the next call. Alone, as
+//! on an idle fleet, a request is made at once; under load, calls carry several. One call at a time
+//! was measured best for successes: three side by side got smaller and cost more (`bench/RESULTS.md`).
+//!
+//! When a call of several fails, each of its requests is made again on its own, so each gets its
+//! own answer (a fence that no longer holds, or its own error).
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use sqlx::PgPool;
+use syncfleet_store::runs::{self, Claim, Finished, Success, ToClaim};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests one call carries at most.
+const CALL_MAX: usize = 64;
+
+/// A call that answers several requests: one answer per item, in order.
+pub(crate) trait Call: Send + Sync + 'static {
+    type Item: Send + 'static;
+    type Answer: Send + 'static;
+
+    fn call(&self, items: &[Self::Item]) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
+}
+
+type Answer<C> = Result<<C as Call>::Answer, sqlx::Error>;
+
+struct Request<C: Call> {
+    item: C::Item,
+    answer: oneshot::Sender<Answer<C>>,
+}
+
+/// This process's caller for one kind of request.
+pub(crate) struct Together<C: Call> {
+    call: Arc<C>,
+    /// Started on the first request, inside the runtime.
+    requests: OnceLock<mpsc::UnboundedSender<Request<C>>>,
+}
+
+impl<C: Call> Together<C> {
+    pub(crate) fn new(call: C) -> Together<C> {
+        Together { call: Arc::new(call), requests: OnceLock::new() }
+    }
+
+    /// Makes the request in the next call.
+    pub(crate) async fn make(&self, item: C::Item) -> Answer<C> {
+        let requests = self.requests.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(in_turn(self.call.clone(), receiver));
+            sender
+        });
+        let (answer, answered) = oneshot::channel();
+        if let Err(mpsc::error::SendError(request)) = requests.send(Request { item, answer }) {
+            return alone(&*self.call, request.item).await;
+        }
+        answered.await.unwrap_or_else(|_| Err(sqlx::Error::Protocol("the caller of requests together stopped".into())))
+    }
+}
+
+/// One call at a time, for every request waiting when the previous one returned.
+async fn in_turn<C: Call>(call: Arc<C>, mut requests: mpsc::UnboundedReceiver<Request<C>>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < CALL_MAX
+            && let Ok(more) = requests.try_recv()
+        {
+            batch.push(more);
+        }
+        answer(&*call, batch).await;
+    }
+}
+
+/// One call for the batch; each request again on its own when a call of several failed.
+async fn answer<C: Call>(call: &C, batch: Vec<Request<C>>) {
+    let (items, answers): (Vec<C::Item>, Vec<oneshot::Sender<Answer<C>>>) =
+        batch.into_iter().map(|r| (r.item, r.answer)).unzip();
+    match call.call(&items).await {
+        Ok(answered) => {
+            for (answer, answered) in answers.into_iter().zip(answered) {
+                answer.send(Ok(answered)).ok();
+            }
+        }
+        Err(error) if items.len() == 1 => {
+            if let Some(answer) = answers.into_iter().next() {
+                answer.send(Err(error)).ok();
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, requests = items.len(), "A call of several requests failed; each on its own.");
+            for (item, answer) in items.into_iter().zip(answers) {
+                answer.send(alone(call, item).await).ok();
+            }
+        }
+    }
+}
+
+async fn alone<C: Call>(call: &C, item: C::Item) -> Answer<C> {
+    let mut answers = call.call(std::slice::from_ref(&item)).await?;
+    answers.pop().ok_or_else(|| sqlx::Error::Protocol("a call answered no request".into()))
+}
+
+/// Claims of delivered steps in runs this process saw running (`runs::claim_in_running_runs`).
+pub(crate) struct Claims {
+    pub(crate) pool: PgPool,
+    pub(crate) worker: String,
+}
+
+impl Call for Claims {
+    type Item = ToClaim;
+    /// `None`: the step's run is not running after all; `runs::claim` decides.
+    type Answer = Option<Claim>;
+
+    async fn call(&self, items: &[ToClaim]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
+        runs::claim_in_running_runs(&self.pool, &self.worker, items).await
+    }
+}
+
+/// Successes without effects (`runs::finish_successes`, `CALL step_succeed_settle`, `0029`): each
+/// step keeps its own fence, and each run is settled after the commit as a success alone would
+/// settle it. `None` when a success's fence no longer holds.
+pub(crate) struct Successes {
+    pub(crate) pool: PgPool,
+    pub(crate) worker: String,
+}
+
+impl Call for Successes {
+    type Item = Success;
+    type Answer = Option<Finished>;
+
+    async fn call(&self, items: &[Success]) -> Result<Vec<Option<Finished>>, sqlx::Error> {
+        runs::finish_successes(&self.pool, Some(&self.worker), items).await
+    }
+}
