@@ -79,7 +79,7 @@ async fn queue_layer(jobs: usize, concurrency: usize) -> anyhow::Result<(f64, f6
         })
         .collect();
     let t = Instant::now();
-    queues.push("q", &payloads).await?;
+    queues.push("q", jobs, &payloads).await?;
     let push_rate = jobs as f64 / t.elapsed().as_secs_f64();
 
     let done = Arc::new(AtomicUsize::new(0));

@@ -40,18 +40,8 @@ pub async fn dispatch(
     // pushing into the room it leaves must not interleave, or two dispatchers fill it twice.
     let mut tx = crate::queues::begin_dispatch(pool, &queues.queue_name(queue)).await?;
     let due = match only {
-        // The few steps a transition or a trigger just made ready are taken while the depth is
-        // read, and what exceeds the room is given back: one round trip fewer before a worker
-        // hears of them. Nothing else pushes to the queue meanwhile (the lock).
-        Some(ids) => {
-            let (due, waiting) =
-                tokio::join!(take_due(&mut tx, queue, only, cap.min(ids.len()) as i64), queues.waiting(queue));
-            let (mut due, room) = (due?, cap.saturating_sub(waiting?));
-            if due.len() > room {
-                give_back(&mut tx, &due.split_off(room)).await?;
-            }
-            due
-        }
+        // The few steps a transition or a trigger just made ready: the push reads the room itself.
+        Some(ids) => take_due(&mut tx, queue, only, cap.min(ids.len()) as i64).await?,
         None => {
             let room = cap.saturating_sub(queues.waiting(queue).await?);
             if room == 0 {
@@ -66,10 +56,14 @@ pub async fn dispatch(
     let jobs = jobs(&due);
     // Push before the commit (the steps were marked dispatched by `take_due`, in this transaction):
     // a crash in between leaves the steps undispatched, and the next push under the same task ids
-    // is a no-op in Redis.
-    queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
+    // is a no-op in Redis. What the room did not take is given back before the commit. Nothing
+    // else pushes to the queue meanwhile (the lock).
+    let pushed = queues.push(queue, cap, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await?;
+    if pushed < due.len() {
+        give_back(&mut tx, &due, &jobs[..pushed]).await?;
+    }
     tx.commit().await?;
-    Ok(due.len())
+    Ok(pushed)
 }
 
 /// The step jobs of `due`, under their fixed task ids.
@@ -142,37 +136,35 @@ pub async fn create_and_push(
         let push_error = dispatch_ready(pool, queues, cap, &new.ready).await.err();
         return Ok(Triggered { run_id: new.id, ready, push_error });
     }
-    // Under the lock: the room is read and filled by no one else.
-    let mut due = new.due;
+    // Under the lock: the room is read and filled by no one else, in one round trip (the push).
+    let due = new.due;
     let mut push_error = None;
-    let room = match queues.waiting(queue).await {
-        Ok(waiting) => cap.saturating_sub(waiting),
+    let jobs = jobs(&due);
+    let pushed = match queues.push(queue, cap, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await {
+        Ok(pushed) => pushed,
         Err(e) => {
             push_error = Some(DispatchError::from(e));
             0
         }
     };
-    let mut back = due.split_off(room.min(due.len()));
-    if !due.is_empty() {
-        let jobs = jobs(&due);
-        if let Err(e) = queues.push(queue, &jobs).instrument(crate::telemetry::send_span(queue, &jobs)).await {
-            push_error = Some(e.into());
-            back.append(&mut due);
-        }
-    }
-    if !back.is_empty() {
+    if pushed < due.len() {
         // Undispatched again for the producer's loop, rather than left to the reconciler's wait; a
         // job that did reach Redis is not pushed twice (same task id). Should this fail too, the
         // reconciler finds them missing from Redis.
-        give_back(lock.conn(), &back).await.ok();
+        give_back(lock.conn(), &due, &jobs[..pushed]).await.ok();
     }
     lock.release(true).await;
     Ok(Triggered { run_id: new.id, ready, push_error })
 }
 
-/// Clears the dispatch marks of steps that were not pushed.
-async fn give_back(conn: &mut PgConnection, due: &[DueStep]) -> Result<(), sqlx::Error> {
-    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+/// Clears the dispatch marks of the steps of `due` that are not among the `pushed` jobs.
+async fn give_back(
+    conn: &mut PgConnection,
+    due: &[DueStep],
+    pushed: &[(String, JobPayload)],
+) -> Result<(), sqlx::Error> {
+    let pushed: std::collections::HashSet<&str> = pushed.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<i64> = due.iter().filter(|d| !pushed.contains(d.job_id.as_str())).map(|d| d.id).collect();
     sqlx::query("UPDATE step_runs SET dispatched_at = NULL WHERE id = ANY($1) AND status = 'ready'")
         .bind(&ids)
         .execute(conn)

@@ -1,7 +1,8 @@
 //! Redis access: step job queues (apalis-redis 1.0 layout), queue depth, the entity lease, and a
 //! run's settle turn.
 //!
-//! Keys of queue `q` = `{namespace}:{queue}` (written by apalis-redis's scripts; we read them):
+//! Keys of queue `q` = `{namespace}:{queue}` (written by apalis-redis's scripts and by our push,
+//! [`QueueClient::push`], which writes a task as apalis-redis 1.0's `batch_push.lua` does):
 //! | key | type | holds |
 //! |---|---|---|
 //! | `q:scheduled` | ZSET (score = run-at, epoch s) | every pushed task until a worker fetches it |
@@ -30,7 +31,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use apalis_core::task::{builder::TaskBuilder, task_id::TaskId};
 use redis::{Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +40,6 @@ use crate::job::JobPayload;
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("queue push: {0}")]
-    Push(#[from] apalis_redis::Error),
     #[error("payload encoding: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -131,6 +129,28 @@ local q = ARGV[1]
 return redis.call('ZCARD', q .. ':scheduled') + redis.call('LLEN', q .. ':active')
 "#;
 
+// A push within the queue's room: the tasks waiting (`PENDING_LUA`'s count) are read, and as many
+// of the leading tasks as leave at most ARGV[2] waiting are written as apalis-redis 1.0's
+// `batch_push.lua` writes a task due now without an idempotency key (the payload under its id if
+// the id is new, its metadata, its id in the scheduled set at ARGV[3], epoch seconds). A task id
+// Redis already holds is taken and left as it is. Returns how many tasks were taken.
+const PUSH_LUA: &str = r#"
+local q = ARGV[1]
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', q .. ':scheduled') - redis.call('LLEN', q .. ':active')
+local taken = 0
+for i = 4, #ARGV, 2 do
+  if taken >= room then break end
+  local id = ARGV[i]
+  if redis.call('HSETNX', q .. ':data', id, ARGV[i + 1]) == 1 then
+    redis.call('HSET', q .. ':meta:' .. id, 'attempts', 0, 'max_attempts', 25, 'status', 'Pending',
+      'idempotency_key', '')
+    redis.call('ZADD', q .. ':scheduled', ARGV[3], id)
+  end
+  taken = taken + 1
+end
+return taken
+"#;
+
 const JOB_STATES_LUA: &str = r#"
 local q = ARGV[1]
 local out = {}
@@ -200,6 +220,7 @@ return 0
 // Each script's SHA-1 is computed once, not at every call.
 static DEPTH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DEPTH_LUA));
 static PENDING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PENDING_LUA));
+static PUSH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUSH_LUA));
 static JOB_STATES_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(JOB_STATES_LUA));
 static VACUUM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VACUUM_LUA));
 static LEASE_RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RENEW_LUA));
@@ -265,17 +286,14 @@ impl QueueClient {
         apalis_redis::Config::default().queue(self.queue_name(queue))
     }
 
-    /// Pushes step jobs under their fixed task ids in one script call. A task id Redis already
-    /// holds (pending, running, done or dead) is ignored.
-    pub async fn push(&self, queue: &str, jobs: &[(String, JobPayload)]) -> Result<(), QueueError> {
+    /// Pushes the leading `jobs` that fit in the queue's room, under their fixed task ids: at most
+    /// `cap` tasks wait once they are in. The room is read and filled in one script call (one
+    /// round trip with the wake-up), so a dispatcher holding the queue's dispatch lock needs no
+    /// separate depth read. A task id Redis already holds (pending, running, done or dead) is
+    /// taken and left as it is. Returns how many of `jobs` were taken; the rest are not in Redis.
+    pub async fn push(&self, queue: &str, cap: usize, jobs: &[(String, JobPayload)]) -> Result<usize, QueueError> {
         if jobs.is_empty() {
-            return Ok(());
-        }
-        let config = self.apalis_config(queue);
-        let mut tasks = Vec::with_capacity(jobs.len());
-        for (id, payload) in jobs {
-            let bytes = serde_json::to_vec(payload)?;
-            tasks.push(TaskBuilder::new(bytes).task_id(TaskId::from_string(id.clone())).build());
+            return Ok(0);
         }
         let mut conn = self.conn.clone();
         // Idle workers of the queue fetch at once (their poll remains the fallback): each push is
@@ -283,10 +301,21 @@ impl QueueClient {
         let mut wake = redis::cmd("PUBLISH");
         wake.arg(format!("{}{queue}", Self::wake_prefix(&self.namespace))).arg(1);
         let mut conn = WakeBehind { conn: &mut conn, wake };
-        for chunk in tasks.chunks(500) {
-            apalis_redis::queries::push_tasks(&mut conn, &config, chunk).await?;
+        let (name, now) = (self.queue_name(queue), now_secs());
+        let mut taken = 0;
+        for chunk in jobs.chunks(500) {
+            let mut script = PUSH_SCRIPT.prepare_invoke();
+            script.arg(&name).arg(cap).arg(now);
+            for (id, payload) in chunk {
+                script.arg(id).arg(serde_json::to_vec(payload)?);
+            }
+            let n: usize = script.invoke_async(&mut conn).await?;
+            taken += n;
+            if n < chunk.len() {
+                break;
+            }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// The prefix of the wake-up channels of `namespace`'s queues (`{namespace}:wake:`).

@@ -1,12 +1,16 @@
 //! A trigger's path to Redis (`dispatch::create_and_push`): the statement that creates the run
 //! marks its root step dispatched under the queue's dispatch lock, the job is pushed after that
 //! commit and the lock let go; when another dispatcher holds the lock, when the queue is full or
-//! paused, or when Redis is down, the step is left ready for dispatch and nothing is lost.
+//! paused, or when Redis is down, the step is left ready for dispatch and nothing is lost. A push
+//! reads the queue's room and fills it in one script, writing each task as apalis-redis does.
 
 use std::time::Duration;
 
 use serde_json::json;
-use syncfleet_shared::ids::RunId;
+use syncfleet_shared::{
+    ids::{RunId, StepName},
+    job::JobPayload,
+};
 use syncfleet_store::queues;
 use syncfleet_tests::{PrivateRedis, TestEnv};
 
@@ -176,4 +180,71 @@ async fn a_trigger_while_redis_is_down_records_the_run_and_it_runs_once_redis_is
     env.finish().await;
     again.kill().ok();
     again.wait().ok();
+}
+
+/// A step job of a test push, under its fixed task id.
+fn test_job(run: RunId, shard: i32) -> (String, JobPayload) {
+    let job_id = format!("{run}:fan:{shard}");
+    let payload = JobPayload::StepV1 {
+        run_id: run,
+        step_run_id: shard as i64,
+        step: StepName::parse("fan").unwrap(),
+        shard,
+        job_id: job_id.clone(),
+        trace_context: None,
+        due_at_ms: None,
+        entity: Some("acme:fan".into()),
+    };
+    (job_id, payload)
+}
+
+/// A task as Redis holds it: payload, metadata, and whether it is in the scheduled set (due now).
+async fn task_in_redis(
+    conn: &mut redis::aio::MultiplexedConnection,
+    queue: &str,
+    id: &str,
+) -> (Option<String>, std::collections::BTreeMap<String, String>, bool) {
+    let data: Option<String> = redis::cmd("HGET").arg(format!("{queue}:data")).arg(id).query_async(conn).await.unwrap();
+    let meta = redis::cmd("HGETALL").arg(format!("{queue}:meta:{id}")).query_async(conn).await.unwrap();
+    let at: Option<f64> =
+        redis::cmd("ZSCORE").arg(format!("{queue}:scheduled")).arg(id).query_async(conn).await.unwrap();
+    let due = at.is_some_and(|at| at <= chrono::Utc::now().timestamp() as f64);
+    (data, meta, due)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_takes_only_what_fits_in_the_room_and_writes_each_task_as_apalis_redis_does() {
+    let env = TestEnv::new("").await;
+    let queues = &env.ops.queues;
+    let run = RunId::new();
+    let jobs: Vec<_> = (0..5).map(|shard| test_job(run, shard)).collect();
+
+    // Room for 3 of 5: the three leading jobs are taken, the others are not in Redis.
+    assert_eq!(queues.push("p", 3, &jobs).await.unwrap(), 3);
+    assert_eq!(queues.waiting("p").await.unwrap(), 3);
+    let states = queues.job_states("p", &jobs.iter().map(|j| j.0.clone()).collect::<Vec<_>>()).await.unwrap();
+    use syncfleet_store::queue::JobState::{Missing, Pending};
+    assert_eq!(states, [Pending, Pending, Pending, Missing, Missing]);
+    // Room for one more: a task id Redis already holds is taken (and left as it is) and uses it.
+    assert_eq!(queues.push("p", 4, &jobs[2..]).await.unwrap(), 1);
+    assert_eq!(queues.waiting("p").await.unwrap(), 3);
+    // A full queue takes nothing; room for the rest takes them.
+    assert_eq!(queues.push("p", 3, &jobs[3..]).await.unwrap(), 0);
+    assert_eq!(queues.push("p", 5, &jobs[3..]).await.unwrap(), 2);
+    assert_eq!(queues.waiting("p").await.unwrap(), 5);
+
+    // The same job through apalis-redis's own push, on another queue: Redis holds the same task.
+    let (id, payload) = &jobs[0];
+    let task = apalis_core::task::builder::TaskBuilder::new(serde_json::to_vec(payload).unwrap())
+        .task_id(apalis_core::task::task_id::TaskId::from_string(id.clone()))
+        .build();
+    let mut apalis_conn = queues.connection();
+    apalis_redis::queries::push_tasks(&mut apalis_conn, &queues.apalis_config("a"), &[task]).await.unwrap();
+    let client = redis::Client::open(env.config.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ours = task_in_redis(&mut conn, &queues.queue_name("p"), id).await;
+    let apalis = task_in_redis(&mut conn, &queues.queue_name("a"), id).await;
+    assert!(ours.0.is_some() && ours.2, "ours is held and due: {ours:?}");
+    assert_eq!(ours, apalis);
+    env.finish().await;
 }
