@@ -435,7 +435,7 @@ async fn claims_made_together_keep_each_fence_and_leave_other_runs_to_the_full_c
     let plan = ready(run, "plan").await;
     assert!(matches!(runs::claim(&env.pool, plan[0].0, &plan[0].1, WORKER).await.unwrap(), Claim::Claimed(_)));
     let success = Success { step_run_id: plan[0].0, job_id: plan[0].1.clone(), result: Default::default() };
-    runs::finish_successes(&env.pool, Some(WORKER), &[success]).await.unwrap();
+    runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some(WORKER), &[success]).await.unwrap();
     let fan = ready(run, "fan").await;
     assert_eq!(fan.len(), 4, "plan's settle made the four shards ready");
     let queued = env.trigger("demo_fanout", "beta").await;

@@ -65,7 +65,9 @@ async fn successes_recorded_together_keep_each_fence_and_settle_their_run_once_d
     };
 
     let plan = ready("plan").await;
-    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&plan[0], 0)]).await.unwrap();
+    let answers = runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some(WORKER), &[success(&plan[0], 0)])
+        .await
+        .unwrap();
     assert_eq!(ids(&answers[0]).len(), 4, "plan's settle made the four shards ready");
 
     // Three shards and one delivery under a spent job id, in one call: the stale one writes nothing;
@@ -73,7 +75,7 @@ async fn successes_recorded_together_keep_each_fence_and_settle_their_run_once_d
     let fan = ready("fan").await;
     let stale = (fan[3].0, format!("{}:a9", fan[3].1));
     let batch = [success(&fan[0], 10), success(&fan[1], 11), success(&stale, 99), success(&fan[2], 12)];
-    let answers = runs::finish_successes(&env.pool, Some(WORKER), &batch).await.unwrap();
+    let answers = runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some(WORKER), &batch).await.unwrap();
     let recorded: Vec<bool> = answers.iter().map(Option::is_some).collect();
     assert_eq!(recorded, [true, true, false, true], "each success under its own fence");
     assert!(answers.iter().flatten().all(|f| f.ready.is_empty() && f.run_ended.is_none()), "{answers:?}");
@@ -94,14 +96,22 @@ async fn successes_recorded_together_keep_each_fence_and_settle_their_run_once_d
 
     // The last shard, under its own job id, and another worker's claim of it refused: its success
     // settles the run, and `collect` is ready.
-    let another = runs::finish_successes(&env.pool, Some("another"), &[success(&fan[3], 13)]).await.unwrap();
+    let another =
+        runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some("another"), &[success(&fan[3], 13)])
+            .await
+            .unwrap();
     assert!(another[0].is_none(), "another worker's success of the shard is refused");
-    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&fan[3], 13)]).await.unwrap();
+    let answers = runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some(WORKER), &[success(&fan[3], 13)])
+        .await
+        .unwrap();
     let collect = ready("collect").await;
     assert_eq!(ids(&answers[0]), vec![collect[0].0], "the last shard's success made collect ready");
 
     // `collect` ends the run: its end goes with the success.
-    let answers = runs::finish_successes(&env.pool, Some(WORKER), &[success(&collect[0], 0)]).await.unwrap();
+    let answers =
+        runs::finish_successes(&mut env.pool.acquire().await.unwrap(), Some(WORKER), &[success(&collect[0], 0)])
+            .await
+            .unwrap();
     assert_eq!(answers[0].as_ref().and_then(|f| f.run_ended.clone()), Some(("demo_fanout".into(), "completed".into())));
     assert_eq!(env.scalar::<String>("SELECT status FROM chain_runs WHERE id = $1", run).await, "completed");
     env.finish().await;

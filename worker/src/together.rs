@@ -8,12 +8,20 @@
 //!
 //! When a call of several fails, each of its requests is made again on its own, so each gets its
 //! own answer (a fence that no longer holds, or its own error).
+//!
+//! The caller keeps the connection of its last call while calls follow each other, and gives it
+//! back to the pool once no request came for [`PING_IDLE_AFTER`] or a call failed: a call taken
+//! from the pool and given back costs a round trip more (sqlx pings a connection as it returns to
+//! the pool) and a task to return it, once per call.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use sqlx::PgPool;
-use syncfleet_store::runs::{self, Claim, Finished, Success, ToClaim};
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+use syncfleet_store::{
+    PING_IDLE_AFTER,
+    runs::{self, Claim, Finished, Success, ToClaim},
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests one call carries at most.
@@ -24,7 +32,14 @@ pub(crate) trait Call: Send + Sync + 'static {
     type Item: Send + 'static;
     type Answer: Send + 'static;
 
-    fn call(&self, items: &[Self::Item]) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
+    /// The pool the caller takes its connection from.
+    fn pool(&self) -> &PgPool;
+
+    fn call(
+        &self,
+        conn: &mut PgConnection,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
 }
 
 type Answer<C> = Result<<C as Call>::Answer, sqlx::Error>;
@@ -63,43 +78,69 @@ impl<C: Call> Together<C> {
 
 /// One call at a time, for every request waiting when the previous one returned.
 async fn in_turn<C: Call>(call: Arc<C>, mut requests: mpsc::UnboundedReceiver<Request<C>>) {
-    while let Some(first) = requests.recv().await {
+    let mut held: Option<PoolConnection<Postgres>> = None;
+    loop {
+        let first = match held {
+            Some(_) => match tokio::time::timeout(PING_IDLE_AFTER, requests.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    held = None; // idle: back to the pool
+                    continue;
+                }
+            },
+            None => requests.recv().await,
+        };
+        let Some(first) = first else { return };
         let mut batch = vec![first];
         while batch.len() < CALL_MAX
             && let Ok(more) = requests.try_recv()
         {
             batch.push(more);
         }
-        answer(&*call, batch).await;
+        answer(&*call, &mut held, batch).await;
     }
 }
 
-/// One call for the batch; each request again on its own when a call of several failed.
-async fn answer<C: Call>(call: &C, batch: Vec<Request<C>>) {
+/// One call for the batch on the held connection (taken from the pool if none is); each request
+/// again on its own when a call of several failed. A failed call gives its connection back.
+async fn answer<C: Call>(call: &C, held: &mut Option<PoolConnection<Postgres>>, batch: Vec<Request<C>>) {
     let (items, answers): (Vec<C::Item>, Vec<oneshot::Sender<Answer<C>>>) =
         batch.into_iter().map(|r| (r.item, r.answer)).unzip();
-    match call.call(&items).await {
-        Ok(answered) => {
+    let called = match held {
+        Some(conn) => Some(call.call(conn, &items).await),
+        None => match call.pool().acquire().await {
+            Ok(conn) => Some(call.call(held.insert(conn), &items).await),
+            Err(_) => None, // each request on its own gets its own error
+        },
+    };
+    match called {
+        Some(Ok(answered)) => {
             for (answer, answered) in answers.into_iter().zip(answered) {
                 answer.send(Ok(answered)).ok();
             }
+            return;
         }
-        Err(error) if items.len() == 1 => {
+        Some(Err(error)) if items.len() == 1 => {
+            *held = None;
             if let Some(answer) = answers.into_iter().next() {
                 answer.send(Err(error)).ok();
             }
+            return;
         }
-        Err(error) => {
+        Some(Err(error)) => {
+            *held = None;
             tracing::warn!(%error, requests = items.len(), "A call of several requests failed; each on its own.");
-            for (item, answer) in items.into_iter().zip(answers) {
-                answer.send(alone(call, item).await).ok();
-            }
         }
+        None => {}
+    }
+    for (item, answer) in items.into_iter().zip(answers) {
+        answer.send(alone(call, item).await).ok();
     }
 }
 
 async fn alone<C: Call>(call: &C, item: C::Item) -> Answer<C> {
-    let mut answers = call.call(std::slice::from_ref(&item)).await?;
+    let mut conn = call.pool().acquire().await?;
+    let mut answers = call.call(&mut conn, std::slice::from_ref(&item)).await?;
     answers.pop().ok_or_else(|| sqlx::Error::Protocol("a call answered no request".into()))
 }
 
@@ -114,8 +155,12 @@ impl Call for Claims {
     /// `None`: the step's run is not running after all; `runs::claim` decides.
     type Answer = Option<Claim>;
 
-    async fn call(&self, items: &[ToClaim]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
-        runs::claim_in_running_runs(&self.pool, &self.worker, items).await
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn call(&self, conn: &mut PgConnection, items: &[ToClaim]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
+        runs::claim_in_running_runs(conn, &self.worker, items).await
     }
 }
 
@@ -131,7 +176,11 @@ impl Call for Successes {
     type Item = Success;
     type Answer = Option<Finished>;
 
-    async fn call(&self, items: &[Success]) -> Result<Vec<Option<Finished>>, sqlx::Error> {
-        runs::finish_successes(&self.pool, Some(&self.worker), items).await
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn call(&self, conn: &mut PgConnection, items: &[Success]) -> Result<Vec<Option<Finished>>, sqlx::Error> {
+        runs::finish_successes(conn, Some(&self.worker), items).await
     }
 }

@@ -88,7 +88,7 @@ pub struct ToClaim {
 /// whose run is not running after all (cancelled, ended, or still queued): nothing was written, and
 /// [`claim`] decides (it cancels the step, or starts the run).
 pub async fn claim_in_running_runs(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     worker: &str,
     steps: &[ToClaim],
 ) -> Result<Vec<Option<Claim>>, sqlx::Error> {
@@ -96,7 +96,7 @@ pub async fn claim_in_running_runs(
         .bind(steps.iter().map(|s| s.step_run_id).collect::<Vec<i64>>())
         .bind(steps.iter().map(|s| s.job_id.as_str()).collect::<Vec<&str>>())
         .bind(worker)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?;
     let mut answers: HashMap<(i64, &str), &PgRow> =
         rows.iter().map(|row| ((row.get("step_run_id"), row.get("delivered")), row)).collect();

@@ -295,7 +295,7 @@ pub struct Success {
 /// per success, in order: `None` when its fence no longer held. What a run's settle made ready, and
 /// its end, go with the first of its successes.
 pub async fn finish_successes(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker: Option<&str>,
     successes: &[Success],
 ) -> Result<Vec<Option<Finished>>, sqlx::Error> {
@@ -322,7 +322,7 @@ pub async fn finish_successes(
     .bind(texts(|r| &r.cursor_after))
     .bind(texts(|r| &r.guard))
     .bind(successes.iter().map(|s| s.result.partial).collect::<Vec<bool>>())
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let finished: Vec<i64> = row.get("finished");
     let runs: Vec<uuid::Uuid> = row.get("runs");
@@ -334,7 +334,7 @@ pub async fn finish_successes(
     }
     for run in row.get::<Vec<uuid::Uuid>, _>("end_runs") {
         // The steps are committed: a run left unended here is the reconciler's (`settle_stranded`).
-        match end_run(pool, RunId(run)).await {
+        match end_run(&mut *conn, RunId(run)).await {
             Ok(ended) => {
                 let settled = by_run.remove(&run).unwrap_or_default();
                 by_run.insert(run, settled.merge(ended));
@@ -365,14 +365,14 @@ async fn settle_row(pool: &PgPool, run_id: RunId, row: &sqlx::postgres::PgRow) -
     if !row.get::<bool, _>("needs_end") {
         return Ok(finished);
     }
-    Ok(finished.merge(end_run(pool, run_id).await?))
+    Ok(finished.merge(end_run(&mut *pool.acquire().await?, run_id).await?))
 }
 
 /// Ends an active run with nothing open, in a transaction under its row's `FOR UPDATE`, with its
 /// `run.ended` hook; then (it, or an inactive run, being of an exclusion group) starts the group's
 /// next waiting run. Of concurrent callers, one ends the run.
-pub async fn end_run(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn end_run(conn: &mut PgConnection, run_id: RunId) -> Result<Finished, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     let locked: Option<String> = sqlx::query_scalar("SELECT status FROM chain_runs WHERE id = $1 FOR UPDATE")
         .bind(run_id)
         .fetch_optional(&mut *tx)
