@@ -45,12 +45,15 @@ pub async fn dispatch(
         None => {
             let room = cap.saturating_sub(queues.waiting(queue).await?);
             if room == 0 {
+                tx.rollback().await?;
                 return Ok(0);
             }
             take_due(&mut tx, queue, None, room as i64).await?
         }
     };
     if due.is_empty() {
+        // The lock goes now, not once the pool gets the connection back.
+        tx.rollback().await?;
         return Ok(0);
     }
     let jobs = jobs(&due);
