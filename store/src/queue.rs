@@ -124,19 +124,25 @@ end
 return {due + active, later, inflight, redis.call('SCARD', q .. ':dead'), redis.call('SCARD', q .. ':done'), #workers}
 "#;
 
-const PENDING_LUA: &str = r#"
-local q = ARGV[1]
-return redis.call('ZCARD', q .. ':scheduled') + redis.call('LLEN', q .. ':active')
-"#;
+/// The Lua expression of the tasks waiting in queue `q` (scheduled or active, not yet fetched): what
+/// the dispatch cap bounds, read by [`QueueClient::waiting`] and by the push.
+macro_rules! waiting_lua {
+    () => {
+        "(redis.call('ZCARD', q .. ':scheduled') + redis.call('LLEN', q .. ':active'))"
+    };
+}
 
-// A push within the queue's room: the tasks waiting (`PENDING_LUA`'s count) are read, and as many
+const PENDING_LUA: &str = concat!("local q = ARGV[1]\nreturn ", waiting_lua!(), "\n");
+
+// A push within the queue's room: the tasks waiting (`waiting_lua!`) are read, and as many
 // of the leading tasks as leave at most ARGV[2] waiting are written as apalis-redis 1.0's
 // `batch_push.lua` writes a task due now without an idempotency key (the payload under its id if
 // the id is new, its metadata, its id in the scheduled set at ARGV[3], epoch seconds). A task id
 // Redis already holds is taken and left as it is. Returns how many tasks were taken.
-const PUSH_LUA: &str = r#"
-local q = ARGV[1]
-local room = tonumber(ARGV[2]) - redis.call('ZCARD', q .. ':scheduled') - redis.call('LLEN', q .. ':active')
+const PUSH_LUA: &str = concat!(
+    "local q = ARGV[1]\nlocal room = tonumber(ARGV[2]) - ",
+    waiting_lua!(),
+    r#"
 local taken = 0
 for i = 4, #ARGV, 2 do
   if taken >= room then break end
@@ -149,7 +155,8 @@ for i = 4, #ARGV, 2 do
   taken = taken + 1
 end
 return taken
-"#;
+"#
+);
 
 const JOB_STATES_LUA: &str = r#"
 local q = ARGV[1]

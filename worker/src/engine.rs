@@ -151,8 +151,8 @@ pub struct Engine {
 }
 
 /// The last [`RecentRuns::KEPT`] runs a process claimed steps of: they were running then, and a
-/// claim in such a run is one plain statement, made together with this process's other claims
-/// waiting at that moment (`runs::claim_in_running_runs`, which still checks).
+/// claim in such a run is made in one statement with this process's other claims waiting at that
+/// moment (`runs::claim_in_running_runs`, which still checks).
 #[derive(Default)]
 struct RecentRuns(std::sync::Mutex<std::collections::VecDeque<RunId>>);
 
@@ -194,8 +194,8 @@ impl Engine {
         });
         let wake = crate::wake::Hub::new(&config.redis);
         let settles = Settles::new(queues.clone());
-        let claims = Together::new(Claims { pool: pool.clone(), worker: name.clone() });
-        let successes = Together::new(Successes { pool: pool.clone(), worker: name.clone() });
+        let claims = Together::new(Claims, pool.clone(), name.clone());
+        let successes = Together::new(Successes, pool.clone(), name.clone());
         Engine {
             config,
             pool,
@@ -302,7 +302,7 @@ impl Engine {
         entity: &str,
     ) -> Result<(Executed, Vec<runs::ReadyStep>), EngineError> {
         let (id, job_id) = (d.id, d.job_id);
-        // A run this process claimed a step of is claimed in one plain statement, with the other
+        // A step of a run this process claimed a step of is claimed in one statement with the other
         // claims waiting then; a run it has not seen may still be queued, which only `step_claim`
         // starts.
         let in_running_run = if self.running.contains(d.run) {

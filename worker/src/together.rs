@@ -32,12 +32,11 @@ pub(crate) trait Call: Send + Sync + 'static {
     type Item: Send + 'static;
     type Answer: Send + 'static;
 
-    /// The pool the caller takes its connection from.
-    fn pool(&self) -> &PgPool;
-
+    /// One call on `conn` for `items`, made by worker process `worker`.
     fn call(
         &self,
         conn: &mut PgConnection,
+        worker: &str,
         items: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
 }
@@ -49,35 +48,52 @@ struct Request<C: Call> {
     answer: oneshot::Sender<Answer<C>>,
 }
 
+/// A kind of call, with the pool it takes its connections from and the worker process making it.
+struct Caller<C> {
+    call: C,
+    pool: PgPool,
+    worker: String,
+}
+
+impl<C: Call> Caller<C> {
+    fn call<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        items: &'a [C::Item],
+    ) -> impl Future<Output = Result<Vec<C::Answer>, sqlx::Error>> + Send + 'a {
+        self.call.call(conn, &self.worker, items)
+    }
+}
+
 /// This process's caller for one kind of request.
 pub(crate) struct Together<C: Call> {
-    call: Arc<C>,
+    caller: Arc<Caller<C>>,
     /// Started on the first request, inside the runtime.
     requests: OnceLock<mpsc::UnboundedSender<Request<C>>>,
 }
 
 impl<C: Call> Together<C> {
-    pub(crate) fn new(call: C) -> Together<C> {
-        Together { call: Arc::new(call), requests: OnceLock::new() }
+    pub(crate) fn new(call: C, pool: PgPool, worker: String) -> Together<C> {
+        Together { caller: Arc::new(Caller { call, pool, worker }), requests: OnceLock::new() }
     }
 
     /// Makes the request in the next call.
     pub(crate) async fn make(&self, item: C::Item) -> Answer<C> {
         let requests = self.requests.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(in_turn(self.call.clone(), receiver));
+            tokio::spawn(in_turn(self.caller.clone(), receiver));
             sender
         });
         let (answer, answered) = oneshot::channel();
         if let Err(mpsc::error::SendError(request)) = requests.send(Request { item, answer }) {
-            return alone(&*self.call, request.item).await;
+            return alone(&self.caller, request.item).await;
         }
         answered.await.unwrap_or_else(|_| Err(sqlx::Error::Protocol("the caller of requests together stopped".into())))
     }
 }
 
 /// One call at a time, for every request waiting when the previous one returned.
-async fn in_turn<C: Call>(call: Arc<C>, mut requests: mpsc::UnboundedReceiver<Request<C>>) {
+async fn in_turn<C: Call>(caller: Arc<Caller<C>>, mut requests: mpsc::UnboundedReceiver<Request<C>>) {
     let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         let first = match held {
@@ -97,19 +113,19 @@ async fn in_turn<C: Call>(call: Arc<C>, mut requests: mpsc::UnboundedReceiver<Re
         {
             batch.push(more);
         }
-        answer(&*call, &mut held, batch).await;
+        answer(&caller, &mut held, batch).await;
     }
 }
 
 /// One call for the batch on the held connection (taken from the pool if none is); each request
 /// again on its own when a call of several failed. A failed call gives its connection back.
-async fn answer<C: Call>(call: &C, held: &mut Option<PoolConnection<Postgres>>, batch: Vec<Request<C>>) {
+async fn answer<C: Call>(caller: &Caller<C>, held: &mut Option<PoolConnection<Postgres>>, batch: Vec<Request<C>>) {
     let (items, answers): (Vec<C::Item>, Vec<oneshot::Sender<Answer<C>>>) =
         batch.into_iter().map(|r| (r.item, r.answer)).unzip();
     let called = match held {
-        Some(conn) => Some(call.call(conn, &items).await),
-        None => match call.pool().acquire().await {
-            Ok(conn) => Some(call.call(held.insert(conn), &items).await),
+        Some(conn) => Some(caller.call(conn, &items).await),
+        None => match caller.pool.acquire().await {
+            Ok(conn) => Some(caller.call(held.insert(conn), &items).await),
             Err(_) => None, // each request on its own gets its own error
         },
     };
@@ -134,53 +150,49 @@ async fn answer<C: Call>(call: &C, held: &mut Option<PoolConnection<Postgres>>, 
         None => {}
     }
     for (item, answer) in items.into_iter().zip(answers) {
-        answer.send(alone(call, item).await).ok();
+        answer.send(alone(caller, item).await).ok();
     }
 }
 
-async fn alone<C: Call>(call: &C, item: C::Item) -> Answer<C> {
-    let mut conn = call.pool().acquire().await?;
-    let mut answers = call.call(&mut conn, std::slice::from_ref(&item)).await?;
+async fn alone<C: Call>(caller: &Caller<C>, item: C::Item) -> Answer<C> {
+    let mut conn = caller.pool.acquire().await?;
+    let mut answers = caller.call(&mut conn, std::slice::from_ref(&item)).await?;
     answers.pop().ok_or_else(|| sqlx::Error::Protocol("a call answered no request".into()))
 }
 
 /// Claims of delivered steps in runs this process saw running (`runs::claim_in_running_runs`).
-pub(crate) struct Claims {
-    pub(crate) pool: PgPool,
-    pub(crate) worker: String,
-}
+pub(crate) struct Claims;
 
 impl Call for Claims {
     type Item = ToClaim;
     /// `None`: the step's run is not running after all; `runs::claim` decides.
     type Answer = Option<Claim>;
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn call(&self, conn: &mut PgConnection, items: &[ToClaim]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
-        runs::claim_in_running_runs(conn, &self.worker, items).await
+    async fn call(
+        &self,
+        conn: &mut PgConnection,
+        worker: &str,
+        items: &[ToClaim],
+    ) -> Result<Vec<Option<Claim>>, sqlx::Error> {
+        runs::claim_in_running_runs(conn, worker, items).await
     }
 }
 
 /// Successes without effects (`runs::finish_successes`, `CALL step_succeed_settle`, `0029`): each
 /// step keeps its own fence, and each run is settled after the commit as a success alone would
 /// settle it. `None` when a success's fence no longer holds.
-pub(crate) struct Successes {
-    pub(crate) pool: PgPool,
-    pub(crate) worker: String,
-}
+pub(crate) struct Successes;
 
 impl Call for Successes {
     type Item = Success;
     type Answer = Option<Finished>;
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn call(&self, conn: &mut PgConnection, items: &[Success]) -> Result<Vec<Option<Finished>>, sqlx::Error> {
-        runs::finish_successes(conn, Some(&self.worker), items).await
+    async fn call(
+        &self,
+        conn: &mut PgConnection,
+        worker: &str,
+        items: &[Success],
+    ) -> Result<Vec<Option<Finished>>, sqlx::Error> {
+        runs::finish_successes(conn, Some(worker), items).await
     }
 }
