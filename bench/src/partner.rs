@@ -162,7 +162,7 @@ pub async fn incremental(runs: usize) -> anyhow::Result<Scenario> {
 }
 
 /// `memory`: the worker processes' peak resident set (`VmHWM`) over a full `partner_daily` at `seed`
-/// and at `large` (ten times seed), no upstream limit. The pull engine holds two pages and the
+/// and at `large` (ten times seed), no upstream limit. The pull engine holds three pages and the
 /// enrollment shards a batch of transcripts, so the peak should not follow the data set's size.
 pub async fn memory(runs: usize) -> anyhow::Result<Scenario> {
     let mut s = Scenario::new("memory", runs);

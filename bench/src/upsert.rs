@@ -4,8 +4,10 @@
 //!
 //! - `engine_*`: one real `syncfleet-worker` process (release binary) runs `http_json_sync` (Full) of an
 //!   `http-json` integration reading the sandbox ERP `/items` (pages of 1,000) into `erp_items`; the
-//!   producer runs in this process. Rows/s = rows / the pull step's `duration_ms`. The worker's peak
-//!   RSS (`VmHWM`) is read after the run, once with N items and once, in a fresh process, with N/10.
+//!   producer runs in this process. Rows/s = rows / the pull step's `duration_ms`. That first load
+//!   writes new rows (`COPY` per page); `engine_resync_rows_per_sec` is a second full read of the
+//!   same items, where every page goes through the upsert. The worker's peak RSS (`VmHWM`) is read
+//!   after both, once with N items and once, in a fresh process, with N/10.
 //! - `row_by_row_*`: the classic find-then-write loop, written here: per record a `SELECT` by
 //!   (integration, external id), then an `INSERT` or `UPDATE`, autocommit, one connection, pages
 //!   fetched as it goes (fetch time included). It is slow, so it runs on at most 10,000 rows.
@@ -28,7 +30,7 @@ use anyhow::Context;
 use serde_json::Value;
 use syncfleet_pack_http_json as http_json;
 use syncfleet_sandbox::{SandboxConfig, SandboxHandle};
-use syncfleet_sdk::sync::table::Table;
+use syncfleet_sdk::sync::table::{Table, copy_field};
 use syncfleet_shared::chain::Mode;
 use syncfleet_store as store;
 
@@ -94,6 +96,8 @@ async fn sandbox(items: usize) -> anyhow::Result<SandboxHandle> {
 struct EngineRun {
     rows_per_sec: f64,
     step_ms: i64,
+    /// The second full read of the same items (upserts marking rows seen).
+    resync_rows_per_sec: f64,
     api_calls: i64,
     idle_rss_mb: f64,
     peak_rss_mb: f64,
@@ -114,7 +118,6 @@ async fn engine_run(r: &Round, rows: usize) -> anyhow::Result<EngineRun> {
     let run = r.trigger("http_json_sync", INTEGRATION, Mode::Full, &[]).await?;
     let limit = Duration::from_secs(120 + rows as u64 / 200);
     let view = r.completed(run, limit).await?;
-    let peak_rss_mb = r.workers_peak_rss_mb()?;
     let step = view.steps.iter().find(|st| st.step == "pull").context("the run has no pull step")?;
     anyhow::ensure!(step.attempts == 1, "the pull step took {} attempts: {:?}", step.attempts, step.error);
     anyhow::ensure!(
@@ -123,11 +126,25 @@ async fn engine_run(r: &Round, rows: usize) -> anyhow::Result<EngineRun> {
         step.fetched,
         step.inserted
     );
-    let step_ms = step.duration_ms.context("the pull step has no duration")?;
+    let (step_ms, api_calls) = (step.duration_ms.context("the pull step has no duration")?, step.api_calls);
+    // The same read again: every row is there, so each page goes through the upsert (and only
+    // marks its rows seen).
+    let again = r.completed(r.trigger("http_json_sync", INTEGRATION, Mode::Full, &[]).await?, limit).await?;
+    let step = again.steps.iter().find(|st| st.step == "pull").context("the run has no pull step")?;
+    anyhow::ensure!(
+        step.fetched == rows as i64 && step.unchanged == rows as i64,
+        "the second pull fetched {} and found {} of {rows} rows unchanged",
+        step.fetched,
+        step.unchanged
+    );
+    let resync_ms = step.duration_ms.context("the pull step has no duration")?;
+    let peak_rss_mb = r.workers_peak_rss_mb()?;
+    let per_sec = |ms: i64| rows as f64 / (ms.max(1) as f64 / 1000.0);
     Ok(EngineRun {
-        rows_per_sec: rows as f64 / (step_ms.max(1) as f64 / 1000.0),
+        rows_per_sec: per_sec(step_ms),
         step_ms,
-        api_calls: step.api_calls,
+        resync_rows_per_sec: per_sec(resync_ms),
+        api_calls,
         idle_rss_mb,
         peak_rss_mb,
     })
@@ -255,24 +272,6 @@ async fn row_by_row(target: Target<'_>, rows: usize) -> anyhow::Result<f64> {
     .await
 }
 
-/// Appends one value in COPY text format (`\N` for NULL; backslash, tab, newline, CR escaped).
-fn copy_field(out: &mut String, value: Option<&str>) {
-    match value {
-        None => out.push_str("\\N"),
-        Some(v) => {
-            for c in v.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-    }
-}
-
 /// `items` with one `COPY … FROM STDIN` into the empty table; returns rows/s of the COPY alone.
 async fn copy(target: Target<'_>, items: &[Value]) -> anyhow::Result<f64> {
     with_scratch(target, async |s| {
@@ -366,6 +365,7 @@ async fn once(s: &mut Scenario, rows: usize, pg: &PgServer) -> anyhow::Result<()
 
     s.figure("engine_rows_per_sec", big.rows_per_sec);
     s.figure("engine_step_ms", big.step_ms as f64);
+    s.figure("engine_resync_rows_per_sec", big.resync_rows_per_sec);
     s.figure("api_calls", big.api_calls as f64);
     s.figure("row_by_row_rows_per_sec", row_by_row);
     s.figure("copy_rows_per_sec", copy);
@@ -408,18 +408,4 @@ pub async fn run(runs: usize, rows: usize, pg: PgServer) -> anyhow::Result<Scena
     ));
     s.note("ratios are measured within each run (engine, row by row and COPY side by side), then the median");
     Ok(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::copy_field;
-
-    #[test]
-    fn copy_text_escapes_what_the_format_reserves() {
-        let mut out = String::new();
-        copy_field(&mut out, Some("a\tb\\c\nd\re"));
-        out.push('\t');
-        copy_field(&mut out, None);
-        assert_eq!(out, "a\\tb\\\\c\\nd\\re\t\\N");
-    }
 }

@@ -97,6 +97,27 @@ async fn a_repeated_page_stops_the_sweep_and_the_run_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_page_in_a_first_load_writes_each_person_once() {
+    let sandbox = Sandbox::start().await;
+    let (env, worker) = partner_env(&sandbox).await;
+    let upstream = upstream_people(&sandbox).await;
+    // The first load's page 2 answers page 1 again: its 25 people are listed twice (the second
+    // copy is written with the upsert, over the rows page 1 copied), page 2's never.
+    sandbox.faults("northpass", json!({ "repeat_pages": [2] })).await;
+    let run = full_step(&env, "sync_users").await;
+    let s = step(&run, "sync_users");
+    assert_eq!(run.status, "partial", "{run:#?}");
+    let rows = people_rows(&env).await;
+    assert_eq!(rows.len(), upstream.len() - 25, "every person served once has one row");
+    assert!(rows.values().all(|active| *active), "{rows:?}");
+    assert!(rows.keys().all(|id| upstream.contains_key(id)), "{rows:?}");
+    assert_eq!(s.fetched, upstream.len() as i64, "{s:#?}");
+    assert_eq!((s.inserted, s.updated, s.unchanged), (rows.len() as i64, 0, 25), "{s:#?}");
+    worker.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_value_is_one_item_error_and_spares_its_row_from_the_sweep() {
     let sandbox = Sandbox::start().await;
     let (env, worker) = partner_env(&sandbox).await;

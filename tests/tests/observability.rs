@@ -321,7 +321,8 @@ async fn runs_and_step_jobs_are_linked_traces(protocol: &str, endpoint: &str, sp
                 assert!(h.attr("url.full").is_some_and(|u| u.contains("/items")), "{h:?}");
                 assert!(descends_from(h, &pull.span_id, &own), "{h:?}");
             }
-            let upserts: Vec<_> = own.iter().filter(|s| s.name == "INSERT erp_items").collect();
+            // A first load: each page's rows are new, written with one `COPY`.
+            let upserts: Vec<_> = own.iter().filter(|s| s.name == "COPY erp_items").collect();
             assert_eq!(upserts.len(), 3, "one statement per page");
             let rows: i64 =
                 upserts.iter().map(|u| u.attr("db.operation.batch.size").unwrap().parse::<i64>().unwrap()).sum();

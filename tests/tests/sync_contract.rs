@@ -419,3 +419,42 @@ async fn a_worker_killed_mid_pull_leaves_the_other_to_finish_with_nothing_lost_o
     producer.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_load_meets_a_row_written_meanwhile_and_upserts_it() {
+    let sandbox = Sandbox::start().await;
+    // Pages of 25 at 150 ms each: the first load writes its pages as new rows, one `COPY` each.
+    let (env, worker) = erp_env(&sandbox, 25, "").await;
+    sandbox.faults("erp", json!({ "latency_ms": 150 })).await;
+    let up = upstream(&sandbox).await;
+    let last = up.keys().max_by_key(|id| id.parse::<i64>().unwrap()).unwrap().clone();
+    let run = env.trigger(SYNC, "erp").await;
+    env.eventually(Duration::from_secs(30), "the first page written", || async {
+        let n: i64 = env.value("SELECT count(*) FROM erp_items").await;
+        (n > 0).then_some(())
+    })
+    .await;
+    // Meanwhile a row of the last page appears (as a webhook would write it), with a stale quantity.
+    let written: u64 = sqlx::query(
+        "INSERT INTO erp_items (integration_id, external_id, quantity)
+         SELECT id, $1, -1 FROM integrations WHERE name = 'erp'",
+    )
+    .bind(&last)
+    .execute(&env.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(written, 1);
+
+    let view = env.wait(run, Duration::from_secs(60)).await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let s = step(&view);
+    assert_eq!(s.attempts, 1, "{s:#?}");
+    assert_eq!((s.fetched, s.inserted, s.updated, s.unchanged), (250, 249, 1, 0), "{s:#?}");
+    let rows_total: i64 = env.value("SELECT count(*) FROM erp_items").await;
+    assert_eq!(rows_total, 250, "no row doubled");
+    assert_in_step(&env, &sandbox).await;
+    assert_ne!(rows(&env).await[&last].0, Some(-1), "the row written meanwhile took the upstream's values");
+    worker.stop().await;
+    env.finish().await;
+}

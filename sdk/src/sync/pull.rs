@@ -1,13 +1,15 @@
 //! The pull step engine: fetch pages, upsert each in one statement, mark seen, record item errors,
-//! keep the cursor, sweep behind the deletion guard. Memory is bounded by two pages (the one being
-//! written and the next one being fetched), not by the size of the data.
+//! keep the cursor, sweep behind the deletion guard. Memory is bounded by three pages (two being
+//! written, [`PAGE_WRITERS`], and the next one being fetched), not by the size of the data.
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, stream::FuturesOrdered};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
@@ -16,7 +18,7 @@ use super::item_errors::resolve_unrepeated;
 pub use super::item_errors::{record_errors, resolve};
 use super::{
     Item, Page, Record, Source, SourceError, sweep,
-    table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text},
+    table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text, is_unique_violation},
 };
 use crate::{
     chain::Mode,
@@ -107,7 +109,7 @@ struct Fetch {
     open_errors: bool,
     /// Every external id the read listed, written or not: an id listed twice means the upstream's
     /// paging repeated records (and may have skipped others), so the read cannot vouch for what it
-    /// did not list. 128-bit digests of the ids, never the ids: memory stays two pages plus 16 bytes
+    /// did not list. 128-bit digests of the ids, never the ids: memory stays three pages plus 16 bytes
     /// an id (a read of 400,000 contacts held 30 MiB of id strings), and two ids share a digest with
     /// a chance of about n² / 2¹²⁹.
     seen: HashSet<u128>,
@@ -170,26 +172,51 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
         entity: &spec.entity,
         table: &spec.table,
         fence: ctx.fence.clone(),
+        first_load: AtomicBool::new(false),
     };
-    let indexed = spec.table.indexed_columns(&mut *ctx.pool.acquire().await?).await?;
+    let mut conn = ctx.pool.acquire().await?;
+    let indexed = spec.table.indexed_columns(&mut conn).await?;
+    // A first load writes its pages as new rows (`COPY`) until one meets a row already there.
+    writer.first_load.store(spec.table.holds_none(&mut conn, integration_id).await?, Ordering::Relaxed);
+    drop(conn);
     let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, indexed, ..Fetch::default() };
 
-    // Page n is written while page n + 1 is read, parsed and converted: the database's work on one
-    // page overlaps the worker's on the next, and nothing the write needs is computed while it waits.
-    let mut current = source.next_page(since).await?.map(|page| fetch.prepare(&spec.table, page));
-    while let Some(page) = current.take() {
+    // Pages are written by up to [`PAGE_WRITERS`] transactions at once while the next page is read,
+    // parsed and converted: the database works on two pages (on two of its backends) while the
+    // worker works on the third. A page that lists an id an earlier page listed waits for every
+    // write before it, so the later copy wins and two writes never lock the same rows.
+    let mut writes = FuturesOrdered::new();
+    let mut next = source.next_page(since).await?.map(|page| fetch.prepare(&spec.table, page));
+    while let Some(page) = next.take() {
         if ctx.cancel.is_cancelled() {
+            wait_writes(&mut writes, 0, &mut fetch, &writer).await?;
             return Err(StepError::retry("stopped between pages"));
         }
+        let keep = if page.repeats { 0 } else { PAGE_WRITERS - 1 };
+        wait_writes(&mut writes, keep, &mut fetch, &writer).await?;
         let open_errors = fetch.open_errors;
-        let read = async {
-            let next = source.next_page(since).await?;
-            Ok::<_, StepError>(next.map(|next| fetch.prepare(&spec.table, next)))
+        fetch.open_errors |= !page.failed.is_empty();
+        let writer = &writer;
+        writes.push_back(async move {
+            let written = writer.write(open_errors, &page).await;
+            (page, written)
+        });
+        // The next page is read while the writes go on; a write that ends meanwhile is counted.
+        let read = source.next_page(since);
+        tokio::pin!(read);
+        let page = loop {
+            tokio::select! {
+                page = &mut read => break page,
+                Some((done, written)) = writes.next() => match written {
+                    Ok(counts) => fetch.written(writer, &done, counts),
+                    Err(e) => return Err(after_writes(&mut writes, &mut fetch, writer, e).await),
+                },
+            }
         };
-        let (written, next) = tokio::join!(writer.write(open_errors, &page), read);
-        fetch.written(&writer, &page, written?);
-        current = next?;
+        next = page?.map(|page| fetch.prepare(&spec.table, page));
     }
+    wait_writes(&mut writes, 0, &mut fetch, &writer).await?;
+    drop(writes);
 
     if let Some(message) = every_item_failed(&spec.entity, &fetch) {
         // Retrying reads the same records again: fail now, with the reason in the run error.
@@ -335,6 +362,9 @@ struct Writer<'a> {
     table: &'a Table,
     /// Pages commit only while the attempt holds.
     fence: Option<AttemptFence>,
+    /// The table held no row of the integration when the read began, and no page has met one
+    /// since: pages are written as new rows ([`Table::copy_new`]).
+    first_load: AtomicBool,
 }
 
 /// A page split into what can be written and what failed.
@@ -348,6 +378,8 @@ struct Prepared {
     spared: Vec<String>,
     /// Item errors of the page (failed items, before duplicates within the page merged).
     errors: i64,
+    /// Whether the page lists an id listed before (by an earlier page or within itself).
+    repeats: bool,
 }
 
 impl Writer<'_> {
@@ -362,13 +394,47 @@ impl Writer<'_> {
         .await
     }
 
-    /// Writes one prepared page in one transaction: the upsert, the page's item errors, and the
-    /// resolution of earlier errors of items that now synced (when `open_errors`).
+    /// Writes one prepared page in one transaction: its rows, the page's item errors, and the
+    /// resolution of earlier errors of items that now synced (when `open_errors`). During a first
+    /// load the rows are new: one `COPY` writes them. A page that meets a row already there (written
+    /// meanwhile by a webhook, or listed by an earlier page) rolls back and is written again with the
+    /// upsert, as is every page after it.
     async fn write(&self, open_errors: bool, page: &Prepared) -> Result<UpsertCounts, StepError> {
+        if !page.ids.is_empty() && !page.repeats && self.first_load.load(Ordering::Relaxed) {
+            if let Some(counts) = self.write_rows(open_errors, page, true).await? {
+                return Ok(counts);
+            }
+            self.first_load.store(false, Ordering::Relaxed);
+            tracing::debug!(entity = self.entity, "A page met rows already written: upserting from here on.");
+        }
+        let counts = self.write_rows(open_errors, page, false).await?;
+        Ok(counts.expect("an upsert meets no conflict"))
+    }
+
+    /// [`Writer::write`] with the rows copied as new (`copy`) or upserted; `None` when a copied row
+    /// was already there (the transaction rolled back).
+    async fn write_rows(
+        &self,
+        open_errors: bool,
+        page: &Prepared,
+        copy: bool,
+    ) -> Result<Option<UpsertCounts>, StepError> {
         let mut tx = AttemptFence::begin(self.fence.as_ref(), self.pool).await?;
         let mut counts = UpsertCounts::default();
         if !page.ids.is_empty() {
-            counts = self.table.upsert(&mut tx, self.integration_id, Some(self.run), &page.ids, &page.columns).await?;
+            counts = if copy {
+                let table = self.table;
+                match table.copy_new(&mut tx, self.integration_id, self.run, &page.ids, &page.columns).await {
+                    Ok(written) => UpsertCounts { inserted: written as i64, ..UpsertCounts::default() },
+                    Err(e) if is_unique_violation(&e) => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.table.upsert(&mut tx, self.integration_id, Some(self.run), &page.ids, &page.columns).await?
+            };
             if open_errors {
                 resolve(&mut tx, self.integration_id, self.entity, &page.ids).await?;
             }
@@ -380,8 +446,50 @@ impl Writer<'_> {
             self.table.mark_seen(&mut tx, self.integration_id, self.run, &page.spared).await?;
         }
         tx.commit().await?;
-        Ok(counts)
+        Ok(Some(counts))
     }
+}
+
+/// Pages a pull writes at once, each in its own transaction ([`fetch`]).
+pub const PAGE_WRITERS: usize = 2;
+
+/// Waits for the oldest writes in flight until at most `keep` remain, counting each that committed.
+/// A failure is returned once every write in flight has ended, the others still counted.
+async fn wait_writes<F>(
+    writes: &mut FuturesOrdered<F>,
+    keep: usize,
+    fetch: &mut Fetch,
+    writer: &Writer<'_>,
+) -> Result<(), StepError>
+where
+    F: Future<Output = (Prepared, Result<UpsertCounts, StepError>)>,
+{
+    while writes.len() > keep {
+        let Some((page, written)) = writes.next().await else { break };
+        match written {
+            Ok(counts) => fetch.written(writer, &page, counts),
+            Err(e) => return Err(after_writes(writes, fetch, writer, e).await),
+        }
+    }
+    Ok(())
+}
+
+/// `error`, once the writes still in flight have ended (those that committed counted).
+async fn after_writes<F>(
+    writes: &mut FuturesOrdered<F>,
+    fetch: &mut Fetch,
+    writer: &Writer<'_>,
+    error: StepError,
+) -> StepError
+where
+    F: Future<Output = (Prepared, Result<UpsertCounts, StepError>)>,
+{
+    while let Some((page, written)) = writes.next().await {
+        if let Ok(counts) = written {
+            fetch.written(writer, &page, counts);
+        }
+    }
+    error
 }
 
 impl Fetch {
@@ -393,9 +501,10 @@ impl Fetch {
         if let Some(short) = page.short {
             self.short_pages.push(short);
         }
-        let errors_before = self.result.errors;
+        let (errors_before, repeated_before) = (self.result.errors, self.repeated);
         let mut prepared = prepare(table, self, page.items);
         prepared.errors = self.result.errors - errors_before;
+        prepared.repeats = self.repeated > repeated_before;
         prepared
     }
 
@@ -409,7 +518,6 @@ impl Fetch {
         {
             self.first_error = Some(first.clone());
         }
-        self.open_errors |= !page.failed.is_empty();
         let (integration, entity) = (writer.integration, writer.entity);
         metrics::records(integration, entity, "inserted", counts.inserted);
         metrics::records(integration, entity, "updated", counts.updated);

@@ -1,6 +1,7 @@
 //! A synced table: its mapped columns and the statements the engine runs on it. One upsert statement
 //! per batch (`INSERT … SELECT FROM UNNEST … ON CONFLICT … DO UPDATE … WHERE … IS DISTINCT FROM …`)
-//! counts inserted / updated / unchanged from what it returns; the sweep and the guard's counts are
+//! counts inserted / updated / unchanged from what it returns; a batch of rows not in the table yet
+//! (a first load) is one `COPY` instead ([`Table::copy_new`]); the sweep and the guard's counts are
 //! one statement each. Every table and column name is checked ([`is_identifier`]) and quoted
 //! ([`quote_ident`]) where a statement names it, so a column called `select` or a table called
 //! `order` is a column and a table like any other.
@@ -251,6 +252,8 @@ pub struct Table {
     upsert_sql: String,
     /// The upsert answering only its counts (inserted, updated): a page's rows never travel back.
     count_sql: String,
+    /// `COPY … FROM STDIN` of new rows ([`Table::copy_new`]).
+    copy_sql: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +289,12 @@ impl Table {
         let count_sql = format!(
             "WITH w AS ({upsert_sql}) SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted AND changed) FROM w"
         );
-        Ok(Table { name: name.to_owned(), columns, ident: quote_ident(name), upsert_sql, count_sql })
+        let ident = quote_ident(name);
+        let copy_sql = format!(
+            "COPY {ident} (integration_id, external_id{}, last_seen_run) FROM STDIN",
+            columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect::<String>()
+        );
+        Ok(Table { name: name.to_owned(), columns, ident, upsert_sql, count_sql, copy_sql })
     }
 
     /// The table's name as statements write it: quoted ([`quote_ident`]), `"schema"."table"` when
@@ -374,11 +382,63 @@ impl Table {
         values: &[Vec<Option<String>>],
     ) -> Result<UpsertCounts, sqlx::Error> {
         let q = self.bind_upsert(&self.count_sql, integration_id, run, external_ids, values);
-        let span = self.upsert_span(external_ids.len());
+        let span = self.write_span("INSERT", external_ids.len());
         let (inserted, updated) = q.fetch_one(conn).instrument(span.clone()).await?;
         span.record("db.response.returned_rows", inserted + updated);
         let unchanged = external_ids.len() as i64 - inserted - updated;
         Ok(UpsertCounts { inserted, updated, unchanged })
+    }
+
+    /// Whether the table holds no row of the integration (a first load): its pages may be written
+    /// with [`Table::copy_new`].
+    pub async fn holds_none(&self, conn: &mut PgConnection, integration_id: i64) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE integration_id = $1)",
+            self.ident
+        )))
+        .bind(integration_id)
+        .fetch_one(conn)
+        .await
+    }
+
+    /// Writes one batch of rows that are not in the table yet with one `COPY … FROM STDIN`: the same
+    /// rows [`Table::upsert`] would insert (active, seen by `run`), without the upsert's conflict
+    /// handling, so a first load costs what a bulk load costs. A row already present fails the whole
+    /// statement with a unique violation ([`is_unique_violation`]); the caller rolls back and writes
+    /// the batch with [`Table::upsert`]. Returns the rows written.
+    pub async fn copy_new(
+        &self,
+        conn: &mut PgConnection,
+        integration_id: i64,
+        run: RunId,
+        external_ids: &[String],
+        values: &[Vec<Option<String>>],
+    ) -> Result<u64, sqlx::Error> {
+        debug_assert_eq!(values.len(), self.columns.len());
+        let (integration, run) = (integration_id.to_string(), run.0.to_string());
+        let mut data = String::with_capacity(external_ids.len() * 32 * (values.len() + 3));
+        for (row, id) in external_ids.iter().enumerate() {
+            data.push_str(&integration);
+            data.push('\t');
+            copy_field(&mut data, Some(id));
+            for column in values {
+                data.push('\t');
+                copy_field(&mut data, column[row].as_deref());
+            }
+            data.push('\t');
+            data.push_str(&run);
+            data.push('\n');
+        }
+        let span = self.write_span("COPY", external_ids.len());
+        let written = async {
+            let mut copy = conn.copy_in_raw(&self.copy_sql).await?;
+            copy.send(data.as_bytes()).await?;
+            copy.finish().await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.record("db.response.returned_rows", written);
+        Ok(written)
     }
 
     /// Like [`Table::upsert`], returning the rows the statement wrote (rows already seen by this run
@@ -392,7 +452,7 @@ impl Table {
         values: &[Vec<Option<String>>],
     ) -> Result<Vec<(String, RowOutcome)>, sqlx::Error> {
         let q = self.bind_upsert(&self.upsert_sql, integration_id, run, external_ids, values);
-        let span = self.upsert_span(external_ids.len());
+        let span = self.write_span("INSERT", external_ids.len());
         let rows = q.fetch_all(conn).instrument(span.clone()).await?;
         span.record("db.response.returned_rows", rows.len());
         Ok(rows
@@ -432,15 +492,15 @@ impl Table {
         q
     }
 
-    /// The client span of one upsert statement of `batch` rows.
-    fn upsert_span(&self, batch: usize) -> tracing::Span {
+    /// The client span of one write (`INSERT`: an upsert, `COPY`: new rows) of `batch` rows.
+    fn write_span(&self, operation: &'static str, batch: usize) -> tracing::Span {
         tracing::info_span!(
             target: crate::telemetry::OTEL_TARGET,
             "upsert",
-            otel.name = %format_args!("INSERT {}", self.name),
+            otel.name = %format_args!("{operation} {}", self.name),
             otel.kind = "client",
             db.system.name = "postgresql",
-            db.operation.name = "INSERT",
+            db.operation.name = operation,
             db.collection.name = %self.name,
             db.operation.batch.size = batch,
             db.response.returned_rows = tracing::field::Empty,
@@ -537,6 +597,31 @@ impl Table {
     }
 }
 
+/// Appends one value in `COPY` text format: `\N` for NULL; backslash, tab, newline and carriage
+/// return escaped. Values are checked text ([`check_text`]: no NUL).
+pub fn copy_field(out: &mut String, value: Option<&str>) {
+    match value {
+        None => out.push_str("\\N"),
+        Some(v) => {
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `error` is PostgreSQL's unique violation (`23505`): a [`Table::copy_new`] that met a
+/// row already there.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|e| e.code()).as_deref() == Some("23505")
+}
+
 /// Rows a sweep by run `$2` deactivates: active, not seen by the run, not written since the fetch
 /// began at `$3`.
 const SWEEPABLE: &str = "is_active AND last_seen_run IS DISTINCT FROM $2 AND updated_at < $3";
@@ -617,6 +702,15 @@ mod tests {
             ColumnType::Text.convert_checked(&long, true).unwrap_err(),
             "value is 3000 bytes, over the 2000-byte limit of an indexed column"
         );
+    }
+
+    #[test]
+    fn copy_text_escapes_what_the_format_reserves() {
+        let mut out = String::new();
+        copy_field(&mut out, Some("a\tb\\c\nd\re"));
+        out.push('\t');
+        copy_field(&mut out, None);
+        assert_eq!(out, "a\\tb\\\\c\\nd\\re\t\\N");
     }
 
     #[test]
