@@ -4,7 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -12,6 +15,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream::FuturesOrdered};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::analyze::analyze_after_write;
 use super::item_errors::resolve_unrepeated;
@@ -136,6 +141,8 @@ pub async fn pull(ctx: &mut StepContext, spec: &PullSpec, source: &mut dyn Sourc
 /// cursor, the deletion guard and the sweep ([`Fetched::complete`]).
 #[derive(Debug)]
 pub struct Fetched {
+    /// For the planner statistics refreshed beside the completion.
+    pool: PgPool,
     spec: PullSpec,
     integration: String,
     integration_id: i64,
@@ -163,17 +170,17 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
     };
     let fetch_started = sweep::database_now(&ctx.pool).await?;
     let integration = ctx.integration.name.clone();
-    let writer = Writer {
-        pool: &ctx.pool,
-        integration: &integration,
+    let writer = Arc::new(Writer {
+        pool: ctx.pool.clone(),
+        integration: integration.clone(),
         integration_id,
         run: ctx.run_id,
-        step: ctx.step.name.as_str(),
-        entity: &spec.entity,
-        table: &spec.table,
+        step: ctx.step.name.to_string(),
+        entity: spec.entity.clone(),
+        table: spec.table.clone(),
         fence: ctx.fence.clone(),
         first_load: AtomicBool::new(false),
-    };
+    });
     let mut conn = ctx.pool.acquire().await?;
     let indexed = spec.table.indexed_columns(&mut conn).await?;
     // A first load writes its pages as new rows (`COPY`) until one meets a row already there.
@@ -183,8 +190,10 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
 
     // Pages are written by up to [`PAGE_WRITERS`] transactions at once while the next page is read,
     // parsed and converted: the database works on two pages (on two of its backends) while the
-    // worker works on the third. A page that lists an id an earlier page listed waits for every
-    // write before it, so the later copy wins and two writes never lock the same rows.
+    // worker works on the third. Each write is a task of its own, so it goes on (to its commit)
+    // while this one converts, and is aborted if this step is dropped. A page that lists an id an
+    // earlier page listed waits for every write before it, so the later copy wins and two writes
+    // never lock the same rows.
     let mut writes = FuturesOrdered::new();
     let mut next = source.next_page(since).await?.map(|page| fetch.prepare(&spec.table, page));
     while let Some(page) = next.take() {
@@ -196,27 +205,31 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
         wait_writes(&mut writes, keep, &mut fetch, &writer).await?;
         let open_errors = fetch.open_errors;
         fetch.open_errors |= !page.failed.is_empty();
-        let writer = &writer;
-        writes.push_back(async move {
-            let written = writer.write(open_errors, &page).await;
-            (page, written)
-        });
+        let task = AbortOnDropHandle::new(tokio::spawn({
+            let writer = Arc::clone(&writer);
+            async move {
+                let counts = writer.write(open_errors, &page).await?;
+                Ok((page, counts))
+            }
+            // In the step's span, as if written inline: its statements' spans are the step's.
+            .in_current_span()
+        }));
+        writes.push_back(async move { task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) });
         // The next page is read while the writes go on; a write that ends meanwhile is counted.
         let read = source.next_page(since);
         tokio::pin!(read);
         let page = loop {
             tokio::select! {
                 page = &mut read => break page,
-                Some((done, written)) = writes.next() => match written {
-                    Ok(counts) => fetch.written(writer, &done, counts),
-                    Err(e) => return Err(after_writes(&mut writes, &mut fetch, writer, e).await),
+                Some(written) = writes.next() => match written {
+                    Ok((done, counts)) => fetch.written(&writer, &done, counts),
+                    Err(e) => return Err(after_writes(&mut writes, &mut fetch, &writer, e).await),
                 },
             }
         };
         next = page?.map(|page| fetch.prepare(&spec.table, page));
     }
     wait_writes(&mut writes, 0, &mut fetch, &writer).await?;
-    drop(writes);
 
     if let Some(message) = every_item_failed(&spec.entity, &fetch) {
         // Retrying reads the same records again: fail now, with the reason in the run error.
@@ -226,8 +239,8 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
     result.cursor_before = cursor_before.map(fmt_cursor);
     let cursor_after = next_cursor(&fetch, cursor_before, fetch_started - spec.margin);
     result.cursor_after = cursor_after.map(fmt_cursor);
-    analyze_after_write(&ctx.pool, &spec.table.name, result.inserted + result.updated).await;
     Ok(Fetched {
+        pool: ctx.pool.clone(),
         spec: spec.clone(),
         integration,
         integration_id,
@@ -246,8 +259,22 @@ impl Fetched {
     /// Writes the read's cursor, runs the deletion guard and the sweep (full mode) and resolves the
     /// item errors the read did not repeat, on `conn`: the step's completion transaction
     /// ([`StepContext::tx`]), opened at the end of the step. Returns the entity's counts.
+    ///
+    /// After a big write the table's planner statistics are refreshed ([`analyze_after_write`]) on a
+    /// connection of their own while the completion runs; both end before this returns, so the
+    /// steps after this one are planned on what the table holds now. (The completion's own
+    /// statements read the integration's rows whole, which an index or a sequential scan does as
+    /// well without them.)
     pub async fn complete(self, conn: &mut PgConnection) -> Result<PhaseResult, StepError> {
+        let (pool, table) = (self.pool.clone(), self.spec.table.name.clone());
+        let written = self.result.inserted + self.result.updated;
+        let (completed, ()) = tokio::join!(self.complete_on(conn), analyze_after_write(&pool, &table, written));
+        completed
+    }
+
+    async fn complete_on(self, conn: &mut PgConnection) -> Result<PhaseResult, StepError> {
         let Fetched {
+            pool: _,
             spec,
             integration,
             integration_id,
@@ -351,21 +378,24 @@ async fn guard_and_sweep(
     }
 }
 
-struct Writer<'a> {
-    pool: &'a PgPool,
+struct Writer {
+    pool: PgPool,
     /// Integration name, for the record counters.
-    integration: &'a str,
+    integration: String,
     integration_id: i64,
     run: RunId,
-    step: &'a str,
-    entity: &'a str,
-    table: &'a Table,
+    step: String,
+    entity: String,
+    table: Table,
     /// Pages commit only while the attempt holds.
     fence: Option<AttemptFence>,
     /// The table held no row of the integration when the read began, and no page has met one
     /// since: pages are written as new rows ([`Table::copy_new`]).
     first_load: AtomicBool,
 }
+
+/// A page written ([`Writer::write`]) and its counts.
+type Written = Result<(Prepared, UpsertCounts), StepError>;
 
 /// A page split into what can be written and what failed.
 #[derive(Default)]
@@ -382,15 +412,15 @@ struct Prepared {
     repeats: bool,
 }
 
-impl Writer<'_> {
+impl Writer {
     async fn has_open_errors(&self) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM item_errors
              WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL)",
         )
         .bind(self.integration_id)
-        .bind(self.entity)
-        .fetch_one(self.pool)
+        .bind(&self.entity)
+        .fetch_one(&self.pool)
         .await
     }
 
@@ -419,12 +449,11 @@ impl Writer<'_> {
         page: &Prepared,
         copy: bool,
     ) -> Result<Option<UpsertCounts>, StepError> {
-        let mut tx = AttemptFence::begin(self.fence.as_ref(), self.pool).await?;
+        let mut tx = AttemptFence::begin(self.fence.as_ref(), &self.pool).await?;
         let mut counts = UpsertCounts::default();
         if !page.ids.is_empty() {
             counts = if copy {
-                let table = self.table;
-                match table.copy_new(&mut tx, self.integration_id, self.run, &page.ids, &page.columns).await {
+                match self.table.copy_new(&mut tx, self.integration_id, self.run, &page.ids, &page.columns).await {
                     Ok(written) => UpsertCounts { inserted: written as i64, ..UpsertCounts::default() },
                     Err(e) if is_unique_violation(&e) => {
                         tx.rollback().await?;
@@ -436,11 +465,11 @@ impl Writer<'_> {
                 self.table.upsert(&mut tx, self.integration_id, Some(self.run), &page.ids, &page.columns).await?
             };
             if open_errors {
-                resolve(&mut tx, self.integration_id, self.entity, &page.ids).await?;
+                resolve(&mut tx, self.integration_id, &self.entity, &page.ids).await?;
             }
         }
         if !page.failed.is_empty() {
-            record_errors(&mut tx, Some(self.run), self.step, self.integration_id, self.entity, &page.failed).await?;
+            record_errors(&mut tx, Some(self.run), &self.step, self.integration_id, &self.entity, &page.failed).await?;
         }
         if !page.spared.is_empty() {
             self.table.mark_seen(&mut tx, self.integration_id, self.run, &page.spared).await?;
@@ -459,15 +488,15 @@ async fn wait_writes<F>(
     writes: &mut FuturesOrdered<F>,
     keep: usize,
     fetch: &mut Fetch,
-    writer: &Writer<'_>,
+    writer: &Writer,
 ) -> Result<(), StepError>
 where
-    F: Future<Output = (Prepared, Result<UpsertCounts, StepError>)>,
+    F: Future<Output = Written>,
 {
     while writes.len() > keep {
-        let Some((page, written)) = writes.next().await else { break };
+        let Some(written) = writes.next().await else { break };
         match written {
-            Ok(counts) => fetch.written(writer, &page, counts),
+            Ok((page, counts)) => fetch.written(writer, &page, counts),
             Err(e) => return Err(after_writes(writes, fetch, writer, e).await),
         }
     }
@@ -478,14 +507,14 @@ where
 async fn after_writes<F>(
     writes: &mut FuturesOrdered<F>,
     fetch: &mut Fetch,
-    writer: &Writer<'_>,
+    writer: &Writer,
     error: StepError,
 ) -> StepError
 where
-    F: Future<Output = (Prepared, Result<UpsertCounts, StepError>)>,
+    F: Future<Output = Written>,
 {
-    while let Some((page, written)) = writes.next().await {
-        if let Ok(counts) = written {
+    while let Some(written) = writes.next().await {
+        if let Ok((page, counts)) = written {
             fetch.written(writer, &page, counts);
         }
     }
@@ -509,7 +538,7 @@ impl Fetch {
     }
 
     /// Counts a page that committed, so the counters follow the table even if the step fails later.
-    fn written(&mut self, writer: &Writer<'_>, page: &Prepared, counts: UpsertCounts) {
+    fn written(&mut self, writer: &Writer, page: &Prepared, counts: UpsertCounts) {
         self.result.inserted += counts.inserted;
         self.result.updated += counts.updated;
         self.result.unchanged += counts.unchanged;
@@ -518,7 +547,7 @@ impl Fetch {
         {
             self.first_error = Some(first.clone());
         }
-        let (integration, entity) = (writer.integration, writer.entity);
+        let (integration, entity) = (writer.integration.as_str(), writer.entity.as_str());
         metrics::records(integration, entity, "inserted", counts.inserted);
         metrics::records(integration, entity, "updated", counts.updated);
         metrics::records(integration, entity, "unchanged", counts.unchanged);
