@@ -227,7 +227,14 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
                 },
             }
         };
-        next = page?.map(|page| fetch.prepare(&spec.table, page));
+        next = match page {
+            Ok(page) => page.map(|page| fetch.prepare(&spec.table, page)),
+            Err(e) => {
+                // The pages in flight commit (and are counted) before the read's failure ends the step.
+                wait_writes(&mut writes, 0, &mut fetch, &writer).await?;
+                return Err(e.into());
+            }
+        };
     }
     wait_writes(&mut writes, 0, &mut fetch, &writer).await?;
 
