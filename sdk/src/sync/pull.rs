@@ -1,6 +1,7 @@
-//! The pull step engine: fetch pages, upsert each in one statement, mark seen, record item errors,
-//! keep the cursor, sweep behind the deletion guard. Memory is bounded by three pages (two being
-//! written, [`PAGE_WRITERS`], and the next one being fetched), not by the size of the data.
+//! The pull step engine: fetch pages, write each in one statement (an upsert; a `COPY` of new rows
+//! during a first load), mark seen, record item errors, keep the cursor, sweep behind the deletion
+//! guard. Memory is bounded by three pages (two being written, [`PAGE_WRITERS`], and the next one
+//! being fetched), not by the size of the data.
 
 use std::{
     collections::{HashMap, HashSet},
