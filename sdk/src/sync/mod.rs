@@ -13,7 +13,9 @@
 //!   changed values, in bulk, recording each item's outcome.
 
 pub mod analyze;
+pub mod column;
 pub mod item_errors;
+mod page;
 pub mod pull;
 pub mod push;
 pub mod sweep;

@@ -22,16 +22,18 @@ use tracing::Instrument;
 use super::analyze::analyze_after_write;
 use super::item_errors::resolve_unrepeated;
 pub use super::item_errors::{record_errors, resolve};
+pub use super::page::PAGE_WRITERS;
+use super::page::{Prepared, Writer, Written};
 use super::{
     Item, Page, Record, Source, SourceError, sweep,
-    table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text, is_unique_violation},
+    table::{INDEXED_VALUE_MAX_BYTES, RowOutcome, Table, UpsertCounts, check_text},
 };
 use crate::{
     chain::Mode,
     http::{HttpError, Verdict},
     ids::RunId,
     metrics,
-    step::{AttemptFence, PhaseResult, StepContext, StepError},
+    step::{PhaseResult, StepContext, StepError},
 };
 
 /// What a pull step syncs: one entity of one integration into one table.
@@ -385,110 +387,6 @@ async fn guard_and_sweep(
         }
     }
 }
-
-struct Writer {
-    pool: PgPool,
-    /// Integration name, for the record counters.
-    integration: String,
-    integration_id: i64,
-    run: RunId,
-    step: String,
-    entity: String,
-    table: Table,
-    /// Pages commit only while the attempt holds.
-    fence: Option<AttemptFence>,
-    /// The table held no row of the integration when the read began, and no page has met one
-    /// since: pages are written as new rows ([`Table::copy_new`]).
-    first_load: AtomicBool,
-}
-
-/// A page written ([`Writer::write`]) and its counts.
-type Written = Result<(Prepared, UpsertCounts), StepError>;
-
-/// A page split into what can be written and what failed.
-#[derive(Default)]
-struct Prepared {
-    ids: Vec<String>,
-    columns: Vec<Vec<Option<String>>>,
-    failed: Vec<(String, String)>,
-    /// Of `failed`, the ids that are real external ids (not `?position`): still upstream, so their
-    /// rows are marked seen and spared by the sweep.
-    spared: Vec<String>,
-    /// Item errors of the page (failed items, before duplicates within the page merged).
-    errors: i64,
-    /// Whether the page lists an id listed before (by an earlier page or within itself).
-    repeats: bool,
-}
-
-impl Writer {
-    async fn has_open_errors(&self) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM item_errors
-             WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL)",
-        )
-        .bind(self.integration_id)
-        .bind(&self.entity)
-        .fetch_one(&self.pool)
-        .await
-    }
-
-    /// Writes one prepared page in one transaction: its rows, the page's item errors, and the
-    /// resolution of earlier errors of items that now synced (when `open_errors`). During a first
-    /// load the rows are new: one `COPY` writes them. A page that meets a row already there (written
-    /// meanwhile by a webhook, or listed by an earlier page) rolls back and is written again with the
-    /// upsert, as is every page after it.
-    async fn write(&self, open_errors: bool, page: &Prepared) -> Result<UpsertCounts, StepError> {
-        if !page.ids.is_empty() && !page.repeats && self.first_load.load(Ordering::Relaxed) {
-            if let Some(counts) = self.write_rows(open_errors, page, true).await? {
-                return Ok(counts);
-            }
-            self.first_load.store(false, Ordering::Relaxed);
-            tracing::debug!(entity = self.entity, "A page met rows already written: upserting from here on.");
-        }
-        let counts = self.write_rows(open_errors, page, false).await?;
-        Ok(counts.expect("an upsert meets no conflict"))
-    }
-
-    /// [`Writer::write`] with the rows copied as new (`copy`) or upserted; `None` when a copied row
-    /// was already there (the transaction rolled back).
-    async fn write_rows(
-        &self,
-        open_errors: bool,
-        page: &Prepared,
-        copy: bool,
-    ) -> Result<Option<UpsertCounts>, StepError> {
-        let mut tx = AttemptFence::begin(self.fence.as_ref(), &self.pool).await?;
-        let mut counts = UpsertCounts::default();
-        if !page.ids.is_empty() {
-            counts = if copy {
-                match self.table.copy_new(&mut tx, self.integration_id, self.run, &page.ids, &page.columns).await {
-                    Ok(written) => UpsertCounts { inserted: written as i64, ..UpsertCounts::default() },
-                    Err(e) if is_unique_violation(&e) => {
-                        tx.rollback().await?;
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                self.table.upsert(&mut tx, self.integration_id, Some(self.run), &page.ids, &page.columns).await?
-            };
-            if open_errors {
-                resolve(&mut tx, self.integration_id, &self.entity, &page.ids).await?;
-            }
-        }
-        if !page.failed.is_empty() {
-            record_errors(&mut tx, Some(self.run), &self.step, self.integration_id, &self.entity, &page.failed).await?;
-        }
-        if !page.spared.is_empty() {
-            self.table.mark_seen(&mut tx, self.integration_id, self.run, &page.spared).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(counts))
-    }
-}
-
-/// Pages a pull writes at once, each in its own transaction ([`fetch`]).
-pub const PAGE_WRITERS: usize = 2;
 
 /// Waits for the oldest writes in flight until at most `keep` remain, counting each that committed.
 /// A failure is returned once every write in flight has ended, the others still counted.
