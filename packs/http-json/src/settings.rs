@@ -12,7 +12,7 @@ use syncfleet_sdk::{
     http::{HttpClient, HttpClients, Limits},
     step::StepError,
     sync::{
-        Item, Record,
+        Item, Record, pointer,
         pull::PullSpec,
         table::{Column, ColumnType, Table, parse_timestamp},
     },
@@ -388,9 +388,13 @@ impl EntitySpec {
 
     /// Reads one record of a list or single answer.
     pub(super) fn item(&self, mut raw: Value) -> Item {
-        let cursor =
-            self.updated_at.as_ref().and_then(|p| raw.pointer(p)).and_then(Value::as_str).and_then(parse_timestamp);
-        let id = match raw.pointer(&self.id) {
+        let cursor = self
+            .updated_at
+            .as_ref()
+            .and_then(|p| pointer::get(&raw, p))
+            .and_then(Value::as_str)
+            .and_then(parse_timestamp);
+        let id = match pointer::get(&raw, &self.id) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
@@ -405,11 +409,8 @@ impl EntitySpec {
                 message: format!("no readable change time at `{}`", self.updated_at.as_deref().unwrap_or("")),
             };
         }
-        let fields: Map<String, Value> = self
-            .columns
-            .iter()
-            .map(|(name, c)| (name.clone(), raw.pointer_mut(&c.path).map(Value::take).unwrap_or(Value::Null)))
-            .collect();
+        let fields: Map<String, Value> =
+            self.columns.iter().map(|(name, c)| (name.clone(), pointer::take(&mut raw, &c.path))).collect();
         Item::Record(Record { external_id, cursor, fields, raw })
     }
 }

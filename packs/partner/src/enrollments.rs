@@ -47,7 +47,7 @@ use syncfleet_sdk::{
     http::HttpError,
     step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{
-        Item, Record, Source, SourceError,
+        Item, Record, Source, SourceError, pointer,
         sweep::{self, Decision, ScopeRead, ScopedSweep, Sweeps},
         table::{Column, ColumnType, Table, UpsertCounts},
     },
@@ -321,7 +321,8 @@ async fn transcript(api: &Northpass<'_>, user: &str) -> Result<Vec<Item>, Source
 
 /// A transcript item: keyed by the resource (course) id until the writer prefixes the person.
 fn transcript_item(raw: Value) -> Item {
-    let Some(course) = raw.pointer("/attributes/resource_id").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+    let Some(course) = pointer::get(&raw, "/attributes/resource_id").and_then(Value::as_str).filter(|s| !s.is_empty())
+    else {
         let id = raw.get("id").and_then(Value::as_str).map(|s| format!("item {s}"));
         return Item::Bad { external_id: id, cursor: None, message: "no readable `attributes.resource_id`".into() };
     };

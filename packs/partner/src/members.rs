@@ -28,7 +28,7 @@ use syncfleet_sdk::{
     chain::Mode,
     step::{StepContext, StepError, StepHandler},
     sync::{
-        Item, Page, Record, Source, SourceError, pull,
+        Item, Page, Record, Source, SourceError, pointer, pull,
         sweep::{Decision, ScopeRead, ScopedSweep, Sweeps},
         table::{Column, ColumnType, Table, parse_timestamp},
     },
@@ -324,14 +324,15 @@ impl Source for GroupMemberships<'_> {
 
 /// A membership of a group being read: the person's id until [`in_group`] names the group.
 fn membership_item(raw: Value) -> Item {
-    let cursor = raw.pointer("/attributes/updated_at").and_then(Value::as_str).and_then(parse_timestamp);
-    let Some(person) = raw.pointer("/relationships/person/data/id").and_then(Value::as_str).filter(|s| !s.is_empty())
+    let cursor = pointer::get(&raw, "/attributes/updated_at").and_then(Value::as_str).and_then(parse_timestamp);
+    let Some(person) =
+        pointer::get(&raw, "/relationships/person/data/id").and_then(Value::as_str).filter(|s| !s.is_empty())
     else {
         return Item::Bad { external_id: None, cursor, message: "no readable `relationships.person.data.id`".into() };
     };
     let mut fields = Map::new();
     fields.insert("person_id".into(), json!(person));
-    fields.insert("joined_at".into(), raw.pointer("/attributes/created_at").cloned().unwrap_or(Value::Null));
+    fields.insert("joined_at".into(), pointer::get(&raw, "/attributes/created_at").cloned().unwrap_or(Value::Null));
     fields.insert("status".into(), json!("confirmed"));
     Item::Record(Record { external_id: person.to_owned(), cursor, fields, raw })
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::settings::Settings;
 use syncfleet_sdk::{
     http::{HttpClient, HttpError, Pages, redact},
-    sync::{Item, Page, Record, Source, SourceError, table::parse_timestamp},
+    sync::{Item, Page, Record, Source, SourceError, pointer, table::parse_timestamp},
 };
 
 /// Course property reads in flight at once (the client's gate and the rate budget still apply).
@@ -186,7 +186,7 @@ fn npcu_item(course_id: String, changed: Option<DateTime<Utc>>, properties: Valu
 /// pointer) as fields. A missing id or unreadable `updated_at` makes a bad item.
 fn resource(raw: Value, columns: &[(&str, &str)], with_cursor: bool) -> Item {
     let id = raw.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let cursor = raw.pointer("/attributes/updated_at").and_then(Value::as_str).and_then(parse_timestamp);
+    let cursor = pointer::get(&raw, "/attributes/updated_at").and_then(Value::as_str).and_then(parse_timestamp);
     let Some(external_id) = id else {
         return Item::Bad { external_id: None, cursor, message: "no readable `id`".into() };
     };
@@ -199,7 +199,7 @@ fn resource(raw: Value, columns: &[(&str, &str)], with_cursor: bool) -> Item {
     }
     let fields = columns
         .iter()
-        .map(|(column, pointer)| ((*column).to_owned(), raw.pointer(pointer).cloned().unwrap_or(Value::Null)))
+        .map(|(column, at)| ((*column).to_owned(), pointer::get(&raw, at).cloned().unwrap_or(Value::Null)))
         .collect();
     Item::Record(Record { external_id, cursor, fields, raw })
 }

@@ -108,10 +108,17 @@ impl ColumnType {
         Ok(Some(text))
     }
 
-    /// [`ColumnType::convert`], and for a column an index covers (`indexed`), a size the index can
-    /// hold: at most [`INDEXED_VALUE_MAX_BYTES`].
-    pub fn convert_checked(self, v: &Value, indexed: bool) -> Result<Option<String>, String> {
-        let text = self.convert(v)?;
+    /// [`ColumnType::convert`] of a value the caller gives up (a text column keeps the upstream's
+    /// string instead of copying it), and for a column an index covers (`indexed`), a size the
+    /// index can hold: at most [`INDEXED_VALUE_MAX_BYTES`].
+    pub fn convert_checked(self, v: Value, indexed: bool) -> Result<Option<String>, String> {
+        let text = match (self, v) {
+            (ColumnType::Text, Value::String(s)) => {
+                check_text(&s)?;
+                Some(s)
+            }
+            (_, v) => self.convert(&v)?,
+        };
         if indexed
             && let Some(t) = &text
             && t.len() > INDEXED_VALUE_MAX_BYTES
@@ -224,9 +231,9 @@ mod tests {
         );
         assert!(ColumnType::Jsonb.convert(&json!({"k\0": 1})).unwrap_err().starts_with("JSON key \"k\\0\" at $"));
         let long = json!("x".repeat(3000));
-        assert!(ColumnType::Text.convert_checked(&long, false).is_ok());
+        assert!(ColumnType::Text.convert_checked(long.clone(), false).is_ok());
         assert_eq!(
-            ColumnType::Text.convert_checked(&long, true).unwrap_err(),
+            ColumnType::Text.convert_checked(long, true).unwrap_err(),
             "value is 3000 bytes, over the 2000-byte limit of an indexed column"
         );
     }

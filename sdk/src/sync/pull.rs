@@ -579,9 +579,9 @@ fn convert(table: &Table, indexed: &[bool], record: Record) -> Result<(String, V
             format!("external id is {} bytes, over the {INDEXED_VALUE_MAX_BYTES}-byte limit", id.len()),
         ));
     }
-    let mut values = Vec::with_capacity(table.columns.len());
+    let (mut fields, mut values) = (record.fields, Vec::with_capacity(table.columns.len()));
     for (i, c) in table.columns.iter().enumerate() {
-        let v = record.fields.get(&c.name).unwrap_or(&Value::Null);
+        let v = fields.remove(&c.name).unwrap_or(Value::Null);
         match c.ty.convert_checked(v, indexed.get(i).copied().unwrap_or(false)) {
             Ok(v) => values.push(v),
             Err(m) => return Err((Some(id), format!("field `{}`: {m}", c.name))),
