@@ -224,6 +224,10 @@ pub struct WorkerConfig {
     pub name: Option<String>,
     /// Address of the worker's HTTP listener (`/metrics`, `/livez`, `/readyz`); empty = none.
     pub listen: String,
+    /// Threads of the process's async runtime; 0 = one per core the process may use. A fleet
+    /// scales by processes, each of which mostly waits on PostgreSQL and Redis.
+    #[serde(default = "default_worker_threads")]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +261,9 @@ pub struct ProducerConfig {
     pub shutdown_timeout_secs: u64,
 }
 
+fn default_worker_threads() -> usize {
+    0
+}
 fn default_header_read_timeout_secs() -> u64 {
     10
 }
@@ -299,6 +306,7 @@ impl Default for Config {
                 drain_timeout_secs: 60,
                 name: None,
                 listen: "0.0.0.0:9464".into(),
+                threads: default_worker_threads(),
             },
             producer: ProducerConfig {
                 listen: "127.0.0.1:8080".into(),
@@ -412,6 +420,9 @@ impl Config {
         if w.concurrency == 0 || w.concurrency > 256 {
             return Err(invalid("worker.concurrency", "must be between 1 and 256"));
         }
+        if w.threads > 256 {
+            return Err(invalid("worker.threads", "must be between 0 (one per core) and 256"));
+        }
         if w.poll_interval_ms == 0 || w.poll_interval_ms > 60_000 {
             return Err(invalid("worker.poll_interval_ms", "must be between 1 and 60000"));
         }
@@ -510,6 +521,9 @@ mod tests {
         assert!(err.contains("worker.concurrency"), "{err}");
         let err = Config::from_toml("[producer]\ndispatch_cap = 9000\n").unwrap_err().to_string();
         assert!(err.contains("producer.dispatch_cap"), "{err}");
+        let err = Config::from_toml("[worker]\nthreads = 1000\n").unwrap_err().to_string();
+        assert!(err.contains("worker.threads"), "{err}");
+        assert_eq!(Config::from_toml("[worker]\nthreads = 1\n").unwrap().worker.threads, 1);
     }
 
     #[test]
