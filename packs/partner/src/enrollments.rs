@@ -47,7 +47,7 @@ use syncfleet_sdk::{
     http::HttpError,
     step::{AttemptFence, StepContext, StepError, StepHandler},
     sync::{
-        Item, Record, Source, SourceError, pointer,
+        Item, Record, Source, SourceError, pointer, pull,
         sweep::{self, Decision, ScopeRead, ScopedSweep, Sweeps},
         table::{Column, ColumnType, Table, UpsertCounts},
     },
@@ -163,7 +163,7 @@ impl StepHandler for SyncEnrollments {
 
             let last_run: Option<DateTime<Utc>> = match ctx.mode {
                 Mode::Full => None,
-                Mode::Incremental => load_cursor(&ctx.pool, integration_id, &cursor_entity).await?,
+                Mode::Incremental => pull::load_cursor(&ctx.pool, integration_id, &cursor_entity).await?,
             };
             let page_of = |after: String| {
                 sqlx::query_as::<_, UserRow>(PARTNER_USERS_SQL)
@@ -494,20 +494,6 @@ fn columns(table: &Table, fields: &Map<String, Value>) -> Result<Vec<Option<Stri
             c.ty.convert(fields.get(&c.name).unwrap_or(&Value::Null)).map_err(|m| format!("field `{}`: {m}", c.name))
         })
         .collect()
-}
-
-pub(super) async fn load_cursor(
-    pool: &sqlx::PgPool,
-    integration_id: i64,
-    entity: &str,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let value: Option<String> =
-        sqlx::query_scalar("SELECT value FROM cursors WHERE integration_id = $1 AND entity = $2")
-            .bind(integration_id)
-            .bind(entity)
-            .fetch_optional(pool)
-            .await?;
-    Ok(value.and_then(|v| syncfleet_sdk::sync::table::parse_timestamp(&v)))
 }
 
 /// Written with the step's completion: a failed shard keeps its earlier cursor.

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::item_errors::{record_errors, resolve};
-use super::table::{Table, UpsertCounts, is_unique_violation};
+use super::table::{Table, UpsertCounts};
 use crate::{
     ids::RunId,
     step::{AttemptFence, StepError},
@@ -47,14 +47,14 @@ pub(super) struct Prepared {
 }
 
 impl Writer {
-    pub(super) async fn has_open_errors(&self) -> Result<bool, sqlx::Error> {
+    pub(super) async fn has_open_errors(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM item_errors
              WHERE integration_id = $1 AND entity = $2 AND resolved_at IS NULL)",
         )
         .bind(self.integration_id)
         .bind(&self.entity)
-        .fetch_one(&self.pool)
+        .fetch_one(conn)
         .await
     }
 
@@ -89,7 +89,7 @@ impl Writer {
             counts = if copy {
                 match self.table.copy_new(&mut tx, self.integration_id, self.run, &page.ids, &page.columns).await {
                     Ok(written) => UpsertCounts { inserted: written as i64, ..UpsertCounts::default() },
-                    Err(e) if is_unique_violation(&e) => {
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                         tx.rollback().await?;
                         return Ok(None);
                     }

@@ -166,12 +166,15 @@ pub struct Fetched {
 /// open between pages.
 pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) -> Result<Fetched, StepError> {
     let integration_id = ctx.integration.id;
-    let cursor_before = load_cursor(&ctx.pool, integration_id, &spec.entity).await?;
+    // What the read starts from, on one connection (each taken from the pool costs a ping as it
+    // goes back).
+    let mut conn = ctx.pool.acquire().await?;
+    let cursor_before = load_cursor(&mut *conn, integration_id, &spec.entity).await?;
     let since = match ctx.mode {
         Mode::Incremental => cursor_before.map(|c| c - spec.lookback),
         Mode::Full => None,
     };
-    let fetch_started = sweep::database_now(&ctx.pool).await?;
+    let fetch_started = sweep::database_now(&mut *conn).await?;
     let integration = ctx.integration.name.clone();
     let writer = Arc::new(Writer {
         pool: ctx.pool.clone(),
@@ -184,12 +187,11 @@ pub async fn fetch(ctx: &StepContext, spec: &PullSpec, source: &mut dyn Source) 
         fence: ctx.fence.clone(),
         first_load: AtomicBool::new(false),
     });
-    let mut conn = ctx.pool.acquire().await?;
     let indexed = spec.table.indexed_columns(&mut conn).await?;
     // A first load writes its pages as new rows (`COPY`) until one meets a row already there.
     writer.first_load.store(spec.table.holds_none(&mut conn, integration_id).await?, Ordering::Relaxed);
+    let mut fetch = Fetch { open_errors: writer.has_open_errors(&mut conn).await?, indexed, ..Fetch::default() };
     drop(conn);
-    let mut fetch = Fetch { open_errors: writer.has_open_errors().await?, indexed, ..Fetch::default() };
 
     // Pages are written by up to [`PAGE_WRITERS`] transactions at once while the next page is read,
     // parsed and converted: the database works on two pages (on two of its backends) while the
@@ -627,12 +629,17 @@ fn fmt_cursor(c: DateTime<Utc>) -> String {
     c.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-async fn load_cursor(pool: &PgPool, integration_id: i64, entity: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+/// The entity's saved incremental cursor, `None` before its first read (or if unreadable).
+pub async fn load_cursor(
+    conn: impl sqlx::PgExecutor<'_>,
+    integration_id: i64,
+    entity: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let value: Option<String> =
         sqlx::query_scalar("SELECT value FROM cursors WHERE integration_id = $1 AND entity = $2")
             .bind(integration_id)
             .bind(entity)
-            .fetch_optional(pool)
+            .fetch_optional(conn)
             .await?;
     Ok(value.and_then(|v| super::table::parse_timestamp(&v)))
 }

@@ -223,8 +223,8 @@ impl Table {
     /// Writes one batch of rows that are not in the table yet with one `COPY … FROM STDIN`: the same
     /// rows [`Table::upsert`] would insert (active, seen by `run`), without the upsert's conflict
     /// handling, so a first load costs what a bulk load costs. A row already present fails the whole
-    /// statement with a unique violation ([`is_unique_violation`]); the caller rolls back and writes
-    /// the batch with [`Table::upsert`]. Returns the rows written.
+    /// statement with a unique violation (sqlx's `DatabaseError::is_unique_violation`); the caller
+    /// rolls back and writes the batch with [`Table::upsert`]. Returns the rows written.
     pub async fn copy_new(
         &self,
         conn: &mut PgConnection,
@@ -433,12 +433,6 @@ pub fn copy_field(out: &mut String, value: Option<&str>) {
             }
         }
     }
-}
-
-/// Whether `error` is PostgreSQL's unique violation (`23505`): a [`Table::copy_new`] that met a
-/// row already there.
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().and_then(|e| e.code()).as_deref() == Some("23505")
 }
 
 /// Rows a sweep by run `$2` deactivates: active, not seen by the run, not written since the fetch
