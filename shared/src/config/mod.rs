@@ -226,7 +226,7 @@ pub struct WorkerConfig {
     pub listen: String,
     /// Threads of the process's async runtime; 0 = one per core the process may use. A fleet
     /// scales by processes, each of which mostly waits on PostgreSQL and Redis.
-    #[serde(default = "default_worker_threads")]
+    #[serde(default)]
     pub threads: usize,
 }
 
@@ -261,9 +261,6 @@ pub struct ProducerConfig {
     pub shutdown_timeout_secs: u64,
 }
 
-fn default_worker_threads() -> usize {
-    0
-}
 fn default_header_read_timeout_secs() -> u64 {
     10
 }
@@ -306,7 +303,7 @@ impl Default for Config {
                 drain_timeout_secs: 60,
                 name: None,
                 listen: "0.0.0.0:9464".into(),
-                threads: default_worker_threads(),
+                threads: 0,
             },
             producer: ProducerConfig {
                 listen: "127.0.0.1:8080".into(),
