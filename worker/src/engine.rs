@@ -148,6 +148,9 @@ pub struct Engine {
     successes: Together<Successes>,
     /// Runs this process claimed steps of lately.
     running: RecentRuns,
+    /// The process's tracing subscriber when the engine was made, where the steps' spans and logs
+    /// go: a step's first poll runs in its queue consumer's task, which runs under a quiet one.
+    dispatch: tracing::Dispatch,
 }
 
 /// The last [`RecentRuns::KEPT`] runs a process claimed steps of: they were running then, and a
@@ -211,7 +214,13 @@ impl Engine {
             claims,
             successes,
             running: RecentRuns::default(),
+            dispatch: tracing::dispatcher::get_default(|d| d.clone()),
         }
+    }
+
+    /// The process's tracing subscriber, where the steps' spans and logs go.
+    pub fn dispatch(&self) -> &tracing::Dispatch {
+        &self.dispatch
     }
 
     /// Runs one delivery of `job`, taken from `queue`.

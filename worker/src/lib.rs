@@ -22,6 +22,7 @@ use std::{
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
+use futures::FutureExt;
 use rand::Rng;
 use syncfleet_sdk::Registry;
 use syncfleet_shared::{config::Config, job::JobPayload, retry::Backoff};
@@ -278,22 +279,47 @@ struct QueueWorker {
     consumer: Arc<Consumer>,
 }
 
+/// What a panic carried, when it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>(), panic.downcast_ref::<tokio::task::JoinError>())
+    {
+        (Some(text), _, _) => (*text).to_owned(),
+        (_, Some(text), _) => text.clone(),
+        (_, _, Some(join)) => join.to_string(),
+        _ => "(no message)".to_owned(),
+    }
+}
+
 /// The apalis handler. The step runs on a tracked task of its own, so it finishes even when the
-/// apalis worker is stopping; the handler returns `Ok` once the outcome is in PostgreSQL.
+/// apalis worker is stopping; the handler returns `Ok` once the outcome is in PostgreSQL. Its first
+/// poll is made here, in the consumer's task, before the task is spawned: it asks for the entity
+/// lease, which so reaches Redis before the consumer's next fetch, and the step's task is woken by
+/// the lease's answer.
 async fn handle_job(job: JobPayload, worker: Data<QueueWorker>) -> Result<(), BoxDynError> {
     let QueueWorker { engine, queue, consumer } = (*worker).clone();
     let _in_flight = consumer.job();
     let e = engine.clone();
-    let handle = engine.tracker.spawn(async move {
-        let executed = e.execute(&queue, job).await;
-        if let Err(error) = &executed {
-            tracing::error!(%error, "Step job could not be processed; Redis will deliver it again.");
-        }
-        executed
-    });
-    match handle.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(join) => Err(format!("step task panicked: {join}").into()),
+    // A panic, in the first poll as on the step's task, ends this job alone.
+    let mut step = Box::pin(
+        std::panic::AssertUnwindSafe(
+            async move {
+                let executed = e.execute(&queue, job).await;
+                if let Err(error) = &executed {
+                    tracing::error!(%error, "Step job could not be processed; Redis will deliver it again.");
+                }
+                executed
+            }
+            .with_subscriber(engine.dispatch().clone()),
+        )
+        .catch_unwind(),
+    );
+    let ended = match futures::poll!(step.as_mut()) {
+        std::task::Poll::Ready(ended) => ended,
+        std::task::Poll::Pending => engine.tracker.spawn(step).await.unwrap_or_else(|join| Err(Box::new(join))),
+    };
+    let executed = ended.map_err(|panic| format!("step task panicked: {}", panic_text(&*panic)))?;
+    match executed {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
