@@ -280,13 +280,11 @@ struct QueueWorker {
 }
 
 /// What a panic carried, when it is text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>(), panic.downcast_ref::<tokio::task::JoinError>())
-    {
-        (Some(text), _, _) => (*text).to_owned(),
-        (_, Some(text), _) => text.clone(),
-        (_, _, Some(join)) => join.to_string(),
-        _ => "(no message)".to_owned(),
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "(no message)",
     }
 }
 
@@ -315,7 +313,9 @@ async fn handle_job(job: JobPayload, worker: Data<QueueWorker>) -> Result<(), Bo
     );
     let ended = match futures::poll!(step.as_mut()) {
         std::task::Poll::Ready(ended) => ended,
-        std::task::Poll::Pending => engine.tracker.spawn(step).await.unwrap_or_else(|join| Err(Box::new(join))),
+        std::task::Poll::Pending => {
+            engine.tracker.spawn(step).await.map_err(|join| format!("step task ended: {join}"))?
+        }
     };
     let executed = ended.map_err(|panic| format!("step task panicked: {}", panic_text(&*panic)))?;
     match executed {
