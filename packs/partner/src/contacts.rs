@@ -79,9 +79,7 @@ async fn read_entity(
     keep: Keep<'_>,
 ) -> Result<(pull::Fetched, Vec<String>), StepError> {
     let cursor_before = match ctx.mode {
-        Mode::Incremental => {
-            syncfleet_sdk::sync::pull::load_cursor(&ctx.pool, ctx.integration.id, &spec.entity).await?
-        }
+        Mode::Incremental => pull::load_cursor(&ctx.pool, ctx.integration.id, &spec.entity).await?,
         Mode::Full => None,
     };
     let mut list = api.list(object);
