@@ -91,6 +91,18 @@ impl IntoResponse for ApiError {
                     format!("input PostgreSQL cannot store: {}", d.message()),
                     json!({}),
                 ),
+                StoreError::Unconfirmed { run_id, source } => {
+                    tracing::error!(run_id, error = %source, "A trigger's run was not confirmed on disk.");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unconfirmed",
+                        format!(
+                            "run {run_id} was created but PostgreSQL did not confirm it is on disk; read the run \
+                             before triggering again"
+                        ),
+                        json!({ "run_id": run_id }),
+                    )
+                }
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Integration(_) => {
                     tracing::error!(error = ?e, "Request failed.");
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), json!({}))

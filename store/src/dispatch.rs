@@ -105,8 +105,15 @@ pub struct Triggered {
 /// exclusion group (the common case), the statement that creates the run also tries to take the
 /// queue's dispatch lock for the session; with it, it marks the root steps dispatched, and they
 /// are pushed right after its commit, the lock held until then so the cap stays exact: one commit
-/// stands between a trigger and a worker. A crash between the commit and the push leaves them
-/// dispatched and missing from Redis: the reconciler's lost-message healing pushes them again.
+/// stands between a trigger and a worker. That commit does not wait for the disk (PostgreSQL's
+/// `fdatasync`, a third of a millisecond): the job is pushed as soon as the run can be read, and
+/// the disk is waited for when the lock is let go, before this returns. Every later commit of
+/// the run (the worker's claim first) waits for the disk, and its WAL follows the trigger's, so
+/// nothing durable ever rests on a run that is not; should PostgreSQL crash before the wait
+/// ends, the caller gets [`crate::StoreError::Unconfirmed`], and a job already pushed for the
+/// lost run is stale (its job id names the run, and no step has it). A crash between the commit
+/// and the push leaves the steps dispatched and missing from Redis: the reconciler's
+/// lost-message healing pushes them again.
 /// When another dispatcher holds the lock (a burst of triggers), or the chain is of another
 /// shape, the run is created, then its ready steps dispatched as any transition's.
 pub async fn create_and_push(
@@ -126,7 +133,7 @@ pub async fn create_and_push(
     let new = match runs::create_run_dispatching(lock.conn(), &req, queue, key).await {
         Ok(new) => new,
         Err(e) => {
-            lock.release(false).await;
+            lock.release_after_error().await;
             return Err(match e {
                 runs::CreateError::Refused(e) => e,
                 runs::CreateError::Insert(e) => runs::insert_error(pool, &req, e).await,
@@ -156,7 +163,11 @@ pub async fn create_and_push(
         // reconciler finds them missing from Redis.
         give_back(lock.conn(), &due, &jobs[..pushed]).await.ok();
     }
-    lock.release(true).await;
+    // The statement committed without waiting for the disk, so that the push went out at once;
+    // the caller hears of the run only once it is on disk.
+    if let Err(e) = lock.release_on_disk().await {
+        return Err(crate::StoreError::Unconfirmed { run_id: new.id.to_string(), source: e });
+    }
     Ok(Triggered { run_id: new.id, ready, push_error })
 }
 
@@ -176,7 +187,7 @@ async fn give_back(
 }
 
 /// A pooled connection that may hold a queue's dispatch lock as a session lock. Released by
-/// [`SessionLock::release`] (or given back untouched by [`SessionLock::never_taken`]); dropped
+/// [`SessionLock::release_on_disk`] or [`SessionLock::release_after_error`] (or given back untouched by [`SessionLock::never_taken`]); dropped
 /// otherwise (an error, a cancelled future), the connection leaves the pool and closes, and
 /// PostgreSQL releases the lock with its session.
 struct SessionLock {
@@ -196,24 +207,36 @@ impl SessionLock {
         self.conn.as_deref_mut().expect("held until released")
     }
 
-    /// Releases the lock if this session holds it, and gives the connection back to the pool.
-    /// `held`: the lock was taken (else it may or may not have been, as after a failed statement).
-    async fn release(mut self, held: bool) {
-        let unlocked =
-            sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)").bind(self.id).fetch_one(self.conn()).await;
-        match unlocked {
-            Ok(false) if held => {
-                // Only a proxy that hands each transaction its own server connection (PgBouncer's
-                // transaction pooling) does this: the lock stays on another session. Dropped, this
-                // connection closes; the lock goes when that other session does.
-                tracing::error!(
-                    "The queue's dispatch lock was not held at its release: syncfleet needs session-level \
-                     connections to PostgreSQL, not a transaction-pooling proxy."
-                );
-            }
-            Ok(_) => drop(self.conn.take()),
-            Err(_) => {}
+    /// After a failed statement, which may or may not have taken the lock: lets it go if this
+    /// session holds it, and gives the connection back to the pool.
+    async fn release_after_error(mut self) {
+        if sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.id).execute(self.conn()).await.is_ok() {
+            drop(self.conn.take());
         }
+    }
+
+    /// Lets the lock go in a transaction that writes a WAL record of its own (a logical
+    /// decoding message, prefix `syncfleet`) and commits waiting for the disk: the WAL of every
+    /// earlier commit, the trigger's among them, is on disk when this returns `Ok`.
+    async fn release_on_disk(mut self) -> Result<(), sqlx::Error> {
+        let unlocked: bool = sqlx::query_scalar(
+            "SELECT pg_advisory_unlock($1) FROM pg_logical_emit_message(true, 'syncfleet', 'trigger')",
+        )
+        .bind(self.id)
+        .fetch_one(self.conn())
+        .await?;
+        if unlocked {
+            drop(self.conn.take());
+        } else {
+            // Only a proxy that hands each transaction its own server connection (PgBouncer's
+            // transaction pooling) does this: the lock stays on another session. Dropped, this
+            // connection closes; the lock goes when that other session does.
+            tracing::error!(
+                "The queue's dispatch lock was not held at its release: syncfleet needs session-level \
+                 connections to PostgreSQL, not a transaction-pooling proxy."
+            );
+        }
+        Ok(())
     }
 
     /// The statement did not take the lock: the connection goes back to the pool as it is.

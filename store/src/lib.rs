@@ -130,6 +130,10 @@ pub enum StoreError {
     RunNotFound(String),
     #[error("run {run_id} is {status}; {action} needs {needs}")]
     WrongState { run_id: String, status: String, action: &'static str, needs: &'static str },
+    /// A run was committed, but PostgreSQL did not confirm it reached the disk (the connection
+    /// failed while waiting): it may or may not exist after a crash of the server.
+    #[error("run {run_id} was created but PostgreSQL did not confirm it is on disk: {source}")]
+    Unconfirmed { run_id: String, source: sqlx::Error },
 }
 
 /// The runtime role's pool (`database.url`), every connection under the configured time limits.

@@ -409,6 +409,46 @@ async fn postgres_restarted_mid_step_loses_and_doubles_nothing() {
     drop(pg);
 }
 
+/// A trigger's statement commits without waiting for the disk (its job is pushed at once) and the
+/// call waits for the disk before it answers: PostgreSQL crashed right after the last answer keeps
+/// every run answered, and the fleet then runs each once. The private server's WAL writer writes
+/// late (10 s), so a commit nobody waited for would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crashed_right_after_triggers_answered_keeps_every_run() {
+    let _serial = Serial::acquire().await;
+    let pg = PrivatePostgres::start();
+    let env = chaos::env_on(pg.url("").trim_end_matches('/'), syncfleet_tests::REDIS_URL, "").await;
+    let cleanup = Cleanup::new(&env);
+    let names = demo_integrations(&env, 20, 0).await;
+    // No worker runs yet: the jobs wait in Redis, and nothing but the triggers writes WAL.
+    let runs = trigger_all(&env, "demo_ping", &names).await;
+    pg.crash();
+    pg.up();
+    let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.0).collect();
+    // The pool's connections died with the server: read once a new one answers.
+    let (kept, dispatched): (i64, i64) = env
+        .eventually(Duration::from_secs(30), "PostgreSQL back", || async {
+            sqlx::query_as(
+                "SELECT count(DISTINCT r.id), count(s.dispatched_at)
+                   FROM chain_runs r LEFT JOIN step_runs s ON s.run_id = r.id WHERE r.id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_one(&env.pool)
+            .await
+            .ok()
+        })
+        .await;
+    assert_eq!(kept, runs.len() as i64, "every run answered survives the crash");
+    assert_eq!(dispatched, runs.len() as i64, "each root step is still marked dispatched");
+    let worker = env.spawn_worker("after-crash").await;
+    let views = chaos::wait_runs(&env, &runs, Duration::from_secs(60)).await;
+    chaos::assert_all_completed(&views);
+    assert_effects_once(&env, &views).await;
+    worker.stop().await;
+    finish(env, cleanup).await;
+    drop(pg);
+}
+
 /// Runs the full or incremental sync of every integration; returns the views.
 async fn sync_all(env: &TestEnv, names: &[String], mode: Mode) -> Vec<RunView> {
     let mut runs = vec![];

@@ -114,6 +114,8 @@ pub struct RunCreated {
             (`active_run`), or a run of another chain of its exclusion group (`exclusive_run`, with `running_chain` and \
             `run_id`) and the body did not ask to queue"),
         (status = 422, body = ErrorBody, description = "Integration disabled or of another pack"),
+        (status = 503, body = ErrorBody, description = "The run was created (`run_id`) but PostgreSQL did not confirm \
+            it is on disk (`unconfirmed`): read the run before triggering again"),
     ))]
 pub(super) async fn trigger(
     who: Operator,

@@ -81,7 +81,9 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
 /// commits on its own. Unless `queue` (the queue of every root step) is paused, the statement
 /// also tries to take that queue's dispatch lock `lock_key` for the session
 /// (`pg_try_advisory_lock`): when it gets it ([`NewRun::locked`]), the root steps are marked
-/// dispatched too ([`NewRun::due`]), and the caller pushes them, then releases the lock. When another dispatcher holds it, the steps are only ready, as with
+/// dispatched too ([`NewRun::due`]), the commit does not wait for the disk, and the caller pushes
+/// them, then releases the lock and waits for the disk. When another dispatcher holds it, the
+/// steps are only ready (and committed to disk), as with
 /// [`create_run`]. On an error the caller releases the lock (it may hold it), then makes the
 /// error to show with [`insert_error`].
 pub async fn create_run_dispatching(
@@ -152,7 +154,10 @@ fn split(id: RunId, created: Vec<RootStep>) -> NewRun {
 /// them (`req.audit`). With a `lock` (its key and its queue,
 /// the queue of every root step), the statement tries to take that dispatch lock for the
 /// session, once, when a step is ready (`dispatch_lock_unpaused`, `0025`: not while the queue is
-/// paused); if it gets it, the ready steps are also marked dispatched (`take_due`'s mark).
+/// paused); if it gets it, the ready steps are also marked dispatched (`take_due`'s mark), and the
+/// statement commits without waiting for its WAL to reach the disk (`synchronous_commit` off for
+/// its transaction alone): the caller pushes at once and waits for the disk only afterwards, when
+/// it lets the lock go ([`crate::dispatch::create_and_push`]).
 async fn insert<'e>(
     conn: impl sqlx::PgExecutor<'e>,
     run_id: RunId,
@@ -186,7 +191,10 @@ async fn insert<'e>(
     }
     sqlx::query_as::<_, RootStep>(
         "WITH lock AS MATERIALIZED (
-             SELECT CASE WHEN $22::bigint IS NULL THEN false ELSE dispatch_lock_unpaused($22, $23) END AS got),
+             SELECT CASE WHEN $22::bigint IS NULL THEN false
+                         WHEN dispatch_lock_unpaused($22, $23)
+                         THEN set_config('synchronous_commit', 'off', true) IS NOT NULL
+                         ELSE false END AS got),
          audit AS (
              INSERT INTO audit_log (actor, action, target, detail)
              SELECT $24, 'run.trigger', $1::uuid::text, $25 WHERE $24::text IS NOT NULL),

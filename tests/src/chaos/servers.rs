@@ -125,9 +125,12 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Starts the server. Its WAL writer writes commits that did not wait for the disk late (every
+    /// 10 s, PostgreSQL's longest), as a busy server's may: a crash loses any such commit that no
+    /// later commit waited for.
     pub fn up(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=off -c wal_writer_delay=10s",
             self.port,
             self.dir.display()
         );
