@@ -187,9 +187,9 @@ async fn give_back(
 }
 
 /// A pooled connection that may hold a queue's dispatch lock as a session lock. Released by
-/// [`SessionLock::release_on_disk`] or [`SessionLock::release_after_error`] (or given back untouched by [`SessionLock::never_taken`]); dropped
-/// otherwise (an error, a cancelled future), the connection leaves the pool and closes, and
-/// PostgreSQL releases the lock with its session.
+/// [`SessionLock::release_on_disk`] or [`SessionLock::release_after_error`] (or given back
+/// untouched by [`SessionLock::never_taken`]); dropped otherwise (an error, a cancelled future),
+/// the connection leaves the pool and closes, and PostgreSQL releases the lock with its session.
 struct SessionLock {
     conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     id: i64,

@@ -83,9 +83,8 @@ pub async fn create_run(pool: &PgPool, req: TriggerRequest<'_>) -> Result<(RunId
 /// (`pg_try_advisory_lock`): when it gets it ([`NewRun::locked`]), the root steps are marked
 /// dispatched too ([`NewRun::due`]), the commit does not wait for the disk, and the caller pushes
 /// them, then releases the lock and waits for the disk. When another dispatcher holds it, the
-/// steps are only ready (and committed to disk), as with
-/// [`create_run`]. On an error the caller releases the lock (it may hold it), then makes the
-/// error to show with [`insert_error`].
+/// steps are only ready (and committed to disk), as with [`create_run`]. On an error the caller
+/// releases the lock (it may hold it), then makes the error to show with [`insert_error`].
 pub async fn create_run_dispatching(
     conn: &mut PgConnection,
     req: &TriggerRequest<'_>,
