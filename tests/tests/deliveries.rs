@@ -21,9 +21,10 @@ async fn row(env: &TestEnv, id: i64) -> (String, i32, String, i32) {
         .unwrap()
 }
 
-/// A job pushed under an id PostgreSQL no longer names does nothing and lets the entity's lease go;
-/// the current job, while another job holds the lease, is delivered again under a new id without
-/// spending an attempt; once the lease is free, the step runs once and its run completes.
+/// A job pushed under an id PostgreSQL no longer names, or of a run it does not have, does nothing
+/// and lets the entity's lease go; the current job, while another job holds the lease, is
+/// delivered again under a new id without spending an attempt; once the lease is free, the step
+/// runs once and its run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_delivery_does_nothing_and_leaves_the_entity_lease_free() {
     let env = TestEnv::new("").await;
@@ -67,6 +68,23 @@ async fn a_stale_delivery_does_nothing_and_leaves_the_entity_lease_free() {
     let spent = format!("{job_id}:a9");
     assert_eq!(engine.execute(&queue, job(&spent)).await.unwrap(), Executed::Stale);
     assert_eq!(holder(&mut redis).await, None, "the stale delivery let the entity's lease go");
+    assert_eq!(row(&env, id).await, ("ready".into(), 0, job_id.clone(), 0), "the step row is untouched");
+
+    // A job of a run PostgreSQL does not have (a trigger pushes before its commit reaches the
+    // disk: a crash of the server in between loses the run, not the job): nothing happens either.
+    let lost_run = uuid::Uuid::new_v4();
+    let lost = JobPayload::StepV1 {
+        run_id: RunId(lost_run),
+        step_run_id: id + 1_000_000,
+        step: StepName::parse("ping").unwrap(),
+        shard: 0,
+        job_id: format!("{lost_run}:ping"),
+        trace_context: None,
+        due_at_ms: None,
+        entity: Some(entity.clone()),
+    };
+    assert_eq!(engine.execute(&queue, lost).await.unwrap(), Executed::Stale);
+    assert_eq!(holder(&mut redis).await, None, "the lost run's delivery let the entity's lease go");
     assert_eq!(row(&env, id).await, ("ready".into(), 0, job_id.clone(), 0), "the step row is untouched");
 
     // Another job holds the entity: the current job is delivered again later, no attempt spent.
