@@ -122,3 +122,23 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<Json<T>, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trigger whose run PostgreSQL did not confirm on disk answers 503 with the run's id, and
+    /// not the database error's text.
+    #[tokio::test]
+    async fn an_unconfirmed_run_answers_503_with_its_id() {
+        let e = ApiError::Store(StoreError::Unconfirmed { run_id: "r-1".into(), source: sqlx::Error::PoolTimedOut });
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "unconfirmed");
+        assert_eq!(body["run_id"], "r-1");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("run r-1 was created") && !message.contains("pool"), "{body}");
+    }
+}
