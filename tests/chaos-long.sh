@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
-CHAOS_LONG=1 cargo nextest run -p syncfleet-tests --test chaos --no-fail-fast --no-capture "$@"
+CHAOS_LONG=1 cargo nextest run -p syncfleet-tests --test chaos --test chaos_load --no-fail-fast --no-capture "$@"

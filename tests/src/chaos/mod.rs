@@ -14,6 +14,7 @@
 //! Sizes: the bounded form (CI) by default, the long form with `CHAOS_LONG=1` (`tests/chaos-long.sh`).
 
 mod checks;
+mod scene;
 mod servers;
 
 use std::{
@@ -27,6 +28,7 @@ use syncfleet_shared::config::Config;
 use syncfleet_store::queue::QueueClient;
 
 pub use checks::*;
+pub use scene::*;
 pub use servers::*;
 
 use crate::{Sandbox, TestEnv, binary};
