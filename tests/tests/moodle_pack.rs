@@ -40,20 +40,7 @@ async fn the_chain_mirrors_the_institution_and_deactivates_a_removed_enrollment(
     }
     // The derivation steps read whole tables: they were planned on fresh statistics (autovacuum is
     // off on the test machine, so nothing else analyzed them).
-    let analyzed: Vec<String> = env
-        .eventually(std::time::Duration::from_secs(10), "statistics of the derivation inputs", || async {
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT relname::text FROM pg_stat_user_tables
-                  WHERE relname IN ('moodle_users', 'moodle_enrollments', 'moodle_courses') AND last_analyze IS NOT NULL
-                  ORDER BY relname",
-            )
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-            (tables.len() == 3).then_some(tables)
-        })
-        .await;
-    assert_eq!(analyzed, ["moodle_courses", "moodle_enrollments", "moodle_users"]);
+    env.wait_analyzed(&["moodle_users", "moodle_enrollments", "moodle_courses"]).await;
     // Moodle was called once for the categories, once per program, once per course: no extra calls for sections.
     let calls = sandbox.handle.counters()["moodle"]["functions"].clone();
     assert_eq!(

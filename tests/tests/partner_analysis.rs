@@ -98,6 +98,10 @@ async fn domain_matching_lists_the_partner_domain_users_outside_the_group_and_ad
         run_step(&env, step, Mode::Full).await;
     }
     let run = run_step(&env, "group_analysis", Mode::Full).await;
+    // The findings join whole tables: they were planned on fresh statistics, the group links' too
+    // (derived in `sync_groups`' completion, never by a pull; autovacuum is off on the test machine,
+    // so nothing else analyzed them).
+    env.wait_analyzed(&["partner_group_links", "partner_group_memberships", "partner_lms_users"]).await;
 
     let want = expected(&sandbox, &env).await;
     assert!(want.len() >= 5, "the sandbox has partner-domain users outside their partner's group: {want:?}");
