@@ -203,25 +203,39 @@ return 0
 "#;
 
 // A run's settle turn (`{namespace}:settle:{run}`): `0` while a caller settles the run, `1` once a
-// finish committed during that settle. A finish that finds the key marks it; one that finds none
-// takes the turn.
+// finish that calls for a settle committed during that settle. A success marks the turn with its
+// step row's id instead, in the set `{namespace}:settle:{run}:successes` (ARGV[2]; empty for any
+// other finish): its holder then settles again only if one of those steps has no other row still
+// open. A finish that finds the key marks it; one that finds none takes the turn.
 const SETTLE_FOLLOW_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+  if ARGV[2] == '' then
+    redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+  else
+    redis.call('SADD', KEYS[2], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[1])
+  end
   return 0
 end
 redis.call('SET', KEYS[1], '0', 'PX', ARGV[1])
 return 1
 "#;
 
-// After a settle: a mark calls for one more (cleared here); none gives the turn up.
+// After a settle: the marks since, cleared here: `{'*'}` when a finish calls for a settle, else the
+// ids of the successes; none (`{}`) gives the turn up.
 const SETTLE_AGAIN_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == '1' then
+local any = redis.call('GET', KEYS[1]) == '1'
+local successes = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+if any or #successes > 0 then
   redis.call('SET', KEYS[1], '0', 'PX', ARGV[1])
-  return 1
+  if any then
+    return {'*'}
+  end
+  return successes
 end
 redis.call('DEL', KEYS[1])
-return 0
+return {}
 "#;
 
 // Each script's SHA-1 is computed once, not at every call.
@@ -253,6 +267,19 @@ fn redis_glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// What committed during a settle, for the holder of the run's settle turn
+/// ([`QueueClient::settle_again`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleMarks {
+    /// Nothing: the turn is given up.
+    None,
+    /// A finish other than a success: settle again.
+    Any,
+    /// Only successes, of these step rows: settle again unless each one's step has another row
+    /// still open (`step_settle_after_successes`, `0031`).
+    Successes(Vec<i64>),
 }
 
 /// One Redis connection (multiplexed, reconnecting) and our key naming.
@@ -439,21 +466,38 @@ impl QueueClient {
     }
 
     /// For a finish that committed: takes the run's settle turn if nobody holds it (`true`);
-    /// otherwise marks the turn, whose holder settles once more.
-    pub async fn settle_follow(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
+    /// otherwise marks the turn, whose holder settles once more: at once for any finish but a
+    /// success, or, for the success of step row `succeeded`, unless its step still has another row
+    /// open then ([`SettleMarks`]).
+    pub async fn settle_follow(&self, run: &str, succeeded: Option<i64>, ttl: Duration) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 =
-            SETTLE_FOLLOW_SCRIPT.key(self.settle_key(run)).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await?;
+        let key = self.settle_key(run);
+        let n: i64 = SETTLE_FOLLOW_SCRIPT
+            .key(&key)
+            .key(format!("{key}:successes"))
+            .arg(ttl.as_millis() as u64)
+            .arg(succeeded.map(|id| id.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
         Ok(n == 1)
     }
 
-    /// For the holder of the run's settle turn, after a settle: `true` (the mark cleared) when a
-    /// finish committed meanwhile, so it settles again; `false` gives the turn up.
-    pub async fn settle_again(&self, run: &str, ttl: Duration) -> Result<bool, QueueError> {
+    /// For the holder of the run's settle turn, after a settle: the marks of the finishes that
+    /// committed meanwhile (cleared), so it settles again; [`SettleMarks::None`] gives the turn up.
+    pub async fn settle_again(&self, run: &str, ttl: Duration) -> Result<SettleMarks, QueueError> {
         let mut conn = self.conn.clone();
-        let n: i64 =
-            SETTLE_AGAIN_SCRIPT.key(self.settle_key(run)).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await?;
-        Ok(n == 1)
+        let key = self.settle_key(run);
+        let marks: Vec<String> = SETTLE_AGAIN_SCRIPT
+            .key(&key)
+            .key(format!("{key}:successes"))
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match marks.first().map(String::as_str) {
+            None => SettleMarks::None,
+            Some("*") => SettleMarks::Any,
+            Some(_) => SettleMarks::Successes(marks.iter().filter_map(|id| id.parse().ok()).collect()),
+        })
     }
 
     /// Remembers an accepted webhook signature (lower-case hex) for `ttl`: `true` the first time,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use syncfleet_store::queue::SettleMarks;
 use syncfleet_tests::TestEnv;
 
 /// Finishes a step as a worker that dies right after its finish commits would: claimed, the step
@@ -162,17 +163,25 @@ async fn a_run_settle_turn_is_taken_marked_and_given_up_in_redis() {
 
     assert!(q.settle_take(&run, ttl).await.unwrap(), "nobody holds the turn: taken");
     assert!(!q.settle_take(&run, ttl).await.unwrap(), "one holder at a time");
-    assert!(!q.settle_follow(&run, ttl).await.unwrap(), "a finish during the settle marks the turn");
-    assert!(!q.settle_follow(&run, ttl).await.unwrap());
-    assert!(q.settle_again(&run, ttl).await.unwrap(), "the marks call for one more settle");
-    assert!(!q.settle_again(&run, ttl).await.unwrap(), "no finish since: the turn is given up");
-    assert!(q.settle_follow(&run, ttl).await.unwrap(), "a finish after that takes the turn itself");
-    assert!(!q.settle_again(&run, ttl).await.unwrap());
+    assert!(!q.settle_follow(&run, None, ttl).await.unwrap(), "a finish during the settle marks the turn");
+    assert!(!q.settle_follow(&run, Some(7), ttl).await.unwrap());
+    assert_eq!(q.settle_again(&run, ttl).await.unwrap(), SettleMarks::Any, "the marks call for one more settle");
+    // Successes alone mark the turn with their step rows: the holder checks their steps.
+    assert!(!q.settle_follow(&run, Some(7), ttl).await.unwrap(), "a success during the settle marks the turn");
+    assert!(!q.settle_follow(&run, Some(9), ttl).await.unwrap());
+    let SettleMarks::Successes(mut succeeded) = q.settle_again(&run, ttl).await.unwrap() else {
+        panic!("successes alone marked the turn");
+    };
+    succeeded.sort();
+    assert_eq!(succeeded, [7, 9], "the successes' step rows, for one more settle unless their steps are still open");
+    assert_eq!(q.settle_again(&run, ttl).await.unwrap(), SettleMarks::None, "no finish since: the turn is given up");
+    assert!(q.settle_follow(&run, Some(7), ttl).await.unwrap(), "a finish after that takes the turn itself");
+    assert_eq!(q.settle_again(&run, ttl).await.unwrap(), SettleMarks::None, "its own success marks nothing");
 
     // A holder that died: its turn lapses, and the next finish takes it.
     assert!(q.settle_take(&run, Duration::from_millis(50)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(q.settle_follow(&run, ttl).await.unwrap(), "the lapsed turn is taken");
+    assert!(q.settle_follow(&run, None, ttl).await.unwrap(), "the lapsed turn is taken");
     env.finish().await;
 }
 
@@ -197,10 +206,17 @@ async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_recon
     want.extend((0..6).map(|shard| ("fan", shard, 1)));
     want.push(("plan", 0, 1));
     assert_eq!(names, want, "every step once");
-    assert!(
-        env.ops.queues.settle_again(&turn, Duration::from_secs(1)).await.unwrap(),
-        "the finishes marked the turn rather than settling"
-    );
+    let steps: Vec<i64> = sqlx::query_scalar("SELECT id FROM step_runs WHERE run_id = $1 ORDER BY id")
+        .bind(run.0)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let SettleMarks::Successes(mut marked) = env.ops.queues.settle_again(&turn, Duration::from_secs(1)).await.unwrap()
+    else {
+        panic!("the finishes, every one a success, marked the turn with their step rows");
+    };
+    marked.sort();
+    assert_eq!(marked, steps, "the finishes marked the turn rather than settling");
 
     w1.stop().await;
     w2.stop().await;
@@ -208,15 +224,13 @@ async fn finishes_under_a_settle_turn_whose_holder_died_are_settled_by_the_recon
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done() {
-    const SHARDS: i64 = 150;
-    let env = TestEnv::new(&format!("[chains.demo_fanout.steps.fan]\nshards = {SHARDS}\n")).await;
-    // Steps that write nothing: their successes finish and settle in one round trip, several at once
-    // (`step_succeed_settle`).
-    env.demo_integration("acme", json!({ "step_ms": 0, "effects": false })).await;
-    // The database's sessions count their PL/pgSQL calls (`pg_stat_user_functions`), a setting
-    // only a superuser may make.
+/// A fan-out of `shards` shards run by two worker processes and no producer (a settle the finishes
+/// missed would leave the run running; the reconciler's safety net would settle it), in a database
+/// whose sessions count their PL/pgSQL calls (`pg_stat_user_functions`). Checks that the run
+/// completed with every step once; returns the calls of each function, read once every session of
+/// the workers ended (a session reports its calls as it ends).
+async fn fan_out_function_calls(env: &TestEnv, shards: i64) -> std::collections::HashMap<String, i64> {
+    // `track_functions` is a setting only a superuser may make.
     let url = syncfleet_store::roles::with_user(env.config.database.url.expose(), "postgres");
     let superuser = sqlx::PgPool::connect(&url).await.unwrap();
     let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&superuser).await.unwrap();
@@ -225,10 +239,12 @@ async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done()
         .await
         .unwrap();
 
-    // Two worker processes (their sessions start after the setting) and no producer: a settle the
-    // finishes missed would leave the run running (the reconciler's safety net would settle it).
-    let mut w1 = env.spawn_worker_process(&format!("settle-a-{}", env.id));
-    let mut w2 = env.spawn_worker_process(&format!("settle-b-{}", env.id));
+    // The worker processes' sessions start after the setting, named after their process.
+    let names = [format!("settle-a-{}", env.id), format!("settle-b-{}", env.id)];
+    let mut workers = names.clone().map(|name| {
+        let url = format!("{}?application_name={name}", env.config.database.url.expose());
+        env.worker_process(&name).env("SYNCFLEET__DATABASE__URL", url).spawn().unwrap()
+    });
     let run = env.trigger("demo_fanout", "acme").await;
     let view = env.wait(run, Duration::from_secs(60)).await;
     assert_eq!(view.status, "completed", "{view:#?}");
@@ -239,34 +255,67 @@ async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done()
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    assert_eq!((succeeded, attempts), (SHARDS + 2, SHARDS + 2), "plan, every shard and collect, once each");
-    for w in [&mut w1, &mut w2] {
+    assert_eq!((succeeded, attempts), (shards + 2, shards + 2), "plan, every shard and collect, once each");
+    for w in &mut workers {
         w.kill().await.ok();
     }
-
-    // A session reports its calls when it ends or has been idle a while: read once every success's
-    // check of its step's other rows (`step_siblings_open`, one per step) is counted.
-    let calls = async |function: &str| -> i64 {
-        sqlx::query_scalar("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1")
-            .bind(function)
+    env.eventually(Duration::from_secs(30), "the workers' sessions to end", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)")
+            .bind(&names)
             .fetch_one(&superuser)
             .await
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while calls("step_siblings_open").await < SHARDS + 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(calls("step_siblings_open").await, SHARDS + 2, "every success's check counted");
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let calls: Vec<(String, i64)> =
+        sqlx::query_as("SELECT funcname::text, sum(calls)::bigint FROM pg_stat_user_functions GROUP BY funcname")
+            .fetch_all(&superuser)
+            .await
+            .unwrap();
+    superuser.close().await;
+    calls.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shards_of_a_fan_out_settle_their_run_only_once_their_step_is_done() {
+    const SHARDS: i64 = 150;
+    let env = TestEnv::new(&format!("[chains.demo_fanout.steps.fan]\nshards = {SHARDS}\n")).await;
+    // Steps that write nothing: their successes finish and settle in one round trip, several at once
+    // (`step_succeed_settle`).
+    env.demo_integration("acme", json!({ "step_ms": 0, "effects": false })).await;
+    let calls = fan_out_function_calls(&env, SHARDS).await;
+    let calls = |function: &str| calls.get(function).copied().unwrap_or(0);
+
+    // Every success checks its step's other rows once (`step_siblings_open`).
+    assert_eq!(calls("step_siblings_open"), SHARDS + 2, "every success's check counted");
     // Each worker process records the successes waiting at once in one call (`0029`).
-    let calls_of_successes = calls("step_succeed_settle").await;
+    let calls_of_successes = calls("step_succeed_settle");
     assert!(calls_of_successes < SHARDS + 2, "{calls_of_successes} calls for {} successes", SHARDS + 2);
-    let settles = calls("step_settle").await;
+    let settles = calls("step_settle");
     // `plan`'s success settles (it makes the shards ready), and so do the shards that end once no
     // other shard is open: at most as many as run at once (2 workers of 4), `collect`'s settle ends
     // the run. Before `0028` every success settled: 152 settles.
     assert!((3..=2 + 8).contains(&settles), "{settles} settles for {SHARDS} shards");
-    superuser.close().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shards_of_a_fan_out_writing_their_effects_settle_their_run_only_once_their_step_is_done() {
+    const SHARDS: i64 = 150;
+    let env = TestEnv::new(&format!("[chains.demo_fanout.steps.fan]\nshards = {SHARDS}\n")).await;
+    // Steps that write their effect: each commits it with its step row, then settles in the run's
+    // settle turn, or marks the turn for its holder (`worker/src/settles.rs`).
+    env.demo_integration("acme", json!({ "step_ms": 0 })).await;
+    let calls = fan_out_function_calls(&env, SHARDS).await;
+    let calls = |function: &str| calls.get(function).copied().unwrap_or(0);
+
+    assert_eq!(calls("step_finish"), SHARDS + 2, "one finish per step");
+    let settles = calls("step_settle");
+    // As without effects: `plan`'s settle, those of the shards ending once no other shard is open
+    // (by themselves or by the holder of the turn they marked), `collect`'s. Before `0031`, a
+    // holder settled again for every turn its shards marked, each reading the whole run.
+    assert!((3..=2 + 8).contains(&settles), "{settles} settles for {SHARDS} shards");
     env.finish().await;
 }
 

@@ -40,7 +40,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    settles::{Lead, Settles},
+    settles::{Again, Lead, Settles},
     together::{Claims, Successes, Together},
 };
 
@@ -545,7 +545,7 @@ impl Engine {
         let Some(run) = finished.settle else {
             return Ok(finished);
         };
-        let Some(lead) = self.settles.follow(run).await else {
+        let Some(lead) = self.settles.follow(run, finished.succeeded).await else {
             return Ok(Finished { settle: None, ..finished });
         };
         let finished = runs::settled(&self.pool, finished).await?;
@@ -554,8 +554,14 @@ impl Engine {
 
     /// Settles the led run again while finishes committed during its last settle.
     async fn settle_while_marked(&self, mut lead: Lead, mut finished: Finished) -> Result<Finished, EngineError> {
-        while self.settles.again(&mut lead).await {
-            finished = finished.merge(runs::settle(&self.pool, lead.run()).await?);
+        while let Some(again) = self.settles.again(&mut lead).await {
+            let settled = match again {
+                Again::Settle => runs::settle(&self.pool, lead.run()).await?,
+                Again::AfterSuccesses(succeeded) => {
+                    runs::settle_after_successes(&self.pool, lead.run(), &succeeded).await?
+                }
+            };
+            finished = finished.merge(settled);
         }
         Ok(finished)
     }

@@ -9,22 +9,27 @@
 //! end at once (the shards of a fan-out, on every worker process), their finishes need not each
 //! settle. The run's settle turn is a Redis key (`QueueClient::settle_follow`): a finish that commits while
 //! another caller holds the turn only marks it; the holder, once its settle is done, settles again
-//! while the mark is set (clearing it in the same script that reads it), and pushes what each
-//! settle made ready. A burst of finishes costs about two settles, not one each.
+//! while the turn is marked (clearing the marks in the same script that reads them), and pushes
+//! what each settle made ready. A burst of finishes costs about two settles, not one each. A
+//! success marks the turn with its step row: when every mark since the last settle is a success
+//! whose step still has another row open (a fan-out's shards), the holder settles nothing
+//! (`runs::settle_after_successes`, `0031`), as each of them alone would have (`0028`).
 //!
 //! Nothing is missed: a finish marks the turn only after its commit, and the holder reads and
-//! clears the mark before the settle that follows, so a settle starts after every marked commit.
+//! clears the marks before the settle (or the check of the successes' steps) that follows, so it
+//! reads after every marked commit.
 //! A finish that finds no turn held takes it and settles itself. The rest falls back to what a
 //! worker killed between its commit and its settle leaves, which the reconciler settles
 //! (`runs::settle_stranded`, every `producer.reconcile_interval_ms`): a holder that dies (its
-//! turn lapses after [`TURN_TTL`]), a settle that fails. A turn that lapsed under a slow holder
+//! turn lapses after [`TURN_TTL`]), a settle that fails, a holder of an earlier version during a
+//! rolling upgrade (it reads only the `1` mark, not the successes'). A turn that lapsed under a slow holder
 //! only lets two callers settle at once, which is correct (`step_settle`, `0026`). When Redis
 //! cannot be reached, every finish settles, as it would alone.
 
 use std::time::Duration;
 
 use syncfleet_shared::ids::RunId;
-use syncfleet_store::queue::QueueClient;
+use syncfleet_store::queue::{QueueClient, SettleMarks};
 
 /// How long a settle turn outlives a holder that died.
 pub(crate) const TURN_TTL: Duration = Duration::from_secs(10);
@@ -35,7 +40,7 @@ pub(crate) struct Settles {
     queues: QueueClient,
 }
 
-/// A run's settle turn: its holder settles, then asks [`Lead::again`].
+/// A run's settle turn: its holder settles, then asks [`Settles::again`].
 #[derive(Debug)]
 pub(crate) struct Lead {
     run: RunId,
@@ -49,34 +54,47 @@ impl Settles {
     }
 
     /// For a finish that has committed: the run's turn if nobody holds it; otherwise the turn is
-    /// marked, and its holder settles once more.
-    pub(crate) async fn follow(&self, run: RunId) -> Option<Lead> {
-        match self.queues.settle_follow(&run.to_string(), TURN_TTL).await {
+    /// marked, and its holder settles once more (for the success of step row `succeeded`, only if
+    /// its step has no other row still open then).
+    pub(crate) async fn follow(&self, run: RunId, succeeded: Option<i64>) -> Option<Lead> {
+        match self.queues.settle_follow(&run.to_string(), succeeded, TURN_TTL).await {
             Ok(true) => Some(Lead { run, held: true }),
             Ok(false) => None,
             Err(error) => Some(unheld(run, &error)),
         }
     }
 
-    /// Whether a finish committed during the holder's last settle: then it settles once more.
-    /// Otherwise the turn is given up, in the same script, so a finish committing from now on
-    /// takes it.
-    pub(crate) async fn again(&self, lead: &mut Lead) -> bool {
+    /// What committed during the holder's last settle: the holder settles once more for it.
+    /// When nothing did, the turn is given up, in the same script, so a finish committing from
+    /// now on takes it.
+    pub(crate) async fn again(&self, lead: &mut Lead) -> Option<Again> {
         if !lead.held {
-            return false;
+            return None;
         }
         match self.queues.settle_again(&lead.run.to_string(), TURN_TTL).await {
-            Ok(again) => {
-                lead.held = again;
-                again
+            Ok(SettleMarks::None) => {
+                lead.held = false;
+                None
             }
+            Ok(SettleMarks::Any) => Some(Again::Settle),
+            Ok(SettleMarks::Successes(succeeded)) => Some(Again::AfterSuccesses(succeeded)),
             Err(error) => {
                 tracing::warn!(%error, run = %lead.run, "Settle turn unreadable; the reconciler settles what it marked.");
                 lead.held = false;
-                false
+                None
             }
         }
     }
+}
+
+/// The settle a holder owes the finishes that marked its turn.
+#[derive(Debug)]
+pub(crate) enum Again {
+    /// A finish other than a success: settle.
+    Settle,
+    /// Only successes, of these step rows: settle unless each one's step still has another row
+    /// open (`runs::settle_after_successes`).
+    AfterSuccesses(Vec<i64>),
 }
 
 fn unheld(run: RunId, error: &impl std::fmt::Display) -> Lead {

@@ -351,6 +351,18 @@ pub async fn finish_successes(
         .collect())
 }
 
+/// Settles the run after these successes committed, unless each one's step has another row still
+/// open (`step_settle_after_successes`, `0031`): the settle a holder of the run's settle turn owes
+/// the successes that marked it.
+pub async fn settle_after_successes(pool: &PgPool, run_id: RunId, succeeded: &[i64]) -> Result<Finished, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM step_settle_after_successes($1, $2)")
+        .bind(run_id)
+        .bind(succeeded)
+        .fetch_one(pool)
+        .await?;
+    settle_row(pool, run_id, &row).await
+}
+
 /// Promotes what the run's ended steps make ready (`step_settle`, `0023`), after their commits;
 /// ends the run when nothing in it is open any more ([`end_run`]).
 pub async fn settle(pool: &PgPool, run_id: RunId) -> Result<Finished, sqlx::Error> {

@@ -31,7 +31,8 @@ pub use claim::{Claim, ClaimedStep, ToClaim, claim, claim_in_running_runs, ready
 pub use create::{CreateError, NewRun, create_run, create_run_dispatching, insert_error};
 
 pub use finish::{
-    Finished, Success, end_run, finish_step_alone, finish_step_in, finish_successes, settle, settle_stranded, settled,
+    Finished, Success, end_run, finish_step_alone, finish_step_in, finish_successes, settle, settle_after_successes,
+    settle_stranded, settled,
 };
 
 use syncfleet_shared::{
