@@ -13,20 +13,24 @@
 -- `step_settle_after` makes for a success alone: the success that commits last among a step's
 -- rows sees the others ended, whether it settles itself or marks the turn.
 
--- None when every success in `p_succeeded` is of a step with another row still open, else
--- `step_settle(p_run)`.
+-- None when the step of every success in `p_succeeded` has another row still open, else
+-- `step_settle(p_run)`. The successes are committed rows, so of one step they all answer alike
+-- (`step_siblings_open`): one probe of `step_runs_unsucceeded` per step, whatever the number of
+-- its successes, a row among them left out as each one's check leaves itself out.
 CREATE FUNCTION step_settle_after_successes(p_run UUID, p_succeeded BIGINT[])
 RETURNS TABLE (ready_ids BIGINT[], ready_queues TEXT[], needs_end BOOLEAN)
-LANGUAGE plpgsql AS $$
-DECLARE
-    id BIGINT;
+LANGUAGE plpgsql
+SET enable_seqscan = off AS $$
 BEGIN
-    FOREACH id IN ARRAY p_succeeded LOOP
-        IF NOT step_siblings_open(id) THEN
-            RETURN QUERY SELECT * FROM step_settle(p_run);
-            RETURN;
-        END IF;
-    END LOOP;
+    IF EXISTS (SELECT 1
+                 FROM (SELECT DISTINCT x.run_id, x.step FROM step_runs x WHERE x.id = ANY (p_succeeded)) AS d
+                WHERE NOT EXISTS (SELECT 1 FROM step_runs s
+                                   WHERE s.run_id = d.run_id AND s.step = d.step
+                                     AND s.status IN ('pending', 'ready', 'running')
+                                     AND s.id <> ALL (p_succeeded))) THEN
+        RETURN QUERY SELECT * FROM step_settle(p_run);
+        RETURN;
+    END IF;
     RETURN QUERY SELECT '{}'::BIGINT[], '{}'::TEXT[], false;
 END
 $$;
