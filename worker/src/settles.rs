@@ -22,9 +22,9 @@
 //! worker killed between its commit and its settle leaves, which the reconciler settles
 //! (`runs::settle_stranded`, every `producer.reconcile_interval_ms`): a holder that dies (its
 //! turn lapses after [`TURN_TTL`]), a settle that fails, a holder of an earlier version during a
-//! rolling upgrade (it reads only the `1` mark, not the successes'). A turn that lapsed under a slow holder
-//! only lets two callers settle at once, which is correct (`step_settle`, `0026`). When Redis
-//! cannot be reached, every finish settles, as it would alone.
+//! rolling upgrade (it reads only the `1` mark, not the successes'). A turn that lapsed under a
+//! slow holder only lets two callers settle at once, which is correct (`step_settle`, `0026`).
+//! When Redis cannot be reached, every finish settles, as it would alone.
 
 use std::time::Duration;
 
