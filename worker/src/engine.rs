@@ -33,14 +33,14 @@ use syncfleet_shared::{
 };
 use syncfleet_store::{
     dispatch,
-    queue::{QueueClient, QueueError},
+    queue::{QueueClient, QueueError, SettleMarks},
     runs::{self, Beat, Claim, ClaimedStep, Fence, Finished, Outcome, Success, ToClaim},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    settles::{Again, Lead, Settles},
+    settles::{Lead, Settles},
     together::{Claims, Successes, Together},
 };
 
@@ -554,10 +554,11 @@ impl Engine {
 
     /// Settles the led run again while finishes committed during its last settle.
     async fn settle_while_marked(&self, mut lead: Lead, mut finished: Finished) -> Result<Finished, EngineError> {
-        while let Some(again) = self.settles.again(&mut lead).await {
-            let settled = match again {
-                Again::Settle => runs::settle(&self.pool, lead.run()).await?,
-                Again::AfterSuccesses(succeeded) => {
+        loop {
+            let settled = match self.settles.again(&mut lead).await {
+                SettleMarks::None => break,
+                SettleMarks::Any => runs::settle(&self.pool, lead.run()).await?,
+                SettleMarks::Successes(succeeded) => {
                     runs::settle_after_successes(&self.pool, lead.run(), &succeeded).await?
                 }
             };

@@ -64,37 +64,21 @@ impl Settles {
         }
     }
 
-    /// What committed during the holder's last settle: the holder settles once more for it.
-    /// When nothing did, the turn is given up, in the same script, so a finish committing from
-    /// now on takes it.
-    pub(crate) async fn again(&self, lead: &mut Lead) -> Option<Again> {
+    /// What committed during the holder's last settle, for it to settle once more
+    /// ([`SettleMarks::Any`], or [`SettleMarks::Successes`] unless their steps are still open).
+    /// When nothing did ([`SettleMarks::None`]), the turn is given up, in the same script, so a
+    /// finish committing from now on takes it.
+    pub(crate) async fn again(&self, lead: &mut Lead) -> SettleMarks {
         if !lead.held {
-            return None;
+            return SettleMarks::None;
         }
-        match self.queues.settle_again(&lead.run.to_string(), TURN_TTL).await {
-            Ok(SettleMarks::None) => {
-                lead.held = false;
-                None
-            }
-            Ok(SettleMarks::Any) => Some(Again::Settle),
-            Ok(SettleMarks::Successes(succeeded)) => Some(Again::AfterSuccesses(succeeded)),
-            Err(error) => {
-                tracing::warn!(%error, run = %lead.run, "Settle turn unreadable; the reconciler settles what it marked.");
-                lead.held = false;
-                None
-            }
-        }
+        let marks = self.queues.settle_again(&lead.run.to_string(), TURN_TTL).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, run = %lead.run, "Settle turn unreadable; the reconciler settles what it marked.");
+            SettleMarks::None
+        });
+        lead.held = marks != SettleMarks::None;
+        marks
     }
-}
-
-/// The settle a holder owes the finishes that marked its turn.
-#[derive(Debug)]
-pub(crate) enum Again {
-    /// A finish other than a success: settle.
-    Settle,
-    /// Only successes, of these step rows: settle unless each one's step still has another row
-    /// open (`runs::settle_after_successes`).
-    AfterSuccesses(Vec<i64>),
 }
 
 fn unheld(run: RunId, error: &impl std::fmt::Display) -> Lead {

@@ -235,17 +235,16 @@ pub async fn finish_step_in(
 
 /// Settles the run a committed finish named ([`Finished::settle`]), adding what the settle made
 /// ready and whether it ended the run. The success of a step with another row still open settles
-/// nothing (`step_settle_after`, `0028`): that row's end settles.
+/// nothing ([`settle_after_successes`], as `step_settle_after` in `0028`): that row's end settles.
 pub async fn settled(pool: &PgPool, finished: Finished) -> Result<Finished, sqlx::Error> {
     let Some(run_id) = finished.settle else {
         return Ok(finished);
     };
-    let row = sqlx::query("SELECT * FROM step_settle_after($1, $2)")
-        .bind(run_id)
-        .bind(finished.succeeded)
-        .fetch_one(pool)
-        .await?;
-    Ok(finished.merge(settle_row(pool, run_id, &row).await?))
+    let settled = match finished.succeeded {
+        Some(succeeded) => settle_after_successes(pool, run_id, &[succeeded]).await?,
+        None => settle(pool, run_id).await?,
+    };
+    Ok(finished.merge(settled))
 }
 
 /// A finish when the step has no effects to commit with it (the worker engine records its
