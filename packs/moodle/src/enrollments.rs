@@ -8,12 +8,9 @@
 //! 2. **Users**, per batch of courses: the batch's users the step has not written yet, deduplicated
 //!    by id, upserted in one statement (up to 5,000 rows a statement), each statement its own
 //!    transaction, rows in id order: two shards lock shared rows in the same order, and a shard waits
-//!    for another only while one statement of it runs. A statement refused by a unique index is run
-//!    again first (at most twice): two shards inserting the same new user at the same moment both
-//!    pass the key's check, and the second then fails on the username index once the first commits
-//!    (`ON CONFLICT` arbitrates only the key's index); run again, it finds the user and updates it.
-//!    If a statement still fails (a username taken by another active row, say), each of its rows is
-//!    written alone and only the failing ones are item errors; a user is written once per step.
+//!    for another only while one statement of it runs (`user_batches`: a statement refused by a
+//!    unique index runs again before its rows are written alone, and only the failing ones are item
+//!    errors); a user is written once per step.
 //! 3. **Per batch of courses, sequentially** (up to 5,000 enrollment rows or 100 courses, a course never
 //!    split, in the order their answers came), one transaction and a fixed number of statements each:
 //!    sections upserted from the users' groups (no extra Moodle call), enrollments upserted with the
@@ -46,6 +43,7 @@ use super::{
     concurrency_of,
     enrolled::{Enrolled, read_enrolled},
     settings_of, shard, shard_of, tables,
+    user_batches::{UsersWritten, upsert_users},
 };
 use syncfleet_sdk::{
     ids::RunId,
@@ -53,7 +51,7 @@ use syncfleet_sdk::{
     sync::{
         pull,
         sweep::{self, ScopeRead, ScopedSweep, Sweeps},
-        table::{Table, UpsertCounts},
+        table::Table,
     },
 };
 
@@ -102,132 +100,6 @@ struct Phase3 {
     /// The guard's decisions per course: enrollments, then sections.
     enrollment_sweeps: Sweeps,
     section_sweeps: Sweeps,
-}
-
-/// Phase 2 writes users in statements of at most this many rows (in id order), each its own
-/// transaction: shards that read the same users wait for each other's statement, not for each
-/// other's whole phase.
-const USER_BATCH: usize = 5_000;
-
-/// How many times a user batch refused by a unique violation is run again before its rows are
-/// written alone: each time, the shard whose commit it met has committed, and the statement's key
-/// check now finds that shard's users.
-const RACED_AGAIN: usize = 2;
-
-/// What phase 2 did.
-#[derive(Default)]
-struct UsersWritten {
-    inserted: i64,
-    updated: i64,
-    /// Batch statements run.
-    batches: usize,
-    /// Batch statements run again after a unique violation ([`RACED_AGAIN`]) that then passed.
-    again: usize,
-    /// Rows refused when written alone.
-    failed: Vec<(String, String)>,
-    /// The error of the first batch that failed (its rows were then written one by one).
-    batch_error: Option<String>,
-}
-
-impl UsersWritten {
-    fn count(&mut self, c: UpsertCounts) {
-        self.inserted += c.inserted;
-        self.updated += c.updated;
-    }
-
-    fn add(&mut self, other: UsersWritten) {
-        self.inserted += other.inserted;
-        self.updated += other.updated;
-        self.batches += other.batches;
-        self.again += other.again;
-        self.failed.extend(other.failed);
-        if self.batch_error.is_none() {
-            self.batch_error = other.batch_error;
-        }
-    }
-}
-
-/// Phase 2 for `rows` (each user once, in id order): statements of at most [`USER_BATCH`] rows, each
-/// in its own transaction; a statement refused by a unique violation runs again (at most
-/// [`RACED_AGAIN`] times), and one that still fails has each of its rows written alone.
-async fn upsert_users(
-    pool: &PgPool,
-    fence: Option<&AttemptFence>,
-    table: &Table,
-    integration_id: i64,
-    run: RunId,
-    rows: &Rows<'_>,
-) -> Result<UsersWritten, StepError> {
-    let mut out = UsersWritten::default();
-    let write = |ids: &[String], columns: &[Vec<Option<String>>]| {
-        upsert_fenced(pool, fence, table, integration_id, run, ids.to_vec(), columns.to_vec())
-    };
-    for start in (0..rows.ids.len()).step_by(USER_BATCH) {
-        let end = (start + USER_BATCH).min(rows.ids.len());
-        let ids = &rows.ids[start..end];
-        let columns: Vec<Vec<Option<String>>> = rows.columns.iter().map(|c| c[start..end].to_vec()).collect();
-        out.batches += 1;
-        let mut written = write(ids, &columns).await?;
-        for again in 1..=RACED_AGAIN {
-            match &written {
-                Err(refused) if refused.unique_violation => {
-                    tracing::debug!(error = %refused.message, users = ids.len(), again,
-                        "User batch met another writer's commit on a unique index; running it again.");
-                    written = write(ids, &columns).await?;
-                    if written.is_ok() {
-                        out.again += 1;
-                    }
-                }
-                _ => break,
-            }
-        }
-        match written {
-            Ok(c) => out.count(c),
-            Err(refused) => {
-                tracing::warn!(error = %refused.message, users = ids.len(), "User batch failed; writing each row alone.");
-                out.batch_error.get_or_insert(refused.message);
-                for i in start..end {
-                    let id = &rows.ids[i];
-                    match write(std::slice::from_ref(id), &rows.row(i)).await? {
-                        Ok(c) => out.count(c),
-                        Err(refused) => out.failed.push((id.clone(), refused.message)),
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Rows the database refused (nothing of them written): PostgreSQL's message, and whether a unique
-/// index refused them.
-struct Refused {
-    message: String,
-    unique_violation: bool,
-}
-
-/// One fenced transaction of [`Table::upsert`]: its counts, or why the database refused the rows.
-async fn upsert_fenced(
-    pool: &PgPool,
-    fence: Option<&AttemptFence>,
-    table: &Table,
-    integration_id: i64,
-    run: RunId,
-    ids: Vec<String>,
-    columns: Vec<Vec<Option<String>>>,
-) -> Result<Result<UpsertCounts, Refused>, StepError> {
-    let mut tx = AttemptFence::begin(fence, pool).await?;
-    match table.upsert(&mut tx, integration_id, Some(run), &ids, &columns).await {
-        Ok(c) => {
-            tx.commit().await?;
-            Ok(Ok(c))
-        }
-        Err(sqlx::Error::Database(e)) => {
-            tx.rollback().await?;
-            Ok(Err(Refused { message: e.message().to_owned(), unique_violation: e.is_unique_violation() }))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Phase 3 writes courses in batches of this many enrollment rows (a course is never split; a
@@ -543,7 +415,7 @@ impl StepHandler for SyncEnrollments {
             let ((), written) = futures::future::join(fetch, write).await;
             written?;
             let Writer { mut errors, failed_courses, answers, transport_failures, fetched, users, mut totals, .. } = w;
-            let UsersWritten { inserted, updated, batches: user_batches, again, failed, batch_error } = users.written;
+            let failed = &users.written.failed;
             ctx.record_calls(&[&client]);
             ctx.result.fetched += fetched;
             let failed_users: BTreeSet<&String> = users.refused.iter().chain(failed.iter()).map(|(id, _)| id).collect();
@@ -592,20 +464,11 @@ impl StepHandler for SyncEnrollments {
             r.unchanged = totals.unchanged;
             r.deactivated = totals.deactivated + totals.enrollment_sweeps.deactivated;
             r.errors = errors.len() as i64;
-            let mut batch = match (&batch_error, user_batches) {
-                (None, 0 | 1) => "in one batch".to_owned(),
-                (None, n) => format!("in {n} batches (one per batch of courses)"),
-                (Some(e), _) => format!("per row after the batch failed ({e}), {} row(s) refused", failed.len()),
-            };
-            if again > 0 {
-                batch.push_str(&format!(
-                    ", {again} of them run again after meeting another shard's commit on a unique index"
-                ));
-            }
             let users_text = format!(
-                "users: {} distinct of {} enrollment row(s), upserted {batch} ({inserted} inserted, {updated} updated)",
+                "users: {} distinct of {} enrollment row(s), upserted {}",
                 users.seen.len(),
-                users.rows
+                users.rows,
+                users.written.describe()
             );
             let mut sections_text = format!("sections: {} from groups ({} new)", totals.sections, totals.sections_new);
             if !totals.groups_missing.is_empty() {

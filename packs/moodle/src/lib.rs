@@ -35,6 +35,7 @@ pub mod schedules;
 pub mod scope;
 pub mod settings;
 pub mod tables;
+mod user_batches;
 
 use std::{sync::Arc, time::Duration};
 
