@@ -1,9 +1,9 @@
 //! Moodle web services: token errors at HTTP 200, categories tree, courses by field, enrolled users
-//! (roles, groups, omitted empty fields, paging), users by field, parameter errors.
+//! (roles, groups, omitted empty fields, paging, the `userfields` option), users by field, parameter errors.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use common::start_small;
 use reqwest::StatusCode;
@@ -155,6 +155,46 @@ async fn enrolled_users_with_roles_groups_and_paging() {
         )
         .await;
     assert_eq!(bad["exception"], "invalid_parameter_exception");
+}
+
+#[tokio::test]
+async fn enrolled_users_give_only_the_fields_userfields_lists() {
+    let sb = start_small().await;
+    let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
+    let id = courses["courses"][0]["id"].to_string();
+    let all = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
+    let listed = |fields: &'static str| {
+        let id = id.clone();
+        let sb = &sb;
+        async move {
+            sb.moodle(
+                "core_enrol_get_enrolled_users",
+                &[("courseid", &id), ("options[0][name]", "userfields"), ("options[0][value]", fields)],
+            )
+            .await
+        }
+    };
+    let some = listed("username, lastaccess,roles").await;
+    assert_eq!(some.as_array().unwrap().len(), all.as_array().unwrap().len());
+    for (s, a) in some.as_array().unwrap().iter().zip(all.as_array().unwrap()) {
+        let keys: BTreeSet<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
+        // `id` and `fullname` always; the course's last access comes with `lastaccess`.
+        assert_eq!(
+            keys,
+            BTreeSet::from(["id", "fullname", "username", "lastaccess", "lastcourseaccess", "roles"]),
+            "{s}"
+        );
+        for k in keys {
+            assert_eq!(s[k], a[k], "{k}: the same value as in the whole answer");
+        }
+        assert!(a.get("enrolledcourses").is_some() && a.get("profileimageurl").is_some());
+    }
+    let bad = listed("username,lastcourseaccess").await;
+    assert_eq!(
+        (bad["exception"].as_str(), bad["errorcode"].as_str()),
+        (Some("moodle_exception"), Some("invaliduserfield"))
+    );
+    assert!(bad["message"].as_str().unwrap().contains("lastcourseaccess"), "{bad}");
 }
 
 #[tokio::test]

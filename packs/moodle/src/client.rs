@@ -83,6 +83,12 @@ pub struct Course {
     pub timemodified: Option<i64>,
 }
 
+/// The user fields `core_enrol_get_enrolled_users` is asked for (its `userfields` option): those
+/// `moodle_users` and `moodle_enrollments` hold (`lastcourseaccess` comes with `lastaccess`; `id`
+/// always). Without the option Moodle sends every field, among them the user's `enrolledcourses`
+/// (every course of the user, looked up per user), which is most of the answer and none of ours.
+pub const ENROLLED_FIELDS: &str = "id,username,firstname,lastname,email,idnumber,firstaccess,lastaccess,groups,roles";
+
 /// One step's (or request's) view of a Moodle site.
 pub struct Moodle<'a> {
     client: &'a HttpClient,
@@ -140,7 +146,8 @@ impl<'a> Moodle<'a> {
         serde_json::from_value(courses).map_err(|e| shape(F, format!("not a list of courses: {e}")))
     }
 
-    /// The enrolled users of a course, with their groups and roles, page by page to the end.
+    /// The enrolled users of a course, with their groups and roles, page by page to the end: only
+    /// the fields [`ENROLLED_FIELDS`] names.
     pub async fn enrolled_users(&self, course: &str) -> Result<Vec<Value>, MoodleError> {
         const F: &str = "core_enrol_get_enrolled_users";
         let mut out = Vec::new();
@@ -153,6 +160,8 @@ impl<'a> Moodle<'a> {
                 ("options[0][value]".to_owned(), out.len().to_string()),
                 ("options[1][name]".to_owned(), "limitnumber".to_owned()),
                 ("options[1][value]".to_owned(), self.page_size.to_string()),
+                ("options[2][name]".to_owned(), "userfields".to_owned()),
+                ("options[2][value]".to_owned(), ENROLLED_FIELDS.to_owned()),
             ];
             let Value::Array(users) = self.call(F, &params).await? else {
                 return Err(shape(F, format!("course {course}: not a list of users")));

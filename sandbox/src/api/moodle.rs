@@ -266,40 +266,123 @@ fn courses_by_field(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
     Ok(json!({"courses": courses, "warnings": []}))
 }
 
-fn user_common(u: &MUser, out: &mut Map<String, Value>) {
-    out.insert("id".into(), Value::from(u.id));
-    out.insert("username".into(), Value::from(u.username.as_str()));
-    out.insert("firstname".into(), Value::from(u.firstname.as_str()));
-    out.insert("lastname".into(), Value::from(u.lastname.as_str()));
-    out.insert("fullname".into(), Value::from(format!("{} {}", u.firstname, u.lastname)));
-    out.insert("email".into(), Value::from(u.email.as_str()));
+/// The user fields Moodle's `user_get_user_details` knows: the names `userfields` may list.
+const USER_FIELDS: [&str; 39] = [
+    "id",
+    "username",
+    "fullname",
+    "firstname",
+    "lastname",
+    "email",
+    "address",
+    "phone1",
+    "phone2",
+    "icq",
+    "skype",
+    "yahoo",
+    "aim",
+    "msn",
+    "department",
+    "institution",
+    "interests",
+    "firstaccess",
+    "lastaccess",
+    "auth",
+    "confirmed",
+    "idnumber",
+    "lang",
+    "theme",
+    "timezone",
+    "mailformat",
+    "description",
+    "descriptionformat",
+    "city",
+    "url",
+    "country",
+    "profileimageurlsmall",
+    "profileimageurl",
+    "customfields",
+    "groups",
+    "roles",
+    "preferences",
+    "enrolledcourses",
+    "suspended",
+];
+
+/// The fields an answer gives of each user, as `user_get_user_details` decides: every field, or
+/// only those the `userfields` option lists. `id` and `fullname` are always given, and the course's
+/// `lastcourseaccess` comes with `lastaccess`.
+struct Fields(Option<Vec<String>>);
+
+impl Fields {
+    const ALL: Fields = Fields(None);
+
+    /// The `userfields` option (comma-separated); a name Moodle does not know fails the call.
+    fn listed(option: Option<&String>) -> Result<Fields, MoodleError> {
+        let Some(csv) = option.map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+            return Ok(Fields::ALL);
+        };
+        let names: Vec<String> = csv.split(',').map(|f| f.trim().to_owned()).collect();
+        if let Some(bad) = names.iter().find(|f| !USER_FIELDS.contains(&f.as_str())) {
+            return Err(err("moodle_exception", "invaliduserfield", format!("Invalid user field: {bad}")));
+        }
+        Ok(Fields(Some(names)))
+    }
+
+    fn has(&self, field: &str) -> bool {
+        let listed = |f: &str| self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == f));
+        match field {
+            "id" | "fullname" => true,
+            "lastcourseaccess" => listed("lastaccess"),
+            "descriptionformat" => listed("description"),
+            f => listed(f),
+        }
+    }
+}
+
+fn user_common(u: &MUser, fields: &Fields, out: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: Value| {
+        if fields.has(k) {
+            out.insert(k.into(), v);
+        }
+    };
+    put("id", Value::from(u.id));
+    put("username", Value::from(u.username.as_str()));
+    put("firstname", Value::from(u.firstname.as_str()));
+    put("lastname", Value::from(u.lastname.as_str()));
+    put("fullname", Value::from(format!("{} {}", u.firstname, u.lastname)));
+    put("email", Value::from(u.email.as_str()));
     if !u.phone1.is_empty() {
-        out.insert("phone1".into(), Value::from(u.phone1.as_str()));
+        put("phone1", Value::from(u.phone1.as_str()));
     }
-    out.insert("department".into(), Value::from(u.department.as_str()));
-    out.insert("institution".into(), Value::from(""));
+    put("department", Value::from(u.department.as_str()));
+    put("institution", Value::from(""));
     if !u.idnumber.is_empty() {
-        out.insert("idnumber".into(), Value::from(u.idnumber.as_str()));
+        put("idnumber", Value::from(u.idnumber.as_str()));
     }
-    out.insert("firstaccess".into(), Value::from(u.firstaccess));
-    out.insert("lastaccess".into(), Value::from(u.lastaccess));
-    out.insert("suspended".into(), Value::from(u.suspended));
-    out.insert("description".into(), Value::from(""));
-    out.insert("descriptionformat".into(), Value::from(1));
+    put("firstaccess", Value::from(u.firstaccess));
+    put("lastaccess", Value::from(u.lastaccess));
+    put("suspended", Value::from(u.suspended));
+    put("description", Value::from(""));
+    put("descriptionformat", Value::from(1));
     if !u.city.is_empty() {
-        out.insert("city".into(), Value::from(u.city.as_str()));
+        put("city", Value::from(u.city.as_str()));
     }
     if !u.country.is_empty() {
-        out.insert("country".into(), Value::from(u.country.as_str()));
+        put("country", Value::from(u.country.as_str()));
     }
-    out.insert(
-        "profileimageurlsmall".into(),
-        Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f2?u={}", u.id)),
-    );
-    out.insert(
-        "profileimageurl".into(),
-        Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f1?u={}", u.id)),
-    );
+    if fields.has("profileimageurlsmall") {
+        put(
+            "profileimageurlsmall",
+            Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f2?u={}", u.id)),
+        );
+    }
+    if fields.has("profileimageurl") {
+        put(
+            "profileimageurl",
+            Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f1?u={}", u.id)),
+        );
+    }
 }
 
 fn enrolled_users(
@@ -339,8 +422,7 @@ fn enrolled_users(
         Some(d) if d == "DESC" => true,
         Some(d) => return Err(invalid_param(format!("Invalid sort direction: {d}"))),
     };
-    let userfields: Option<Vec<String>> =
-        opts.get("userfields").map(|f| f.split(',').map(|s| s.trim().to_string()).collect());
+    let fields = Fields::listed(opts.get("userfields"))?;
 
     let mut rows: Vec<(&MUser, &crate::data::moodle::Enrolment)> = m
         .by_course
@@ -369,36 +451,39 @@ fn enrolled_users(
         .iter()
         .map(|(u, e)| {
             let mut o = Map::new();
-            user_common(u, &mut o);
+            user_common(u, &fields, &mut o);
             o.remove("suspended");
-            o.insert("lastcourseaccess".into(), Value::from(e.lastcourseaccess));
-            let groups: Vec<Value> = course
-                .groups
-                .iter()
-                .filter(|(gid, _)| e.groups.contains(gid))
-                .map(|(gid, name)| json!({"id": gid, "name": name, "description": "", "descriptionformat": 1}))
-                .collect();
+            if fields.has("lastcourseaccess") {
+                o.insert("lastcourseaccess".into(), Value::from(e.lastcourseaccess));
+            }
             // Without `moodle/site:accessallgroups` Moodle leaves the key out.
-            if !faults.no_groups {
+            if fields.has("groups") && !faults.no_groups {
+                let groups: Vec<Value> = course
+                    .groups
+                    .iter()
+                    .filter(|(gid, _)| e.groups.contains(gid))
+                    .map(|(gid, name)| json!({"id": gid, "name": name, "description": "", "descriptionformat": 1}))
+                    .collect();
                 o.insert("groups".into(), Value::Array(groups));
             }
-            o.insert(
-                "roles".into(),
-                json!([{"roleid": e.roleid, "name": "", "shortname": role_shortname(e.roleid), "sortorder": 0}]),
-            );
-            let enrolled: Vec<Value> = m
-                .by_user
-                .get(&u.id)
-                .into_iter()
-                .flatten()
-                .filter_map(|cid| m.course_idx.get(cid).map(|&i| &m.courses[i]))
-                .map(|c| json!({"id": c.id, "fullname": c.fullname, "shortname": c.shortname}))
-                .collect();
-            if !enrolled.is_empty() {
-                o.insert("enrolledcourses".into(), Value::Array(enrolled));
+            if fields.has("roles") {
+                o.insert(
+                    "roles".into(),
+                    json!([{"roleid": e.roleid, "name": "", "shortname": role_shortname(e.roleid), "sortorder": 0}]),
+                );
             }
-            if let Some(fields) = &userfields {
-                o.retain(|k, _| k == "id" || fields.iter().any(|f| f == k));
+            if fields.has("enrolledcourses") {
+                let enrolled: Vec<Value> = m
+                    .by_user
+                    .get(&u.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|cid| m.course_idx.get(cid).map(|&i| &m.courses[i]))
+                    .map(|c| json!({"id": c.id, "fullname": c.fullname, "shortname": c.shortname}))
+                    .collect();
+                if !enrolled.is_empty() {
+                    o.insert("enrolledcourses".into(), Value::Array(enrolled));
+                }
             }
             if faults.serves_malformed(Api::Moodle, seed, u.id as u64) {
                 if u.id % 2 == 0 {
@@ -441,7 +526,7 @@ fn users_by_field(m: &Moodle, pairs: &Pairs) -> Result<Value, MoodleError> {
             .into_iter()
             .map(|u| {
                 let mut o = Map::new();
-                user_common(u, &mut o);
+                user_common(u, &Fields::ALL, &mut o);
                 o.insert("auth".into(), Value::from("manual"));
                 o.insert("confirmed".into(), Value::from(true));
                 o.insert("lang".into(), Value::from("en"));
