@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::settings::{EntitySpec, Paging, Settings};
 use syncfleet_sdk::{
     http::{HttpClient, Pages, redact},
-    sync::{Page, Source, SourceError},
+    sync::{Page, Source, SourceError, offset::OffsetPaging},
 };
 
 /// Reads one entity's list endpoint page by page.
@@ -90,20 +90,10 @@ impl<'a> JsonSource<'a> {
         let mut page = Page::default();
         match &spec.paging {
             Paging::Offset { limit, total, .. } => {
-                let limit = i64::from(*limit);
                 page.total = total.as_ref().and_then(|p| body.pointer(p)).and_then(Value::as_i64);
-                let end = self.position + limit;
-                match page.total {
-                    Some(total) => {
-                        if received < limit && self.position + received < total {
-                            page.short =
-                                Some(format!("page at offset {} returned {received} of {limit} items", self.position));
-                        }
-                        self.done = end >= total || received == 0;
-                    }
-                    None => self.done = received < limit,
-                }
-                self.position = end;
+                let mut offset = OffsetPaging { offset: self.position, done: false };
+                page.short = offset.advance("page", received, i64::from(*limit), page.total);
+                (self.position, self.done) = (offset.offset, offset.done);
             }
             Paging::Page { limit, next, .. } => {
                 let limit = i64::from(*limit);

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::settings::Settings;
 use syncfleet_sdk::{
     http::{HttpClient, Pages},
-    sync::{Item, Page, Record, Source, SourceError, table::parse_timestamp},
+    sync::{Item, Page, Record, Source, SourceError, offset::OffsetPaging, table::parse_timestamp},
 };
 
 /// An Impartner object as this pack reads it: its name, the fields asked for, and the mapping of
@@ -117,7 +117,7 @@ impl<'a> Impartner<'a> {
 
     /// Every record of `object` (changed since the read's `since`), in id order.
     pub fn list(&'a self, object: &'a Object) -> ImpartnerList<'a> {
-        ImpartnerList { api: self, object, skip: 0, done: false, pages: self.client.pages() }
+        ImpartnerList { api: self, object, skip: OffsetPaging::default(), pages: self.client.pages() }
     }
 
     /// Ids of `object` records deleted since `since`.
@@ -152,15 +152,15 @@ fn check_success(url: &str, body: &Value) -> Result<(), SourceError> {
 pub struct ImpartnerList<'a> {
     api: &'a Impartner<'a>,
     object: &'a Object,
-    skip: i64,
-    done: bool,
+    /// `skip`, and whether the last page was read.
+    skip: OffsetPaging,
     /// The pages of this read (`upstream.max_pages`).
     pages: Pages,
 }
 
 impl ImpartnerList<'_> {
     async fn fetch(&mut self, since: Option<DateTime<Utc>>) -> Result<Option<Page>, SourceError> {
-        if self.done {
+        if self.skip.done {
             return Ok(None);
         }
         let api = self.api;
@@ -170,7 +170,7 @@ impl ImpartnerList<'_> {
         let mut query = vec![
             ("fields".to_owned(), self.object.fields.to_owned()),
             ("orderby".into(), "Id".into()),
-            ("skip".into(), self.skip.to_string()),
+            ("skip".into(), self.skip.offset.to_string()),
             ("take".into(), take.to_string()),
         ];
         if let Some(s) = since {
@@ -187,12 +187,7 @@ impl ImpartnerList<'_> {
         };
         let received = records.len() as i64;
         let mut page = Page { total: Some(total), ..Page::default() };
-        if received < take && self.skip + received < total {
-            page.short =
-                Some(format!("{} at skip {} returned {received} of {take} records", self.object.name, self.skip));
-        }
-        self.skip += take;
-        self.done = self.skip >= total || received == 0;
+        page.short = self.skip.advance(self.object.name, received, take, Some(total));
         page.items = records.into_iter().map(|r| self.object.item(r)).collect();
         Ok(Some(page))
     }

@@ -9,6 +9,8 @@
 //!   scoped sweeps ([`sweep::ScopedSweep`]: one program's courses, one user's transcript) decided
 //!   per scope by the same rules, and deactivation by id of what the upstream reports deleted.
 //! - [`pull::sync_one`] is the single-item path (webhooks) through the same mapping and upsert.
+//! - [`offset::OffsetPaging`] is offset paging's rule for every connector: the next page starts
+//!   after the records received.
 //! - [`pointer`] reads JSON pointers into records without allocating.
 //! - A [`push::Sink`] takes changes; [`push::push`] diffs against what was last pushed and sends only
 //!   changed values, in bulk, recording each item's outcome.
@@ -16,6 +18,7 @@
 pub mod analyze;
 pub mod column;
 pub mod item_errors;
+pub mod offset;
 mod page;
 pub mod pointer;
 pub mod pull;
