@@ -87,8 +87,8 @@ pub(crate) async fn upsert_users(
     rows: &Rows<'_>,
 ) -> Result<UsersWritten, StepError> {
     let mut out = UsersWritten::default();
-    let write = |ids: &[String], columns: &[Vec<Option<String>>]| {
-        upsert_fenced(pool, fence, table, integration_id, run, ids.to_vec(), columns.to_vec())
+    let write = async |ids: &[String], columns: &[Vec<Option<String>>]| {
+        upsert_fenced(pool, fence, table, integration_id, run, ids, columns).await
     };
     for start in (0..rows.ids.len()).step_by(USER_BATCH) {
         let end = (start + USER_BATCH).min(rows.ids.len());
@@ -141,11 +141,11 @@ async fn upsert_fenced(
     table: &Table,
     integration_id: i64,
     run: RunId,
-    ids: Vec<String>,
-    columns: Vec<Vec<Option<String>>>,
+    ids: &[String],
+    columns: &[Vec<Option<String>>],
 ) -> Result<Result<UpsertCounts, Refused>, StepError> {
     let mut tx = AttemptFence::begin(fence, pool).await?;
-    match table.upsert(&mut tx, integration_id, Some(run), &ids, &columns).await {
+    match table.upsert(&mut tx, integration_id, Some(run), ids, columns).await {
         Ok(c) => {
             tx.commit().await?;
             Ok(Ok(c))
