@@ -356,9 +356,7 @@ async fn exact_malformed_ids_on_every_api() {
     }
 
     // Moodle: user ids.
-    let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
-    let course = courses["courses"][0]["id"].to_string();
-    let before = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &course)]).await;
+    let (course, before) = sb.moodle_first_course().await;
     let uid = before[0]["id"].as_u64().unwrap();
     sb.set_faults("moodle", json!({"malformed_ids": [uid]})).await;
     let after = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &course)]).await;

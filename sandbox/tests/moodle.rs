@@ -160,9 +160,7 @@ async fn enrolled_users_with_roles_groups_and_paging() {
 #[tokio::test]
 async fn enrolled_users_give_only_the_fields_userfields_lists() {
     let sb = start_small().await;
-    let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
-    let id = courses["courses"][0]["id"].to_string();
-    let all = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
+    let (id, all) = sb.moodle_first_course().await;
     let listed = |fields: &'static str| {
         let id = id.clone();
         let sb = &sb;
@@ -200,9 +198,7 @@ async fn enrolled_users_give_only_the_fields_userfields_lists() {
 #[tokio::test]
 async fn users_by_field() {
     let sb = start_small().await;
-    let courses = sb.moodle("core_course_get_courses_by_field", &[]).await;
-    let id = courses["courses"][0]["id"].to_string();
-    let users = sb.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
+    let (_, users) = sb.moodle_first_course().await;
     let u = &users[0];
     let got = sb
         .moodle(

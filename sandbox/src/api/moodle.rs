@@ -371,17 +371,12 @@ fn user_common(u: &MUser, fields: &Fields, out: &mut Map<String, Value>) {
     if !u.country.is_empty() {
         put("country", Value::from(u.country.as_str()));
     }
-    if fields.has("profileimageurlsmall") {
-        put(
-            "profileimageurlsmall",
-            Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f2?u={}", u.id)),
-        );
-    }
-    if fields.has("profileimageurl") {
-        put(
-            "profileimageurl",
-            Value::from(format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/f1?u={}", u.id)),
-        );
+    // Built only when asked for (`put` would build the URL first).
+    for (k, size) in [("profileimageurlsmall", "f2"), ("profileimageurl", "f1")] {
+        if fields.has(k) {
+            let url = format!("https://moodle.sandbox/theme/image.php/boost/core/1/u/{size}?u={}", u.id);
+            out.insert(k.into(), Value::from(url));
+        }
     }
 }
 

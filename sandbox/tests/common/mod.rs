@@ -114,6 +114,14 @@ impl Sb {
     }
 
     /// Moodle call with form-encoded POST params (wstoken and format added).
+    /// The first Moodle course's id and its enrolled users (every field).
+    pub async fn moodle_first_course(&self) -> (String, Value) {
+        let courses = self.moodle("core_course_get_courses_by_field", &[]).await;
+        let id = courses["courses"][0]["id"].to_string();
+        let users = self.moodle("core_enrol_get_enrolled_users", &[("courseid", &id)]).await;
+        (id, users)
+    }
+
     pub async fn moodle(&self, function: &str, params: &[(&str, &str)]) -> Value {
         let mut form: Vec<(&str, &str)> =
             vec![("wstoken", &self.h.config.moodle_token), ("wsfunction", function), ("moodlewsrestformat", "json")];
