@@ -306,7 +306,7 @@ impl Consumers {
         };
         let Some(incident) = self.incident.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let queues = incident.queues.keys().cloned().collect::<Vec<_>>().join(",");
-        let lost = incident.queues.values().all(|e| e.contains("not registered"));
+        let lost = incident.queues.values().all(|e| state_lost(e));
         let error = incident.queues.values().next().map(|e| summary(e)).unwrap_or_default();
         let took_ms = started.elapsed().as_millis() as u64;
         let failures = incident.failures;
@@ -343,6 +343,14 @@ impl Consumers {
         let Some(i) = incident.as_ref() else { return vec![] };
         i.queues.keys().filter(|q| !self.queues.get(*q).is_some_and(|c| c.is_registered())).cloned().collect()
     }
+}
+
+/// Whether `error` is apalis-redis refusing this worker's state because Redis no longer holds it
+/// (flushed or restarted, or the worker was taken for dead): a script refusing an unregistered
+/// worker ("… worker not registered"), or the ack of a task that is no longer in the worker's
+/// in-flight set ("task not executed by worker": the step running when Redis lost it finishes).
+fn state_lost(error: &str) -> bool {
+    error.contains("not registered") || error.contains("task not executed by worker")
 }
 
 /// An error as one short phrase: apalis-redis's script errors end in the script's hash.
@@ -458,6 +466,15 @@ mod tests {
         .await;
         assert!(reported.is_ok(), "reported as soon as every consumer registered again");
         assert!(consumers.failed("sync", "connection refused"), "a later failure is a new incident");
+    }
+
+    #[test]
+    fn a_lost_registration_and_a_lost_in_flight_task_are_both_redis_losing_the_worker() {
+        assert!(state_lost("ResponseError: Cant fetch next: worker not registered script: f053fd9b6a1e"));
+        assert!(state_lost(
+            "An error was signalled by the server - ResponseError: user_script:29: task not executed by worker"
+        ));
+        assert!(!state_lost("connection refused"));
     }
 
     #[test]
